@@ -1,0 +1,128 @@
+//! A bounded, thread-safe cache of open file handles (least recently used is closed first).
+//!
+//! Torrents may hold 10,000+ files, more than a process's descriptor limit allows open at once,
+//! so handles are opened lazily and at most `capacity` stay cached. The mutex only guards the
+//! map: handles are handed out as `Arc<File>` and all I/O happens outside the lock, so evicting a
+//! handle never disturbs a read or write in flight (the descriptor closes when its last user is
+//! done). Opening a file happens outside the lock too; if two threads race, one handle wins.
+
+use std::collections::HashMap;
+use std::fs::{File, OpenOptions};
+use std::path::Path;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+/// Bounded LRU map from file index to open read-write handle.
+#[derive(Debug)]
+pub(super) struct HandleCache {
+    capacity: usize,
+    inner: Mutex<Inner>,
+}
+
+#[derive(Debug, Default)]
+struct Inner {
+    /// Logical clock; bumped on every access.
+    tick: u64,
+    /// File index → (handle, last access tick).
+    open: HashMap<usize, (Arc<File>, u64)>,
+}
+
+impl HandleCache {
+    /// A cache keeping at most `capacity` (at least 1) handles open.
+    pub(super) fn new(capacity: usize) -> HandleCache {
+        HandleCache {
+            capacity: capacity.max(1),
+            inner: Mutex::new(Inner::default()),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        // The map stays consistent even if a holder panicked; keep going.
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The handle for file `file` at `path`, opening it (read-write, never creating) on a miss.
+    pub(super) fn get(&self, file: usize, path: &Path) -> std::io::Result<Arc<File>> {
+        {
+            let mut inner = self.lock();
+            inner.tick += 1;
+            let tick = inner.tick;
+            if let Some((handle, last)) = inner.open.get_mut(&file) {
+                *last = tick;
+                return Ok(Arc::clone(handle));
+            }
+        }
+        let opened = Arc::new(OpenOptions::new().read(true).write(true).open(path)?);
+        let mut inner = self.lock();
+        inner.tick += 1;
+        let tick = inner.tick;
+        if let Some((handle, last)) = inner.open.get_mut(&file) {
+            *last = tick;
+            return Ok(Arc::clone(handle));
+        }
+        while inner.open.len() >= self.capacity {
+            let oldest = inner
+                .open
+                .iter()
+                .min_by_key(|(_, (_, last))| *last)
+                .map(|(&k, _)| k);
+            match oldest {
+                Some(k) => inner.open.remove(&k),
+                None => break,
+            };
+        }
+        inner.open.insert(file, (Arc::clone(&opened), tick));
+        Ok(opened)
+    }
+
+    /// Number of handles currently cached.
+    #[cfg(test)]
+    pub(super) fn len(&self) -> usize {
+        self.lock().open.len()
+    }
+
+    /// Whether file `file` currently has a cached handle.
+    #[cfg(test)]
+    pub(super) fn contains(&self, file: usize) -> bool {
+        self.lock().open.contains_key(&file)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn evicts_least_recently_used() {
+        let dir = tempfile::tempdir().unwrap();
+        let paths: Vec<_> = (0..4)
+            .map(|i| {
+                let p = dir.path().join(format!("f{i}"));
+                std::fs::write(&p, b"x").unwrap();
+                p
+            })
+            .collect();
+        let cache = HandleCache::new(2);
+        cache.get(0, &paths[0]).unwrap();
+        cache.get(1, &paths[1]).unwrap();
+        cache.get(0, &paths[0]).unwrap(); // 0 is now more recent than 1
+        cache.get(2, &paths[2]).unwrap();
+        assert_eq!(cache.len(), 2);
+        assert!(cache.contains(0) && cache.contains(2) && !cache.contains(1));
+        // A handle held by a caller survives eviction.
+        let h3 = cache.get(3, &paths[3]).unwrap();
+        cache.get(1, &paths[1]).unwrap();
+        cache.get(2, &paths[2]).unwrap();
+        assert!(!cache.contains(3));
+        assert!(h3.metadata().is_ok());
+    }
+
+    #[test]
+    fn missing_file_is_an_error_and_not_created() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("missing");
+        let cache = HandleCache::new(4);
+        assert!(cache.get(0, &p).is_err());
+        assert!(!p.exists());
+        assert_eq!(cache.len(), 0);
+    }
+}
