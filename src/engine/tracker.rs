@@ -1,0 +1,669 @@
+//! Tracker clients over real sockets: HTTP (reqwest) and UDP (tokio `UdpSocket` driving the
+//! sans-IO [`UdpAnnounce`] state machine), plus [`announce_all`], which asks every tier at once.
+//!
+//! Invariants: every announce ends by itself (HTTP has a whole-request timeout, name lookup
+//! is bounded, and UDP gives up after its last retransmission); HTTP bodies larger than
+//! [`MAX_RESPONSE_LEN`] are refused while streaming; UDP connection ids are reused for at most
+//! their 60 s lifetime from a small process-wide cache.
+
+use std::collections::{HashMap, HashSet};
+use std::error::Error as _;
+use std::net::SocketAddr;
+use std::sync::{Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use tokio::net::UdpSocket;
+use tokio::task::JoinSet;
+
+use crate::tracker::http::{announce_url, parse_announce_response};
+use crate::tracker::udp::CONNECTION_ID_LIFETIME;
+use crate::tracker::{
+    push_peers, AnnounceRequest, AnnounceResponse, TrackerError, UdpAnnounce, UdpConfig,
+    MAX_RESPONSE_LEN,
+};
+
+/// Largest UDP datagram we read (bigger ones are truncated by the socket).
+const MAX_DATAGRAM: usize = 64 * 1024;
+/// Most UDP connection ids remembered.
+const MAX_CACHED_CONNECTIONS: usize = 256;
+
+/// Timeouts for one announce.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AnnounceOptions {
+    /// Whole-request timeout for HTTP trackers, also bounding name lookups.
+    pub http_timeout: Duration,
+    /// Retransmission settings for UDP trackers (`ipv6` is set per tracker address).
+    pub udp: UdpConfig,
+}
+
+impl Default for AnnounceOptions {
+    /// 10 s for HTTP; UDP waits 1.5 s, 3 s then 6 s, so a dead tracker fails in ~10.5 s.
+    fn default() -> AnnounceOptions {
+        AnnounceOptions {
+            http_timeout: Duration::from_secs(10),
+            udp: UdpConfig {
+                base_timeout: Duration::from_millis(1500),
+                max_tries: 3,
+                ipv6: false,
+            },
+        }
+    }
+}
+
+/// What [`announce_all_detailed`] learned from every tier.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct AnnounceAll {
+    /// All answers merged: peers deduplicated in tier order, the smallest interval, the largest
+    /// `min interval` and counts, the first warning.
+    pub merged: AnnounceResponse,
+    /// For each tier that answered, the tracker that did and its response.
+    pub answered: Vec<(String, AnnounceResponse)>,
+    /// Every tracker that failed, with why.
+    pub failed: Vec<(String, TrackerError)>,
+}
+
+/// Announces to one tracker (`http://` or `udp://host:port`) with default timeouts.
+pub async fn announce(url: &str, req: &AnnounceRequest) -> Result<AnnounceResponse, TrackerError> {
+    announce_with(url, req, &AnnounceOptions::default()).await
+}
+
+/// Announces to one tracker with the given timeouts.
+pub async fn announce_with(
+    url: &str,
+    req: &AnnounceRequest,
+    opts: &AnnounceOptions,
+) -> Result<AnnounceResponse, TrackerError> {
+    let url = url.trim();
+    let scheme = url.split_once("://").map(|(s, _)| s.to_ascii_lowercase());
+    match scheme.as_deref() {
+        Some("http") => announce_http(url, req, opts).await,
+        Some("udp") => announce_udp(url, req, opts).await,
+        Some("https") => Err(TrackerError::BadUrl(format!(
+            "{url} (https trackers are not supported: built without TLS)"
+        ))),
+        _ => Err(TrackerError::BadUrl(url.to_string())),
+    }
+}
+
+/// Announces to every tier concurrently (within a tier, trackers are tried in order until one
+/// answers) and merges the answers. Fails only if no tier answered; the error lists every
+/// tracker's failure.
+pub async fn announce_all(
+    tiers: &[Vec<String>],
+    req: &AnnounceRequest,
+) -> Result<AnnounceResponse, TrackerError> {
+    announce_all_detailed(tiers, req, &AnnounceOptions::default())
+        .await
+        .map(|all| all.merged)
+}
+
+/// [`announce_all`] with explicit timeouts, also reporting which tracker answered and which
+/// failed.
+pub async fn announce_all_detailed(
+    tiers: &[Vec<String>],
+    req: &AnnounceRequest,
+    opts: &AnnounceOptions,
+) -> Result<AnnounceAll, TrackerError> {
+    type TierOutcome = (
+        usize,
+        Option<(String, AnnounceResponse)>,
+        Vec<(String, TrackerError)>,
+    );
+    let mut set: JoinSet<TierOutcome> = JoinSet::new();
+    for (index, tier) in tiers.iter().enumerate().filter(|(_, t)| !t.is_empty()) {
+        let (tier, req, opts) = (tier.clone(), req.clone(), *opts);
+        set.spawn(async move {
+            let mut failed = Vec::new();
+            for url in tier {
+                match announce_with(&url, &req, &opts).await {
+                    Ok(resp) => return (index, Some((url, resp)), failed),
+                    Err(e) => failed.push((url, e)),
+                }
+            }
+            (index, None, failed)
+        });
+    }
+    let mut outcomes = Vec::new();
+    while let Some(joined) = set.join_next().await {
+        match joined {
+            Ok(outcome) => outcomes.push(outcome),
+            Err(e) => outcomes.push((
+                usize::MAX,
+                None,
+                vec![("(tier task)".to_string(), TrackerError::Io(e.to_string()))],
+            )),
+        }
+    }
+    outcomes.sort_by_key(|o| o.0);
+
+    let mut all = AnnounceAll::default();
+    let mut seen = HashSet::new();
+    for (_, answer, failed) in outcomes {
+        all.failed.extend(failed);
+        let Some((url, resp)) = answer else { continue };
+        let m = &mut all.merged;
+        push_peers(&mut m.peers, &mut seen, resp.peers.iter().copied());
+        m.interval = min_some(m.interval, resp.interval);
+        m.min_interval = m.min_interval.max(resp.min_interval);
+        m.seeders = m.seeders.max(resp.seeders);
+        m.leechers = m.leechers.max(resp.leechers);
+        if m.warning.is_none() {
+            m.warning = resp.warning.clone();
+        }
+        all.answered.push((url, resp));
+    }
+    if all.answered.is_empty() {
+        let why = if all.failed.is_empty() {
+            "no trackers".to_string()
+        } else {
+            all.failed
+                .iter()
+                .map(|(url, e)| format!("{url}: {e}"))
+                .collect::<Vec<_>>()
+                .join("; ")
+        };
+        return Err(TrackerError::NoneAnswered(why));
+    }
+    Ok(all)
+}
+
+fn min_some(a: Option<u32>, b: Option<u32>) -> Option<u32> {
+    match (a, b) {
+        (Some(x), Some(y)) => Some(x.min(y)),
+        (x, y) => x.or(y),
+    }
+}
+
+/// A reqwest error as one line: its own message plus its causes, without the (long) URL.
+fn http_error(e: reqwest::Error) -> TrackerError {
+    if e.is_timeout() {
+        return TrackerError::Timeout;
+    }
+    let e = e.without_url();
+    let mut msg = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        msg.push_str(": ");
+        msg.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    TrackerError::Http(msg)
+}
+
+async fn announce_http(
+    url: &str,
+    req: &AnnounceRequest,
+    opts: &AnnounceOptions,
+) -> Result<AnnounceResponse, TrackerError> {
+    // A client per announce: announces are rare, and a shared client would outlive the
+    // runtime it was first used on.
+    let client = reqwest::Client::builder()
+        .timeout(opts.http_timeout)
+        .build()
+        .map_err(http_error)?;
+    let mut resp = client
+        .get(announce_url(url, req))
+        .send()
+        .await
+        .map_err(http_error)?;
+    let status = resp.status();
+    if status != reqwest::StatusCode::OK {
+        return Err(TrackerError::Http(format!("HTTP status {status}")));
+    }
+    let too_large = || TrackerError::Http(format!("response body over {MAX_RESPONSE_LEN} bytes"));
+    if resp
+        .content_length()
+        .is_some_and(|n| n > MAX_RESPONSE_LEN as u64)
+    {
+        return Err(too_large());
+    }
+    let mut body = Vec::new();
+    while let Some(chunk) = resp.chunk().await.map_err(http_error)? {
+        if body.len().saturating_add(chunk.len()) > MAX_RESPONSE_LEN {
+            return Err(too_large());
+        }
+        body.extend_from_slice(&chunk);
+    }
+    parse_announce_response(&body)
+}
+
+/// `host:port` of a `udp://host:port[/path]` URL.
+fn udp_host_port(url: &str) -> Result<&str, TrackerError> {
+    let rest = url
+        .split_once("://")
+        .map(|(_, r)| r)
+        .ok_or_else(|| TrackerError::BadUrl(url.to_string()))?;
+    let host_port = rest.split(['/', '?', '#']).next().unwrap_or(rest);
+    let port_ok = host_port
+        .rsplit_once(':')
+        .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p != 0));
+    if !port_ok {
+        return Err(TrackerError::BadUrl(format!(
+            "{url} (a UDP tracker needs host:port)"
+        )));
+    }
+    Ok(host_port)
+}
+
+type ConnectionCache = Mutex<HashMap<SocketAddr, (u64, Instant)>>;
+
+/// UDP connection ids by tracker address, shared by all announces of the process.
+fn connections() -> &'static ConnectionCache {
+    static CACHE: OnceLock<ConnectionCache> = OnceLock::new();
+    CACHE.get_or_init(|| Mutex::new(HashMap::new()))
+}
+
+fn cached_connection(addr: SocketAddr) -> Option<(u64, Instant)> {
+    let cache = connections().lock().ok()?;
+    cache.get(&addr).copied()
+}
+
+fn remember_connection(addr: SocketAddr, conn: Option<(u64, Instant)>) {
+    let Ok(mut cache) = connections().lock() else {
+        return;
+    };
+    match conn {
+        Some(c) => {
+            if cache.len() >= MAX_CACHED_CONNECTIONS {
+                let now = Instant::now();
+                cache
+                    .retain(|_, (_, t)| now.saturating_duration_since(*t) < CONNECTION_ID_LIFETIME);
+                if cache.len() >= MAX_CACHED_CONNECTIONS {
+                    cache.clear();
+                }
+            }
+            cache.insert(addr, c);
+        }
+        None => {
+            cache.remove(&addr);
+        }
+    }
+}
+
+fn io_error(what: &str, e: std::io::Error) -> TrackerError {
+    TrackerError::Io(format!("{what}: {e}"))
+}
+
+async fn announce_udp(
+    url: &str,
+    req: &AnnounceRequest,
+    opts: &AnnounceOptions,
+) -> Result<AnnounceResponse, TrackerError> {
+    let host_port = udp_host_port(url)?;
+    let mut addrs = tokio::time::timeout(opts.http_timeout, tokio::net::lookup_host(host_port))
+        .await
+        .map_err(|_| TrackerError::Io(format!("resolving {host_port}: timed out")))?
+        .map_err(|e| io_error(&format!("resolving {host_port}"), e))?;
+    let addr = addrs
+        .next()
+        .ok_or_else(|| TrackerError::Io(format!("resolving {host_port}: no address")))?;
+    let local: SocketAddr = if addr.is_ipv4() {
+        SocketAddr::from(([0u8; 4], 0))
+    } else {
+        SocketAddr::from(([0u16; 8], 0))
+    };
+    let socket = UdpSocket::bind(local)
+        .await
+        .map_err(|e| io_error("binding UDP socket", e))?;
+    socket
+        .connect(addr)
+        .await
+        .map_err(|e| io_error("connecting UDP socket", e))?;
+
+    let config = UdpConfig {
+        ipv6: addr.is_ipv6(),
+        ..opts.udp
+    };
+    let mut sm = UdpAnnounce::new(
+        req.clone(),
+        cached_connection(addr),
+        Instant::now(),
+        rand::random(),
+        config,
+    );
+    let result = drive_udp(&socket, &mut sm).await;
+    remember_connection(
+        addr,
+        if result.is_ok() {
+            sm.connection()
+        } else {
+            None
+        },
+    );
+    result
+}
+
+async fn drive_udp(
+    socket: &UdpSocket,
+    sm: &mut UdpAnnounce,
+) -> Result<AnnounceResponse, TrackerError> {
+    let mut buf = vec![0u8; MAX_DATAGRAM];
+    loop {
+        while let Some(packet) = sm.poll_transmit(Instant::now()) {
+            socket
+                .send(&packet)
+                .await
+                .map_err(|e| io_error("sending to UDP tracker", e))?;
+        }
+        if let Some(result) = sm.result() {
+            return result;
+        }
+        let Some(deadline) = sm.poll_timeout() else {
+            return Err(TrackerError::Timeout);
+        };
+        tokio::select! {
+            received = socket.recv(&mut buf) => {
+                let n = received.map_err(|e| io_error("receiving from UDP tracker", e))?;
+                sm.handle_datagram(buf.get(..n).unwrap_or(&buf), Instant::now());
+            }
+            _ = tokio::time::sleep_until(tokio::time::Instant::from_std(deadline)) => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tracker::Event;
+    use crate::types::{InfoHash, PeerId};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpListener;
+    use tokio::task::JoinHandle;
+
+    fn req() -> AnnounceRequest {
+        AnnounceRequest {
+            info_hash: InfoHash([0xab; 20]),
+            peer_id: PeerId(*b"-BR0001-0123456789ab"),
+            port: 6881,
+            uploaded: 0,
+            downloaded: 0,
+            left: 100,
+            event: Event::Started,
+            numwant: Some(50),
+            key: 1,
+        }
+    }
+
+    fn fast() -> AnnounceOptions {
+        AnnounceOptions {
+            http_timeout: Duration::from_secs(5),
+            udp: UdpConfig {
+                base_timeout: Duration::from_millis(100),
+                max_tries: 2,
+                ipv6: false,
+            },
+        }
+    }
+
+    fn compact_body(peers: &[([u8; 4], u16)], interval: u32) -> Vec<u8> {
+        let mut compact = Vec::new();
+        for (ip, port) in peers {
+            compact.extend_from_slice(ip);
+            compact.extend_from_slice(&port.to_be_bytes());
+        }
+        let mut body = format!("d8:intervali{interval}e5:peers{}:", compact.len()).into_bytes();
+        body.extend_from_slice(&compact);
+        body.push(b'e');
+        body
+    }
+
+    /// Serves one canned HTTP response per connection, `count` times; yields the request lines.
+    async fn http_server(responses: Vec<Vec<u8>>) -> (String, JoinHandle<Vec<String>>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let handle = tokio::spawn(async move {
+            let mut lines = Vec::new();
+            for response in responses {
+                let Ok((mut conn, _)) = listener.accept().await else {
+                    break;
+                };
+                let mut head = Vec::new();
+                let mut byte = [0u8; 1024];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") && head.len() < 64 * 1024 {
+                    match conn.read(&mut byte).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => head.extend_from_slice(&byte[..n]),
+                    }
+                }
+                let text = String::from_utf8_lossy(&head).into_owned();
+                lines.push(text.lines().next().unwrap_or_default().to_string());
+                let _ = conn.write_all(&response).await;
+                let _ = conn.shutdown().await;
+            }
+            lines
+        });
+        (format!("http://{addr}/announce"), handle)
+    }
+
+    fn http_ok(body: &[u8]) -> Vec<u8> {
+        let mut r = format!(
+            "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+            body.len()
+        )
+        .into_bytes();
+        r.extend_from_slice(body);
+        r
+    }
+
+    /// A UDP tracker answering connect and announce `announces` times (or with an error
+    /// message), recording the actions it saw.
+    async fn udp_server(
+        announces: usize,
+        error: Option<&'static str>,
+        peers: Vec<([u8; 4], u16)>,
+    ) -> (String, JoinHandle<Vec<u32>>) {
+        let sock = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let addr = sock.local_addr().unwrap();
+        let handle = tokio::spawn(async move {
+            let mut actions = Vec::new();
+            let mut done = 0;
+            let mut buf = [0u8; 2048];
+            while done < announces {
+                let Ok((n, from)) = sock.recv_from(&mut buf).await else {
+                    break;
+                };
+                let p = &buf[..n];
+                let action = u32::from_be_bytes([p[8], p[9], p[10], p[11]]);
+                actions.push(action);
+                let tid = &p[12..16];
+                let mut reply = Vec::new();
+                if let Some(msg) = error {
+                    reply.extend_from_slice(&3u32.to_be_bytes());
+                    reply.extend_from_slice(tid);
+                    reply.extend_from_slice(msg.as_bytes());
+                    done += 1;
+                } else if action == 0 {
+                    assert_eq!(n, 16);
+                    reply.extend_from_slice(&0u32.to_be_bytes());
+                    reply.extend_from_slice(tid);
+                    reply.extend_from_slice(&0x1234_5678_9abc_def0u64.to_be_bytes());
+                } else {
+                    assert_eq!(n, 98);
+                    assert_eq!(&p[0..8], &0x1234_5678_9abc_def0u64.to_be_bytes());
+                    assert_eq!(&p[16..36], &[0xab; 20]);
+                    reply.extend_from_slice(&1u32.to_be_bytes());
+                    reply.extend_from_slice(tid);
+                    reply.extend_from_slice(&600u32.to_be_bytes());
+                    reply.extend_from_slice(&2u32.to_be_bytes());
+                    reply.extend_from_slice(&3u32.to_be_bytes());
+                    for (ip, port) in &peers {
+                        reply.extend_from_slice(ip);
+                        reply.extend_from_slice(&port.to_be_bytes());
+                    }
+                    done += 1;
+                }
+                let _ = sock.send_to(&reply, from).await;
+            }
+            actions
+        });
+        (format!("udp://{addr}/announce"), handle)
+    }
+
+    /// A UDP tracker that never answers (kept open until the returned socket is dropped).
+    async fn silent_udp() -> (String, UdpSocket) {
+        let sock = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("udp://{}", sock.local_addr().unwrap());
+        (url, sock)
+    }
+
+    /// An HTTP URL on a port nobody listens on.
+    async fn dead_http() -> String {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        drop(listener);
+        format!("http://{addr}/announce")
+    }
+
+    #[tokio::test]
+    async fn http_announce_parses_peers_and_sends_query() {
+        let body = compact_body(&[([10, 0, 0, 1], 6881), ([10, 0, 0, 2], 6882)], 900);
+        let (url, server) = http_server(vec![http_ok(&body)]).await;
+        let resp = announce(&url, &req()).await.unwrap();
+        assert_eq!(resp.interval, Some(900));
+        assert_eq!(resp.peers.len(), 2);
+        let lines = server.await.unwrap();
+        assert!(
+            lines[0].starts_with("GET /announce?info_hash=%AB%AB"),
+            "{}",
+            lines[0]
+        );
+        assert!(lines[0].contains("&event=started&"), "{}", lines[0]);
+    }
+
+    #[tokio::test]
+    async fn http_errors_are_clear() {
+        let not_found =
+            b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n".to_vec();
+        let failure = http_ok(b"d14:failure reason7:go awaye");
+        let (url, _server) = http_server(vec![not_found, failure]).await;
+        match announce(&url, &req()).await {
+            Err(TrackerError::Http(msg)) => assert!(msg.contains("404"), "{msg}"),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(
+            announce(&url, &req()).await,
+            Err(TrackerError::Failure("go away".into()))
+        );
+        assert!(matches!(
+            announce(&dead_http().await, &req()).await,
+            Err(TrackerError::Http(_))
+        ));
+    }
+
+    #[tokio::test]
+    async fn http_body_size_is_bounded() {
+        // No Content-Length: the body runs until the connection closes.
+        let mut big = b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n".to_vec();
+        big.resize(big.len() + MAX_RESPONSE_LEN + 1, b'x');
+        let declared = format!(
+            "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+            MAX_RESPONSE_LEN + 1
+        )
+        .into_bytes();
+        let (url, _server) = http_server(vec![big, declared]).await;
+        for _ in 0..2 {
+            match announce(&url, &req()).await {
+                Err(TrackerError::Http(msg)) => assert!(msg.contains("over"), "{msg}"),
+                other => panic!("{other:?}"),
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn bad_urls() {
+        for url in [
+            "ftp://x/announce",
+            "nonsense",
+            "udp://host-without-port/announce",
+            "udp://:80",
+            "https://x/a",
+        ] {
+            assert!(
+                matches!(announce(url, &req()).await, Err(TrackerError::BadUrl(_))),
+                "{url}"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn udp_announce_and_connection_reuse() {
+        let (url, server) = udp_server(2, None, vec![([10, 0, 0, 9], 51413)]).await;
+        let resp = announce_with(&url, &req(), &fast()).await.unwrap();
+        assert_eq!(resp.interval, Some(600));
+        assert_eq!(resp.leechers, Some(2));
+        assert_eq!(resp.seeders, Some(3));
+        assert_eq!(
+            resp.peers,
+            vec!["10.0.0.9:51413".parse::<SocketAddr>().unwrap()]
+        );
+        // The second announce reuses the connection id: no connect request.
+        announce_with(&url, &req(), &fast()).await.unwrap();
+        assert_eq!(server.await.unwrap(), vec![0, 1, 1]);
+    }
+
+    #[tokio::test]
+    async fn udp_error_and_timeout() {
+        let (url, _server) = udp_server(1, Some("unregistered torrent"), vec![]).await;
+        assert_eq!(
+            announce_with(&url, &req(), &fast()).await,
+            Err(TrackerError::Failure("unregistered torrent".into()))
+        );
+        let (url, _sock) = silent_udp().await;
+        let start = Instant::now();
+        assert_eq!(
+            announce_with(&url, &req(), &fast()).await,
+            Err(TrackerError::Timeout)
+        );
+        let took = start.elapsed();
+        assert!(
+            took >= Duration::from_millis(300) && took < Duration::from_secs(3),
+            "{took:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn announce_all_merges_tiers_and_survives_dead_trackers() {
+        let http_body = compact_body(&[([10, 0, 0, 1], 1), ([10, 0, 0, 2], 2)], 1800);
+        let (http_url, _h) = http_server(vec![http_ok(&http_body)]).await;
+        let (udp_url, _u) = udp_server(1, None, vec![([10, 0, 0, 2], 2), ([10, 0, 0, 3], 3)]).await;
+        let (silent, _sock) = silent_udp().await;
+        let dead = dead_http().await;
+        let tiers = vec![
+            vec![dead.clone(), http_url.clone()],
+            vec![udp_url.clone()],
+            vec![silent.clone()],
+            vec![],
+        ];
+        let all = announce_all_detailed(&tiers, &req(), &fast())
+            .await
+            .unwrap();
+        let peers: Vec<SocketAddr> = ["10.0.0.1:1", "10.0.0.2:2", "10.0.0.3:3"]
+            .iter()
+            .map(|s| s.parse().unwrap())
+            .collect();
+        assert_eq!(all.merged.peers, peers);
+        assert_eq!(all.merged.interval, Some(600));
+        let answered: Vec<&str> = all.answered.iter().map(|(u, _)| u.as_str()).collect();
+        assert_eq!(answered, vec![http_url.as_str(), udp_url.as_str()]);
+        let failed: Vec<&str> = all.failed.iter().map(|(u, _)| u.as_str()).collect();
+        assert_eq!(failed, vec![dead.as_str(), silent.as_str()]);
+    }
+
+    #[tokio::test]
+    async fn announce_all_fails_only_when_nobody_answers() {
+        let (silent, _sock) = silent_udp().await;
+        let dead = dead_http().await;
+        let tiers = vec![vec![dead.clone()], vec![silent.clone()]];
+        match announce_all_detailed(&tiers, &req(), &fast()).await {
+            Err(TrackerError::NoneAnswered(msg)) => {
+                assert!(msg.contains(&dead) && msg.contains(&silent), "{msg}");
+                assert!(msg.contains("timed out"), "{msg}");
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(
+            announce_all(&[], &req()).await,
+            Err(TrackerError::NoneAnswered("no trackers".into()))
+        );
+    }
+}

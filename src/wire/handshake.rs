@@ -1,0 +1,142 @@
+//! The 68-byte BitTorrent handshake (BEP 3): `\x13BitTorrent protocol`, 8 reserved bytes,
+//! the 20-byte info hash and the 20-byte peer id.
+//!
+//! Invariants: decoding takes exactly [`HANDSHAKE_LEN`] bytes, so it cannot read out of bounds;
+//! only the protocol string is validated (the caller compares the info hash).
+
+use crate::types::{InfoHash, PeerId};
+
+/// Length of a whole handshake on the wire.
+pub const HANDSHAKE_LEN: usize = 68;
+/// Reserved bytes announcing only the extension protocol (BEP 10): byte 5 = 0x10.
+pub const RESERVED_EXTENSIONS: [u8; 8] = [0, 0, 0, 0, 0, 0x10, 0, 0];
+/// The protocol string, preceded on the wire by its length byte (19).
+pub const PROTOCOL: &[u8; 19] = b"BitTorrent protocol";
+
+/// A decoded or to-be-sent handshake.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Handshake {
+    /// The 8 reserved (feature) bytes.
+    pub reserved: [u8; 8],
+    /// The torrent the connection is about.
+    pub info_hash: InfoHash,
+    /// The sender's peer id.
+    pub peer_id: PeerId,
+}
+
+impl Handshake {
+    /// Our handshake: extension protocol announced, nothing else.
+    pub fn new(info_hash: InfoHash, peer_id: PeerId) -> Handshake {
+        Handshake {
+            reserved: RESERVED_EXTENSIONS,
+            info_hash,
+            peer_id,
+        }
+    }
+
+    /// The 68-byte wire form.
+    pub fn encode(&self) -> [u8; HANDSHAKE_LEN] {
+        let mut out = [0u8; HANDSHAKE_LEN];
+        out[0] = 19;
+        out[1..20].copy_from_slice(PROTOCOL);
+        out[20..28].copy_from_slice(&self.reserved);
+        out[28..48].copy_from_slice(&self.info_hash.0);
+        out[48..68].copy_from_slice(&self.peer_id.0);
+        out
+    }
+
+    /// Fails if the protocol string is not `\x13BitTorrent protocol`.
+    pub fn decode(bytes: &[u8; HANDSHAKE_LEN]) -> Result<Handshake, super::WireError> {
+        if bytes[0] != 19 {
+            return Err(super::WireError::BadHandshake("protocol length is not 19"));
+        }
+        if &bytes[1..20] != PROTOCOL {
+            return Err(super::WireError::BadHandshake(
+                "protocol is not \"BitTorrent protocol\"",
+            ));
+        }
+        let mut reserved = [0u8; 8];
+        reserved.copy_from_slice(&bytes[20..28]);
+        let mut info_hash = [0u8; 20];
+        info_hash.copy_from_slice(&bytes[28..48]);
+        let mut peer_id = [0u8; 20];
+        peer_id.copy_from_slice(&bytes[48..68]);
+        Ok(Handshake {
+            reserved,
+            info_hash: InfoHash(info_hash),
+            peer_id: PeerId(peer_id),
+        })
+    }
+
+    /// Whether the sender set the BEP 10 extension-protocol bit.
+    pub fn supports_extensions(&self) -> bool {
+        self.reserved[5] & 0x10 != 0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wire::WireError;
+    use proptest::prelude::*;
+
+    fn sample() -> Handshake {
+        Handshake::new(InfoHash([0xab; 20]), PeerId(*b"-BR0001-abcdefghijkl"))
+    }
+
+    #[test]
+    fn encodes_exact_layout() {
+        let bytes = sample().encode();
+        assert_eq!(bytes[0], 19);
+        assert_eq!(&bytes[1..20], b"BitTorrent protocol");
+        assert_eq!(&bytes[20..28], &[0, 0, 0, 0, 0, 0x10, 0, 0]);
+        assert_eq!(&bytes[28..48], &[0xab; 20]);
+        assert_eq!(&bytes[48..68], b"-BR0001-abcdefghijkl");
+    }
+
+    #[test]
+    fn round_trips_and_reports_extensions() {
+        let hs = sample();
+        let back = Handshake::decode(&hs.encode()).unwrap();
+        assert_eq!(back, hs);
+        assert!(back.supports_extensions());
+        let plain = Handshake {
+            reserved: [0; 8],
+            ..hs
+        };
+        assert!(!Handshake::decode(&plain.encode())
+            .unwrap()
+            .supports_extensions());
+    }
+
+    #[test]
+    fn rejects_wrong_protocol() {
+        let mut bytes = sample().encode();
+        bytes[0] = 18;
+        assert!(matches!(
+            Handshake::decode(&bytes),
+            Err(WireError::BadHandshake(_))
+        ));
+        let mut bytes = sample().encode();
+        bytes[5] = b'x';
+        assert!(matches!(
+            Handshake::decode(&bytes),
+            Err(WireError::BadHandshake(_))
+        ));
+    }
+
+    proptest! {
+        #[test]
+        fn prop_round_trip(reserved in any::<[u8; 8]>(), ih in any::<[u8; 20]>(), id in any::<[u8; 20]>()) {
+            let hs = Handshake { reserved, info_hash: InfoHash(ih), peer_id: PeerId(id) };
+            prop_assert_eq!(Handshake::decode(&hs.encode()), Ok(hs));
+        }
+
+        #[test]
+        fn prop_arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), HANDSHAKE_LEN)) {
+            let mut arr = [0u8; HANDSHAKE_LEN];
+            arr.copy_from_slice(&bytes);
+            let _ = Handshake::decode(&arr);
+        }
+    }
+}

@@ -1,0 +1,12 @@
+//! The peer wire protocol (BEP 3) and the extension protocol (BEP 10, BEP 9), as pure codecs.
+//!
+//! Invariants: decoders take bytes in any split and never panic; a length prefix is checked
+//! against [`message::MAX_MESSAGE_LEN`] before any buffer grows for it.
+
+pub mod extension;
+pub mod handshake;
+pub mod message;
+
+pub use extension::{ExtHandshake, MetadataAssembler, MetadataError, MetadataMsg};
+pub use handshake::Handshake;
+pub use message::{encode_request, BlockRef, Message, MessageDecoder, WireError};
