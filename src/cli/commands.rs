@@ -1,0 +1,160 @@
+//! One function per command: parse arguments into library types, call the library, print.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+
+use anyhow::{anyhow, bail, Context};
+use bitrush::engine::{self, DownloadParams, Target};
+use bitrush::metainfo::Metainfo;
+use bitrush::tracker::{AnnounceRequest, Event};
+use bitrush::types::PeerId;
+
+/// Largest `.torrent` file we read.
+const MAX_TORRENT_FILE: u64 = 64 * 1024 * 1024;
+/// The port we announce (no listener yet).
+const ANNOUNCE_PORT: u16 = 6881;
+
+pub fn decode(value: &str) -> anyhow::Result<()> {
+    let v = bitrush::bencode::decode(value.as_bytes()).context("invalid bencode")?;
+    println!("{}", bitrush::bencode::to_json(&v));
+    Ok(())
+}
+
+fn load_torrent(path: &Path) -> anyhow::Result<Metainfo> {
+    let shown = path.display();
+    let len = std::fs::metadata(path)
+        .with_context(|| format!("cannot read {shown}"))?
+        .len();
+    if len > MAX_TORRENT_FILE {
+        bail!("invalid torrent: {shown} is {len} bytes, more than the {MAX_TORRENT_FILE} allowed");
+    }
+    let bytes = std::fs::read(path).with_context(|| format!("cannot read {shown}"))?;
+    Metainfo::from_bytes(&bytes).with_context(|| format!("invalid torrent: {shown}"))
+}
+
+pub fn info(path: &Path) -> anyhow::Result<()> {
+    let meta = load_torrent(path)?;
+    let mut out = String::new();
+    let tracker = meta
+        .tracker_tiers()
+        .first()
+        .and_then(|t| t.first().cloned())
+        .unwrap_or_default();
+    out.push_str(&format!("Tracker URL: {tracker}\n"));
+    out.push_str(&format!("Length: {}\n", meta.info.total_length));
+    out.push_str(&format!("Info Hash: {}\n", meta.info_hash));
+    out.push_str(&format!("Piece Length: {}\n", meta.info.piece_length));
+    out.push_str("Piece Hashes:\n");
+    for hash in &meta.info.pieces {
+        out.push_str(&bitrush::types::to_hex(hash));
+        out.push('\n');
+    }
+    if meta.info.multi_file {
+        out.push_str("Files:\n");
+        for f in &meta.info.files {
+            out.push_str(&format!("{} {}\n", f.length, f.path.join("/")));
+        }
+    }
+    print!("{out}");
+    Ok(())
+}
+
+fn announce_request(meta: &Metainfo, peer_id: PeerId) -> AnnounceRequest {
+    AnnounceRequest {
+        info_hash: meta.info_hash,
+        peer_id,
+        port: ANNOUNCE_PORT,
+        uploaded: 0,
+        downloaded: 0,
+        left: meta.info.total_length,
+        event: Event::Started,
+        numwant: Some(200),
+        key: rand::random(),
+    }
+}
+
+pub async fn peers(path: &Path) -> anyhow::Result<()> {
+    let meta = load_torrent(path)?;
+    let tiers = meta.tracker_tiers();
+    if tiers.is_empty() {
+        bail!("{} names no tracker", path.display());
+    }
+    let req = announce_request(&meta, PeerId::random());
+    let resp = engine::tracker::announce_all(&tiers, &req).await?;
+    let mut out = String::new();
+    for peer in resp.peers {
+        out.push_str(&format!("{peer}\n"));
+    }
+    print!("{out}");
+    Ok(())
+}
+
+async fn resolve(peer: &str) -> anyhow::Result<SocketAddr> {
+    if let Ok(addr) = peer.parse() {
+        return Ok(addr);
+    }
+    tokio::net::lookup_host(peer)
+        .await
+        .ok()
+        .and_then(|mut it| it.next())
+        .ok_or_else(|| anyhow!("invalid peer address {peer:?}: expected ip:port"))
+}
+
+pub async fn handshake(path: &Path, peer: &str) -> anyhow::Result<()> {
+    let meta = load_torrent(path)?;
+    let addr = resolve(peer).await?;
+    let mut stream = engine::peer::connect(addr).await?;
+    let theirs =
+        engine::peer::exchange_handshake(&mut stream, addr, meta.info_hash, PeerId::random())
+            .await?;
+    println!("Peer ID: {}", theirs.peer_id);
+    Ok(())
+}
+
+async fn run_download(meta: Metainfo, target: Target) -> anyhow::Result<()> {
+    let (tx, rx) = tokio::sync::watch::channel(Default::default());
+    let bar = super::progress::spawn(rx);
+    let params = DownloadParams {
+        info: Arc::new(meta.info.clone()),
+        info_hash: meta.info_hash,
+        trackers: meta.tracker_tiers(),
+        peers: Vec::new(),
+        target,
+        peer_id: PeerId::random(),
+        port: ANNOUNCE_PORT,
+        max_peers: 50,
+        config: Default::default(),
+        progress: Some(tx),
+    };
+    let result = engine::download(params).await;
+    if let Some(bar) = bar {
+        let _ = bar.await;
+    }
+    Ok(result?)
+}
+
+pub async fn download_piece(path: &Path, index: u32, output: &Path) -> anyhow::Result<()> {
+    let meta = load_torrent(path)?;
+    let count = meta.info.piece_count();
+    if index >= count {
+        bail!("piece index {index} is out of range (the torrent has {count} pieces)");
+    }
+    run_download(
+        meta,
+        Target::Piece {
+            index,
+            path: output.to_path_buf(),
+        },
+    )
+    .await?;
+    println!("Piece {index} downloaded to {}.", output.display());
+    Ok(())
+}
+
+pub async fn download(path: &Path, output: &Path) -> anyhow::Result<()> {
+    let meta = load_torrent(path)?;
+    run_download(meta, Target::Files(output.to_path_buf())).await?;
+    println!("Downloaded {} to {}.", path.display(), output.display());
+    Ok(())
+}

@@ -1,0 +1,13 @@
+//! The tokio engine: sockets, timers and threads driving the sans-IO state machines.
+//!
+//! - [`peer`]: one TCP connection: handshake, then a loop feeding decoded messages to the shared
+//!   [`crate::swarm::Download`] and writing what it queues.
+//! - [`download`]: one torrent's download: tracker announces, the connection manager, the hashing
+//!   threads and the piece sink.
+//! - [`tracker`]: HTTP and UDP tracker clients.
+
+pub mod download;
+pub mod peer;
+pub mod tracker;
+
+pub use download::{download, DownloadParams, Progress, Target};

@@ -1,0 +1,215 @@
+//! One peer connection: connect, handshake, and the message loop.
+//!
+//! The loop reads whatever the socket has into one buffer, decodes every whole message in it
+//! without copying block data, hands them to the shared download state under one lock, then
+//! writes everything the state queued for this peer. Another peer's event (a `have` to announce,
+//! an endgame `cancel`) wakes the loop through its [`Notify`].
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::BytesMut;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::Notify;
+
+use crate::swarm::{CompletedPiece, Download, PeerKey};
+use crate::types::{InfoHash, PeerId};
+use crate::wire::handshake::HANDSHAKE_LEN;
+use crate::wire::{Handshake, MessageDecoder, WireError};
+
+/// How long a TCP connect may take.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long the remote side may take to answer our handshake.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Why a connection ended.
+#[derive(Debug, thiserror::Error)]
+pub enum PeerConnError {
+    #[error("connect to {addr}: {source}")]
+    Connect {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("connect to {0}: timed out")]
+    ConnectTimeout(SocketAddr),
+    #[error("handshake with {0}: timed out")]
+    HandshakeTimeout(SocketAddr),
+    #[error("{addr}: {source}")]
+    Io {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("{addr}: {source}")]
+    Wire { addr: SocketAddr, source: WireError },
+    #[error("{0}: peer answered for another torrent")]
+    WrongInfoHash(SocketAddr),
+    #[error("{addr}: {source}")]
+    Peer {
+        addr: SocketAddr,
+        source: crate::swarm::PeerError,
+    },
+    #[error("{0}: connection closed by peer")]
+    Closed(SocketAddr),
+}
+
+/// Opens a TCP connection with [`CONNECT_TIMEOUT`].
+pub async fn connect(addr: SocketAddr) -> Result<TcpStream, PeerConnError> {
+    match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr)).await {
+        Err(_) => Err(PeerConnError::ConnectTimeout(addr)),
+        Ok(Err(source)) => Err(PeerConnError::Connect { addr, source }),
+        Ok(Ok(stream)) => {
+            // Small request messages must not wait for Nagle's algorithm.
+            let _ = stream.set_nodelay(true);
+            Ok(stream)
+        }
+    }
+}
+
+/// Sends our handshake and reads the peer's; fails if it names another torrent.
+pub async fn exchange_handshake(
+    stream: &mut TcpStream,
+    addr: SocketAddr,
+    info_hash: InfoHash,
+    peer_id: PeerId,
+) -> Result<Handshake, PeerConnError> {
+    let ours = Handshake::new(info_hash, peer_id);
+    let io = |source| PeerConnError::Io { addr, source };
+    let exchange = async {
+        stream.write_all(&ours.encode()).await.map_err(io)?;
+        let mut theirs = [0u8; HANDSHAKE_LEN];
+        stream.read_exact(&mut theirs).await.map_err(io)?;
+        Handshake::decode(&theirs).map_err(|source| PeerConnError::Wire { addr, source })
+    };
+    let theirs = tokio::time::timeout(HANDSHAKE_TIMEOUT, exchange)
+        .await
+        .map_err(|_| PeerConnError::HandshakeTimeout(addr))??;
+    if theirs.info_hash != info_hash {
+        return Err(PeerConnError::WrongInfoHash(addr));
+    }
+    Ok(theirs)
+}
+
+/// State shared by all connections of one download.
+pub struct Shared {
+    pub state: Mutex<SwarmState>,
+    /// Where assembled pieces go to be verified.
+    pub completed_tx: tokio::sync::mpsc::UnboundedSender<CompletedPiece>,
+    /// Largest message accepted from a peer.
+    pub max_message_len: u32,
+}
+
+/// The download state and the way to wake each connection, under one lock.
+pub struct SwarmState {
+    pub download: Download,
+    pub wakers: std::collections::HashMap<PeerKey, Arc<Notify>>,
+}
+
+impl SwarmState {
+    /// Hands assembled pieces to the hashers and wakes connections with queued messages.
+    pub fn dispatch(&mut self, completed_tx: &tokio::sync::mpsc::UnboundedSender<CompletedPiece>) {
+        for piece in self.download.take_completed() {
+            // The receiver lives as long as the download; a send error means it is ending.
+            let _ = completed_tx.send(piece);
+        }
+        for key in self.download.take_wakeups() {
+            if let Some(n) = self.wakers.get(&key) {
+                n.notify_one();
+            }
+        }
+    }
+}
+
+fn lock(shared: &Shared) -> std::sync::MutexGuard<'_, SwarmState> {
+    // A poisoned lock means another connection panicked; the state itself is still consistent
+    // at every unlock point, so carry on.
+    shared.state.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Runs a connection that has completed its handshake until it fails or the task is dropped.
+pub async fn run(
+    shared: Arc<Shared>,
+    key: PeerKey,
+    addr: SocketAddr,
+    stream: TcpStream,
+) -> Result<(), PeerConnError> {
+    let notify = Arc::new(Notify::new());
+    {
+        let mut st = lock(&shared);
+        st.download.add_peer(key, Instant::now());
+        st.wakers.insert(key, notify.clone());
+    }
+    let result = message_loop(&shared, key, addr, stream, &notify).await;
+    let mut st = lock(&shared);
+    st.download.remove_peer(key);
+    st.wakers.remove(&key);
+    // Its blocks are free again: others may want them.
+    let others: Vec<Arc<Notify>> = st.wakers.values().cloned().collect();
+    drop(st);
+    for n in others {
+        n.notify_one();
+    }
+    result
+}
+
+async fn message_loop(
+    shared: &Shared,
+    key: PeerKey,
+    addr: SocketAddr,
+    stream: TcpStream,
+    notify: &Notify,
+) -> Result<(), PeerConnError> {
+    let (mut rd, mut wr) = stream.into_split();
+    let mut inbuf = BytesMut::with_capacity(256 * 1024);
+    let mut outbuf = BytesMut::with_capacity(16 * 1024);
+    let mut decoder = MessageDecoder::new(shared.max_message_len);
+    let mut incoming = Vec::new();
+    let mut outgoing = Vec::new();
+    let mut ticker = tokio::time::interval(Duration::from_millis(500));
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let peer_err = |source| PeerConnError::Peer { addr, source };
+    loop {
+        {
+            let mut st = lock(shared);
+            let now = Instant::now();
+            for msg in incoming.drain(..) {
+                st.download
+                    .handle_message(key, msg, now)
+                    .map_err(peer_err)?;
+            }
+            st.download.poll_outgoing(key, now, &mut outgoing);
+            st.dispatch(&shared.completed_tx);
+        }
+        if !outgoing.is_empty() {
+            for msg in outgoing.drain(..) {
+                msg.encode(&mut outbuf);
+            }
+            wr.write_all(&outbuf)
+                .await
+                .map_err(|source| PeerConnError::Io { addr, source })?;
+            outbuf.clear();
+        }
+        tokio::select! {
+            read = rd.read_buf(&mut inbuf) => {
+                let n = read.map_err(|source| PeerConnError::Io { addr, source })?;
+                if n == 0 {
+                    return Err(PeerConnError::Closed(addr));
+                }
+                while let Some(msg) = decoder
+                    .decode(&mut inbuf)
+                    .map_err(|source| PeerConnError::Wire { addr, source })?
+                {
+                    incoming.push(msg);
+                }
+                if inbuf.capacity() - inbuf.len() < 32 * 1024 {
+                    inbuf.reserve(256 * 1024);
+                }
+            }
+            _ = notify.notified() => {}
+            _ = ticker.tick() => {
+                lock(shared).download.tick(key, Instant::now()).map_err(peer_err)?;
+            }
+        }
+    }
+}
