@@ -112,14 +112,37 @@ pub async fn handshake(path: &Path, peer: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn run_download(meta: Metainfo, target: Target) -> anyhow::Result<()> {
+/// What a download needs to know about a torrent, from a `.torrent` file or a magnet link.
+pub(super) struct Torrent {
+    pub info: bitrush::metainfo::Info,
+    pub info_bytes: Vec<u8>,
+    pub info_hash: bitrush::types::InfoHash,
+    pub trackers: Vec<Vec<String>>,
+    pub peers: Vec<SocketAddr>,
+}
+
+impl From<Metainfo> for Torrent {
+    fn from(meta: Metainfo) -> Torrent {
+        Torrent {
+            trackers: meta.tracker_tiers(),
+            info: meta.info,
+            info_bytes: meta.info_bytes,
+            info_hash: meta.info_hash,
+            peers: Vec::new(),
+        }
+    }
+}
+
+/// Runs a download with the progress display; returns when the target is complete.
+pub(super) async fn run_download(torrent: Torrent, target: Target) -> anyhow::Result<()> {
     let (tx, rx) = tokio::sync::watch::channel(Default::default());
     let bar = super::progress::spawn(rx);
     let params = DownloadParams {
-        info: Arc::new(meta.info.clone()),
-        info_hash: meta.info_hash,
-        trackers: meta.tracker_tiers(),
-        peers: Vec::new(),
+        info: Arc::new(torrent.info),
+        info_bytes: Some(torrent.info_bytes.into()),
+        info_hash: torrent.info_hash,
+        trackers: torrent.trackers,
+        peers: torrent.peers,
         target,
         peer_id: PeerId::random(),
         port: ANNOUNCE_PORT,
@@ -141,7 +164,7 @@ pub async fn download_piece(path: &Path, index: u32, output: &Path) -> anyhow::R
         bail!("piece index {index} is out of range (the torrent has {count} pieces)");
     }
     run_download(
-        meta,
+        meta.into(),
         Target::Piece {
             index,
             path: output.to_path_buf(),
@@ -154,7 +177,7 @@ pub async fn download_piece(path: &Path, index: u32, output: &Path) -> anyhow::R
 
 pub async fn download(path: &Path, output: &Path) -> anyhow::Result<()> {
     let meta = load_torrent(path)?;
-    run_download(meta, Target::Files(output.to_path_buf())).await?;
+    run_download(meta.into(), Target::Files(output.to_path_buf())).await?;
     println!("Downloaded {} to {}.", path.display(), output.display());
     Ok(())
 }

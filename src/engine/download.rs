@@ -35,6 +35,8 @@ pub enum Target {
 /// Everything a download needs.
 pub struct DownloadParams {
     pub info: Arc<Info>,
+    /// The raw info dictionary, when known, to serve to peers asking for metadata.
+    pub info_bytes: Option<Arc<[u8]>>,
     pub info_hash: InfoHash,
     /// BEP 12 tracker tiers (may be empty when `peers` is given).
     pub trackers: Vec<Vec<String>>,
@@ -160,6 +162,7 @@ pub async fn download(params: DownloadParams) -> Result<(), DownloadError> {
         }),
         completed_tx,
         max_message_len: max_message_len(piece_count),
+        info_bytes: params.info_bytes.clone(),
     });
     let mut manager = Manager {
         params,
@@ -257,8 +260,9 @@ impl Manager {
             let handle = self.peers.spawn(async move {
                 let result = async {
                     let mut stream = peer::connect(addr).await?;
-                    peer::exchange_handshake(&mut stream, addr, info_hash, peer_id).await?;
-                    peer::run(shared, key, addr, stream).await
+                    let theirs =
+                        peer::exchange_handshake(&mut stream, addr, info_hash, peer_id).await?;
+                    peer::run(shared, key, addr, stream, theirs).await
                 }
                 .await;
                 (key, addr, result)

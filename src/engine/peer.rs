@@ -16,8 +16,9 @@ use tokio::sync::Notify;
 
 use crate::swarm::{CompletedPiece, Download, PeerKey};
 use crate::types::{InfoHash, PeerId};
+use crate::wire::extension::{answer_metadata, OUR_UT_METADATA_ID};
 use crate::wire::handshake::HANDSHAKE_LEN;
-use crate::wire::{Handshake, MessageDecoder, WireError};
+use crate::wire::{ExtHandshake, Handshake, Message, MessageDecoder, MetadataMsg, WireError};
 
 /// How long a TCP connect may take.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -98,6 +99,8 @@ pub struct Shared {
     pub completed_tx: tokio::sync::mpsc::UnboundedSender<CompletedPiece>,
     /// Largest message accepted from a peer.
     pub max_message_len: u32,
+    /// The raw info dictionary, served to peers that ask with `ut_metadata`.
+    pub info_bytes: Option<Arc<[u8]>>,
 }
 
 /// The download state and the way to wake each connection, under one lock.
@@ -133,6 +136,7 @@ pub async fn run(
     key: PeerKey,
     addr: SocketAddr,
     stream: TcpStream,
+    theirs: Handshake,
 ) -> Result<(), PeerConnError> {
     let notify = Arc::new(Notify::new());
     {
@@ -140,7 +144,7 @@ pub async fn run(
         st.download.add_peer(key, Instant::now());
         st.wakers.insert(key, notify.clone());
     }
-    let result = message_loop(&shared, key, addr, stream, &notify).await;
+    let result = message_loop(&shared, key, addr, stream, theirs, &notify).await;
     let mut st = lock(&shared);
     st.download.remove_peer(key);
     st.wakers.remove(&key);
@@ -158,11 +162,22 @@ async fn message_loop(
     key: PeerKey,
     addr: SocketAddr,
     stream: TcpStream,
+    theirs: Handshake,
     notify: &Notify,
 ) -> Result<(), PeerConnError> {
     let (mut rd, mut wr) = stream.into_split();
     let mut inbuf = BytesMut::with_capacity(256 * 1024);
     let mut outbuf = BytesMut::with_capacity(16 * 1024);
+    let mut extensions = Extensions::default();
+    if theirs.supports_extensions() {
+        // BEP 10: our extension handshake goes first, before any other message.
+        let metadata_size = shared.info_bytes.as_ref().map(|b| b.len() as u64);
+        Message::Extended {
+            id: 0,
+            payload: ExtHandshake::ours(metadata_size).encode().into(),
+        }
+        .encode(&mut outbuf);
+    }
     let mut decoder = MessageDecoder::new(shared.max_message_len);
     let mut incoming = Vec::new();
     let mut outgoing = Vec::new();
@@ -174,6 +189,9 @@ async fn message_loop(
             let mut st = lock(shared);
             let now = Instant::now();
             for msg in incoming.drain(..) {
+                if let Message::Extended { id, payload } = &msg {
+                    extensions.handle(*id, payload, shared.info_bytes.as_deref(), &mut outgoing);
+                }
                 st.download
                     .handle_message(key, msg, now)
                     .map_err(peer_err)?;
@@ -181,7 +199,7 @@ async fn message_loop(
             st.download.poll_outgoing(key, now, &mut outgoing);
             st.dispatch(&shared.completed_tx);
         }
-        if !outgoing.is_empty() {
+        if !outgoing.is_empty() || !outbuf.is_empty() {
             for msg in outgoing.drain(..) {
                 msg.encode(&mut outbuf);
             }
@@ -209,6 +227,41 @@ async fn message_loop(
             _ = notify.notified() => {}
             _ = ticker.tick() => {
                 lock(shared).download.tick(key, Instant::now()).map_err(peer_err)?;
+            }
+        }
+    }
+}
+
+/// What the peer told us in its extension handshake.
+#[derive(Default)]
+struct Extensions {
+    /// The id the peer wants for `ut_metadata` messages sent to it.
+    ut_metadata: Option<u8>,
+}
+
+impl Extensions {
+    /// Records the peer's extension handshake and answers its metadata requests. Malformed
+    /// extension messages are ignored: they are optional to us.
+    fn handle(
+        &mut self,
+        id: u8,
+        payload: &bytes::Bytes,
+        info: Option<&[u8]>,
+        out: &mut Vec<Message>,
+    ) {
+        if id == 0 {
+            if let Ok(hs) = ExtHandshake::decode(payload) {
+                self.ut_metadata = hs.ut_metadata.filter(|&i| i != 0);
+            }
+        } else if id == OUR_UT_METADATA_ID {
+            let (Some(their_id), Ok(msg)) = (self.ut_metadata, MetadataMsg::decode(payload)) else {
+                return;
+            };
+            if let Some(answer) = answer_metadata(info, &msg) {
+                out.push(Message::Extended {
+                    id: their_id,
+                    payload: answer.encode().into(),
+                });
             }
         }
     }

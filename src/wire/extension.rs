@@ -125,6 +125,26 @@ impl ExtHandshake {
     }
 }
 
+/// Our answer to a peer's `ut_metadata` message: the piece for an in-range request when we
+/// have the metadata, a reject for any other request, nothing for data or rejects.
+pub fn answer_metadata(info_bytes: Option<&[u8]>, msg: &MetadataMsg) -> Option<MetadataMsg> {
+    let MetadataMsg::Request { piece } = *msg else {
+        return None;
+    };
+    let start = (piece as usize).checked_mul(METADATA_PIECE_LEN);
+    match (info_bytes, start) {
+        (Some(bytes), Some(start)) if start < bytes.len() => {
+            let end = bytes.len().min(start + METADATA_PIECE_LEN);
+            Some(MetadataMsg::Data {
+                piece,
+                total_size: bytes.len() as u64,
+                data: Bytes::copy_from_slice(&bytes[start..end]),
+            })
+        }
+        _ => Some(MetadataMsg::Reject { piece }),
+    }
+}
+
 /// A `ut_metadata` message.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum MetadataMsg {
@@ -592,5 +612,29 @@ mod tests {
             prop_assert!(asm.is_complete());
             prop_assert_eq!(asm.finish(hash), Ok(bytes));
         }
+    }
+
+    #[test]
+    fn answers_metadata_requests_in_range_only() {
+        let meta: Vec<u8> = (0..(METADATA_PIECE_LEN + 10)).map(|i| i as u8).collect();
+        let second = answer_metadata(Some(&meta), &MetadataMsg::Request { piece: 1 });
+        assert_eq!(
+            second,
+            Some(MetadataMsg::Data {
+                piece: 1,
+                total_size: meta.len() as u64,
+                data: Bytes::copy_from_slice(&meta[METADATA_PIECE_LEN..]),
+            })
+        );
+        for (have, piece) in [(Some(&meta[..]), 2), (None, 0), (Some(&meta[..]), u32::MAX)] {
+            assert_eq!(
+                answer_metadata(have, &MetadataMsg::Request { piece }),
+                Some(MetadataMsg::Reject { piece })
+            );
+        }
+        assert_eq!(
+            answer_metadata(Some(&meta), &MetadataMsg::Reject { piece: 0 }),
+            None
+        );
     }
 }
