@@ -5,7 +5,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use anyhow::{anyhow, bail, Context};
-use bitrush::engine::{self, DownloadParams, Target};
+use bitrush::engine::{self, DownloadParams, Outcome, SeedLimits, Target};
 use bitrush::metainfo::Metainfo;
 use bitrush::tracker::{AnnounceRequest, Event};
 use bitrush::types::PeerId;
@@ -133,10 +133,37 @@ impl From<Metainfo> for Torrent {
     }
 }
 
+/// How a session runs beyond its target.
+#[derive(Clone, Debug, Default)]
+pub(super) struct SessionOptions {
+    /// Port to listen on for incoming peers (0: any free port).
+    pub port: u16,
+    /// Keep seeding after completion, until these limits (or Ctrl-C).
+    pub seed: Option<SeedLimits>,
+}
+
 /// Runs a download with the progress display; returns when the target is complete.
 pub(super) async fn run_download(torrent: Torrent, target: Target) -> anyhow::Result<()> {
+    run_session(torrent, target, &SessionOptions::default()).await
+}
+
+/// Runs a session (download, then seeding if asked) until done or Ctrl-C/SIGTERM.
+pub(super) async fn run_session(
+    torrent: Torrent,
+    target: Target,
+    opts: &SessionOptions,
+) -> anyhow::Result<()> {
+    let listener = tokio::net::TcpListener::bind(("0.0.0.0", opts.port))
+        .await
+        .with_context(|| format!("cannot listen on port {}", opts.port))?;
     let (tx, rx) = tokio::sync::watch::channel(Default::default());
     let bar = super::progress::spawn(rx);
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        wait_for_signal().await;
+        let _ = stop_tx.send(true);
+    });
+    let total = torrent.info.total_length;
     let params = DownloadParams {
         info: Arc::new(torrent.info),
         info_bytes: Some(torrent.info_bytes.into()),
@@ -145,16 +172,41 @@ pub(super) async fn run_download(torrent: Torrent, target: Target) -> anyhow::Re
         peers: torrent.peers,
         target,
         peer_id: PeerId::random(),
-        port: ANNOUNCE_PORT,
+        listener: Some(listener),
+        port: opts.port,
         max_peers: 50,
         config: Default::default(),
+        seed: opts.seed,
         progress: Some(tx),
+        shutdown: Some(stop_rx),
     };
     let result = engine::download(params).await;
     if let Some(bar) = bar {
         let _ = bar.await;
     }
-    Ok(result?)
+    match result? {
+        Outcome::Complete => Ok(()),
+        Outcome::Interrupted => {
+            bail!("interrupted; verified pieces are kept (of {total} bytes), run again to resume")
+        }
+    }
+}
+
+/// Resolves on Ctrl-C (SIGINT) or SIGTERM.
+async fn wait_for_signal() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+    let term = async {
+        match term.as_mut() {
+            Some(t) => {
+                t.recv().await;
+            }
+            None => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        () = term => {}
+    }
 }
 
 pub async fn download_piece(path: &Path, index: u32, output: &Path) -> anyhow::Result<()> {
@@ -175,9 +227,19 @@ pub async fn download_piece(path: &Path, index: u32, output: &Path) -> anyhow::R
     Ok(())
 }
 
-pub async fn download(path: &Path, output: &Path) -> anyhow::Result<()> {
+pub async fn download(path: &Path, output: &Path, opts: &SessionOptions) -> anyhow::Result<()> {
     let meta = load_torrent(path)?;
-    run_download(meta.into(), Target::Files(output.to_path_buf())).await?;
+    run_session(meta.into(), Target::Files(output.to_path_buf()), opts).await?;
     println!("Downloaded {} to {}.", path.display(), output.display());
     Ok(())
+}
+
+/// Seeds existing data: verifies it, then serves it until the limits or Ctrl-C.
+pub async fn seed(path: &Path, data: &Path, opts: &SessionOptions) -> anyhow::Result<()> {
+    let meta = load_torrent(path)?;
+    let opts = SessionOptions {
+        seed: Some(opts.seed.unwrap_or_default()),
+        ..opts.clone()
+    };
+    run_session(meta.into(), Target::Files(data.to_path_buf()), &opts).await
 }

@@ -36,11 +36,51 @@ enum Command {
         index: u32,
     },
     /// Download a whole torrent: a file (single-file torrent) or a directory (multi-file).
+    /// Existing data at the output is checked and only what is missing is fetched.
     Download {
         #[arg(short, long)]
         output: PathBuf,
         torrent: PathBuf,
+        #[command(flatten)]
+        session: SessionArgs,
+        /// Keep seeding after the download completes (until a limit or Ctrl-C).
+        #[arg(long)]
+        seed: bool,
     },
+    /// Seed existing data: verify it, announce, and serve peers until a limit or Ctrl-C.
+    Seed {
+        torrent: PathBuf,
+        /// The downloaded file (single-file torrent) or directory (multi-file).
+        path: PathBuf,
+        #[command(flatten)]
+        session: SessionArgs,
+    },
+}
+
+#[derive(clap::Args, Clone, Debug)]
+struct SessionArgs {
+    /// Port to accept peers on (0: any free port).
+    #[arg(long, default_value_t = 0)]
+    port: u16,
+    /// Stop seeding once uploaded bytes reach this multiple of the torrent size.
+    #[arg(long)]
+    seed_ratio: Option<f64>,
+    /// Stop seeding after this many seconds.
+    #[arg(long)]
+    seed_time: Option<u64>,
+}
+
+impl SessionArgs {
+    fn options(&self, seed: bool) -> commands::SessionOptions {
+        let limits = bitrush::engine::SeedLimits {
+            ratio: self.seed_ratio,
+            time: self.seed_time.map(std::time::Duration::from_secs),
+        };
+        commands::SessionOptions {
+            port: self.port,
+            seed: seed.then_some(limits),
+        }
+    }
 }
 
 /// Runs the command line; prints errors as one line on stderr.
@@ -85,9 +125,21 @@ fn run(command: Command) -> anyhow::Result<()> {
             torrent,
             index,
         } => runtime()?.block_on(commands::download_piece(&torrent, index, &output)),
-        Command::Download { output, torrent } => {
-            runtime()?.block_on(commands::download(&torrent, &output))
-        }
+        Command::Download {
+            output,
+            torrent,
+            session,
+            seed,
+        } => runtime()?.block_on(commands::download(
+            &torrent,
+            &output,
+            &session.options(seed),
+        )),
+        Command::Seed {
+            torrent,
+            path,
+            session,
+        } => runtime()?.block_on(commands::seed(&torrent, &path, &session.options(true))),
     }
 }
 

@@ -1,10 +1,12 @@
-//! One torrent's download, from the first announce to the last verified piece.
+//! One torrent's session, from the first announce to the last verified piece, and on as a seed
+//! if asked.
 //!
-//! A single manager task owns the connection set and the announce schedule. Peer connections
-//! run as their own tasks over the shared [`SwarmState`]. Assembled pieces are hashed (and
-//! written, if good) on tokio's blocking pool, so SHA-1 and disk never stall a socket; at most
-//! `hash_threads` run at once. Memory stays bounded by the download's piece-memory budget:
-//! pieces waiting for their hash count against it until their verdict comes back.
+//! A single manager task owns the connection set, the listener and the announce schedule. Peer
+//! connections run as their own tasks over the shared [`SwarmState`]. Assembled pieces are
+//! hashed (and written, if good) on tokio's blocking pool, so SHA-1 and disk never stall a
+//! socket; at most one hashing job per core runs at once. Memory stays bounded by the download's
+//! piece-memory budget: pieces waiting for their hash count against it until their verdict comes
+//! back. Existing data at the output is checked piece by piece first (resume), on all cores.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::net::SocketAddr;
@@ -13,10 +15,12 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use sha1::{Digest, Sha1};
+use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch, Semaphore};
 use tokio::task::{AbortHandle, JoinSet};
 
 use super::peer::{self, PeerConnError, Shared, SwarmState};
+use super::sink::Sink;
 use crate::metainfo::Info;
 use crate::storage::{Storage, StorageError};
 use crate::swarm::{Bitfield, Config, Download, PeerKey, BLOCK_LEN};
@@ -32,7 +36,16 @@ pub enum Target {
     Piece { index: u32, path: PathBuf },
 }
 
-/// Everything a download needs.
+/// When a seed stops (whichever comes first; neither set: until shutdown).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct SeedLimits {
+    /// Uploaded bytes divided by the torrent's size.
+    pub ratio: Option<f64>,
+    /// Time spent seeding after the download completed.
+    pub time: Option<Duration>,
+}
+
+/// Everything a session needs.
 pub struct DownloadParams {
     pub info: Arc<Info>,
     /// The raw info dictionary, when known, to serve to peers asking for metadata.
@@ -44,27 +57,45 @@ pub struct DownloadParams {
     pub peers: Vec<SocketAddr>,
     pub target: Target,
     pub peer_id: PeerId,
-    /// The port announced to trackers.
+    /// Accepts incoming connections; its port is announced. Without it, `port` is announced.
+    pub listener: Option<TcpListener>,
     pub port: u16,
-    /// Most connections open at once.
+    /// Most outgoing connections open at once (incoming ones may add as many again).
     pub max_peers: usize,
     pub config: Config,
+    /// Keep seeding after the download completes.
+    pub seed: Option<SeedLimits>,
     /// Receives a snapshot a few times a second.
     pub progress: Option<watch::Sender<Progress>>,
+    /// Set to `true` to stop: in-flight pieces are dropped, verified ones flushed, `stopped`
+    /// announced.
+    pub shutdown: Option<watch::Receiver<bool>>,
 }
 
-/// A snapshot of a running download.
+/// A snapshot of a running session.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Progress {
     /// Verified bytes of wanted pieces (including those present at start).
     pub done_bytes: u64,
     pub total_bytes: u64,
+    pub uploaded_bytes: u64,
     pub peers: usize,
     /// Recent download rate in bytes per second.
     pub rate: f64,
+    /// The download is complete and the session is seeding.
+    pub seeding: bool,
 }
 
-/// Why a download stopped before finishing.
+/// How a session ended without error.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// Every wanted piece is verified and on disk.
+    Complete,
+    /// Stopped by the shutdown signal before completing.
+    Interrupted,
+}
+
+/// Why a session stopped before finishing.
 #[derive(Debug, thiserror::Error)]
 pub enum DownloadError {
     #[error("{0}")]
@@ -75,55 +106,31 @@ pub enum DownloadError {
     Tracker(TrackerError),
     #[error("no peer could be reached ({0})")]
     NoPeers(String),
-}
-
-/// Where verified pieces go.
-enum Sink {
-    Files(Storage),
-    Piece(std::fs::File, PathBuf),
-}
-
-impl Sink {
-    fn store(&self, index: u32, data: &[u8]) -> Result<(), StorageError> {
-        match self {
-            Sink::Files(storage) => storage.write(index, 0, data),
-            Sink::Piece(file, path) => {
-                use std::os::unix::fs::FileExt;
-                file.write_all_at(data, 0)
-                    .and_then(|()| file.set_len(data.len() as u64))
-                    .map_err(|source| StorageError::Io {
-                        path: path.display().to_string(),
-                        source,
-                    })
-            }
-        }
-    }
-
-    fn sync(&self) -> Result<(), StorageError> {
-        match self {
-            Sink::Files(storage) => storage.sync(),
-            Sink::Piece(file, path) => file.sync_data().map_err(|source| StorageError::Io {
-                path: path.display().to_string(),
-                source,
-            }),
-        }
-    }
+    #[error("internal task failed: {0}")]
+    Task(String),
 }
 
 /// The result of one hashing job: piece index and whether it was good and stored.
 type Verdict = (u32, Result<bool, StorageError>);
 
-/// Downloads the target and returns once every wanted piece is verified and on disk.
-pub async fn download(params: DownloadParams) -> Result<(), DownloadError> {
+/// Runs a session until the target is complete (and seeding is over), or shutdown.
+pub async fn download(mut params: DownloadParams) -> Result<Outcome, DownloadError> {
     let info = params.info.clone();
     let piece_count = info.piece_count();
-    let (sink, wanted) = match &params.target {
+    let (sink, wanted, have) = match &params.target {
         Target::Files(path) => {
+            let existed = path.exists();
             let (path, info2) = (path.clone(), info.clone());
             let storage = tokio::task::spawn_blocking(move || Storage::open(&path, &info2))
                 .await
-                .map_err(|e| StorageError::Range(e.to_string()))??;
-            (Sink::Files(storage), Bitfield::full(piece_count))
+                .map_err(|e| DownloadError::Task(e.to_string()))??;
+            let storage = Arc::new(Sink::Files(storage));
+            let have = if existed {
+                recheck(storage.clone(), info.clone()).await?
+            } else {
+                Bitfield::new(piece_count)
+            };
+            (storage, Bitfield::full(piece_count), have)
         }
         Target::Piece { index, path } => {
             if *index >= piece_count {
@@ -138,10 +145,14 @@ pub async fn download(params: DownloadParams) -> Result<(), DownloadError> {
             })?;
             let mut wanted = Bitfield::new(piece_count);
             wanted.set(*index);
-            (Sink::Piece(file, path.clone()), wanted)
+            let sink = Sink::Piece {
+                index: *index,
+                file,
+                path: path.clone(),
+            };
+            (Arc::new(sink), wanted, Bitfield::new(piece_count))
         }
     };
-    let sink = Arc::new(sink);
     let total_bytes = wanted
         .iter_set()
         .map(|i| u64::from(info.piece_len(i)))
@@ -149,7 +160,7 @@ pub async fn download(params: DownloadParams) -> Result<(), DownloadError> {
     let download = Download::new(
         info.piece_length,
         info.total_length,
-        Bitfield::new(piece_count),
+        have,
         wanted,
         params.config.clone(),
         rand::random(),
@@ -163,8 +174,16 @@ pub async fn download(params: DownloadParams) -> Result<(), DownloadError> {
         completed_tx,
         max_message_len: max_message_len(piece_count),
         info_bytes: params.info_bytes.clone(),
+        sink: sink.clone(),
     });
+    if let Some(listener) = &params.listener {
+        if let Ok(addr) = listener.local_addr() {
+            params.port = addr.port();
+        }
+    }
     let mut manager = Manager {
+        listener: params.listener.take(),
+        shutdown: params.shutdown.take(),
         params,
         info,
         shared,
@@ -174,13 +193,46 @@ pub async fn download(params: DownloadParams) -> Result<(), DownloadError> {
         peers: JoinSet::new(),
         peer_handles: HashMap::new(),
         candidates: VecDeque::new(),
-        known: HashSet::new(),
         connected: HashSet::new(),
+        incoming: 0,
         banned: HashSet::new(),
         next_key: 0,
         last_error: None,
     };
     manager.run().await
+}
+
+/// Hashes every piece already at the output, on all cores; returns the pieces that match.
+async fn recheck(sink: Arc<Sink>, info: Arc<Info>) -> Result<Bitfield, DownloadError> {
+    let count = info.piece_count();
+    let threads = std::thread::available_parallelism().map_or(2, |n| n.get()) as u32;
+    let mut jobs = JoinSet::new();
+    for t in 0..threads {
+        let (sink, info) = (sink.clone(), info.clone());
+        jobs.spawn_blocking(move || -> Result<Vec<u32>, StorageError> {
+            let Sink::Files(storage) = &*sink else {
+                return Ok(Vec::new());
+            };
+            let mut good = Vec::new();
+            let mut scratch = Vec::new();
+            for index in (t..count).step_by(threads as usize) {
+                if let Some(hash) = info.pieces.get(index as usize) {
+                    if storage.piece_matches(index, hash, &mut scratch)? {
+                        good.push(index);
+                    }
+                }
+            }
+            Ok(good)
+        });
+    }
+    let mut have = Bitfield::new(count);
+    while let Some(joined) = jobs.join_next().await {
+        for index in joined.map_err(|e| DownloadError::Task(e.to_string()))?? {
+            have.set(index);
+        }
+    }
+    tracing::info!(have = have.count(), of = count, "checked existing data");
+    Ok(have)
 }
 
 /// Largest peer message we accept: a block with its header, an extension message, or the
@@ -190,22 +242,51 @@ fn max_message_len(piece_count: u32) -> u32 {
     bitfield.max(BLOCK_LEN * 8 + 13).max(64 * 1024)
 }
 
+type PeerResult = (PeerKey, Option<SocketAddr>, Result<(), PeerConnError>);
+
 struct Manager {
     params: DownloadParams,
+    listener: Option<TcpListener>,
+    shutdown: Option<watch::Receiver<bool>>,
     info: Arc<Info>,
     shared: Arc<Shared>,
     sink: Arc<Sink>,
     completed_rx: mpsc::UnboundedReceiver<crate::swarm::CompletedPiece>,
     total_bytes: u64,
-    peers: JoinSet<(PeerKey, SocketAddr, Result<(), PeerConnError>)>,
+    /// Connection tasks; an outgoing one reports the address it dialled.
+    peers: JoinSet<PeerResult>,
     peer_handles: HashMap<PeerKey, (AbortHandle, SocketAddr)>,
     candidates: VecDeque<SocketAddr>,
-    /// Every address ever queued (so a re-announce does not queue it twice).
-    known: HashSet<SocketAddr>,
+    /// Addresses we dialled that are still connected.
     connected: HashSet<SocketAddr>,
+    incoming: usize,
     banned: HashSet<SocketAddr>,
     next_key: PeerKey,
     last_error: Option<String>,
+}
+
+/// Waits for the shutdown signal, or forever without one.
+async fn shutdown_signal(rx: &mut Option<watch::Receiver<bool>>) {
+    match rx {
+        Some(rx) => {
+            while !*rx.borrow_and_update() {
+                if rx.changed().await.is_err() {
+                    std::future::pending::<()>().await;
+                }
+            }
+        }
+        None => std::future::pending().await,
+    }
+}
+
+/// Accepts the next connection, or waits forever without a listener.
+async fn accept(
+    listener: &Option<TcpListener>,
+) -> std::io::Result<(tokio::net::TcpStream, SocketAddr)> {
+    match listener {
+        Some(l) => l.accept().await,
+        None => std::future::pending().await,
+    }
 }
 
 impl Manager {
@@ -219,7 +300,7 @@ impl Manager {
             info_hash: self.params.info_hash,
             peer_id: self.params.peer_id,
             port: self.params.port,
-            uploaded: 0,
+            uploaded: st.download.uploaded_bytes(),
             downloaded: st.download.verified_bytes(),
             left: st.download.bytes_left(),
             event,
@@ -234,24 +315,24 @@ impl Manager {
     }
 
     fn add_candidates(&mut self, peers: &[SocketAddr]) {
+        let own_port = self.listener.as_ref().map(|_| self.params.port);
         for &addr in peers {
-            if !self.banned.contains(&addr) && !self.connected.contains(&addr) {
-                if !self.known.contains(&addr) || !self.candidates.contains(&addr) {
-                    self.candidates.push_back(addr);
-                }
-                self.known.insert(addr);
+            let is_self = own_port == Some(addr.port()) && addr.ip().is_loopback();
+            if !is_self
+                && !self.banned.contains(&addr)
+                && !self.connected.contains(&addr)
+                && !self.candidates.contains(&addr)
+            {
+                self.candidates.push_back(addr);
             }
         }
     }
 
-    fn connect_more(&mut self) {
-        while self.connected.len() < self.params.max_peers {
+    fn connect_more(&mut self, done: bool) {
+        while self.connected.len() < self.params.max_peers && !done {
             let Some(addr) = self.candidates.pop_front() else {
                 break;
             };
-            if self.connected.contains(&addr) || self.banned.contains(&addr) {
-                continue;
-            }
             self.connected.insert(addr);
             let key = self.next_key;
             self.next_key += 1;
@@ -265,10 +346,31 @@ impl Manager {
                     peer::run(shared, key, addr, stream, theirs).await
                 }
                 .await;
-                (key, addr, result)
+                (key, Some(addr), result)
             });
             self.peer_handles.insert(key, (handle, addr));
         }
+    }
+
+    fn on_incoming(&mut self, mut stream: tokio::net::TcpStream, addr: SocketAddr) {
+        if self.incoming >= self.params.max_peers || self.banned.contains(&addr) {
+            return; // Dropping the stream closes it: the connection limit holds.
+        }
+        self.incoming += 1;
+        let key = self.next_key;
+        self.next_key += 1;
+        let shared = self.shared.clone();
+        let (info_hash, peer_id) = (self.params.info_hash, self.params.peer_id);
+        let handle = self.peers.spawn(async move {
+            let _ = stream.set_nodelay(true);
+            let result = async {
+                let theirs = peer::accept_handshake(&mut stream, addr, info_hash, peer_id).await?;
+                peer::run(shared, key, addr, stream, theirs).await
+            }
+            .await;
+            (key, None, result)
+        });
+        self.peer_handles.insert(key, (handle, addr));
     }
 
     fn progress(&self, rate: f64) -> Progress {
@@ -277,15 +379,31 @@ impl Manager {
         Progress {
             done_bytes: self.total_bytes.saturating_sub(left),
             total_bytes: self.total_bytes,
+            uploaded_bytes: st.download.uploaded_bytes(),
             peers: st.download.peer_count(),
             rate,
+            seeding: st.download.is_done(),
         }
     }
 
-    async fn run(&mut self) -> Result<(), DownloadError> {
+    fn seed_over(&self, seeding_since: Option<Instant>) -> bool {
+        let Some(since) = seeding_since else {
+            return false;
+        };
+        let Some(limits) = self.params.seed else {
+            return true;
+        };
+        let ratio_met = limits.ratio.is_some_and(|r| {
+            let up = self.lock().download.uploaded_bytes() as f64;
+            up >= r * self.info.total_length as f64
+        });
+        let time_met = limits.time.is_some_and(|t| since.elapsed() >= t);
+        ratio_met || time_met
+    }
+
+    async fn run(&mut self) -> Result<Outcome, DownloadError> {
         let extra = self.params.peers.clone();
         self.add_candidates(&extra);
-        self.connect_more();
 
         let hash_permits = Arc::new(Semaphore::new(
             std::thread::available_parallelism().map_or(2, |n| n.get()),
@@ -297,13 +415,38 @@ impl Manager {
         let mut first_announce = true;
         let mut announce_failures = 0u32;
         let mut progress_tick = tokio::time::interval(Duration::from_millis(250));
+        let mut rechoke_tick = tokio::time::interval(Duration::from_secs(10));
+        let mut rechokes = 0u64;
         let mut last_sample = (Instant::now(), 0u64);
         let mut rate = 0.0;
+        let mut seeding_since: Option<Instant> = None;
+        let mut outcome = Outcome::Complete;
+        let mut shutdown = self.shutdown.take();
+        let mut completed_announced = false;
 
         loop {
-            if self.lock().download.is_done() {
+            let done = self.lock().download.is_done();
+            if done && seeding_since.is_none() {
+                seeding_since = Some(Instant::now());
+                if self.params.seed.is_none() {
+                    break;
+                }
+                if !first_announce && have_trackers {
+                    // Tell the trackers we completed (best effort, in the background).
+                    completed_announced = true;
+                    let req = self.announce_request(Event::Completed);
+                    let tiers = self.params.trackers.clone();
+                    tokio::spawn(async move {
+                        let _ = super::tracker::announce_all(&tiers, &req).await;
+                    });
+                }
+                self.flush().await?;
+                tracing::info!("download complete; seeding");
+            }
+            if self.seed_over(seeding_since) {
                 break;
             }
+            self.connect_more(done);
             if have_trackers && announce.is_empty() && Instant::now() >= next_announce {
                 let event = if first_announce {
                     Event::Started
@@ -315,7 +458,9 @@ impl Manager {
                 let tiers = self.params.trackers.clone();
                 announce.spawn(async move { super::tracker::announce_all(&tiers, &req).await });
             }
-            if self.peers.is_empty()
+            if !done
+                && self.listener.is_none()
+                && self.peers.is_empty()
                 && self.candidates.is_empty()
                 && announce.is_empty()
                 && hashing.is_empty()
@@ -329,6 +474,10 @@ impl Manager {
             }
             let until_announce = next_announce.saturating_duration_since(Instant::now());
             tokio::select! {
+                () = shutdown_signal(&mut shutdown) => {
+                    outcome = if done { Outcome::Complete } else { Outcome::Interrupted };
+                    break;
+                }
                 Some(piece) = self.completed_rx.recv() => {
                     let permit = hash_permits.clone().acquire_owned().await;
                     let (info, sink) = (self.info.clone(), self.sink.clone());
@@ -338,12 +487,16 @@ impl Manager {
                             .pieces
                             .get(piece.index as usize)
                             .is_some_and(|h| Sha1::digest(&piece.data).as_slice() == h);
-                        let stored = if good { sink.store(piece.index, &piece.data).map(|()| true) } else { Ok(false) };
+                        let stored = if good {
+                            sink.store(piece.index, &piece.data).map(|()| true)
+                        } else {
+                            Ok(false)
+                        };
                         (piece.index, stored)
                     });
                 }
                 Some(joined) = hashing.join_next() => {
-                    let (index, verdict) = joined.map_err(|e| StorageError::Range(e.to_string()))?;
+                    let (index, verdict) = joined.map_err(|e| DownloadError::Task(e.to_string()))?;
                     let good = verdict?;
                     if !good {
                         tracing::warn!(piece = index, "piece failed its hash check; fetching it again");
@@ -363,18 +516,26 @@ impl Manager {
                     }
                 }
                 Some(joined) = self.peers.join_next() => {
-                    if let Ok((key, addr, result)) = joined {
+                    if let Ok((key, dialled, result)) = joined {
                         self.peer_handles.remove(&key);
-                        self.connected.remove(&addr);
+                        match dialled {
+                            Some(addr) => { self.connected.remove(&addr); }
+                            None => self.incoming = self.incoming.saturating_sub(1),
+                        }
                         if let Err(e) = result {
-                            tracing::debug!(%addr, error = %e, "peer connection ended");
+                            tracing::debug!(error = %e, "peer connection ended");
                             self.last_error = Some(e.to_string());
                         }
                     }
-                    self.connect_more();
+                }
+                accepted = accept(&self.listener) => {
+                    match accepted {
+                        Ok((stream, addr)) => self.on_incoming(stream, addr),
+                        Err(e) => tracing::warn!(error = %e, "accepting a connection failed"),
+                    }
                 }
                 Some(joined) = announce.join_next() => {
-                    let response = joined.map_err(|e| DownloadError::Tracker(TrackerError::Malformed(e.to_string())))?;
+                    let response = joined.map_err(|e| DownloadError::Task(e.to_string()))?;
                     match response {
                         Ok(resp) => {
                             if let Some(w) = &resp.warning {
@@ -382,22 +543,28 @@ impl Manager {
                             }
                             announce_failures = 0;
                             self.add_candidates(&resp.peers);
-                            self.connect_more();
                             let interval = resp.interval.unwrap_or(1800).max(resp.min_interval.unwrap_or(0));
                             next_announce = Instant::now() + self.reannounce_delay(interval);
                         }
                         Err(e) => {
                             tracing::warn!(error = %e, "announce failed");
                             announce_failures += 1;
-                            if self.peers.is_empty() && self.candidates.is_empty() && self.params.peers.is_empty() && announce_failures == 1 {
+                            let alone = self.peers.is_empty() && self.candidates.is_empty();
+                            if alone && self.params.peers.is_empty() && self.listener.is_none() && announce_failures == 1 {
                                 return Err(DownloadError::Tracker(e));
                             }
                             self.last_error = Some(e.to_string());
-                            next_announce = Instant::now() + Duration::from_secs(5 * u64::from(announce_failures));
+                            next_announce = Instant::now() + Duration::from_secs(5 * u64::from(announce_failures.min(12)));
                         }
                     }
                 }
                 _ = tokio::time::sleep(until_announce), if have_trackers && announce.is_empty() => {}
+                _ = rechoke_tick.tick() => {
+                    rechokes += 1;
+                    let mut st = self.lock();
+                    st.download.rechoke(rechokes.is_multiple_of(3));
+                    st.dispatch(&self.shared.completed_tx);
+                }
                 _ = progress_tick.tick() => {
                     let p = self.progress(rate);
                     let now = Instant::now();
@@ -410,7 +577,7 @@ impl Manager {
                     if let Some(tx) = &self.params.progress {
                         let _ = tx.send(p);
                     }
-                    if self.peers.is_empty() && self.candidates.is_empty() && announce.is_empty() {
+                    if !done && self.peers.is_empty() && self.candidates.is_empty() && announce.is_empty() {
                         // Nobody to talk to: ask the trackers again soon.
                         next_announce = next_announce.min(Instant::now() + Duration::from_secs(2));
                     }
@@ -419,16 +586,25 @@ impl Manager {
         }
 
         self.peers.abort_all();
-        let sink = self.sink.clone();
-        tokio::task::spawn_blocking(move || sink.sync())
-            .await
-            .map_err(|e| StorageError::Range(e.to_string()))??;
+        // Pieces still being hashed are dropped unless already verified; what is stored stays.
+        while let Some(joined) = hashing.join_next().await {
+            if let Ok((index, Ok(good))) = joined {
+                self.lock().download.piece_verified(index, good);
+            }
+        }
+        self.flush().await?;
         if let Some(tx) = &self.params.progress {
             let _ = tx.send(self.progress(rate));
         }
-        if have_trackers {
-            // Best effort: the download is complete whatever the trackers say.
-            for event in [Event::Completed, Event::Stopped] {
+        if have_trackers && !first_announce {
+            // Best effort: what is on disk stands whatever the trackers say.
+            let done = self.lock().download.is_done();
+            let mut events = Vec::new();
+            if done && !completed_announced {
+                events.push(Event::Completed);
+            }
+            events.push(Event::Stopped);
+            for event in events {
                 let req = self.announce_request(event);
                 let _ = tokio::time::timeout(
                     Duration::from_secs(3),
@@ -437,6 +613,14 @@ impl Manager {
                 .await;
             }
         }
+        Ok(outcome)
+    }
+
+    async fn flush(&self) -> Result<(), DownloadError> {
+        let sink = self.sink.clone();
+        tokio::task::spawn_blocking(move || sink.sync())
+            .await
+            .map_err(|e| DownloadError::Task(e.to_string()))??;
         Ok(())
     }
 

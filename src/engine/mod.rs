@@ -8,6 +8,9 @@
 
 pub mod download;
 pub mod peer;
+pub mod sink;
 pub mod tracker;
 
-pub use download::{download, DownloadParams, Progress, Target};
+pub use download::{
+    download, DownloadError, DownloadParams, Outcome, Progress, SeedLimits, Target,
+};

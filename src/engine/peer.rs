@@ -14,16 +14,36 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::Notify;
 
+use super::sink::Sink;
+use crate::storage::StorageError;
 use crate::swarm::{CompletedPiece, Download, PeerKey};
 use crate::types::{InfoHash, PeerId};
 use crate::wire::extension::{answer_metadata, OUR_UT_METADATA_ID};
 use crate::wire::handshake::HANDSHAKE_LEN;
+use crate::wire::message::encode_piece_header;
+use crate::wire::BlockRef;
 use crate::wire::{ExtHandshake, Handshake, Message, MessageDecoder, MetadataMsg, WireError};
 
 /// How long a TCP connect may take.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long the remote side may take to answer our handshake.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Most blocks read from disk for one peer in one go.
+const UPLOAD_BATCH: usize = 16;
+
+/// Appends a `piece` message for each block to `out`; returns the payload bytes read.
+fn read_blocks(sink: &Sink, blocks: &[BlockRef], out: &mut BytesMut) -> Result<u64, StorageError> {
+    let mut sent = 0;
+    for b in blocks {
+        encode_piece_header(b.index, b.begin, b.length as usize, out);
+        let start = out.len();
+        out.resize(start + b.length as usize, 0);
+        sink.read(b.index, b.begin, &mut out[start..])?;
+        sent += u64::from(b.length);
+    }
+    Ok(sent)
+}
 
 /// Why a connection ended.
 #[derive(Debug, thiserror::Error)]
@@ -53,6 +73,8 @@ pub enum PeerConnError {
     },
     #[error("{0}: connection closed by peer")]
     Closed(SocketAddr),
+    #[error("reading a block to upload: {0}")]
+    Storage(#[from] StorageError),
 }
 
 /// Opens a TCP connection with [`CONNECT_TIMEOUT`].
@@ -92,6 +114,32 @@ pub async fn exchange_handshake(
     Ok(theirs)
 }
 
+/// Answers an incoming connection: reads the peer's handshake, refuses another torrent's info
+/// hash (closing without answering), then sends ours.
+pub async fn accept_handshake(
+    stream: &mut TcpStream,
+    addr: SocketAddr,
+    info_hash: InfoHash,
+    peer_id: PeerId,
+) -> Result<Handshake, PeerConnError> {
+    let io = |source| PeerConnError::Io { addr, source };
+    let exchange = async {
+        let mut theirs = [0u8; HANDSHAKE_LEN];
+        stream.read_exact(&mut theirs).await.map_err(io)?;
+        let theirs =
+            Handshake::decode(&theirs).map_err(|source| PeerConnError::Wire { addr, source })?;
+        if theirs.info_hash != info_hash {
+            return Err(PeerConnError::WrongInfoHash(addr));
+        }
+        let ours = Handshake::new(info_hash, peer_id);
+        stream.write_all(&ours.encode()).await.map_err(io)?;
+        Ok(theirs)
+    };
+    tokio::time::timeout(HANDSHAKE_TIMEOUT, exchange)
+        .await
+        .map_err(|_| PeerConnError::HandshakeTimeout(addr))?
+}
+
 /// State shared by all connections of one download.
 pub struct Shared {
     pub state: Mutex<SwarmState>,
@@ -101,6 +149,8 @@ pub struct Shared {
     pub max_message_len: u32,
     /// The raw info dictionary, served to peers that ask with `ut_metadata`.
     pub info_bytes: Option<Arc<[u8]>>,
+    /// Where pieces are stored; uploads are read from it.
+    pub sink: Arc<Sink>,
 }
 
 /// The download state and the way to wake each connection, under one lock.
@@ -181,6 +231,7 @@ async fn message_loop(
     let mut decoder = MessageDecoder::new(shared.max_message_len);
     let mut incoming = Vec::new();
     let mut outgoing = Vec::new();
+    let mut uploads = Vec::new();
     let mut ticker = tokio::time::interval(Duration::from_millis(500));
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let peer_err = |source| PeerConnError::Peer { addr, source };
@@ -197,12 +248,29 @@ async fn message_loop(
                     .map_err(peer_err)?;
             }
             st.download.poll_outgoing(key, now, &mut outgoing);
+            st.download.take_uploads(key, UPLOAD_BATCH, &mut uploads);
             st.dispatch(&shared.completed_tx);
         }
-        if !outgoing.is_empty() || !outbuf.is_empty() {
-            for msg in outgoing.drain(..) {
-                msg.encode(&mut outbuf);
-            }
+        for msg in outgoing.drain(..) {
+            msg.encode(&mut outbuf);
+        }
+        if !uploads.is_empty() {
+            let sink = shared.sink.clone();
+            let blocks = std::mem::take(&mut uploads);
+            let buf = std::mem::take(&mut outbuf);
+            let (blocks, buf, sent) = tokio::task::spawn_blocking(move || {
+                let mut buf = buf;
+                let sent = read_blocks(&sink, &blocks, &mut buf);
+                (blocks, buf, sent)
+            })
+            .await
+            .map_err(|e| StorageError::Range(e.to_string()))?;
+            outbuf = buf;
+            uploads = blocks;
+            uploads.clear();
+            lock(shared).download.uploaded(key, sent?);
+        }
+        if !outbuf.is_empty() {
             wr.write_all(&outbuf)
                 .await
                 .map_err(|source| PeerConnError::Io { addr, source })?;

@@ -53,6 +53,10 @@ pub struct Config {
     pub max_hash_failures: u32,
     /// How many peers may be asked for the same block in endgame mode.
     pub endgame_duplicates: u8,
+    /// Peers we upload to at once (one of them the optimistic unchoke).
+    pub upload_slots: usize,
+    /// Requests from one peer queued for upload; more are dropped.
+    pub max_upload_queue: usize,
 }
 
 impl Default for Config {
@@ -67,6 +71,8 @@ impl Default for Config {
             request_timeout: Duration::from_secs(20),
             max_hash_failures: 3,
             endgame_duplicates: 2,
+            upload_slots: 8,
+            max_upload_queue: 512,
         }
     }
 }
@@ -81,6 +87,9 @@ pub enum PeerError {
     #[error("peer sent {0} pieces that failed their hash check")]
     BadData(u32),
 }
+
+/// Largest block a peer may request from us.
+pub const MAX_REQUEST_LEN: u32 = 128 * 1024;
 
 /// An assembled piece awaiting hash verification.
 #[derive(Debug)]
@@ -111,10 +120,16 @@ struct Partial {
 #[derive(Debug)]
 struct Peer {
     has: Bitfield,
-    got_first_message: bool,
     peer_choking: bool,
     peer_interested: bool,
     am_interested: bool,
+    am_choking: bool,
+    /// Blocks the peer asked of us, in order, not yet handed to the engine.
+    uploads: VecDeque<BlockRef>,
+    /// Bytes we sent this peer in the current rate window.
+    upload_window_bytes: u64,
+    /// Smoothed upload rate to this peer, bytes per second.
+    upload_rate: f64,
     inflight: VecDeque<BlockRef>,
     /// Pieces this peer started: it is asked for their blocks first (whole-piece affinity).
     current: Vec<u32>,
@@ -154,6 +169,11 @@ pub struct Download {
     verified_bytes: u64,
     /// Payload bytes received in blocks we did not need (duplicates, unrequested).
     wasted_bytes: u64,
+    /// Payload bytes sent to peers.
+    uploaded_bytes: u64,
+    /// The peer currently given the optimistic unchoke.
+    optimistic: Option<PeerKey>,
+    rng: StdRng,
 }
 
 impl Download {
@@ -195,6 +215,9 @@ impl Download {
             to_wake: HashSet::new(),
             verified_bytes: 0,
             wasted_bytes: 0,
+            uploaded_bytes: 0,
+            optimistic: None,
+            rng,
         }
     }
 
@@ -268,10 +291,13 @@ impl Download {
             key,
             Peer {
                 has: Bitfield::new(self.piece_count),
-                got_first_message: false,
                 peer_choking: true,
                 peer_interested: false,
                 am_interested: false,
+                am_choking: true,
+                uploads: VecDeque::new(),
+                upload_window_bytes: 0,
+                upload_rate: 0.0,
                 inflight: VecDeque::new(),
                 current: Vec::new(),
                 outbox,
@@ -339,10 +365,6 @@ impl Download {
         now: Instant,
     ) -> Result<(), PeerError> {
         peer.last_received = now;
-        let first = !peer.got_first_message;
-        if !matches!(msg, Message::KeepAlive | Message::Extended { .. }) {
-            peer.got_first_message = true;
-        }
         match msg {
             Message::KeepAlive | Message::Port(_) | Message::Unknown { .. } => {}
             Message::Extended { .. } => {}
@@ -352,7 +374,15 @@ impl Download {
                 self.release_inflight(peer);
             }
             Message::Unchoke => peer.peer_choking = false,
-            Message::Interested => peer.peer_interested = true,
+            Message::Interested => {
+                peer.peer_interested = true;
+                let unchoked = self.peers.values().filter(|p| !p.am_choking).count();
+                if peer.am_choking && unchoked < self.config.upload_slots {
+                    // A free slot: no need to wait for the next rechoke.
+                    peer.am_choking = false;
+                    peer.outbox.push(Message::Unchoke);
+                }
+            }
             Message::NotInterested => peer.peer_interested = false,
             Message::Have(index) => {
                 if index >= self.piece_count {
@@ -370,22 +400,25 @@ impl Download {
                 }
             }
             Message::Bitfield(bytes) => {
-                if !first {
-                    return Err(PeerError::Protocol(
-                        "bitfield after the first message".into(),
-                    ));
-                }
+                // BEP 3 puts the bitfield first, but real clients (aria2) also send one later
+                // to say what they have: accept it as a replacement.
                 let has = Bitfield::from_bytes(&bytes, self.piece_count)
                     .map_err(|e| PeerError::Protocol(e.to_string()))?;
+                self.picker.remove_peer(&peer.has);
                 self.picker.add_peer(&has);
                 peer.has = has;
                 if peer.has.iter_set().any(|i| self.needs(i)) {
                     self.become_interested(peer);
                 }
             }
-            Message::Request(_) | Message::Cancel(_) => {
-                // We do not upload yet: we never unchoke, so requests are ignored.
+            Message::Request(block) => {
+                self.check_request(block)?;
+                // Requests sent before our choke arrived are dropped, as are those past the queue.
+                if !peer.am_choking && peer.uploads.len() < self.config.max_upload_queue {
+                    peer.uploads.push_back(block);
+                }
             }
+            Message::Cancel(block) => peer.uploads.retain(|b| *b != block),
             Message::Piece { index, begin, data } => {
                 self.on_block(key, peer, index, begin, data, now);
             }
@@ -475,6 +508,86 @@ impl Download {
         }
     }
 
+    /// A request must name a block inside a piece we have, at most [`MAX_REQUEST_LEN`] long.
+    fn check_request(&self, block: BlockRef) -> Result<(), PeerError> {
+        let bad = |why: &str| Err(PeerError::Protocol(format!("request {block:?}: {why}")));
+        if block.index >= self.piece_count {
+            return bad("no such piece");
+        }
+        if block.length == 0 || block.length > MAX_REQUEST_LEN {
+            return bad("bad length");
+        }
+        let end = u64::from(block.begin) + u64::from(block.length);
+        if end > u64::from(self.piece_len(block.index)) {
+            return bad("past the end of the piece");
+        }
+        if !self.have.get(block.index) {
+            return bad("we do not have that piece");
+        }
+        Ok(())
+    }
+
+    /// Takes up to `max` blocks the peer asked for; the engine reads them from disk and sends
+    /// them as `piece` messages, then reports with [`Download::uploaded`].
+    pub fn take_uploads(&mut self, key: PeerKey, max: usize, out: &mut Vec<BlockRef>) {
+        if let Some(peer) = self.peers.get_mut(&key) {
+            let n = peer.uploads.len().min(max);
+            out.extend(peer.uploads.drain(..n));
+        }
+    }
+
+    /// The engine sent `bytes` of block data to the peer.
+    pub fn uploaded(&mut self, key: PeerKey, bytes: u64) {
+        self.uploaded_bytes += bytes;
+        if let Some(peer) = self.peers.get_mut(&key) {
+            peer.upload_window_bytes += bytes;
+        }
+    }
+
+    /// Payload bytes sent to peers.
+    pub fn uploaded_bytes(&self) -> u64 {
+        self.uploaded_bytes
+    }
+
+    /// The choker (BEP 3 in spirit): every interested peer is ranked by how fast it sends to us
+    /// (while downloading) or how fast we send to it (once done); the best `upload_slots - 1`
+    /// are unchoked, plus one optimistic unchoke that rotates each time `rotate_optimistic` is
+    /// set (the engine sets it every third call, i.e. about every 30 s).
+    pub fn rechoke(&mut self, rotate_optimistic: bool) {
+        let seeding = self.is_done();
+        let mut ranked: Vec<(PeerKey, f64)> = self
+            .peers
+            .iter()
+            .filter(|(_, p)| p.peer_interested)
+            .map(|(&k, p)| (k, if seeding { p.upload_rate } else { p.rate }))
+            .collect();
+        ranked.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+        let regular = self.config.upload_slots.saturating_sub(1);
+        let mut unchoke: HashSet<PeerKey> = ranked.iter().take(regular).map(|r| r.0).collect();
+        let rest: Vec<PeerKey> = ranked.iter().skip(regular).map(|r| r.0).collect();
+        let keep = self
+            .optimistic
+            .filter(|k| rest.contains(k) && !rotate_optimistic);
+        self.optimistic = keep.or_else(|| {
+            use rand::seq::SliceRandom;
+            rest.choose(&mut self.rng).copied()
+        });
+        unchoke.extend(self.optimistic);
+        for (&k, peer) in self.peers.iter_mut() {
+            let want_unchoked = unchoke.contains(&k);
+            if want_unchoked && peer.am_choking {
+                peer.am_choking = false;
+                peer.outbox.push(Message::Unchoke);
+                self.to_wake.insert(k);
+            } else if !want_unchoked && !peer.am_choking {
+                peer.am_choking = true;
+                peer.uploads.clear();
+                peer.outbox.push(Message::Choke);
+                self.to_wake.insert(k);
+            }
+        }
+    }
+
     /// Takes the pieces assembled since the last call; the engine verifies each and reports
     /// with [`Download::piece_verified`].
     pub fn take_completed(&mut self) -> Vec<CompletedPiece> {
@@ -548,8 +661,11 @@ impl Download {
             } else {
                 0.5 * peer.rate + 0.5 * sample
             };
+            let up = peer.upload_window_bytes as f64 / elapsed.as_secs_f64();
+            peer.upload_rate = 0.5 * peer.upload_rate + 0.5 * up;
             peer.window_start = now;
             peer.window_bytes = 0;
+            peer.upload_window_bytes = 0;
             let bdp = peer.rate * self.config.request_queue_time.as_secs_f64() / BLOCK_LEN as f64;
             peer.target_requests =
                 (bdp as u32).clamp(self.config.min_requests, self.config.max_requests);
@@ -875,11 +991,13 @@ mod tests {
         assert!(d
             .handle_message(2, Message::Bitfield(Bytes::from_static(&[0xff])), t)
             .is_err());
+        // A late bitfield replaces what we knew of the peer.
         d.add_peer(3, t);
-        d.handle_message(3, Message::Unchoke, t).unwrap();
-        assert!(d
-            .handle_message(3, Message::Bitfield(Bytes::from_static(&[0xe0])), t)
-            .is_err());
+        d.handle_message(3, Message::Have(2), t).unwrap();
+        d.handle_message(3, Message::Bitfield(Bytes::from_static(&[0x80])), t)
+            .unwrap();
+        assert_eq!(d.picker.availability(2), 0);
+        assert_eq!(d.picker.availability(0), 1);
     }
 
     #[test]
@@ -931,5 +1049,136 @@ mod tests {
         let pieces: BTreeSet<u32> = reqs.iter().map(|b| b.index).collect();
         assert_eq!(pieces.len(), 2);
         assert_eq!(reqs.len(), 2 * 64);
+    }
+
+    fn seeding(piece_length: u32, total: u64) -> Download {
+        let count = total.div_ceil(u64::from(piece_length)) as u32;
+        let config = Config {
+            upload_slots: 2,
+            ..Config::default()
+        };
+        Download::new(
+            piece_length,
+            total,
+            Bitfield::full(count),
+            Bitfield::full(count),
+            config,
+            5,
+        )
+    }
+
+    fn leecher_joins(d: &mut Download, key: PeerKey, t: Instant) -> Vec<Message> {
+        d.add_peer(key, t);
+        d.handle_message(key, Message::Interested, t).unwrap();
+        let mut out = Vec::new();
+        d.poll_outgoing(key, t, &mut out);
+        out
+    }
+
+    #[test]
+    fn seeder_unchokes_into_free_slots_and_serves_valid_requests() {
+        let t = now();
+        let mut d = seeding(32 * 1024, 40 * 1024);
+        let out = leecher_joins(&mut d, 1, t);
+        assert!(matches!(out[0], Message::Bitfield(_)));
+        assert!(out.contains(&Message::Unchoke));
+        let block = BlockRef {
+            index: 1,
+            begin: 0,
+            length: 8 * 1024,
+        };
+        d.handle_message(1, Message::Request(block), t).unwrap();
+        let other = BlockRef {
+            index: 0,
+            begin: 16 * 1024,
+            length: 16 * 1024,
+        };
+        d.handle_message(1, Message::Request(other), t).unwrap();
+        d.handle_message(1, Message::Cancel(other), t).unwrap();
+        let mut up = Vec::new();
+        d.take_uploads(1, 10, &mut up);
+        assert_eq!(up, vec![block]);
+        d.uploaded(1, 8 * 1024);
+        assert_eq!(d.uploaded_bytes(), 8 * 1024);
+    }
+
+    #[test]
+    fn invalid_requests_close_the_connection() {
+        let t = now();
+        let mut d = seeding(32 * 1024, 40 * 1024);
+        let bad = [
+            BlockRef {
+                index: 2,
+                begin: 0,
+                length: 1,
+            },
+            BlockRef {
+                index: 1,
+                begin: 0,
+                length: 8 * 1024 + 1,
+            },
+            BlockRef {
+                index: 0,
+                begin: 16 * 1024,
+                length: 16 * 1024 + 1,
+            },
+            BlockRef {
+                index: 0,
+                begin: u32::MAX,
+                length: 16,
+            },
+            BlockRef {
+                index: 0,
+                begin: 0,
+                length: MAX_REQUEST_LEN + 1,
+            },
+            BlockRef {
+                index: 0,
+                begin: 0,
+                length: 0,
+            },
+        ];
+        for (k, block) in bad.iter().enumerate() {
+            leecher_joins(&mut d, k as PeerKey, t);
+            assert!(
+                d.handle_message(k as PeerKey, Message::Request(*block), t)
+                    .is_err(),
+                "{block:?}"
+            );
+            d.remove_peer(k as PeerKey);
+        }
+        // A leecher must not ask for pieces it was never told we have.
+        let mut leech = download(16 * 1024, 32 * 1024);
+        leecher_joins(&mut leech, 1, t);
+        let req = Message::Request(BlockRef {
+            index: 0,
+            begin: 0,
+            length: 16,
+        });
+        assert!(leech.handle_message(1, req, t).is_err());
+    }
+
+    #[test]
+    fn choker_keeps_slots_and_drops_choked_requests() {
+        let t = now();
+        let mut d = seeding(16 * 1024, 64 * 1024);
+        for k in 1..=4 {
+            leecher_joins(&mut d, k, t);
+        }
+        let unchoked = |d: &Download| d.peers.values().filter(|p| !p.am_choking).count();
+        assert_eq!(unchoked(&d), 2);
+        d.rechoke(true);
+        assert_eq!(unchoked(&d), 2);
+        let choked = *d.peers.iter().find(|(_, p)| p.am_choking).unwrap().0;
+        let block = BlockRef {
+            index: 0,
+            begin: 0,
+            length: 16 * 1024,
+        };
+        d.handle_message(choked, Message::Request(block), t)
+            .unwrap();
+        let mut up = Vec::new();
+        d.take_uploads(choked, 10, &mut up);
+        assert!(up.is_empty());
     }
 }
