@@ -1,0 +1,128 @@
+//! The magnet-link commands: `magnet_parse`, `magnet_handshake`, `magnet_info`, and the
+//! metadata fetch behind `magnet_download_piece`, `magnet_download` and magnet links given to
+//! `download` / `download_piece`.
+
+use std::path::Path;
+
+use bitrush::engine::metadata;
+use bitrush::metainfo::Magnet;
+use bitrush::types::PeerId;
+
+use super::commands::{self, SessionOptions, Torrent};
+
+/// The link if `source` is a magnet link rather than a file path.
+pub(super) fn as_link(source: &Path) -> Option<&str> {
+    let s = source.to_str()?;
+    s.get(..7)
+        .filter(|scheme| scheme.eq_ignore_ascii_case("magnet:"))
+        .map(|_| s)
+}
+
+/// Each `tr` of the link as its own tier, so they are all asked at once and their peers merged.
+fn tiers(magnet: &Magnet) -> Vec<Vec<String>> {
+    magnet.trackers.iter().map(|t| vec![t.clone()]).collect()
+}
+
+fn first_tracker(magnet: &Magnet) -> &str {
+    magnet.trackers.first().map_or("", String::as_str)
+}
+
+/// Prints the first tracker and the info hash; contacts nothing.
+pub fn magnet_parse(link: &str) -> anyhow::Result<()> {
+    let magnet = Magnet::parse(link)?;
+    print!(
+        "Tracker URL: {}\nInfo Hash: {}\n",
+        first_tracker(&magnet),
+        magnet.info_hash
+    );
+    Ok(())
+}
+
+/// Handshakes (BitTorrent, then extensions) with a peer found through the link and prints its
+/// peer id and the id it assigned to `ut_metadata`.
+pub async fn magnet_handshake(link: &str) -> anyhow::Result<()> {
+    let magnet = Magnet::parse(link)?;
+    let peer_id = PeerId::random();
+    let peers =
+        metadata::find_peers(magnet.info_hash, &tiers(&magnet), &magnet.peers, peer_id).await?;
+    let (_, theirs, ext) = metadata::handshake_any(&peers, magnet.info_hash, peer_id).await?;
+    let mut out = format!("Peer ID: {}\n", theirs.peer_id);
+    if let Some(id) = ext.and_then(|e| e.ut_metadata) {
+        out.push_str(&format!("Peer Metadata Extension ID: {id}\n"));
+    }
+    print!("{out}");
+    Ok(())
+}
+
+/// Fetches the link's metadata from peers and prints it like `info`.
+pub async fn magnet_info(link: &str) -> anyhow::Result<()> {
+    let magnet = Magnet::parse(link)?;
+    let (info, _) = metadata::fetch_metadata(
+        magnet.info_hash,
+        &tiers(&magnet),
+        &magnet.peers,
+        PeerId::random(),
+    )
+    .await?;
+    commands::print_info(first_tracker(&magnet), &info, magnet.info_hash);
+    Ok(())
+}
+
+/// What a download needs, with the metadata fetched from peers.
+pub(super) async fn torrent_from_magnet(link: &str) -> anyhow::Result<Torrent> {
+    let magnet = Magnet::parse(link)?;
+    let trackers = tiers(&magnet);
+    let (info, info_bytes) =
+        metadata::fetch_metadata(magnet.info_hash, &trackers, &magnet.peers, PeerId::random())
+            .await?;
+    Ok(Torrent {
+        info,
+        info_bytes,
+        info_hash: magnet.info_hash,
+        trackers,
+        peers: magnet.peers,
+    })
+}
+
+/// `download_piece` for a magnet link.
+pub async fn magnet_download_piece(link: &str, index: u32, output: &Path) -> anyhow::Result<()> {
+    commands::download_piece(Path::new(link), index, output).await
+}
+
+/// `download` for a magnet link.
+pub async fn magnet_download(link: &str, output: &Path) -> anyhow::Result<()> {
+    commands::download(Path::new(link), output, &SessionOptions::default()).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn recognises_magnet_links_only() {
+        assert_eq!(
+            as_link(Path::new("magnet:?xt=urn:btih:x")),
+            Some("magnet:?xt=urn:btih:x")
+        );
+        assert!(as_link(Path::new("MAGNET:?xt")).is_some());
+        assert!(as_link(Path::new("file.torrent")).is_none());
+        assert!(as_link(Path::new("magnet")).is_none());
+        assert!(as_link(Path::new("./magnet:?xt")).is_none());
+    }
+
+    #[test]
+    fn each_tracker_is_its_own_tier() {
+        let m = Magnet::parse(
+            "magnet:?xt=urn:btih:0123456789abcdef0123456789abcdef01234567&tr=http%3A%2F%2Fa%2Fannounce&tr=udp%3A%2F%2Fb%3A1",
+        )
+        .unwrap();
+        assert_eq!(
+            tiers(&m),
+            vec![
+                vec!["http://a/announce".to_string()],
+                vec!["udp://b:1".to_string()]
+            ]
+        );
+        assert_eq!(first_tracker(&m), "http://a/announce");
+    }
+}
