@@ -35,29 +35,38 @@ fn load_torrent(path: &Path) -> anyhow::Result<Metainfo> {
 
 pub fn info(path: &Path) -> anyhow::Result<()> {
     let meta = load_torrent(path)?;
-    let mut out = String::new();
     let tracker = meta
         .tracker_tiers()
         .first()
         .and_then(|t| t.first().cloned())
         .unwrap_or_default();
+    print_info(&tracker, &meta.info, meta.info_hash);
+    Ok(())
+}
+
+/// Prints the `info` block (shared by `info` and `magnet_info`).
+pub(super) fn print_info(
+    tracker: &str,
+    info: &bitrush::metainfo::Info,
+    info_hash: bitrush::types::InfoHash,
+) {
+    let mut out = String::new();
     out.push_str(&format!("Tracker URL: {tracker}\n"));
-    out.push_str(&format!("Length: {}\n", meta.info.total_length));
-    out.push_str(&format!("Info Hash: {}\n", meta.info_hash));
-    out.push_str(&format!("Piece Length: {}\n", meta.info.piece_length));
+    out.push_str(&format!("Length: {}\n", info.total_length));
+    out.push_str(&format!("Info Hash: {info_hash}\n"));
+    out.push_str(&format!("Piece Length: {}\n", info.piece_length));
     out.push_str("Piece Hashes:\n");
-    for hash in &meta.info.pieces {
+    for hash in &info.pieces {
         out.push_str(&bitrush::types::to_hex(hash));
         out.push('\n');
     }
-    if meta.info.multi_file {
+    if info.multi_file {
         out.push_str("Files:\n");
-        for f in &meta.info.files {
+        for f in &info.files {
             out.push_str(&format!("{} {}\n", f.length, f.path.join("/")));
         }
     }
     print!("{out}");
-    Ok(())
 }
 
 fn announce_request(meta: &Metainfo, peer_id: PeerId) -> AnnounceRequest {
@@ -210,13 +219,16 @@ async fn wait_for_signal() {
 }
 
 pub async fn download_piece(path: &Path, index: u32, output: &Path) -> anyhow::Result<()> {
-    let meta = load_torrent(path)?;
-    let count = meta.info.piece_count();
+    let torrent: Torrent = match super::magnet::as_link(path) {
+        Some(link) => super::magnet::torrent_from_magnet(link).await?,
+        None => load_torrent(path)?.into(),
+    };
+    let count = torrent.info.piece_count();
     if index >= count {
         bail!("piece index {index} is out of range (the torrent has {count} pieces)");
     }
     run_download(
-        meta.into(),
+        torrent,
         Target::Piece {
             index,
             path: output.to_path_buf(),
@@ -228,8 +240,11 @@ pub async fn download_piece(path: &Path, index: u32, output: &Path) -> anyhow::R
 }
 
 pub async fn download(path: &Path, output: &Path, opts: &SessionOptions) -> anyhow::Result<()> {
-    let meta = load_torrent(path)?;
-    run_session(meta.into(), Target::Files(output.to_path_buf()), opts).await?;
+    let torrent: Torrent = match super::magnet::as_link(path) {
+        Some(link) => super::magnet::torrent_from_magnet(link).await?,
+        None => load_torrent(path)?.into(),
+    };
+    run_session(torrent, Target::Files(output.to_path_buf()), opts).await?;
     println!("Downloaded {} to {}.", path.display(), output.display());
     Ok(())
 }

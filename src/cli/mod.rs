@@ -3,6 +3,8 @@
 //! non-zero exit status.
 
 mod commands;
+mod demo;
+mod magnet;
 mod progress;
 
 use std::path::PathBuf;
@@ -46,6 +48,40 @@ enum Command {
         /// Keep seeding after the download completes (until a limit or Ctrl-C).
         #[arg(long)]
         seed: bool,
+    },
+    /// Print a magnet link's first tracker and info hash (contacts nothing).
+    #[command(name = "magnet_parse")]
+    MagnetParse { link: String },
+    /// Handshake with a peer of a magnet link; print its peer id and ut_metadata id.
+    #[command(name = "magnet_handshake")]
+    MagnetHandshake { link: String },
+    /// Fetch a magnet link's metadata from peers and show it like `info`.
+    #[command(name = "magnet_info")]
+    MagnetInfo { link: String },
+    /// Download one piece of a magnet link's torrent, SHA-1 verified, to a file.
+    #[command(name = "magnet_download_piece")]
+    MagnetDownloadPiece {
+        #[arg(short, long)]
+        output: PathBuf,
+        link: String,
+        index: u32,
+    },
+    /// Download a magnet link's torrent: a file (single-file) or a directory (multi-file).
+    #[command(name = "magnet_download")]
+    MagnetDownload {
+        #[arg(short, long)]
+        output: PathBuf,
+        link: String,
+    },
+    /// Build a swarm of local seeders on loopback with a generated payload and download it with
+    /// the full client (works offline).
+    Demo {
+        /// Payload size in MiB.
+        #[arg(long, default_value_t = 256)]
+        size_mib: u64,
+        /// Number of local seeders.
+        #[arg(long, default_value_t = 3)]
+        seeders: usize,
     },
     /// Seed existing data: verify it, announce, and serve peers until a limit or Ctrl-C.
     Seed {
@@ -135,6 +171,18 @@ fn run(command: Command) -> anyhow::Result<()> {
             &output,
             &session.options(seed),
         )),
+        Command::MagnetParse { link } => magnet::magnet_parse(&link),
+        Command::MagnetHandshake { link } => runtime()?.block_on(magnet::magnet_handshake(&link)),
+        Command::MagnetInfo { link } => runtime()?.block_on(magnet::magnet_info(&link)),
+        Command::MagnetDownloadPiece {
+            output,
+            link,
+            index,
+        } => runtime()?.block_on(magnet::magnet_download_piece(&link, index, &output)),
+        Command::MagnetDownload { output, link } => {
+            runtime()?.block_on(magnet::magnet_download(&link, &output))
+        }
+        Command::Demo { size_mib, seeders } => runtime()?.block_on(demo::demo(size_mib, seeders)),
         Command::Seed {
             torrent,
             path,

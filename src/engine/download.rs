@@ -574,6 +574,7 @@ impl Manager {
                         rate = if rate == 0.0 { sample } else { 0.6 * sample + 0.4 * rate };
                         last_sample = (now, p.done_bytes);
                     }
+                    tracing::trace!(done = p.done_bytes, peers = p.peers, hashing = hashing.len(), "progress");
                     if let Some(tx) = &self.params.progress {
                         let _ = tx.send(p);
                     }

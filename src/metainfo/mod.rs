@@ -6,8 +6,10 @@
 //! reserved Windows device names), no two files collide, and file offsets are cumulative.
 //! A [`Metainfo`]'s info hash is the SHA-1 of the info dictionary's raw bytes in the file.
 
+mod create;
 mod magnet;
 mod torrent;
 
+pub use create::{create_torrent, CreateError};
 pub use magnet::{Magnet, MagnetError};
 pub use torrent::{FileEntry, Info, Metainfo, MetainfoError, MAX_PIECE_LENGTH, MAX_TOTAL_LENGTH};
