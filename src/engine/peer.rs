@@ -241,7 +241,15 @@ async fn message_loop(
             let now = Instant::now();
             for msg in incoming.drain(..) {
                 if let Message::Extended { id, payload } = &msg {
-                    extensions.handle(*id, payload, shared.info_bytes.as_deref(), &mut outgoing);
+                    let reqq = extensions.handle(
+                        *id,
+                        payload,
+                        shared.info_bytes.as_deref(),
+                        &mut outgoing,
+                    );
+                    if let Some(n) = reqq {
+                        st.download.set_peer_reqq(key, n);
+                    }
                 }
                 st.download
                     .handle_message(key, msg, now)
@@ -308,22 +316,23 @@ struct Extensions {
 }
 
 impl Extensions {
-    /// Records the peer's extension handshake and answers its metadata requests. Malformed
-    /// extension messages are ignored: they are optional to us.
+    /// Records the peer's extension handshake (returning its `reqq`, if given) and answers its
+    /// metadata requests. Malformed extension messages are ignored: they are optional to us.
     fn handle(
         &mut self,
         id: u8,
         payload: &bytes::Bytes,
         info: Option<&[u8]>,
         out: &mut Vec<Message>,
-    ) {
+    ) -> Option<u32> {
         if id == 0 {
-            if let Ok(hs) = ExtHandshake::decode(payload) {
-                self.ut_metadata = hs.ut_metadata.filter(|&i| i != 0);
-            }
-        } else if id == OUR_UT_METADATA_ID {
+            let hs = ExtHandshake::decode(payload).ok()?;
+            self.ut_metadata = hs.ut_metadata.filter(|&i| i != 0);
+            return hs.reqq;
+        }
+        if id == OUR_UT_METADATA_ID {
             let (Some(their_id), Ok(msg)) = (self.ut_metadata, MetadataMsg::decode(payload)) else {
-                return;
+                return None;
             };
             if let Some(answer) = answer_metadata(info, &msg) {
                 out.push(Message::Extended {
@@ -332,5 +341,6 @@ impl Extensions {
                 });
             }
         }
+        None
     }
 }

@@ -23,6 +23,7 @@ use rand::SeedableRng;
 
 use super::bitfield::Bitfield;
 use super::picker::PiecePicker;
+use crate::wire::extension::OUR_REQQ;
 use crate::wire::{BlockRef, Message};
 
 /// Size of a requested block (the last block of the last piece may be shorter).
@@ -49,6 +50,8 @@ pub struct Config {
     /// A peer that owes us blocks but sends none for this long is dropped (its blocks go to
     /// others).
     pub request_timeout: Duration,
+    /// A request this old that later blocks overtook is taken as dropped and asked again.
+    pub lost_request_timeout: Duration,
     /// A peer that contributed to this many pieces failing their hash check is dropped.
     pub max_hash_failures: u32,
     /// How many peers may be asked for the same block in endgame mode.
@@ -69,10 +72,11 @@ impl Default for Config {
             keepalive_interval: Duration::from_secs(60),
             idle_timeout: Duration::from_secs(150),
             request_timeout: Duration::from_secs(20),
+            lost_request_timeout: Duration::from_secs(5),
             max_hash_failures: 3,
             endgame_duplicates: 2,
             upload_slots: 8,
-            max_upload_queue: 512,
+            max_upload_queue: OUR_REQQ as usize,
         }
     }
 }
@@ -87,6 +91,9 @@ pub enum PeerError {
     #[error("peer sent {0} pieces that failed their hash check")]
     BadData(u32),
 }
+
+/// Requests we keep outstanding at a peer that did not tell us its `reqq`.
+pub const DEFAULT_PEER_REQQ: u32 = 250;
 
 /// Largest block a peer may request from us.
 pub const MAX_REQUEST_LEN: u32 = 128 * 1024;
@@ -130,7 +137,10 @@ struct Peer {
     upload_window_bytes: u64,
     /// Smoothed upload rate to this peer, bytes per second.
     upload_rate: f64,
-    inflight: VecDeque<BlockRef>,
+    /// Blocks asked of this peer and when, oldest first.
+    inflight: VecDeque<(BlockRef, Instant)>,
+    /// Most requests the peer queues (its `reqq`, or a safe default).
+    max_outstanding: u32,
     /// Pieces this peer started: it is asked for their blocks first (whole-piece affinity).
     current: Vec<u32>,
     outbox: Vec<Message>,
@@ -299,6 +309,7 @@ impl Download {
                 upload_window_bytes: 0,
                 upload_rate: 0.0,
                 inflight: VecDeque::new(),
+                max_outstanding: DEFAULT_PEER_REQQ,
                 current: Vec::new(),
                 outbox,
                 last_received: now,
@@ -324,7 +335,15 @@ impl Download {
 
     /// Returns every block the peer owes us to the `Missing` pool.
     fn release_inflight(&mut self, peer: &mut Peer) {
-        for block in peer.inflight.drain(..) {
+        for (block, _) in std::mem::take(&mut peer.inflight) {
+            self.release_block(block);
+        }
+        peer.current.clear();
+    }
+
+    /// One fewer peer owes us `block`; with none left it is `Missing` again.
+    fn release_block(&mut self, block: BlockRef) {
+        {
             if let Some(partial) = self.partials.get_mut(&block.index) {
                 let b = (block.begin / BLOCK_LEN) as usize;
                 if let Some(BlockState::Requested(n)) = partial.blocks.get(b).copied() {
@@ -338,7 +357,6 @@ impl Download {
                 }
             }
         }
-        peer.current.clear();
     }
 
     /// Handles one message from a peer. An error means: disconnect it (then call
@@ -448,11 +466,9 @@ impl Download {
         now: Instant,
     ) {
         let len = data.len() as u64;
-        let Some(pos) = peer
-            .inflight
-            .iter()
-            .position(|b| b.index == index && b.begin == begin && b.length as usize == data.len())
-        else {
+        let Some(pos) = peer.inflight.iter().position(|(b, _)| {
+            b.index == index && b.begin == begin && b.length as usize == data.len()
+        }) else {
             // Not asked of this peer (or already cancelled): drop it.
             self.wasted_bytes += len;
             return;
@@ -487,7 +503,7 @@ impl Download {
                         length: data.len() as u32,
                     };
                     for (&other_key, other) in self.peers.iter_mut() {
-                        if let Some(p) = other.inflight.iter().position(|b| *b == wanted) {
+                        if let Some(p) = other.inflight.iter().position(|(b, _)| *b == wanted) {
                             other.inflight.remove(p);
                             other.outbox.push(Message::Cancel(wanted));
                             self.to_wake.insert(other_key);
@@ -541,6 +557,13 @@ impl Download {
         self.uploaded_bytes += bytes;
         if let Some(peer) = self.peers.get_mut(&key) {
             peer.upload_window_bytes += bytes;
+        }
+    }
+
+    /// The peer told us (extension handshake `reqq`) how many requests it queues.
+    pub fn set_peer_reqq(&mut self, key: PeerKey, reqq: u32) {
+        if let Some(peer) = self.peers.get_mut(&key) {
+            peer.max_outstanding = reqq.max(1);
         }
     }
 
@@ -678,6 +701,17 @@ impl Download {
         {
             return Err(PeerError::Timeout("requested blocks never came"));
         }
+        // Peers serve requests in order: a request older than `lost_request_timeout` that
+        // later blocks overtook was dropped by the peer. Give it to whoever asks next.
+        while let Some(&(block, sent)) = peer.inflight.front() {
+            let overtaken = peer.last_block > sent;
+            if !overtaken || now.saturating_duration_since(sent) < self.config.lost_request_timeout
+            {
+                break;
+            }
+            peer.inflight.pop_front();
+            self.release_block(block);
+        }
         if now.saturating_duration_since(peer.last_sent) >= self.config.keepalive_interval
             && peer.outbox.is_empty()
         {
@@ -711,12 +745,12 @@ impl Download {
             // Starting afresh: measure the time to the next block from now.
             peer.last_block = now;
         }
-        let target = peer.target_requests as usize;
+        let target = peer.target_requests.min(peer.max_outstanding) as usize;
         while peer.inflight.len() < target {
             let Some(block) = self.next_block(peer) else {
                 break;
             };
-            peer.inflight.push_back(block);
+            peer.inflight.push_back((block, now));
             peer.outbox.push(Message::Request(block));
         }
     }
@@ -805,7 +839,7 @@ impl Download {
                 if let BlockState::Requested(n) = *state {
                     if n < max {
                         let block = self.block_ref(index, b as u32);
-                        if !peer.inflight.contains(&block) {
+                        if !peer.inflight.iter().any(|(b, _)| *b == block) {
                             found = Some((block, b, n));
                             break 'pieces;
                         }
@@ -1180,5 +1214,56 @@ mod tests {
         let mut up = Vec::new();
         d.take_uploads(choked, 10, &mut up);
         assert!(up.is_empty());
+    }
+
+    #[test]
+    fn overtaken_request_is_taken_as_lost_and_asked_again() {
+        let payload = vec![3u8; 32 * 1024];
+        let t = now();
+        let config = Config {
+            endgame_duplicates: 1,
+            ..Config::default()
+        };
+        let mut d = Download::new(
+            32 * 1024,
+            32 * 1024,
+            Bitfield::new(1),
+            Bitfield::full(1),
+            config,
+            1,
+        );
+        let reqs = requests(&seeder_joins(&mut d, 1, t));
+        assert_eq!(reqs.len(), 2);
+        // The peer skips the first request and answers the second.
+        let later = t + Duration::from_secs(1);
+        serve(&mut d, 1, &reqs[1..], &payload, later);
+        d.tick(1, t + Duration::from_secs(2)).unwrap();
+        assert!(
+            requests(&seeder_joins(&mut d, 2, t)).is_empty(),
+            "not yet taken as lost"
+        );
+        d.tick(1, t + Duration::from_secs(6)).unwrap();
+        let mut out = Vec::new();
+        d.poll_outgoing(2, t + Duration::from_secs(6), &mut out);
+        assert_eq!(requests(&out), vec![reqs[0]]);
+    }
+
+    #[test]
+    fn pipeline_respects_the_peer_reqq() {
+        let t = now();
+        let mut d = download(16 * 1024, 100 * 16 * 1024);
+        d.add_peer(1, t);
+        d.set_peer_reqq(1, 5);
+        let full = Bitfield::full(100);
+        d.handle_message(
+            1,
+            Message::Bitfield(Bytes::copy_from_slice(full.as_bytes())),
+            t,
+        )
+        .unwrap();
+        d.handle_message(1, Message::Unchoke, t).unwrap();
+        let mut out = Vec::new();
+        d.poll_outgoing(1, t, &mut out);
+        assert_eq!(requests(&out).len(), 5);
     }
 }

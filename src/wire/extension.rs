@@ -22,6 +22,8 @@ use crate::types::InfoHash;
 
 /// The id we assign to `ut_metadata` in our extension handshake.
 pub const OUR_UT_METADATA_ID: u8 = 1;
+/// The `reqq` we advertise: requests we queue per peer (must match the upload queue bound).
+pub const OUR_REQQ: u32 = 2048;
 /// Metadata travels in pieces of this size (the last one shorter).
 pub const METADATA_PIECE_LEN: usize = 16 * 1024;
 /// Largest metadata we accept.
@@ -40,6 +42,8 @@ pub struct ExtHandshake {
     pub metadata_size: Option<u64>,
     /// `v`, the client name, lossily decoded.
     pub client: Option<String>,
+    /// `reqq`: how many outstanding requests the sender queues without dropping any.
+    pub reqq: Option<u32>,
 }
 
 fn malformed(what: &'static str) -> WireError {
@@ -71,6 +75,7 @@ impl ExtHandshake {
             ut_metadata: Some(OUR_UT_METADATA_ID),
             metadata_size,
             client: Some(OUR_CLIENT_NAME.to_string()),
+            reqq: Some(OUR_REQQ),
         }
     }
 
@@ -87,6 +92,9 @@ impl ExtHandshake {
         }
         if let Some(v) = &self.client {
             d.insert(key("v"), Value::Bytes(v.as_bytes().to_vec()));
+        }
+        if let Some(n) = self.reqq {
+            d.insert(key("reqq"), int(u64::from(n)));
         }
         bencode::encode(&Value::Dict(d))
     }
@@ -117,10 +125,15 @@ impl ExtHandshake {
             }
             _ => None,
         };
+        let reqq = match d.get(b"reqq".as_slice()) {
+            Some(Value::Int(n)) => u32::try_from(*n).ok().filter(|n| *n > 0),
+            _ => None,
+        };
         Ok(ExtHandshake {
             ut_metadata,
             metadata_size,
             client,
+            reqq,
         })
     }
 }
@@ -384,10 +397,10 @@ mod tests {
         let bytes = ExtHandshake::ours(Some(1234)).encode();
         assert_eq!(
             bytes,
-            b"d1:md11:ut_metadatai1ee13:metadata_sizei1234e1:v11:bitrush 0.1e".to_vec()
+            b"d1:md11:ut_metadatai1ee13:metadata_sizei1234e4:reqqi2048e1:v11:bitrush 0.1e".to_vec()
         );
         let none = ExtHandshake::ours(None).encode();
-        assert_eq!(none, b"d1:md11:ut_metadatai1ee1:v11:bitrush 0.1e".to_vec());
+        assert_eq!(none, b"d1:md11:ut_metadatai1ee4:reqqi2048e1:v11:bitrush 0.1e".to_vec());
     }
 
     #[test]
@@ -566,8 +579,9 @@ mod tests {
             ut in proptest::option::of(1u8..=255),
             size in proptest::option::of(0..=MAX_METADATA_SIZE),
             client in proptest::option::of("[ -~]{0,64}"),
+            reqq in proptest::option::of(1u32..=u32::MAX),
         ) {
-            let hs = ExtHandshake { ut_metadata: ut, metadata_size: size, client };
+            let hs = ExtHandshake { ut_metadata: ut, metadata_size: size, client, reqq };
             prop_assert_eq!(ExtHandshake::decode(&hs.encode()), Ok(hs));
         }
 
