@@ -1,0 +1,156 @@
+#!/usr/bin/python3
+"""Seed one or more torrents with libtorrent on 127.0.0.1 for bitrush's tests.
+
+Usage: lt_seed.py [--port P] [--upload-rate-limit BPS] [--no-announce]
+                  [--exit-after-upload BYTES] SAVE_DIR TORRENT [TORRENT ...]
+
+Prints `READY <port>` on stdout (flushed) once every torrent is in seeding
+state and (unless --no-announce) has had a successful tracker reply, then runs
+until killed or until stdin reaches EOF (so it dies with the test that started
+it). With --exit-after-upload it dies abruptly (exit code 42) once it has
+uploaded that many payload bytes: a seeder that vanishes mid-download. DHT, LSD, UPnP and NAT-PMP are off; it listens on
+127.0.0.1 only and announces to the torrents' trackers (unless --no-announce).
+"""
+
+import argparse
+import os
+import sys
+import threading
+import time
+
+import libtorrent as lt
+
+# Exit code used when --exit-after-upload made the seeder die on purpose.
+DIED_EXIT_CODE = 42
+
+
+def main():
+    p = argparse.ArgumentParser()
+    p.add_argument("save_dir")
+    p.add_argument("torrents", nargs="+")
+    p.add_argument("--port", type=int, default=0, help="listen port (0 = any free port)")
+    p.add_argument("--upload-rate-limit", type=int, default=0, help="bytes/s, 0 = unlimited")
+    p.add_argument("--no-announce", action="store_true", help="do not contact trackers")
+    p.add_argument(
+        "--exit-after-upload",
+        type=int,
+        default=0,
+        help="die abruptly (exit code %d) once this many payload bytes were uploaded" % DIED_EXIT_CODE,
+    )
+    p.add_argument("--timeout", type=float, default=60.0, help="max seconds to reach seeding state")
+    p.add_argument("--verbose", action="store_true")
+    args = p.parse_args()
+
+    settings = {
+        "listen_interfaces": "127.0.0.1:%d" % args.port,
+        "outgoing_interfaces": "127.0.0.1",
+        "enable_dht": False,
+        "enable_lsd": False,
+        "enable_upnp": False,
+        "enable_natpmp": False,
+        "allow_multiple_connections_per_ip": True,
+        # TCP only: the other clients here (bitrush, aria2, bad_peer.py)
+        # do not speak uTP, and uTP-first would delay connecting to them.
+        "enable_outgoing_utp": False,
+        "enable_incoming_utp": False,
+        # Plaintext peer connections out (other clients need not speak MSE);
+        # encrypted or plain ones accepted in.
+        "out_enc_policy": int(lt.enc_policy.pe_disabled),
+        "in_enc_policy": int(lt.enc_policy.pe_enabled),
+        "request_queue_time": 10,
+        "max_out_request_queue": 5000,
+        "announce_to_all_trackers": True,
+        "announce_to_all_tiers": True,
+        # loopback tests: never hold back peers because they share an IP/subnet
+        "announce_ip": "127.0.0.1",
+        "upload_rate_limit": args.upload_rate_limit,
+        # do not rate-limit local peers differently from others
+        "ignore_limits_on_local_network": False,
+        # keep seeding regardless of ratio / time
+        "share_ratio_limit": 0,
+        "seed_time_limit": 0,
+        "seed_time_ratio_limit": 0,
+        "active_seeds": 1000,
+        "active_limit": 1000,
+        "dont_count_slow_torrents": False,
+        "alert_mask": lt.alert.category_t.error_notification
+        | lt.alert.category_t.status_notification
+        | lt.alert.category_t.tracker_notification,
+    }
+    ses = lt.session(settings)
+
+    handles = []
+    for path in args.torrents:
+        atp = lt.add_torrent_params()
+        atp.ti = lt.torrent_info(path)
+        atp.save_path = args.save_dir
+        atp.flags = lt.torrent_flags.seed_mode
+        if args.no_announce:
+            atp.flags |= lt.torrent_flags.override_trackers
+            atp.trackers = []
+        handles.append(ses.add_torrent(atp))
+
+    # Torrents that must have announced successfully before READY, so that a
+    # test asking the tracker right after READY finds this seeder.
+    must_announce = set()
+    if not args.no_announce:
+        for h in handles:
+            if h.trackers():
+                must_announce.add(str(h.info_hash()))
+
+    # listen_port() is only known once the listen socket is open.
+    deadline = time.monotonic() + args.timeout
+    port = 0
+    while time.monotonic() < deadline:
+        for a in ses.pop_alerts():
+            if isinstance(a, lt.tracker_reply_alert):
+                must_announce.discard(str(a.handle.info_hash()))
+            if args.verbose or isinstance(
+                a, (lt.torrent_error_alert, lt.listen_failed_alert, lt.tracker_error_alert)
+            ):
+                print("lt_seed alert: %s" % a.message(), file=sys.stderr, flush=True)
+        port = ses.listen_port()
+        states = [h.status() for h in handles]
+        if port and not must_announce and all(s.is_seeding for s in states):
+            break
+        time.sleep(0.05)
+    else:
+        print(
+            "lt_seed: not ready after %ss (port=%s, unannounced=%s, states=%s)"
+            % (args.timeout, port, sorted(must_announce), [str(s.state) for s in states]),
+            file=sys.stderr,
+            flush=True,
+        )
+        sys.exit(1)
+
+    print("READY %d" % port, flush=True)
+
+    stop = threading.Event()
+
+    def watch_stdin():
+        try:
+            while sys.stdin.buffer.read(4096):
+                pass
+        except Exception:
+            pass
+        stop.set()
+
+    threading.Thread(target=watch_stdin, daemon=True).start()
+
+    poll = 0.02 if args.exit_after_upload else 0.2
+    while not stop.is_set():
+        for a in ses.pop_alerts():
+            if args.verbose or isinstance(a, lt.torrent_error_alert):
+                print("lt_seed alert: %s" % a.message(), file=sys.stderr, flush=True)
+        if args.exit_after_upload:
+            uploaded = sum(h.status().total_payload_upload for h in handles)
+            if uploaded >= args.exit_after_upload:
+                print("lt_seed: dying after uploading %d bytes" % uploaded, file=sys.stderr, flush=True)
+                # Abrupt death: no tracker 'stopped' event, sockets just close.
+                os._exit(DIED_EXIT_CODE)
+        stop.wait(poll)
+    os._exit(0)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,52 @@
+#!/usr/bin/python3
+"""Run a command and kill it when our stdin reaches EOF.
+
+Usage: tether.py CMD [ARG ...]
+
+The test that starts a helper (opentracker, aria2c) through this wrapper keeps
+the write end of our stdin; when the test process goes away for any reason,
+stdin closes and the command is killed, so nothing outlives the test run.
+Exits with the command's exit status when it ends on its own.
+"""
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+
+
+def main():
+    if len(sys.argv) < 2:
+        print(__doc__, file=sys.stderr)
+        sys.exit(2)
+    child = subprocess.Popen(sys.argv[1:], stdin=subprocess.DEVNULL)
+
+    def watch():
+        try:
+            while sys.stdin.buffer.read(4096):
+                pass
+        except Exception:
+            pass
+        try:
+            child.kill()
+        except Exception:
+            pass
+
+    threading.Thread(target=watch, daemon=True).start()
+
+    def on_term(signum, _frame):
+        try:
+            child.kill()
+        except Exception:
+            pass
+        os._exit(128 + signum)
+
+    signal.signal(signal.SIGTERM, on_term)
+    signal.signal(signal.SIGINT, on_term)
+    rc = child.wait()
+    sys.exit(rc if rc >= 0 else 128 - rc)
+
+
+if __name__ == "__main__":
+    main()
