@@ -186,6 +186,7 @@ pub(super) async fn run_session(
         max_peers: 50,
         config: Default::default(),
         seed: opts.seed,
+        assume_complete: false,
         progress: Some(tx),
         shutdown: Some(stop_rx),
     };

@@ -99,6 +99,7 @@ pub async fn demo(size_mib: u64, seeders: usize) -> anyhow::Result<()> {
             max_peers: 50,
             config: Default::default(),
             seed: Some(SeedLimits::default()),
+            assume_complete: true,
             progress: None,
             shutdown: Some(stop_rx.clone()),
         }));

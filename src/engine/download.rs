@@ -65,6 +65,9 @@ pub struct DownloadParams {
     pub config: Config,
     /// Keep seeding after the download completes.
     pub seed: Option<SeedLimits>,
+    /// Trust that the data at the target is complete and correct, skipping the check (for data
+    /// this process just wrote, e.g. the demo's seeders).
+    pub assume_complete: bool,
     /// Receives a snapshot a few times a second.
     pub progress: Option<watch::Sender<Progress>>,
     /// Set to `true` to stop: in-flight pieces are dropped, verified ones flushed, `stopped`
@@ -125,7 +128,9 @@ pub async fn download(mut params: DownloadParams) -> Result<Outcome, DownloadErr
                 .await
                 .map_err(|e| DownloadError::Task(e.to_string()))??;
             let storage = Arc::new(Sink::Files(storage));
-            let have = if existed {
+            let have = if params.assume_complete {
+                Bitfield::full(piece_count)
+            } else if existed {
                 recheck(storage.clone(), info.clone()).await?
             } else {
                 Bitfield::new(piece_count)

@@ -236,7 +236,7 @@ async fn message_loop(
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let peer_err = |source| PeerConnError::Peer { addr, source };
     loop {
-        {
+        let more_uploads = {
             let mut st = lock(shared);
             let now = Instant::now();
             for msg in incoming.drain(..) {
@@ -256,9 +256,10 @@ async fn message_loop(
                     .map_err(peer_err)?;
             }
             st.download.poll_outgoing(key, now, &mut outgoing);
-            st.download.take_uploads(key, UPLOAD_BATCH, &mut uploads);
+            let more = st.download.take_uploads(key, UPLOAD_BATCH, &mut uploads);
             st.dispatch(&shared.completed_tx);
-        }
+            more
+        };
         for msg in outgoing.drain(..) {
             msg.encode(&mut outbuf);
         }
@@ -285,6 +286,8 @@ async fn message_loop(
             outbuf.clear();
         }
         tokio::select! {
+            // Incoming messages first; then, while requests wait, straight on to the next batch.
+            biased;
             read = rd.read_buf(&mut inbuf) => {
                 let n = read.map_err(|source| PeerConnError::Io { addr, source })?;
                 if n == 0 {
@@ -304,6 +307,7 @@ async fn message_loop(
             _ = ticker.tick() => {
                 lock(shared).download.tick(key, Instant::now()).map_err(peer_err)?;
             }
+            () = std::future::ready(()), if more_uploads => {}
         }
     }
 }

@@ -544,12 +544,15 @@ impl Download {
     }
 
     /// Takes up to `max` blocks the peer asked for; the engine reads them from disk and sends
-    /// them as `piece` messages, then reports with [`Download::uploaded`].
-    pub fn take_uploads(&mut self, key: PeerKey, max: usize, out: &mut Vec<BlockRef>) {
-        if let Some(peer) = self.peers.get_mut(&key) {
-            let n = peer.uploads.len().min(max);
-            out.extend(peer.uploads.drain(..n));
-        }
+    /// them as `piece` messages, then reports with [`Download::uploaded`]. Returns whether more
+    /// requests are waiting.
+    pub fn take_uploads(&mut self, key: PeerKey, max: usize, out: &mut Vec<BlockRef>) -> bool {
+        let Some(peer) = self.peers.get_mut(&key) else {
+            return false;
+        };
+        let n = peer.uploads.len().min(max);
+        out.extend(peer.uploads.drain(..n));
+        !peer.uploads.is_empty()
     }
 
     /// The engine sent `bytes` of block data to the peer.
