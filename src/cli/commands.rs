@@ -96,6 +96,16 @@ pub async fn peers(path: &Path) -> anyhow::Result<()> {
         out.push_str(&format!("{peer}\n"));
     }
     print!("{out}");
+    // We do not listen on the port we announced: take ourselves off the trackers' lists.
+    let stopped = AnnounceRequest {
+        event: Event::Stopped,
+        ..req
+    };
+    let _ = tokio::time::timeout(
+        std::time::Duration::from_secs(3),
+        engine::tracker::announce_all(&tiers, &stopped),
+    )
+    .await;
     Ok(())
 }
 

@@ -378,6 +378,23 @@ impl Manager {
         self.peer_handles.insert(key, (handle, addr));
     }
 
+    /// Bookkeeping for a connection task that was aborted (a banned peer) and so returned no
+    /// result: frees its outgoing or incoming slot. (`peer::run` takes the peer out of the swarm
+    /// state when its task is dropped.)
+    fn forget_aborted(&mut self, task: tokio::task::Id) {
+        let key = self
+            .peer_handles
+            .iter()
+            .find(|(_, (handle, _))| handle.id() == task)
+            .map(|(&key, _)| key);
+        if let Some((_, addr)) = key.and_then(|key| self.peer_handles.remove(&key)) {
+            // A dialled connection is known by the address we dialled; any other was incoming.
+            if !self.connected.remove(&addr) {
+                self.incoming = self.incoming.saturating_sub(1);
+            }
+        }
+    }
+
     fn progress(&self, rate: f64) -> Progress {
         let st = self.lock();
         let left = st.download.bytes_left();
@@ -414,6 +431,7 @@ impl Manager {
             std::thread::available_parallelism().map_or(2, |n| n.get()),
         ));
         let mut hashing: JoinSet<Verdict> = JoinSet::new();
+        let write_lock = Arc::new(Mutex::new(()));
         let mut announce: JoinSet<Result<AnnounceResponse, TrackerError>> = JoinSet::new();
         let have_trackers = self.params.trackers.iter().any(|t| !t.is_empty());
         let mut next_announce = Instant::now();
@@ -486,6 +504,7 @@ impl Manager {
                 Some(piece) = self.completed_rx.recv() => {
                     let permit = hash_permits.clone().acquire_owned().await;
                     let (info, sink) = (self.info.clone(), self.sink.clone());
+                    let write_lock = write_lock.clone();
                     hashing.spawn_blocking(move || {
                         let _permit = permit;
                         let good = info
@@ -493,6 +512,9 @@ impl Manager {
                             .get(piece.index as usize)
                             .is_some_and(|h| Sha1::digest(&piece.data).as_slice() == h);
                         let stored = if good {
+                            // Hash in parallel, write one piece at a time: concurrent writers to
+                            // one file only contend for its inode lock in the kernel.
+                            let _writing = write_lock.lock().unwrap_or_else(|e| e.into_inner());
                             sink.store(piece.index, &piece.data).map(|()| true)
                         } else {
                             Ok(false)
@@ -521,6 +543,8 @@ impl Manager {
                     }
                 }
                 Some(joined) = self.peers.join_next() => {
+                    // A task aborted on a ban returns no result: free its slot here.
+                    let joined = joined.map_err(|e| self.forget_aborted(e.id()));
                     if let Ok((key, dialled, result)) = joined {
                         self.peer_handles.remove(&key);
                         match dialled {

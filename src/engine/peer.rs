@@ -194,17 +194,33 @@ pub async fn run(
         st.download.add_peer(key, Instant::now());
         st.wakers.insert(key, notify.clone());
     }
-    let result = message_loop(&shared, key, addr, stream, theirs, &notify).await;
-    let mut st = lock(&shared);
-    st.download.remove_peer(key);
-    st.wakers.remove(&key);
-    // Its blocks are free again: others may want them.
-    let others: Vec<Arc<Notify>> = st.wakers.values().cloned().collect();
-    drop(st);
-    for n in others {
-        n.notify_one();
+    // Removes the peer however the connection ends, also when its task is aborted (a ban).
+    let _leave = Leave {
+        shared: &shared,
+        key,
+    };
+    message_loop(&shared, key, addr, stream, theirs, &notify).await
+}
+
+/// Takes a peer out of the swarm state when dropped: its blocks go back to the pool and the other
+/// connections are woken to take them.
+struct Leave<'a> {
+    shared: &'a Shared,
+    key: PeerKey,
+}
+
+impl Drop for Leave<'_> {
+    fn drop(&mut self) {
+        let mut st = lock(self.shared);
+        st.download.remove_peer(self.key);
+        st.wakers.remove(&self.key);
+        // Its blocks are free again: others may want them.
+        let others: Vec<Arc<Notify>> = st.wakers.values().cloned().collect();
+        drop(st);
+        for n in others {
+            n.notify_one();
+        }
     }
-    result
 }
 
 async fn message_loop(

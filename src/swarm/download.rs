@@ -65,8 +65,8 @@ pub struct Config {
 impl Default for Config {
     fn default() -> Config {
         Config {
-            max_piece_memory: 48 * 1024 * 1024,
-            min_requests: 32,
+            max_piece_memory: 32 * 1024 * 1024,
+            min_requests: 64,
             max_requests: 1024,
             request_queue_time: Duration::from_millis(500),
             keepalive_interval: Duration::from_secs(60),
