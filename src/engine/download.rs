@@ -3,8 +3,8 @@
 //!
 //! A single manager task owns the connection set, the listener and the announce schedule. Peer
 //! connections run as their own tasks over the shared [`SwarmState`]. Assembled pieces are
-//! hashed (and written, if good) on tokio's blocking pool, so SHA-1 and disk never stall a
-//! socket; at most one hashing job per core runs at once. Memory stays bounded by the download's
+//! hashed (and written, if good) by the [`super::hasher`] threads, so SHA-1 and disk never stall
+//! a socket. Memory stays bounded by the download's
 //! piece-memory budget: pieces waiting for their hash count against it until their verdict comes
 //! back. Existing data at the output is checked piece by piece first (resume), on all cores.
 
@@ -14,11 +14,11 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use sha1::{Digest, Sha1};
 use tokio::net::TcpListener;
-use tokio::sync::{mpsc, watch, Semaphore};
+use tokio::sync::{mpsc, watch};
 use tokio::task::{AbortHandle, JoinSet};
 
+use super::hasher::{self, Verdict};
 use super::peer::{self, PeerConnError, Shared, SwarmState};
 use super::sink::Sink;
 use crate::metainfo::Info;
@@ -113,9 +113,6 @@ pub enum DownloadError {
     Task(String),
 }
 
-/// The result of one hashing job: piece index and whether it was good and stored.
-type Verdict = (u32, Result<bool, StorageError>);
-
 /// Runs a session until the target is complete (and seeding is over), or shutdown.
 pub async fn download(mut params: DownloadParams) -> Result<Outcome, DownloadError> {
     let info = params.info.clone();
@@ -170,7 +167,10 @@ pub async fn download(mut params: DownloadParams) -> Result<Outcome, DownloadErr
         params.config.clone(),
         rand::random(),
     );
-    let (completed_tx, completed_rx) = mpsc::unbounded_channel();
+    let (verdict_tx, verdict_rx) = mpsc::unbounded_channel();
+    let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let completed_tx = hasher::spawn(info.clone(), sink.clone(), threads, verdict_tx)
+        .map_err(|e| DownloadError::Task(format!("cannot start hashing threads: {e}")))?;
     let shared = Arc::new(Shared {
         state: Mutex::new(SwarmState {
             download,
@@ -192,8 +192,7 @@ pub async fn download(mut params: DownloadParams) -> Result<Outcome, DownloadErr
         params,
         info,
         shared,
-        sink,
-        completed_rx,
+        verdict_rx,
         total_bytes,
         peers: JoinSet::new(),
         peer_handles: HashMap::new(),
@@ -255,8 +254,7 @@ struct Manager {
     shutdown: Option<watch::Receiver<bool>>,
     info: Arc<Info>,
     shared: Arc<Shared>,
-    sink: Arc<Sink>,
-    completed_rx: mpsc::UnboundedReceiver<crate::swarm::CompletedPiece>,
+    verdict_rx: mpsc::UnboundedReceiver<Verdict>,
     total_bytes: u64,
     /// Connection tasks; an outgoing one reports the address it dialled.
     peers: JoinSet<PeerResult>,
@@ -427,11 +425,6 @@ impl Manager {
         let extra = self.params.peers.clone();
         self.add_candidates(&extra);
 
-        let hash_permits = Arc::new(Semaphore::new(
-            std::thread::available_parallelism().map_or(2, |n| n.get()),
-        ));
-        let mut hashing: JoinSet<Verdict> = JoinSet::new();
-        let write_lock = Arc::new(Mutex::new(()));
         let mut announce: JoinSet<Result<AnnounceResponse, TrackerError>> = JoinSet::new();
         let have_trackers = self.params.trackers.iter().any(|t| !t.is_empty());
         let mut next_announce = Instant::now();
@@ -463,7 +456,6 @@ impl Manager {
                         let _ = super::tracker::announce_all(&tiers, &req).await;
                     });
                 }
-                self.flush().await?;
                 tracing::info!("download complete; seeding");
             }
             if self.seed_over(seeding_since) {
@@ -486,7 +478,7 @@ impl Manager {
                 && self.peers.is_empty()
                 && self.candidates.is_empty()
                 && announce.is_empty()
-                && hashing.is_empty()
+                && self.lock().download.verifying_count() == 0
                 && (!have_trackers || announce_failures >= 3)
             {
                 let why = self
@@ -501,35 +493,15 @@ impl Manager {
                     outcome = if done { Outcome::Complete } else { Outcome::Interrupted };
                     break;
                 }
-                Some(piece) = self.completed_rx.recv() => {
-                    let permit = hash_permits.clone().acquire_owned().await;
-                    let (info, sink) = (self.info.clone(), self.sink.clone());
-                    let write_lock = write_lock.clone();
-                    hashing.spawn_blocking(move || {
-                        let _permit = permit;
-                        let good = info
-                            .pieces
-                            .get(piece.index as usize)
-                            .is_some_and(|h| Sha1::digest(&piece.data).as_slice() == h);
-                        let stored = if good {
-                            // Hash in parallel, write one piece at a time: concurrent writers to
-                            // one file only contend for its inode lock in the kernel.
-                            let _writing = write_lock.lock().unwrap_or_else(|e| e.into_inner());
-                            sink.store(piece.index, &piece.data).map(|()| true)
-                        } else {
-                            Ok(false)
-                        };
-                        (piece.index, stored)
-                    });
-                }
-                Some(joined) = hashing.join_next() => {
-                    let (index, verdict) = joined.map_err(|e| DownloadError::Task(e.to_string()))?;
-                    let good = verdict?;
+                Some(verdict) = self.verdict_rx.recv() => {
+                    let index = verdict.index;
+                    let good = verdict.result?;
                     if !good {
                         tracing::warn!(piece = index, "piece failed its hash check; fetching it again");
                     }
                     let banned = {
                         let mut st = self.lock();
+                        st.download.recycle(verdict.buf);
                         let banned = st.download.piece_verified(index, good);
                         st.dispatch(&self.shared.completed_tx);
                         banned
@@ -603,7 +575,7 @@ impl Manager {
                         rate = if rate == 0.0 { sample } else { 0.6 * sample + 0.4 * rate };
                         last_sample = (now, p.done_bytes);
                     }
-                    tracing::trace!(done = p.done_bytes, peers = p.peers, hashing = hashing.len(), "progress");
+                    tracing::trace!(done = p.done_bytes, peers = p.peers, verifying = self.lock().download.verifying_count(), "progress");
                     if let Some(tx) = &self.params.progress {
                         let _ = tx.send(p);
                     }
@@ -616,13 +588,14 @@ impl Manager {
         }
 
         self.peers.abort_all();
-        // Pieces still being hashed are dropped unless already verified; what is stored stays.
-        while let Some(joined) = hashing.join_next().await {
-            if let Ok((index, Ok(good))) = joined {
-                self.lock().download.piece_verified(index, good);
-            }
+        // Let the hashing threads finish what they hold, so every good piece received is stored.
+        while self.lock().download.verifying_count() > 0 {
+            let Some(verdict) = self.verdict_rx.recv().await else {
+                break;
+            };
+            let good = matches!(verdict.result, Ok(true));
+            self.lock().download.piece_verified(verdict.index, good);
         }
-        self.flush().await?;
         if let Some(tx) = &self.params.progress {
             let _ = tx.send(self.progress(rate));
         }
@@ -644,14 +617,6 @@ impl Manager {
             }
         }
         Ok(outcome)
-    }
-
-    async fn flush(&self) -> Result<(), DownloadError> {
-        let sink = self.sink.clone();
-        tokio::task::spawn_blocking(move || sink.sync())
-            .await
-            .map_err(|e| DownloadError::Task(e.to_string()))??;
-        Ok(())
     }
 
     /// Time until the next announce: the tracker's interval, or sooner while we lack peers.

@@ -7,6 +7,7 @@
 //! - [`tracker`]: HTTP and UDP tracker clients.
 
 pub mod download;
+pub mod hasher;
 pub mod metadata;
 pub mod peer;
 pub mod sink;

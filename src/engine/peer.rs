@@ -144,7 +144,7 @@ pub async fn accept_handshake(
 pub struct Shared {
     pub state: Mutex<SwarmState>,
     /// Where assembled pieces go to be verified.
-    pub completed_tx: tokio::sync::mpsc::UnboundedSender<CompletedPiece>,
+    pub completed_tx: std::sync::mpsc::Sender<CompletedPiece>,
     /// Largest message accepted from a peer.
     pub max_message_len: u32,
     /// The raw info dictionary, served to peers that ask with `ut_metadata`.
@@ -161,7 +161,7 @@ pub struct SwarmState {
 
 impl SwarmState {
     /// Hands assembled pieces to the hashers and wakes connections with queued messages.
-    pub fn dispatch(&mut self, completed_tx: &tokio::sync::mpsc::UnboundedSender<CompletedPiece>) {
+    pub fn dispatch(&mut self, completed_tx: &std::sync::mpsc::Sender<CompletedPiece>) {
         for piece in self.download.take_completed() {
             // The receiver lives as long as the download; a send error means it is ending.
             let _ = completed_tx.send(piece);

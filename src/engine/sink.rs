@@ -25,13 +25,12 @@ impl Sink {
         }
     }
 
-    /// Writes a whole verified piece.
-    pub fn store(&self, index: u32, data: &[u8]) -> Result<(), StorageError> {
+    /// Writes verified data at byte `begin` of piece `index`.
+    pub fn store(&self, index: u32, begin: u32, data: &[u8]) -> Result<(), StorageError> {
         match self {
-            Sink::Files(storage) => storage.write(index, 0, data),
+            Sink::Files(storage) => storage.write(index, begin, data),
             Sink::Piece { file, path, .. } => file
-                .write_all_at(data, 0)
-                .and_then(|()| file.set_len(data.len() as u64))
+                .write_all_at(data, u64::from(begin))
                 .map_err(|e| Self::io_error(path, e)),
         }
     }
@@ -51,14 +50,6 @@ impl Sink {
                 file.read_exact_at(buf, u64::from(begin))
                     .map_err(|e| Self::io_error(path, e))
             }
-        }
-    }
-
-    /// Flushes written data to disk.
-    pub fn sync(&self) -> Result<(), StorageError> {
-        match self {
-            Sink::Files(storage) => storage.sync(),
-            Sink::Piece { file, path, .. } => file.sync_data().map_err(|e| Self::io_error(path, e)),
         }
     }
 }

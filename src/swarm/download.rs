@@ -184,6 +184,8 @@ pub struct Download {
     /// The peer currently given the optimistic unchoke.
     optimistic: Option<PeerKey>,
     rng: StdRng,
+    /// Piece buffers of finished pieces, reused for new ones.
+    spare_buffers: Vec<Vec<u8>>,
 }
 
 impl Download {
@@ -228,6 +230,7 @@ impl Download {
             uploaded_bytes: 0,
             optimistic: None,
             rng,
+            spare_buffers: Vec::new(),
         }
     }
 
@@ -614,6 +617,19 @@ impl Download {
         }
     }
 
+    /// Pieces handed out for verification and not yet reported back.
+    pub fn verifying_count(&self) -> usize {
+        self.verifying.len()
+    }
+
+    /// Returns a piece buffer for reuse by the next piece (saves zeroing fresh pages).
+    pub fn recycle(&mut self, buf: Vec<u8>) {
+        let budget = (self.config.max_piece_memory / u64::from(self.piece_length.max(1))) as usize;
+        if self.spare_buffers.len() < budget && buf.capacity() >= self.piece_length as usize {
+            self.spare_buffers.push(buf);
+        }
+    }
+
     /// Takes the pieces assembled since the last call; the engine verifies each and reports
     /// with [`Download::piece_verified`].
     pub fn take_completed(&mut self) -> Vec<CompletedPiece> {
@@ -801,7 +817,12 @@ impl Download {
         self.partials.insert(
             index,
             Partial {
-                buf: vec![0; len as usize],
+                buf: {
+                    let mut buf = self.spare_buffers.pop().unwrap_or_default();
+                    buf.clear();
+                    buf.resize(len as usize, 0);
+                    buf
+                },
                 blocks: vec![BlockState::Missing; blocks as usize],
                 missing: blocks,
                 remaining: blocks,
