@@ -1,0 +1,68 @@
+"""Pieces shared by scripts/bench and its helper processes (Python 3, python3-libtorrent)."""
+
+import ctypes
+import os
+import signal
+import sys
+import threading
+
+PR_SET_PDEATHSIG = 1
+
+
+def die_with_parent(sig=signal.SIGKILL):
+    """preexec_fn / helper start-up: get `sig` when the process that started us dies."""
+    try:
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, int(sig), 0, 0, 0)
+    except Exception:
+        pass
+
+
+def exit_when_stdin_closes(code=3, on_exit=None):
+    """Exit the process as soon as stdin reaches EOF (the bench driver went away)."""
+
+    def watch():
+        try:
+            while sys.stdin.buffer.read(4096):
+                pass
+        except Exception:
+            pass
+        if on_exit is not None:
+            try:
+                on_exit()
+            except Exception:
+                pass
+        os._exit(code)
+
+    threading.Thread(target=watch, daemon=True).start()
+
+
+def loopback_settings(lt, base=None):
+    """libtorrent settings for a peer that lives on 127.0.0.1 only, TCP only.
+
+    uTP is off on both ends: bitrush and aria2 speak TCP only, and libtorrent
+    would otherwise try uTP first between its own seeders and downloader."""
+    s = dict(base or {})
+    s.update(
+        {
+            "listen_interfaces": "127.0.0.1:0",
+            "outgoing_interfaces": "127.0.0.1",
+            "enable_dht": False,
+            "enable_lsd": False,
+            "enable_upnp": False,
+            "enable_natpmp": False,
+            "enable_outgoing_utp": False,
+            "enable_incoming_utp": False,
+            "allow_multiple_connections_per_ip": True,
+            "announce_to_all_trackers": True,
+            "announce_to_all_tiers": True,
+            "announce_ip": "127.0.0.1",
+            "upload_rate_limit": 0,
+            "download_rate_limit": 0,
+            "stop_tracker_timeout": 1,
+            "alert_mask": lt.alert.category_t.error_notification
+            | lt.alert.category_t.status_notification
+            | lt.alert.category_t.tracker_notification,
+        }
+    )
+    return s

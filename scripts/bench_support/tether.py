@@ -1,0 +1,53 @@
+#!/usr/bin/python3
+"""Run a command; kill it when our stdin reaches EOF or we get SIGTERM/SIGINT.
+
+Used by scripts/bench for opentracker, which drops privileges to `nobody` (that
+clears PR_SET_PDEATHSIG), so it needs a guardian process."""
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+
+sys.dont_write_bytecode = True  # no __pycache__ in the work tree
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from common import die_with_parent  # noqa: E402
+
+
+def main():
+    child = None
+
+    def kill_child(*_):
+        try:
+            if child is not None:
+                child.kill()
+        except Exception:
+            pass
+
+    def on_signal(signum, _frame):
+        kill_child()
+        os._exit(128 + signum)
+
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(sig, on_signal)
+    # SIGTERM (handled above, so the child dies too) if the bench driver dies.
+    die_with_parent(signal.SIGTERM)
+    child = subprocess.Popen(sys.argv[1:], stdin=subprocess.DEVNULL)
+
+    def watch():
+        try:
+            while sys.stdin.buffer.read(4096):
+                pass
+        except Exception:
+            pass
+        kill_child()
+
+    threading.Thread(target=watch, daemon=True).start()
+
+    rc = child.wait()
+    sys.exit(rc if rc >= 0 else 128 - rc)
+
+
+if __name__ == "__main__":
+    main()
