@@ -13,3 +13,6 @@ mod torrent;
 pub use create::{create_torrent, CreateError};
 pub use magnet::{Magnet, MagnetError};
 pub use torrent::{FileEntry, Info, Metainfo, MetainfoError, MAX_PIECE_LENGTH, MAX_TOTAL_LENGTH};
+
+#[cfg(test)]
+mod fuzz_tests;

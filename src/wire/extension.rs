@@ -400,7 +400,10 @@ mod tests {
             b"d1:md11:ut_metadatai1ee13:metadata_sizei1234e4:reqqi2048e1:v11:bitrush 0.1e".to_vec()
         );
         let none = ExtHandshake::ours(None).encode();
-        assert_eq!(none, b"d1:md11:ut_metadatai1ee4:reqqi2048e1:v11:bitrush 0.1e".to_vec());
+        assert_eq!(
+            none,
+            b"d1:md11:ut_metadatai1ee4:reqqi2048e1:v11:bitrush 0.1e".to_vec()
+        );
     }
 
     #[test]

@@ -11,3 +11,6 @@ pub mod metadata_fetch;
 pub use extension::{ExtHandshake, MetadataAssembler, MetadataError, MetadataMsg};
 pub use handshake::Handshake;
 pub use message::{encode_request, BlockRef, Message, MessageDecoder, WireError};
+
+#[cfg(test)]
+mod fuzz_tests;

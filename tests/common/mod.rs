@@ -1550,3 +1550,275 @@ pub fn assert_quiet_stdout(out: &Output) {
         dump(out)
     );
 }
+
+// ---------------------------------------------------------------------------
+// Seeding, resume and hostile peers (tests/seed_resume.rs, tests/hostile_peers.rs)
+// ---------------------------------------------------------------------------
+
+/// Sends signal `sig` (`"INT"`, `"TERM"`, ...) to process `pid` alone (not its group).
+pub fn send_signal(pid: u32, sig: &str) {
+    let status = Command::new("kill")
+        .arg(format!("-{sig}"))
+        .arg(pid.to_string())
+        .stdin(Stdio::null())
+        .status()
+        .expect("run kill");
+    assert!(status.success(), "kill -{sig} {pid} failed: {status}");
+}
+
+/// The peak virtual memory size (`VmPeak`, bytes) of a running process.
+pub fn vm_peak(pid: u32) -> Option<u64> {
+    let status = fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmPeak:"))?;
+    let kib: u64 = line
+        .trim_start_matches("VmPeak:")
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()?;
+    Some(kib * 1024)
+}
+
+/// For a single-file torrent: which pieces of the file at `path` match the
+/// torrent's hashes (per libtorrent). A missing or short file counts as
+/// missing pieces.
+pub fn verified_pieces(path: &Path, info: &LtInfo) -> Vec<bool> {
+    use sha1::{Digest, Sha1};
+    let data = fs::read(path).unwrap_or_default();
+    let plen = info.piece_length as usize;
+    (0..info.num_pieces)
+        .map(|i| {
+            let start = i * plen;
+            let end = (start + plen).min(info.total_size as usize);
+            end <= data.len() && to_hex(&Sha1::digest(&data[start..end])) == info.piece_hashes[i]
+        })
+        .collect()
+}
+
+/// `bitrush seed` running in the background (killed on drop).
+pub struct BitrushSeeder {
+    port: u16,
+    pub proc: Proc,
+}
+
+impl BitrushSeeder {
+    /// Starts `bitrush seed TORRENT PATH --port P EXTRA...` on a free port and
+    /// waits until `tracker` counts `expected_seeders` seeders for `info_hash`
+    /// (this one included). Retries on another port if it lost the race for
+    /// one; panics if it fails otherwise.
+    pub fn start(
+        torrent: &Path,
+        path: &Path,
+        tracker: &Tracker,
+        info_hash: &str,
+        expected_seeders: u64,
+        extra: &[&str],
+    ) -> BitrushSeeder {
+        let mut last_logs = String::new();
+        for _attempt in 0..5 {
+            let port = free_port();
+            let mut cmd = bitrush();
+            cmd.arg("seed")
+                .arg(torrent)
+                .arg(path)
+                .arg("--port")
+                .arg(port.to_string())
+                .args(extra);
+            let mut proc = Proc::spawn("bitrush seed", cmd);
+            let deadline = Instant::now() + STARTUP_TIMEOUT;
+            loop {
+                if proc.try_status().is_some() {
+                    proc.wait_exit(Duration::from_secs(5));
+                    last_logs = proc.logs();
+                    if last_logs.contains("cannot listen") {
+                        break; // lost the race for the port: try another
+                    }
+                    panic!("bitrush seed exited early\n{last_logs}");
+                }
+                if tracker.scrape(info_hash).0 >= expected_seeders {
+                    return BitrushSeeder { port, proc };
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "tracker never counted {expected_seeders} seeders with bitrush seed\n{}\n{}",
+                    proc.logs(),
+                    tracker.logs()
+                );
+                thread::sleep(Duration::from_millis(50));
+            }
+        }
+        panic!("bitrush seed failed to listen on a free port\n{last_logs}");
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], self.port))
+    }
+
+    pub fn logs(&self) -> String {
+        self.proc.logs()
+    }
+}
+
+/// A scripted peer (tests/support/scripted_peer.py) for a single-file torrent
+/// whose data lies in `save_dir`: honest, or hostile in one of the ways its
+/// `--mode` names. It does not announce: use [`Tracker::announce_fake_peer`].
+/// Killed on drop.
+pub struct ScriptedPeer {
+    port: u16,
+    proc: Proc,
+}
+
+impl ScriptedPeer {
+    pub fn start(torrent: &Path, save_dir: &Path, mode: &str) -> ScriptedPeer {
+        require_libtorrent();
+        let mut cmd = Command::new(PYTHON);
+        cmd.arg(support("scripted_peer.py"))
+            .arg("--mode")
+            .arg(mode)
+            .arg(torrent)
+            .arg(save_dir);
+        let proc = Proc::spawn(&format!("scripted_peer {mode}"), cmd);
+        let line = match proc.wait_for_stdout_line(|l| l.starts_with("READY "), STARTUP_TIMEOUT) {
+            Ok(l) => l,
+            Err(e) => panic!("scripted_peer did not get ready: {e}\n{}", proc.logs()),
+        };
+        let port: u16 = line["READY ".len()..].trim().parse().expect("READY <port>");
+        ScriptedPeer { port, proc }
+    }
+
+    /// A scripted peer that does not listen but dials `target` `cycles` times
+    /// in a row, behaving as `mode` on each connection (see the script).
+    pub fn dial(
+        torrent: &Path,
+        save_dir: &Path,
+        mode: &str,
+        target: SocketAddr,
+        cycles: usize,
+    ) -> ScriptedPeer {
+        require_libtorrent();
+        let mut cmd = Command::new(PYTHON);
+        cmd.arg(support("scripted_peer.py"))
+            .arg("--mode")
+            .arg(mode)
+            .arg("--connect")
+            .arg(target.to_string())
+            .arg("--cycles")
+            .arg(cycles.to_string())
+            .arg(torrent)
+            .arg(save_dir);
+        let proc = Proc::spawn(&format!("scripted_peer {mode} dialling {target}"), cmd);
+        ScriptedPeer { port: 0, proc }
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], self.port))
+    }
+
+    /// How many stdout lines so far equal `word` or start with `word `.
+    pub fn count(&self, word: &str) -> usize {
+        let with_space = format!("{word} ");
+        self.proc
+            .stdout_lines()
+            .iter()
+            .filter(|l| *l == word || l.starts_with(&with_space))
+            .count()
+    }
+
+    /// Waits (up to `timeout`, only against a hang) for a stdout line equal to
+    /// `word` or starting with `word `.
+    pub fn wait_for(&self, word: &str, timeout: Duration) -> Result<String, String> {
+        let with_space = format!("{word} ");
+        self.proc
+            .wait_for_stdout_line(|l| l == word || l.starts_with(&with_space), timeout)
+    }
+
+    /// The pieces it served at least one correct block of.
+    pub fn served_pieces(&self) -> std::collections::BTreeSet<u32> {
+        self.proc
+            .stdout_lines()
+            .iter()
+            .filter_map(|l| l.strip_prefix("SERVED "))
+            .filter_map(|rest| rest.split(' ').next()?.parse().ok())
+            .collect()
+    }
+
+    /// Payload bytes it served in correct blocks.
+    pub fn served_bytes(&self) -> u64 {
+        self.proc
+            .stdout_lines()
+            .iter()
+            .filter_map(|l| l.strip_prefix("SERVED "))
+            .filter_map(|rest| rest.split(' ').nth(2)?.parse::<u64>().ok())
+            .sum()
+    }
+
+    pub fn logs(&self) -> String {
+        self.proc.logs()
+    }
+}
+
+/// A libtorrent leecher (tests/support/lt_leech.py) that talks only to
+/// `peers`, optionally throttled. Killed on drop.
+pub struct LtLeecher {
+    pub proc: Proc,
+}
+
+impl LtLeecher {
+    pub fn start(
+        torrent: &Path,
+        save_dir: &Path,
+        peers: &[SocketAddr],
+        download_rate_limit: Option<u64>,
+    ) -> LtLeecher {
+        require_libtorrent();
+        let mut cmd = Command::new(PYTHON);
+        cmd.arg(support("lt_leech.py")).arg(torrent).arg(save_dir);
+        for p in peers {
+            cmd.arg("--peer").arg(p.to_string());
+        }
+        if let Some(r) = download_rate_limit {
+            cmd.arg("--download-rate-limit").arg(r.to_string());
+        }
+        LtLeecher {
+            proc: Proc::spawn("lt_leech", cmd),
+        }
+    }
+
+    /// Waits until it reports at least `bytes` verified bytes.
+    pub fn wait_progress(&self, bytes: u64) {
+        let res = self.proc.wait_for_stdout_line(
+            |l| {
+                l == "COMPLETE"
+                    || l.strip_prefix("PROGRESS ")
+                        .and_then(|n| n.parse::<u64>().ok())
+                        .is_some_and(|n| n >= bytes)
+            },
+            PROCESS_TIMEOUT,
+        );
+        if let Err(e) = res {
+            panic!(
+                "lt_leech never got {bytes} bytes: {e}\n{}",
+                self.proc.logs()
+            );
+        }
+    }
+
+    /// Waits for it to complete and exit 0; panics otherwise.
+    pub fn wait_complete(&mut self) {
+        let status = self.proc.wait_exit(PROCESS_TIMEOUT);
+        assert!(
+            status.is_some_and(|s| s.success()),
+            "lt_leech did not complete ({status:?})\n{}",
+            self.proc.logs()
+        );
+    }
+}

@@ -1,0 +1,454 @@
+//! Seeding (`bitrush seed`, `bitrush download --seed`) to real clients, and
+//! resuming a download: after SIGINT, after `kill -9`, with the data already
+//! complete, and with one piece corrupted on disk.
+//!
+//! Which pieces a resumed download fetched is read off an honest scripted
+//! seeder (tests/support/scripted_peer.py) that logs every block it serves:
+//! when it is the only peer with data, the pieces it served are exactly the
+//! pieces bitrush fetched again.
+
+mod common;
+
+use common::*;
+use std::collections::BTreeSet;
+use std::ffi::OsStr;
+use std::fs;
+use std::net::{TcpListener, UdpSocket};
+use std::path::Path;
+use std::process::{Command, Output};
+use std::thread;
+use std::time::{Duration, Instant};
+
+const MIB: usize = 1024 * 1024;
+
+fn download(torrent: &Path, out_path: &Path, extra: &[&str]) -> Output {
+    let mut args = vec![
+        OsStr::new("download"),
+        OsStr::new("-o"),
+        out_path.as_os_str(),
+        torrent.as_os_str(),
+    ];
+    args.extend(extra.iter().map(OsStr::new));
+    run_bitrush(args)
+}
+
+fn spawn_download(torrent: &Path, out_path: &Path, extra: &[&str]) -> Proc {
+    let mut args = vec![
+        OsStr::new("download"),
+        OsStr::new("-o"),
+        out_path.as_os_str(),
+        torrent.as_os_str(),
+    ];
+    args.extend(extra.iter().map(OsStr::new));
+    spawn_bitrush(args)
+}
+
+fn assert_tree_eq(got_root: &Path, want: &std::collections::BTreeMap<String, Vec<u8>>) {
+    let got = read_tree(got_root);
+    assert_eq!(
+        got.keys().collect::<Vec<_>>(),
+        want.keys().collect::<Vec<_>>(),
+        "files under {} differ from the torrent's",
+        got_root.display()
+    );
+    for (name, data) in want {
+        assert_bytes_eq(&got[name], data, name);
+    }
+}
+
+fn indices(flags: &[bool], value: bool) -> BTreeSet<u32> {
+    flags
+        .iter()
+        .enumerate()
+        .filter(|(_, &f)| f == value)
+        .map(|(i, _)| i as u32)
+        .collect()
+}
+
+/// Waits until at least `min` pieces of the (single-file) output verify
+/// against the torrent's hashes while `proc` (a bitrush download) runs.
+fn wait_for_verified_pieces(proc: &mut Proc, out_path: &Path, info: &LtInfo, min: usize) {
+    let deadline = Instant::now() + PROCESS_TIMEOUT;
+    loop {
+        let have = verified_pieces(out_path, info)
+            .iter()
+            .filter(|&&v| v)
+            .count();
+        if have >= min {
+            return;
+        }
+        if let Some(st) = proc.try_status() {
+            proc.wait_exit(Duration::from_secs(5));
+            panic!(
+                "bitrush ended ({st}) with only {have} pieces on disk\n{}",
+                proc.logs()
+            );
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no {min} verified pieces on disk (have {have})\n{}",
+            proc.logs()
+        );
+        thread::sleep(Duration::from_millis(50));
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Seeding to other clients
+// ---------------------------------------------------------------------------
+
+#[test]
+fn libtorrent_downloads_single_file_from_bitrush_seed() {
+    let swarm = Swarm::single_file("seed-lt", 3 * MIB + 517, 16, 301, false);
+    let hash = swarm.info.info_hash.clone();
+    let _seed = BitrushSeeder::start(
+        &swarm.torrent,
+        &swarm.seed_dir.join("payload.bin"),
+        &swarm.tracker,
+        &hash,
+        1,
+        &[],
+    );
+    // libtorrent finds the seeder through the tracker only.
+    let out = swarm.out_dir("lt-out");
+    lt_download(&swarm.torrent.to_string_lossy(), &out, &[]);
+    let got = fs::read(out.join("payload.bin")).expect("libtorrent's download");
+    assert_bytes_eq(&got, &swarm.data, "libtorrent's download from bitrush");
+}
+
+#[test]
+fn libtorrent_downloads_tree_from_bitrush_seed() {
+    let files = [
+        ("a.bin", 400_001),
+        ("empty", 0),
+        ("d/b.bin", 70_000),
+        ("d/e/c.txt", 12),
+        ("z.bin", 2 * 65_536 + 3),
+    ];
+    let swarm = Swarm::tree("seed-lt-tree", "tree", &files, 15, 302);
+    let hash = swarm.info.info_hash.clone();
+    let _seed = BitrushSeeder::start(
+        &swarm.torrent,
+        &swarm.seed_dir.join("tree"),
+        &swarm.tracker,
+        &hash,
+        1,
+        &[],
+    );
+    let out = swarm.out_dir("lt-out");
+    lt_download(&swarm.torrent.to_string_lossy(), &out, &[]);
+    assert_tree_eq(&out.join("tree"), &swarm.tree);
+}
+
+#[test]
+fn aria2_downloads_from_bitrush_seed() {
+    let swarm = Swarm::single_file("seed-aria2", 2 * MIB + 99, 16, 303, false);
+    let hash = swarm.info.info_hash.clone();
+    let _seed = BitrushSeeder::start(
+        &swarm.torrent,
+        &swarm.seed_dir.join("payload.bin"),
+        &swarm.tracker,
+        &hash,
+        1,
+        &[],
+    );
+    let out = swarm.out_dir("aria2-out");
+    aria2_download(&swarm.torrent, &out);
+    let got = fs::read(out.join("payload.bin")).expect("aria2's download");
+    assert_bytes_eq(&got, &swarm.data, "aria2's download from bitrush");
+}
+
+#[test]
+fn mixed_swarm_of_two_seeders_and_two_leechers_completes() {
+    // One bitrush seeder and one libtorrent seeder; a bitrush leecher and a
+    // libtorrent leecher download at the same time (and may trade pieces).
+    let swarm = Swarm::single_file("seed-mixed", 4 * MIB + 1, 16, 304, false);
+    let hash = swarm.info.info_hash.clone();
+    let _bitrush_seed = BitrushSeeder::start(
+        &swarm.torrent,
+        &swarm.seed_dir.join("payload.bin"),
+        &swarm.tracker,
+        &hash,
+        1,
+        &[],
+    );
+    let _lt_seed = swarm.lt_seeder();
+    swarm.tracker.wait_for_seeders(&hash, 2);
+
+    let lt_out = swarm.out_dir("lt-out");
+    let torrent = swarm.torrent.to_string_lossy().into_owned();
+    let lt_dir = lt_out.clone();
+    let lt_leecher = thread::spawn(move || lt_download(&torrent, &lt_dir, &[]));
+
+    let out_path = swarm.out_dir("bitrush-out").join("payload.bin");
+    let out = download(&swarm.torrent, &out_path, &[]);
+    let lt_result = lt_leecher.join();
+    assert_success(&out);
+    assert_bytes_eq(
+        &fs::read(&out_path).expect("bitrush's download"),
+        &swarm.data,
+        "bitrush leecher",
+    );
+    if let Err(e) = lt_result {
+        std::panic::resume_unwind(e);
+    }
+    assert_bytes_eq(
+        &fs::read(lt_out.join("payload.bin")).expect("libtorrent's download"),
+        &swarm.data,
+        "libtorrent leecher",
+    );
+}
+
+#[test]
+fn bitrush_leecher_seeds_to_another_bitrush_after_the_first_seeder_left() {
+    // A (bitrush seed) -> B (bitrush download --seed) -> C (bitrush download).
+    // A stops before C starts, so C can only get the data from B.
+    let swarm = Swarm::single_file("seed-relay", 3 * MIB + 7, 16, 305, false);
+    let hash = swarm.info.info_hash.clone();
+    let mut a = BitrushSeeder::start(
+        &swarm.torrent,
+        &swarm.seed_dir.join("payload.bin"),
+        &swarm.tracker,
+        &hash,
+        1,
+        &[],
+    );
+    let b_path = swarm.out_dir("b").join("payload.bin");
+    let b_port = free_port().to_string();
+    let mut b = spawn_download(&swarm.torrent, &b_path, &["--seed", "--port", &b_port]);
+    // B announces `completed` once it has everything: two seeders then.
+    let deadline = Instant::now() + PROCESS_TIMEOUT;
+    while swarm.tracker.scrape(&hash).0 < 2 {
+        if b.try_status().is_some() {
+            b.wait_exit(Duration::from_secs(5));
+            panic!("B ended before seeding\n{}", b.logs());
+        }
+        assert!(
+            Instant::now() < deadline,
+            "B never became a seeder\n{}",
+            b.logs()
+        );
+        thread::sleep(Duration::from_millis(50));
+    }
+    assert_bytes_eq(&fs::read(&b_path).unwrap(), &swarm.data, "B's download");
+
+    send_signal(a.proc.pid(), "TERM");
+    let status = a.proc.wait_exit(Duration::from_secs(30));
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "bitrush seed should stop cleanly on SIGTERM ({status:?})\n{}",
+        a.logs()
+    );
+
+    let c_path = swarm.out_dir("c").join("payload.bin");
+    let out = download(&swarm.torrent, &c_path, &[]);
+    assert_success(&out);
+    assert_bytes_eq(
+        &fs::read(&c_path).unwrap(),
+        &swarm.data,
+        "C's download (from B)",
+    );
+
+    assert!(b.try_status().is_none(), "B stopped seeding\n{}", b.logs());
+    send_signal(b.pid(), "INT");
+    let status = b.wait_exit(Duration::from_secs(30));
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "a completed `download --seed` should exit 0 on SIGINT ({status:?})\n{}",
+        b.logs()
+    );
+}
+
+// ---------------------------------------------------------------------------
+// Resume
+// ---------------------------------------------------------------------------
+
+#[test]
+fn sigint_keeps_verified_pieces_and_resume_fetches_only_the_rest() {
+    // 33 pieces of 64 KiB from a seeder throttled to 128 KiB/s: interrupted
+    // after a few pieces are on disk.
+    let swarm = Swarm::single_file("resume-int", 2 * MIB + 100, 16, 306, false);
+    let hash = swarm.info.info_hash.clone();
+    let n = swarm.info.num_pieces;
+    let out_path = swarm.out_dir("out").join("payload.bin");
+    {
+        let _slow = swarm.lt_seeder_with(&LtSeedOptions {
+            upload_rate_limit: Some(128 * 1024),
+            ..Default::default()
+        });
+        let mut first = spawn_download(&swarm.torrent, &out_path, &[]);
+        wait_for_verified_pieces(&mut first, &out_path, &swarm.info, 4);
+        send_signal(first.pid(), "INT");
+        let status = first
+            .wait_exit(Duration::from_secs(60))
+            .unwrap_or_else(|| panic!("no exit after SIGINT\n{}", first.logs()));
+        assert!(
+            !status.success() && status.code().is_some(),
+            "an interrupted download must exit non-zero by itself ({status})\n{}",
+            first.logs()
+        );
+        let stderr = first.stderr();
+        assert!(
+            stderr.lines().any(|l| l.starts_with("error: interrupted")),
+            "no `error: interrupted` line\n{}",
+            first.logs()
+        );
+        assert!(!stderr.contains("panicked"), "{}", first.logs());
+        // It was the only leecher, and it announced `stopped` on the way out.
+        assert_eq!(
+            swarm.tracker.scrape(&hash).1,
+            0,
+            "the tracker still lists the interrupted download\n{}",
+            first.logs()
+        );
+    }
+    let before = verified_pieces(&out_path, &swarm.info);
+    let kept = indices(&before, true);
+    let missing = indices(&before, false);
+    assert!(
+        kept.len() >= 4 && !missing.is_empty(),
+        "want a partial download, have {} of {n} pieces",
+        kept.len()
+    );
+
+    // The throttled seeder is gone; the only peer with data now logs every
+    // block it serves.
+    let honest = ScriptedPeer::start(&swarm.torrent, &swarm.seed_dir, "honest");
+    swarm.tracker.announce_fake_peer(&hash, honest.port(), true);
+    let out = download(&swarm.torrent, &out_path, &[]);
+    assert_success(&out);
+    assert_bytes_eq(
+        &fs::read(&out_path).unwrap(),
+        &swarm.data,
+        "resumed download",
+    );
+    let served = honest.served_pieces();
+    let refetched: Vec<_> = served.intersection(&kept).collect();
+    assert!(
+        refetched.is_empty(),
+        "pieces verified before the interruption were fetched again: {refetched:?}\n{}",
+        dump(&out)
+    );
+    assert_eq!(
+        served, missing,
+        "the resumed run fetched other pieces than the missing ones"
+    );
+}
+
+#[test]
+fn resume_after_kill_9_completes() {
+    let swarm = Swarm::single_file("resume-kill", 2 * MIB + 3, 16, 307, false);
+    let out_path = swarm.out_dir("out").join("payload.bin");
+    {
+        let _slow = swarm.lt_seeder_with(&LtSeedOptions {
+            upload_rate_limit: Some(128 * 1024),
+            ..Default::default()
+        });
+        let mut first = spawn_download(&swarm.torrent, &out_path, &[]);
+        wait_for_verified_pieces(&mut first, &out_path, &swarm.info, 3);
+        first.kill(); // SIGKILL: no cleanup at all
+    }
+    let before = verified_pieces(&out_path, &swarm.info);
+    assert!(
+        before.iter().any(|&v| v) && before.iter().any(|&v| !v),
+        "want a partial download after kill -9"
+    );
+    let _seeder = swarm.lt_seeder();
+    let out = download(&swarm.torrent, &out_path, &[]);
+    assert_success(&out);
+    assert_bytes_eq(
+        &fs::read(&out_path).unwrap(),
+        &swarm.data,
+        "download resumed after kill -9",
+    );
+}
+
+#[test]
+fn complete_output_finishes_without_contacting_anyone() {
+    // The torrent's trackers (HTTP and UDP tiers) are sockets of this test
+    // that never answer; afterwards they must have seen nothing.
+    let dir = TestDir::new("resume-complete");
+    let src = dir.subdir("seed").join("payload.bin");
+    let data = write_payload(&src, MIB + 5, 308);
+    let http = TcpListener::bind("127.0.0.1:0").unwrap();
+    http.set_nonblocking(true).unwrap();
+    let udp = UdpSocket::bind("127.0.0.1:0").unwrap();
+    udp.set_nonblocking(true).unwrap();
+    let torrent = dir.join("payload.torrent");
+    let mut cmd = Command::new(require_tool("mktorrent"));
+    cmd.arg("-a")
+        .arg(format!(
+            "http://127.0.0.1:{}/announce",
+            http.local_addr().unwrap().port()
+        ))
+        .arg("-a")
+        .arg(format!(
+            "udp://127.0.0.1:{}/announce",
+            udp.local_addr().unwrap().port()
+        ))
+        .arg("-l")
+        .arg("16")
+        .arg("-o")
+        .arg(&torrent)
+        .arg(&src);
+    run_checked("mktorrent", cmd, Duration::from_secs(60));
+    assert_eq!(lt_info(&torrent).trackers.len(), 2);
+
+    let out_path = dir.subdir("out").join("payload.bin");
+    fs::copy(&src, &out_path).unwrap();
+    let out = download(&torrent, &out_path, &[]);
+    assert_success(&out);
+    assert_bytes_eq(&fs::read(&out_path).unwrap(), &data, "output");
+
+    let mut tcp_connections = 0;
+    while http.accept().is_ok() {
+        tcp_connections += 1;
+    }
+    let mut buf = [0u8; 2048];
+    let mut datagrams = 0;
+    while udp.recv_from(&mut buf).is_ok() {
+        datagrams += 1;
+    }
+    assert_eq!(
+        (tcp_connections, datagrams),
+        (0, 0),
+        "a complete download contacted its trackers\n{}",
+        dump(&out)
+    );
+}
+
+#[test]
+fn corrupted_piece_on_disk_is_the_only_one_fetched_again() {
+    let swarm = Swarm::single_file("resume-corrupt", MIB + 4321, 16, 309, false);
+    let hash = swarm.info.info_hash.clone();
+    let out_path = swarm.out_dir("out").join("payload.bin");
+    let mut bad = swarm.data.clone();
+    let piece = 7usize;
+    let plen = swarm.info.piece_length as usize;
+    for off in [
+        piece * plen + 1,
+        piece * plen + plen / 2,
+        piece * plen + plen - 1,
+    ] {
+        bad[off] ^= 0xA5;
+    }
+    fs::write(&out_path, &bad).unwrap();
+    let before = verified_pieces(&out_path, &swarm.info);
+    assert_eq!(indices(&before, false), BTreeSet::from([piece as u32]));
+
+    let honest = ScriptedPeer::start(&swarm.torrent, &swarm.seed_dir, "honest");
+    swarm.tracker.announce_fake_peer(&hash, honest.port(), true);
+    let out = download(&swarm.torrent, &out_path, &[]);
+    assert_success(&out);
+    assert_bytes_eq(
+        &fs::read(&out_path).unwrap(),
+        &swarm.data,
+        "repaired output",
+    );
+    assert_eq!(
+        honest.served_pieces(),
+        BTreeSet::from([piece as u32]),
+        "only the corrupted piece should be fetched again\n{}",
+        honest.logs()
+    );
+}
