@@ -26,6 +26,8 @@ use crate::wire::{ExtHandshake, Handshake, Message, MessageDecoder, MetadataMsg,
 
 /// How long a TCP connect may take.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long one write to a peer may block before the peer is dropped.
+pub const WRITE_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long the remote side may take to answer our handshake.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -73,6 +75,8 @@ pub enum PeerConnError {
     },
     #[error("{0}: connection closed by peer")]
     Closed(SocketAddr),
+    #[error("{0}: peer stopped reading what we send")]
+    WriteTimeout(SocketAddr),
     #[error("reading a block to upload: {0}")]
     Storage(#[from] StorageError),
 }
@@ -296,8 +300,10 @@ async fn message_loop(
             lock(shared).download.uploaded(key, sent?);
         }
         if !outbuf.is_empty() {
-            wr.write_all(&outbuf)
+            // A peer that stops reading must not hold the connection (and its slot) forever.
+            tokio::time::timeout(WRITE_TIMEOUT, wr.write_all(&outbuf))
                 .await
+                .map_err(|_| PeerConnError::WriteTimeout(addr))?
                 .map_err(|source| PeerConnError::Io { addr, source })?;
             outbuf.clear();
         }
