@@ -6,8 +6,6 @@
 //!
 //! Run longer with e.g. `PROPTEST_CASES=100000 cargo test --release --lib wire::fuzz_tests`.
 
-use std::path::PathBuf;
-
 use bytes::{Bytes, BytesMut};
 use proptest::prelude::*;
 
@@ -332,27 +330,7 @@ proptest! {
     }
 }
 
-/// Files of a corpus directory under `tests/corpus/`, sorted; panics if there are none.
-fn corpus(dir: &str) -> Vec<(PathBuf, Vec<u8>)> {
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("tests")
-        .join("corpus")
-        .join(dir);
-    let mut files: Vec<_> = std::fs::read_dir(&root)
-        .unwrap_or_else(|e| panic!("corpus {}: {e}", root.display()))
-        .map(|e| e.expect("corpus entry").path())
-        .filter(|p| p.is_file())
-        .collect();
-    files.sort();
-    assert!(!files.is_empty(), "corpus {} is empty", root.display());
-    files
-        .into_iter()
-        .map(|p| {
-            let bytes = std::fs::read(&p).expect("read corpus file");
-            (p, bytes)
-        })
-        .collect()
-}
+use crate::bencode::fuzz_tests::corpus;
 
 #[test]
 fn corpus_replays_cleanly() {
