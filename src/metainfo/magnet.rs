@@ -8,10 +8,8 @@
 
 use std::net::SocketAddr;
 
+use super::quoted;
 use crate::types::{from_hex20, InfoHash};
-
-/// Longest piece of the link quoted back in an error message before it is cut short.
-const MAX_QUOTED_CHARS: usize = 80;
 
 /// A parsed magnet link.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -36,16 +34,6 @@ pub enum MagnetError {
 
 fn invalid<T>(msg: impl Into<String>) -> Result<T, MagnetError> {
     Err(MagnetError::Invalid(msg.into()))
-}
-
-/// `s` in double quotes with escapes, cut short if very long.
-fn quoted(s: &str) -> String {
-    if s.chars().count() <= MAX_QUOTED_CHARS {
-        format!("{s:?}")
-    } else {
-        let head: String = s.chars().take(MAX_QUOTED_CHARS).collect();
-        format!("{head:?}...")
-    }
 }
 
 /// Percent-decodes a parameter value; `plus_is_space` turns `+` into a space (for `dn`).

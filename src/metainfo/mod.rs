@@ -16,3 +16,16 @@ pub use torrent::{FileEntry, Info, Metainfo, MetainfoError, MAX_PIECE_LENGTH, MA
 
 #[cfg(test)]
 mod fuzz_tests;
+
+/// Longest text quoted back in an error message.
+const MAX_QUOTED_CHARS: usize = 80;
+
+/// `s` in double quotes with escapes, cut short if very long (it may come from hostile input).
+fn quoted(s: &str) -> String {
+    if s.chars().count() <= MAX_QUOTED_CHARS {
+        format!("{s:?}")
+    } else {
+        let head: String = s.chars().take(MAX_QUOTED_CHARS).collect();
+        format!("{head:?}...")
+    }
+}

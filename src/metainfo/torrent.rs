@@ -11,6 +11,7 @@ use std::collections::{BTreeMap, HashMap};
 
 use sha1::{Digest, Sha1};
 
+use super::quoted;
 use crate::bencode::{self, Value};
 use crate::types::InfoHash;
 
@@ -18,8 +19,6 @@ use crate::types::InfoHash;
 pub const MAX_PIECE_LENGTH: u32 = 1 << 28;
 /// Largest accepted total payload (1 PiB).
 pub const MAX_TOTAL_LENGTH: u64 = 1 << 50;
-/// Longest name or path shown in an error message before it is cut short.
-const MAX_QUOTED_CHARS: usize = 80;
 
 /// A file inside the torrent, in torrent order.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -72,16 +71,6 @@ type Dict = BTreeMap<Vec<u8>, Value>;
 
 fn invalid<T>(msg: impl Into<String>) -> Result<T, MetainfoError> {
     Err(MetainfoError::Invalid(msg.into()))
-}
-
-/// `s` in double quotes with escapes, cut short if very long (it may come from hostile input).
-fn quoted(s: &str) -> String {
-    if s.chars().count() <= MAX_QUOTED_CHARS {
-        format!("{s:?}")
-    } else {
-        let head: String = s.chars().take(MAX_QUOTED_CHARS).collect();
-        format!("{head:?}...")
-    }
 }
 
 fn lossy(bytes: &[u8]) -> String {
