@@ -250,6 +250,16 @@ fn only_dead_trackers_is_a_clean_error() {
     let out = run_bitrush([OsStr::new("peers"), torrent.as_os_str()]);
     let line = assert_cli_error(&out);
     assert!(line.contains("no tracker answered"), "{line}");
+    // A download with no reachable tracker and no other peer fails too, rather than waiting.
+    let output = dir.join("out.bin");
+    let out = run_bitrush([
+        OsStr::new("download"),
+        OsStr::new("-o"),
+        output.as_os_str(),
+        torrent.as_os_str(),
+    ]);
+    let line = assert_cli_error(&out);
+    assert!(line.contains("no tracker answered"), "{line}");
     let link = magnet(&lt_info_hash(&torrent), &[dead_http(), dead_udp()]);
     let out = run_bitrush(["magnet_info", &link]);
     let line = assert_cli_error(&out);

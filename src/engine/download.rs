@@ -474,7 +474,6 @@ impl Manager {
                 announce.spawn(async move { super::tracker::announce_all(&tiers, &req).await });
             }
             if !done
-                && self.listener.is_none()
                 && self.peers.is_empty()
                 && self.candidates.is_empty()
                 && announce.is_empty()
@@ -551,7 +550,7 @@ impl Manager {
                             tracing::warn!(error = %e, "announce failed");
                             announce_failures += 1;
                             let alone = self.peers.is_empty() && self.candidates.is_empty();
-                            if alone && self.params.peers.is_empty() && self.listener.is_none() && announce_failures == 1 {
+                            if alone && self.params.peers.is_empty() && announce_failures == 1 {
                                 return Err(DownloadError::Tracker(e));
                             }
                             self.last_error = Some(e.to_string());
