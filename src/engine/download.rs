@@ -202,6 +202,7 @@ pub async fn download(mut params: DownloadParams) -> Result<Outcome, DownloadErr
         banned: HashSet::new(),
         next_key: 0,
         last_error: None,
+        failures: HashMap::new(),
     };
     manager.run().await
 }
@@ -246,6 +247,9 @@ fn max_message_len(piece_count: u32) -> u32 {
     bitfield.max(BLOCK_LEN * 8 + 13).max(64 * 1024)
 }
 
+/// How often a dialled peer whose connection failed in transit is tried again.
+const MAX_CONNECTION_RETRIES: u32 = 2;
+
 type PeerResult = (PeerKey, Option<SocketAddr>, Result<(), PeerConnError>);
 
 struct Manager {
@@ -266,6 +270,8 @@ struct Manager {
     banned: HashSet<SocketAddr>,
     next_key: PeerKey,
     last_error: Option<String>,
+    /// Transient connection failures per dialled address.
+    failures: HashMap<SocketAddr, u32>,
 }
 
 /// Waits for the shutdown signal, or forever without one.
@@ -524,6 +530,19 @@ impl Manager {
                         }
                         if let Err(e) = result {
                             tracing::debug!(error = %e, "peer connection ended");
+                            // A connection that failed in transit is tried again a couple of
+                            // times; one that broke the protocol is not.
+                            let transient = matches!(
+                                e,
+                                PeerConnError::Io { .. } | PeerConnError::Closed(_) | PeerConnError::Connect { .. }
+                            );
+                            if let (true, Some(addr)) = (transient, dialled) {
+                                let failures = self.failures.entry(addr).or_insert(0);
+                                *failures += 1;
+                                if *failures <= MAX_CONNECTION_RETRIES {
+                                    self.add_candidates(&[addr]);
+                                }
+                            }
                             self.last_error = Some(e.to_string());
                         }
                     }

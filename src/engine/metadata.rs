@@ -40,6 +40,8 @@ pub const MAX_ANNOUNCE_ROUNDS: u32 = 3;
 pub const EXT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// The port we announce (we do not listen yet).
 const ANNOUNCE_PORT: u16 = 6881;
+/// How often a peer whose connection broke is tried again.
+const MAX_CONNECTION_RETRIES: u32 = 2;
 /// Pause before announcing again when every known peer failed.
 const REANNOUNCE_DELAY: Duration = Duration::from_secs(2);
 /// Messages queued for one connection before it counts as stuck and is dropped.
@@ -279,6 +281,7 @@ pub async fn fetch_metadata(
         next_key: 0,
         last_problem: None,
         seen_any_peer: false,
+        failures: HashMap::new(),
     };
     let bytes = fetcher.run().await?;
     let info =
@@ -325,6 +328,8 @@ struct Fetcher {
     next_key: PeerKey,
     last_problem: Option<String>,
     seen_any_peer: bool,
+    /// Connection failures per address: a broken connection is retried a few times.
+    failures: HashMap<SocketAddr, u32>,
 }
 
 impl Fetcher {
@@ -459,6 +464,12 @@ impl Fetcher {
                             if let Err(e) = result {
                                 tracing::debug!(%addr, error = %e, "connection ended");
                                 self.last_problem = Some(e.to_string());
+                                // A connection that broke (not a peer we banned) gets another try.
+                                let failures = self.failures.entry(addr).or_insert(0);
+                                *failures += 1;
+                                if *failures <= MAX_CONNECTION_RETRIES {
+                                    self.add_candidates(&[addr]);
+                                }
                             }
                         }
                         self.machine.remove_peer(key, Instant::now());
