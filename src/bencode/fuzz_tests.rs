@@ -73,7 +73,7 @@ fn check(input: &[u8]) {
 
 /// Applies `edits` (position, kind, byte) to `data`: flip, overwrite, insert, delete, duplicate
 /// a span, or truncate.
-fn mutate(data: &mut Vec<u8>, edits: &[(prop::sample::Index, u8, u8)]) {
+pub(crate) fn mutate(data: &mut Vec<u8>, edits: &[(prop::sample::Index, u8, u8)]) {
     for (pos, kind, byte) in edits {
         let at = pos.index(data.len() + 1);
         match kind % 6 {

@@ -12,6 +12,7 @@ use proptest::prelude::*;
 use sha1::{Digest, Sha1};
 
 use super::*;
+use crate::bencode::fuzz_tests::{corpus, mutate};
 use crate::bencode::{self, Value};
 
 /// The invariants of a parsed torrent.
@@ -74,28 +75,6 @@ fn check_magnet(link: &str) {
     if let Ok(m) = Magnet::parse(link) {
         assert!(m.trackers.iter().all(|t| !t.is_empty()));
         assert!(m.peers.iter().all(|p| p.port() != 0));
-    }
-}
-
-/// See `bencode::fuzz_tests::mutate`.
-fn mutate(data: &mut Vec<u8>, edits: &[(prop::sample::Index, u8, u8)]) {
-    for (pos, kind, byte) in edits {
-        let at = pos.index(data.len() + 1);
-        match kind % 6 {
-            0 if at < data.len() => data[at] ^= 1 << (byte % 8),
-            1 if at < data.len() => data[at] = *byte,
-            2 => data.insert(at, *byte),
-            3 if at < data.len() => {
-                data.remove(at);
-            }
-            4 => {
-                let end = (at + usize::from(*byte) % 16).min(data.len());
-                let span = data[at..end].to_vec();
-                data.splice(at..at, span);
-            }
-            5 => data.truncate(at),
-            _ => {}
-        }
     }
 }
 
@@ -317,8 +296,6 @@ proptest! {
         check_magnet(&parts.concat());
     }
 }
-
-use crate::bencode::fuzz_tests::corpus;
 
 #[test]
 fn corpus_replays_cleanly() {

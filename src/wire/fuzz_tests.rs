@@ -13,6 +13,7 @@ use super::extension::{answer_metadata, MAX_METADATA_SIZE, METADATA_PIECE_LEN};
 use super::handshake::{HANDSHAKE_LEN, PROTOCOL};
 use super::message::MAX_MESSAGE_LEN;
 use super::*;
+use crate::bencode::fuzz_tests::{corpus, mutate};
 use crate::types::InfoHash;
 
 /// What decoding a stream yields: the messages, each with the frame bytes it came from, and the
@@ -144,28 +145,6 @@ fn check_handshake(bytes: &[u8; HANDSHAKE_LEN]) {
             assert_eq!(&hs.encode(), bytes);
         }
         Err(_) => assert!(!valid),
-    }
-}
-
-/// See `bencode::fuzz_tests::mutate`.
-fn mutate(data: &mut Vec<u8>, edits: &[(prop::sample::Index, u8, u8)]) {
-    for (pos, kind, byte) in edits {
-        let at = pos.index(data.len() + 1);
-        match kind % 6 {
-            0 if at < data.len() => data[at] ^= 1 << (byte % 8),
-            1 if at < data.len() => data[at] = *byte,
-            2 => data.insert(at, *byte),
-            3 if at < data.len() => {
-                data.remove(at);
-            }
-            4 => {
-                let end = (at + usize::from(*byte) % 16).min(data.len());
-                let span = data[at..end].to_vec();
-                data.splice(at..at, span);
-            }
-            5 => data.truncate(at),
-            _ => {}
-        }
     }
 }
 
@@ -329,8 +308,6 @@ proptest! {
         }
     }
 }
-
-use crate::bencode::fuzz_tests::corpus;
 
 #[test]
 fn corpus_replays_cleanly() {
