@@ -165,6 +165,8 @@ pub struct Download {
     have: Bitfield,
     wanted: Bitfield,
     wanted_left: u32,
+    /// Bytes in the `wanted_left` pieces.
+    bytes_left: u64,
     picker: PiecePicker,
     partials: HashMap<u32, Partial>,
     /// Partial pieces that still have `Missing` blocks.
@@ -202,11 +204,16 @@ impl Download {
         let mut rng = StdRng::seed_from_u64(seed);
         let mut picker = PiecePicker::new(piece_count, &mut rng);
         let mut wanted_left = 0;
+        let mut bytes_left = 0;
         for i in 0..piece_count {
             if have.get(i) || !wanted.get(i) {
                 picker.take(i);
             } else {
                 wanted_left += 1;
+                let start = u64::from(i) * u64::from(piece_length);
+                bytes_left += total_length
+                    .saturating_sub(start)
+                    .min(u64::from(piece_length));
             }
         }
         Download {
@@ -217,6 +224,7 @@ impl Download {
             have,
             wanted,
             wanted_left,
+            bytes_left,
             picker,
             partials: HashMap::new(),
             open_partials: BTreeSet::new(),
@@ -266,10 +274,7 @@ impl Download {
 
     /// Bytes of wanted pieces still to fetch.
     pub fn bytes_left(&self) -> u64 {
-        (0..self.piece_count)
-            .filter(|&i| self.wanted.get(i) && !self.have.get(i))
-            .map(|i| u64::from(self.piece_len(i)))
-            .sum()
+        self.bytes_left
     }
 
     /// Payload bytes in pieces verified during this download.
@@ -647,9 +652,11 @@ impl Download {
             .saturating_sub(u64::from(self.piece_len(index)));
         let mut banned = Vec::new();
         if good {
-            if self.have.set(index) {
+            if !self.have.get(index) && self.have.set(index) {
+                let len = u64::from(self.piece_len(index));
                 self.wanted_left = self.wanted_left.saturating_sub(1);
-                self.verified_bytes += u64::from(self.piece_len(index));
+                self.bytes_left = self.bytes_left.saturating_sub(len);
+                self.verified_bytes += len;
             }
             let done = self.is_done();
             for (&k, peer) in self.peers.iter_mut() {
@@ -947,6 +954,7 @@ mod tests {
         let payload: Vec<u8> = (0..100_000u32).map(|i| (i * 7 % 251) as u8).collect();
         let t = now();
         let mut d = download(32 * 1024, payload.len() as u64);
+        assert_eq!(d.bytes_left(), 100_000);
         let out = seeder_joins(&mut d, 1, t);
         assert!(out.contains(&Message::Interested));
         let mut pending = requests(&out);
@@ -963,6 +971,8 @@ mod tests {
             pending = requests(&out);
         }
         assert!(d.is_done());
+        assert_eq!(d.bytes_left(), 0);
+        assert_eq!(d.verified_bytes(), 100_000);
         assert_eq!(assembled, payload);
         // The last block of the last piece is shorter: 100000 - 3*32768 = 1696 bytes.
         assert_eq!(d.piece_len(3), 1696);
