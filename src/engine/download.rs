@@ -197,6 +197,7 @@ pub async fn download(mut params: DownloadParams) -> Result<Outcome, DownloadErr
         peers: JoinSet::new(),
         peer_handles: HashMap::new(),
         candidates: VecDeque::new(),
+        queued: HashSet::new(),
         connected: HashSet::new(),
         incoming: 0,
         banned: HashSet::new(),
@@ -264,6 +265,8 @@ struct Manager {
     peers: JoinSet<PeerResult>,
     peer_handles: HashMap<PeerKey, (AbortHandle, SocketAddr)>,
     candidates: VecDeque<SocketAddr>,
+    /// The addresses in `candidates` (trackers may list thousands: no linear search).
+    queued: HashSet<SocketAddr>,
     /// Addresses we dialled that are still connected.
     connected: HashSet<SocketAddr>,
     incoming: usize,
@@ -330,7 +333,7 @@ impl Manager {
             if !is_self
                 && !self.banned.contains(&addr)
                 && !self.connected.contains(&addr)
-                && !self.candidates.contains(&addr)
+                && self.queued.insert(addr)
             {
                 self.candidates.push_back(addr);
             }
@@ -342,7 +345,10 @@ impl Manager {
             let Some(addr) = self.candidates.pop_front() else {
                 break;
             };
-            self.connected.insert(addr);
+            self.queued.remove(&addr);
+            if self.banned.contains(&addr) || !self.connected.insert(addr) {
+                continue; // banned since it was queued, or already connected
+            }
             let key = self.next_key;
             self.next_key += 1;
             let shared = self.shared.clone();
