@@ -24,26 +24,11 @@ import sys
 import threading
 
 import libtorrent as lt
+from peerwire import say, recv_exact
 
 PEER_ID = b"-BAD001-" + b"0123456789ab"
 lock = threading.Lock()
 served = 0
-
-
-def say(line):
-    with lock:
-        sys.stdout.write(line + "\n")
-        sys.stdout.flush()
-
-
-def recv_exact(sock, n):
-    buf = b""
-    while len(buf) < n:
-        chunk = sock.recv(n - len(buf))
-        if not chunk:
-            raise EOFError
-        buf += chunk
-    return buf
 
 
 def serve(conn, args, info_hash, data, piece_length, num_pieces):

@@ -15,16 +15,7 @@ import struct
 import sys
 
 import libtorrent as lt
-
-
-def recv_exact(sock, n):
-    buf = b""
-    while len(buf) < n:
-        chunk = sock.recv(n - len(buf))
-        if not chunk:
-            raise EOFError("connection closed")
-        buf += chunk
-    return buf
+from peerwire import recv_exact
 
 
 def main():

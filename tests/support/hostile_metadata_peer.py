@@ -28,32 +28,17 @@ import sys
 import threading
 
 import libtorrent as lt
+from peerwire import say, recv_exact
 
 OUR_UT_METADATA_ID = 3
 PIECE = 16 * 1024
 PROTOCOL = b"\x13BitTorrent protocol"
 PEER_ID = b"-HM0001-hostilepeer1"
 
-print_lock = threading.Lock()
-
-
-def say(line):
-    with print_lock:
-        print(line, flush=True)
 
 
 def bstr(b):
     return str(len(b)).encode() + b":" + b
-
-
-def recv_exact(sock, n):
-    buf = b""
-    while len(buf) < n:
-        chunk = sock.recv(n - len(buf))
-        if not chunk:
-            raise EOFError
-        buf += chunk
-    return buf
 
 
 def send_msg(sock, payload):

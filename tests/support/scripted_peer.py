@@ -55,6 +55,7 @@ import threading
 import time
 
 import libtorrent as lt
+from peerwire import say, recv_exact, msg
 
 PEER_ID = b"-SP0001-scriptedpeer"
 PROTOCOL = b"\x13BitTorrent protocol"
@@ -72,27 +73,6 @@ MODES = [
     "corrupt",
 ]
 
-lock = threading.Lock()
-
-
-def say(line):
-    with lock:
-        sys.stdout.write(line + "\n")
-        sys.stdout.flush()
-
-
-def recv_exact(sock, n):
-    buf = b""
-    while len(buf) < n:
-        chunk = sock.recv(n - len(buf))
-        if not chunk:
-            raise EOFError
-        buf += chunk
-    return buf
-
-
-def msg(msg_id, payload=b""):
-    return struct.pack(">IB", 1 + len(payload), msg_id) + payload
 
 
 def piece_msg(index, begin, block):
