@@ -159,7 +159,7 @@ pub async fn download(mut params: DownloadParams) -> Result<Outcome, DownloadErr
         .iter_set()
         .map(|i| u64::from(info.piece_len(i)))
         .sum::<u64>();
-    let download = Download::new(
+    let mut download = Download::new(
         info.piece_length,
         info.total_length,
         have,
@@ -167,6 +167,9 @@ pub async fn download(mut params: DownloadParams) -> Result<Outcome, DownloadErr
         params.config.clone(),
         rand::random(),
     );
+    if let Some(info_bytes) = &params.info_bytes {
+        download.set_metadata(info_bytes.clone());
+    }
     let (verdict_tx, verdict_rx) = mpsc::unbounded_channel();
     let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
     let completed_tx = hasher::spawn(info.clone(), sink.clone(), threads, verdict_tx)
@@ -178,7 +181,6 @@ pub async fn download(mut params: DownloadParams) -> Result<Outcome, DownloadErr
         }),
         completed_tx,
         max_message_len: max_message_len(piece_count),
-        info_bytes: params.info_bytes.clone(),
         sink: sink.clone(),
     });
     if let Some(listener) = &params.listener {

@@ -18,11 +18,10 @@ use super::sink::Sink;
 use crate::storage::StorageError;
 use crate::swarm::{CompletedPiece, Download, PeerKey};
 use crate::types::{InfoHash, PeerId};
-use crate::wire::extension::{answer_metadata, OUR_UT_METADATA_ID};
 use crate::wire::handshake::HANDSHAKE_LEN;
 use crate::wire::message::encode_piece_header;
 use crate::wire::BlockRef;
-use crate::wire::{ExtHandshake, Handshake, Message, MessageDecoder, MetadataMsg, WireError};
+use crate::wire::{Handshake, MessageDecoder, WireError};
 
 /// How long a TCP connect may take.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -151,8 +150,6 @@ pub struct Shared {
     pub completed_tx: std::sync::mpsc::Sender<CompletedPiece>,
     /// Largest message accepted from a peer.
     pub max_message_len: u32,
-    /// The raw info dictionary, served to peers that ask with `ut_metadata`.
-    pub info_bytes: Option<Arc<[u8]>>,
     /// Where pieces are stored; uploads are read from it.
     pub sink: Arc<Sink>,
 }
@@ -195,7 +192,8 @@ pub async fn run(
     let notify = Arc::new(Notify::new());
     {
         let mut st = lock(&shared);
-        st.download.add_peer(key, Instant::now());
+        st.download
+            .add_peer(key, Instant::now(), theirs.supports_extensions());
         st.wakers.insert(key, notify.clone());
     }
     // Removes the peer however the connection ends, also when its task is aborted (a ban).
@@ -203,7 +201,7 @@ pub async fn run(
         shared: &shared,
         key,
     };
-    message_loop(&shared, key, addr, stream, theirs, &notify).await
+    message_loop(&shared, key, addr, stream, &notify).await
 }
 
 /// Takes a peer out of the swarm state when dropped: its blocks go back to the pool and the other
@@ -232,22 +230,11 @@ async fn message_loop(
     key: PeerKey,
     addr: SocketAddr,
     stream: TcpStream,
-    theirs: Handshake,
     notify: &Notify,
 ) -> Result<(), PeerConnError> {
     let (mut rd, mut wr) = stream.into_split();
     let mut inbuf = BytesMut::with_capacity(256 * 1024);
     let mut outbuf = BytesMut::with_capacity(16 * 1024);
-    let mut extensions = Extensions::default();
-    if theirs.supports_extensions() {
-        // BEP 10: our extension handshake goes first, before any other message.
-        let metadata_size = shared.info_bytes.as_ref().map(|b| b.len() as u64);
-        Message::Extended {
-            id: 0,
-            payload: ExtHandshake::ours(metadata_size).encode().into(),
-        }
-        .encode(&mut outbuf);
-    }
     let mut decoder = MessageDecoder::new(shared.max_message_len);
     let mut incoming = Vec::new();
     let mut outgoing = Vec::new();
@@ -260,17 +247,6 @@ async fn message_loop(
             let mut st = lock(shared);
             let now = Instant::now();
             for msg in incoming.drain(..) {
-                if let Message::Extended { id, payload } = &msg {
-                    let reqq = extensions.handle(
-                        *id,
-                        payload,
-                        shared.info_bytes.as_deref(),
-                        &mut outgoing,
-                    );
-                    if let Some(n) = reqq {
-                        st.download.set_peer_reqq(key, n);
-                    }
-                }
                 st.download
                     .handle_message(key, msg, now)
                     .map_err(peer_err)?;
@@ -331,42 +307,5 @@ async fn message_loop(
             }
             () = std::future::ready(()), if more_uploads => {}
         }
-    }
-}
-
-/// What the peer told us in its extension handshake.
-#[derive(Default)]
-struct Extensions {
-    /// The id the peer wants for `ut_metadata` messages sent to it.
-    ut_metadata: Option<u8>,
-}
-
-impl Extensions {
-    /// Records the peer's extension handshake (returning its `reqq`, if given) and answers its
-    /// metadata requests. Malformed extension messages are ignored: they are optional to us.
-    fn handle(
-        &mut self,
-        id: u8,
-        payload: &bytes::Bytes,
-        info: Option<&[u8]>,
-        out: &mut Vec<Message>,
-    ) -> Option<u32> {
-        if id == 0 {
-            let hs = ExtHandshake::decode(payload).ok()?;
-            self.ut_metadata = hs.ut_metadata.filter(|&i| i != 0);
-            return hs.reqq;
-        }
-        if id == OUR_UT_METADATA_ID {
-            let (Some(their_id), Ok(msg)) = (self.ut_metadata, MetadataMsg::decode(payload)) else {
-                return None;
-            };
-            if let Some(answer) = answer_metadata(info, &msg) {
-                out.push(Message::Extended {
-                    id: their_id,
-                    payload: answer.encode().into(),
-                });
-            }
-        }
-        None
     }
 }

@@ -15,6 +15,7 @@
 //! - nothing is marked had before its hash was verified.
 
 use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -23,8 +24,9 @@ use rand::SeedableRng;
 
 use super::bitfield::Bitfield;
 use super::picker::PiecePicker;
-use crate::wire::extension::OUR_REQQ;
+use crate::wire::extension::{answer_metadata, OUR_REQQ, OUR_UT_METADATA_ID};
 use crate::wire::{BlockRef, Message};
+use crate::wire::{ExtHandshake, MetadataMsg};
 
 /// Size of a requested block (the last block of the last piece may be shorter).
 pub const BLOCK_LEN: u32 = 16 * 1024;
@@ -141,6 +143,8 @@ struct Peer {
     inflight: VecDeque<(BlockRef, Instant)>,
     /// Most requests the peer queues (its `reqq`, or a safe default).
     max_outstanding: u32,
+    /// The id the peer wants for `ut_metadata` messages sent to it.
+    ut_metadata: Option<u8>,
     /// Pieces this peer started: it is asked for their blocks first (whole-piece affinity).
     current: Vec<u32>,
     outbox: Vec<Message>,
@@ -188,6 +192,8 @@ pub struct Download {
     rng: StdRng,
     /// Piece buffers of finished pieces, reused for new ones.
     spare_buffers: Vec<Vec<u8>>,
+    /// The raw info dictionary, when known.
+    info_bytes: Option<Arc<[u8]>>,
 }
 
 impl Download {
@@ -239,6 +245,7 @@ impl Download {
             optimistic: None,
             rng,
             spare_buffers: Vec::new(),
+            info_bytes: None,
         }
     }
 
@@ -298,8 +305,16 @@ impl Download {
     }
 
     /// A peer finished the handshake. Queues our bitfield if we have anything.
-    pub fn add_peer(&mut self, key: PeerKey, now: Instant) {
+    pub fn add_peer(&mut self, key: PeerKey, now: Instant, supports_extensions: bool) {
         let mut outbox = Vec::new();
+        if supports_extensions {
+            // BEP 10: our extension handshake goes first, before any other message.
+            let metadata_size = self.info_bytes.as_ref().map(|b| b.len() as u64);
+            outbox.push(Message::Extended {
+                id: 0,
+                payload: ExtHandshake::ours(metadata_size).encode().into(),
+            });
+        }
         if self.have.count() > 0 {
             outbox.push(Message::Bitfield(Bytes::copy_from_slice(
                 self.have.as_bytes(),
@@ -318,6 +333,7 @@ impl Download {
                 upload_rate: 0.0,
                 inflight: VecDeque::new(),
                 max_outstanding: DEFAULT_PEER_REQQ,
+                ut_metadata: None,
                 current: Vec::new(),
                 outbox,
                 last_received: now,
@@ -393,7 +409,7 @@ impl Download {
         peer.last_received = now;
         match msg {
             Message::KeepAlive | Message::Port(_) | Message::Unknown { .. } => {}
-            Message::Extended { .. } => {}
+            Message::Extended { id, payload } => self.on_extended(peer, id, &payload),
             Message::Choke => {
                 peer.peer_choking = true;
                 // Without the fast extension a choke discards every pending request.
@@ -571,10 +587,31 @@ impl Download {
         }
     }
 
-    /// The peer told us (extension handshake `reqq`) how many requests it queues.
-    pub fn set_peer_reqq(&mut self, key: PeerKey, reqq: u32) {
-        if let Some(peer) = self.peers.get_mut(&key) {
-            peer.max_outstanding = reqq.max(1);
+    /// The raw info dictionary, served to peers that ask for it with `ut_metadata`.
+    pub fn set_metadata(&mut self, info_bytes: Arc<[u8]>) {
+        self.info_bytes = Some(info_bytes);
+    }
+
+    /// BEP 10/9: records the peer's extension handshake (its `ut_metadata` id and `reqq`) and
+    /// answers its metadata requests. Malformed extension messages are ignored: they are optional.
+    fn on_extended(&mut self, peer: &mut Peer, id: u8, payload: &Bytes) {
+        if id == 0 {
+            if let Ok(hs) = ExtHandshake::decode(payload) {
+                peer.ut_metadata = hs.ut_metadata.filter(|&i| i != 0);
+                if let Some(n) = hs.reqq {
+                    peer.max_outstanding = n.max(1);
+                }
+            }
+        } else if id == OUR_UT_METADATA_ID {
+            let (Some(their_id), Ok(msg)) = (peer.ut_metadata, MetadataMsg::decode(payload)) else {
+                return;
+            };
+            if let Some(answer) = answer_metadata(self.info_bytes.as_deref(), &msg) {
+                peer.outbox.push(Message::Extended {
+                    id: their_id,
+                    payload: answer.encode().into(),
+                });
+            }
         }
     }
 
@@ -916,7 +953,7 @@ mod tests {
     }
 
     fn seeder_joins(d: &mut Download, key: PeerKey, t: Instant) -> Vec<Message> {
-        d.add_peer(key, t);
+        d.add_peer(key, t, false);
         let count = d.piece_count;
         let full = Bitfield::full(count);
         d.handle_message(
@@ -1053,14 +1090,14 @@ mod tests {
     fn protocol_violations_are_errors() {
         let t = now();
         let mut d = download(16 * 1024, 3 * 16 * 1024);
-        d.add_peer(1, t);
+        d.add_peer(1, t, false);
         assert!(d.handle_message(1, Message::Have(3), t).is_err());
-        d.add_peer(2, t);
+        d.add_peer(2, t, false);
         assert!(d
             .handle_message(2, Message::Bitfield(Bytes::from_static(&[0xff])), t)
             .is_err());
         // A late bitfield replaces what we knew of the peer.
-        d.add_peer(3, t);
+        d.add_peer(3, t, false);
         d.handle_message(3, Message::Have(2), t).unwrap();
         d.handle_message(3, Message::Bitfield(Bytes::from_static(&[0x80])), t)
             .unwrap();
@@ -1136,7 +1173,7 @@ mod tests {
     }
 
     fn leecher_joins(d: &mut Download, key: PeerKey, t: Instant) -> Vec<Message> {
-        d.add_peer(key, t);
+        d.add_peer(key, t, false);
         d.handle_message(key, Message::Interested, t).unwrap();
         let mut out = Vec::new();
         d.poll_outgoing(key, t, &mut out);
@@ -1286,8 +1323,20 @@ mod tests {
     fn pipeline_respects_the_peer_reqq() {
         let t = now();
         let mut d = download(16 * 1024, 100 * 16 * 1024);
-        d.add_peer(1, t);
-        d.set_peer_reqq(1, 5);
+        d.add_peer(1, t, false);
+        let hs = ExtHandshake {
+            reqq: Some(5),
+            ..ExtHandshake::default()
+        };
+        d.handle_message(
+            1,
+            Message::Extended {
+                id: 0,
+                payload: hs.encode().into(),
+            },
+            t,
+        )
+        .unwrap();
         let full = Bitfield::full(100);
         d.handle_message(
             1,
@@ -1299,5 +1348,49 @@ mod tests {
         let mut out = Vec::new();
         d.poll_outgoing(1, t, &mut out);
         assert_eq!(requests(&out).len(), 5);
+    }
+
+    #[test]
+    fn extension_handshake_goes_first_and_metadata_requests_are_answered() {
+        let t = now();
+        let mut d = seeding(16 * 1024, 16 * 1024);
+        let info: Arc<[u8]> = Arc::from(&b"d4:name1:xe"[..]);
+        d.set_metadata(info.clone());
+        d.add_peer(1, t, true);
+        let theirs = ExtHandshake {
+            ut_metadata: Some(3),
+            ..ExtHandshake::default()
+        };
+        let request = MetadataMsg::Request { piece: 0 };
+        for msg in [
+            Message::Extended {
+                id: 0,
+                payload: theirs.encode().into(),
+            },
+            Message::Extended {
+                id: OUR_UT_METADATA_ID,
+                payload: request.encode().into(),
+            },
+        ] {
+            d.handle_message(1, msg, t).unwrap();
+        }
+        let mut out = Vec::new();
+        d.poll_outgoing(1, t, &mut out);
+        let Message::Extended { id: 0, payload } = &out[0] else {
+            panic!("first message is not our extension handshake: {:?}", out[0]);
+        };
+        assert_eq!(
+            ExtHandshake::decode(payload).unwrap().metadata_size,
+            Some(info.len() as u64)
+        );
+        let answer = MetadataMsg::Data {
+            piece: 0,
+            total_size: info.len() as u64,
+            data: Bytes::copy_from_slice(&info),
+        };
+        assert!(out.contains(&Message::Extended {
+            id: 3,
+            payload: answer.encode().into()
+        }));
     }
 }
