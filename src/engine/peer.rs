@@ -30,8 +30,8 @@ pub const WRITE_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long the remote side may take to answer our handshake.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Most blocks read from disk for one peer in one go.
-const UPLOAD_BATCH: usize = 16;
+/// Most block data read from disk for one peer in one go (bounds upload memory per peer).
+const UPLOAD_BATCH_BYTES: u64 = 256 * 1024;
 
 /// Appends a `piece` message for each block to `out`; returns the payload bytes read.
 fn read_blocks(sink: &Sink, blocks: &[BlockRef], out: &mut BytesMut) -> Result<u64, StorageError> {
@@ -252,7 +252,9 @@ async fn message_loop(
                     .map_err(peer_err)?;
             }
             st.download.poll_outgoing(key, now, &mut outgoing);
-            let more = st.download.take_uploads(key, UPLOAD_BATCH, &mut uploads);
+            let more = st
+                .download
+                .take_uploads(key, UPLOAD_BATCH_BYTES, &mut uploads);
             st.dispatch(&shared.completed_tx);
             more
         };

@@ -567,15 +567,22 @@ impl Download {
         Ok(())
     }
 
-    /// Takes up to `max` blocks the peer asked for; the engine reads them from disk and sends
-    /// them as `piece` messages, then reports with [`Download::uploaded`]. Returns whether more
-    /// requests are waiting.
-    pub fn take_uploads(&mut self, key: PeerKey, max: usize, out: &mut Vec<BlockRef>) -> bool {
+    /// Takes the blocks the peer asked for, oldest first, up to `max_bytes` of block data (at
+    /// least one block); the engine reads them from disk and sends them as `piece` messages, then
+    /// reports with [`Download::uploaded`]. Returns whether more requests are waiting.
+    pub fn take_uploads(&mut self, key: PeerKey, max_bytes: u64, out: &mut Vec<BlockRef>) -> bool {
         let Some(peer) = self.peers.get_mut(&key) else {
             return false;
         };
-        let n = peer.uploads.len().min(max);
-        out.extend(peer.uploads.drain(..n));
+        let mut bytes = 0u64;
+        while let Some(&block) = peer.uploads.front() {
+            if bytes > 0 && bytes + u64::from(block.length) > max_bytes {
+                break;
+            }
+            bytes += u64::from(block.length);
+            peer.uploads.pop_front();
+            out.push(block);
+        }
         !peer.uploads.is_empty()
     }
 
@@ -1201,7 +1208,7 @@ mod tests {
         d.handle_message(1, Message::Request(other), t).unwrap();
         d.handle_message(1, Message::Cancel(other), t).unwrap();
         let mut up = Vec::new();
-        d.take_uploads(1, 10, &mut up);
+        d.take_uploads(1, 1 << 20, &mut up);
         assert_eq!(up, vec![block]);
         d.uploaded(1, 8 * 1024);
         assert_eq!(d.uploaded_bytes(), 8 * 1024);
@@ -1283,7 +1290,7 @@ mod tests {
         d.handle_message(choked, Message::Request(block), t)
             .unwrap();
         let mut up = Vec::new();
-        d.take_uploads(choked, 10, &mut up);
+        d.take_uploads(choked, 1 << 20, &mut up);
         assert!(up.is_empty());
     }
 
@@ -1392,5 +1399,28 @@ mod tests {
             id: 3,
             payload: answer.encode().into()
         }));
+    }
+
+    #[test]
+    fn upload_batches_are_bounded_in_bytes() {
+        let t = now();
+        let mut d = seeding(256 * 1024, 256 * 1024);
+        leecher_joins(&mut d, 1, t);
+        for begin in [0, 128 * 1024] {
+            let block = BlockRef {
+                index: 0,
+                begin,
+                length: 128 * 1024,
+            };
+            d.handle_message(1, Message::Request(block), t).unwrap();
+        }
+        let mut up = Vec::new();
+        assert!(
+            d.take_uploads(1, 64 * 1024, &mut up),
+            "one block at least, the rest waits"
+        );
+        assert_eq!(up.len(), 1);
+        assert!(!d.take_uploads(1, 64 * 1024, &mut up));
+        assert_eq!(up.len(), 2);
     }
 }
