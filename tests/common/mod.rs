@@ -884,11 +884,12 @@ fn http_get_port(port: u16, path_and_query: &str) -> Result<Vec<u8>, String> {
         .map_err(|e| format!("connect {addr}: {e}"))?;
     s.set_read_timeout(Some(Duration::from_secs(30)))
         .map_err(|e| e.to_string())?;
-    write!(
-        s,
-        "GET {path_and_query} HTTP/1.0\r\nHost: 127.0.0.1:{port}\r\n\r\n"
-    )
-    .map_err(|e| format!("send to {addr}: {e}"))?;
+    // One write: opentracker answers as soon as it has parsed the request
+    // line and closes, so a request split over several segments could leave
+    // unread bytes behind and turn the close into a reset.
+    let request = format!("GET {path_and_query} HTTP/1.0\r\nHost: 127.0.0.1:{port}\r\n\r\n");
+    s.write_all(request.as_bytes())
+        .map_err(|e| format!("send to {addr}: {e}"))?;
     let mut resp = Vec::new();
     s.read_to_end(&mut resp)
         .map_err(|e| format!("read from {addr}: {e}"))?;
@@ -933,6 +934,7 @@ impl Tracker {
             let mut proc = Proc::spawn("opentracker", cmd);
             let deadline = Instant::now() + STARTUP_TIMEOUT;
             let addr = SocketAddr::from(([127, 0, 0, 1], port));
+            let mut probe_failures = 0;
             loop {
                 if proc.try_status().is_some() {
                     // Most likely lost the race for the port: try another.
@@ -966,11 +968,22 @@ impl Tracker {
                             last_logs = proc.logs();
                             break;
                         }
-                        other => panic!(
-                            "opentracker on port {port} answered a scrape with {:?}\n{}",
-                            other.map(|b| String::from_utf8_lossy(&b).into_owned()),
-                            proc.logs()
-                        ),
+                        other => {
+                            // A reset or a foreign answer: the port may have
+                            // been shared with another test's socket for a
+                            // moment. Probe again until the deadline, then
+                            // move on to another port.
+                            probe_failures += 1;
+                            if probe_failures >= 10 || Instant::now() >= deadline {
+                                last_logs = format!(
+                                    "opentracker on port {port} answered a scrape with {:?}\n{}",
+                                    other.map(|b| String::from_utf8_lossy(&b).into_owned()),
+                                    proc.logs()
+                                );
+                                proc.kill();
+                                break;
+                            }
+                        }
                     }
                 }
                 if Instant::now() >= deadline {
