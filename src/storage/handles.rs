@@ -5,6 +5,7 @@
 //! map: handles are handed out as `Arc<File>` and all I/O happens outside the lock, so evicting a
 //! handle never disturbs a read or write in flight (the descriptor closes when its last user is
 //! done). Opening a file happens outside the lock too; if two threads race, one handle wins.
+//! Only writers create missing files (`create`), so a read of a missing file stays `NotFound`.
 
 use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
@@ -40,8 +41,9 @@ impl HandleCache {
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// The handle for file `file` at `path`, opening it (read-write, never creating) on a miss.
-    pub(super) fn get(&self, file: usize, path: &Path) -> std::io::Result<Arc<File>> {
+    /// The handle for file `file` at `path`, opening it read-write on a miss (creating it if
+    /// missing only when `create`).
+    pub(super) fn get(&self, file: usize, path: &Path, create: bool) -> std::io::Result<Arc<File>> {
         {
             let mut inner = self.lock();
             inner.tick += 1;
@@ -51,7 +53,14 @@ impl HandleCache {
                 return Ok(Arc::clone(handle));
             }
         }
-        let opened = Arc::new(OpenOptions::new().read(true).write(true).open(path)?);
+        let opened = Arc::new(
+            OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create(create)
+                .truncate(false)
+                .open(path)?,
+        );
         let mut inner = self.lock();
         inner.tick += 1;
         let tick = inner.tick;
@@ -102,27 +111,31 @@ mod tests {
             })
             .collect();
         let cache = HandleCache::new(2);
-        cache.get(0, &paths[0]).unwrap();
-        cache.get(1, &paths[1]).unwrap();
-        cache.get(0, &paths[0]).unwrap(); // 0 is now more recent than 1
-        cache.get(2, &paths[2]).unwrap();
+        cache.get(0, &paths[0], false).unwrap();
+        cache.get(1, &paths[1], false).unwrap();
+        cache.get(0, &paths[0], false).unwrap(); // 0 is now more recent than 1
+        cache.get(2, &paths[2], false).unwrap();
         assert_eq!(cache.len(), 2);
         assert!(cache.contains(0) && cache.contains(2) && !cache.contains(1));
         // A handle held by a caller survives eviction.
-        let h3 = cache.get(3, &paths[3]).unwrap();
-        cache.get(1, &paths[1]).unwrap();
-        cache.get(2, &paths[2]).unwrap();
+        let h3 = cache.get(3, &paths[3], false).unwrap();
+        cache.get(1, &paths[1], false).unwrap();
+        cache.get(2, &paths[2], false).unwrap();
         assert!(!cache.contains(3));
         assert!(h3.metadata().is_ok());
     }
 
     #[test]
-    fn missing_file_is_an_error_and_not_created() {
+    fn missing_file_is_created_only_by_writers() {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("missing");
         let cache = HandleCache::new(4);
-        assert!(cache.get(0, &p).is_err());
+        assert!(cache.get(0, &p, false).is_err());
         assert!(!p.exists());
         assert_eq!(cache.len(), 0);
+        // A writer creates it (empty; data comes with the write).
+        let h = cache.get(0, &p, true).unwrap();
+        assert_eq!(h.metadata().unwrap().len(), 0);
+        assert!(p.exists());
     }
 }

@@ -8,9 +8,13 @@
 //! - Every path is re-checked at open (defence in depth): each component must be a plain name
 //!   (no `..`, `.`, empty, absolute, `/`, `\` or NUL), no two files may share a path, and no
 //!   existing symlink inside the torrent's tree is followed.
-//! - At open every file is created if missing and set to *exactly* its torrent length (sparse
-//!   when extended). Existing bytes within that length are kept (resume depends on it); bytes
-//!   beyond it are cut, so the file on disk is the torrent's file and nothing else.
+//! - Files are created on their first write, not at open: a torrent of 10,000 small files must
+//!   not spend its first second creating inodes on the async runtime. Open only creates the
+//!   directories and the zero-length files (which no write ever touches), refuses a path that
+//!   exists but is not a regular file, and cuts an existing file longer than its torrent length
+//!   (existing bytes within the length are kept: resume depends on it). So once every piece has
+//!   been written, every file exists at exactly its torrent length and nothing else.
+//! - A read never creates a file: a missing file reads as `NotFound` (a piece mismatch on resume).
 //! - Handles are opened lazily and at most [`MAX_OPEN_FILES`] stay open (least recently used
 //!   closed first), so torrents with 10,000+ files work under ordinary descriptor limits.
 //! - Every read or write is range-checked against its piece before touching a file.
@@ -74,9 +78,10 @@ pub struct Storage {
 }
 
 impl Storage {
-    /// Opens (creating as needed, at full length) the torrent's files under `output`: for a
-    /// single-file torrent `output` is the file itself; for a multi-file torrent a directory
-    /// holding the torrent's tree. Existing data is kept.
+    /// Prepares the torrent's files under `output` (directories and zero-length files created,
+    /// over-long files cut; other files are created by their first write): for a single-file
+    /// torrent `output` is the file itself; for a multi-file torrent a directory holding the
+    /// torrent's tree. Existing data is kept.
     pub fn open(output: &Path, info: &Info) -> Result<Storage, StorageError> {
         Storage::open_with_limit(output, info, MAX_OPEN_FILES)
     }
@@ -102,7 +107,7 @@ impl Storage {
             vec![output.to_path_buf()]
         };
         for (path, f) in paths.iter().zip(&info.files) {
-            create_at_length(path, f.length)?;
+            prepare_file(path, f.length)?;
         }
         let dirty = paths.iter().map(|_| AtomicBool::new(false)).collect();
         Ok(Storage {
@@ -123,12 +128,16 @@ impl Storage {
         self.paths.get(file).map(PathBuf::as_path)
     }
 
-    fn handle(&self, file: usize) -> Result<(Arc<File>, &Path), StorageError> {
+    /// The open handle of file `file`; `create` makes a missing file (writes do, reads don't).
+    fn handle(&self, file: usize, create: bool) -> Result<(Arc<File>, &Path), StorageError> {
         let path = self
             .paths
             .get(file)
             .ok_or_else(|| StorageError::Range(format!("no file {file}")))?;
-        let handle = self.handles.get(file, path).map_err(|e| io_err(path, e))?;
+        let handle = self
+            .handles
+            .get(file, path, create)
+            .map_err(|e| io_err(path, e))?;
         Ok((handle, path))
     }
 
@@ -143,7 +152,7 @@ impl Storage {
             let chunk = data
                 .get(done..end)
                 .ok_or_else(|| StorageError::Range(format!("piece {index} segment overrun")))?;
-            let (handle, path) = self.handle(seg.file)?;
+            let (handle, path) = self.handle(seg.file, true)?;
             if let Some(flag) = self.dirty.get(seg.file) {
                 flag.store(true, Ordering::Release);
             }
@@ -166,7 +175,7 @@ impl Storage {
             let chunk = buf
                 .get_mut(done..end)
                 .ok_or_else(|| StorageError::Range(format!("piece {index} segment overrun")))?;
-            let (handle, path) = self.handle(seg.file)?;
+            let (handle, path) = self.handle(seg.file, false)?;
             handle
                 .read_exact_at(chunk, seg.offset)
                 .map_err(|e| io_err(path, e))?;
@@ -184,7 +193,7 @@ impl Storage {
             // fsync applies to the inode, so a freshly reopened handle flushes earlier writes
             // made through an evicted one.
             let result = self
-                .handle(file)
+                .handle(file, false)
                 .and_then(|(h, path)| h.sync_data().map_err(|e| io_err(path, e)));
             if let Err(e) = result {
                 flag.store(true, Ordering::Release);
@@ -291,17 +300,24 @@ fn multi_file_paths(output: &Path, info: &Info) -> Result<Vec<PathBuf>, StorageE
     Ok(paths)
 }
 
-/// Creates `path` if missing and sets its length to exactly `length`, keeping existing bytes.
-fn create_at_length(path: &Path, length: u64) -> Result<(), StorageError> {
+/// Readies `path` for a file of `length` bytes without writing data: a missing file is left for
+/// its first write (or created now if empty), a longer one is cut to `length`, and anything that
+/// is not a regular file is refused with the OS's own error from trying to open it.
+fn prepare_file(path: &Path, length: u64) -> Result<(), StorageError> {
+    match std::fs::metadata(path) {
+        Ok(m) if m.is_file() && m.len() <= length => return Ok(()),
+        Err(e) if e.kind() == ErrorKind::NotFound && length > 0 => return Ok(()),
+        Err(e) if e.kind() != ErrorKind::NotFound => return Err(io_err(path, e)),
+        _ => {}
+    }
     let file = OpenOptions::new()
-        .read(true)
         .write(true)
         .create(true)
         .truncate(false)
         .open(path)
         .map_err(|e| io_err(path, e))?;
     let current = file.metadata().map_err(|e| io_err(path, e))?.len();
-    if current != length {
+    if current > length {
         file.set_len(length).map_err(|e| io_err(path, e))?;
     }
     Ok(())
@@ -394,7 +410,7 @@ mod tests {
         }
         assert_eq!(std::fs::read(out.join("f1")).unwrap(), &data[40..]);
 
-        // A longer file is cut to its torrent length, a shorter one extended; data kept.
+        // A longer file is cut to its torrent length, a shorter one left for writes; data kept.
         drop(storage);
         let f0 = out.join("f0");
         let mut long = data[..40].to_vec();
@@ -403,10 +419,7 @@ mod tests {
         std::fs::write(out.join("f1"), &data[40..50]).unwrap();
         let storage = Storage::open(&out, &info).unwrap();
         assert_eq!(std::fs::read(&f0).unwrap(), &data[..40]);
-        let f1 = std::fs::read(out.join("f1")).unwrap();
-        assert_eq!(f1.len(), 60);
-        assert_eq!(&f1[..10], &data[40..50]);
-        assert!(f1[10..].iter().all(|&b| b == 0));
+        assert_eq!(std::fs::read(out.join("f1")).unwrap(), &data[40..50]);
         assert!(storage
             .piece_matches(0, &info.pieces[0], &mut scratch)
             .unwrap());
@@ -526,12 +539,50 @@ mod tests {
             storage.piece_matches(3, &[0; 20], &mut scratch),
             Err(StorageError::Range(_))
         ));
-        // Nothing was written past the files' lengths.
-        assert_eq!(
-            std::fs::metadata(dir.path().join("t/f1")).unwrap().len(),
-            10
-        );
-        storage.read(2, 0, &mut buf[..4]).unwrap();
+        // Nothing was written: no file was created, and reading the missing file fails.
+        assert!(!dir.path().join("t/f1").exists());
+        assert!(matches!(
+            storage.read(2, 0, &mut buf[..4]),
+            Err(StorageError::Io { .. })
+        ));
+    }
+
+    #[test]
+    fn files_are_created_by_their_first_write() {
+        let dir = tempfile::tempdir().unwrap();
+        let lengths = [0, 10, 0, 6];
+        let data = payload(16);
+        let mut info = with_hashes(info_with(&lengths, 8), &data);
+        info.files[3].path = vec!["sub".into(), "f3".into()];
+        let out = dir.path().join("t");
+        let storage = Storage::open(&out, &info).unwrap();
+        // Open made the directories and the empty files, nothing else.
+        assert_eq!(std::fs::read(out.join("f0")).unwrap(), b"");
+        assert_eq!(std::fs::read(out.join("f2")).unwrap(), b"");
+        assert!(out.join("sub").is_dir());
+        assert!(!out.join("f1").exists() && !out.join("sub/f3").exists());
+        let mut scratch = Vec::new();
+        assert!(!storage
+            .piece_matches(1, &info.pieces[1], &mut scratch)
+            .unwrap());
+        assert!(!out.join("sub/f3").exists(), "a read created a file");
+        // Last piece first: f1 and f3 appear, f1 short until piece 0 lands.
+        storage.write(1, 0, &data[8..]).unwrap();
+        assert_eq!(std::fs::metadata(out.join("f1")).unwrap().len(), 10);
+        assert_eq!(std::fs::read(out.join("sub/f3")).unwrap(), &data[10..]);
+        storage.write(0, 0, &data[..8]).unwrap();
+        assert_eq!(std::fs::read(out.join("f1")).unwrap(), &data[..10]);
+    }
+
+    #[test]
+    fn a_directory_where_a_file_belongs_is_an_io_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("t");
+        std::fs::create_dir_all(out.join("f0")).unwrap();
+        let info = info_with(&[5], 4);
+        let err = Storage::open(&out, &info).unwrap_err();
+        assert!(matches!(err, StorageError::Io { .. }), "{err:?}");
+        assert!(err.to_string().contains("f0"), "{err}");
     }
 
     #[test]
