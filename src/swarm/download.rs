@@ -159,6 +159,9 @@ struct Peer {
     hash_failures: u32,
 }
 
+/// Most requests held back to be sent together when a peer's pipeline is nearly full.
+const REQUEST_BATCH: usize = 32;
+
 /// The state of one torrent's download.
 #[derive(Debug)]
 pub struct Download {
@@ -181,6 +184,10 @@ pub struct Download {
     completed: Vec<CompletedPiece>,
     /// Peers whose outbox got messages from another peer's event.
     to_wake: HashSet<PeerKey>,
+    /// A peer wanted a new piece but the piece memory budget was spent: when a verdict frees
+    /// memory, the peers with room in their pipelines are woken (nothing else would wake a peer
+    /// whose requests have all been answered).
+    memory_starved: bool,
     /// Payload bytes in verified pieces fetched in this session.
     verified_bytes: u64,
     /// Payload bytes received in blocks we did not need (duplicates, unrequested).
@@ -239,6 +246,7 @@ impl Download {
             peers: HashMap::new(),
             completed: Vec::new(),
             to_wake: HashSet::new(),
+            memory_starved: false,
             verified_bytes: 0,
             wasted_bytes: 0,
             uploaded_bytes: 0,
@@ -694,6 +702,14 @@ impl Download {
         self.piece_memory = self
             .piece_memory
             .saturating_sub(u64::from(self.piece_len(index)));
+        if std::mem::take(&mut self.memory_starved) {
+            let room = self.peers.iter().filter(|(_, p)| {
+                !p.peer_choking
+                    && p.am_interested
+                    && p.inflight.len() < p.target_requests.min(p.max_outstanding) as usize
+            });
+            self.to_wake.extend(room.map(|(&k, _)| k));
+        }
         let mut banned = Vec::new();
         if good {
             if !self.have.get(index) && self.have.set(index) {
@@ -816,6 +832,12 @@ impl Download {
             peer.last_block = now;
         }
         let target = peer.target_requests.min(peer.max_outstanding) as usize;
+        // Top up in batches, not one request per block received: fewer, fuller sends wake
+        // both sides less often.
+        let batch = (target / 4).clamp(1, REQUEST_BATCH);
+        if !peer.inflight.is_empty() && peer.inflight.len() + batch > target {
+            return;
+        }
         while peer.inflight.len() < target {
             let Some(block) = self.next_block(peer) else {
                 break;
@@ -842,6 +864,8 @@ impl Download {
                 peer.current.push(index);
                 return self.request_missing(index);
             }
+        } else if self.picker.has_pickable() {
+            self.memory_starved = true;
         }
         // 3. Help with other pieces in progress.
         let open: Option<u32> = self
@@ -869,8 +893,9 @@ impl Download {
             index,
             Partial {
                 buf: {
+                    // A recycled buffer keeps its old bytes: every block overwrites its own
+                    // range before the piece is complete, so zeroing it again is wasted work.
                     let mut buf = self.spare_buffers.pop().unwrap_or_default();
-                    buf.clear();
                     buf.resize(len as usize, 0);
                     buf
                 },
@@ -1161,6 +1186,45 @@ mod tests {
         let pieces: BTreeSet<u32> = reqs.iter().map(|b| b.index).collect();
         assert_eq!(pieces.len(), 2);
         assert_eq!(reqs.len(), 2 * 64);
+
+        // Every request answered, both pieces handed to the hashers: the peer is idle and the
+        // budget spent. The first verdict must wake it (no block will arrive to do so).
+        let payload = vec![7u8; 10 * piece as usize];
+        serve(&mut d, 1, &reqs, &payload, t);
+        let mut out = Vec::new();
+        d.poll_outgoing(1, t, &mut out);
+        assert!(requests(&out).is_empty(), "budget spent, yet {out:?}");
+        let done = d.take_completed();
+        assert_eq!(done.len(), 2);
+        assert!(d.take_wakeups().is_empty());
+        d.piece_verified(done[0].index, true);
+        assert_eq!(
+            d.take_wakeups(),
+            vec![1],
+            "idle peer not woken when memory freed"
+        );
+        d.poll_outgoing(1, t, &mut out);
+        let next: BTreeSet<u32> = requests(&out).iter().map(|b| b.index).collect();
+        assert_eq!(next.len(), 1, "one piece's memory was freed: {next:?}");
+        assert!(next.is_disjoint(&pieces));
+    }
+
+    #[test]
+    fn pipeline_is_topped_up_in_batches() {
+        let t = now();
+        // 128 blocks of 16 KiB in 8 pieces; the default pipeline starts at 64 requests and is
+        // refilled once a batch (a quarter of it, here 16) has been answered.
+        let mut out = Vec::new();
+        let payload = vec![3u8; 128 * 16 * 1024];
+        let mut d = download(256 * 1024, payload.len() as u64);
+        let first = requests(&seeder_joins(&mut d, 1, t));
+        assert_eq!(first.len(), 64);
+        serve(&mut d, 1, &first[..15], &payload, t);
+        d.poll_outgoing(1, t, &mut out);
+        assert!(requests(&out).is_empty(), "refilled early: {out:?}");
+        serve(&mut d, 1, &first[15..16], &payload, t);
+        d.poll_outgoing(1, t, &mut out);
+        assert_eq!(requests(&out).len(), 16);
     }
 
     fn seeding(piece_length: u32, total: u64) -> Download {
