@@ -29,6 +29,18 @@ fn check_piece(torrent: &Path, index: usize, piece_len: usize, data: &[u8], out_
     let start = index * piece_len;
     let end = (start + piece_len).min(data.len());
     assert_bytes_eq(&got, &data[start..end], &format!("piece {index}"));
+    assert_no_part_file(out_path);
+}
+
+#[track_caller]
+fn assert_no_part_file(out_path: &Path) {
+    let mut part = out_path.as_os_str().to_os_string();
+    part.push(".bitrush-part");
+    assert!(
+        !Path::new(&part).exists(),
+        "{} left behind",
+        Path::new(&part).display()
+    );
 }
 
 #[test]
@@ -86,4 +98,21 @@ fn bad_piece_index_is_an_error() {
             panic!("piece index {index:?} not rejected cleanly: {e}");
         }
     }
+}
+
+#[test]
+fn failed_download_keeps_an_existing_output_and_leaves_no_part_file() {
+    let dir = TestDir::new("piece-failed");
+    let src = dir.join("payload.bin");
+    write_payload(&src, 3 * PIECE, 45);
+    // Nobody listens at the tracker's address: the download fails.
+    let torrent = mktorrent(&src, &format!("http://{}/announce", refused_addr()), 18);
+    let out_path = dir.join("piece");
+    std::fs::write(&out_path, b"earlier data").unwrap();
+    let out = download_piece(&torrent, "1", &out_path);
+    if let Err(e) = check_cli_error(&out) {
+        panic!("download_piece without a tracker: {e}");
+    }
+    assert_eq!(std::fs::read(&out_path).unwrap(), b"earlier data");
+    assert_no_part_file(&out_path);
 }

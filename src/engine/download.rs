@@ -32,7 +32,9 @@ use crate::types::{InfoHash, PeerId};
 pub enum Target {
     /// The whole torrent: the file itself (single-file) or a directory (multi-file).
     Files(PathBuf),
-    /// One piece, written alone to `path`.
+    /// One piece, written alone to `path`: first to a `.bitrush-part` file beside it, renamed
+    /// to `path` once verified, so a failed run neither leaves a partial file nor touches an
+    /// existing one.
     Piece { index: u32, path: PathBuf },
 }
 
@@ -141,8 +143,9 @@ pub async fn download(mut params: DownloadParams) -> Result<Outcome, DownloadErr
                     count: piece_count,
                 });
             }
-            let file = std::fs::File::create(path).map_err(|source| StorageError::Io {
-                path: path.display().to_string(),
+            let part = part_path(path);
+            let file = std::fs::File::create(&part).map_err(|source| StorageError::Io {
+                path: part.display().to_string(),
                 source,
             })?;
             let mut wanted = Bitfield::new(piece_count);
@@ -150,7 +153,7 @@ pub async fn download(mut params: DownloadParams) -> Result<Outcome, DownloadErr
             let sink = Sink::Piece {
                 index: *index,
                 file,
-                path: path.clone(),
+                path: part,
             };
             (Arc::new(sink), wanted, Bitfield::new(piece_count))
         }
@@ -188,6 +191,10 @@ pub async fn download(mut params: DownloadParams) -> Result<Outcome, DownloadErr
             params.port = addr.port();
         }
     }
+    let piece_file = match &params.target {
+        Target::Piece { path, .. } => Some((part_path(path), path.clone())),
+        Target::Files(_) => None,
+    };
     let mut manager = Manager {
         listener: params.listener.take(),
         shutdown: params.shutdown.take(),
@@ -207,7 +214,27 @@ pub async fn download(mut params: DownloadParams) -> Result<Outcome, DownloadErr
         last_error: None,
         failures: HashMap::new(),
     };
-    manager.run().await
+    let result = manager.run().await;
+    drop(manager);
+    if let Some((part, path)) = piece_file {
+        if matches!(result, Ok(Outcome::Complete)) {
+            std::fs::rename(&part, &path).map_err(|source| StorageError::Io {
+                path: path.display().to_string(),
+                source,
+            })?;
+        } else {
+            // Best effort: the error being returned matters more than a leftover part file.
+            let _ = std::fs::remove_file(&part);
+        }
+    }
+    result
+}
+
+/// `<path>.bitrush-part`: where a single piece is written until it is verified.
+fn part_path(path: &std::path::Path) -> PathBuf {
+    let mut name = path.as_os_str().to_os_string();
+    name.push(".bitrush-part");
+    PathBuf::from(name)
 }
 
 /// Hashes every piece already at the output, on all cores; returns the pieces that match.
