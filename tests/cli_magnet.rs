@@ -249,6 +249,11 @@ fn magnet_handshake_reports_libtorrents_peer_id_and_metadata_id() {
         Some(id),
         "libtorrent advertises {probe}"
     );
+    assert_eq!(
+        swarm.tracker.scrape(&swarm.info.info_hash),
+        (1, 0),
+        "tracker still lists a leecher after magnet_handshake"
+    );
 }
 
 #[test]
@@ -260,6 +265,12 @@ fn magnet_info_matches_info_and_libtorrent_for_multi_piece_metadata() {
     let want = ok_stdout([Path::new("info"), swarm.torrent.as_path()]);
     assert_eq!(got, want, "magnet_info differs from info on the torrent");
     check_info_output(&got, &swarm.info, &swarm.tracker.http_url());
+    // We announced a port nobody listens on; `stopped` took it off the tracker again.
+    assert_eq!(
+        swarm.tracker.scrape(&swarm.info.info_hash),
+        (1, 0),
+        "tracker still lists a leecher after magnet_info"
+    );
 }
 
 #[test]

@@ -43,9 +43,11 @@ pub fn magnet_parse(link: &str) -> anyhow::Result<()> {
 pub async fn magnet_handshake(link: &str) -> anyhow::Result<()> {
     let magnet = Magnet::parse(link)?;
     let peer_id = PeerId::random();
-    let peers =
-        metadata::find_peers(magnet.info_hash, &tiers(&magnet), &magnet.peers, peer_id).await?;
-    let (_, theirs, ext) = metadata::handshake_any(&peers, magnet.info_hash, peer_id).await?;
+    let trackers = tiers(&magnet);
+    let peers = metadata::find_peers(magnet.info_hash, &trackers, &magnet.peers, peer_id).await?;
+    let handshake = metadata::handshake_any(&peers, magnet.info_hash, peer_id).await;
+    metadata::announce_stopped(magnet.info_hash, &trackers, peer_id).await;
+    let (_, theirs, ext) = handshake?;
     let mut out = format!("Peer ID: {}\n", theirs.peer_id);
     if let Some(id) = ext.and_then(|e| e.ut_metadata) {
         out.push_str(&format!("Peer Metadata Extension ID: {id}\n"));

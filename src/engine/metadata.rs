@@ -7,7 +7,8 @@
 //! forwards the peer's extension messages to the fetch loop and writes what the loop asks it to.
 //! Peers that misbehave (wrong hash, absurd sizes, bad pieces, rejects) are never asked again;
 //! slow ones may be retried after a new announce. [`handshake_with_extensions`] and
-//! [`find_peers`] serve the `magnet_handshake` command.
+//! [`find_peers`] serve the `magnet_handshake` command. Once a tracker has taken our announce,
+//! the fetch ends with a `stopped` ([`announce_stopped`]): we announced a port nobody listens on.
 //!
 //! Invariants: every wait is bounded (connect, handshakes, each metadata request, announces),
 //! and announces happen at most [`MAX_ANNOUNCE_ROUNDS`] times, so the fetch ends by itself;
@@ -38,8 +39,10 @@ pub const MAX_CONNECTIONS: usize = 5;
 pub const MAX_ANNOUNCE_ROUNDS: u32 = 3;
 /// How long a peer may take to send its extension handshake after ours.
 pub const EXT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-/// The port we announce (we do not listen yet).
+/// The port we announce (we do not listen yet; `stopped` takes the entry off again).
 const ANNOUNCE_PORT: u16 = 6881;
+/// How long the closing `stopped` announce may take.
+const STOPPED_TIMEOUT: Duration = Duration::from_secs(2);
 /// How often a peer whose connection broke is tried again.
 const MAX_CONNECTION_RETRIES: u32 = 2;
 /// Pause before announcing again when every known peer failed.
@@ -115,6 +118,20 @@ fn announce_request(info_hash: InfoHash, peer_id: PeerId, event: Event) -> Annou
 
 fn has_trackers(trackers: &[Vec<String>]) -> bool {
     trackers.iter().any(|t| !t.is_empty())
+}
+
+/// Tells the trackers we are gone (best effort, bounded by [`STOPPED_TIMEOUT`]): the port we
+/// announced while looking for peers is not one anybody can reach.
+pub async fn announce_stopped(info_hash: InfoHash, trackers: &[Vec<String>], peer_id: PeerId) {
+    if !has_trackers(trackers) {
+        return;
+    }
+    let req = announce_request(info_hash, peer_id, Event::Stopped);
+    let _ = tokio::time::timeout(
+        STOPPED_TIMEOUT,
+        super::tracker::announce_all(trackers, &req),
+    )
+    .await;
 }
 
 /// `first` then the peers of `more` not already listed.
@@ -281,9 +298,14 @@ pub async fn fetch_metadata(
         next_key: 0,
         last_problem: None,
         seen_any_peer: false,
+        announced: false,
         failures: HashMap::new(),
     };
-    let bytes = fetcher.run().await?;
+    let result = fetcher.run().await;
+    if fetcher.announced {
+        announce_stopped(info_hash, trackers, peer_id).await;
+    }
+    let bytes = result?;
     let info =
         Info::from_bytes(&bytes).map_err(|source| MetadataError::Invalid { info_hash, source })?;
     Ok((info, bytes))
@@ -328,6 +350,8 @@ struct Fetcher {
     next_key: PeerKey,
     last_problem: Option<String>,
     seen_any_peer: bool,
+    /// Some tracker took our announce: it gets a `stopped` when the fetch ends.
+    announced: bool,
     /// Connection failures per address: a broken connection is retried a few times.
     failures: HashMap<SocketAddr, u32>,
 }
@@ -478,6 +502,7 @@ impl Fetcher {
                 Some(joined) = announce.join_next() => {
                     match joined {
                         Ok(Ok(resp)) => {
+                            self.announced = true;
                             if let Some(w) = &resp.warning {
                                 tracing::warn!(warning = %w, "tracker warning");
                             }
