@@ -1,6 +1,7 @@
 //! Seeding (`bitrush seed`, `bitrush download --seed`) to real clients, and
-//! resuming a download: after SIGINT, after `kill -9`, with the data already
-//! complete, and with one piece corrupted on disk.
+//! resuming a download: after SIGINT (with and without trusting the resume
+//! state it leaves), after `kill -9`, with the data already complete, and with
+//! one piece corrupted on disk.
 //!
 //! Which pieces a resumed download fetched is read off an honest scripted
 //! seeder (tests/support/scripted_peer.py) that logs every block it serves:
@@ -302,6 +303,10 @@ fn sigint_keeps_verified_pieces_and_resume_fetches_only_the_rest() {
             first.logs()
         );
     }
+    assert!(
+        resume_state(&out_path).exists(),
+        "an interrupted download left no resume state"
+    );
     let before = verified_pieces(&out_path, &swarm.info);
     let kept = indices(&before, true);
     let missing = indices(&before, false);
@@ -332,6 +337,97 @@ fn sigint_keeps_verified_pieces_and_resume_fetches_only_the_rest() {
     assert_eq!(
         served, missing,
         "the resumed run fetched other pieces than the missing ones"
+    );
+    assert!(
+        !resume_state(&out_path).exists(),
+        "a complete download kept its resume state"
+    );
+}
+
+/// Where bitrush keeps the resume state of `out_path`.
+fn resume_state(out_path: &Path) -> std::path::PathBuf {
+    let mut name = out_path.as_os_str().to_os_string();
+    name.push(".bitrush-resume");
+    name.into()
+}
+
+/// Copies an interrupted output and its resume state to `dest`, with the
+/// output's modification time, then flips byte `offset` of the copy and puts
+/// that time back: damage the resume state cannot see.
+fn damaged_copy(out_path: &Path, dest: &Path, offset: u64) {
+    use std::os::unix::fs::FileExt;
+    let mtime = fs::metadata(out_path).unwrap().modified().unwrap();
+    fs::copy(out_path, dest).unwrap();
+    fs::copy(resume_state(out_path), resume_state(dest)).unwrap();
+    let file = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(dest)
+        .unwrap();
+    let mut byte = [0u8];
+    file.read_exact_at(&mut byte, offset).unwrap();
+    file.write_all_at(&[byte[0] ^ 0xff], offset).unwrap();
+    file.set_modified(mtime).unwrap();
+}
+
+#[test]
+fn resume_state_is_trusted_and_recheck_overrides_it() {
+    let swarm = Swarm::single_file("resume-state", 2 * MIB + 100, 16, 310, false);
+    let hash = swarm.info.info_hash.clone();
+    let out_dir = swarm.out_dir("out");
+    let out_path = out_dir.join("payload.bin");
+    {
+        let _slow = swarm.lt_seeder_with(&LtSeedOptions {
+            upload_rate_limit: Some(128 * 1024),
+            ..Default::default()
+        });
+        let mut first = spawn_download(&swarm.torrent, &out_path, &[]);
+        wait_for_verified_pieces(&mut first, &out_path, &swarm.info, 4);
+        send_signal(first.pid(), "INT");
+        first
+            .wait_exit(Duration::from_secs(60))
+            .unwrap_or_else(|| panic!("no exit after SIGINT\n{}", first.logs()));
+    }
+    assert!(resume_state(&out_path).exists(), "no resume state");
+    let before = verified_pieces(&out_path, &swarm.info);
+    let (kept, missing) = (indices(&before, true), indices(&before, false));
+    assert!(!missing.is_empty(), "the download was not interrupted");
+    let damaged = *kept.iter().next().expect("a verified piece");
+    let offset = u64::from(damaged) * swarm.info.piece_length + 5;
+    let (trusting, checking) = (out_dir.join("trusting.bin"), out_dir.join("checking.bin"));
+    damaged_copy(&out_path, &trusting, offset);
+    damaged_copy(&out_path, &checking, offset);
+
+    let honest = ScriptedPeer::start(&swarm.torrent, &swarm.seed_dir, "honest");
+    swarm.tracker.announce_fake_peer(&hash, honest.port(), true);
+    // The state vouches for the damaged piece: it is neither hashed nor fetched.
+    let out = download(&swarm.torrent, &trusting, &[]);
+    assert_success(&out);
+    assert_eq!(
+        honest.served_pieces(),
+        missing,
+        "the resume state was not trusted\n{}",
+        dump(&out)
+    );
+    let got = fs::read(&trusting).unwrap();
+    assert_eq!(got[offset as usize], swarm.data[offset as usize] ^ 0xff);
+    assert!(!resume_state(&trusting).exists());
+
+    // `--recheck` hashes everything, finds the damage and fetches that piece.
+    let out = download(&swarm.torrent, &checking, &["--recheck"]);
+    assert_success(&out);
+    assert_bytes_eq(
+        &fs::read(&checking).unwrap(),
+        &swarm.data,
+        "rechecked output",
+    );
+    let mut want = missing.clone();
+    want.insert(damaged);
+    assert_eq!(
+        honest.served_pieces(),
+        want,
+        "--recheck did not fetch the damaged piece again\n{}",
+        dump(&out)
     );
 }
 

@@ -159,6 +159,8 @@ pub(super) struct SessionOptions {
     pub port: u16,
     /// Keep seeding after completion, until these limits (or Ctrl-C).
     pub seed: Option<SeedLimits>,
+    /// Hash existing data even when a resume state vouches for it.
+    pub recheck: bool,
 }
 
 /// Runs a download with the progress display; returns when the target is complete.
@@ -197,6 +199,7 @@ pub(super) async fn run_session(
         config: Default::default(),
         seed: opts.seed,
         assume_complete: false,
+        recheck: opts.recheck,
         progress: Some(tx),
         shutdown: Some(stop_rx),
     };

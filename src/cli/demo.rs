@@ -100,6 +100,7 @@ pub async fn demo(size_mib: u64, seeders: usize) -> anyhow::Result<()> {
             config: Default::default(),
             seed: Some(SeedLimits::default()),
             assume_complete: true,
+            recheck: false,
             progress: None,
             shutdown: Some(stop_rx.clone()),
         }));

@@ -38,7 +38,8 @@ enum Command {
         index: u32,
     },
     /// Download a whole torrent: a file (single-file torrent) or a directory (multi-file).
-    /// Existing data at the output is checked and only what is missing is fetched.
+    /// Existing data at the output is checked (or vouched for by the resume state an
+    /// interrupted run left beside it) and only what is missing is fetched.
     Download {
         #[arg(short, long)]
         output: PathBuf,
@@ -104,6 +105,9 @@ struct SessionArgs {
     /// Stop seeding after this many seconds.
     #[arg(long)]
     seed_time: Option<u64>,
+    /// Hash all existing data at the output even if its resume state vouches for it.
+    #[arg(long)]
+    recheck: bool,
 }
 
 impl SessionArgs {
@@ -115,6 +119,7 @@ impl SessionArgs {
         commands::SessionOptions {
             port: self.port,
             seed: seed.then_some(limits),
+            recheck: self.recheck,
         }
     }
 }

@@ -6,7 +6,8 @@
 //! hashed (and written, if good) by the [`super::hasher`] threads, so SHA-1 and disk never stall
 //! a socket. Memory stays bounded by the download's
 //! piece-memory budget: pieces waiting for their hash count against it until their verdict comes
-//! back. Existing data at the output is checked piece by piece first (resume), on all cores.
+//! back. Existing data at the output is vouched for by the resume state an interrupted session
+//! left ([`super::resume`]) or else checked piece by piece first, on all cores.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::net::SocketAddr;
@@ -20,6 +21,7 @@ use tokio::task::{AbortHandle, JoinSet};
 
 use super::hasher::{self, Verdict};
 use super::peer::{self, PeerConnError, Shared, SwarmState};
+use super::resume;
 use super::sink::Sink;
 use crate::metainfo::Info;
 use crate::storage::{Storage, StorageError};
@@ -70,6 +72,8 @@ pub struct DownloadParams {
     /// Trust that the data at the target is complete and correct, skipping the check (for data
     /// this process just wrote, e.g. the demo's seeders).
     pub assume_complete: bool,
+    /// Hash existing data even when the resume state beside the output vouches for it.
+    pub recheck: bool,
     /// Receives a snapshot a few times a second.
     pub progress: Option<watch::Sender<Progress>>,
     /// Set to `true` to stop: in-flight pieces are dropped, verified ones flushed, `stopped`
@@ -123,12 +127,26 @@ pub async fn download(mut params: DownloadParams) -> Result<Outcome, DownloadErr
         Target::Files(path) => {
             let existed = path.exists();
             let (path, info2) = (path.clone(), info.clone());
-            let storage = tokio::task::spawn_blocking(move || Storage::open(&path, &info2))
-                .await
-                .map_err(|e| DownloadError::Task(e.to_string()))??;
+            let (info_hash, use_resume) = (params.info_hash, existed && !params.recheck);
+            let (storage, vouched) = tokio::task::spawn_blocking(move || {
+                let storage = Storage::open(&path, &info2)?;
+                let vouched = use_resume
+                    .then(|| resume::load(&path, &info_hash, &storage, piece_count))
+                    .flatten();
+                Ok::<_, StorageError>((storage, vouched))
+            })
+            .await
+            .map_err(|e| DownloadError::Task(e.to_string()))??;
             let storage = Arc::new(Sink::Files(storage));
             let have = if params.assume_complete {
                 Bitfield::full(piece_count)
+            } else if let Some(have) = vouched {
+                tracing::info!(
+                    have = have.count(),
+                    of = piece_count,
+                    "resume state accepted; existing data not rechecked"
+                );
+                have
             } else if existed {
                 recheck(storage.clone(), info.clone()).await?
             } else {
@@ -652,6 +670,7 @@ impl Manager {
         if let Some(tx) = &self.params.progress {
             let _ = tx.send(self.progress(rate));
         }
+        self.save_resume(outcome).await;
         if have_trackers && !first_announce {
             // Best effort: what is on disk stands whatever the trackers say.
             let done = self.lock().download.is_done();
@@ -670,6 +689,35 @@ impl Manager {
             }
         }
         Ok(outcome)
+    }
+
+    /// Leaves a resume state beside an interrupted download's output (so the next run need not
+    /// hash everything again) and removes a stale one once the download is complete. Best
+    /// effort: without the state the next run rechecks, which is always safe.
+    async fn save_resume(&self, outcome: Outcome) {
+        let Target::Files(output) = &self.params.target else {
+            return;
+        };
+        if self.params.assume_complete {
+            return;
+        }
+        let output = output.clone();
+        if outcome == Outcome::Complete {
+            let _ = tokio::task::spawn_blocking(move || resume::remove(&output)).await;
+            return;
+        }
+        let have = self.lock().download.have().clone();
+        let (sink, info_hash) = (self.shared.sink.clone(), self.params.info_hash);
+        let saved = tokio::task::spawn_blocking(move || match &*sink {
+            Sink::Files(storage) => resume::save(&output, &info_hash, storage, &have),
+            Sink::Piece { .. } => Ok(()),
+        })
+        .await;
+        match saved {
+            Ok(Ok(())) => tracing::info!("resume state saved"),
+            Ok(Err(e)) => tracing::warn!(error = %e, "cannot save the resume state"),
+            Err(e) => tracing::warn!(error = %e, "cannot save the resume state"),
+        }
     }
 
     /// Time until the next announce: the tracker's interval, or sooner while we lack peers.

@@ -5,11 +5,13 @@
 //! - [`download`]: one torrent's download: tracker announces, the connection manager, the hashing
 //!   threads and the piece sink.
 //! - [`tracker`]: HTTP and UDP tracker clients.
+//! - [`resume`]: the fast-resume file beside the output.
 
 pub mod download;
 pub mod hasher;
 pub mod metadata;
 pub mod peer;
+pub mod resume;
 pub mod sink;
 pub mod tracker;
 

@@ -21,11 +21,12 @@
 
 mod handles;
 mod layout;
+pub mod resume;
 
 use std::collections::HashSet;
 use std::fs::{File, OpenOptions};
 use std::io::ErrorKind;
-use std::os::unix::fs::FileExt;
+use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Component, Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -35,6 +36,7 @@ use sha1::{Digest, Sha1};
 use crate::metainfo::Info;
 use handles::HandleCache;
 pub use layout::{Layout, Segment, Segments};
+use resume::FileStamp;
 
 /// Most file handles a [`Storage`] keeps open at once.
 pub const MAX_OPEN_FILES: usize = 256;
@@ -201,6 +203,23 @@ impl Storage {
             }
         }
         Ok(())
+    }
+
+    /// Each file's length and modification time now (`None` if it does not exist), in torrent
+    /// order: what a resume state is checked against. Symlinks are not followed.
+    pub fn file_stamps(&self) -> Result<Vec<Option<FileStamp>>, StorageError> {
+        self.paths
+            .iter()
+            .map(|path| match std::fs::symlink_metadata(path) {
+                Ok(m) => Ok(Some(FileStamp {
+                    length: m.len(),
+                    mtime_secs: m.mtime(),
+                    mtime_nanos: u32::try_from(m.mtime_nsec()).unwrap_or(0),
+                })),
+                Err(e) if e.kind() == ErrorKind::NotFound => Ok(None),
+                Err(e) => Err(io_err(path, e)),
+            })
+            .collect()
     }
 
     /// Reads piece `index` into `scratch` and tells whether its SHA-1 equals `expected` (used for
@@ -572,6 +591,25 @@ mod tests {
         assert_eq!(std::fs::read(out.join("sub/f3")).unwrap(), &data[10..]);
         storage.write(0, 0, &data[..8]).unwrap();
         assert_eq!(std::fs::read(out.join("f1")).unwrap(), &data[..10]);
+    }
+
+    #[test]
+    fn file_stamps_follow_writes() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = payload(20);
+        let info = with_hashes(info_with(&[10, 10], 8), &data);
+        let storage = Storage::open(&dir.path().join("t"), &info).unwrap();
+        assert_eq!(storage.file_stamps().unwrap(), vec![None, None]);
+        storage.write(0, 0, &data[..8]).unwrap();
+        let first = storage.file_stamps().unwrap();
+        assert_eq!(first[0].map(|s| s.length), Some(8));
+        assert_eq!(first[1], None);
+        // A later write changes the stamp (length here; the time may not tick).
+        storage.write(1, 0, &data[8..16]).unwrap();
+        let second = storage.file_stamps().unwrap();
+        assert_ne!(first, second);
+        assert_eq!(second[0].map(|s| s.length), Some(10));
+        assert_eq!(second[1].map(|s| s.length), Some(6));
     }
 
     #[test]
