@@ -2,7 +2,7 @@
 //!
 //! [`fetch_metadata`] announces to the trackers (with `left` = 1: the size is not known yet),
 //! connects to a few peers at a time, and drives the sans-IO
-//! [`MetadataFetch`](crate::wire::metadata_fetch::MetadataFetch) with what they send. Each
+//! [`MetadataFetch`] with what they send. Each
 //! connection is one task that does the handshakes, sends our extension handshake at once, then
 //! forwards the peer's extension messages to the fetch loop and writes what the loop asks it to.
 //! Peers that misbehave (wrong hash, absurd sizes, bad pieces, rejects) are never asked again;
@@ -120,7 +120,7 @@ fn has_trackers(trackers: &[Vec<String>]) -> bool {
     trackers.iter().any(|t| !t.is_empty())
 }
 
-/// Tells the trackers we are gone (best effort, bounded by [`STOPPED_TIMEOUT`]): the port we
+/// Tells the trackers we are gone (best effort, within 2 s): the port we
 /// announced while looking for peers is not one anybody can reach.
 pub async fn announce_stopped(info_hash: InfoHash, trackers: &[Vec<String>], peer_id: PeerId) {
     if !has_trackers(trackers) {

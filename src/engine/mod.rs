@@ -2,7 +2,7 @@
 //!
 //! - [`peer`]: one TCP connection: handshake, then a loop feeding decoded messages to the shared
 //!   [`crate::swarm::Download`] and writing what it queues.
-//! - [`download`]: one torrent's download: tracker announces, the connection manager, the hashing
+//! - [`mod@download`]: one torrent's download: tracker announces, the connection manager, the hashing
 //!   threads and the piece sink.
 //! - [`tracker`]: HTTP and UDP tracker clients.
 //! - [`resume`]: the fast-resume file beside the output.
