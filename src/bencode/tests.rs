@@ -21,105 +21,141 @@ fn msg(input: &[u8]) -> String {
     }
 }
 
+/// Asserts that `decode` turns each input into the paired value.
+#[track_caller]
+fn assert_decodes(cases: &[(&[u8], Value)]) {
+    for (input, want) in cases {
+        assert_eq!(
+            decode(input),
+            Ok(want.clone()),
+            "decoding {}",
+            input.escape_ascii()
+        );
+    }
+}
+
+/// Asserts that `error` (which must fail) reports exactly the paired message for each input.
+#[track_caller]
+fn assert_errors(error: impl Fn(&[u8]) -> String, cases: &[(&[u8], &str)]) {
+    for &(input, want) in cases {
+        assert_eq!(error(input), want, "error for {}", input.escape_ascii());
+    }
+}
+
+/// Asserts that `render` turns each value into the paired output.
+#[track_caller]
+fn assert_renders<T>(render: impl Fn(&Value) -> T, cases: &[(Value, T)])
+where
+    T: PartialEq + std::fmt::Debug,
+{
+    for (value, want) in cases {
+        assert_eq!(&render(value), want, "rendering {value:?}");
+    }
+}
+
 #[test]
 fn integers() {
-    assert_eq!(decode(b"i0e"), Ok(Value::Int(0)));
-    assert_eq!(decode(b"i42e"), Ok(Value::Int(42)));
-    assert_eq!(decode(b"i-42e"), Ok(Value::Int(-42)));
-    assert_eq!(
-        decode(b"i9223372036854775807e"),
-        Ok(Value::Int(9_223_372_036_854_775_807))
-    );
-    assert_eq!(
-        decode(b"i-9223372036854775808e"),
-        Ok(Value::Int(-9_223_372_036_854_775_807 - 1))
-    );
+    assert_decodes(&[
+        (b"i0e", Value::Int(0)),
+        (b"i42e", Value::Int(42)),
+        (b"i-42e", Value::Int(-42)),
+        (
+            b"i9223372036854775807e",
+            Value::Int(9_223_372_036_854_775_807),
+        ),
+        (
+            b"i-9223372036854775808e",
+            Value::Int(-9_223_372_036_854_775_807 - 1),
+        ),
+    ]);
 }
 
 #[test]
 fn integer_errors() {
-    assert_eq!(msg(b"i03e"), "leading zero in integer at byte 1");
-    assert_eq!(msg(b"i-03e"), "leading zero in integer at byte 2");
-    assert_eq!(msg(b"i00e"), "leading zero in integer at byte 1");
-    assert_eq!(msg(b"i-0e"), "negative zero integer at byte 0");
-    assert_eq!(msg(b"i-e"), "integer has no digits at byte 2");
-    assert_eq!(msg(b"ie"), "integer has no digits at byte 1");
-    assert_eq!(msg(b"i12"), "unterminated integer (missing 'e') at byte 3");
-    assert_eq!(msg(b"i"), "unterminated integer (missing 'e') at byte 1");
-    assert_eq!(msg(b"i1x2e"), "unexpected byte 'x' in integer at byte 2");
-    assert_eq!(msg(b"i+1e"), "unexpected byte '+' in integer at byte 1");
-    assert_eq!(msg(b"i--1e"), "unexpected byte '-' in integer at byte 2");
-    assert_eq!(
-        msg(b"i9223372036854775808e"),
-        "integer does not fit in 64 bits at byte 0"
-    );
-    assert_eq!(
-        msg(b"i-9223372036854775809e"),
-        "integer does not fit in 64 bits at byte 0"
+    assert_errors(
+        msg,
+        &[
+            (b"i03e", "leading zero in integer at byte 1"),
+            (b"i-03e", "leading zero in integer at byte 2"),
+            (b"i00e", "leading zero in integer at byte 1"),
+            (b"i-0e", "negative zero integer at byte 0"),
+            (b"i-e", "integer has no digits at byte 2"),
+            (b"ie", "integer has no digits at byte 1"),
+            (b"i12", "unterminated integer (missing 'e') at byte 3"),
+            (b"i", "unterminated integer (missing 'e') at byte 1"),
+            (b"i1x2e", "unexpected byte 'x' in integer at byte 2"),
+            (b"i+1e", "unexpected byte '+' in integer at byte 1"),
+            (b"i--1e", "unexpected byte '-' in integer at byte 2"),
+            (
+                b"i9223372036854775808e",
+                "integer does not fit in 64 bits at byte 0",
+            ),
+            (
+                b"i-9223372036854775809e",
+                "integer does not fit in 64 bits at byte 0",
+            ),
+        ],
     );
 }
 
 #[test]
 fn byte_strings() {
-    assert_eq!(decode(b"0:"), Ok(bytes("")));
-    assert_eq!(decode(b"4:spam"), Ok(bytes("spam")));
-    assert_eq!(
-        decode(b"3:\x00\xff:"),
-        Ok(Value::Bytes(vec![0, 0xff, b':']))
-    );
-    assert_eq!(decode(b"10:0123456789"), Ok(bytes("0123456789")));
+    assert_decodes(&[
+        (b"0:", bytes("")),
+        (b"4:spam", bytes("spam")),
+        (b"3:\x00\xff:", Value::Bytes(vec![0, 0xff, b':'])),
+        (b"10:0123456789", bytes("0123456789")),
+    ]);
 }
 
 #[test]
 fn byte_string_errors() {
-    assert_eq!(msg(b"03:abc"), "leading zero in string length at byte 0");
-    assert_eq!(msg(b"00:"), "leading zero in string length at byte 0");
-    assert_eq!(
-        msg(b"5:abc"),
-        "string length 5 exceeds the 3 bytes left at byte 0"
+    assert_errors(
+        msg,
+        &[
+            (b"03:abc", "leading zero in string length at byte 0"),
+            (b"00:", "leading zero in string length at byte 0"),
+            (
+                b"5:abc",
+                "string length 5 exceeds the 3 bytes left at byte 0",
+            ),
+            (
+                b"99999999999999999999999999:x",
+                "string length is too large at byte 0",
+            ),
+            // Large but representable: must be refused before any allocation is attempted.
+            (
+                b"18446744073709551615:x",
+                "string length 18446744073709551615 exceeds the 1 bytes left at byte 0",
+            ),
+            (b"4spam", "unexpected byte 's' in string length at byte 1"),
+            (b"4", "unterminated string length (missing ':') at byte 1"),
+            (b"-1:a", "unexpected byte '-' at byte 0"),
+        ],
     );
-    assert_eq!(
-        msg(b"99999999999999999999999999:x"),
-        "string length is too large at byte 0"
-    );
-    // Large but representable: must be refused before any allocation is attempted.
-    assert_eq!(
-        msg(b"18446744073709551615:x"),
-        "string length 18446744073709551615 exceeds the 1 bytes left at byte 0"
-    );
-    assert_eq!(
-        msg(b"4spam"),
-        "unexpected byte 's' in string length at byte 1"
-    );
-    assert_eq!(
-        msg(b"4"),
-        "unterminated string length (missing ':') at byte 1"
-    );
-    assert_eq!(msg(b"-1:a"), "unexpected byte '-' at byte 0");
 }
 
 #[test]
 fn lists_and_dicts() {
-    assert_eq!(decode(b"le"), Ok(Value::List(vec![])));
-    assert_eq!(decode(b"de"), Ok(dict(&[])));
-    assert_eq!(
-        decode(b"l4:spami7ee"),
-        Ok(Value::List(vec![bytes("spam"), Value::Int(7)]))
-    );
-    assert_eq!(
-        decode(b"d3:cow3:moo4:spaml1:a1:bee"),
-        Ok(dict(&[
-            ("cow", bytes("moo")),
-            ("spam", Value::List(vec![bytes("a"), bytes("b")])),
-        ]))
-    );
-    assert_eq!(
-        decode(b"lld1:ai1eeee"),
-        Ok(Value::List(vec![Value::List(vec![dict(&[(
-            "a",
-            Value::Int(1)
-        )])])]))
-    );
+    assert_decodes(&[
+        (b"le", Value::List(vec![])),
+        (b"de", dict(&[])),
+        (
+            b"l4:spami7ee",
+            Value::List(vec![bytes("spam"), Value::Int(7)]),
+        ),
+        (
+            b"d3:cow3:moo4:spaml1:a1:bee",
+            dict(&[
+                ("cow", bytes("moo")),
+                ("spam", Value::List(vec![bytes("a"), bytes("b")])),
+            ]),
+        ),
+        (
+            b"lld1:ai1eeee",
+            Value::List(vec![Value::List(vec![dict(&[("a", Value::Int(1))])])]),
+        ),
+    ]);
 }
 
 #[test]
@@ -131,26 +167,31 @@ fn unsorted_keys_are_accepted_and_reencoded_sorted() {
 
 #[test]
 fn container_errors() {
-    assert_eq!(msg(b"d1:ai1e1:ai2ee"), "duplicate dictionary key at byte 7");
-    assert_eq!(
-        msg(b"di1ei2ee"),
-        "dictionary key is not a byte string (found 'i') at byte 1"
+    assert_errors(
+        msg,
+        &[
+            (b"d1:ai1e1:ai2ee", "duplicate dictionary key at byte 7"),
+            (
+                b"di1ei2ee",
+                "dictionary key is not a byte string (found 'i') at byte 1",
+            ),
+            (b"d1:ae", "dictionary key has no value at byte 4"),
+            (
+                b"l1:a",
+                "unexpected end of input inside a list or dictionary at byte 4",
+            ),
+            (
+                b"d1:a",
+                "unexpected end of input inside a list or dictionary at byte 4",
+            ),
+            (b"", "empty input at byte 0"),
+            (b"e", "unexpected byte 'e' at byte 0"),
+            (b"x", "unexpected byte 'x' at byte 0"),
+            (b"\x00", "unexpected byte 0x00 at byte 0"),
+            (b"i1ei2e", "trailing bytes after the value at byte 3"),
+            (b"lei", "trailing bytes after the value at byte 2"),
+        ],
     );
-    assert_eq!(msg(b"d1:ae"), "dictionary key has no value at byte 4");
-    assert_eq!(
-        msg(b"l1:a"),
-        "unexpected end of input inside a list or dictionary at byte 4"
-    );
-    assert_eq!(
-        msg(b"d1:a"),
-        "unexpected end of input inside a list or dictionary at byte 4"
-    );
-    assert_eq!(msg(b""), "empty input at byte 0");
-    assert_eq!(msg(b"e"), "unexpected byte 'e' at byte 0");
-    assert_eq!(msg(b"x"), "unexpected byte 'x' at byte 0");
-    assert_eq!(msg(b"\x00"), "unexpected byte 0x00 at byte 0");
-    assert_eq!(msg(b"i1ei2e"), "trailing bytes after the value at byte 3");
-    assert_eq!(msg(b"lei"), "trailing bytes after the value at byte 2");
 }
 
 #[test]
@@ -188,16 +229,21 @@ fn decode_prefix_reports_bytes_used() {
 
 #[test]
 fn encode_known_values() {
-    assert_eq!(encode(&Value::Int(-3)), b"i-3e".to_vec());
-    assert_eq!(encode(&Value::Int(0)), b"i0e".to_vec());
-    assert_eq!(encode(&bytes("")), b"0:".to_vec());
-    assert_eq!(
-        encode(&Value::List(vec![bytes("ab"), Value::Int(12)])),
-        b"l2:abi12ee".to_vec()
-    );
-    assert_eq!(
-        encode(&dict(&[("zz", Value::Int(1)), ("a", Value::List(vec![]))])),
-        b"d1:ale2:zzi1ee".to_vec()
+    assert_renders(
+        encode,
+        &[
+            (Value::Int(-3), b"i-3e".to_vec()),
+            (Value::Int(0), b"i0e".to_vec()),
+            (bytes(""), b"0:".to_vec()),
+            (
+                Value::List(vec![bytes("ab"), Value::Int(12)]),
+                b"l2:abi12ee".to_vec(),
+            ),
+            (
+                dict(&[("zz", Value::Int(1)), ("a", Value::List(vec![]))]),
+                b"d1:ale2:zzi1ee".to_vec(),
+            ),
+        ],
     );
 }
 
@@ -217,51 +263,57 @@ fn raw_dict_value_returns_exact_slice() {
 
 #[test]
 fn raw_dict_value_validates() {
-    let e = |input: &[u8]| raw_dict_value(input, b"info").unwrap_err().to_string();
-    assert_eq!(e(b""), "empty input at byte 0");
-    assert_eq!(e(b"li1ee"), "top-level value is not a dictionary at byte 0");
-    assert_eq!(
-        e(b"d4:infoi1eex"),
-        "trailing bytes after the value at byte 11"
+    assert_errors(
+        |input| raw_dict_value(input, b"info").unwrap_err().to_string(),
+        &[
+            (b"", "empty input at byte 0"),
+            (b"li1ee", "top-level value is not a dictionary at byte 0"),
+            (b"d4:infoi1eex", "trailing bytes after the value at byte 11"),
+            (
+                b"d4:infoi1e4:infoi2ee",
+                "duplicate dictionary key at byte 10",
+            ),
+            (b"d1:ai03ee", "leading zero in integer at byte 5"),
+            (b"d4:infoe", "dictionary key has no value at byte 7"),
+            (
+                b"d4:info",
+                "unexpected end of input inside a list or dictionary at byte 7",
+            ),
+            (
+                b"d4:infoi1e",
+                "unexpected end of input inside a list or dictionary at byte 10",
+            ),
+            (
+                b"di1ei2ee",
+                "dictionary key is not a byte string (found 'i') at byte 1",
+            ),
+            // Errors inside later values are reported even after the key was found.
+            (b"d4:infoi1e1:bi-0ee", "negative zero integer at byte 13"),
+        ],
     );
-    assert_eq!(
-        e(b"d4:infoi1e4:infoi2ee"),
-        "duplicate dictionary key at byte 10"
-    );
-    assert_eq!(e(b"d1:ai03ee"), "leading zero in integer at byte 5");
-    assert_eq!(e(b"d4:infoe"), "dictionary key has no value at byte 7");
-    assert_eq!(
-        e(b"d4:info"),
-        "unexpected end of input inside a list or dictionary at byte 7"
-    );
-    assert_eq!(
-        e(b"d4:infoi1e"),
-        "unexpected end of input inside a list or dictionary at byte 10"
-    );
-    assert_eq!(
-        e(b"di1ei2ee"),
-        "dictionary key is not a byte string (found 'i') at byte 1"
-    );
-    // Errors inside later values are reported even after the key was found.
-    assert_eq!(e(b"d4:infoi1e1:bi-0ee"), "negative zero integer at byte 13");
 }
 
 #[test]
 fn json_rendering() {
-    assert_eq!(
-        to_json(&Value::List(vec![bytes("a"), Value::Int(1)])),
-        r#"["a",1]"#
-    );
-    assert_eq!(to_json(&dict(&[("k", Value::Int(1))])), r#"{"k":1}"#);
-    assert_eq!(
-        to_json(&dict(&[("b", Value::Int(-2)), ("a", Value::List(vec![]))])),
-        r#"{"a":[],"b":-2}"#
-    );
-    assert_eq!(to_json(&dict(&[])), "{}");
-    assert_eq!(to_json(&bytes("q\"\\\n\u{1}é")), r#""q\"\\\n\u0001é""#);
-    assert_eq!(
-        to_json(&Value::Bytes(vec![b'a', 0xff, b'b'])),
-        "\"a\u{FFFD}b\""
+    assert_renders(
+        to_json,
+        &[
+            (
+                Value::List(vec![bytes("a"), Value::Int(1)]),
+                r#"["a",1]"#.to_string(),
+            ),
+            (dict(&[("k", Value::Int(1))]), r#"{"k":1}"#.to_string()),
+            (
+                dict(&[("b", Value::Int(-2)), ("a", Value::List(vec![]))]),
+                r#"{"a":[],"b":-2}"#.to_string(),
+            ),
+            (dict(&[]), "{}".to_string()),
+            (bytes("q\"\\\n\u{1}é"), r#""q\"\\\n\u0001é""#.to_string()),
+            (
+                Value::Bytes(vec![b'a', 0xff, b'b']),
+                "\"a\u{FFFD}b\"".to_string(),
+            ),
+        ],
     );
     let decoded = decode(b"d4:infod6:lengthi5e4:name3:abcee").unwrap();
     assert_eq!(to_json(&decoded), r#"{"info":{"length":5,"name":"abc"}}"#);

@@ -97,34 +97,8 @@ pub fn remove(output: &Path) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::metainfo::{FileEntry, Info};
+    use crate::storage::info_with as info;
     use std::time::{Duration, SystemTime};
-
-    fn info(lengths: &[u64], piece_length: u32) -> Info {
-        let mut offset = 0;
-        let files = lengths
-            .iter()
-            .enumerate()
-            .map(|(i, &length)| {
-                let f = FileEntry {
-                    path: vec![format!("f{i}")],
-                    length,
-                    offset,
-                };
-                offset += length;
-                f
-            })
-            .collect();
-        let count = offset.div_ceil(u64::from(piece_length)) as usize;
-        Info {
-            name: "t".into(),
-            piece_length,
-            pieces: vec![[0; 20]; count],
-            files,
-            total_length: offset,
-            multi_file: true,
-        }
-    }
 
     #[test]
     fn saved_state_is_trusted_until_a_file_changes() {

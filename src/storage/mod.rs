@@ -35,6 +35,9 @@ use sha1::{Digest, Sha1};
 
 use crate::metainfo::Info;
 use handles::HandleCache;
+/// Test fixture: a multi-file `Info` with the given file lengths (files `f0`, `f1`, ...).
+#[cfg(test)]
+pub(crate) use layout::tests::info_with;
 pub use layout::{Layout, Segment, Segments};
 use resume::FileStamp;
 

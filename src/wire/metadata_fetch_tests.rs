@@ -96,6 +96,85 @@ fn fetch(hash: InfoHash) -> MetadataFetch {
     MetadataFetch::new(hash, FetchConfig::default())
 }
 
+/// A fetch for `hash` that keeps at most `max_requests` requests outstanding per peer.
+fn fetch_capped(hash: InfoHash, max_requests: usize) -> MetadataFetch {
+    let cfg = FetchConfig {
+        max_requests_per_peer: max_requests,
+        ..FetchConfig::default()
+    };
+    MetadataFetch::new(hash, cfg)
+}
+
+/// A copy of `bytes` with the byte at `at` XORed with `mask`, so it fails the hash check.
+fn corrupted(bytes: &[u8], at: usize, mask: u8) -> Vec<u8> {
+    let mut bad = bytes.to_vec();
+    bad[at] ^= mask;
+    bad
+}
+
+/// Adds each of `peers` and delivers its handshake (ut_metadata id 2, announcing `size`).
+fn connect(
+    f: &mut MetadataFetch,
+    peers: impl IntoIterator<Item = PeerKey>,
+    size: u64,
+    t0: Instant,
+) {
+    for k in peers {
+        f.add_peer(k, true, t0);
+        f.handle_message(k, &handshake(2, size), t0);
+    }
+}
+
+/// Drains the pending actions and asserts exactly which drops and which requests they hold.
+#[track_caller]
+fn expect_actions(
+    f: &mut MetadataFetch,
+    want_drops: &[(PeerKey, PeerFault)],
+    want_requests: &[(PeerKey, u32, u8)],
+) {
+    let actions = drain(f);
+    let want_drops: Vec<(PeerKey, &PeerFault)> = want_drops.iter().map(|(p, e)| (*p, e)).collect();
+    assert_eq!(drops(&actions), want_drops, "drops");
+    assert_eq!(requests(&actions), want_requests, "requests");
+}
+
+/// Has `peer` send every piece of `bytes` in order, then asserts the fetch yields `bytes`.
+#[track_caller]
+fn finish_from(f: &mut MetadataFetch, peer: PeerKey, bytes: &[u8], t0: Instant) {
+    for piece in 0..bytes.len().div_ceil(METADATA_PIECE_LEN) as u32 {
+        f.handle_message(peer, &honest_data(bytes, piece), t0);
+    }
+    assert_eq!(f.take_metadata().as_deref(), Some(bytes));
+}
+
+/// Runs a one-request-at-a-time solo attempt: expects `peer` to be asked for each piece in
+/// turn (with ut_metadata id 2) and answers it from `served`.
+#[track_caller]
+fn solo_attempt(f: &mut MetadataFetch, peer: PeerKey, served: &[u8], t0: Instant) {
+    for piece in 0..served.len().div_ceil(METADATA_PIECE_LEN) as u32 {
+        assert_eq!(
+            requests(&drain(f)),
+            vec![(peer, piece, 2)],
+            "solo request for piece {piece}"
+        );
+        f.handle_message(peer, &honest_data(served, piece), t0);
+    }
+}
+
+/// Peer 1's solo attempt serves `bad`, so it is banned; peer 2 is then asked and finishes with
+/// `bytes`.
+#[track_caller]
+fn solo_liar_is_banned_and_peer_2_finishes(
+    f: &mut MetadataFetch,
+    bytes: &[u8],
+    bad: &[u8],
+    t0: Instant,
+) {
+    solo_attempt(f, 1, bad, t0);
+    expect_actions(f, &[(1, PeerFault::HashMismatch)], &[(2, 0, 2)]);
+    finish_from(f, 2, bytes, t0);
+}
+
 #[test]
 fn one_honest_peer_delivers_every_piece() {
     let (bytes, hash) = meta(2 * METADATA_PIECE_LEN + 7, 1);
@@ -165,8 +244,7 @@ fn binary_values_in_the_handshake_are_fine() {
     hs.push(b'e');
     f.handle_message(1, &ext(0, hs), t0);
     assert_eq!(requests(&drain(&mut f)), vec![(1, 0, 7)]);
-    f.handle_message(1, &honest_data(&bytes, 0), t0);
-    assert_eq!(f.take_metadata(), Some(bytes));
+    finish_from(&mut f, 1, &bytes, t0);
 }
 
 #[test]
@@ -175,8 +253,7 @@ fn silent_handshake_and_silent_request_time_out() {
     let mut f = fetch(hash);
     let t0 = Instant::now();
     f.add_peer(1, true, t0);
-    f.add_peer(2, true, t0);
-    f.handle_message(2, &handshake(2, 100), t0);
+    connect(&mut f, [2], 100, t0);
     assert_eq!(requests(&drain(&mut f)), vec![(2, 0, 2)]);
     assert_eq!(f.next_deadline(), Some(t0 + Duration::from_secs(10)));
     f.tick(t0 + Duration::from_secs(9));
@@ -200,17 +277,9 @@ fn silent_handshake_and_silent_request_time_out() {
 #[test]
 fn reject_and_timeout_move_pieces_to_other_peers() {
     let (bytes, hash) = meta(3 * METADATA_PIECE_LEN, 5);
-    let size = bytes.len() as u64;
-    let cfg = FetchConfig {
-        max_requests_per_peer: 2,
-        ..FetchConfig::default()
-    };
-    let mut f = MetadataFetch::new(hash, cfg);
+    let mut f = fetch_capped(hash, 2);
     let t0 = Instant::now();
-    for k in 1..=3 {
-        f.add_peer(k, true, t0);
-        f.handle_message(k, &handshake(2, size), t0);
-    }
+    connect(&mut f, 1..=3, bytes.len() as u64, t0);
     // Peer 1 gets pieces 0 and 1, peer 2 piece 2, peer 3 nothing.
     assert_eq!(
         requests(&drain(&mut f)),
@@ -224,19 +293,20 @@ fn reject_and_timeout_move_pieces_to_other_peers() {
         ),
         t0,
     );
-    let actions = drain(&mut f);
-    assert_eq!(drops(&actions), vec![(1, &PeerFault::Rejected(1))]);
-    assert_eq!(requests(&actions), vec![(2, 0, 2), (3, 1, 2)]);
+    expect_actions(
+        &mut f,
+        &[(1, PeerFault::Rejected(1))],
+        &[(2, 0, 2), (3, 1, 2)],
+    );
     f.handle_message(3, &honest_data(&bytes, 1), t0);
     f.handle_message(2, &honest_data(&bytes, 2), t0);
     // Peer 2 never sends piece 0.
     f.tick(t0 + Duration::from_secs(10));
-    let actions = drain(&mut f);
-    assert_eq!(
-        drops(&actions),
-        vec![(2, &PeerFault::RequestTimeout { piece: 0, secs: 10 })]
+    expect_actions(
+        &mut f,
+        &[(2, PeerFault::RequestTimeout { piece: 0, secs: 10 })],
+        &[(3, 0, 2)],
     );
-    assert_eq!(requests(&actions), vec![(3, 0, 2)]);
     f.handle_message(3, &honest_data(&bytes, 0), t0 + Duration::from_secs(10));
     assert_eq!(f.take_metadata(), Some(bytes));
 }
@@ -308,52 +378,39 @@ fn unsolicited_out_of_range_and_misshapen_pieces_drop_the_peer() {
 fn wrong_hash_from_one_peer_bans_it_and_another_peer_finishes() {
     let (bytes, hash) = meta(2 * METADATA_PIECE_LEN, 7);
     let size = bytes.len() as u64;
-    let mut bad = bytes.clone();
-    bad[5] ^= 1;
+    let bad = corrupted(&bytes, 5, 1);
     let mut f = fetch(hash);
     let t0 = Instant::now();
-    f.add_peer(1, true, t0);
-    f.handle_message(1, &handshake(2, size), t0);
+    connect(&mut f, [1], size, t0);
     assert_eq!(requests(&drain(&mut f)), vec![(1, 0, 2), (1, 1, 2)]);
     f.add_peer(2, true, t0);
     f.handle_message(2, &handshake(5, size), t0);
     assert!(requests(&drain(&mut f)).is_empty(), "all pieces are taken");
     f.handle_message(1, &honest_data(&bad, 0), t0);
     f.handle_message(1, &honest_data(&bad, 1), t0);
-    let actions = drain(&mut f);
-    assert_eq!(drops(&actions), vec![(1, &PeerFault::HashMismatch)]);
+    expect_actions(
+        &mut f,
+        &[(1, PeerFault::HashMismatch)],
+        &[(2, 0, 5), (2, 1, 5)],
+    );
     assert!(!f.is_solo(), "a single source is blamed directly");
-    assert_eq!(requests(&actions), vec![(2, 0, 5), (2, 1, 5)]);
-    f.handle_message(2, &honest_data(&bytes, 0), t0);
-    f.handle_message(2, &honest_data(&bytes, 1), t0);
-    assert_eq!(f.take_metadata(), Some(bytes));
+    finish_from(&mut f, 2, &bytes, t0);
 }
 
 #[test]
 fn mixed_sources_with_a_bad_hash_switch_to_single_source_attempts() {
     let (bytes, hash) = meta(2 * METADATA_PIECE_LEN, 8);
-    let size = bytes.len() as u64;
-    let mut bad = bytes.clone();
-    bad[METADATA_PIECE_LEN + 3] ^= 0xff;
-    let cfg = FetchConfig {
-        max_requests_per_peer: 1,
-        ..FetchConfig::default()
-    };
-    let mut f = MetadataFetch::new(hash, cfg);
+    let bad = corrupted(&bytes, METADATA_PIECE_LEN + 3, 0xff);
+    let mut f = fetch_capped(hash, 1);
     let t0 = Instant::now();
     // Peer 1 is honest, peer 2 corrupts piece 1.
-    for k in [1, 2] {
-        f.add_peer(k, true, t0);
-        f.handle_message(k, &handshake(2, size), t0);
-    }
+    connect(&mut f, [1, 2], bytes.len() as u64, t0);
     assert_eq!(requests(&drain(&mut f)), vec![(1, 0, 2), (2, 1, 2)]);
     f.handle_message(1, &honest_data(&bytes, 0), t0);
     f.handle_message(2, &honest_data(&bad, 1), t0);
     assert!(f.is_solo());
     // Nobody is blamed; the next attempt asks peer 1 only.
-    let actions = drain(&mut f);
-    assert!(drops(&actions).is_empty());
-    assert_eq!(requests(&actions), vec![(1, 0, 2)]);
+    expect_actions(&mut f, &[], &[(1, 0, 2)]);
     f.handle_message(1, &honest_data(&bytes, 0), t0);
     assert_eq!(requests(&drain(&mut f)), vec![(1, 1, 2)]);
     f.handle_message(1, &honest_data(&bytes, 1), t0);
@@ -363,77 +420,44 @@ fn mixed_sources_with_a_bad_hash_switch_to_single_source_attempts() {
 #[test]
 fn solo_attempt_of_a_liar_bans_it() {
     let (bytes, hash) = meta(2 * METADATA_PIECE_LEN, 9);
-    let size = bytes.len() as u64;
-    let mut bad = bytes.clone();
-    bad[0] ^= 1;
-    let cfg = FetchConfig {
-        max_requests_per_peer: 1,
-        ..FetchConfig::default()
-    };
-    let mut f = MetadataFetch::new(hash, cfg);
+    let bad = corrupted(&bytes, 0, 1);
+    let mut f = fetch_capped(hash, 1);
     let t0 = Instant::now();
     // Peer 1 lies, peer 2 is honest.
-    for k in [1, 2] {
-        f.add_peer(k, true, t0);
-        f.handle_message(k, &handshake(2, size), t0);
-    }
+    connect(&mut f, [1, 2], bytes.len() as u64, t0);
     drain(&mut f);
     f.handle_message(1, &honest_data(&bad, 0), t0);
     f.handle_message(2, &honest_data(&bytes, 1), t0);
     assert!(f.is_solo());
-    assert_eq!(requests(&drain(&mut f)), vec![(1, 0, 2)]);
-    f.handle_message(1, &honest_data(&bad, 0), t0);
-    assert_eq!(requests(&drain(&mut f)), vec![(1, 1, 2)]);
-    f.handle_message(1, &honest_data(&bad, 1), t0);
-    let actions = drain(&mut f);
-    assert_eq!(drops(&actions), vec![(1, &PeerFault::HashMismatch)]);
-    assert_eq!(requests(&actions), vec![(2, 0, 2)]);
-    f.handle_message(2, &honest_data(&bytes, 0), t0);
-    f.handle_message(2, &honest_data(&bytes, 1), t0);
-    assert_eq!(f.take_metadata(), Some(bytes));
+    solo_liar_is_banned_and_peer_2_finishes(&mut f, &bytes, &bad, t0);
 }
 
 #[test]
 fn a_lying_size_does_not_pin_the_attempt() {
     let (bytes, hash) = meta(METADATA_PIECE_LEN + 1, 10);
-    let size = bytes.len() as u64;
     let mut f = fetch(hash);
     let t0 = Instant::now();
-    f.add_peer(1, true, t0);
-    f.handle_message(1, &handshake(2, 99), t0);
+    connect(&mut f, [1], 99, t0);
     assert_eq!(requests(&drain(&mut f)), vec![(1, 0, 2)]);
-    f.add_peer(2, true, t0);
-    f.handle_message(2, &handshake(2, size), t0);
+    connect(&mut f, [2], bytes.len() as u64, t0);
     assert!(requests(&drain(&mut f)).is_empty(), "other size waits");
     // The liar stays silent and times out; the attempt restarts with the honest size.
     f.tick(t0 + Duration::from_secs(10));
-    let actions = drain(&mut f);
-    assert_eq!(
-        drops(&actions),
-        vec![(1, &PeerFault::RequestTimeout { piece: 0, secs: 10 })]
+    expect_actions(
+        &mut f,
+        &[(1, PeerFault::RequestTimeout { piece: 0, secs: 10 })],
+        &[(2, 0, 2), (2, 1, 2)],
     );
-    assert_eq!(requests(&actions), vec![(2, 0, 2), (2, 1, 2)]);
-    f.handle_message(2, &honest_data(&bytes, 0), t0);
-    f.handle_message(2, &honest_data(&bytes, 1), t0);
-    assert_eq!(f.take_metadata(), Some(bytes));
+    finish_from(&mut f, 2, &bytes, t0);
 }
 
 #[test]
 fn each_peer_gets_one_solo_attempt() {
     let (bytes, hash) = meta(2 * METADATA_PIECE_LEN, 11);
-    let size = bytes.len() as u64;
-    let mut bad = bytes.clone();
-    bad[1] ^= 1;
-    let cfg = FetchConfig {
-        max_requests_per_peer: 1,
-        ..FetchConfig::default()
-    };
-    let mut f = MetadataFetch::new(hash, cfg);
+    let bad = corrupted(&bytes, 1, 1);
+    let mut f = fetch_capped(hash, 1);
     let t0 = Instant::now();
-    for k in [1, 2, 3] {
-        f.add_peer(k, true, t0);
-        f.handle_message(k, &handshake(2, size), t0);
-    }
+    connect(&mut f, [1, 2, 3], bytes.len() as u64, t0);
     // 1: piece 0, 2: piece 1, 3: nothing yet.
     assert_eq!(requests(&drain(&mut f)), vec![(1, 0, 2), (2, 1, 2)]);
     f.handle_message(1, &honest_data(&bad, 0), t0);
@@ -441,44 +465,26 @@ fn each_peer_gets_one_solo_attempt() {
     f.handle_message(2, &honest_data(&bytes, 1), t0);
     // Mixed failure: solo on peer 1; peer 3 was never asked.
     assert!(f.is_solo());
-    assert_eq!(requests(&drain(&mut f)), vec![(1, 0, 2)]);
     // Peer 1 lies again alone and is banned; peer 2 is next.
-    f.handle_message(1, &honest_data(&bad, 0), t0);
-    assert_eq!(requests(&drain(&mut f)), vec![(1, 1, 2)]);
-    f.handle_message(1, &honest_data(&bad, 1), t0);
-    let actions = drain(&mut f);
-    assert_eq!(drops(&actions), vec![(1, &PeerFault::HashMismatch)]);
-    assert_eq!(requests(&actions), vec![(2, 0, 2)]);
-    f.handle_message(2, &honest_data(&bytes, 0), t0);
-    f.handle_message(2, &honest_data(&bytes, 1), t0);
-    assert_eq!(f.take_metadata(), Some(bytes));
+    solo_liar_is_banned_and_peer_2_finishes(&mut f, &bytes, &bad, t0);
 }
 
 #[test]
 fn a_closed_connection_frees_its_pieces() {
     let (bytes, hash) = meta(2 * METADATA_PIECE_LEN, 12);
     let size = bytes.len() as u64;
-    let mut bad = bytes.clone();
-    bad[1] ^= 1;
-    let cfg = FetchConfig {
-        max_requests_per_peer: 2,
-        ..FetchConfig::default()
-    };
-    let mut f = MetadataFetch::new(hash, cfg);
+    let bad = corrupted(&bytes, 1, 1);
+    let mut f = fetch_capped(hash, 2);
     let t0 = Instant::now();
     // Peer 1 lies with the right size and gets both pieces first.
-    f.add_peer(1, true, t0);
-    f.handle_message(1, &handshake(2, size), t0);
+    connect(&mut f, [1], size, t0);
     assert_eq!(requests(&drain(&mut f)), vec![(1, 0, 2), (1, 1, 2)]);
-    f.add_peer(2, true, t0);
-    f.handle_message(2, &handshake(2, size), t0);
+    connect(&mut f, [2], size, t0);
     assert!(requests(&drain(&mut f)).is_empty());
     // Peer 1 disconnects: its pieces go to peer 2.
     f.remove_peer(1, t0);
     assert_eq!(requests(&drain(&mut f)), vec![(2, 0, 2), (2, 1, 2)]);
-    f.handle_message(2, &honest_data(&bytes, 0), t0);
-    f.handle_message(2, &honest_data(&bytes, 1), t0);
-    assert_eq!(f.take_metadata(), Some(bytes));
+    finish_from(&mut f, 2, &bytes, t0);
     // Messages after completion are ignored.
     f.handle_message(2, &honest_data(&bad, 0), t0);
     assert!(drain(&mut f).is_empty());
@@ -522,13 +528,9 @@ fn requests_from_the_peer_are_rejected_and_unknown_types_ignored() {
 #[test]
 fn pieces_are_spread_over_peers_and_capped_per_peer() {
     let (bytes, hash) = meta(10 * METADATA_PIECE_LEN, 14);
-    let size = bytes.len() as u64;
     let mut f = fetch(hash);
     let t0 = Instant::now();
-    for k in [1, 2] {
-        f.add_peer(k, true, t0);
-        f.handle_message(k, &handshake(2, size), t0);
-    }
+    connect(&mut f, [1, 2], bytes.len() as u64, t0);
     let reqs = requests(&drain(&mut f));
     let to = |p| reqs.iter().filter(|r| r.0 == p).count();
     assert_eq!((to(1), to(2)), (4, 4));
@@ -724,12 +726,9 @@ proptest! {
         ),
     ) {
         let (_, hash) = meta(40, 1);
-        let mut f = MetadataFetch::new(hash, FetchConfig::default());
+        let mut f = fetch(hash);
         let t0 = Instant::now();
-        for k in 0..3 {
-            f.add_peer(k, true, t0);
-            f.handle_message(k, &handshake(2, 40), t0);
-        }
+        connect(&mut f, 0..3, 40, t0);
         for (peer, id, payload, secs) in msgs {
             let now = t0 + Duration::from_secs(secs);
             let id = if id % 3 == 0 { OUR_UT_METADATA_ID } else { id };
