@@ -9,44 +9,27 @@
 mod common;
 
 use common::*;
-use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::Path;
-use std::process::Command;
+use std::process::Output;
 use std::time::Duration;
-
-/// Percent-encodes everything but RFC 3986 unreserved characters.
-fn pct(s: &str) -> String {
-    s.bytes()
-        .map(|b| {
-            if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
-                char::from(b).to_string()
-            } else {
-                format!("%{b:02X}")
-            }
-        })
-        .collect()
-}
 
 /// `magnet:?xt=urn:btih:<hash>&dn=..&tr=..&x.pe=..`
 fn magnet(info_hash: &str, trackers: &[String], peers: &[SocketAddr]) -> String {
-    let mut link = format!("magnet:?xt=urn:btih:{info_hash}&dn=test+payload");
-    for t in trackers {
-        link.push_str(&format!("&tr={}", pct(t)));
-    }
-    for p in peers {
-        link.push_str(&format!("&x.pe={p}"));
-    }
-    link
+    magnet_link(info_hash, Some("test+payload"), trackers, peers)
+}
+
+/// [`magnet`] for the swarm's torrent with its HTTP tracker and no peers.
+fn tracker_magnet(swarm: &Swarm) -> String {
+    magnet(&swarm.info.info_hash, &[swarm.tracker.http_url()], &[])
 }
 
 /// libtorrent's size of the torrent's info dictionary.
 fn lt_metadata_size(torrent: &Path) -> u64 {
-    require_libtorrent();
-    let mut cmd = Command::new(PYTHON);
-    cmd.arg("-c")
-        .arg("import libtorrent as lt, sys; print(lt.torrent_info(sys.argv[1]).metadata_size())")
-        .arg(torrent);
+    let mut cmd = lt_python(
+        "import libtorrent as lt, sys; print(lt.torrent_info(sys.argv[1]).metadata_size())",
+    );
+    cmd.arg(torrent);
     let out = run_checked("metadata size", cmd, Duration::from_secs(60));
     String::from_utf8_lossy(&out.stdout)
         .trim()
@@ -56,11 +39,8 @@ fn lt_metadata_size(torrent: &Path) -> u64 {
 
 /// The peer's extension handshake as read by tests/support/ext_probe.py.
 fn ext_probe(addr: SocketAddr, info_hash: &str) -> serde_json::Value {
-    require_libtorrent();
-    let mut cmd = Command::new(PYTHON);
-    cmd.arg(support("ext_probe.py"))
-        .arg(addr.to_string())
-        .arg(info_hash);
+    let mut cmd = support_script("ext_probe.py");
+    cmd.arg(addr.to_string()).arg(info_hash);
     let out = run_checked("ext_probe", cmd, Duration::from_secs(60));
     serde_json::from_slice(&out.stdout).expect("ext_probe JSON")
 }
@@ -73,21 +53,15 @@ struct Hostile {
 
 impl Hostile {
     fn start(mode: &str, torrent: &Path) -> Hostile {
-        require_libtorrent();
-        let mut cmd = Command::new(PYTHON);
-        cmd.arg(support("hostile_metadata_peer.py"))
-            .arg(mode)
-            .arg(torrent);
+        let mut cmd = support_script("hostile_metadata_peer.py");
+        cmd.arg(mode).arg(torrent);
         let proc = Proc::spawn(&format!("hostile peer ({mode})"), cmd);
-        let line = proc
-            .wait_for_stdout_line(|l| l.starts_with("READY "), STARTUP_TIMEOUT)
-            .unwrap_or_else(|e| panic!("hostile peer not ready: {e}\n{}", proc.logs()));
-        let port = line["READY ".len()..].trim().parse().expect("READY <port>");
+        let port = proc.ready_port("hostile peer not ready");
         Hostile { port, proc }
     }
 
     fn addr(&self) -> SocketAddr {
-        SocketAddr::from(([127, 0, 0, 1], self.port))
+        loopback_addr(self.port)
     }
 
     /// Whether bitrush completed the BitTorrent handshake with it.
@@ -135,16 +109,6 @@ fn many_files_swarm(label: &str, seed: u64) -> Swarm {
     swarm
 }
 
-fn assert_tree_eq(got_root: &Path, want: &BTreeMap<String, Vec<u8>>) {
-    let got = read_tree(got_root);
-    let got_names: Vec<_> = got.keys().collect();
-    let want_names: Vec<_> = want.keys().collect();
-    assert_eq!(got_names, want_names, "file lists differ");
-    for (k, v) in want {
-        assert_bytes_eq(&got[k], v, k);
-    }
-}
-
 /// The stdout of a successful run.
 #[track_caller]
 fn ok_stdout<I, S>(args: I) -> String
@@ -155,6 +119,35 @@ where
     let out = run_bitrush(args);
     assert_success(&out);
     stdout_of(&out)
+}
+
+/// Runs `CMD -o OUT LINK EXTRA...`, which must succeed.
+#[track_caller]
+fn run_ok_to(cmd: &str, out: &Path, link: &str, extra: &[&str]) -> Output {
+    let run = run_bitrush(output_args(cmd, out, link, extra));
+    assert_success(&run);
+    run
+}
+
+/// `magnet_info` on `link` prints what `info` prints for the swarm's torrent,
+/// which matches libtorrent's view.
+#[track_caller]
+fn check_magnet_info(swarm: &Swarm, link: &str) {
+    let got = ok_stdout(["magnet_info", link]);
+    let want = ok_stdout([Path::new("info"), swarm.torrent.as_path()]);
+    assert_eq!(got, want, "magnet_info differs from info on the torrent");
+    check_info_output(&got, &swarm.info, &swarm.tracker.http_url());
+}
+
+/// The swarm's tracker lists its one seeder and no leecher any more after
+/// `cmd` ran.
+#[track_caller]
+fn assert_no_leecher_left(swarm: &Swarm, cmd: &str) {
+    assert_eq!(
+        swarm.tracker.scrape(&swarm.info.info_hash),
+        (1, 0),
+        "tracker still lists a leecher after {cmd}"
+    );
 }
 
 /// Checks `magnet_info` output against libtorrent's view of the torrent.
@@ -200,9 +193,7 @@ fn check_info_output(stdout: &str, info: &LtInfo, tracker: &str) {
 #[test]
 fn magnet_parse_prints_first_tracker_and_info_hash() {
     let dir = TestDir::new("magnet-parse");
-    let src = dir.join("p.bin");
-    write_payload(&src, 40_000, 31);
-    let torrent = mktorrent(&src, "http://127.0.0.1:1/announce", 15);
+    let (torrent, _) = unannounced_torrent(&dir, 40_000, 31);
     let hash = lt_info_hash(&torrent);
     let link = magnet(
         &hash.to_ascii_uppercase(),
@@ -227,7 +218,7 @@ fn magnet_parse_prints_first_tracker_and_info_hash() {
 fn magnet_handshake_reports_libtorrents_peer_id_and_metadata_id() {
     let swarm = Swarm::single_file("magnet-handshake", 200_000, 15, 32, false);
     let seeder = swarm.lt_seeder();
-    let link = magnet(&swarm.info.info_hash, &[swarm.tracker.http_url()], &[]);
+    let link = tracker_magnet(&swarm);
     let out = ok_stdout(["magnet_handshake", &link]);
     let lines: Vec<&str> = out.lines().collect();
     assert_eq!(lines.len(), 2, "{out}");
@@ -249,44 +240,26 @@ fn magnet_handshake_reports_libtorrents_peer_id_and_metadata_id() {
         Some(id),
         "libtorrent advertises {probe}"
     );
-    assert_eq!(
-        swarm.tracker.scrape(&swarm.info.info_hash),
-        (1, 0),
-        "tracker still lists a leecher after magnet_handshake"
-    );
+    assert_no_leecher_left(&swarm, "magnet_handshake");
 }
 
 #[test]
 fn magnet_info_matches_info_and_libtorrent_for_multi_piece_metadata() {
     let swarm = many_files_swarm("magnet-info", 33);
     let _seeder = swarm.lt_seeder();
-    let link = magnet(&swarm.info.info_hash, &[swarm.tracker.http_url()], &[]);
-    let got = ok_stdout(["magnet_info", &link]);
-    let want = ok_stdout([Path::new("info"), swarm.torrent.as_path()]);
-    assert_eq!(got, want, "magnet_info differs from info on the torrent");
-    check_info_output(&got, &swarm.info, &swarm.tracker.http_url());
+    check_magnet_info(&swarm, &tracker_magnet(&swarm));
     // We announced a port nobody listens on; `stopped` took it off the tracker again.
-    assert_eq!(
-        swarm.tracker.scrape(&swarm.info.info_hash),
-        (1, 0),
-        "tracker still lists a leecher after magnet_info"
-    );
+    assert_no_leecher_left(&swarm, "magnet_info");
 }
 
 #[test]
 fn magnet_download_of_a_multi_file_torrent_is_byte_identical() {
     let swarm = many_files_swarm("magnet-download-tree", 34);
     let _seeder = swarm.lt_seeder();
-    let link = magnet(&swarm.info.info_hash, &[swarm.tracker.http_url()], &[]);
+    let link = tracker_magnet(&swarm);
     let out_dir = swarm.out_dir("out");
     let target = out_dir.join("many");
-    let out = run_bitrush([
-        "magnet_download".as_ref(),
-        "-o".as_ref(),
-        target.as_os_str(),
-        link.as_ref(),
-    ]);
-    assert_success(&out);
+    let out = run_ok_to("magnet_download", &target, &link, &[]);
     assert_quiet_stdout(&out);
     assert_tree_eq(&target, &swarm.tree);
 }
@@ -295,18 +268,11 @@ fn magnet_download_of_a_multi_file_torrent_is_byte_identical() {
 fn download_accepts_a_magnet_link_in_place_of_a_torrent_file() {
     let swarm = Swarm::single_file("magnet-download-file", 1_500_000, 15, 35, false);
     let _seeder = swarm.lt_seeder();
-    let link = magnet(&swarm.info.info_hash, &[swarm.tracker.http_url()], &[]);
+    let link = tracker_magnet(&swarm);
     let out_file = swarm.out_dir("out").join("payload.bin");
-    let out = run_bitrush([
-        "download".as_ref(),
-        "-o".as_ref(),
-        out_file.as_os_str(),
-        link.as_ref(),
-    ]);
-    assert_success(&out);
+    let out = run_ok_to("download", &out_file, &link, &[]);
     assert_quiet_stdout(&out);
-    let got = std::fs::read(&out_file).expect("read download");
-    assert_bytes_eq(&got, &swarm.data, "downloaded file");
+    assert_file_eq(&out_file, &swarm.data, "downloaded file");
 }
 
 #[test]
@@ -323,32 +289,21 @@ fn magnet_download_piece_from_an_x_pe_peer_matches_libtorrents_hash() {
     let out_dir = swarm.out_dir("out");
     for (cmd, index) in [("magnet_download_piece", 5usize), ("download_piece", 30)] {
         let path = out_dir.join(format!("{cmd}-{index}"));
-        let out = run_bitrush([
-            cmd.as_ref(),
-            "-o".as_ref(),
-            path.as_os_str(),
-            link.as_ref(),
-            index.to_string().as_ref(),
-        ]);
-        assert_success(&out);
+        run_ok_to(cmd, &path, &link, &[&index.to_string()]);
         let got = std::fs::read(&path).expect("read piece");
         let end = swarm.data.len().min((index + 1) * piece_len);
         assert_bytes_eq(&got, &swarm.data[index * piece_len..end], cmd);
-        let digest: String = Sha1::digest(&got)
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect();
+        let digest = to_hex(&Sha1::digest(&got));
         assert_eq!(digest, swarm.info.piece_hashes[index], "{cmd}");
     }
     // Out of range, known only once the metadata is in: a clean error.
-    let count = swarm.info.num_pieces;
-    let out = run_bitrush([
-        "magnet_download_piece".as_ref(),
-        "-o".as_ref(),
-        out_dir.join("none").as_os_str(),
-        link.as_ref(),
-        count.to_string().as_ref(),
-    ]);
+    let count = swarm.info.num_pieces.to_string();
+    let out = run_bitrush(output_args(
+        "magnet_download_piece",
+        &out_dir.join("none"),
+        &link,
+        &[&count],
+    ));
     let line = assert_cli_error(&out);
     assert!(line.contains("out of range"), "{line}");
 }
@@ -356,9 +311,7 @@ fn magnet_download_piece_from_an_x_pe_peer_matches_libtorrents_hash() {
 /// One hostile peer alone: the fetch fails with a clear error naming its fault.
 fn hostile_alone(mode: &str, label: &str, expected: &str) {
     let dir = TestDir::new(label);
-    let src = dir.join("p.bin");
-    write_payload(&src, 300_000, 37);
-    let torrent = mktorrent(&src, "http://127.0.0.1:1/announce", 15);
+    let (torrent, _) = unannounced_torrent(&dir, 300_000, 37);
     let hash = lt_info_hash(&torrent);
     let hostile = Hostile::start(mode, &torrent);
     let link = magnet(&hash, &[], &[hostile.addr()]);
@@ -407,19 +360,10 @@ fn hostile_metadata_peers_do_not_stop_an_honest_seeder() {
     addrs.push(silent.addr());
     let link = magnet(&swarm.info.info_hash, &[swarm.tracker.http_url()], &addrs);
 
-    let got = ok_stdout(["magnet_info", &link]);
-    let want = ok_stdout([Path::new("info"), swarm.torrent.as_path()]);
-    assert_eq!(got, want, "magnet_info differs from info on the torrent");
-    check_info_output(&got, &swarm.info, &swarm.tracker.http_url());
+    check_magnet_info(&swarm, &link);
 
     let target = swarm.out_dir("out").join("many");
-    let out = run_bitrush([
-        "magnet_download".as_ref(),
-        "-o".as_ref(),
-        target.as_os_str(),
-        link.as_ref(),
-    ]);
-    assert_success(&out);
+    run_ok_to("magnet_download", &target, &link, &[]);
     assert_tree_eq(&target, &swarm.tree);
     for h in &hostiles {
         assert!(h.was_contacted(), "{}", h.proc.logs());

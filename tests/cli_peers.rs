@@ -6,6 +6,7 @@ mod common;
 use common::*;
 use std::net::SocketAddrV4;
 use std::path::Path;
+use std::process::Output;
 
 /// Runs `peers` and returns the listed addresses, asserting every stdout
 /// line is an `ip:port`.
@@ -25,13 +26,16 @@ fn peers_of(torrent: &Path) -> Vec<SocketAddrV4> {
         .collect()
 }
 
+/// `127.0.0.1:port`, as `peers` lists it.
 fn loopback(port: u16) -> SocketAddrV4 {
     SocketAddrV4::new([127, 0, 0, 1].into(), port)
 }
 
-#[test]
-fn lists_lt_seeder_from_http_tracker() {
-    let swarm = Swarm::single_file("peers-http", 300_000, 15, 21, false);
+/// A libtorrent seeder in a swarm whose tracker speaks UDP if `udp`, else
+/// HTTP: `peers` must list it.
+#[track_caller]
+fn check_lists_lt_seeder(label: &str, seed: u64, udp: bool) {
+    let swarm = Swarm::single_file(label, 300_000, 15, seed, udp);
     let seeder = swarm.lt_seeder();
     let peers = peers_of(&swarm.torrent);
     assert!(
@@ -41,16 +45,26 @@ fn lists_lt_seeder_from_http_tracker() {
     );
 }
 
+/// `peers` on the torrent of a fresh 50 000-byte payload (from `seed`) in
+/// `dir` whose only tracker is `url`; asserts it fails cleanly.
+#[track_caller]
+fn peers_error(dir: &TestDir, seed: u64, url: &str) -> Output {
+    let src = dir.join("payload.bin");
+    write_payload(&src, 50_000, seed);
+    let torrent = mktorrent(&src, url, 15);
+    let out = run_bitrush([Path::new("peers"), &torrent]);
+    assert_cli_error(&out);
+    out
+}
+
+#[test]
+fn lists_lt_seeder_from_http_tracker() {
+    check_lists_lt_seeder("peers-http", 21, false);
+}
+
 #[test]
 fn lists_lt_seeder_from_udp_tracker() {
-    let swarm = Swarm::single_file("peers-udp", 300_000, 15, 22, true);
-    let seeder = swarm.lt_seeder();
-    let peers = peers_of(&swarm.torrent);
-    assert!(
-        peers.contains(&loopback(seeder.port())),
-        "seeder 127.0.0.1:{} not listed: {peers:?}",
-        seeder.port()
-    );
+    check_lists_lt_seeder("peers-udp", 22, true);
 }
 
 #[test]
@@ -74,12 +88,7 @@ fn lists_several_peers() {
 #[test]
 fn unreachable_http_tracker_is_an_error() {
     let dir = TestDir::new("peers-dead-http");
-    let src = dir.join("payload.bin");
-    write_payload(&src, 50_000, 24);
-    let url = format!("http://127.0.0.1:{}/announce", refused_addr().port());
-    let torrent = mktorrent(&src, &url, 15);
-    let out = run_bitrush([Path::new("peers"), &torrent]);
-    assert_cli_error(&out);
+    peers_error(&dir, 24, &dead_http());
 }
 
 #[test]
@@ -87,12 +96,7 @@ fn unreachable_udp_tracker_is_an_error() {
     // Nobody listens on the port: the kernel answers with ICMP port
     // unreachable, so a client has no reason to wait long.
     let dir = TestDir::new("peers-dead-udp");
-    let src = dir.join("payload.bin");
-    write_payload(&src, 50_000, 25);
-    let url = format!("udp://127.0.0.1:{}/announce", refused_addr().port());
-    let torrent = mktorrent(&src, &url, 15);
-    let out = run_bitrush([Path::new("peers"), &torrent]);
-    assert_cli_error(&out);
+    peers_error(&dir, 25, &dead_udp());
 }
 
 #[test]
@@ -104,11 +108,7 @@ fn tracker_failure_reason_is_reported() {
     write_payload(&other, 20_000, 26);
     let other_hash = mktorrent_info_hash(&other, 15);
     let tracker = Tracker::start(&[&other_hash]);
-    let src = dir.join("payload.bin");
-    write_payload(&src, 50_000, 27);
-    let torrent = mktorrent(&src, &tracker.http_url(), 15);
-    let out = run_bitrush([Path::new("peers"), &torrent]);
-    assert_cli_error(&out);
+    let out = peers_error(&dir, 27, &tracker.http_url());
     assert!(
         stderr_of(&out).contains("not authorized"),
         "the tracker's failure reason should be shown\n{}",

@@ -11,63 +11,24 @@ use common::*;
 use std::ffi::OsStr;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::Output;
 use std::time::Duration;
 
-/// Percent-encodes everything but RFC 3986 unreserved characters.
-fn pct(s: &str) -> String {
-    s.bytes()
-        .map(|b| {
-            if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
-                char::from(b).to_string()
-            } else {
-                format!("%{b:02X}")
-            }
-        })
-        .collect()
-}
-
+/// `magnet:?xt=urn:btih:<hash>&tr=..` (no name, no peers).
 fn magnet(info_hash: &str, trackers: &[String]) -> String {
-    let mut link = format!("magnet:?xt=urn:btih:{info_hash}");
-    for t in trackers {
-        link.push_str(&format!("&tr={}", pct(t)));
-    }
-    link
-}
-
-/// Creates `<src>.torrent` with mktorrent, one `-a` per tier (a tier's URLs joined by commas).
-fn mktorrent_tiers(src: &Path, tiers: &[Vec<String>], piece_len_log2: u32) -> PathBuf {
-    let tool = require_tool("mktorrent");
-    let mut name = src.file_name().expect("file name").to_os_string();
-    name.push(".torrent");
-    let out = src.with_file_name(name);
-    let _ = std::fs::remove_file(&out);
-    let mut cmd = Command::new(tool);
-    for tier in tiers {
-        cmd.arg("-a").arg(tier.join(","));
-    }
-    cmd.arg("-l")
-        .arg(piece_len_log2.to_string())
-        .arg("-o")
-        .arg(&out)
-        .arg(src);
-    run_checked("mktorrent", cmd, Duration::from_secs(60));
-    out
+    magnet_link(info_hash, None, trackers, &[])
 }
 
 /// The torrent's trackers grouped by tier, as libtorrent reads them.
 fn lt_tiers(torrent: &Path) -> Vec<Vec<String>> {
-    require_libtorrent();
-    let mut cmd = Command::new(PYTHON);
-    cmd.arg("-c")
-        .arg(
-            "import json, sys, libtorrent as lt\n\
-             ti = lt.torrent_info(sys.argv[1])\n\
-             tiers = {}\n\
-             for t in ti.trackers(): tiers.setdefault(t.tier, []).append(t.url)\n\
-             print(json.dumps([tiers[k] for k in sorted(tiers)]))",
-        )
-        .arg(torrent);
+    let mut cmd = lt_python(
+        "import json, sys, libtorrent as lt\n\
+         ti = lt.torrent_info(sys.argv[1])\n\
+         tiers = {}\n\
+         for t in ti.trackers(): tiers.setdefault(t.tier, []).append(t.url)\n\
+         print(json.dumps([tiers[k] for k in sorted(tiers)]))",
+    );
+    cmd.arg(torrent);
     let out = run_checked("lt tiers", cmd, Duration::from_secs(60));
     serde_json::from_slice(&out.stdout).expect("tiers JSON")
 }
@@ -154,24 +115,37 @@ fn peers_of(torrent: &Path) -> Vec<SocketAddr> {
 /// `cmd -o OUT source` for a single-file torrent; checks OUT is the payload.
 #[track_caller]
 fn check_download(cmd: &str, source: &OsStr, out_path: &Path, data: &[u8]) {
-    let out = run_bitrush([
-        OsStr::new(cmd),
-        OsStr::new("-o"),
-        out_path.as_os_str(),
-        source,
-    ]);
+    let out = run_bitrush(output_args(cmd, out_path, source, &[]));
     assert_success(&out);
     assert_quiet_stdout(&out);
-    let got = std::fs::read(out_path).expect("read download");
-    assert_bytes_eq(&got, data, cmd);
+    assert_file_eq(out_path, data, cmd);
 }
 
-fn dead_http() -> String {
-    format!("http://127.0.0.1:{}/announce", refused_addr().port())
+/// `magnet_download` of `link` into `out_dir/from-magnet.bin` yields `data`.
+#[track_caller]
+fn check_magnet_download(link: &str, out_dir: &Path, data: &[u8]) {
+    check_download(
+        "magnet_download",
+        OsStr::new(link),
+        &out_dir.join("from-magnet.bin"),
+        data,
+    );
 }
 
-fn dead_udp() -> String {
-    format!("udp://127.0.0.1:{}/announce", refused_addr().port())
+/// `peers` on `torrent` lists `seeder`, and `download` of it to `out_path`
+/// yields `data`.
+#[track_caller]
+fn check_peers_and_download(torrent: &Path, seeder: SocketAddr, out_path: &Path, data: &[u8]) {
+    let peers = peers_of(torrent);
+    assert!(peers.contains(&seeder), "{peers:?}");
+    check_download("download", torrent.as_os_str(), out_path, data);
+}
+
+/// The run failed cleanly because no tracker answered.
+#[track_caller]
+fn assert_no_tracker_answered(out: &Output) {
+    let line = assert_cli_error(out);
+    assert!(line.contains("no tracker answered"), "{line}");
 }
 
 #[test]
@@ -179,22 +153,15 @@ fn udp_only_tracker_works_for_peers_download_and_magnet_links() {
     let swarm = Swarm::single_file("trackers-udp-only", 900_000, 15, 61, true);
     assert_eq!(swarm.info.trackers, vec![swarm.tracker.udp_url()]);
     let seeder = swarm.lt_seeder();
-    let peers = peers_of(&swarm.torrent);
-    assert!(peers.contains(&seeder.addr()), "{peers:?}");
     let out_dir = swarm.out_dir("out");
-    check_download(
-        "download",
-        swarm.torrent.as_os_str(),
+    check_peers_and_download(
+        &swarm.torrent,
+        seeder.addr(),
         &out_dir.join("from-torrent.bin"),
         &swarm.data,
     );
     let link = magnet(&swarm.info.info_hash, &[swarm.tracker.udp_url()]);
-    check_download(
-        "magnet_download",
-        OsStr::new(&link),
-        &out_dir.join("from-magnet.bin"),
-        &swarm.data,
-    );
+    check_magnet_download(&link, &out_dir, &swarm.data);
 }
 
 #[test]
@@ -203,11 +170,9 @@ fn dead_http_tier_before_a_live_udp_tier() {
         vec![vec![dead_http()], vec![t.udp_url()]]
     });
     let seeder = LtSeeder::start(&swarm.torrent, &swarm.seed_dir);
-    let peers = peers_of(&swarm.torrent);
-    assert!(peers.contains(&seeder.addr()), "{peers:?}");
-    check_download(
-        "download",
-        swarm.torrent.as_os_str(),
+    check_peers_and_download(
+        &swarm.torrent,
+        seeder.addr(),
         &swarm.dir.subdir("out").join("p.bin"),
         &swarm.data,
     );
@@ -219,12 +184,10 @@ fn dead_udp_then_live_http_in_one_tier() {
         vec![vec![dead_udp(), t.http_url()]]
     });
     let seeder = LtSeeder::start(&swarm.torrent, &swarm.seed_dir);
-    let peers = peers_of(&swarm.torrent);
-    assert!(peers.contains(&seeder.addr()), "{peers:?}");
     let out_dir = swarm.dir.subdir("out");
-    check_download(
-        "download",
-        swarm.torrent.as_os_str(),
+    check_peers_and_download(
+        &swarm.torrent,
+        seeder.addr(),
         &out_dir.join("from-torrent.bin"),
         &swarm.data,
     );
@@ -233,12 +196,7 @@ fn dead_udp_then_live_http_in_one_tier() {
         &swarm.info_hash,
         &[dead_http(), dead_udp(), swarm.tracker.http_url()],
     );
-    check_download(
-        "magnet_download",
-        OsStr::new(&link),
-        &out_dir.join("from-magnet.bin"),
-        &swarm.data,
-    );
+    check_magnet_download(&link, &out_dir, &swarm.data);
 }
 
 #[test]
@@ -248,22 +206,14 @@ fn only_dead_trackers_is_a_clean_error() {
     write_payload(&src, 50_000, 64);
     let torrent = mktorrent_tiers(&src, &[vec![dead_http(), dead_udp()], vec![dead_udp()]], 15);
     let out = run_bitrush([OsStr::new("peers"), torrent.as_os_str()]);
-    let line = assert_cli_error(&out);
-    assert!(line.contains("no tracker answered"), "{line}");
+    assert_no_tracker_answered(&out);
     // A download with no reachable tracker and no other peer fails too, rather than waiting.
     let output = dir.join("out.bin");
-    let out = run_bitrush([
-        OsStr::new("download"),
-        OsStr::new("-o"),
-        output.as_os_str(),
-        torrent.as_os_str(),
-    ]);
-    let line = assert_cli_error(&out);
-    assert!(line.contains("no tracker answered"), "{line}");
+    let out = run_bitrush(output_args("download", &output, &torrent, &[]));
+    assert_no_tracker_answered(&out);
     let link = magnet(&lt_info_hash(&torrent), &[dead_http(), dead_udp()]);
     let out = run_bitrush(["magnet_info", &link]);
-    let line = assert_cli_error(&out);
-    assert!(line.contains("no tracker answered"), "{line}");
+    assert_no_tracker_answered(&out);
 }
 
 #[test]

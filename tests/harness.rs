@@ -19,14 +19,12 @@ const TREE: &[(&str, usize)] = &[
     ("sub/small", 10),
 ];
 
-fn assert_tree_eq(got_root: &Path, want: &std::collections::BTreeMap<String, Vec<u8>>) {
-    let got = read_tree(got_root);
-    let got_names: Vec<_> = got.keys().collect();
-    let want_names: Vec<_> = want.keys().collect();
-    assert_eq!(got_names, want_names, "file lists differ");
-    for (k, v) in want {
-        assert_bytes_eq(&got[k], v, k);
-    }
+const MIB: usize = 1024 * 1024;
+
+/// Asserts `out_dir` holds the single-file payload `want` as `payload.bin`.
+#[track_caller]
+fn assert_payload_in(out_dir: &Path, want: &[u8]) {
+    assert_file_eq(&out_dir.join("payload.bin"), want, "payload");
 }
 
 #[test]
@@ -42,9 +40,7 @@ fn payload_is_deterministic_and_seed_dependent() {
 fn libtorrent_agrees_with_our_own_sha1_of_pieces() {
     use sha1::{Digest, Sha1};
     let dir = TestDir::new("harness-hashes");
-    let src = dir.join("p.bin");
-    let data = write_payload(&src, 100_000, 3);
-    let torrent = mktorrent(&src, "http://127.0.0.1:1/announce", 15);
+    let (torrent, data) = unannounced_torrent(&dir, 100_000, 3);
     let info = lt_info(&torrent);
     assert_eq!(info.piece_length, 32768);
     assert_eq!(info.total_size, 100_000);
@@ -52,7 +48,7 @@ fn libtorrent_agrees_with_our_own_sha1_of_pieces() {
     assert_eq!(info.num_pieces, 4);
     let ours: Vec<String> = data
         .chunks(32768)
-        .map(|c| Sha1::digest(c).iter().map(|b| format!("{b:02x}")).collect())
+        .map(|c| to_hex(&Sha1::digest(c)))
         .collect();
     assert_eq!(info.piece_hashes, ours);
     assert_eq!(
@@ -90,104 +86,63 @@ fn tracker_whitelist_scrape_and_fake_peers() {
 
 #[test]
 fn aria2_downloads_from_lt_seeder_via_http_tracker() {
-    let dir = TestDir::new("harness-lt2aria");
-    let seed = dir.subdir("seed");
-    let src = seed.join("payload.bin");
-    let data = write_payload(&src, 3 * 1024 * 1024 + 777, 1);
-    let (tracker, torrent, info) = tracked_torrent(&src, 18, false);
-    assert_eq!(info.num_pieces, 13);
-    let _seeder = LtSeeder::start(&torrent, &seed);
-    assert_eq!(tracker.scrape(&info.info_hash).0, 1);
-    let out = dir.subdir("out");
-    aria2_download(&torrent, &out);
-    assert_bytes_eq(
-        &std::fs::read(out.join("payload.bin")).unwrap(),
-        &data,
-        "payload",
-    );
+    let swarm = Swarm::single_file("harness-lt2aria", 3 * MIB + 777, 18, 1, false);
+    assert_eq!(swarm.info.num_pieces, 13);
+    let _seeder = swarm.lt_seeder();
+    assert_eq!(swarm.tracker.scrape(&swarm.info.info_hash).0, 1);
+    let out = swarm.out_dir("out");
+    aria2_download(&swarm.torrent, &out);
+    assert_payload_in(&out, &swarm.data);
 }
 
 #[test]
 fn lt_downloads_from_aria2_seeder_via_http_tracker() {
-    let dir = TestDir::new("harness-aria2lt");
-    let seed = dir.subdir("seed");
-    let src = seed.join("payload.bin");
-    let data = write_payload(&src, 2 * 1024 * 1024 + 5, 2);
-    let (tracker, torrent, info) = tracked_torrent(&src, 18, false);
-    let _seeder = Aria2Seeder::start(&torrent, &seed);
-    tracker.wait_for_seeders(&info.info_hash, 1);
-    let out = dir.subdir("out");
-    lt_download(torrent.to_str().unwrap(), &out, &[]);
-    assert_bytes_eq(
-        &std::fs::read(out.join("payload.bin")).unwrap(),
-        &data,
-        "payload",
-    );
+    let swarm = Swarm::single_file("harness-aria2lt", 2 * MIB + 5, 18, 2, false);
+    let _seeder = Aria2Seeder::start(&swarm.torrent, &swarm.seed_dir);
+    swarm.tracker.wait_for_seeders(&swarm.info.info_hash, 1);
+    let out = swarm.out_dir("out");
+    lt_download(swarm.torrent.to_str().unwrap(), &out, &[]);
+    assert_payload_in(&out, &swarm.data);
 }
 
 #[test]
 fn aria2_downloads_multi_file_tree_via_http_tracker() {
-    let dir = TestDir::new("harness-tree");
-    let seed = dir.subdir("seed");
-    let want = write_tree(&seed.join("tree"), TREE, 5);
-    let (_tracker, torrent, info) = tracked_torrent(&seed.join("tree"), 15, false);
+    let swarm = Swarm::tree("harness-tree", "tree", TREE, 15, 5);
+    let info = &swarm.info;
     assert!(info.multi_file);
     assert_eq!(info.name, "tree");
     let paths: Vec<_> = info.files.iter().map(|f| f.path.as_str()).collect();
     assert_eq!(paths, TREE.iter().map(|(p, _)| *p).collect::<Vec<_>>());
-    let _seeder = LtSeeder::start(&torrent, &seed);
-    let out = dir.subdir("out");
-    aria2_download(&torrent, &out);
-    assert_tree_eq(&out.join("tree"), &want);
+    let _seeder = swarm.lt_seeder();
+    let out = swarm.out_dir("out");
+    aria2_download(&swarm.torrent, &out);
+    assert_tree_eq(&out.join("tree"), &swarm.tree);
 }
 
 /// aria2 only speaks UDP trackers with its DHT on, so UDP is checked with
 /// libtorrent on both ends.
 #[test]
 fn lt_downloads_multi_file_tree_via_udp_tracker() {
-    let dir = TestDir::new("harness-udp-tree");
-    let seed = dir.subdir("seed");
-    let want = write_tree(&seed.join("tree"), TREE, 6);
-    let (tracker, torrent, info) = tracked_torrent(&seed.join("tree"), 15, true);
-    assert_eq!(info.trackers, vec![tracker.udp_url()]);
-    let _seeder = LtSeeder::start(&torrent, &seed);
-    let out = dir.subdir("out");
-    lt_download(torrent.to_str().unwrap(), &out, &[]);
-    assert_tree_eq(&out.join("tree"), &want);
+    let swarm = Swarm::tree_announced("harness-udp-tree", "tree", TREE, 15, 6, true);
+    assert_eq!(swarm.info.trackers, vec![swarm.tracker.udp_url()]);
+    let _seeder = swarm.lt_seeder();
+    let out = swarm.out_dir("out");
+    lt_download(swarm.torrent.to_str().unwrap(), &out, &[]);
+    assert_tree_eq(&out.join("tree"), &swarm.tree);
 }
 
 #[test]
 fn seeder_dying_mid_download_leaves_the_other_serving() {
-    let dir = TestDir::new("harness-dying");
-    let seed = dir.subdir("seed");
-    let src = seed.join("payload.bin");
-    let data = write_payload(&src, 4 * 1024 * 1024, 6);
-    let (tracker, torrent, info) = tracked_torrent(&src, 18, false);
-    let mut dying = LtSeeder::start_with(
-        &torrent,
-        &seed,
-        &LtSeedOptions {
-            upload_rate_limit: Some(512 * 1024),
-            exit_after_upload: Some(512 * 1024),
-            ..Default::default()
-        },
-    );
-    let _steady = LtSeeder::start_with(
-        &torrent,
-        &seed,
-        &LtSeedOptions {
-            upload_rate_limit: Some(1024 * 1024),
-            ..Default::default()
-        },
-    );
-    assert_eq!(tracker.scrape(&info.info_hash).0, 2);
-    let out = dir.subdir("out");
-    aria2_download(&torrent, &out);
-    assert_bytes_eq(
-        &std::fs::read(out.join("payload.bin")).unwrap(),
-        &data,
-        "payload",
-    );
+    let swarm = Swarm::single_file("harness-dying", 4 * MIB, 18, 6, false);
+    let mut dying = swarm.lt_seeder_with(&LtSeedOptions {
+        exit_after_upload: Some(512 * 1024),
+        ..LtSeedOptions::upload_limited(512 * 1024)
+    });
+    let _steady = swarm.lt_seeder_with(&LtSeedOptions::upload_limited(MIB as u64));
+    assert_eq!(swarm.tracker.scrape(&swarm.info.info_hash).0, 2);
+    let out = swarm.out_dir("out");
+    aria2_download(&swarm.torrent, &out);
+    assert_payload_in(&out, &swarm.data);
     let st = dying.wait_exit(Duration::from_secs(30));
     assert_eq!(
         st.and_then(|s| s.code()),
@@ -200,9 +155,7 @@ fn seeder_dying_mid_download_leaves_the_other_serving() {
 #[test]
 fn killed_seeder_stops_listening() {
     let dir = TestDir::new("harness-kill");
-    let src = dir.join("p.bin");
-    write_payload(&src, 40_000, 9);
-    let torrent = mktorrent(&src, "http://127.0.0.1:1/announce", 15);
+    let (torrent, _) = unannounced_torrent(&dir, 40_000, 9);
     let mut seeder = LtSeeder::start_with(
         &torrent,
         dir.path(),
@@ -220,32 +173,20 @@ fn killed_seeder_stops_listening() {
 
 #[test]
 fn corrupt_peer_is_caught_by_libtorrent() {
-    let dir = TestDir::new("harness-corrupt");
-    let seed = dir.subdir("seed");
-    let src = seed.join("payload.bin");
-    let data = write_payload(&src, 2 * 1024 * 1024 + 1, 7);
-    let (tracker, torrent, info) = tracked_torrent(&src, 18, false);
-    let corrupt = BadPeer::start(&torrent, &seed, BadPeerMode::Corrupt);
-    let garbage = BadPeer::start(&torrent, &seed, BadPeerMode::Garbage);
-    let wrong = BadPeer::start(&torrent, &seed, BadPeerMode::WrongInfoHash);
+    let swarm = Swarm::single_file("harness-corrupt", 2 * MIB + 1, 18, 7, false);
+    let bad_peer = |mode| BadPeer::start(&swarm.torrent, &swarm.seed_dir, mode);
+    let corrupt = bad_peer(BadPeerMode::Corrupt);
+    let garbage = bad_peer(BadPeerMode::Garbage);
+    let wrong = bad_peer(BadPeerMode::WrongInfoHash);
     for p in [&corrupt, &garbage, &wrong] {
-        tracker.announce_fake_peer(&info.info_hash, p.port(), true);
+        swarm
+            .tracker
+            .announce_fake_peer(&swarm.info.info_hash, p.port(), true);
     }
-    let _honest = LtSeeder::start_with(
-        &torrent,
-        &seed,
-        &LtSeedOptions {
-            upload_rate_limit: Some(1024 * 1024),
-            ..Default::default()
-        },
-    );
-    let out = dir.subdir("out");
-    lt_download(torrent.to_str().unwrap(), &out, &[]);
-    assert_bytes_eq(
-        &std::fs::read(out.join("payload.bin")).unwrap(),
-        &data,
-        "payload",
-    );
+    let _honest = swarm.lt_seeder_with(&LtSeedOptions::upload_limited(MIB as u64));
+    let out = swarm.out_dir("out");
+    lt_download(swarm.torrent.to_str().unwrap(), &out, &[]);
+    assert_payload_in(&out, &swarm.data);
     assert!(corrupt.served_blocks() > 0, "{}", corrupt.logs());
     assert!(garbage.connections() > 0, "{}", garbage.logs());
     assert!(wrong.connections() > 0, "{}", wrong.logs());

@@ -12,49 +12,33 @@ mod common;
 
 use common::*;
 use std::collections::BTreeSet;
-use std::ffi::OsStr;
 use std::fs;
 use std::net::{TcpListener, UdpSocket};
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::{Command, ExitStatus, Output};
 use std::thread;
 use std::time::{Duration, Instant};
 
 const MIB: usize = 1024 * 1024;
 
+/// Runs `bitrush download -o OUT TORRENT EXTRA...` to completion.
 fn download(torrent: &Path, out_path: &Path, extra: &[&str]) -> Output {
-    let mut args = vec![
-        OsStr::new("download"),
-        OsStr::new("-o"),
-        out_path.as_os_str(),
-        torrent.as_os_str(),
-    ];
-    args.extend(extra.iter().map(OsStr::new));
-    run_bitrush(args)
+    run_bitrush(output_args("download", out_path, torrent, extra))
 }
 
+/// Starts `bitrush download -o OUT TORRENT EXTRA...` in the background.
 fn spawn_download(torrent: &Path, out_path: &Path, extra: &[&str]) -> Proc {
-    let mut args = vec![
-        OsStr::new("download"),
-        OsStr::new("-o"),
-        out_path.as_os_str(),
-        torrent.as_os_str(),
-    ];
-    args.extend(extra.iter().map(OsStr::new));
-    spawn_bitrush(args)
+    spawn_bitrush(output_args("download", out_path, torrent, extra))
 }
 
-fn assert_tree_eq(got_root: &Path, want: &std::collections::BTreeMap<String, Vec<u8>>) {
-    let got = read_tree(got_root);
-    assert_eq!(
-        got.keys().collect::<Vec<_>>(),
-        want.keys().collect::<Vec<_>>(),
-        "files under {} differ from the torrent's",
-        got_root.display()
-    );
-    for (name, data) in want {
-        assert_bytes_eq(&got[name], data, name);
-    }
+/// [`download`], which must succeed and leave exactly `want` at `out_path`
+/// (`what` names it); returns the run for later messages.
+#[track_caller]
+fn download_ok(torrent: &Path, out_path: &Path, extra: &[&str], want: &[u8], what: &str) -> Output {
+    let out = download(torrent, out_path, extra);
+    assert_success(&out);
+    assert_file_eq(out_path, want, what);
+    out
 }
 
 fn indices(flags: &[bool], value: bool) -> BTreeSet<u32> {
@@ -64,6 +48,33 @@ fn indices(flags: &[bool], value: bool) -> BTreeSet<u32> {
         .filter(|(_, &f)| f == value)
         .map(|(i, _)| i as u32)
         .collect()
+}
+
+/// Downloads the swarm's payload to `out_path` from a libtorrent seeder
+/// throttled to 128 KiB/s until at least `min` pieces verify on disk, then
+/// hands the running download to `stop`; the seeder is gone on return.
+fn partial_download(swarm: &Swarm, out_path: &Path, min: usize, stop: impl FnOnce(&mut Proc)) {
+    let _slow = swarm.lt_seeder_with(&LtSeedOptions::upload_limited(128 * 1024));
+    let mut first = spawn_download(&swarm.torrent, out_path, &[]);
+    wait_for_verified_pieces(&mut first, out_path, &swarm.info, min);
+    stop(&mut first);
+}
+
+/// Sends SIGINT to `proc` and waits (up to 60 s) for it to exit.
+fn interrupt(proc: &mut Proc) -> ExitStatus {
+    send_signal(proc.pid(), "INT");
+    proc.wait_exit(Duration::from_secs(60))
+        .unwrap_or_else(|| panic!("no exit after SIGINT\n{}", proc.logs()))
+}
+
+/// An honest scripted seeder of the swarm's payload, announced to its
+/// tracker; it logs every block it serves.
+fn honest_peer(swarm: &Swarm) -> ScriptedPeer {
+    let honest = ScriptedPeer::start(&swarm.torrent, &swarm.seed_dir, "honest");
+    swarm
+        .tracker
+        .announce_fake_peer(&swarm.info.info_hash, honest.port(), true);
+    honest
 }
 
 /// Waits until at least `min` pieces of the (single-file) output verify
@@ -101,20 +112,15 @@ fn wait_for_verified_pieces(proc: &mut Proc, out_path: &Path, info: &LtInfo, min
 #[test]
 fn libtorrent_downloads_single_file_from_bitrush_seed() {
     let swarm = Swarm::single_file("seed-lt", 3 * MIB + 517, 16, 301, false);
-    let hash = swarm.info.info_hash.clone();
-    let _seed = BitrushSeeder::start(
-        &swarm.torrent,
-        &swarm.seed_dir.join("payload.bin"),
-        &swarm.tracker,
-        &hash,
-        1,
-        &[],
-    );
+    let _seed = swarm.bitrush_seeder("payload.bin");
     // libtorrent finds the seeder through the tracker only.
     let out = swarm.out_dir("lt-out");
     lt_download(&swarm.torrent.to_string_lossy(), &out, &[]);
-    let got = fs::read(out.join("payload.bin")).expect("libtorrent's download");
-    assert_bytes_eq(&got, &swarm.data, "libtorrent's download from bitrush");
+    assert_file_eq(
+        &out.join("payload.bin"),
+        &swarm.data,
+        "libtorrent's download from bitrush",
+    );
 }
 
 #[test]
@@ -127,15 +133,7 @@ fn libtorrent_downloads_tree_from_bitrush_seed() {
         ("z.bin", 2 * 65_536 + 3),
     ];
     let swarm = Swarm::tree("seed-lt-tree", "tree", &files, 15, 302);
-    let hash = swarm.info.info_hash.clone();
-    let _seed = BitrushSeeder::start(
-        &swarm.torrent,
-        &swarm.seed_dir.join("tree"),
-        &swarm.tracker,
-        &hash,
-        1,
-        &[],
-    );
+    let _seed = swarm.bitrush_seeder("tree");
     let out = swarm.out_dir("lt-out");
     lt_download(&swarm.torrent.to_string_lossy(), &out, &[]);
     assert_tree_eq(&out.join("tree"), &swarm.tree);
@@ -144,19 +142,14 @@ fn libtorrent_downloads_tree_from_bitrush_seed() {
 #[test]
 fn aria2_downloads_from_bitrush_seed() {
     let swarm = Swarm::single_file("seed-aria2", 2 * MIB + 99, 16, 303, false);
-    let hash = swarm.info.info_hash.clone();
-    let _seed = BitrushSeeder::start(
-        &swarm.torrent,
-        &swarm.seed_dir.join("payload.bin"),
-        &swarm.tracker,
-        &hash,
-        1,
-        &[],
-    );
+    let _seed = swarm.bitrush_seeder("payload.bin");
     let out = swarm.out_dir("aria2-out");
     aria2_download(&swarm.torrent, &out);
-    let got = fs::read(out.join("payload.bin")).expect("aria2's download");
-    assert_bytes_eq(&got, &swarm.data, "aria2's download from bitrush");
+    assert_file_eq(
+        &out.join("payload.bin"),
+        &swarm.data,
+        "aria2's download from bitrush",
+    );
 }
 
 #[test]
@@ -165,14 +158,7 @@ fn mixed_swarm_of_two_seeders_and_two_leechers_completes() {
     // libtorrent leecher download at the same time (and may trade pieces).
     let swarm = Swarm::single_file("seed-mixed", 4 * MIB + 1, 16, 304, false);
     let hash = swarm.info.info_hash.clone();
-    let _bitrush_seed = BitrushSeeder::start(
-        &swarm.torrent,
-        &swarm.seed_dir.join("payload.bin"),
-        &swarm.tracker,
-        &hash,
-        1,
-        &[],
-    );
+    let _bitrush_seed = swarm.bitrush_seeder("payload.bin");
     let _lt_seed = swarm.lt_seeder();
     swarm.tracker.wait_for_seeders(&hash, 2);
 
@@ -185,16 +171,12 @@ fn mixed_swarm_of_two_seeders_and_two_leechers_completes() {
     let out = download(&swarm.torrent, &out_path, &[]);
     let lt_result = lt_leecher.join();
     assert_success(&out);
-    assert_bytes_eq(
-        &fs::read(&out_path).expect("bitrush's download"),
-        &swarm.data,
-        "bitrush leecher",
-    );
+    assert_file_eq(&out_path, &swarm.data, "bitrush leecher");
     if let Err(e) = lt_result {
         std::panic::resume_unwind(e);
     }
-    assert_bytes_eq(
-        &fs::read(lt_out.join("payload.bin")).expect("libtorrent's download"),
+    assert_file_eq(
+        &lt_out.join("payload.bin"),
         &swarm.data,
         "libtorrent leecher",
     );
@@ -206,14 +188,7 @@ fn bitrush_leecher_seeds_to_another_bitrush_after_the_first_seeder_left() {
     // A stops before C starts, so C can only get the data from B.
     let swarm = Swarm::single_file("seed-relay", 3 * MIB + 7, 16, 305, false);
     let hash = swarm.info.info_hash.clone();
-    let mut a = BitrushSeeder::start(
-        &swarm.torrent,
-        &swarm.seed_dir.join("payload.bin"),
-        &swarm.tracker,
-        &hash,
-        1,
-        &[],
-    );
+    let mut a = swarm.bitrush_seeder("payload.bin");
     let b_path = swarm.out_dir("b").join("payload.bin");
     let b_port = free_port().to_string();
     let mut b = spawn_download(&swarm.torrent, &b_path, &["--seed", "--port", &b_port]);
@@ -231,7 +206,7 @@ fn bitrush_leecher_seeds_to_another_bitrush_after_the_first_seeder_left() {
         );
         thread::sleep(Duration::from_millis(50));
     }
-    assert_bytes_eq(&fs::read(&b_path).unwrap(), &swarm.data, "B's download");
+    assert_file_eq(&b_path, &swarm.data, "B's download");
 
     send_signal(a.proc.pid(), "TERM");
     let status = a.proc.wait_exit(Duration::from_secs(30));
@@ -242,10 +217,10 @@ fn bitrush_leecher_seeds_to_another_bitrush_after_the_first_seeder_left() {
     );
 
     let c_path = swarm.out_dir("c").join("payload.bin");
-    let out = download(&swarm.torrent, &c_path, &[]);
-    assert_success(&out);
-    assert_bytes_eq(
-        &fs::read(&c_path).unwrap(),
+    download_ok(
+        &swarm.torrent,
+        &c_path,
+        &[],
         &swarm.data,
         "C's download (from B)",
     );
@@ -272,17 +247,8 @@ fn sigint_keeps_verified_pieces_and_resume_fetches_only_the_rest() {
     let hash = swarm.info.info_hash.clone();
     let n = swarm.info.num_pieces;
     let out_path = swarm.out_dir("out").join("payload.bin");
-    {
-        let _slow = swarm.lt_seeder_with(&LtSeedOptions {
-            upload_rate_limit: Some(128 * 1024),
-            ..Default::default()
-        });
-        let mut first = spawn_download(&swarm.torrent, &out_path, &[]);
-        wait_for_verified_pieces(&mut first, &out_path, &swarm.info, 4);
-        send_signal(first.pid(), "INT");
-        let status = first
-            .wait_exit(Duration::from_secs(60))
-            .unwrap_or_else(|| panic!("no exit after SIGINT\n{}", first.logs()));
+    partial_download(&swarm, &out_path, 4, |first| {
+        let status = interrupt(first);
         assert!(
             !status.success() && status.code().is_some(),
             "an interrupted download must exit non-zero by itself ({status})\n{}",
@@ -302,7 +268,7 @@ fn sigint_keeps_verified_pieces_and_resume_fetches_only_the_rest() {
             "the tracker still lists the interrupted download\n{}",
             first.logs()
         );
-    }
+    });
     assert!(
         resume_state(&out_path).exists(),
         "an interrupted download left no resume state"
@@ -318,12 +284,11 @@ fn sigint_keeps_verified_pieces_and_resume_fetches_only_the_rest() {
 
     // The throttled seeder is gone; the only peer with data now logs every
     // block it serves.
-    let honest = ScriptedPeer::start(&swarm.torrent, &swarm.seed_dir, "honest");
-    swarm.tracker.announce_fake_peer(&hash, honest.port(), true);
-    let out = download(&swarm.torrent, &out_path, &[]);
-    assert_success(&out);
-    assert_bytes_eq(
-        &fs::read(&out_path).unwrap(),
+    let honest = honest_peer(&swarm);
+    let out = download_ok(
+        &swarm.torrent,
+        &out_path,
+        &[],
         &swarm.data,
         "resumed download",
     );
@@ -373,21 +338,11 @@ fn damaged_copy(out_path: &Path, dest: &Path, offset: u64) {
 #[test]
 fn resume_state_is_trusted_and_recheck_overrides_it() {
     let swarm = Swarm::single_file("resume-state", 2 * MIB + 100, 16, 310, false);
-    let hash = swarm.info.info_hash.clone();
     let out_dir = swarm.out_dir("out");
     let out_path = out_dir.join("payload.bin");
-    {
-        let _slow = swarm.lt_seeder_with(&LtSeedOptions {
-            upload_rate_limit: Some(128 * 1024),
-            ..Default::default()
-        });
-        let mut first = spawn_download(&swarm.torrent, &out_path, &[]);
-        wait_for_verified_pieces(&mut first, &out_path, &swarm.info, 4);
-        send_signal(first.pid(), "INT");
-        first
-            .wait_exit(Duration::from_secs(60))
-            .unwrap_or_else(|| panic!("no exit after SIGINT\n{}", first.logs()));
-    }
+    partial_download(&swarm, &out_path, 4, |first| {
+        interrupt(first);
+    });
     assert!(resume_state(&out_path).exists(), "no resume state");
     let before = verified_pieces(&out_path, &swarm.info);
     let (kept, missing) = (indices(&before, true), indices(&before, false));
@@ -398,8 +353,7 @@ fn resume_state_is_trusted_and_recheck_overrides_it() {
     damaged_copy(&out_path, &trusting, offset);
     damaged_copy(&out_path, &checking, offset);
 
-    let honest = ScriptedPeer::start(&swarm.torrent, &swarm.seed_dir, "honest");
-    swarm.tracker.announce_fake_peer(&hash, honest.port(), true);
+    let honest = honest_peer(&swarm);
     // The state vouches for the damaged piece: it is neither hashed nor fetched.
     let out = download(&swarm.torrent, &trusting, &[]);
     assert_success(&out);
@@ -414,10 +368,10 @@ fn resume_state_is_trusted_and_recheck_overrides_it() {
     assert!(!resume_state(&trusting).exists());
 
     // `--recheck` hashes everything, finds the damage and fetches that piece.
-    let out = download(&swarm.torrent, &checking, &["--recheck"]);
-    assert_success(&out);
-    assert_bytes_eq(
-        &fs::read(&checking).unwrap(),
+    let out = download_ok(
+        &swarm.torrent,
+        &checking,
+        &["--recheck"],
         &swarm.data,
         "rechecked output",
     );
@@ -435,25 +389,19 @@ fn resume_state_is_trusted_and_recheck_overrides_it() {
 fn resume_after_kill_9_completes() {
     let swarm = Swarm::single_file("resume-kill", 2 * MIB + 3, 16, 307, false);
     let out_path = swarm.out_dir("out").join("payload.bin");
-    {
-        let _slow = swarm.lt_seeder_with(&LtSeedOptions {
-            upload_rate_limit: Some(128 * 1024),
-            ..Default::default()
-        });
-        let mut first = spawn_download(&swarm.torrent, &out_path, &[]);
-        wait_for_verified_pieces(&mut first, &out_path, &swarm.info, 3);
+    partial_download(&swarm, &out_path, 3, |first| {
         first.kill(); // SIGKILL: no cleanup at all
-    }
+    });
     let before = verified_pieces(&out_path, &swarm.info);
     assert!(
         before.iter().any(|&v| v) && before.iter().any(|&v| !v),
         "want a partial download after kill -9"
     );
     let _seeder = swarm.lt_seeder();
-    let out = download(&swarm.torrent, &out_path, &[]);
-    assert_success(&out);
-    assert_bytes_eq(
-        &fs::read(&out_path).unwrap(),
+    download_ok(
+        &swarm.torrent,
+        &out_path,
+        &[],
         &swarm.data,
         "download resumed after kill -9",
     );
@@ -492,9 +440,7 @@ fn complete_output_finishes_without_contacting_anyone() {
 
     let out_path = dir.subdir("out").join("payload.bin");
     fs::copy(&src, &out_path).unwrap();
-    let out = download(&torrent, &out_path, &[]);
-    assert_success(&out);
-    assert_bytes_eq(&fs::read(&out_path).unwrap(), &data, "output");
+    let out = download_ok(&torrent, &out_path, &[], &data, "output");
 
     let mut tcp_connections = 0;
     while http.accept().is_ok() {
@@ -516,7 +462,6 @@ fn complete_output_finishes_without_contacting_anyone() {
 #[test]
 fn corrupted_piece_on_disk_is_the_only_one_fetched_again() {
     let swarm = Swarm::single_file("resume-corrupt", MIB + 4321, 16, 309, false);
-    let hash = swarm.info.info_hash.clone();
     let out_path = swarm.out_dir("out").join("payload.bin");
     let mut bad = swarm.data.clone();
     let piece = 7usize;
@@ -532,12 +477,11 @@ fn corrupted_piece_on_disk_is_the_only_one_fetched_again() {
     let before = verified_pieces(&out_path, &swarm.info);
     assert_eq!(indices(&before, false), BTreeSet::from([piece as u32]));
 
-    let honest = ScriptedPeer::start(&swarm.torrent, &swarm.seed_dir, "honest");
-    swarm.tracker.announce_fake_peer(&hash, honest.port(), true);
-    let out = download(&swarm.torrent, &out_path, &[]);
-    assert_success(&out);
-    assert_bytes_eq(
-        &fs::read(&out_path).unwrap(),
+    let honest = honest_peer(&swarm);
+    download_ok(
+        &swarm.torrent,
+        &out_path,
+        &[],
         &swarm.data,
         "repaired output",
     );

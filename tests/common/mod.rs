@@ -13,6 +13,7 @@
 #![allow(dead_code)]
 
 use std::collections::BTreeMap;
+use std::ffi::{OsStr, OsString};
 use std::fs;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -93,6 +94,23 @@ pub fn require_libtorrent() {
     if let Err(e) = res {
         panic!("required tool python3-libtorrent unusable: {e}; install it (see .ci/run)");
     }
+}
+
+/// A command running `tests/support/<name>` with the libtorrent Python
+/// (checked first).
+pub fn support_script(name: &str) -> Command {
+    require_libtorrent();
+    let mut cmd = Command::new(PYTHON);
+    cmd.arg(support(name));
+    cmd
+}
+
+/// A command running the Python `code` (`-c`) with libtorrent available.
+pub fn lt_python(code: &str) -> Command {
+    require_libtorrent();
+    let mut cmd = Command::new(PYTHON);
+    cmd.arg("-c").arg(code);
+    cmd
 }
 
 // ---------------------------------------------------------------------------
@@ -257,6 +275,30 @@ pub fn assert_bytes_eq(got: &[u8], want: &[u8], what: &str) {
     );
 }
 
+/// Asserts the file at `path` holds exactly `want` (`what` names it).
+#[track_caller]
+pub fn assert_file_eq(path: &Path, want: &[u8], what: &str) {
+    let got =
+        fs::read(path).unwrap_or_else(|e| panic!("{what}: cannot read {}: {e}", path.display()));
+    assert_bytes_eq(&got, want, what);
+}
+
+/// Asserts the files under `got_root` are exactly `want` (relative path ->
+/// contents, as [`write_tree`] returns).
+#[track_caller]
+pub fn assert_tree_eq(got_root: &Path, want: &BTreeMap<String, Vec<u8>>) {
+    let got = read_tree(got_root);
+    assert_eq!(
+        got.keys().collect::<Vec<_>>(),
+        want.keys().collect::<Vec<_>>(),
+        "files under {} differ from the torrent's",
+        got_root.display()
+    );
+    for (name, data) in want {
+        assert_bytes_eq(&got[name], data, name);
+    }
+}
+
 // ---------------------------------------------------------------------------
 // Ports and fake peers
 // ---------------------------------------------------------------------------
@@ -268,10 +310,48 @@ pub fn free_port() -> u16 {
     l.local_addr().expect("local addr").port()
 }
 
+/// `127.0.0.1:port`.
+pub fn loopback_addr(port: u16) -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], port))
+}
+
 /// An address on 127.0.0.1 where (a moment ago) nobody listened: connecting
 /// to it is refused.
 pub fn refused_addr() -> SocketAddr {
-    SocketAddr::from(([127, 0, 0, 1], free_port()))
+    loopback_addr(free_port())
+}
+
+/// An HTTP announce URL on 127.0.0.1 where nobody listens.
+pub fn dead_http() -> String {
+    format!("http://127.0.0.1:{}/announce", refused_addr().port())
+}
+
+/// A UDP announce URL on 127.0.0.1 where nobody listens.
+pub fn dead_udp() -> String {
+    format!("udp://127.0.0.1:{}/announce", refused_addr().port())
+}
+
+/// Gives helpers with `port` and `proc` fields their `port()`, `addr()` and
+/// `logs()` accessors.
+macro_rules! listener_accessors {
+    ($($ty:ty),+ $(,)?) => {$(
+        impl $ty {
+            /// The port it listens on (127.0.0.1).
+            pub fn port(&self) -> u16 {
+                self.port
+            }
+
+            /// `127.0.0.1:port()`.
+            pub fn addr(&self) -> SocketAddr {
+                loopback_addr(self.port)
+            }
+
+            /// Everything it printed so far (for failure messages).
+            pub fn logs(&self) -> String {
+                self.proc.logs()
+            }
+        }
+    )+};
 }
 
 /// A peer that accepts TCP connections on 127.0.0.1 and never sends a byte
@@ -374,16 +454,21 @@ fn kill_group(pid: u32) {
         .status();
 }
 
+/// Starts `cmd` in a new process group with `stdin` and stdout/stderr piped;
+/// panics if it cannot start.
+fn spawn_in_group(name: &str, cmd: &mut Command, stdin: Stdio) -> Child {
+    cmd.stdin(stdin)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0);
+    cmd.spawn()
+        .unwrap_or_else(|e| panic!("cannot start {name} ({cmd:?}): {e}"))
+}
+
 impl Proc {
     /// Spawns `cmd` (stdin/stdout/stderr piped, new process group).
     pub fn spawn(name: &str, mut cmd: Command) -> Proc {
-        cmd.stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .process_group(0);
-        let mut child = cmd
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {name} ({cmd:?}): {e}"));
+        let mut child = spawn_in_group(name, &mut cmd, Stdio::piped());
         let shared = Arc::new(Shared {
             data: Mutex::new(Captured::default()),
             cond: Condvar::new(),
@@ -476,6 +561,15 @@ impl Proc {
         }
     }
 
+    /// Waits for the `READY <port>` line of a helper script and returns the
+    /// port; panics with `not_ready`, the reason and the logs otherwise.
+    pub fn ready_port(&self, not_ready: &str) -> u16 {
+        let line = self
+            .wait_for_stdout_line(|l| l.starts_with("READY "), STARTUP_TIMEOUT)
+            .unwrap_or_else(|e| panic!("{not_ready}: {e}\n{}", self.logs()));
+        line["READY ".len()..].trim().parse().expect("READY <port>")
+    }
+
     /// Everything captured so far (for failure messages).
     pub fn logs(&self) -> String {
         let d = self.shared.data.lock().unwrap();
@@ -548,13 +642,7 @@ impl Drop for Proc {
 /// Runs `cmd` to completion with stdout/stderr captured, in its own process
 /// group; kills the group and panics if it runs longer than `timeout`.
 pub fn run_with_timeout(name: &str, mut cmd: Command, timeout: Duration) -> Output {
-    cmd.stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .process_group(0);
-    let mut child = cmd
-        .spawn()
-        .unwrap_or_else(|e| panic!("cannot start {name} ({cmd:?}): {e}"));
+    let mut child = spawn_in_group(name, &mut cmd, Stdio::null());
     let mut out_pipe = child.stdout.take().expect("stdout");
     let mut err_pipe = child.stderr.take().expect("stderr");
     let out_t = thread::spawn(move || {
@@ -620,22 +708,40 @@ pub fn run_checked(name: &str, cmd: Command, timeout: Duration) -> Output {
 /// Creates `<src>.torrent` next to `src` (a file or a folder) with mktorrent:
 /// pieces of 2^`piece_len_log2` bytes, announce URL `announce`.
 pub fn mktorrent(src: &Path, announce: &str, piece_len_log2: u32) -> PathBuf {
-    let mut name = src.file_name().expect("file name").to_os_string();
-    name.push(".torrent");
-    let out = src.with_file_name(name);
-    mktorrent_to(src, announce, piece_len_log2, &out);
+    mktorrent_tiers(src, &[vec![announce.to_string()]], piece_len_log2)
+}
+
+/// Like [`mktorrent`] with an announce-list: one `-a` per tier (a tier's
+/// URLs joined by commas).
+pub fn mktorrent_tiers(src: &Path, tiers: &[Vec<String>], piece_len_log2: u32) -> PathBuf {
+    let out = next_to(src, ".torrent");
+    mktorrent_tiers_to(src, tiers, piece_len_log2, &out);
     out
+}
+
+/// `src`'s file name with `suffix` appended, in `src`'s folder.
+fn next_to(src: &Path, suffix: &str) -> PathBuf {
+    let mut name = src.file_name().expect("file name").to_os_string();
+    name.push(suffix);
+    src.with_file_name(name)
 }
 
 /// Like [`mktorrent`] with an explicit output path (overwritten if present).
 pub fn mktorrent_to(src: &Path, announce: &str, piece_len_log2: u32, out: &Path) {
+    mktorrent_tiers_to(src, &[vec![announce.to_string()]], piece_len_log2, out);
+}
+
+/// Like [`mktorrent_tiers`] with an explicit output path (overwritten if
+/// present).
+fn mktorrent_tiers_to(src: &Path, tiers: &[Vec<String>], piece_len_log2: u32, out: &Path) {
     let tool = require_tool("mktorrent");
     // mktorrent refuses to overwrite (and 1.1 has no -f).
     let _ = fs::remove_file(out);
     let mut cmd = Command::new(tool);
-    cmd.arg("-a")
-        .arg(announce)
-        .arg("-l")
+    for tier in tiers {
+        cmd.arg("-a").arg(tier.join(","));
+    }
+    cmd.arg("-l")
         .arg(piece_len_log2.to_string())
         .arg("-o")
         .arg(out)
@@ -643,14 +749,25 @@ pub fn mktorrent_to(src: &Path, announce: &str, piece_len_log2: u32, out: &Path)
     run_checked("mktorrent", cmd, Duration::from_secs(60));
 }
 
+/// An announce URL where no tracker runs (port 1), for torrents that are
+/// never announced.
+pub const UNUSED_ANNOUNCE: &str = "http://127.0.0.1:1/announce";
+
+/// Writes `p.bin` (`len` bytes of [`payload`] from `seed`) into `dir` and
+/// makes its torrent (32 KiB pieces, announcing to [`UNUSED_ANNOUNCE`]);
+/// returns the torrent and the payload.
+pub fn unannounced_torrent(dir: &TestDir, len: usize, seed: u64) -> (PathBuf, Vec<u8>) {
+    let src = dir.join("p.bin");
+    let data = write_payload(&src, len, seed);
+    (mktorrent(&src, UNUSED_ANNOUNCE, 15), data)
+}
+
 /// The info hash (per libtorrent) that mktorrent gives `src` with pieces of
 /// 2^`piece_len_log2` bytes. The announce URL is not part of the info dict,
 /// so this lets a test whitelist a torrent before it knows the tracker port.
 pub fn mktorrent_info_hash(src: &Path, piece_len_log2: u32) -> String {
-    let mut name = src.file_name().expect("file name").to_os_string();
-    name.push(".placeholder.torrent");
-    let tmp = src.with_file_name(name);
-    mktorrent_to(src, "http://127.0.0.1:1/announce", piece_len_log2, &tmp);
+    let tmp = next_to(src, ".placeholder.torrent");
+    mktorrent_to(src, UNUSED_ANNOUNCE, piece_len_log2, &tmp);
     let hash = lt_info_hash(&tmp);
     fs::remove_file(&tmp).expect("remove placeholder torrent");
     hash
@@ -678,10 +795,8 @@ pub fn tracked_torrent(src: &Path, piece_len_log2: u32, udp: bool) -> (Tracker, 
 
 /// Creates a torrent with libtorrent's `create_torrent` (v1 only).
 pub fn lt_make_torrent(src: &Path, out: &Path, piece_length: u32, trackers: &[&str]) {
-    require_libtorrent();
-    let mut cmd = Command::new(PYTHON);
-    cmd.arg(support("lt_tool.py"))
-        .arg("make-torrent")
+    let mut cmd = support_script("lt_tool.py");
+    cmd.arg("make-torrent")
         .arg(src)
         .arg(out)
         .arg("--piece-length")
@@ -718,9 +833,8 @@ pub struct LtInfo {
 
 /// Parses `torrent` with libtorrent (`lt_tool.py info-json`).
 pub fn lt_info(torrent: &Path) -> LtInfo {
-    require_libtorrent();
-    let mut cmd = Command::new(PYTHON);
-    cmd.arg(support("lt_tool.py")).arg("info-json").arg(torrent);
+    let mut cmd = support_script("lt_tool.py");
+    cmd.arg("info-json").arg(torrent);
     let out = run_checked("lt_tool info-json", cmd, Duration::from_secs(60));
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("lt_tool info-json JSON");
     let s = |k: &str| v[k].as_str().expect(k).to_string();
@@ -768,10 +882,8 @@ pub fn lt_piece_hashes(torrent: &Path) -> Vec<String> {
 /// libtorrent, optionally connecting to `peers` directly; panics unless the
 /// download completes.
 pub fn lt_download(source: &str, save_dir: &Path, peers: &[SocketAddr]) {
-    require_libtorrent();
-    let mut cmd = Command::new(PYTHON);
-    cmd.arg(support("lt_tool.py"))
-        .arg("download")
+    let mut cmd = support_script("lt_tool.py");
+    cmd.arg("download")
         .arg(source)
         .arg(save_dir)
         .arg("--timeout")
@@ -854,6 +966,44 @@ pub fn to_hex(bytes: &[u8]) -> String {
 }
 
 // ---------------------------------------------------------------------------
+// Magnet links
+// ---------------------------------------------------------------------------
+
+/// Percent-encodes everything but RFC 3986 unreserved characters.
+pub fn pct(s: &str) -> String {
+    s.bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+                char::from(b).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect()
+}
+
+/// `magnet:?xt=urn:btih:<hash>`, then `&dn=<dn>` (given encoded) if any, a
+/// percent-encoded `&tr=` per tracker and an `&x.pe=` per peer.
+pub fn magnet_link(
+    info_hash: &str,
+    dn: Option<&str>,
+    trackers: &[String],
+    peers: &[SocketAddr],
+) -> String {
+    let mut link = format!("magnet:?xt=urn:btih:{info_hash}");
+    if let Some(dn) = dn {
+        link.push_str(&format!("&dn={dn}"));
+    }
+    for t in trackers {
+        link.push_str(&format!("&tr={}", pct(t)));
+    }
+    for p in peers {
+        link.push_str(&format!("&x.pe={p}"));
+    }
+    link
+}
+
+// ---------------------------------------------------------------------------
 // opentracker
 // ---------------------------------------------------------------------------
 
@@ -879,7 +1029,7 @@ fn hex_to_bytes(hex: &str) -> Vec<u8> {
 
 /// Plain HTTP/1.0 GET to 127.0.0.1:`port`; returns the body.
 fn http_get_port(port: u16, path_and_query: &str) -> Result<Vec<u8>, String> {
-    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    let addr = loopback_addr(port);
     let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(10))
         .map_err(|e| format!("connect {addr}: {e}"))?;
     s.set_read_timeout(Some(Duration::from_secs(30)))
@@ -933,7 +1083,7 @@ impl Tracker {
                 .current_dir(dir.path());
             let mut proc = Proc::spawn("opentracker", cmd);
             let deadline = Instant::now() + STARTUP_TIMEOUT;
-            let addr = SocketAddr::from(([127, 0, 0, 1], port));
+            let addr = loopback_addr(port);
             let mut probe_failures = 0;
             loop {
                 if proc.try_status().is_some() {
@@ -1091,6 +1241,16 @@ pub struct LtSeedOptions {
     pub exit_after_upload: Option<u64>,
 }
 
+impl LtSeedOptions {
+    /// Announcing, uploading at most `rate` bytes/s.
+    pub fn upload_limited(rate: u64) -> LtSeedOptions {
+        LtSeedOptions {
+            upload_rate_limit: Some(rate),
+            ..LtSeedOptions::default()
+        }
+    }
+}
+
 /// A libtorrent seeder (tests/support/lt_seed.py) on 127.0.0.1. Once
 /// started, it is seeding and (unless `no_announce`) has announced to the
 /// torrent's tracker. Killed on drop.
@@ -1111,9 +1271,7 @@ impl LtSeeder {
     }
 
     pub fn start_many(torrents: &[&Path], save_dir: &Path, opts: &LtSeedOptions) -> LtSeeder {
-        require_libtorrent();
-        let mut cmd = Command::new(PYTHON);
-        cmd.arg(support("lt_seed.py"));
+        let mut cmd = support_script("lt_seed.py");
         if let Some(r) = opts.upload_rate_limit {
             cmd.arg("--upload-rate-limit").arg(r.to_string());
         }
@@ -1125,20 +1283,8 @@ impl LtSeeder {
         }
         cmd.arg(save_dir).args(torrents);
         let proc = Proc::spawn("lt_seed", cmd);
-        let line = match proc.wait_for_stdout_line(|l| l.starts_with("READY "), STARTUP_TIMEOUT) {
-            Ok(l) => l,
-            Err(e) => panic!("lt_seed did not get ready: {e}\n{}", proc.logs()),
-        };
-        let port: u16 = line["READY ".len()..].trim().parse().expect("READY <port>");
+        let port = proc.ready_port("lt_seed did not get ready");
         LtSeeder { port, proc }
-    }
-
-    pub fn port(&self) -> u16 {
-        self.port
-    }
-
-    pub fn addr(&self) -> SocketAddr {
-        SocketAddr::from(([127, 0, 0, 1], self.port))
     }
 
     /// Kills the seeder now (e.g. in the middle of a download).
@@ -1154,11 +1300,9 @@ impl LtSeeder {
     pub fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
         self.proc.wait_exit(timeout)
     }
-
-    pub fn logs(&self) -> String {
-        self.proc.logs()
-    }
 }
+
+listener_accessors!(LtSeeder);
 
 /// How a [`BadPeer`] misbehaves (see tests/support/bad_peer.py).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -1181,33 +1325,16 @@ pub struct BadPeer {
 
 impl BadPeer {
     pub fn start(torrent: &Path, save_dir: &Path, mode: BadPeerMode) -> BadPeer {
-        require_libtorrent();
         let mode = match mode {
             BadPeerMode::Corrupt => "corrupt",
             BadPeerMode::Garbage => "garbage",
             BadPeerMode::WrongInfoHash => "wrong-infohash",
         };
-        let mut cmd = Command::new(PYTHON);
-        cmd.arg(support("bad_peer.py"))
-            .arg("--mode")
-            .arg(mode)
-            .arg(torrent)
-            .arg(save_dir);
+        let mut cmd = support_script("bad_peer.py");
+        cmd.arg("--mode").arg(mode).arg(torrent).arg(save_dir);
         let proc = Proc::spawn(&format!("bad_peer {mode}"), cmd);
-        let line = match proc.wait_for_stdout_line(|l| l.starts_with("READY "), STARTUP_TIMEOUT) {
-            Ok(l) => l,
-            Err(e) => panic!("bad_peer did not get ready: {e}\n{}", proc.logs()),
-        };
-        let port: u16 = line["READY ".len()..].trim().parse().expect("READY <port>");
+        let port = proc.ready_port("bad_peer did not get ready");
         BadPeer { port, proc }
-    }
-
-    pub fn port(&self) -> u16 {
-        self.port
-    }
-
-    pub fn addr(&self) -> SocketAddr {
-        SocketAddr::from(([127, 0, 0, 1], self.port))
     }
 
     /// How many connections it has accepted so far.
@@ -1227,11 +1354,9 @@ impl BadPeer {
             .filter(|l| l.starts_with("SERVED "))
             .count()
     }
-
-    pub fn logs(&self) -> String {
-        self.proc.logs()
-    }
 }
+
+listener_accessors!(BadPeer);
 
 /// Common aria2c flags: loopback only, no DHT/LSD/PEX, quiet.
 fn aria2_base_args(cmd: &mut Command, dir: &Path, listen_port: u16) {
@@ -1289,22 +1414,12 @@ impl Aria2Seeder {
         panic!("aria2c seeder failed to listen on a free port\n{last_logs}");
     }
 
-    pub fn port(&self) -> u16 {
-        self.port
-    }
-
-    pub fn addr(&self) -> SocketAddr {
-        SocketAddr::from(([127, 0, 0, 1], self.port))
-    }
-
     pub fn kill(&mut self) {
         self.proc.kill();
     }
-
-    pub fn logs(&self) -> String {
-        self.proc.logs()
-    }
 }
+
+listener_accessors!(Aria2Seeder);
 
 /// Downloads `torrent` into `dir` with aria2c (peers from the torrent's
 /// tracker) and waits for it to exit; panics unless it succeeds.
@@ -1349,20 +1464,11 @@ impl Swarm {
         seed: u64,
         udp: bool,
     ) -> Swarm {
-        let dir = TestDir::new(label);
-        let seed_dir = dir.subdir("seed");
-        let src = seed_dir.join("payload.bin");
-        let data = write_payload(&src, len, seed);
-        let (tracker, torrent, info) = tracked_torrent(&src, piece_len_log2, udp);
-        Swarm {
-            tracker,
-            torrent,
-            info,
-            data,
-            tree: BTreeMap::new(),
-            seed_dir,
-            dir,
-        }
+        Self::with_payload(label, piece_len_log2, udp, |seed_dir| {
+            let src = seed_dir.join("payload.bin");
+            let data = write_payload(&src, len, seed);
+            (src, data, BTreeMap::new())
+        })
     }
 
     /// A folder `name` holding `files` (relative path, length), as a
@@ -1374,16 +1480,42 @@ impl Swarm {
         piece_len_log2: u32,
         seed: u64,
     ) -> Swarm {
+        Self::tree_announced(label, name, files, piece_len_log2, seed, false)
+    }
+
+    /// Like [`Swarm::tree`], announced over UDP if `udp`, else HTTP.
+    pub fn tree_announced(
+        label: &str,
+        name: &str,
+        files: &[(&str, usize)],
+        piece_len_log2: u32,
+        seed: u64,
+        udp: bool,
+    ) -> Swarm {
+        Self::with_payload(label, piece_len_log2, udp, |seed_dir| {
+            let root = seed_dir.join(name);
+            let tree = write_tree(&root, files, seed);
+            (root, Vec::new(), tree)
+        })
+    }
+
+    /// A swarm whose payload `write` lays out in the seed dir, returning the
+    /// torrent's source path, the single file's data and the tree's files.
+    fn with_payload(
+        label: &str,
+        piece_len_log2: u32,
+        udp: bool,
+        write: impl FnOnce(&Path) -> (PathBuf, Vec<u8>, BTreeMap<String, Vec<u8>>),
+    ) -> Swarm {
         let dir = TestDir::new(label);
         let seed_dir = dir.subdir("seed");
-        let root = seed_dir.join(name);
-        let tree = write_tree(&root, files, seed);
-        let (tracker, torrent, info) = tracked_torrent(&root, piece_len_log2, false);
+        let (src, data, tree) = write(&seed_dir);
+        let (tracker, torrent, info) = tracked_torrent(&src, piece_len_log2, udp);
         Swarm {
             tracker,
             torrent,
             info,
-            data: Vec::new(),
+            data,
             tree,
             seed_dir,
             dir,
@@ -1397,6 +1529,19 @@ impl Swarm {
 
     pub fn lt_seeder_with(&self, opts: &LtSeedOptions) -> LtSeeder {
         LtSeeder::start_with(&self.torrent, &self.seed_dir, opts)
+    }
+
+    /// Starts `bitrush seed` on `name` in the seed dir, the swarm's first
+    /// seeder (returns once the tracker counts it).
+    pub fn bitrush_seeder(&self, name: &str) -> BitrushSeeder {
+        BitrushSeeder::start(
+            &self.torrent,
+            &self.seed_dir.join(name),
+            &self.tracker,
+            &self.info.info_hash,
+            1,
+            &[],
+        )
     }
 
     /// Starts an aria2 seeder on a private copy of the payload and waits
@@ -1439,26 +1584,33 @@ pub fn bitrush() -> Command {
     cmd
 }
 
-/// Runs bitrush with `args` to completion (killed after [`PROCESS_TIMEOUT`]).
-pub fn run_bitrush<I, S>(args: I) -> Output
-where
-    I: IntoIterator<Item = S>,
-    S: AsRef<std::ffi::OsStr>,
-{
+/// A [`bitrush`] command with `args`.
+pub fn bitrush_with(args: impl IntoIterator<Item = impl AsRef<OsStr>>) -> Command {
     let mut cmd = bitrush();
     cmd.args(args);
-    run_with_timeout("bitrush", cmd, PROCESS_TIMEOUT)
+    cmd
+}
+
+/// Runs bitrush with `args` to completion (killed after [`PROCESS_TIMEOUT`]).
+pub fn run_bitrush(args: impl IntoIterator<Item = impl AsRef<OsStr>>) -> Output {
+    run_with_timeout("bitrush", bitrush_with(args), PROCESS_TIMEOUT)
 }
 
 /// Starts bitrush in the background (killed when the guard drops).
-pub fn spawn_bitrush<I, S>(args: I) -> Proc
-where
-    I: IntoIterator<Item = S>,
-    S: AsRef<std::ffi::OsStr>,
-{
-    let mut cmd = bitrush();
-    cmd.args(args);
-    Proc::spawn("bitrush", cmd)
+pub fn spawn_bitrush(args: impl IntoIterator<Item = impl AsRef<OsStr>>) -> Proc {
+    Proc::spawn("bitrush", bitrush_with(args))
+}
+
+/// The arguments `CMD -o OUT SOURCE EXTRA...` of a command that writes `out`.
+pub fn output_args(
+    cmd: &str,
+    out: &Path,
+    source: impl AsRef<OsStr>,
+    extra: &[&str],
+) -> Vec<OsString> {
+    let mut args: Vec<OsString> = vec![cmd.into(), "-o".into(), out.into(), source.as_ref().into()];
+    args.extend(extra.iter().map(OsString::from));
+    args
 }
 
 pub fn stdout_of(out: &Output) -> String {
@@ -1663,19 +1815,9 @@ impl BitrushSeeder {
         }
         panic!("bitrush seed failed to listen on a free port\n{last_logs}");
     }
-
-    pub fn port(&self) -> u16 {
-        self.port
-    }
-
-    pub fn addr(&self) -> SocketAddr {
-        SocketAddr::from(([127, 0, 0, 1], self.port))
-    }
-
-    pub fn logs(&self) -> String {
-        self.proc.logs()
-    }
 }
+
+listener_accessors!(BitrushSeeder);
 
 /// A scripted peer (tests/support/scripted_peer.py) for a single-file torrent
 /// whose data lies in `save_dir`: honest, or hostile in one of the ways its
@@ -1688,19 +1830,10 @@ pub struct ScriptedPeer {
 
 impl ScriptedPeer {
     pub fn start(torrent: &Path, save_dir: &Path, mode: &str) -> ScriptedPeer {
-        require_libtorrent();
-        let mut cmd = Command::new(PYTHON);
-        cmd.arg(support("scripted_peer.py"))
-            .arg("--mode")
-            .arg(mode)
-            .arg(torrent)
-            .arg(save_dir);
+        let mut cmd = support_script("scripted_peer.py");
+        cmd.arg("--mode").arg(mode).arg(torrent).arg(save_dir);
         let proc = Proc::spawn(&format!("scripted_peer {mode}"), cmd);
-        let line = match proc.wait_for_stdout_line(|l| l.starts_with("READY "), STARTUP_TIMEOUT) {
-            Ok(l) => l,
-            Err(e) => panic!("scripted_peer did not get ready: {e}\n{}", proc.logs()),
-        };
-        let port: u16 = line["READY ".len()..].trim().parse().expect("READY <port>");
+        let port = proc.ready_port("scripted_peer did not get ready");
         ScriptedPeer { port, proc }
     }
 
@@ -1713,10 +1846,8 @@ impl ScriptedPeer {
         target: SocketAddr,
         cycles: usize,
     ) -> ScriptedPeer {
-        require_libtorrent();
-        let mut cmd = Command::new(PYTHON);
-        cmd.arg(support("scripted_peer.py"))
-            .arg("--mode")
+        let mut cmd = support_script("scripted_peer.py");
+        cmd.arg("--mode")
             .arg(mode)
             .arg("--connect")
             .arg(target.to_string())
@@ -1726,14 +1857,6 @@ impl ScriptedPeer {
             .arg(save_dir);
         let proc = Proc::spawn(&format!("scripted_peer {mode} dialling {target}"), cmd);
         ScriptedPeer { port: 0, proc }
-    }
-
-    pub fn port(&self) -> u16 {
-        self.port
-    }
-
-    pub fn addr(&self) -> SocketAddr {
-        SocketAddr::from(([127, 0, 0, 1], self.port))
     }
 
     /// How many stdout lines so far equal `word` or start with `word `.
@@ -1773,11 +1896,9 @@ impl ScriptedPeer {
             .filter_map(|rest| rest.split(' ').nth(2)?.parse::<u64>().ok())
             .sum()
     }
-
-    pub fn logs(&self) -> String {
-        self.proc.logs()
-    }
 }
+
+listener_accessors!(ScriptedPeer);
 
 /// A libtorrent leecher (tests/support/lt_leech.py) that talks only to
 /// `peers`, optionally throttled. Killed on drop.
@@ -1792,9 +1913,8 @@ impl LtLeecher {
         peers: &[SocketAddr],
         download_rate_limit: Option<u64>,
     ) -> LtLeecher {
-        require_libtorrent();
-        let mut cmd = Command::new(PYTHON);
-        cmd.arg(support("lt_leech.py")).arg(torrent).arg(save_dir);
+        let mut cmd = support_script("lt_leech.py");
+        cmd.arg(torrent).arg(save_dir);
         for p in peers {
             cmd.arg("--peer").arg(p.to_string());
         }
