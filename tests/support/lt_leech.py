@@ -19,6 +19,8 @@ import time
 
 import libtorrent as lt
 
+from lt_tool import loopback_settings
+
 
 def main():
     p = argparse.ArgumentParser()
@@ -39,24 +41,18 @@ def main():
 
     threading.Thread(target=watch_stdin, daemon=True).start()
 
-    ses = lt.session(
+    settings = loopback_settings(0)
+    settings.update(
         {
-            "listen_interfaces": "127.0.0.1:0",
-            "outgoing_interfaces": "127.0.0.1",
-            "enable_dht": False,
-            "enable_lsd": False,
-            "enable_upnp": False,
-            "enable_natpmp": False,
-            "allow_multiple_connections_per_ip": True,
-            "enable_outgoing_utp": False,
-            "enable_incoming_utp": False,
-            "out_enc_policy": int(lt.enc_policy.pe_disabled),
-            "in_enc_policy": int(lt.enc_policy.pe_enabled),
+            # libtorrent's default request queue, not the seeders' deep one
+            "request_queue_time": 3,
+            "max_out_request_queue": 500,
             "download_rate_limit": args.download_rate_limit,
             "ignore_limits_on_local_network": False,
             "alert_mask": lt.alert.category_t.error_notification,
         }
     )
+    ses = lt.session(settings)
     os.makedirs(args.save_dir, exist_ok=True)
     atp = lt.add_torrent_params()
     atp.ti = lt.torrent_info(args.torrent)

@@ -20,6 +20,8 @@ import time
 
 import libtorrent as lt
 
+from lt_tool import loopback_settings
+
 # Exit code used when --exit-after-upload made the seeder die on purpose.
 DIED_EXIT_CODE = 42
 
@@ -41,27 +43,8 @@ def main():
     p.add_argument("--verbose", action="store_true")
     args = p.parse_args()
 
-    settings = {
-        "listen_interfaces": "127.0.0.1:%d" % args.port,
-        "outgoing_interfaces": "127.0.0.1",
-        "enable_dht": False,
-        "enable_lsd": False,
-        "enable_upnp": False,
-        "enable_natpmp": False,
-        "allow_multiple_connections_per_ip": True,
-        # TCP only: the other clients here (bitrush, aria2, bad_peer.py)
-        # do not speak uTP, and uTP-first would delay connecting to them.
-        "enable_outgoing_utp": False,
-        "enable_incoming_utp": False,
-        # Plaintext peer connections out (other clients need not speak MSE);
-        # encrypted or plain ones accepted in.
-        "out_enc_policy": int(lt.enc_policy.pe_disabled),
-        "in_enc_policy": int(lt.enc_policy.pe_enabled),
-        "request_queue_time": 10,
-        "max_out_request_queue": 5000,
-        "announce_to_all_trackers": True,
-        "announce_to_all_tiers": True,
-        # loopback tests: never hold back peers because they share an IP/subnet
+    settings = loopback_settings(args.port)
+    settings.update({
         "announce_ip": "127.0.0.1",
         "upload_rate_limit": args.upload_rate_limit,
         # do not rate-limit local peers differently from others
@@ -76,7 +59,7 @@ def main():
         "alert_mask": lt.alert.category_t.error_notification
         | lt.alert.category_t.status_notification
         | lt.alert.category_t.tracker_notification,
-    }
+    })
     ses = lt.session(settings)
 
     handles = []
