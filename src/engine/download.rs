@@ -250,9 +250,7 @@ pub async fn download(mut params: DownloadParams) -> Result<Outcome, DownloadErr
 
 /// `<path>.bitrush-part`: where a single piece is written until it is verified.
 fn part_path(path: &std::path::Path) -> PathBuf {
-    let mut name = path.as_os_str().to_os_string();
-    name.push(".bitrush-part");
-    PathBuf::from(name)
+    super::with_suffix(path, ".bitrush-part")
 }
 
 /// Hashes every piece already at the output, on all cores; returns the pieces that match.

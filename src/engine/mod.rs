@@ -15,6 +15,14 @@ pub mod resume;
 pub mod sink;
 pub mod tracker;
 
+/// `path` with `suffix` appended to its last component (`out.bin` → `out.bin.bitrush-part`):
+/// where bitrush keeps files that belong to an output, beside it.
+pub(crate) fn with_suffix(path: &std::path::Path, suffix: &str) -> std::path::PathBuf {
+    let mut name = path.as_os_str().to_os_string();
+    name.push(suffix);
+    name.into()
+}
+
 pub use download::{
     download, DownloadError, DownloadParams, Outcome, Progress, SeedLimits, Target,
 };

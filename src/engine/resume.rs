@@ -16,9 +16,7 @@ use crate::types::InfoHash;
 
 /// `<output>.bitrush-resume`.
 pub fn path_for(output: &Path) -> PathBuf {
-    let mut name = output.as_os_str().to_os_string();
-    name.push(".bitrush-resume");
-    PathBuf::from(name)
+    super::with_suffix(output, ".bitrush-resume")
 }
 
 /// The pieces the saved state vouches for, if there is a state and it still describes the
@@ -71,9 +69,7 @@ pub fn save(
         files: storage.file_stamps()?,
     };
     let path = path_for(output);
-    let mut tmp = path.clone().into_os_string();
-    tmp.push(".tmp");
-    let tmp = PathBuf::from(tmp);
+    let tmp = super::with_suffix(&path, ".tmp");
     let io = |p: &Path, source| StorageError::Io {
         path: p.display().to_string(),
         source,
