@@ -223,16 +223,7 @@ pub fn decode_prefix(input: &[u8]) -> Result<(Value, usize), BencodeError> {
                 }
                 continue;
             }
-            if !c.is_ascii_digit() {
-                return err(
-                    format!(
-                        "dictionary key is not a byte string (found {})",
-                        describe_byte(c)
-                    ),
-                    pos,
-                );
-            }
-            let (from, to) = parse_bytes(input, pos)?;
+            let (from, to) = parse_key(input, pos)?;
             let key = &input[from..to];
             if map.contains_key(key) {
                 return err("duplicate dictionary key", pos);
@@ -342,6 +333,21 @@ fn encode_into(value: &Value, out: &mut Vec<u8>) {
     }
 }
 
+/// A dictionary key at `pos` (which must be a byte string): the range of its bytes.
+fn parse_key(input: &[u8], pos: usize) -> Result<(usize, usize), BencodeError> {
+    match input.get(pos) {
+        Some(c) if c.is_ascii_digit() => parse_bytes(input, pos),
+        Some(&c) => err(
+            format!(
+                "dictionary key is not a byte string (found {})",
+                describe_byte(c)
+            ),
+            pos,
+        ),
+        None => err("unexpected end of input inside a list or dictionary", pos),
+    }
+}
+
 /// The raw bytes of the value stored under `key` in the top-level dictionary `input`,
 /// exactly as they appear (used for the info hash). `Ok(None)` if the key is absent.
 ///
@@ -363,18 +369,9 @@ pub fn raw_dict_value<'a>(input: &'a [u8], key: &[u8]) -> Result<Option<&'a [u8]
                 pos += 1;
                 break;
             }
-            Some(c) if c.is_ascii_digit() => {}
-            Some(&c) => {
-                return err(
-                    format!(
-                        "dictionary key is not a byte string (found {})",
-                        describe_byte(c)
-                    ),
-                    pos,
-                )
-            }
+            Some(_) => {}
         }
-        let (from, to) = parse_bytes(input, pos)?;
+        let (from, to) = parse_key(input, pos)?;
         let k = &input[from..to];
         if !seen.insert(k) {
             return err("duplicate dictionary key", pos);
