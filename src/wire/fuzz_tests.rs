@@ -11,6 +11,7 @@ use proptest::prelude::*;
 
 use super::extension::{answer_metadata, MAX_METADATA_SIZE, METADATA_PIECE_LEN};
 use super::handshake::{HANDSHAKE_LEN, PROTOCOL};
+use super::message::tests::{arb_block, arb_bytes};
 use super::message::MAX_MESSAGE_LEN;
 use super::*;
 use crate::bencode::fuzz_tests::{corpus, mutate};
@@ -146,18 +147,6 @@ fn check_handshake(bytes: &[u8; HANDSHAKE_LEN]) {
         }
         Err(_) => assert!(!valid),
     }
-}
-
-fn arb_bytes(max: usize) -> impl Strategy<Value = Bytes> {
-    proptest::collection::vec(any::<u8>(), 0..max).prop_map(Bytes::from)
-}
-
-fn arb_block() -> impl Strategy<Value = BlockRef> {
-    (any::<u32>(), any::<u32>(), any::<u32>()).prop_map(|(index, begin, length)| BlockRef {
-        index,
-        begin,
-        length,
-    })
 }
 
 /// A bencoded extension payload: handshake-like or ut_metadata-like dictionaries.

@@ -325,7 +325,7 @@ fn put_bare(out: &mut BytesMut, msg_id: u8) {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use proptest::prelude::*;
 
@@ -507,7 +507,8 @@ mod tests {
         );
     }
 
-    fn arb_block() -> impl Strategy<Value = BlockRef> {
+    /// Any block reference (indices and lengths unchecked).
+    pub(crate) fn arb_block() -> impl Strategy<Value = BlockRef> {
         (any::<u32>(), any::<u32>(), any::<u32>()).prop_map(|(index, begin, length)| BlockRef {
             index,
             begin,
@@ -515,8 +516,9 @@ mod tests {
         })
     }
 
-    fn arb_bytes() -> impl Strategy<Value = Bytes> {
-        proptest::collection::vec(any::<u8>(), 0..300).prop_map(Bytes::from)
+    /// Up to `max` arbitrary bytes.
+    pub(crate) fn arb_bytes(max: usize) -> impl Strategy<Value = Bytes> {
+        proptest::collection::vec(any::<u8>(), 0..max).prop_map(Bytes::from)
     }
 
     fn arb_message() -> impl Strategy<Value = Message> {
@@ -527,13 +529,14 @@ mod tests {
             Just(Message::Interested),
             Just(Message::NotInterested),
             any::<u32>().prop_map(Message::Have),
-            arb_bytes().prop_map(Message::Bitfield),
+            arb_bytes(300).prop_map(Message::Bitfield),
             arb_block().prop_map(Message::Request),
             arb_block().prop_map(Message::Cancel),
-            (any::<u32>(), any::<u32>(), arb_bytes())
+            (any::<u32>(), any::<u32>(), arb_bytes(300))
                 .prop_map(|(index, begin, data)| Message::Piece { index, begin, data }),
             any::<u16>().prop_map(Message::Port),
-            (any::<u8>(), arb_bytes()).prop_map(|(id, payload)| Message::Extended { id, payload }),
+            (any::<u8>(), arb_bytes(300))
+                .prop_map(|(id, payload)| Message::Extended { id, payload }),
             prop_oneof![10u8..=19, 21u8..=255].prop_map(|id| Message::Unknown { id }),
         ]
     }
