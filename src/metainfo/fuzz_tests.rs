@@ -12,7 +12,7 @@ use proptest::prelude::*;
 use sha1::{Digest, Sha1};
 
 use super::*;
-use crate::bencode::fuzz_tests::{corpus, mutate};
+use crate::bencode::fuzz_tests::{mutate, replay_corpus};
 use crate::bencode::{self, Value};
 
 /// The invariants of a parsed torrent.
@@ -297,38 +297,19 @@ proptest! {
     }
 }
 
+/// A magnet corpus file as a link (one line of text).
+fn corpus_link(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes)
+        .trim_end_matches('\n')
+        .to_string()
+}
+
 #[test]
 fn corpus_replays_cleanly() {
-    for (path, bytes) in corpus("metainfo") {
-        let outcome = std::panic::catch_unwind(|| check(&bytes));
-        assert!(
-            outcome.is_ok(),
-            "corpus file {} breaks a property",
-            path.display()
-        );
-        let name = path.file_name().unwrap_or_default().to_string_lossy();
-        if name.starts_with("ok-") {
-            assert!(
-                Metainfo::from_bytes(&bytes).is_ok(),
-                "{} should parse",
-                path.display()
-            );
-        } else if name.starts_with("bad-") {
-            assert!(
-                Metainfo::from_bytes(&bytes).is_err(),
-                "{} should not parse",
-                path.display()
-            );
-        }
-    }
-    for (path, bytes) in corpus("magnet") {
-        let link = String::from_utf8_lossy(&bytes);
-        let link = link.trim_end_matches('\n');
-        let outcome = std::panic::catch_unwind(|| check_magnet(link));
-        assert!(
-            outcome.is_ok(),
-            "corpus file {} breaks a property",
-            path.display()
-        );
-    }
+    replay_corpus("metainfo", check, |b| Metainfo::from_bytes(b).is_ok());
+    replay_corpus(
+        "magnet",
+        |b| check_magnet(&corpus_link(b)),
+        |b| Magnet::parse(&corpus_link(b)).is_ok(),
+    );
 }
