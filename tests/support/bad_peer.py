@@ -18,13 +18,12 @@ accepted connection. Exits when stdin reaches EOF (the test went away).
 import argparse
 import hashlib
 import os
-import socket
 import struct
 import sys
 import threading
 
 import libtorrent as lt
-from peerwire import say, recv_exact
+from peerwire import say, recv_exact, serve_forever
 
 PEER_ID = b"-BAD001-" + b"0123456789ab"
 lock = threading.Lock()
@@ -99,28 +98,10 @@ def main():
     with open(os.path.join(args.save_dir, fs.file_path(0)), "rb") as f:
         data = f.read()
 
-    srv = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    srv.bind(("127.0.0.1", args.port))
-    srv.listen(64)
-    say("READY %d" % srv.getsockname()[1])
-
-    def accept_loop():
-        while True:
-            conn, _ = srv.accept()
-            say("CONN")
-            threading.Thread(
-                target=serve,
-                args=(conn, args, info_hash, data, ti.piece_length(), ti.num_pieces()),
-                daemon=True,
-            ).start()
-
-    threading.Thread(target=accept_loop, daemon=True).start()
-    try:
-        while sys.stdin.buffer.read(4096):
-            pass
-    except Exception:
-        pass
-    os._exit(0)
+    serve_forever(
+        lambda conn: serve(conn, args, info_hash, data, ti.piece_length(), ti.num_pieces()),
+        args.port,
+    )
 
 
 if __name__ == "__main__":

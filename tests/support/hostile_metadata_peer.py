@@ -21,14 +21,13 @@ the payload. It runs until its stdin reaches EOF (the test that started it died 
 The torrent's info dictionary is taken from libtorrent (`torrent_info.info_section()`).
 """
 
-import os
 import socket
 import struct
 import sys
 import threading
 
 import libtorrent as lt
-from peerwire import say, recv_exact
+from peerwire import say, recv_exact, exit_when_stdin_closes
 
 OUR_UT_METADATA_ID = 3
 PIECE = 16 * 1024
@@ -137,15 +136,7 @@ def main():
     listener.bind(("127.0.0.1", 0))
     listener.listen(16)
 
-    def watch_stdin():
-        try:
-            while sys.stdin.buffer.read(4096):
-                pass
-        except Exception:
-            pass
-        os._exit(0)
-
-    threading.Thread(target=watch_stdin, daemon=True).start()
+    threading.Thread(target=exit_when_stdin_closes, daemon=True).start()
     say("READY %d" % listener.getsockname()[1])
     while True:
         conn, _ = listener.accept()

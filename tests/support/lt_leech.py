@@ -20,6 +20,7 @@ import time
 import libtorrent as lt
 
 from lt_tool import loopback_settings
+from peerwire import exit_when_stdin_closes
 
 
 def main():
@@ -31,15 +32,7 @@ def main():
     p.add_argument("--timeout", type=float, default=100.0)
     args = p.parse_args()
 
-    def watch_stdin():
-        try:
-            while sys.stdin.buffer.read(4096):
-                pass
-        except Exception:
-            pass
-        os._exit(3)
-
-    threading.Thread(target=watch_stdin, daemon=True).start()
+    threading.Thread(target=exit_when_stdin_closes, args=(3,), daemon=True).start()
 
     settings = loopback_settings(0)
     settings.update(

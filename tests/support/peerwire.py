@@ -1,9 +1,12 @@
-"""Small helpers shared by the scripted test peers: line output and exact socket reads.
+"""Small helpers shared by the scripted test peers: line output, exact socket reads, and the
+listen-until-stdin-closes life of a test peer.
 
-Imported by bad_peer.py, scripted_peer.py, hostile_metadata_peer.py and ext_probe.py, which run
-as scripts from this folder (so it is on their import path).
+Imported by bad_peer.py, scripted_peer.py, hostile_metadata_peer.py, ext_probe.py and
+lt_leech.py, which run as scripts from this folder (so it is on their import path).
 """
 
+import os
+import socket
 import struct
 import sys
 import threading
@@ -32,3 +35,31 @@ def recv_exact(sock, n):
 def msg(msg_id, payload=b""):
     """A length-prefixed peer message."""
     return struct.pack(">IB", 1 + len(payload), msg_id) + payload
+
+
+def exit_when_stdin_closes(code=0):
+    """Blocks until stdin reaches EOF (the test that started us ended), then exits at once."""
+    try:
+        while sys.stdin.buffer.read(4096):
+            pass
+    except Exception:
+        pass
+    os._exit(code)
+
+
+def serve_forever(handler, port=0):
+    """Listens on 127.0.0.1:port and prints `READY <port>`; each connection says `CONN` and runs
+    handler(conn) in its own thread, until stdin closes."""
+    srv = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    srv.bind(("127.0.0.1", port))
+    srv.listen(64)
+    say("READY %d" % srv.getsockname()[1])
+
+    def accept_loop():
+        while True:
+            conn, _ = srv.accept()
+            say("CONN")
+            threading.Thread(target=handler, args=(conn,), daemon=True).start()
+
+    threading.Thread(target=accept_loop, daemon=True).start()
+    exit_when_stdin_closes(0)

@@ -55,7 +55,7 @@ import threading
 import time
 
 import libtorrent as lt
-from peerwire import say, recv_exact, msg
+from peerwire import say, recv_exact, msg, exit_when_stdin_closes, serve_forever
 
 PEER_ID = b"-SP0001-scriptedpeer"
 PROTOCOL = b"\x13BitTorrent protocol"
@@ -300,31 +300,9 @@ def main():
 
     if args.connect:
         threading.Thread(target=dial, args=(args.connect, args.cycles, args.mode, t), daemon=True).start()
-        try:
-            while sys.stdin.buffer.read(4096):
-                pass
-        except Exception:
-            pass
-        os._exit(0)
+        exit_when_stdin_closes(0)
 
-    srv = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    srv.bind(("127.0.0.1", 0))
-    srv.listen(64)
-    say("READY %d" % srv.getsockname()[1])
-
-    def accept_loop():
-        while True:
-            conn, _ = srv.accept()
-            say("CONN")
-            threading.Thread(target=serve, args=(conn, args.mode, t), daemon=True).start()
-
-    threading.Thread(target=accept_loop, daemon=True).start()
-    try:
-        while sys.stdin.buffer.read(4096):
-            pass
-    except Exception:
-        pass
-    os._exit(0)
+    serve_forever(lambda conn: serve(conn, args.mode, t))
 
 
 if __name__ == "__main__":
