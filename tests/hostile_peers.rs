@@ -362,14 +362,7 @@ fn banned_incoming_peers_give_back_their_slots_and_blocks() {
 fn seeder_keeps_its_connection_limit_under_a_flood() {
     let swarm = Swarm::single_file("hostile-flood", 3 * MIB + 1, 16, 406, false);
     let hash = swarm.info.info_hash.clone();
-    let seeder = BitrushSeeder::start(
-        &swarm.torrent,
-        &swarm.seed_dir.join("payload.bin"),
-        &swarm.tracker,
-        &hash,
-        1,
-        &[],
-    );
+    let seeder = swarm.bitrush_seeder("payload.bin");
     // A real leecher, throttled so the flood hits in the middle of its download.
     let lt_out = swarm.out_dir("lt-out");
     let mut leecher = LtLeecher::start(&swarm.torrent, &lt_out, &[seeder.addr()], Some(512 * 1024));
@@ -430,14 +423,7 @@ fn seeder_keeps_its_connection_limit_under_a_flood() {
 fn seeder_drops_misbehaving_incoming_peers_and_keeps_serving() {
     let swarm = Swarm::single_file("hostile-incoming", MIB + 3, 15, 407, false);
     let hash = swarm.info.info_hash.clone();
-    let seeder = BitrushSeeder::start(
-        &swarm.torrent,
-        &swarm.seed_dir.join("payload.bin"),
-        &swarm.tracker,
-        &hash,
-        1,
-        &[],
-    );
+    let seeder = swarm.bitrush_seeder("payload.bin");
     let n = swarm.info.num_pieces as u32;
     // A wrong info hash: closed without a handshake in return.
     {
