@@ -11,7 +11,7 @@ use proptest::prelude::*;
 
 use super::extension::{answer_metadata, MAX_METADATA_SIZE, METADATA_PIECE_LEN};
 use super::handshake::{HANDSHAKE_LEN, PROTOCOL};
-use super::message::tests::{arb_block, arb_bytes};
+use super::message::tests::{arb_bytes, arb_message_with};
 use super::message::MAX_MESSAGE_LEN;
 use super::*;
 use crate::bencode::fuzz_tests::{corpus, mutate};
@@ -174,22 +174,7 @@ fn arb_ext_payload() -> impl Strategy<Value = Bytes> {
 }
 
 fn arb_message() -> impl Strategy<Value = Message> {
-    prop_oneof![
-        Just(Message::KeepAlive),
-        Just(Message::Choke),
-        Just(Message::Unchoke),
-        Just(Message::Interested),
-        Just(Message::NotInterested),
-        any::<u32>().prop_map(Message::Have),
-        arb_bytes(64).prop_map(Message::Bitfield),
-        arb_block().prop_map(Message::Request),
-        arb_block().prop_map(Message::Cancel),
-        (any::<u32>(), any::<u32>(), arb_bytes(2000))
-            .prop_map(|(index, begin, data)| Message::Piece { index, begin, data }),
-        any::<u16>().prop_map(Message::Port),
-        (any::<u8>(), arb_ext_payload())
-            .prop_map(|(id, payload)| Message::Extended { id, payload }),
-    ]
+    arb_message_with(64, 2000, arb_ext_payload())
 }
 
 fn arb_limit() -> impl Strategy<Value = u32> {

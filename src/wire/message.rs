@@ -521,7 +521,13 @@ pub(crate) mod tests {
         proptest::collection::vec(any::<u8>(), 0..max).prop_map(Bytes::from)
     }
 
-    fn arb_message() -> impl Strategy<Value = Message> {
+    /// Any message: bitfields up to `bitfield_max` bytes, blocks up to `piece_max`, extension
+    /// payloads from `extended`.
+    pub(crate) fn arb_message_with(
+        bitfield_max: usize,
+        piece_max: usize,
+        extended: impl Strategy<Value = Bytes> + 'static,
+    ) -> impl Strategy<Value = Message> {
         prop_oneof![
             Just(Message::KeepAlive),
             Just(Message::Choke),
@@ -529,16 +535,19 @@ pub(crate) mod tests {
             Just(Message::Interested),
             Just(Message::NotInterested),
             any::<u32>().prop_map(Message::Have),
-            arb_bytes(300).prop_map(Message::Bitfield),
+            arb_bytes(bitfield_max).prop_map(Message::Bitfield),
             arb_block().prop_map(Message::Request),
             arb_block().prop_map(Message::Cancel),
-            (any::<u32>(), any::<u32>(), arb_bytes(300))
+            (any::<u32>(), any::<u32>(), arb_bytes(piece_max))
                 .prop_map(|(index, begin, data)| Message::Piece { index, begin, data }),
             any::<u16>().prop_map(Message::Port),
-            (any::<u8>(), arb_bytes(300))
-                .prop_map(|(id, payload)| Message::Extended { id, payload }),
+            (any::<u8>(), extended).prop_map(|(id, payload)| Message::Extended { id, payload }),
             prop_oneof![10u8..=19, 21u8..=255].prop_map(|id| Message::Unknown { id }),
         ]
+    }
+
+    fn arb_message() -> impl Strategy<Value = Message> {
+        arb_message_with(300, 300, arb_bytes(300))
     }
 
     proptest! {
