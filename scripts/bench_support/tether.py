@@ -8,11 +8,10 @@ import os
 import signal
 import subprocess
 import sys
-import threading
 
 sys.dont_write_bytecode = True  # no __pycache__ in the work tree
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import die_with_parent  # noqa: E402
+from common import die_with_parent, exit_when_stdin_closes  # noqa: E402
 
 
 def main():
@@ -22,6 +21,7 @@ def main():
         try:
             if child is not None:
                 child.kill()
+                child.wait()
         except Exception:
             pass
 
@@ -35,15 +35,7 @@ def main():
     die_with_parent(signal.SIGTERM)
     child = subprocess.Popen(sys.argv[1:], stdin=subprocess.DEVNULL)
 
-    def watch():
-        try:
-            while sys.stdin.buffer.read(4096):
-                pass
-        except Exception:
-            pass
-        kill_child()
-
-    threading.Thread(target=watch, daemon=True).start()
+    exit_when_stdin_closes(0, on_exit=kill_child)
 
     rc = child.wait()
     sys.exit(rc if rc >= 0 else 128 - rc)

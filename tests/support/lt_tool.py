@@ -21,6 +21,8 @@ import time
 
 import libtorrent as lt
 
+from peerwire import exit_when_stdin_closes
+
 
 def loopback_settings(port=0):
     return {
@@ -49,18 +51,8 @@ def loopback_settings(port=0):
 
 
 def die_when_stdin_closes():
-    """Exit the process as soon as stdin reaches EOF (the parent test died)."""
-
-    def watch():
-        try:
-            while sys.stdin.buffer.read(4096):
-                pass
-        except Exception:
-            pass
-        os._exit(3)
-
-    t = threading.Thread(target=watch, daemon=True)
-    t.start()
+    """Exit the process (code 3) as soon as stdin reaches EOF (the parent test died)."""
+    threading.Thread(target=exit_when_stdin_closes, args=(3,), daemon=True).start()
 
 
 def hex_of(h):

@@ -1,8 +1,8 @@
 """Small helpers shared by the scripted test peers: line output, exact socket reads, and the
 listen-until-stdin-closes life of a test peer.
 
-Imported by bad_peer.py, scripted_peer.py, hostile_metadata_peer.py, ext_probe.py and
-lt_leech.py, which run as scripts from this folder (so it is on their import path).
+Imported by bad_peer.py, scripted_peer.py, hostile_metadata_peer.py, ext_probe.py, lt_leech.py,
+lt_tool.py and tether.py, which run as scripts from this folder (so it is on their import path).
 """
 
 import os
@@ -37,13 +37,19 @@ def msg(msg_id, payload=b""):
     return struct.pack(">IB", 1 + len(payload), msg_id) + payload
 
 
-def exit_when_stdin_closes(code=0):
-    """Blocks until stdin reaches EOF (the test that started us ended), then exits at once."""
+def exit_when_stdin_closes(code=0, on_exit=None):
+    """Blocks until stdin reaches EOF (the test that started us ended), runs `on_exit` (if
+    given, errors ignored), then exits at once."""
     try:
         while sys.stdin.buffer.read(4096):
             pass
     except Exception:
         pass
+    if on_exit is not None:
+        try:
+            on_exit()
+        except Exception:
+            pass
     os._exit(code)
 
 

@@ -15,6 +15,8 @@ import subprocess
 import sys
 import threading
 
+from peerwire import exit_when_stdin_closes
+
 
 def main():
     if len(sys.argv) < 2:
@@ -22,18 +24,11 @@ def main():
         sys.exit(2)
     child = subprocess.Popen(sys.argv[1:], stdin=subprocess.DEVNULL)
 
-    def watch():
-        try:
-            while sys.stdin.buffer.read(4096):
-                pass
-        except Exception:
-            pass
-        try:
-            child.kill()
-        except Exception:
-            pass
+    def kill_child():
+        child.kill()
+        child.wait()
 
-    threading.Thread(target=watch, daemon=True).start()
+    threading.Thread(target=exit_when_stdin_closes, args=(0, kill_child), daemon=True).start()
 
     def on_term(signum, _frame):
         try:
