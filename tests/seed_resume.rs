@@ -11,7 +11,7 @@
 mod common;
 
 use common::*;
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
 use std::net::{TcpListener, UdpSocket};
 use std::path::Path;
@@ -108,6 +108,128 @@ fn wait_for_verified_pieces(proc: &mut Proc, out_path: &Path, info: &LtInfo, min
 // ---------------------------------------------------------------------------
 // Seeding to other clients
 // ---------------------------------------------------------------------------
+
+/// Every entry under `dir` with its contents (directories as `None`).
+fn snapshot(dir: &Path) -> BTreeMap<std::path::PathBuf, Option<Vec<u8>>> {
+    let mut out = BTreeMap::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in fs::read_dir(&d).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                stack.push(p.clone());
+                out.insert(p, None);
+            } else {
+                out.insert(p.clone(), Some(fs::read(&p).unwrap()));
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn seed_with_wrong_data_fails_and_never_writes_it() {
+    // A peer with the real data is in the swarm: a seed that downloaded would find it.
+    let swarm = Swarm::single_file("seed-wrong", MIB + 17, 16, 310, false);
+    let _lt = swarm.lt_seeder();
+    swarm.tracker.wait_for_seeders(&swarm.info.info_hash, 1);
+    let user = swarm.out_dir("user");
+    let file = user.join("payload.bin");
+    fs::write(&file, vec![0x5a; 500]).unwrap();
+    let before = snapshot(&user);
+    let out = run_bitrush(["seed".as_ref(), swarm.torrent.as_os_str(), file.as_os_str()]);
+    let line = assert_cli_error(&out);
+    let pieces = swarm.info.num_pieces;
+    assert!(
+        line.ends_with(&format!(
+            "does not match the torrent: 0 of {pieces} pieces verified"
+        )),
+        "{}",
+        dump(&out)
+    );
+    assert_eq!(snapshot(&user), before, "seed changed the user's folder");
+
+    // Half the pieces right: still refused without --partial, and still untouched.
+    let plen = swarm.info.piece_length as usize;
+    let mut half = swarm.data.clone();
+    for b in &mut half[(pieces / 2) * plen..] {
+        *b ^= 0xff;
+    }
+    fs::write(&file, &half).unwrap();
+    let before = snapshot(&user);
+    let out = run_bitrush(["seed".as_ref(), swarm.torrent.as_os_str(), file.as_os_str()]);
+    let line = assert_cli_error(&out);
+    assert!(
+        line.contains(&format!("{} of {pieces} pieces verified", pieces / 2)),
+        "{}",
+        dump(&out)
+    );
+    assert_eq!(snapshot(&user), before, "seed changed the user's folder");
+}
+
+#[test]
+fn seed_of_a_missing_path_creates_nothing() {
+    let swarm = Swarm::tree(
+        "seed-missing",
+        "tree",
+        &[("a.bin", 70_000), ("d/b.bin", 9)],
+        15,
+        311,
+    );
+    let user = swarm.out_dir("user");
+    for missing in [user.join("tree"), user.join("nested").join("tree")] {
+        let out = run_bitrush([
+            "seed".as_ref(),
+            swarm.torrent.as_os_str(),
+            missing.as_os_str(),
+        ]);
+        let line = assert_cli_error(&out);
+        assert!(line.contains("does not exist"), "{}", dump(&out));
+        assert!(!missing.exists());
+    }
+    assert!(
+        snapshot(&user).is_empty(),
+        "seed created {:?}",
+        snapshot(&user)
+    );
+}
+
+#[test]
+fn partial_seed_serves_verified_pieces_and_writes_nothing() {
+    let swarm = Swarm::single_file("seed-partial", MIB, 16, 312, false);
+    let user = swarm.out_dir("user");
+    let file = user.join("payload.bin");
+    let plen = swarm.info.piece_length as usize;
+    let mut data = swarm.data.clone();
+    for b in &mut data[plen..] {
+        *b = 0;
+    }
+    fs::write(&file, &data).unwrap();
+    let before = snapshot(&user);
+    let seed = BitrushSeeder::start(
+        &swarm.torrent,
+        &file,
+        &swarm.tracker,
+        &swarm.info.info_hash,
+        1,
+        &["--partial"],
+    );
+    let piece = swarm.out_dir("piece").join("0");
+    let out = run_bitrush(output_args(
+        "download_piece",
+        &piece,
+        &swarm.torrent,
+        &["0"],
+    ));
+    assert_success(&out);
+    assert_file_eq(&piece, &swarm.data[..plen], "piece 0 from the partial seed");
+    drop(seed);
+    assert_eq!(
+        snapshot(&user),
+        before,
+        "partial seed changed the user's folder"
+    );
+}
 
 #[test]
 fn libtorrent_downloads_single_file_from_bitrush_seed() {

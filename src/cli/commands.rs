@@ -263,12 +263,21 @@ pub async fn download(path: &Path, output: &Path, opts: &SessionOptions) -> anyh
     Ok(())
 }
 
-/// Seeds existing data: verifies it, then serves it until the limits or Ctrl-C.
-pub async fn seed(path: &Path, data: &Path, opts: &SessionOptions) -> anyhow::Result<()> {
+/// Seeds existing data: verifies it (read-only), then serves it until the limits or Ctrl-C.
+pub async fn seed(
+    path: &Path,
+    data: &Path,
+    partial: bool,
+    opts: &SessionOptions,
+) -> anyhow::Result<()> {
     let meta = load_torrent(path)?;
     let opts = SessionOptions {
         seed: Some(opts.seed.unwrap_or_default()),
         ..opts.clone()
     };
-    run_session(meta.into(), Target::Files(data.to_path_buf()), &opts).await
+    let target = Target::Existing {
+        path: data.to_path_buf(),
+        partial,
+    };
+    run_session(meta.into(), target, &opts).await
 }

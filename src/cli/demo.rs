@@ -92,7 +92,10 @@ pub async fn demo(size_mib: u64, seeders: usize) -> anyhow::Result<()> {
             info_hash: meta.info_hash,
             trackers: Vec::new(),
             peers: Vec::new(),
-            target: Target::Files(payload.clone()),
+            target: Target::Existing {
+                path: payload.clone(),
+                partial: false,
+            },
             peer_id: PeerId::random(),
             listener: Some(listener),
             port: 0,

@@ -85,12 +85,16 @@ enum Command {
         seeders: usize,
     },
     /// Seed existing data: verify it, announce, and serve peers until a limit or Ctrl-C.
+    /// The data is only read, never written: data that does not match the torrent is an error.
     Seed {
         torrent: PathBuf,
         /// The downloaded file (single-file torrent) or directory (multi-file).
         path: PathBuf,
         #[command(flatten)]
         session: SessionArgs,
+        /// Seed the pieces that verify even if others do not (they are never downloaded).
+        #[arg(long)]
+        partial: bool,
     },
 }
 
@@ -206,7 +210,13 @@ fn run(command: Command) -> anyhow::Result<()> {
             torrent,
             path,
             session,
-        } => runtime()?.block_on(commands::seed(&torrent, &path, &session.options(true))),
+            partial,
+        } => runtime()?.block_on(commands::seed(
+            &torrent,
+            &path,
+            partial,
+            &session.options(true),
+        )),
     }
 }
 

@@ -38,6 +38,10 @@ pub enum Target {
     /// to `path` once verified, so a failed run neither leaves a partial file nor touches an
     /// existing one.
     Piece { index: u32, path: PathBuf },
+    /// Existing data to seed (a file, or a multi-file torrent's directory), opened read-only:
+    /// it is verified and served but never written, created, cut or given a resume file. Data
+    /// that does not fully verify is an error, unless `partial`, which seeds the pieces that do.
+    Existing { path: PathBuf, partial: bool },
 }
 
 /// When a seed stops (whichever comes first; neither set: until shutdown).
@@ -117,6 +121,14 @@ pub enum DownloadError {
     NoPeers(String),
     #[error("internal task failed: {0}")]
     Task(String),
+    #[error("{0} does not exist: there is nothing to seed")]
+    NoData(String),
+    #[error("{path} does not match the torrent: {verified} of {total} pieces verified")]
+    DataMismatch {
+        path: String,
+        verified: u32,
+        total: u32,
+    },
 }
 
 /// Runs a session until the target is complete (and seeding is over), or shutdown.
@@ -153,6 +165,33 @@ pub async fn download(mut params: DownloadParams) -> Result<Outcome, DownloadErr
                 Bitfield::new(piece_count)
             };
             (storage, Bitfield::full(piece_count), have)
+        }
+        Target::Existing { path, partial } => {
+            if std::fs::symlink_metadata(path).is_err() {
+                return Err(DownloadError::NoData(path.display().to_string()));
+            }
+            let (path2, info2) = (path.clone(), info.clone());
+            let storage =
+                tokio::task::spawn_blocking(move || Storage::open_existing(&path2, &info2))
+                    .await
+                    .map_err(|e| DownloadError::Task(e.to_string()))??;
+            let storage = Arc::new(Sink::Files(storage));
+            let have = if params.assume_complete {
+                Bitfield::full(piece_count)
+            } else {
+                recheck(storage.clone(), info.clone()).await?
+            };
+            let verified = have.count();
+            if verified < piece_count && !(*partial && verified > 0) {
+                return Err(DownloadError::DataMismatch {
+                    path: path.display().to_string(),
+                    verified,
+                    total: piece_count,
+                });
+            }
+            // We want exactly what we have: the session never requests a piece, so nothing
+            // is ever written.
+            (storage, have.clone(), have)
         }
         Target::Piece { index, path } => {
             if *index >= piece_count {
@@ -211,7 +250,7 @@ pub async fn download(mut params: DownloadParams) -> Result<Outcome, DownloadErr
     }
     let piece_file = match &params.target {
         Target::Piece { path, .. } => Some((part_path(path), path.clone())),
-        Target::Files(_) => None,
+        Target::Files(_) | Target::Existing { .. } => None,
     };
     let mut manager = Manager {
         listener: params.listener.take(),

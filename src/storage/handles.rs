@@ -12,10 +12,12 @@ use std::fs::{File, OpenOptions};
 use std::path::Path;
 use std::sync::{Arc, Mutex, MutexGuard};
 
-/// Bounded LRU map from file index to open read-write handle.
+/// Bounded LRU map from file index to open handle (read-write, or read-only for data we must
+/// never modify).
 #[derive(Debug)]
 pub(super) struct HandleCache {
     capacity: usize,
+    writable: bool,
     inner: Mutex<Inner>,
 }
 
@@ -28,11 +30,20 @@ struct Inner {
 }
 
 impl HandleCache {
-    /// A cache keeping at most `capacity` (at least 1) handles open.
+    /// A cache keeping at most `capacity` (at least 1) read-write handles open.
     pub(super) fn new(capacity: usize) -> HandleCache {
         HandleCache {
             capacity: capacity.max(1),
+            writable: true,
             inner: Mutex::new(Inner::default()),
+        }
+    }
+
+    /// A cache of read-only handles: files are opened without write access and never created.
+    pub(super) fn read_only(capacity: usize) -> HandleCache {
+        HandleCache {
+            writable: false,
+            ..HandleCache::new(capacity)
         }
     }
 
@@ -41,8 +52,8 @@ impl HandleCache {
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// The handle for file `file` at `path`, opening it read-write on a miss (creating it if
-    /// missing only when `create`).
+    /// The handle for file `file` at `path`, opening it on a miss (creating it if missing only
+    /// when `create` and the cache is writable).
     pub(super) fn get(&self, file: usize, path: &Path, create: bool) -> std::io::Result<Arc<File>> {
         {
             let mut inner = self.lock();
@@ -56,8 +67,8 @@ impl HandleCache {
         let opened = Arc::new(
             OpenOptions::new()
                 .read(true)
-                .write(true)
-                .create(create)
+                .write(self.writable)
+                .create(create && self.writable)
                 .truncate(false)
                 .open(path)?,
         );
@@ -137,5 +148,23 @@ mod tests {
         let h = cache.get(0, &p, true).unwrap();
         assert_eq!(h.metadata().unwrap().len(), 0);
         assert!(p.exists());
+    }
+
+    #[test]
+    fn read_only_cache_never_creates_and_opens_without_write_access() {
+        let dir = tempfile::tempdir().unwrap();
+        let missing = dir.path().join("missing");
+        let cache = HandleCache::read_only(4);
+        assert!(cache.get(0, &missing, true).is_err());
+        assert!(!missing.exists());
+        let present = dir.path().join("present");
+        std::fs::write(&present, b"data").unwrap();
+        let mut perms = std::fs::metadata(&present).unwrap().permissions();
+        perms.set_readonly(true);
+        std::fs::set_permissions(&present, perms).unwrap();
+        let h = cache.get(1, &present, false).unwrap();
+        use std::os::unix::fs::FileExt;
+        assert!(h.write_at(b"x", 0).is_err(), "a read-only handle wrote");
+        assert_eq!(std::fs::read(&present).unwrap(), b"data");
     }
 }

@@ -62,6 +62,9 @@ pub enum StorageError {
     /// An `Info` whose lengths, offsets or piece count are inconsistent.
     #[error("inconsistent torrent info: {0}")]
     InvalidInfo(String),
+    /// A write to storage opened read-only (existing data being seeded).
+    #[error("{0}: opened read-only")]
+    ReadOnly(String),
 }
 
 fn io_err(path: &Path, source: std::io::Error) -> StorageError {
@@ -80,6 +83,8 @@ pub struct Storage {
     /// Set by writes, cleared by [`Storage::sync`].
     dirty: Vec<AtomicBool>,
     handles: HandleCache,
+    /// Opened by [`Storage::open_existing`]: writes are refused.
+    read_only: bool,
 }
 
 impl Storage {
@@ -98,7 +103,7 @@ impl Storage {
     ) -> Result<Storage, StorageError> {
         let layout = Layout::new(info)?;
         let paths = if info.multi_file {
-            multi_file_paths(output, info)?
+            multi_file_paths(output, info, true)?
         } else {
             if info.files.len() != 1 {
                 return Err(StorageError::InvalidInfo(format!(
@@ -120,6 +125,28 @@ impl Storage {
             paths,
             dirty,
             handles: HandleCache::new(max_open),
+            read_only: false,
+        })
+    }
+
+    /// Opens the torrent's files at `output` for reading only: nothing is created, cut or
+    /// written, so data the user asked us to seed can never be damaged. `output` itself must
+    /// exist (files inside a multi-file tree may be missing: their pieces fail verification).
+    pub fn open_existing(output: &Path, info: &Info) -> Result<Storage, StorageError> {
+        let layout = Layout::new(info)?;
+        std::fs::metadata(output).map_err(|e| io_err(output, e))?;
+        let paths = if info.multi_file {
+            multi_file_paths(output, info, false)?
+        } else {
+            vec![output.to_path_buf()]
+        };
+        let dirty = paths.iter().map(|_| AtomicBool::new(false)).collect();
+        Ok(Storage {
+            layout,
+            paths,
+            dirty,
+            handles: HandleCache::read_only(MAX_OPEN_FILES),
+            read_only: true,
         })
     }
 
@@ -148,6 +175,10 @@ impl Storage {
 
     /// Writes `data` at byte `begin` of piece `index` (may span files).
     pub fn write(&self, index: u32, begin: u32, data: &[u8]) -> Result<(), StorageError> {
+        if self.read_only {
+            let first = self.paths.first().map(|p| p.display().to_string());
+            return Err(StorageError::ReadOnly(first.unwrap_or_default()));
+        }
         let len = u32::try_from(data.len()).map_err(|_| {
             StorageError::Range(format!("piece {index} write of {} bytes", data.len()))
         })?;
@@ -264,8 +295,13 @@ fn is_safe_component(c: &str) -> bool {
         )
 }
 
-/// Checks every file's components and builds `output/<components>`, creating the directories.
-fn multi_file_paths(output: &Path, info: &Info) -> Result<Vec<PathBuf>, StorageError> {
+/// Checks every file's components and builds `output/<components>`, creating the directories
+/// when `create` (and otherwise leaving the tree untouched).
+fn multi_file_paths(
+    output: &Path,
+    info: &Info,
+    create: bool,
+) -> Result<Vec<PathBuf>, StorageError> {
     let mut seen: HashSet<&[String]> = HashSet::with_capacity(info.files.len());
     for (i, f) in info.files.iter().enumerate() {
         if f.path.is_empty() || !f.path.iter().all(|c| is_safe_component(c)) {
@@ -278,7 +314,9 @@ fn multi_file_paths(output: &Path, info: &Info) -> Result<Vec<PathBuf>, StorageE
             )));
         }
     }
-    std::fs::create_dir_all(output).map_err(|e| io_err(output, e))?;
+    if create {
+        std::fs::create_dir_all(output).map_err(|e| io_err(output, e))?;
+    }
     let mut made: HashSet<PathBuf> = HashSet::new();
     let mut paths = Vec::with_capacity(info.files.len());
     for f in &info.files {
@@ -299,6 +337,7 @@ fn multi_file_paths(output: &Path, info: &Info) -> Result<Vec<PathBuf>, StorageE
                     )))
                 }
                 Ok(_) => {}
+                Err(e) if e.kind() == ErrorKind::NotFound && !create => {}
                 Err(e) if e.kind() == ErrorKind::NotFound => match std::fs::create_dir(&path) {
                     Ok(()) => {}
                     Err(e) if e.kind() == ErrorKind::AlreadyExists => {}
@@ -410,6 +449,37 @@ mod tests {
         assert!(storage
             .piece_matches(1, &info.pieces[1], &mut scratch)
             .unwrap());
+    }
+
+    #[test]
+    fn open_existing_never_creates_cuts_or_writes() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = payload(100);
+        let info = with_hashes(info_with(&[40, 60], 16), &data);
+        // A missing output is an error and stays missing.
+        let missing = dir.path().join("missing");
+        assert!(matches!(
+            Storage::open_existing(&missing, &info),
+            Err(StorageError::Io { .. })
+        ));
+        assert!(!missing.exists());
+        // A tree with one over-long file and one missing file: opened as is, nothing changes.
+        let out = dir.path().join("t");
+        std::fs::create_dir(&out).unwrap();
+        std::fs::write(out.join("f0"), vec![1u8; 500]).unwrap();
+        let storage = Storage::open_existing(&out, &info).unwrap();
+        assert!(!out.join("f1").exists());
+        assert_eq!(std::fs::metadata(out.join("f0")).unwrap().len(), 500);
+        assert!(matches!(
+            storage.write(0, 0, &data[..16]),
+            Err(StorageError::ReadOnly(_))
+        ));
+        let mut scratch = Vec::new();
+        assert!(!storage
+            .piece_matches(0, &info.pieces[0], &mut scratch)
+            .unwrap());
+        assert_eq!(std::fs::read(out.join("f0")).unwrap(), vec![1u8; 500]);
+        assert!(!out.join("f1").exists());
     }
 
     #[test]
