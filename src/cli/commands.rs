@@ -89,7 +89,7 @@ pub async fn peers(path: &Path) -> anyhow::Result<()> {
     if tiers.is_empty() {
         bail!("{} names no tracker", path.display());
     }
-    let req = announce_request(&meta, PeerId::random());
+    let req = announce_request(&meta, engine::new_peer_id());
     let resp = engine::tracker::announce_all(&tiers, &req).await?;
     let mut out = String::new();
     for peer in resp.peers {
@@ -125,7 +125,7 @@ pub async fn handshake(path: &Path, peer: &str) -> anyhow::Result<()> {
     let addr = resolve(peer).await?;
     let mut stream = engine::peer::connect(addr).await?;
     let theirs =
-        engine::peer::exchange_handshake(&mut stream, addr, meta.info_hash, PeerId::random())
+        engine::peer::exchange_handshake(&mut stream, addr, meta.info_hash, engine::new_peer_id())
             .await?;
     println!("Peer ID: {}", theirs.peer_id);
     Ok(())
@@ -192,7 +192,7 @@ pub(super) async fn run_session(
         trackers: torrent.trackers,
         peers: torrent.peers,
         target,
-        peer_id: PeerId::random(),
+        peer_id: engine::new_peer_id(),
         listener: Some(listener),
         port: opts.port,
         max_peers: 50,

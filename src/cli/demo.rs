@@ -11,9 +11,9 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::{bail, Context};
+use bitrush::create::create_torrent;
 use bitrush::engine::{self, DownloadParams, SeedLimits, Target};
-use bitrush::metainfo::{create_torrent, Metainfo};
-use bitrush::types::PeerId;
+use bitrush::metainfo::Metainfo;
 use rand::{RngCore, SeedableRng};
 
 /// A temporary folder removed on drop.
@@ -96,7 +96,7 @@ pub async fn demo(size_mib: u64, seeders: usize) -> anyhow::Result<()> {
                 path: payload.clone(),
                 partial: false,
             },
-            peer_id: PeerId::random(),
+            peer_id: engine::new_peer_id(),
             listener: Some(listener),
             port: 0,
             max_peers: 50,

@@ -6,7 +6,6 @@ use std::path::Path;
 
 use bitrush::engine::metadata;
 use bitrush::metainfo::Magnet;
-use bitrush::types::PeerId;
 
 use super::commands::{self, SessionOptions, Torrent};
 
@@ -42,7 +41,7 @@ pub fn magnet_parse(link: &str) -> anyhow::Result<()> {
 /// peer id and the id it assigned to `ut_metadata`.
 pub async fn magnet_handshake(link: &str) -> anyhow::Result<()> {
     let magnet = Magnet::parse(link)?;
-    let peer_id = PeerId::random();
+    let peer_id = bitrush::engine::new_peer_id();
     let trackers = tiers(&magnet);
     let peers = metadata::find_peers(magnet.info_hash, &trackers, &magnet.peers, peer_id).await?;
     let handshake = metadata::handshake_any(&peers, magnet.info_hash, peer_id).await;
@@ -63,7 +62,7 @@ pub async fn magnet_info(link: &str) -> anyhow::Result<()> {
         magnet.info_hash,
         &tiers(&magnet),
         &magnet.peers,
-        PeerId::random(),
+        bitrush::engine::new_peer_id(),
     )
     .await?;
     commands::print_info(first_tracker(&magnet), &info, magnet.info_hash);
@@ -74,9 +73,13 @@ pub async fn magnet_info(link: &str) -> anyhow::Result<()> {
 pub(super) async fn torrent_from_magnet(link: &str) -> anyhow::Result<Torrent> {
     let magnet = Magnet::parse(link)?;
     let trackers = tiers(&magnet);
-    let (info, info_bytes) =
-        metadata::fetch_metadata(magnet.info_hash, &trackers, &magnet.peers, PeerId::random())
-            .await?;
+    let (info, info_bytes) = metadata::fetch_metadata(
+        magnet.info_hash,
+        &trackers,
+        &magnet.peers,
+        bitrush::engine::new_peer_id(),
+    )
+    .await?;
     Ok(Torrent {
         info,
         info_bytes,

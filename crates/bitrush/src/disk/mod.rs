@@ -1,0 +1,830 @@
+//! Storage: where each piece's bytes live on disk, and positioned reads and writes.
+//!
+//! [`Layout`] is pure arithmetic mapping torrent byte ranges onto files. [`Storage`] holds the
+//! torrent's file paths and performs synchronous positioned I/O (`pread`/`pwrite`); it is
+//! `Send + Sync`, so hashing and disk threads share it through an `Arc`.
+//!
+//! Invariants and choices:
+//! - Every path is re-checked at open (defence in depth): each component must be a plain name
+//!   (no `..`, `.`, empty, absolute, `/`, `\` or NUL), no two files may share a path, and no
+//!   existing symlink inside the torrent's tree is followed.
+//! - Files are created on their first write, not at open: a torrent of 10,000 small files must
+//!   not spend its first second creating inodes on the async runtime. Open only creates the
+//!   directories and the zero-length files (which no write ever touches), refuses a path that
+//!   exists but is not a regular file, and cuts an existing file longer than its torrent length
+//!   (existing bytes within the length are kept: resume depends on it). So once every piece has
+//!   been written, every file exists at exactly its torrent length and nothing else.
+//! - A read never creates a file: a missing file reads as `NotFound` (a piece mismatch on resume).
+//! - Handles are opened lazily and at most [`MAX_OPEN_FILES`] stay open (least recently used
+//!   closed first), so torrents with 10,000+ files work under ordinary descriptor limits.
+//! - Every read or write is range-checked against its piece before touching a file.
+
+mod handles;
+
+use std::collections::HashSet;
+use std::fs::{File, OpenOptions};
+use std::io::ErrorKind;
+use std::os::unix::fs::{FileExt, MetadataExt};
+use std::path::{Component, Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use sha1::{Digest, Sha1};
+
+use crate::metainfo::Info;
+use crate::storage::resume::FileStamp;
+use crate::storage::LayoutError;
+pub use crate::storage::{Layout, Segment, Segments};
+use handles::HandleCache;
+
+/// Most file handles a [`Storage`] keeps open at once.
+pub const MAX_OPEN_FILES: usize = 256;
+
+/// Why a storage operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StorageError {
+    /// An I/O error on the named file or directory.
+    #[error("{path}: {source}")]
+    Io {
+        path: String,
+        source: std::io::Error,
+    },
+    /// A piece range or torrent layout the disk cannot map.
+    #[error(transparent)]
+    Layout(#[from] LayoutError),
+    /// A file path that could escape the output directory (or collide with another file).
+    #[error("unsafe path in torrent: {0}")]
+    UnsafePath(String),
+    /// A write to storage opened read-only (existing data being seeded).
+    #[error("{0}: opened read-only")]
+    ReadOnly(String),
+}
+
+fn range_err(why: String) -> StorageError {
+    LayoutError::Range(why).into()
+}
+
+fn invalid_info(why: String) -> StorageError {
+    LayoutError::InvalidInfo(why).into()
+}
+
+fn io_err(path: &Path, source: std::io::Error) -> StorageError {
+    StorageError::Io {
+        path: path.display().to_string(),
+        source,
+    }
+}
+
+/// A torrent's files opened for reading and writing.
+#[derive(Debug)]
+pub struct Storage {
+    layout: Layout,
+    /// Full path of each file, in torrent order.
+    paths: Vec<PathBuf>,
+    /// Set by writes, cleared by [`Storage::sync`].
+    dirty: Vec<AtomicBool>,
+    handles: HandleCache,
+    /// Opened by [`Storage::open_existing`]: writes are refused.
+    read_only: bool,
+}
+
+impl Storage {
+    /// Prepares the torrent's files under `output` (directories and zero-length files created,
+    /// over-long files cut; other files are created by their first write): for a single-file
+    /// torrent `output` is the file itself; for a multi-file torrent a directory holding the
+    /// torrent's tree. Existing data is kept.
+    pub fn open(output: &Path, info: &Info) -> Result<Storage, StorageError> {
+        Storage::open_with_limit(output, info, MAX_OPEN_FILES)
+    }
+
+    fn open_with_limit(
+        output: &Path,
+        info: &Info,
+        max_open: usize,
+    ) -> Result<Storage, StorageError> {
+        let layout = Layout::new(info)?;
+        let paths = if info.multi_file {
+            multi_file_paths(output, info, true)?
+        } else {
+            if info.files.len() != 1 {
+                return Err(invalid_info(format!(
+                    "single-file torrent with {} file entries",
+                    info.files.len()
+                )));
+            }
+            if let Some(parent) = output.parent().filter(|p| !p.as_os_str().is_empty()) {
+                std::fs::create_dir_all(parent).map_err(|e| io_err(parent, e))?;
+            }
+            vec![output.to_path_buf()]
+        };
+        for (path, f) in paths.iter().zip(&info.files) {
+            prepare_file(path, f.length)?;
+        }
+        let dirty = paths.iter().map(|_| AtomicBool::new(false)).collect();
+        Ok(Storage {
+            layout,
+            paths,
+            dirty,
+            handles: HandleCache::new(max_open),
+            read_only: false,
+        })
+    }
+
+    /// Opens the torrent's files at `output` for reading only: nothing is created, cut or
+    /// written, so data the user asked us to seed can never be damaged. `output` itself must
+    /// exist (files inside a multi-file tree may be missing: their pieces fail verification).
+    pub fn open_existing(output: &Path, info: &Info) -> Result<Storage, StorageError> {
+        let layout = Layout::new(info)?;
+        std::fs::metadata(output).map_err(|e| io_err(output, e))?;
+        let paths = if info.multi_file {
+            multi_file_paths(output, info, false)?
+        } else {
+            vec![output.to_path_buf()]
+        };
+        let dirty = paths.iter().map(|_| AtomicBool::new(false)).collect();
+        Ok(Storage {
+            layout,
+            paths,
+            dirty,
+            handles: HandleCache::read_only(MAX_OPEN_FILES),
+            read_only: true,
+        })
+    }
+
+    /// The piece-to-file mapping.
+    pub fn layout(&self) -> &Layout {
+        &self.layout
+    }
+
+    /// Full path of file `file` (torrent order), or `None` if there is no such file.
+    pub fn file_path(&self, file: usize) -> Option<&Path> {
+        self.paths.get(file).map(PathBuf::as_path)
+    }
+
+    /// The open handle of file `file`; `create` makes a missing file (writes do, reads don't).
+    fn handle(&self, file: usize, create: bool) -> Result<(Arc<File>, &Path), StorageError> {
+        let path = self
+            .paths
+            .get(file)
+            .ok_or_else(|| range_err(format!("no file {file}")))?;
+        let handle = self
+            .handles
+            .get(file, path, create)
+            .map_err(|e| io_err(path, e))?;
+        Ok((handle, path))
+    }
+
+    /// Writes `data` at byte `begin` of piece `index` (may span files).
+    pub fn write(&self, index: u32, begin: u32, data: &[u8]) -> Result<(), StorageError> {
+        if self.read_only {
+            let first = self.paths.first().map(|p| p.display().to_string());
+            return Err(StorageError::ReadOnly(first.unwrap_or_default()));
+        }
+        let len = u32::try_from(data.len())
+            .map_err(|_| range_err(format!("piece {index} write of {} bytes", data.len())))?;
+        let mut done = 0usize;
+        for seg in self.layout.segments(index, begin, len)? {
+            let end = done + seg.len as usize;
+            let chunk = data
+                .get(done..end)
+                .ok_or_else(|| range_err(format!("piece {index} segment overrun")))?;
+            let (handle, path) = self.handle(seg.file, true)?;
+            if let Some(flag) = self.dirty.get(seg.file) {
+                flag.store(true, Ordering::Release);
+            }
+            handle
+                .write_all_at(chunk, seg.offset)
+                .map_err(|e| io_err(path, e))?;
+            done = end;
+        }
+        Ok(())
+    }
+
+    /// Reads `buf.len()` bytes at byte `begin` of piece `index`.
+    pub fn read(&self, index: u32, begin: u32, buf: &mut [u8]) -> Result<(), StorageError> {
+        let len = u32::try_from(buf.len())
+            .map_err(|_| range_err(format!("piece {index} read of {} bytes", buf.len())))?;
+        let mut done = 0usize;
+        for seg in self.layout.segments(index, begin, len)? {
+            let end = done + seg.len as usize;
+            let chunk = buf
+                .get_mut(done..end)
+                .ok_or_else(|| range_err(format!("piece {index} segment overrun")))?;
+            let (handle, path) = self.handle(seg.file, false)?;
+            handle
+                .read_exact_at(chunk, seg.offset)
+                .map_err(|e| io_err(path, e))?;
+            done = end;
+        }
+        Ok(())
+    }
+
+    /// Flushes file data to disk (`fdatasync` on every file written since the last sync).
+    pub fn sync(&self) -> Result<(), StorageError> {
+        for (file, flag) in self.dirty.iter().enumerate() {
+            if !flag.swap(false, Ordering::AcqRel) {
+                continue;
+            }
+            // fsync applies to the inode, so a freshly reopened handle flushes earlier writes
+            // made through an evicted one.
+            let result = self
+                .handle(file, false)
+                .and_then(|(h, path)| h.sync_data().map_err(|e| io_err(path, e)));
+            if let Err(e) = result {
+                flag.store(true, Ordering::Release);
+                return Err(e);
+            }
+        }
+        Ok(())
+    }
+
+    /// Each file's length and modification time now (`None` if it does not exist), in torrent
+    /// order: what a resume state is checked against. Symlinks are not followed.
+    pub fn file_stamps(&self) -> Result<Vec<Option<FileStamp>>, StorageError> {
+        self.paths
+            .iter()
+            .map(|path| match std::fs::symlink_metadata(path) {
+                Ok(m) => Ok(Some(FileStamp {
+                    length: m.len(),
+                    mtime_secs: m.mtime(),
+                    mtime_nanos: u32::try_from(m.mtime_nsec()).unwrap_or(0),
+                })),
+                Err(e) if e.kind() == ErrorKind::NotFound => Ok(None),
+                Err(e) => Err(io_err(path, e)),
+            })
+            .collect()
+    }
+
+    /// Reads piece `index` into `scratch` and tells whether its SHA-1 equals `expected` (used for
+    /// resume). A short or missing file counts as a mismatch; other I/O errors and an
+    /// out-of-range `index` are errors.
+    pub fn piece_matches(
+        &self,
+        index: u32,
+        expected: &[u8; 20],
+        scratch: &mut Vec<u8>,
+    ) -> Result<bool, StorageError> {
+        let len = self.layout.piece_len(index)?;
+        scratch.clear();
+        scratch.resize(len as usize, 0);
+        match self.read(index, 0, scratch) {
+            Ok(()) => Ok(Sha1::digest(scratch.as_slice()).as_slice() == expected.as_slice()),
+            Err(StorageError::Io { source, .. })
+                if matches!(
+                    source.kind(),
+                    ErrorKind::UnexpectedEof | ErrorKind::NotFound
+                ) =>
+            {
+                Ok(false)
+            }
+            Err(e) => Err(e),
+        }
+    }
+}
+
+/// True if `c` is a single plain path component that cannot escape its parent.
+fn is_safe_component(c: &str) -> bool {
+    !c.is_empty()
+        && c != "."
+        && c != ".."
+        && !c.contains(['/', '\\', '\0'])
+        && matches!(
+            Path::new(c).components().collect::<Vec<_>>().as_slice(),
+            [Component::Normal(_)]
+        )
+}
+
+/// Checks every file's components and builds `output/<components>`, creating the directories
+/// when `create` (and otherwise leaving the tree untouched).
+fn multi_file_paths(
+    output: &Path,
+    info: &Info,
+    create: bool,
+) -> Result<Vec<PathBuf>, StorageError> {
+    let mut seen: HashSet<&[String]> = HashSet::with_capacity(info.files.len());
+    for (i, f) in info.files.iter().enumerate() {
+        if f.path.is_empty() || !f.path.iter().all(|c| is_safe_component(c)) {
+            return Err(StorageError::UnsafePath(format!("file {i}: {:?}", f.path)));
+        }
+        if !seen.insert(f.path.as_slice()) {
+            return Err(StorageError::UnsafePath(format!(
+                "file {i}: duplicate path {:?}",
+                f.path
+            )));
+        }
+    }
+    if create {
+        std::fs::create_dir_all(output).map_err(|e| io_err(output, e))?;
+    }
+    let mut made: HashSet<PathBuf> = HashSet::new();
+    let mut paths = Vec::with_capacity(info.files.len());
+    for f in &info.files {
+        let mut path = output.to_path_buf();
+        let Some((name, dirs)) = f.path.split_last() else {
+            return Err(StorageError::UnsafePath(format!("empty path {:?}", f.path)));
+        };
+        for d in dirs {
+            path.push(d);
+            if made.contains(&path) {
+                continue;
+            }
+            match std::fs::symlink_metadata(&path) {
+                Ok(m) if m.file_type().is_symlink() => {
+                    return Err(StorageError::UnsafePath(format!(
+                        "{} is a symlink",
+                        path.display()
+                    )))
+                }
+                Ok(_) => {}
+                Err(e) if e.kind() == ErrorKind::NotFound && !create => {}
+                Err(e) if e.kind() == ErrorKind::NotFound => match std::fs::create_dir(&path) {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == ErrorKind::AlreadyExists => {}
+                    Err(e) => return Err(io_err(&path, e)),
+                },
+                Err(e) => return Err(io_err(&path, e)),
+            }
+            made.insert(path.clone());
+        }
+        path.push(name);
+        if let Ok(m) = std::fs::symlink_metadata(&path) {
+            if m.file_type().is_symlink() {
+                return Err(StorageError::UnsafePath(format!(
+                    "{} is a symlink",
+                    path.display()
+                )));
+            }
+        }
+        paths.push(path);
+    }
+    Ok(paths)
+}
+
+/// Readies `path` for a file of `length` bytes without writing data: a missing file is left for
+/// its first write (or created now if empty), a longer one is cut to `length`, and anything that
+/// is not a regular file is refused with the OS's own error from trying to open it.
+fn prepare_file(path: &Path, length: u64) -> Result<(), StorageError> {
+    match std::fs::metadata(path) {
+        Ok(m) if m.is_file() && m.len() <= length => return Ok(()),
+        Err(e) if e.kind() == ErrorKind::NotFound && length > 0 => return Ok(()),
+        Err(e) if e.kind() != ErrorKind::NotFound => return Err(io_err(path, e)),
+        _ => {}
+    }
+    let file = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(path)
+        .map_err(|e| io_err(path, e))?;
+    let current = file.metadata().map_err(|e| io_err(path, e))?.len();
+    if current > length {
+        file.set_len(length).map_err(|e| io_err(path, e))?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::metainfo::FileEntry;
+    use bitrush_core::testing::info_with;
+    use proptest::prelude::*;
+
+    fn payload(n: u64) -> Vec<u8> {
+        (0..n).map(|i| (i * 31 % 251) as u8).collect()
+    }
+
+    fn sha1(data: &[u8]) -> [u8; 20] {
+        Sha1::digest(data).into()
+    }
+
+    /// Fills `info.pieces` with the real hashes of `data`.
+    fn with_hashes(mut info: Info, data: &[u8]) -> Info {
+        info.pieces = data.chunks(info.piece_length as usize).map(sha1).collect();
+        info
+    }
+
+    /// The expected contents of each file, sliced from the payload.
+    fn file_slices<'a>(info: &Info, data: &'a [u8]) -> Vec<&'a [u8]> {
+        info.files
+            .iter()
+            .map(|f| &data[f.offset as usize..(f.offset + f.length) as usize])
+            .collect()
+    }
+
+    fn write_all_pieces(storage: &Storage, info: &Info, data: &[u8]) {
+        for (i, chunk) in data.chunks(info.piece_length as usize).enumerate() {
+            storage.write(i as u32, 0, chunk).unwrap();
+        }
+    }
+
+    #[test]
+    fn storage_is_send_and_sync() {
+        fn assert_send_sync<T: Send + Sync>() {}
+        assert_send_sync::<Storage>();
+    }
+
+    #[test]
+    fn piece_spanning_three_files_with_empty_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let lengths = [3, 0, 2, 5];
+        let data = payload(10);
+        let info = with_hashes(info_with(&lengths, 8), &data);
+        let out = dir.path().join("t");
+        let storage = Storage::open(&out, &info).unwrap();
+        storage.write(0, 0, &data[..8]).unwrap();
+        storage.write(1, 0, &data[8..]).unwrap();
+        assert_eq!(std::fs::read(out.join("f0")).unwrap(), &data[0..3]);
+        assert_eq!(std::fs::read(out.join("f1")).unwrap(), b"");
+        assert_eq!(std::fs::read(out.join("f2")).unwrap(), &data[3..5]);
+        assert_eq!(std::fs::read(out.join("f3")).unwrap(), &data[5..10]);
+        let mut buf = [0u8; 4];
+        storage.read(0, 2, &mut buf).unwrap();
+        assert_eq!(&buf, &data[2..6]);
+        let mut scratch = Vec::new();
+        assert!(storage
+            .piece_matches(0, &info.pieces[0], &mut scratch)
+            .unwrap());
+        assert!(storage
+            .piece_matches(1, &info.pieces[1], &mut scratch)
+            .unwrap());
+    }
+
+    #[test]
+    fn open_existing_never_creates_cuts_or_writes() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = payload(100);
+        let info = with_hashes(info_with(&[40, 60], 16), &data);
+        // A missing output is an error and stays missing.
+        let missing = dir.path().join("missing");
+        assert!(matches!(
+            Storage::open_existing(&missing, &info),
+            Err(StorageError::Io { .. })
+        ));
+        assert!(!missing.exists());
+        // A tree with one over-long file and one missing file: opened as is, nothing changes.
+        let out = dir.path().join("t");
+        std::fs::create_dir(&out).unwrap();
+        std::fs::write(out.join("f0"), vec![1u8; 500]).unwrap();
+        let storage = Storage::open_existing(&out, &info).unwrap();
+        assert!(!out.join("f1").exists());
+        assert_eq!(std::fs::metadata(out.join("f0")).unwrap().len(), 500);
+        assert!(matches!(
+            storage.write(0, 0, &data[..16]),
+            Err(StorageError::ReadOnly(_))
+        ));
+        let mut scratch = Vec::new();
+        assert!(!storage
+            .piece_matches(0, &info.pieces[0], &mut scratch)
+            .unwrap());
+        assert_eq!(std::fs::read(out.join("f0")).unwrap(), vec![1u8; 500]);
+        assert!(!out.join("f1").exists());
+    }
+
+    #[test]
+    fn reopening_keeps_data_and_exact_lengths() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = payload(100);
+        let info = with_hashes(info_with(&[40, 60], 16), &data);
+        let out = dir.path().join("t");
+        {
+            let storage = Storage::open(&out, &info).unwrap();
+            write_all_pieces(&storage, &info, &data);
+            storage.sync().unwrap();
+        }
+        let storage = Storage::open(&out, &info).unwrap();
+        let mut scratch = Vec::new();
+        for i in 0..storage.layout().piece_count() {
+            assert!(storage
+                .piece_matches(i, &info.pieces[i as usize], &mut scratch)
+                .unwrap());
+        }
+        assert_eq!(std::fs::read(out.join("f1")).unwrap(), &data[40..]);
+
+        // A longer file is cut to its torrent length, a shorter one left for writes; data kept.
+        drop(storage);
+        let f0 = out.join("f0");
+        let mut long = data[..40].to_vec();
+        long.extend_from_slice(b"extra");
+        std::fs::write(&f0, &long).unwrap();
+        std::fs::write(out.join("f1"), &data[40..50]).unwrap();
+        let storage = Storage::open(&out, &info).unwrap();
+        assert_eq!(std::fs::read(&f0).unwrap(), &data[..40]);
+        assert_eq!(std::fs::read(out.join("f1")).unwrap(), &data[40..50]);
+        assert!(storage
+            .piece_matches(0, &info.pieces[0], &mut scratch)
+            .unwrap());
+        assert!(!storage
+            .piece_matches(4, &info.pieces[4], &mut scratch)
+            .unwrap());
+    }
+
+    #[test]
+    fn single_file_torrent_writes_output_path() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = payload(50);
+        let mut info = with_hashes(info_with(&[50], 16), &data);
+        info.multi_file = false;
+        info.files[0].path = vec!["ignored".into()];
+        let out = dir.path().join("sub").join("file.bin");
+        let storage = Storage::open(&out, &info).unwrap();
+        write_all_pieces(&storage, &info, &data);
+        assert_eq!(std::fs::read(&out).unwrap(), data);
+        assert_eq!(storage.file_path(0), Some(out.as_path()));
+
+        info.files.push(FileEntry {
+            path: vec!["x".into()],
+            length: 0,
+            offset: 50,
+        });
+        assert!(matches!(
+            Storage::open(&out, &info),
+            Err(StorageError::Layout(LayoutError::InvalidInfo(_)))
+        ));
+    }
+
+    #[test]
+    fn unsafe_paths_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("t");
+        let bad: [&[&str]; 8] = [
+            &[".."],
+            &["a", "..", "b"],
+            &["."],
+            &[""],
+            &["a/b"],
+            &["/etc"],
+            &["a\\b"],
+            &[],
+        ];
+        for components in bad {
+            let mut info = info_with(&[5], 4);
+            info.files[0].path = components.iter().map(|s| s.to_string()).collect();
+            let r = Storage::open(&out, &info);
+            assert!(
+                matches!(r, Err(StorageError::UnsafePath(_))),
+                "{components:?}: {r:?}"
+            );
+        }
+        let mut info = info_with(&[1, 1], 4);
+        info.files[1].path = info.files[0].path.clone();
+        assert!(matches!(
+            Storage::open(&out, &info),
+            Err(StorageError::UnsafePath(_))
+        ));
+        // Nothing was created for refused torrents.
+        assert!(!out.exists());
+    }
+
+    #[test]
+    fn symlink_inside_tree_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("t");
+        let elsewhere = dir.path().join("elsewhere");
+        std::fs::create_dir_all(&out).unwrap();
+        std::fs::create_dir_all(&elsewhere).unwrap();
+        std::os::unix::fs::symlink(&elsewhere, out.join("d")).unwrap();
+        let mut info = info_with(&[5], 4);
+        info.files[0].path = vec!["d".into(), "x".into()];
+        assert!(matches!(
+            Storage::open(&out, &info),
+            Err(StorageError::UnsafePath(_))
+        ));
+        std::os::unix::fs::symlink(elsewhere.join("y"), out.join("y")).unwrap();
+        info.files[0].path = vec!["y".into()];
+        assert!(matches!(
+            Storage::open(&out, &info),
+            Err(StorageError::UnsafePath(_))
+        ));
+        assert!(std::fs::read_dir(&elsewhere).unwrap().next().is_none());
+    }
+
+    #[test]
+    fn out_of_range_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let info = info_with(&[10, 10], 8);
+        let storage = Storage::open(&dir.path().join("t"), &info).unwrap();
+        let mut buf = [0u8; 5];
+        assert!(matches!(
+            storage.write(3, 0, b"x"),
+            Err(StorageError::Layout(LayoutError::Range(_)))
+        ));
+        assert!(matches!(
+            storage.write(2, 0, &[0; 5]),
+            Err(StorageError::Layout(LayoutError::Range(_)))
+        ));
+        assert!(matches!(
+            storage.write(0, 6, &[0; 3]),
+            Err(StorageError::Layout(LayoutError::Range(_)))
+        ));
+        assert!(matches!(
+            storage.read(2, 1, &mut buf[..4]),
+            Err(StorageError::Layout(LayoutError::Range(_)))
+        ));
+        assert!(matches!(
+            storage.read(u32::MAX, u32::MAX, &mut buf),
+            Err(StorageError::Layout(LayoutError::Range(_)))
+        ));
+        let mut scratch = Vec::new();
+        assert!(matches!(
+            storage.piece_matches(3, &[0; 20], &mut scratch),
+            Err(StorageError::Layout(LayoutError::Range(_)))
+        ));
+        // Nothing was written: no file was created, and reading the missing file fails.
+        assert!(!dir.path().join("t/f1").exists());
+        assert!(matches!(
+            storage.read(2, 0, &mut buf[..4]),
+            Err(StorageError::Io { .. })
+        ));
+    }
+
+    #[test]
+    fn files_are_created_by_their_first_write() {
+        let dir = tempfile::tempdir().unwrap();
+        let lengths = [0, 10, 0, 6];
+        let data = payload(16);
+        let mut info = with_hashes(info_with(&lengths, 8), &data);
+        info.files[3].path = vec!["sub".into(), "f3".into()];
+        let out = dir.path().join("t");
+        let storage = Storage::open(&out, &info).unwrap();
+        // Open made the directories and the empty files, nothing else.
+        assert_eq!(std::fs::read(out.join("f0")).unwrap(), b"");
+        assert_eq!(std::fs::read(out.join("f2")).unwrap(), b"");
+        assert!(out.join("sub").is_dir());
+        assert!(!out.join("f1").exists() && !out.join("sub/f3").exists());
+        let mut scratch = Vec::new();
+        assert!(!storage
+            .piece_matches(1, &info.pieces[1], &mut scratch)
+            .unwrap());
+        assert!(!out.join("sub/f3").exists(), "a read created a file");
+        // Last piece first: f1 and f3 appear, f1 short until piece 0 lands.
+        storage.write(1, 0, &data[8..]).unwrap();
+        assert_eq!(std::fs::metadata(out.join("f1")).unwrap().len(), 10);
+        assert_eq!(std::fs::read(out.join("sub/f3")).unwrap(), &data[10..]);
+        storage.write(0, 0, &data[..8]).unwrap();
+        assert_eq!(std::fs::read(out.join("f1")).unwrap(), &data[..10]);
+    }
+
+    #[test]
+    fn file_stamps_follow_writes() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = payload(20);
+        let info = with_hashes(info_with(&[10, 10], 8), &data);
+        let storage = Storage::open(&dir.path().join("t"), &info).unwrap();
+        assert_eq!(storage.file_stamps().unwrap(), vec![None, None]);
+        storage.write(0, 0, &data[..8]).unwrap();
+        let first = storage.file_stamps().unwrap();
+        assert_eq!(first[0].map(|s| s.length), Some(8));
+        assert_eq!(first[1], None);
+        // A later write changes the stamp (length here; the time may not tick).
+        storage.write(1, 0, &data[8..16]).unwrap();
+        let second = storage.file_stamps().unwrap();
+        assert_ne!(first, second);
+        assert_eq!(second[0].map(|s| s.length), Some(10));
+        assert_eq!(second[1].map(|s| s.length), Some(6));
+    }
+
+    #[test]
+    fn a_directory_where_a_file_belongs_is_an_io_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("t");
+        std::fs::create_dir_all(out.join("f0")).unwrap();
+        let info = info_with(&[5], 4);
+        let err = Storage::open(&out, &info).unwrap_err();
+        assert!(matches!(err, StorageError::Io { .. }), "{err:?}");
+        assert!(err.to_string().contains("f0"), "{err}");
+    }
+
+    #[test]
+    fn missing_or_short_file_is_mismatch_not_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = payload(20);
+        let info = with_hashes(info_with(&[10, 10], 8), &data);
+        let out = dir.path().join("t");
+        let storage = Storage::open(&out, &info).unwrap();
+        write_all_pieces(&storage, &info, &data);
+        let mut scratch = Vec::new();
+        assert!(storage
+            .piece_matches(1, &info.pieces[1], &mut scratch)
+            .unwrap());
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(out.join("f1"))
+            .unwrap()
+            .set_len(3)
+            .unwrap();
+        assert!(storage
+            .piece_matches(0, &info.pieces[0], &mut scratch)
+            .unwrap());
+        assert!(!storage
+            .piece_matches(1, &info.pieces[1], &mut scratch)
+            .unwrap());
+        assert!(matches!(
+            storage.read(1, 0, &mut [0; 8]),
+            Err(StorageError::Io { .. })
+        ));
+        // Deleted file whose handle is not cached: reopening fails with NotFound.
+        let fresh = Storage::open_with_limit(&out, &info, 1).unwrap();
+        std::fs::remove_file(out.join("f1")).unwrap();
+        assert!(!fresh
+            .piece_matches(2, &info.pieces[2], &mut scratch)
+            .unwrap());
+        let err = fresh.read(2, 0, &mut [0; 4]).unwrap_err();
+        assert!(err.to_string().contains("f1"), "{err}");
+    }
+
+    #[test]
+    fn many_files_with_small_handle_limit() {
+        let dir = tempfile::tempdir().unwrap();
+        let lengths: Vec<u64> = (0..300).map(|i| i % 7).collect();
+        let total: u64 = lengths.iter().sum();
+        let data = payload(total);
+        let info = with_hashes(info_with(&lengths, 64), &data);
+        let out = dir.path().join("t");
+        let storage = Storage::open_with_limit(&out, &info, 4).unwrap();
+        write_all_pieces(&storage, &info, &data);
+        assert!(storage.handles.len() <= 4);
+        storage.sync().unwrap();
+        assert!(storage.dirty.iter().all(|d| !d.load(Ordering::Acquire)));
+        for (i, expected) in file_slices(&info, &data).into_iter().enumerate() {
+            assert_eq!(std::fs::read(out.join(format!("f{i}"))).unwrap(), expected);
+        }
+    }
+
+    #[test]
+    fn concurrent_writers_share_storage() {
+        let dir = tempfile::tempdir().unwrap();
+        let lengths = [100, 0, 37, 263, 1, 99];
+        let data = payload(lengths.iter().sum());
+        let info = with_hashes(info_with(&lengths, 32), &data);
+        let out = dir.path().join("t");
+        let storage = Arc::new(Storage::open_with_limit(&out, &info, 2).unwrap());
+        let pieces: Vec<(u32, Vec<u8>)> = data
+            .chunks(32)
+            .enumerate()
+            .map(|(i, c)| (i as u32, c.to_vec()))
+            .collect();
+        std::thread::scope(|s| {
+            for part in pieces.chunks(4) {
+                let storage = Arc::clone(&storage);
+                s.spawn(move || {
+                    for (i, chunk) in part {
+                        storage.write(*i, 0, chunk).unwrap();
+                    }
+                });
+            }
+        });
+        let mut scratch = Vec::new();
+        for (i, h) in info.pieces.iter().enumerate() {
+            assert!(storage.piece_matches(i as u32, h, &mut scratch).unwrap());
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(32))]
+
+        /// Every piece written in random order, in random block splits, reads back as the
+        /// payload: per file on disk and through `read`.
+        #[test]
+        fn multi_file_round_trip(
+            lengths in prop::collection::vec(prop_oneof![Just(0u64), 1u64..50, 50u64..400], 1..8),
+            piece_length in 1u32..128,
+            seed in any::<u64>(),
+            order_seed in any::<u64>(),
+        ) {
+            use rand::{seq::SliceRandom, Rng, SeedableRng};
+            let total: u64 = lengths.iter().sum();
+            let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+            let data: Vec<u8> = (0..total).map(|_| rng.gen()).collect();
+            let info = with_hashes(info_with(&lengths, piece_length), &data);
+            let dir = tempfile::tempdir().unwrap();
+            let out = dir.path().join("t");
+            let storage = Storage::open(&out, &info).unwrap();
+
+            // Random blocks: each piece split at a random point, all blocks shuffled.
+            let mut blocks = Vec::new();
+            for (i, chunk) in data.chunks(piece_length as usize).enumerate() {
+                let cut = rng.gen_range(0..=chunk.len());
+                blocks.push((i as u32, 0u32, &chunk[..cut]));
+                blocks.push((i as u32, cut as u32, &chunk[cut..]));
+            }
+            blocks.shuffle(&mut rand::rngs::StdRng::seed_from_u64(order_seed));
+            for (i, begin, block) in blocks {
+                storage.write(i, begin, block).unwrap();
+            }
+            storage.sync().unwrap();
+
+            for (i, expected) in file_slices(&info, &data).into_iter().enumerate() {
+                let on_disk = std::fs::read(out.join(format!("f{i}"))).unwrap();
+                prop_assert_eq!(on_disk.as_slice(), expected);
+            }
+            let mut scratch = Vec::new();
+            for (i, chunk) in data.chunks(piece_length as usize).enumerate() {
+                let mut buf = vec![0u8; chunk.len()];
+                storage.read(i as u32, 0, &mut buf).unwrap();
+                prop_assert_eq!(buf.as_slice(), chunk);
+                prop_assert!(storage.piece_matches(i as u32, &info.pieces[i], &mut scratch).unwrap());
+            }
+        }
+    }
+}

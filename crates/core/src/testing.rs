@@ -1,0 +1,31 @@
+//! Fixtures shared by this crate's tests and the `bitrush` crate's (feature `testing`).
+
+use crate::metainfo::{FileEntry, Info};
+
+/// A multi-file `Info` named `t` with the given file lengths (files `f0`, `f1`, ...) and
+/// all-zero piece hashes.
+pub fn info_with(lengths: &[u64], piece_length: u32) -> Info {
+    let mut offset = 0;
+    let files = lengths
+        .iter()
+        .enumerate()
+        .map(|(i, &length)| {
+            let f = FileEntry {
+                path: vec![format!("f{i}")],
+                length,
+                offset,
+            };
+            offset += length;
+            f
+        })
+        .collect();
+    let count = offset.div_ceil(u64::from(piece_length)) as usize;
+    Info {
+        name: "t".into(),
+        piece_length,
+        pieces: vec![[0; 20]; count],
+        files,
+        multi_file: true,
+        total_length: offset,
+    }
+}

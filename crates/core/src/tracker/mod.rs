@@ -1,0 +1,147 @@
+//! Tracker protocol messages, sans-IO: HTTP announce URLs and responses (BEP 3, BEP 23, BEP 7),
+//! the UDP tracker state machine (BEP 15) and multi-tracker tier bookkeeping (BEP 12). The
+//! engine (`crate::engine::tracker`) does the sending.
+//!
+//! Invariants: nothing here reads a clock or touches a socket; every peer list is bounded by
+//! [`MAX_PEERS`] and deduplicated, keeping the tracker's order.
+
+pub mod http;
+pub mod tiers;
+pub mod udp;
+
+use core::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::collections::HashSet;
+
+use crate::types::{InfoHash, PeerId};
+
+pub use tiers::{Tracker, TrackerList};
+pub use udp::{UdpAnnounce, UdpConfig};
+
+/// Largest tracker response body / datagram we read.
+pub const MAX_RESPONSE_LEN: usize = 4 * 1024 * 1024;
+/// Most peers kept from one response (extra ones are dropped).
+pub const MAX_PEERS: usize = 5000;
+
+/// The `event` of an announce.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Event {
+    /// A regular announce.
+    None,
+    /// First announce of a download.
+    Started,
+    /// The download just completed.
+    Completed,
+    /// We are leaving the swarm.
+    Stopped,
+}
+
+/// What we tell a tracker.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AnnounceRequest {
+    /// The torrent.
+    pub info_hash: InfoHash,
+    /// Our peer id.
+    pub peer_id: PeerId,
+    /// Our listening port.
+    pub port: u16,
+    /// Bytes uploaded this session.
+    pub uploaded: u64,
+    /// Bytes downloaded this session.
+    pub downloaded: u64,
+    /// Bytes still missing.
+    pub left: u64,
+    /// Why we announce.
+    pub event: Event,
+    /// Peers wanted (`None`: the tracker's default).
+    pub numwant: Option<u32>,
+    /// Random per-session key (BEP 7 / BEP 15).
+    pub key: u32,
+}
+
+/// What a tracker told us.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct AnnounceResponse {
+    /// Seconds until the next regular announce.
+    pub interval: Option<u32>,
+    /// Seconds the tracker wants at least between announces.
+    pub min_interval: Option<u32>,
+    /// IPv4 and IPv6 peers, in the tracker's order, deduplicated.
+    pub peers: Vec<SocketAddr>,
+    /// The tracker's `warning message`.
+    pub warning: Option<String>,
+    /// Complete peers (`complete` / UDP seeders).
+    pub seeders: Option<u32>,
+    /// Incomplete peers (`incomplete` / UDP leechers).
+    pub leechers: Option<u32>,
+}
+
+/// Why an announce failed.
+#[derive(Clone, Debug, thiserror::Error, PartialEq, Eq)]
+pub enum TrackerError {
+    /// The tracker's own `failure reason`.
+    #[error("tracker failure: {0}")]
+    Failure(String),
+    /// A response we cannot parse.
+    #[error("malformed tracker response: {0}")]
+    Malformed(String),
+    /// A URL we cannot announce to.
+    #[error("unsupported tracker URL: {0}")]
+    BadUrl(String),
+    /// No answer in time.
+    #[error("tracker timed out")]
+    Timeout,
+    /// HTTP-level failure (status, connection, body too large).
+    #[error("HTTP tracker error: {0}")]
+    Http(String),
+    /// Socket or name-resolution failure.
+    #[error("tracker I/O error: {0}")]
+    Io(String),
+    /// Every tracker of every tier failed; the message lists each one's error.
+    #[error("no tracker answered: {0}")]
+    NoneAnswered(String),
+}
+
+/// Longest tracker-supplied text (failure reason, warning) we keep.
+pub(crate) const MAX_TEXT_LEN: usize = 1024;
+
+/// Lossy UTF-8 of tracker-supplied text, cut to [`MAX_TEXT_LEN`] bytes.
+pub(crate) fn tracker_text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(&bytes[..bytes.len().min(MAX_TEXT_LEN)]).into_owned()
+}
+
+/// Adds peers to `out` skipping port 0 and duplicates (tracked in `seen`), up to [`MAX_PEERS`].
+pub fn push_peers(
+    out: &mut Vec<SocketAddr>,
+    seen: &mut HashSet<SocketAddr>,
+    peers: impl IntoIterator<Item = SocketAddr>,
+) {
+    for peer in peers {
+        if out.len() >= MAX_PEERS {
+            return;
+        }
+        if peer.port() != 0 && seen.insert(peer) {
+            out.push(peer);
+        }
+    }
+}
+
+/// Compact IPv4 peers: 6 bytes each (address, port, big-endian). A trailing partial entry is
+/// ignored; callers that must reject it check the length first.
+pub(crate) fn compact_v4(bytes: &[u8]) -> impl Iterator<Item = SocketAddr> + '_ {
+    bytes.chunks_exact(6).map(|c| {
+        let ip = Ipv4Addr::new(c[0], c[1], c[2], c[3]);
+        SocketAddr::new(IpAddr::V4(ip), u16::from_be_bytes([c[4], c[5]]))
+    })
+}
+
+/// Compact IPv6 peers: 18 bytes each. A trailing partial entry is ignored.
+pub(crate) fn compact_v6(bytes: &[u8]) -> impl Iterator<Item = SocketAddr> + '_ {
+    bytes.chunks_exact(18).map(|c| {
+        let mut a = [0u8; 16];
+        a.copy_from_slice(&c[..16]);
+        SocketAddr::new(
+            IpAddr::V6(Ipv6Addr::from(a)),
+            u16::from_be_bytes([c[16], c[17]]),
+        )
+    })
+}

@@ -1,0 +1,162 @@
+//! Small identifiers shared by every layer: info hash, peer id, hex helpers.
+//!
+//! Invariants: both ids are exactly 20 bytes; hex output is lowercase; hex input is parsed
+//! strictly (exact length, no sign, no whitespace) and never panics on hostile text.
+
+use std::fmt;
+
+use rand::Rng;
+
+/// The SHA-1 of a torrent's bencoded info dictionary (BitTorrent v1).
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct InfoHash(pub [u8; 20]);
+
+/// A 20-byte peer id as sent in the handshake and to trackers.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct PeerId(pub [u8; 20]);
+
+/// The client prefix at the start of every peer id this client makes (Azureus style).
+pub const PEER_ID_PREFIX: &[u8; 8] = b"-BR0001-";
+
+const HEX_DIGITS: &[u8; 16] = b"0123456789abcdef";
+
+/// Lowercase hex of any bytes.
+pub fn to_hex(bytes: &[u8]) -> String {
+    let mut out = String::with_capacity(bytes.len().saturating_mul(2));
+    for &b in bytes {
+        out.push(char::from(HEX_DIGITS[usize::from(b >> 4)]));
+        out.push(char::from(HEX_DIGITS[usize::from(b & 0x0f)]));
+    }
+    out
+}
+
+/// The value of one hex digit (either case), or `None`.
+pub(crate) fn hex_value(c: u8) -> Option<u8> {
+    match c {
+        b'0'..=b'9' => Some(c - b'0'),
+        b'a'..=b'f' => Some(c - b'a' + 10),
+        b'A'..=b'F' => Some(c - b'A' + 10),
+        _ => None,
+    }
+}
+
+/// Parses exactly 40 hex digits (either case) into 20 bytes.
+pub fn from_hex20(s: &str) -> Option<[u8; 20]> {
+    let digits = s.as_bytes();
+    if digits.len() != 40 {
+        return None;
+    }
+    let mut out = [0u8; 20];
+    for (slot, pair) in out.iter_mut().zip(digits.chunks_exact(2)) {
+        let hi = hex_value(pair[0])?;
+        let lo = hex_value(pair[1])?;
+        *slot = (hi << 4) | lo;
+    }
+    Some(out)
+}
+
+impl PeerId {
+    /// A fresh id from `rng`: the client prefix then 12 random alphanumerics.
+    pub fn generate<R: Rng + ?Sized>(rng: &mut R) -> PeerId {
+        let mut id = [0u8; 20];
+        id[..PEER_ID_PREFIX.len()].copy_from_slice(PEER_ID_PREFIX);
+        for slot in &mut id[PEER_ID_PREFIX.len()..] {
+            *slot = rng.sample(rand::distributions::Alphanumeric);
+        }
+        PeerId(id)
+    }
+}
+
+impl fmt::Display for InfoHash {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&to_hex(&self.0))
+    }
+}
+impl fmt::Debug for InfoHash {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "InfoHash({self})")
+    }
+}
+impl fmt::Display for PeerId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&to_hex(&self.0))
+    }
+}
+impl fmt::Debug for PeerId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "PeerId({self})")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn to_hex_known_values() {
+        assert_eq!(to_hex(&[]), "");
+        assert_eq!(to_hex(&[0x00, 0x0f, 0xa5, 0xff]), "000fa5ff");
+    }
+
+    #[test]
+    fn from_hex20_accepts_both_cases() {
+        let lower = "0123456789abcdef0123456789abcdef01234567";
+        let upper = "0123456789ABCDEF0123456789ABCDEF01234567";
+        let expected = [
+            0x01, 0x23, 0x45, 0x67, 0x89, 0xab, 0xcd, 0xef, 0x01, 0x23, 0x45, 0x67, 0x89, 0xab,
+            0xcd, 0xef, 0x01, 0x23, 0x45, 0x67,
+        ];
+        assert_eq!(from_hex20(lower), Some(expected));
+        assert_eq!(from_hex20(upper), Some(expected));
+    }
+
+    #[test]
+    fn from_hex20_rejects_bad_input() {
+        assert_eq!(from_hex20(""), None);
+        assert_eq!(from_hex20(&"a".repeat(39)), None);
+        assert_eq!(from_hex20(&"a".repeat(41)), None);
+        assert_eq!(from_hex20(&"g".repeat(40)), None);
+        assert_eq!(from_hex20(&format!("+{}", "a".repeat(39))), None);
+        assert_eq!(from_hex20(&format!(" {}", "a".repeat(39))), None);
+        // 40 bytes but multi-byte characters: must not panic, must fail.
+        assert_eq!(from_hex20(&"é".repeat(20)), None);
+    }
+
+    #[test]
+    fn display_is_lowercase_hex() {
+        let h = InfoHash([0xAB; 20]);
+        assert_eq!(h.to_string(), "ab".repeat(20));
+        assert_eq!(format!("{h:?}"), format!("InfoHash({})", "ab".repeat(20)));
+    }
+
+    #[test]
+    fn generated_peer_id_has_prefix_and_alphanumerics() {
+        use rand::SeedableRng;
+        let mut rng = rand::rngs::StdRng::seed_from_u64(1);
+        let id = PeerId::generate(&mut rng);
+        assert_eq!(&id.0[..8], b"-BR0001-");
+        assert!(
+            id.0[8..].iter().all(|b| b.is_ascii_alphanumeric()),
+            "{:?}",
+            id.0
+        );
+        // 62^12 possibilities: two draws colliding means the generator is broken.
+        assert_ne!(PeerId::generate(&mut rng), PeerId::generate(&mut rng));
+    }
+
+    proptest! {
+        #[test]
+        fn hex_round_trip(bytes in proptest::array::uniform20(any::<u8>())) {
+            let hex = to_hex(&bytes);
+            prop_assert_eq!(hex.len(), 40);
+            prop_assert_eq!(from_hex20(&hex), Some(bytes));
+            prop_assert_eq!(from_hex20(&hex.to_uppercase()), Some(bytes));
+        }
+
+        #[test]
+        fn from_hex20_never_panics(s in ".*") {
+            let _ = from_hex20(&s);
+        }
+    }
+}
