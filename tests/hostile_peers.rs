@@ -511,12 +511,21 @@ fn unwritable_output_is_one_clear_error() {
     assert_says_once(&line, "os error");
     assert_eq!(fs::read(&blocker).unwrap(), b"x");
 
-    // An existing directory where the single file should go.
+    assert!(
+        line.contains("cannot create the directory"),
+        "error does not say what failed: {line}"
+    );
+
+    // An existing directory where the single file should go: the error says so and what to
+    // pass instead.
     let dir_out = swarm.out_dir("a-directory");
     let out = download(&swarm.torrent, &dir_out);
     let line = assert_one_line_error(&out);
-    assert!(line.contains("a-directory"), "error names no path: {line}");
-    assert_says_once(&line, "os error");
+    assert!(line.contains("a-directory is a directory"), "{line}");
+    assert!(
+        line.contains(&format!("a-directory/{}", swarm.info.name)),
+        "no suggestion of the file's path: {line}"
+    );
 }
 
 #[test]

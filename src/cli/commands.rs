@@ -5,15 +5,14 @@ use std::path::Path;
 use std::sync::Arc;
 
 use anyhow::{anyhow, bail, Context};
-use bitrush::engine::{self, DownloadParams, Outcome, SeedLimits, Target};
+use bitrush::engine::probe::{self, probe_announcer};
+use bitrush::engine::{self, Outcome, SeedLimits, Target, TorrentParams};
 use bitrush::metainfo::Metainfo;
-use bitrush::tracker::{AnnounceRequest, Event};
-use bitrush::types::PeerId;
+use bitrush::tracker::Event;
+use bitrush::wire::Handshake;
 
 /// Largest `.torrent` file we read.
 const MAX_TORRENT_FILE: u64 = 64 * 1024 * 1024;
-/// The port we announce (no listener yet).
-const ANNOUNCE_PORT: u16 = 6881;
 
 pub fn decode(value: &str) -> anyhow::Result<()> {
     let v = bitrush::bencode::decode(value.as_bytes()).context("invalid bencode")?;
@@ -69,27 +68,14 @@ pub(super) fn print_info(
     print!("{out}");
 }
 
-fn announce_request(meta: &Metainfo, peer_id: PeerId) -> AnnounceRequest {
-    AnnounceRequest {
-        info_hash: meta.info_hash,
-        peer_id,
-        port: ANNOUNCE_PORT,
-        uploaded: 0,
-        downloaded: 0,
-        left: meta.info.total_length,
-        event: Event::Started,
-        numwant: Some(200),
-        key: rand::random(),
-    }
-}
-
 pub async fn peers(path: &Path) -> anyhow::Result<()> {
     let meta = load_torrent(path)?;
     let tiers = meta.tracker_tiers();
     if tiers.is_empty() {
         bail!("{} names no tracker", path.display());
     }
-    let req = announce_request(&meta, engine::new_peer_id());
+    let announcer = probe_announcer(meta.info_hash, engine::new_peer_id());
+    let req = announcer.request(Event::Started, 0, 0, meta.info.total_length);
     let resp = engine::tracker::announce_all(&tiers, &req).await?;
     let mut out = String::new();
     for peer in resp.peers {
@@ -97,15 +83,7 @@ pub async fn peers(path: &Path) -> anyhow::Result<()> {
     }
     print!("{out}");
     // We do not listen on the port we announced: take ourselves off the trackers' lists.
-    let stopped = AnnounceRequest {
-        event: Event::Stopped,
-        ..req
-    };
-    let _ = tokio::time::timeout(
-        std::time::Duration::from_secs(3),
-        engine::tracker::announce_all(&tiers, &stopped),
-    )
-    .await;
+    probe::announce_stopped(&announcer, &tiers).await;
     Ok(())
 }
 
@@ -123,10 +101,8 @@ async fn resolve(peer: &str) -> anyhow::Result<SocketAddr> {
 pub async fn handshake(path: &Path, peer: &str) -> anyhow::Result<()> {
     let meta = load_torrent(path)?;
     let addr = resolve(peer).await?;
-    let mut stream = engine::peer::connect(addr).await?;
-    let theirs =
-        engine::peer::exchange_handshake(&mut stream, addr, meta.info_hash, engine::new_peer_id())
-            .await?;
+    let ours = Handshake::new(meta.info_hash, engine::new_peer_id());
+    let (_, theirs) = engine::connection::connect_and_handshake(addr, &ours).await?;
     println!("Peer ID: {}", theirs.peer_id);
     Ok(())
 }
@@ -185,7 +161,7 @@ pub(super) async fn run_session(
         let _ = stop_tx.send(true);
     });
     let total = torrent.info.total_length;
-    let params = DownloadParams {
+    let params = TorrentParams {
         info: Arc::new(torrent.info),
         info_bytes: Some(torrent.info_bytes.into()),
         info_hash: torrent.info_hash,
@@ -203,7 +179,7 @@ pub(super) async fn run_session(
         progress: Some(tx),
         shutdown: Some(stop_rx),
     };
-    let result = engine::download(params).await;
+    let result = engine::run_torrent(params).await;
     if let Some(bar) = bar {
         let _ = bar.await;
     }

@@ -12,7 +12,7 @@ use std::time::Instant;
 
 use anyhow::{bail, Context};
 use bitrush::create::create_torrent;
-use bitrush::engine::{self, DownloadParams, SeedLimits, Target};
+use bitrush::engine::{self, SeedLimits, Target, TorrentParams};
 use bitrush::metainfo::Metainfo;
 use rand::{RngCore, SeedableRng};
 
@@ -86,7 +86,7 @@ pub async fn demo(size_mib: u64, seeders: usize) -> anyhow::Result<()> {
     for _ in 0..seeders {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         addrs.push(listener.local_addr()?);
-        seeds.spawn(engine::download(DownloadParams {
+        seeds.spawn(engine::run_torrent(TorrentParams {
             info: info.clone(),
             info_bytes: Some(info_bytes.clone()),
             info_hash: meta.info_hash,

@@ -5,6 +5,7 @@
 use std::path::Path;
 
 use bitrush::engine::metadata;
+use bitrush::engine::probe::{self, probe_announcer};
 use bitrush::metainfo::Magnet;
 
 use super::commands::{self, SessionOptions, Torrent};
@@ -43,9 +44,10 @@ pub async fn magnet_handshake(link: &str) -> anyhow::Result<()> {
     let magnet = Magnet::parse(link)?;
     let peer_id = bitrush::engine::new_peer_id();
     let trackers = tiers(&magnet);
-    let peers = metadata::find_peers(magnet.info_hash, &trackers, &magnet.peers, peer_id).await?;
-    let handshake = metadata::handshake_any(&peers, magnet.info_hash, peer_id).await;
-    metadata::announce_stopped(magnet.info_hash, &trackers, peer_id).await;
+    let announcer = probe_announcer(magnet.info_hash, peer_id);
+    let peers = probe::find_peers(&announcer, &trackers, &magnet.peers).await?;
+    let handshake = probe::handshake_any(&peers, magnet.info_hash, peer_id).await;
+    probe::announce_stopped(&announcer, &trackers).await;
     let (_, theirs, ext) = handshake?;
     let mut out = format!("Peer ID: {}\n", theirs.peer_id);
     if let Some(id) = ext.and_then(|e| e.ut_metadata) {

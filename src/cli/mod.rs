@@ -157,18 +157,13 @@ pub fn main() -> ExitCode {
     }
 }
 
-/// The error and its causes joined by ": ", leaving out a cause whose text is already shown
-/// (library errors print their source themselves, so `{:#}` would repeat it).
+/// The error and its causes joined by ": ", as ripgrep prints them: no error's message
+/// repeats its source's, so each cause is shown once.
 fn error_line(e: &anyhow::Error) -> String {
-    let mut line = e.to_string();
-    for cause in e.chain().skip(1) {
-        let text = cause.to_string();
-        if !line.contains(&text) {
-            line.push_str(": ");
-            line.push_str(&text);
-        }
-    }
-    line
+    e.chain()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(": ")
 }
 
 fn run(command: Command) -> anyhow::Result<()> {

@@ -14,7 +14,7 @@ use crate::bencode::{encode, Value};
 /// Why a torrent could not be made.
 #[derive(Debug, thiserror::Error)]
 pub enum CreateError {
-    #[error("{path}: {source}")]
+    #[error("cannot read {path}")]
     Io {
         path: String,
         source: std::io::Error,

@@ -43,12 +43,16 @@ pub const MAX_OPEN_FILES: usize = 256;
 /// Why a storage operation failed.
 #[derive(Debug, thiserror::Error)]
 pub enum StorageError {
-    /// An I/O error on the named file or directory.
-    #[error("{path}: {source}")]
+    /// An I/O error on the named file or directory; `op` says what was being done.
+    #[error("cannot {op} {path}")]
     Io {
+        op: &'static str,
         path: String,
         source: std::io::Error,
     },
+    /// A single-file torrent's output names an existing directory.
+    #[error("{path} is a directory, but this torrent is a single file: pass the file's path, e.g. {path}/{name}")]
+    OutputIsDirectory { path: String, name: String },
     /// A piece range or torrent layout the disk cannot map.
     #[error(transparent)]
     Layout(#[from] LayoutError),
@@ -68,8 +72,9 @@ fn invalid_info(why: String) -> StorageError {
     LayoutError::InvalidInfo(why).into()
 }
 
-fn io_err(path: &Path, source: std::io::Error) -> StorageError {
+fn io_err(op: &'static str, path: &Path, source: std::io::Error) -> StorageError {
     StorageError::Io {
+        op,
         path: path.display().to_string(),
         source,
     }
@@ -113,7 +118,14 @@ impl Storage {
                 )));
             }
             if let Some(parent) = output.parent().filter(|p| !p.as_os_str().is_empty()) {
-                std::fs::create_dir_all(parent).map_err(|e| io_err(parent, e))?;
+                std::fs::create_dir_all(parent)
+                    .map_err(|e| io_err("create the directory", parent, e))?;
+            }
+            if output.is_dir() {
+                return Err(StorageError::OutputIsDirectory {
+                    path: output.display().to_string(),
+                    name: info.name.clone(),
+                });
             }
             vec![output.to_path_buf()]
         };
@@ -135,7 +147,7 @@ impl Storage {
     /// exist (files inside a multi-file tree may be missing: their pieces fail verification).
     pub fn open_existing(output: &Path, info: &Info) -> Result<Storage, StorageError> {
         let layout = Layout::new(info)?;
-        std::fs::metadata(output).map_err(|e| io_err(output, e))?;
+        std::fs::metadata(output).map_err(|e| io_err("read", output, e))?;
         let paths = if info.multi_file {
             multi_file_paths(output, info, false)?
         } else {
@@ -170,7 +182,7 @@ impl Storage {
         let handle = self
             .handles
             .get(file, path, create)
-            .map_err(|e| io_err(path, e))?;
+            .map_err(|e| io_err(if create { "create" } else { "open" }, path, e))?;
         Ok((handle, path))
     }
 
@@ -194,7 +206,7 @@ impl Storage {
             }
             handle
                 .write_all_at(chunk, seg.offset)
-                .map_err(|e| io_err(path, e))?;
+                .map_err(|e| io_err("write to", path, e))?;
             done = end;
         }
         Ok(())
@@ -213,7 +225,7 @@ impl Storage {
             let (handle, path) = self.handle(seg.file, false)?;
             handle
                 .read_exact_at(chunk, seg.offset)
-                .map_err(|e| io_err(path, e))?;
+                .map_err(|e| io_err("read", path, e))?;
             done = end;
         }
         Ok(())
@@ -229,7 +241,7 @@ impl Storage {
             // made through an evicted one.
             let result = self
                 .handle(file, false)
-                .and_then(|(h, path)| h.sync_data().map_err(|e| io_err(path, e)));
+                .and_then(|(h, path)| h.sync_data().map_err(|e| io_err("flush", path, e)));
             if let Err(e) = result {
                 flag.store(true, Ordering::Release);
                 return Err(e);
@@ -250,7 +262,7 @@ impl Storage {
                     mtime_nanos: u32::try_from(m.mtime_nsec()).unwrap_or(0),
                 })),
                 Err(e) if e.kind() == ErrorKind::NotFound => Ok(None),
-                Err(e) => Err(io_err(path, e)),
+                Err(e) => Err(io_err("inspect", path, e)),
             })
             .collect()
     }
@@ -314,7 +326,7 @@ fn multi_file_paths(
         }
     }
     if create {
-        std::fs::create_dir_all(output).map_err(|e| io_err(output, e))?;
+        std::fs::create_dir_all(output).map_err(|e| io_err("create the directory", output, e))?;
     }
     let mut made: HashSet<PathBuf> = HashSet::new();
     let mut paths = Vec::with_capacity(info.files.len());
@@ -340,9 +352,9 @@ fn multi_file_paths(
                 Err(e) if e.kind() == ErrorKind::NotFound => match std::fs::create_dir(&path) {
                     Ok(()) => {}
                     Err(e) if e.kind() == ErrorKind::AlreadyExists => {}
-                    Err(e) => return Err(io_err(&path, e)),
+                    Err(e) => return Err(io_err("create the directory", &path, e)),
                 },
-                Err(e) => return Err(io_err(&path, e)),
+                Err(e) => return Err(io_err("inspect", &path, e)),
             }
             made.insert(path.clone());
         }
@@ -367,7 +379,7 @@ fn prepare_file(path: &Path, length: u64) -> Result<(), StorageError> {
     match std::fs::metadata(path) {
         Ok(m) if m.is_file() && m.len() <= length => return Ok(()),
         Err(e) if e.kind() == ErrorKind::NotFound && length > 0 => return Ok(()),
-        Err(e) if e.kind() != ErrorKind::NotFound => return Err(io_err(path, e)),
+        Err(e) if e.kind() != ErrorKind::NotFound => return Err(io_err("inspect", path, e)),
         _ => {}
     }
     let file = OpenOptions::new()
@@ -375,10 +387,13 @@ fn prepare_file(path: &Path, length: u64) -> Result<(), StorageError> {
         .create(true)
         .truncate(false)
         .open(path)
-        .map_err(|e| io_err(path, e))?;
-    let current = file.metadata().map_err(|e| io_err(path, e))?.len();
+        .map_err(|e| io_err("create", path, e))?;
+    let current = file
+        .metadata()
+        .map_err(|e| io_err("inspect", path, e))?
+        .len();
     if current > length {
-        file.set_len(length).map_err(|e| io_err(path, e))?;
+        file.set_len(length).map_err(|e| io_err("cut", path, e))?;
     }
     Ok(())
 }

@@ -1,18 +1,24 @@
-//! The tokio engine: sockets, timers and threads driving the sans-IO state machines.
+//! The tokio engine: sockets, timers and threads driving the core's state machines. It moves
+//! bytes and timers; every protocol rule lives in `bitrush_core`.
 //!
-//! - [`peer`]: one TCP connection: handshake, then a loop feeding decoded messages to the shared
-//!   [`crate::swarm::Download`] and writing what it queues.
-//! - [`mod@download`]: one torrent's download: tracker announces, the connection manager, the hashing
-//!   threads and the piece sink.
+//! - [`torrent`]: one torrent, driving a [`crate::session::Session`] and a
+//!   [`crate::swarm::Swarm`]: announces, the connection set, the listener, hashing, shutdown.
+//! - [`peer`]: one connection's task over the shared swarm.
+//! - [`connection`]: the framed peer stream every driver uses (connect, handshake, messages).
+//! - [`metadata`]: fetching a magnet link's info dictionary from peers.
+//! - [`probe`]: one-shot handshakes and peer lookups for the CLI's single-purpose commands.
 //! - [`tracker`]: HTTP and UDP tracker clients.
-//! - [`resume`]: the fast-resume file beside the output.
+//! - [`hasher`], [`sink`], [`resume`]: piece verification threads, where pieces are stored, and
+//!   the fast-resume file beside the output.
 
-pub mod download;
+pub mod connection;
 pub mod hasher;
 pub mod metadata;
 pub mod peer;
+pub mod probe;
 pub mod resume;
 pub mod sink;
+pub mod torrent;
 pub mod tracker;
 
 /// `path` with `suffix` appended to its last component (`out.bin` → `out.bin.bitrush-part`):
@@ -28,6 +34,19 @@ pub fn new_peer_id() -> crate::types::PeerId {
     crate::types::PeerId::generate(&mut rand::thread_rng())
 }
 
-pub use download::{
-    download, DownloadError, DownloadParams, Outcome, Progress, SeedLimits, Target,
+/// An error and its causes as one line, joined by ": " (each error's message never repeats
+/// its source's, so nothing is shown twice).
+pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut line = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        line.push_str(": ");
+        line.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    line
+}
+
+pub use torrent::{
+    run_torrent, Outcome, Progress, SeedLimits, Target, TorrentError, TorrentParams,
 };

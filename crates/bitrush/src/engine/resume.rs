@@ -71,6 +71,7 @@ pub fn save(
     let path = path_for(output);
     let tmp = super::with_suffix(&path, ".tmp");
     let io = |p: &Path, source| StorageError::Io {
+        op: "write the resume state",
         path: p.display().to_string(),
         source,
     };

@@ -19,8 +19,9 @@ pub enum Sink {
 }
 
 impl Sink {
-    fn io_error(path: &std::path::Path, source: std::io::Error) -> StorageError {
+    fn io_error(op: &'static str, path: &std::path::Path, source: std::io::Error) -> StorageError {
         StorageError::Io {
+            op,
             path: path.display().to_string(),
             source,
         }
@@ -32,7 +33,7 @@ impl Sink {
             Sink::Files(storage) => storage.write(index, begin, data),
             Sink::Piece { file, path, .. } => file
                 .write_all_at(data, u64::from(begin))
-                .map_err(|e| Self::io_error(path, e)),
+                .map_err(|e| Self::io_error("write to", path, e)),
         }
     }
 
@@ -49,7 +50,7 @@ impl Sink {
                     return Err(LayoutError::Range(format!("piece {index} is not stored")).into());
                 }
                 file.read_exact_at(buf, u64::from(begin))
-                    .map_err(|e| Self::io_error(path, e))
+                    .map_err(|e| Self::io_error("read", path, e))
             }
         }
     }

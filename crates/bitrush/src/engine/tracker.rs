@@ -1,5 +1,6 @@
 //! Tracker clients over real sockets: HTTP (reqwest) and UDP (tokio `UdpSocket` driving the
-//! sans-IO [`UdpAnnounce`] state machine), plus [`announce_all`], which asks every tier at once.
+//! sans-IO [`UdpAnnounce`] state machine), plus [`announce_all`], which asks every tier at once
+//! (for the `peers` command and probes; sessions schedule per tracker).
 //!
 //! Invariants: every announce ends by itself (HTTP has a whole-request timeout, name lookup
 //! is bounded, and UDP gives up after its last retransmission); HTTP bodies larger than
@@ -7,7 +8,6 @@
 //! their 60 s lifetime from a small process-wide cache.
 
 use std::collections::{HashMap, HashSet};
-use std::error::Error as _;
 use std::net::SocketAddr;
 use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
@@ -26,6 +26,68 @@ use crate::tracker::{
 const MAX_DATAGRAM: usize = 64 * 1024;
 /// Most UDP connection ids remembered.
 const MAX_CACHED_CONNECTIONS: usize = 256;
+
+/// Why one announce failed.
+#[derive(Debug, thiserror::Error)]
+pub enum AnnounceError {
+    /// The tracker answered, but not usefully (its failure reason, a malformed response, or
+    /// no answer in time over UDP).
+    #[error(transparent)]
+    Tracker(#[from] TrackerError),
+    /// A URL we cannot announce to.
+    #[error("unsupported tracker URL {0}")]
+    BadUrl(String),
+    /// HTTPS needs a TLS stack this build does not have.
+    #[error("{0}: https trackers are not supported (built without TLS)")]
+    Https(String),
+    /// The HTTP request failed (connection, timeout, protocol).
+    #[error("HTTP request failed")]
+    Http(#[source] reqwest::Error),
+    /// The HTTP tracker answered with another status than 200.
+    #[error("HTTP status {0}")]
+    HttpStatus(reqwest::StatusCode),
+    /// The HTTP body was larger than we read.
+    #[error("response body over {MAX_RESPONSE_LEN} bytes")]
+    TooLarge,
+    /// Name resolution or a UDP socket failed.
+    #[error("{what}")]
+    Io {
+        what: String,
+        source: std::io::Error,
+    },
+    /// Name resolution took too long or found nothing.
+    #[error("resolving {0}: {1}")]
+    Resolve(String, &'static str),
+    /// The announce task itself failed.
+    #[error("the announce task failed")]
+    Task(#[source] tokio::task::JoinError),
+}
+
+/// Every tracker that failed, with why; shown as one line.
+#[derive(Debug, Default)]
+pub struct AnnounceFailures(pub Vec<(String, AnnounceError)>);
+
+impl std::fmt::Display for AnnounceFailures {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.0.is_empty() {
+            return f.write_str("no trackers");
+        }
+        for (i, (url, e)) in self.0.iter().enumerate() {
+            if i > 0 {
+                f.write_str("; ")?;
+            }
+            write!(f, "{url}: {}", super::error_chain(e))?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for AnnounceFailures {}
+
+/// No tracker of any tier answered.
+#[derive(Debug, thiserror::Error)]
+#[error("no tracker answered")]
+pub struct NoTrackerAnswered(#[source] pub AnnounceFailures);
 
 /// Timeouts for one announce.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -51,7 +113,7 @@ impl Default for AnnounceOptions {
 }
 
 /// What [`announce_all_detailed`] learned from every tier.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Debug, Default)]
 pub struct AnnounceAll {
     /// All answers merged: peers deduplicated in tier order, the smallest interval, the largest
     /// `min interval` and counts, the first warning.
@@ -59,11 +121,11 @@ pub struct AnnounceAll {
     /// For each tier that answered, the tracker that did and its response.
     pub answered: Vec<(String, AnnounceResponse)>,
     /// Every tracker that failed, with why.
-    pub failed: Vec<(String, TrackerError)>,
+    pub failed: AnnounceFailures,
 }
 
 /// Announces to one tracker (`http://` or `udp://host:port`) with default timeouts.
-pub async fn announce(url: &str, req: &AnnounceRequest) -> Result<AnnounceResponse, TrackerError> {
+pub async fn announce(url: &str, req: &AnnounceRequest) -> Result<AnnounceResponse, AnnounceError> {
     announce_with(url, req, &AnnounceOptions::default()).await
 }
 
@@ -72,16 +134,14 @@ pub async fn announce_with(
     url: &str,
     req: &AnnounceRequest,
     opts: &AnnounceOptions,
-) -> Result<AnnounceResponse, TrackerError> {
+) -> Result<AnnounceResponse, AnnounceError> {
     let url = url.trim();
     let scheme = url.split_once("://").map(|(s, _)| s.to_ascii_lowercase());
     match scheme.as_deref() {
         Some("http") => announce_http(url, req, opts).await,
         Some("udp") => announce_udp(url, req, opts).await,
-        Some("https") => Err(TrackerError::BadUrl(format!(
-            "{url} (https trackers are not supported: built without TLS)"
-        ))),
-        _ => Err(TrackerError::BadUrl(url.to_string())),
+        Some("https") => Err(AnnounceError::Https(url.to_string())),
+        _ => Err(AnnounceError::BadUrl(url.to_string())),
     }
 }
 
@@ -91,7 +151,7 @@ pub async fn announce_with(
 pub async fn announce_all(
     tiers: &[Vec<String>],
     req: &AnnounceRequest,
-) -> Result<AnnounceResponse, TrackerError> {
+) -> Result<AnnounceResponse, NoTrackerAnswered> {
     announce_all_detailed(tiers, req, &AnnounceOptions::default())
         .await
         .map(|all| all.merged)
@@ -103,11 +163,11 @@ pub async fn announce_all_detailed(
     tiers: &[Vec<String>],
     req: &AnnounceRequest,
     opts: &AnnounceOptions,
-) -> Result<AnnounceAll, TrackerError> {
+) -> Result<AnnounceAll, NoTrackerAnswered> {
     type TierOutcome = (
         usize,
         Option<(String, AnnounceResponse)>,
-        Vec<(String, TrackerError)>,
+        Vec<(String, AnnounceError)>,
     );
     let mut set: JoinSet<TierOutcome> = JoinSet::new();
     for (index, tier) in tiers.iter().enumerate().filter(|(_, t)| !t.is_empty()) {
@@ -130,7 +190,7 @@ pub async fn announce_all_detailed(
             Err(e) => outcomes.push((
                 usize::MAX,
                 None,
-                vec![("(tier task)".to_string(), TrackerError::Io(e.to_string()))],
+                vec![("(tier task)".to_string(), AnnounceError::Task(e))],
             )),
         }
     }
@@ -139,7 +199,7 @@ pub async fn announce_all_detailed(
     let mut all = AnnounceAll::default();
     let mut seen = HashSet::new();
     for (_, answer, failed) in outcomes {
-        all.failed.extend(failed);
+        all.failed.0.extend(failed);
         let Some((url, resp)) = answer else { continue };
         let m = &mut all.merged;
         push_peers(&mut m.peers, &mut seen, resp.peers.iter().copied());
@@ -153,16 +213,7 @@ pub async fn announce_all_detailed(
         all.answered.push((url, resp));
     }
     if all.answered.is_empty() {
-        let why = if all.failed.is_empty() {
-            "no trackers".to_string()
-        } else {
-            all.failed
-                .iter()
-                .map(|(url, e)| format!("{url}: {e}"))
-                .collect::<Vec<_>>()
-                .join("; ")
-        };
-        return Err(TrackerError::NoneAnswered(why));
+        return Err(NoTrackerAnswered(all.failed));
     }
     Ok(all)
 }
@@ -174,71 +225,61 @@ fn min_some(a: Option<u32>, b: Option<u32>) -> Option<u32> {
     }
 }
 
-/// A reqwest error as one line: its own message plus its causes, without the (long) URL.
-fn http_error(e: reqwest::Error) -> TrackerError {
-    if e.is_timeout() {
-        return TrackerError::Timeout;
-    }
-    let e = e.without_url();
-    let mut msg = e.to_string();
-    let mut source = e.source();
-    while let Some(cause) = source {
-        msg.push_str(": ");
-        msg.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    TrackerError::Http(msg)
-}
-
 async fn announce_http(
     url: &str,
     req: &AnnounceRequest,
     opts: &AnnounceOptions,
-) -> Result<AnnounceResponse, TrackerError> {
+) -> Result<AnnounceResponse, AnnounceError> {
     // A client per announce: announces are rare, and a shared client would outlive the
     // runtime it was first used on.
     let client = reqwest::Client::builder()
         .timeout(opts.http_timeout)
         .build()
-        .map_err(http_error)?;
+        .map_err(AnnounceError::Http)?;
+    let http = |e: reqwest::Error| {
+        if e.is_timeout() {
+            AnnounceError::Tracker(TrackerError::Timeout)
+        } else {
+            AnnounceError::Http(e.without_url())
+        }
+    };
     let mut resp = client
         .get(announce_url(url, req))
         .send()
         .await
-        .map_err(http_error)?;
+        .map_err(http)?;
     let status = resp.status();
     if status != reqwest::StatusCode::OK {
-        return Err(TrackerError::Http(format!("HTTP status {status}")));
+        return Err(AnnounceError::HttpStatus(status));
     }
-    let too_large = || TrackerError::Http(format!("response body over {MAX_RESPONSE_LEN} bytes"));
     if resp
         .content_length()
         .is_some_and(|n| n > MAX_RESPONSE_LEN as u64)
     {
-        return Err(too_large());
+        return Err(AnnounceError::TooLarge);
     }
     let mut body = Vec::new();
-    while let Some(chunk) = resp.chunk().await.map_err(http_error)? {
+    while let Some(chunk) = resp.chunk().await.map_err(http)? {
         if body.len().saturating_add(chunk.len()) > MAX_RESPONSE_LEN {
-            return Err(too_large());
+            return Err(AnnounceError::TooLarge);
         }
         body.extend_from_slice(&chunk);
     }
-    parse_announce_response(&body)
+    Ok(parse_announce_response(&body)?)
 }
 
 /// `host:port` of a `udp://host:port[/path]` URL.
-fn udp_host_port(url: &str) -> Result<&str, TrackerError> {
+fn udp_host_port(url: &str) -> Result<&str, AnnounceError> {
     let rest = url
         .split_once("://")
         .map(|(_, r)| r)
-        .ok_or_else(|| TrackerError::BadUrl(url.to_string()))?;
+        .ok_or_else(|| AnnounceError::BadUrl(url.to_string()))?;
     let host_port = rest.split(['/', '?', '#']).next().unwrap_or(rest);
     let port_ok = host_port
         .rsplit_once(':')
         .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p != 0));
     if !port_ok {
-        return Err(TrackerError::BadUrl(format!(
+        return Err(AnnounceError::BadUrl(format!(
             "{url} (a UDP tracker needs host:port)"
         )));
     }
@@ -280,23 +321,27 @@ fn remember_connection(addr: SocketAddr, conn: Option<(u64, Instant)>) {
     }
 }
 
-fn io_error(what: &str, e: std::io::Error) -> TrackerError {
-    TrackerError::Io(format!("{what}: {e}"))
+fn io_error(what: &str) -> impl FnOnce(std::io::Error) -> AnnounceError + '_ {
+    move |source| AnnounceError::Io {
+        what: what.to_string(),
+        source,
+    }
 }
 
 async fn announce_udp(
     url: &str,
     req: &AnnounceRequest,
     opts: &AnnounceOptions,
-) -> Result<AnnounceResponse, TrackerError> {
+) -> Result<AnnounceResponse, AnnounceError> {
     let host_port = udp_host_port(url)?;
+    let resolving = format!("resolving {host_port}");
     let mut addrs = tokio::time::timeout(opts.http_timeout, tokio::net::lookup_host(host_port))
         .await
-        .map_err(|_| TrackerError::Io(format!("resolving {host_port}: timed out")))?
-        .map_err(|e| io_error(&format!("resolving {host_port}"), e))?;
+        .map_err(|_| AnnounceError::Resolve(host_port.to_string(), "timed out"))?
+        .map_err(io_error(&resolving))?;
     let addr = addrs
         .next()
-        .ok_or_else(|| TrackerError::Io(format!("resolving {host_port}: no address")))?;
+        .ok_or_else(|| AnnounceError::Resolve(host_port.to_string(), "no address"))?;
     let local: SocketAddr = if addr.is_ipv4() {
         SocketAddr::from(([0u8; 4], 0))
     } else {
@@ -304,11 +349,11 @@ async fn announce_udp(
     };
     let socket = UdpSocket::bind(local)
         .await
-        .map_err(|e| io_error("binding UDP socket", e))?;
+        .map_err(io_error("binding a UDP socket"))?;
     socket
         .connect(addr)
         .await
-        .map_err(|e| io_error("connecting UDP socket", e))?;
+        .map_err(io_error("connecting a UDP socket"))?;
 
     let config = UdpConfig {
         ipv6: addr.is_ipv6(),
@@ -336,25 +381,26 @@ async fn announce_udp(
 async fn drive_udp(
     socket: &UdpSocket,
     sm: &mut UdpAnnounce,
-) -> Result<AnnounceResponse, TrackerError> {
+) -> Result<AnnounceResponse, AnnounceError> {
     let mut buf = vec![0u8; MAX_DATAGRAM];
     loop {
+        sm.handle_timeout(Instant::now());
         while let Some(packet) = sm.poll_transmit(Instant::now()) {
             socket
                 .send(&packet)
                 .await
-                .map_err(|e| io_error("sending to UDP tracker", e))?;
+                .map_err(io_error("sending to the UDP tracker"))?;
         }
-        if let Some(result) = sm.result() {
-            return result;
+        if let Some(result) = sm.poll_result() {
+            return Ok(result?);
         }
         let Some(deadline) = sm.poll_timeout() else {
-            return Err(TrackerError::Timeout);
+            return Err(TrackerError::Timeout.into());
         };
         tokio::select! {
             received = socket.recv(&mut buf) => {
-                let n = received.map_err(|e| io_error("receiving from UDP tracker", e))?;
-                sm.handle_datagram(buf.get(..n).unwrap_or(&buf), Instant::now());
+                let n = received.map_err(io_error("receiving from the UDP tracker"))?;
+                sm.handle_datagram(Instant::now(), buf.get(..n).unwrap_or(&buf));
             }
             _ = tokio::time::sleep_until(tokio::time::Instant::from_std(deadline)) => {}
         }
@@ -537,16 +583,16 @@ mod tests {
         let failure = http_ok(b"d14:failure reason7:go awaye");
         let (url, _server) = http_server(vec![not_found, failure]).await;
         match announce(&url, &req()).await {
-            Err(TrackerError::Http(msg)) => assert!(msg.contains("404"), "{msg}"),
+            Err(AnnounceError::HttpStatus(status)) => assert_eq!(status.as_u16(), 404),
             other => panic!("{other:?}"),
         }
-        assert_eq!(
+        assert!(matches!(
             announce(&url, &req()).await,
-            Err(TrackerError::Failure("go away".into()))
-        );
+            Err(AnnounceError::Tracker(TrackerError::Failure(f))) if f == "go away"
+        ));
         assert!(matches!(
             announce(&dead_http().await, &req()).await,
-            Err(TrackerError::Http(_))
+            Err(AnnounceError::Http(_))
         ));
     }
 
@@ -563,7 +609,7 @@ mod tests {
         let (url, _server) = http_server(vec![big, declared]).await;
         for _ in 0..2 {
             match announce(&url, &req()).await {
-                Err(TrackerError::Http(msg)) => assert!(msg.contains("over"), "{msg}"),
+                Err(AnnounceError::TooLarge) => {}
                 other => panic!("{other:?}"),
             }
         }
@@ -579,7 +625,10 @@ mod tests {
             "https://x/a",
         ] {
             assert!(
-                matches!(announce(url, &req()).await, Err(TrackerError::BadUrl(_))),
+                matches!(
+                    announce(url, &req()).await,
+                    Err(AnnounceError::BadUrl(_) | AnnounceError::Https(_))
+                ),
                 "{url}"
             );
         }
@@ -604,21 +653,24 @@ mod tests {
     #[tokio::test]
     async fn udp_error_and_timeout() {
         let (url, _server) = udp_server(1, Some("unregistered torrent"), vec![]).await;
-        assert_eq!(
+        assert!(matches!(
             announce_with(&url, &req(), &fast()).await,
-            Err(TrackerError::Failure("unregistered torrent".into()))
-        );
-        let (url, _sock) = silent_udp().await;
-        let start = Instant::now();
-        assert_eq!(
+            Err(AnnounceError::Tracker(TrackerError::Failure(f))) if f == "unregistered torrent"
+        ));
+        let (url, sock) = silent_udp().await;
+        assert!(matches!(
             announce_with(&url, &req(), &fast()).await,
-            Err(TrackerError::Timeout)
-        );
-        let took = start.elapsed();
-        assert!(
-            took >= Duration::from_millis(300) && took < Duration::from_secs(3),
-            "{took:?}"
-        );
+            Err(AnnounceError::Tracker(TrackerError::Timeout))
+        ));
+        // It gave up after its last retransmission: one connect request per try.
+        let mut buf = [0u8; 64];
+        let mut sent = 0;
+        while let Ok(Ok(_)) =
+            tokio::time::timeout(Duration::from_millis(50), sock.recv_from(&mut buf)).await
+        {
+            sent += 1;
+        }
+        assert_eq!(sent, fast().udp.max_tries);
     }
 
     #[tokio::test]
@@ -645,7 +697,7 @@ mod tests {
         assert_eq!(all.merged.interval, Some(600));
         let answered: Vec<&str> = all.answered.iter().map(|(u, _)| u.as_str()).collect();
         assert_eq!(answered, vec![http_url.as_str(), udp_url.as_str()]);
-        let failed: Vec<&str> = all.failed.iter().map(|(u, _)| u.as_str()).collect();
+        let failed: Vec<&str> = all.failed.0.iter().map(|(u, _)| u.as_str()).collect();
         assert_eq!(failed, vec![dead.as_str(), silent.as_str()]);
     }
 
@@ -655,15 +707,14 @@ mod tests {
         let dead = dead_http().await;
         let tiers = vec![vec![dead.clone()], vec![silent.clone()]];
         match announce_all_detailed(&tiers, &req(), &fast()).await {
-            Err(TrackerError::NoneAnswered(msg)) => {
+            Err(NoTrackerAnswered(failures)) => {
+                let msg = failures.to_string();
                 assert!(msg.contains(&dead) && msg.contains(&silent), "{msg}");
                 assert!(msg.contains("timed out"), "{msg}");
             }
             other => panic!("{other:?}"),
         }
-        assert_eq!(
-            announce_all(&[], &req()).await,
-            Err(TrackerError::NoneAnswered("no trackers".into()))
-        );
+        let none = announce_all(&[], &req()).await.unwrap_err();
+        assert_eq!(none.0.to_string(), "no trackers");
     }
 }

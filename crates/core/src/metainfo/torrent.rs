@@ -60,7 +60,7 @@ pub struct Metainfo {
 #[derive(Debug, thiserror::Error)]
 pub enum MetainfoError {
     /// The bytes are not valid bencode.
-    #[error("invalid bencode: {0}")]
+    #[error("invalid bencode")]
     Bencode(#[from] crate::bencode::BencodeError),
     /// The bencode is valid but the torrent's contents are not.
     #[error("{0}")]

@@ -76,10 +76,20 @@ fn info_err(info: &[u8]) -> String {
     }
 }
 
+/// The error and its causes, joined by ": " as the CLI prints them.
 fn torrent_err(bytes: &[u8]) -> String {
     match Metainfo::from_bytes(bytes) {
         Ok(m) => panic!("expected an error, got {m:?}"),
-        Err(e) => e.to_string(),
+        Err(e) => {
+            let mut line = e.to_string();
+            let mut source = std::error::Error::source(&e);
+            while let Some(cause) = source {
+                line.push_str(": ");
+                line.push_str(&cause.to_string());
+                source = cause.source();
+            }
+            line
+        }
     }
 }
 

@@ -1,12 +1,776 @@
-//! The sans-IO download state machine: which peer has what, which blocks are asked of whom,
-//! how pieces are assembled and handed out for verification. The engine feeds it peer messages
-//! and the time, carries out what it queues (messages to send, pieces to hash) and reports hash
-//! results back. Nothing here touches a socket, a clock or a file.
+//! One torrent's exchange with its peers, as a sans-IO state machine: [`Swarm`].
+//!
+//! It holds every connected peer's pieces and choke state, the blocks asked of each, the pieces
+//! being assembled in memory, and which pieces are still wanted. It follows the crate's driving
+//! convention:
+//! - inputs: [`Swarm::handle_connected`], [`Swarm::handle_message`],
+//!   [`Swarm::handle_disconnected`], [`Swarm::handle_verdict`] (a piece's hash check came back),
+//!   [`Swarm::handle_uploaded`], and time through [`Swarm::handle_timeout`];
+//! - deadlines: [`Swarm::poll_timeout`];
+//! - outputs: [`Swarm::poll_transmit`] (messages for one peer), [`Swarm::poll_upload`] (blocks
+//!   one peer asked for, to read from disk and send) and [`Swarm::poll_event`] (pieces to
+//!   verify, peers to wake or disconnect).
+//!
+//! Its parts: [`scheduler`] (which block to ask of whom), [`assembly`] (pieces in memory and
+//! the memory budget), [`choker`] (whom we upload to), [`peer`] (per-peer state and timers),
+//! [`picker`] (rarest first) and [`bitfield`].
+//!
+//! Invariants:
+//! - a block is owed by `n` peers (in their `inflight` queues) iff it is `Requested(n)`;
+//! - a piece is taken in the picker iff it is being assembled, verified, had, or not wanted;
+//! - piece-buffer memory stays within `Config::max_piece_memory` (one piece at a time if a
+//!   piece is larger);
+//! - nothing is marked had before its hash was verified;
+//! - a peer the swarm disconnects is forgotten at once; the driver is told with
+//!   [`SwarmEvent::Disconnect`] and any later input about it is ignored.
 
+mod assembly;
 pub mod bitfield;
-pub mod download;
+mod choker;
+mod peer;
 pub mod picker;
+mod scheduler;
+#[cfg(test)]
+mod tests;
 
-pub use bitfield::{Bitfield, BitfieldError};
-pub use download::{CompletedPiece, Config, Download, PeerError, PeerKey, BLOCK_LEN};
-pub use picker::PiecePicker;
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use rand::rngs::StdRng;
+use rand::SeedableRng;
+
+use self::assembly::{Assembly, Received};
+use self::choker::Choker;
+use self::peer::PeerState;
+use self::scheduler::Scheduler;
+use crate::wire::extension::{answer_metadata, OUR_REQQ, OUR_UT_METADATA_ID};
+use crate::wire::{BlockRef, ExtHandshake, Message, MetadataMsg};
+
+pub use self::bitfield::{Bitfield, BitfieldError};
+pub use self::choker::{OPTIMISTIC_INTERVAL, RECHOKE_INTERVAL};
+pub use self::peer::{PeerFeatures, DEFAULT_PEER_REQQ, RATE_WINDOW};
+pub use self::picker::PiecePicker;
+
+/// Size of a requested block (the last block of the last piece may be shorter).
+pub const BLOCK_LEN: u32 = 16 * 1024;
+
+/// Largest block a peer may request from us.
+pub const MAX_REQUEST_LEN: u32 = 128 * 1024;
+
+/// The driver's name for one connection (never reused within a swarm).
+pub type PeerKey = u64;
+
+/// Tunables of a swarm.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// Upper bound on bytes of piece buffers held (assembling plus awaiting verification).
+    pub max_piece_memory: u64,
+    /// Requests kept in flight per peer before its rate is known, and the floor afterwards.
+    pub min_requests: u32,
+    /// Ceiling of requests in flight per peer.
+    pub max_requests: u32,
+    /// The pipeline holds this much of the peer's measured rate (bandwidth-delay product).
+    pub request_queue_time: Duration,
+    /// A keep-alive is sent after this long without sending anything.
+    pub keepalive_interval: Duration,
+    /// A peer that sends nothing for this long is dropped.
+    pub idle_timeout: Duration,
+    /// A peer that owes us blocks but sends none for this long is dropped (its blocks go to
+    /// others).
+    pub request_timeout: Duration,
+    /// A request this old that later blocks overtook is taken as dropped and asked again.
+    pub lost_request_timeout: Duration,
+    /// A peer that contributed to this many pieces failing their hash check is dropped.
+    pub max_hash_failures: u32,
+    /// How many peers may be asked for the same block in endgame mode.
+    pub endgame_duplicates: u8,
+    /// Peers we upload to at once (one of them the optimistic unchoke).
+    pub upload_slots: usize,
+    /// Requests from one peer queued for upload; more are dropped.
+    pub max_upload_queue: usize,
+}
+
+impl Default for Config {
+    fn default() -> Config {
+        Config {
+            max_piece_memory: 32 * 1024 * 1024,
+            min_requests: 64,
+            max_requests: 1024,
+            request_queue_time: Duration::from_millis(500),
+            keepalive_interval: Duration::from_secs(60),
+            idle_timeout: Duration::from_secs(150),
+            request_timeout: Duration::from_secs(20),
+            lost_request_timeout: Duration::from_secs(5),
+            max_hash_failures: 3,
+            endgame_duplicates: 2,
+            upload_slots: 8,
+            max_upload_queue: OUR_REQQ as usize,
+        }
+    }
+}
+
+/// Why the swarm disconnected a peer.
+#[derive(Clone, Debug, thiserror::Error, PartialEq, Eq)]
+pub enum PeerError {
+    #[error("peer broke the protocol: {0}")]
+    Protocol(String),
+    #[error("peer timed out: {0}")]
+    Timeout(&'static str),
+    #[error("peer sent {0} pieces that failed their hash check")]
+    BadData(u32),
+}
+
+/// An assembled piece awaiting hash verification.
+#[derive(Debug)]
+pub struct CompletedPiece {
+    pub index: u32,
+    pub data: Vec<u8>,
+}
+
+/// What the driver must do, from [`Swarm::poll_event`].
+#[derive(Debug)]
+pub enum SwarmEvent {
+    /// Check this piece's hash (away from the network path), store it if good, and report
+    /// with [`Swarm::handle_verdict`].
+    Verify(CompletedPiece),
+    /// Close this connection; the swarm has already forgotten the peer.
+    Disconnect { peer: PeerKey, reason: PeerError },
+    /// This peer has something to send because of another peer's event or a timer: its
+    /// driver should call [`Swarm::poll_transmit`].
+    Wake(PeerKey),
+}
+
+/// Counters of a swarm, for progress displays and tracker announces.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SwarmStats {
+    /// Bytes of wanted pieces still to verify.
+    pub bytes_left: u64,
+    /// Payload bytes in pieces verified during this session.
+    pub verified_bytes: u64,
+    /// Payload bytes received that were not needed (duplicates, unrequested, bad pieces).
+    pub wasted_bytes: u64,
+    /// Payload bytes sent to peers.
+    pub uploaded_bytes: u64,
+    /// Connected peers.
+    pub peers: usize,
+    /// Pieces handed out for verification and not reported back yet.
+    pub verifying: usize,
+}
+
+/// Piece and block sizes of a torrent.
+#[derive(Clone, Copy, Debug)]
+struct Geometry {
+    piece_length: u32,
+    total_length: u64,
+    piece_count: u32,
+}
+
+impl Geometry {
+    /// Length of piece `index` (the last one may be shorter).
+    fn piece_len(&self, index: u32) -> u32 {
+        let start = u64::from(index) * u64::from(self.piece_length);
+        let len = self.total_length.saturating_sub(start);
+        len.min(u64::from(self.piece_length)) as u32
+    }
+
+    fn block_count(&self, index: u32) -> u32 {
+        self.piece_len(index).div_ceil(BLOCK_LEN)
+    }
+
+    fn block_ref(&self, index: u32, block: u32) -> BlockRef {
+        let begin = block * BLOCK_LEN;
+        BlockRef {
+            index,
+            begin,
+            length: self.piece_len(index).saturating_sub(begin).min(BLOCK_LEN),
+        }
+    }
+}
+
+/// One torrent's peers and pieces.
+#[derive(Debug)]
+pub struct Swarm {
+    config: Config,
+    geo: Geometry,
+    have: Bitfield,
+    wanted: Bitfield,
+    /// Wanted pieces not had yet.
+    wanted_left: u32,
+    stats: SwarmStats,
+    scheduler: Scheduler,
+    assembly: Assembly,
+    choker: Choker,
+    peers: HashMap<PeerKey, PeerState>,
+    /// Assembled pieces not yet handed out.
+    completed: VecDeque<CompletedPiece>,
+    disconnects: VecDeque<(PeerKey, PeerError)>,
+    to_wake: HashSet<PeerKey>,
+    /// When the peers' rates and timers are next looked at; `None` without peers.
+    next_tick: Option<Instant>,
+    rng: StdRng,
+    /// The raw info dictionary, served to peers that ask for it with `ut_metadata`.
+    info_bytes: Option<Arc<[u8]>>,
+}
+
+impl Swarm {
+    /// A swarm for the `wanted` pieces of a torrent, of which `have` are present and verified.
+    /// `seed` fixes every random choice (piece order, optimistic unchokes).
+    pub fn new(
+        piece_length: u32,
+        total_length: u64,
+        have: Bitfield,
+        wanted: Bitfield,
+        config: Config,
+        seed: u64,
+    ) -> Swarm {
+        let piece_count = have.len();
+        let geo = Geometry {
+            piece_length,
+            total_length,
+            piece_count,
+        };
+        let mut rng = StdRng::seed_from_u64(seed);
+        let mut picker = PiecePicker::new(piece_count, &mut rng);
+        let mut wanted_left = 0;
+        let mut bytes_left = 0;
+        for i in 0..piece_count {
+            if have.get(i) || !wanted.get(i) {
+                picker.take(i);
+            } else {
+                wanted_left += 1;
+                bytes_left += u64::from(geo.piece_len(i));
+            }
+        }
+        Swarm {
+            scheduler: Scheduler::new(picker, config.endgame_duplicates),
+            assembly: Assembly::new(config.max_piece_memory),
+            choker: Choker::new(config.upload_slots),
+            config,
+            geo,
+            have,
+            wanted,
+            wanted_left,
+            stats: SwarmStats {
+                bytes_left,
+                ..SwarmStats::default()
+            },
+            peers: HashMap::new(),
+            completed: VecDeque::new(),
+            disconnects: VecDeque::new(),
+            to_wake: HashSet::new(),
+            next_tick: None,
+            rng,
+            info_bytes: None,
+        }
+    }
+
+    /// The raw info dictionary, served to peers that ask for it (BEP 9).
+    pub fn set_metadata(&mut self, info_bytes: Arc<[u8]>) {
+        self.info_bytes = Some(info_bytes);
+    }
+
+    // ---- queries ----
+
+    /// Whether every wanted piece is present and verified.
+    pub fn is_done(&self) -> bool {
+        self.wanted_left == 0
+    }
+
+    /// The pieces we have (verified).
+    pub fn have(&self) -> &Bitfield {
+        &self.have
+    }
+
+    /// The counters.
+    pub fn stats(&self) -> SwarmStats {
+        SwarmStats {
+            peers: self.peers.len(),
+            verifying: self.assembly.verifying_count(),
+            ..self.stats
+        }
+    }
+
+    /// Length of piece `index` (the last one may be shorter).
+    pub fn piece_len(&self, index: u32) -> u32 {
+        self.geo.piece_len(index)
+    }
+
+    // ---- inputs ----
+
+    /// A peer finished the BitTorrent handshake. Our extension handshake (if it speaks BEP 10)
+    /// and our bitfield (if we have anything) are queued for it, in that order.
+    pub fn handle_connected(&mut self, now: Instant, key: PeerKey, features: PeerFeatures) {
+        let mut peer = PeerState::new(now, self.geo.piece_count, &self.config);
+        if features.extensions {
+            let metadata_size = self.info_bytes.as_ref().map(|b| b.len() as u64);
+            peer.outbox.push(Message::Extended {
+                id: 0,
+                payload: ExtHandshake::ours(metadata_size).encode().into(),
+            });
+        }
+        if self.have.count() > 0 {
+            peer.outbox.push(Message::Bitfield(Bytes::copy_from_slice(
+                self.have.as_bytes(),
+            )));
+        }
+        let deadline = peer.next_deadline(&self.config);
+        // A reused key: the old connection's state goes first.
+        self.forget(key);
+        self.peers.insert(key, peer);
+        self.arm_tick(deadline);
+    }
+
+    /// A message from `key`. A protocol violation disconnects the peer.
+    pub fn handle_message(&mut self, now: Instant, key: PeerKey, msg: Message) {
+        let Some(mut peer) = self.peers.remove(&key) else {
+            return;
+        };
+        let result = self.on_message(now, key, &mut peer, msg);
+        let active = peer.is_active();
+        self.peers.insert(key, peer);
+        match result {
+            Ok(()) if active => self.arm_tick(now + RATE_WINDOW),
+            Ok(()) => {}
+            Err(reason) => self.disconnect(key, reason),
+        }
+    }
+
+    /// The connection to `key` closed (or the driver closed it after a
+    /// [`SwarmEvent::Disconnect`]): its blocks go back to the pool.
+    pub fn handle_disconnected(&mut self, key: PeerKey) {
+        if self.forget(key) {
+            // Its blocks are free again: others may want them.
+            self.to_wake.extend(self.peers.keys().copied());
+        }
+    }
+
+    /// The hash check of piece `index` came back: `good` pieces are stored and announced, bad
+    /// ones requested again and their contributors blamed. `buf` is the piece's buffer, kept
+    /// for the next piece.
+    pub fn handle_verdict(&mut self, now: Instant, index: u32, good: bool, buf: Vec<u8>) {
+        self.assembly.recycle(buf, self.geo.piece_length);
+        let Some(contributors) = self.assembly.verdict(&self.geo, index) else {
+            return;
+        };
+        if std::mem::take(&mut self.scheduler.memory_starved) {
+            // Memory is free again: peers idle for lack of it need a nudge (no block will
+            // arrive to wake them).
+            let room = self.peers.iter().filter(|(_, p)| {
+                !p.peer_choking && p.am_interested && p.inflight.len() < p.pipeline_target()
+            });
+            self.to_wake.extend(room.map(|(&k, _)| k));
+        }
+        if good {
+            self.on_piece_verified(index);
+            return;
+        }
+        let len = u64::from(self.geo.piece_len(index));
+        self.stats.wasted_bytes += len;
+        self.scheduler.picker.release(index);
+        for k in contributors {
+            let Some(peer) = self.peers.get_mut(&k) else {
+                continue;
+            };
+            peer.hash_failures += 1;
+            if peer.hash_failures >= self.config.max_hash_failures {
+                let failures = peer.hash_failures;
+                self.disconnect(k, PeerError::BadData(failures));
+            }
+        }
+        // Peers idle for lack of work may now fetch this piece again.
+        self.to_wake.extend(self.peers.keys().copied());
+        self.arm_tick(now + RATE_WINDOW);
+    }
+
+    /// The driver sent `bytes` of block data to `key` (after [`Swarm::poll_upload`]).
+    pub fn handle_uploaded(&mut self, now: Instant, key: PeerKey, bytes: u64) {
+        self.stats.uploaded_bytes += bytes;
+        if let Some(peer) = self.peers.get_mut(&key) {
+            peer.on_uploaded(bytes);
+            self.arm_tick(now + RATE_WINDOW);
+        }
+    }
+
+    /// Time passed: rates, pipeline sizes, keep-alives, lost requests, timeouts, rechokes.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        let seeding = self.is_done();
+        self.choker.handle_timeout(
+            now,
+            seeding,
+            &mut self.peers,
+            &mut self.rng,
+            &mut self.to_wake,
+        );
+        if self.next_tick.is_none_or(|t| now < t) {
+            return;
+        }
+        let mut timed_out = Vec::new();
+        let mut active = false;
+        let mut reclaimed = false;
+        let mut next_deadline: Option<Instant> = None;
+        for (&key, peer) in self.peers.iter_mut() {
+            peer.sample_rates(now, &self.config);
+            reclaimed |= Scheduler::reclaim_lost(
+                now,
+                self.config.lost_request_timeout,
+                &mut self.assembly,
+                peer,
+            );
+            if now.saturating_duration_since(peer.last_received) >= self.config.idle_timeout {
+                timed_out.push((key, "nothing received"));
+                continue;
+            }
+            if !peer.inflight.is_empty()
+                && now.saturating_duration_since(peer.last_block) >= self.config.request_timeout
+            {
+                timed_out.push((key, "requested blocks never came"));
+                continue;
+            }
+            if now.saturating_duration_since(peer.last_sent) >= self.config.keepalive_interval
+                && peer.outbox.is_empty()
+            {
+                peer.outbox.push(Message::KeepAlive);
+                self.to_wake.insert(key);
+            }
+            active |= peer.is_active();
+            let d = peer.next_deadline(&self.config);
+            next_deadline = Some(next_deadline.map_or(d, |n| n.min(d)));
+        }
+        for (key, why) in timed_out {
+            self.disconnect(key, PeerError::Timeout(why));
+        }
+        if reclaimed {
+            // Reclaimed blocks may be wanted by peers with room.
+            self.to_wake.extend(self.peers.keys().copied());
+        }
+        self.next_tick = if active {
+            Some(now + RATE_WINDOW)
+        } else {
+            next_deadline
+        };
+    }
+
+    // ---- outputs ----
+
+    /// When [`Swarm::handle_timeout`] is next due.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        match (self.next_tick, self.choker.poll_timeout()) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// Tops up `key`'s request pipeline and appends every message queued for it to `out`.
+    pub fn poll_transmit(&mut self, now: Instant, key: PeerKey, out: &mut Vec<Message>) {
+        let done = self.is_done();
+        let Some(peer) = self.peers.get_mut(&key) else {
+            return;
+        };
+        if !done {
+            self.scheduler
+                .fill(now, &self.geo, &mut self.assembly, peer);
+        }
+        if !peer.outbox.is_empty() {
+            peer.last_sent = now;
+            out.append(&mut peer.outbox);
+        }
+        if peer.is_active() {
+            self.arm_tick(now + RATE_WINDOW);
+        }
+    }
+
+    /// Takes the blocks `key` asked for, oldest first, up to `max_bytes` of block data (at
+    /// least one block); the driver reads them from disk, sends them as `piece` messages and
+    /// reports with [`Swarm::handle_uploaded`]. Returns whether more requests are waiting.
+    pub fn poll_upload(&mut self, key: PeerKey, max_bytes: u64, out: &mut Vec<BlockRef>) -> bool {
+        let Some(peer) = self.peers.get_mut(&key) else {
+            return false;
+        };
+        let mut bytes = 0u64;
+        while let Some(&block) = peer.uploads.front() {
+            if bytes > 0 && bytes + u64::from(block.length) > max_bytes {
+                break;
+            }
+            bytes += u64::from(block.length);
+            peer.uploads.pop_front();
+            out.push(block);
+        }
+        !peer.uploads.is_empty()
+    }
+
+    /// The next thing the driver must do: pieces to verify first, then disconnects, then
+    /// wake-ups.
+    pub fn poll_event(&mut self) -> Option<SwarmEvent> {
+        if let Some(piece) = self.completed.pop_front() {
+            return Some(SwarmEvent::Verify(piece));
+        }
+        if let Some((peer, reason)) = self.disconnects.pop_front() {
+            return Some(SwarmEvent::Disconnect { peer, reason });
+        }
+        let key = *self.to_wake.iter().next()?;
+        self.to_wake.remove(&key);
+        Some(SwarmEvent::Wake(key))
+    }
+
+    // ---- internals ----
+
+    /// Makes the tick due by `at` at the latest.
+    fn arm_tick(&mut self, at: Instant) {
+        self.next_tick = Some(self.next_tick.map_or(at, |t| t.min(at)));
+    }
+
+    /// Removes a peer and queues its disconnection.
+    fn disconnect(&mut self, key: PeerKey, reason: PeerError) {
+        if self.forget(key) {
+            self.disconnects.push_back((key, reason));
+            self.to_wake.extend(self.peers.keys().copied());
+        }
+    }
+
+    /// Forgets a peer: its availability, its owed blocks, its slot. Returns whether it was
+    /// known.
+    fn forget(&mut self, key: PeerKey) -> bool {
+        let Some(mut peer) = self.peers.remove(&key) else {
+            return false;
+        };
+        self.scheduler.picker.remove_peer(&peer.has);
+        Scheduler::release_all(&mut self.assembly, &mut peer);
+        self.choker.remove_peer(key);
+        self.to_wake.remove(&key);
+        if self.peers.is_empty() {
+            self.next_tick = None;
+        }
+        true
+    }
+
+    /// Whether we still need piece `index`.
+    fn needs(&self, index: u32) -> bool {
+        self.wanted.get(index) && !self.have.get(index)
+    }
+
+    fn become_interested(&self, peer: &mut PeerState) {
+        if !peer.am_interested && !self.is_done() {
+            peer.am_interested = true;
+            peer.outbox.push(Message::Interested);
+        }
+    }
+
+    fn on_message(
+        &mut self,
+        now: Instant,
+        key: PeerKey,
+        peer: &mut PeerState,
+        msg: Message,
+    ) -> Result<(), PeerError> {
+        peer.last_received = now;
+        match msg {
+            Message::KeepAlive | Message::Port(_) | Message::Unknown { .. } => {}
+            Message::Extended { id, payload } => self.on_extended(peer, id, &payload),
+            Message::Choke => {
+                peer.peer_choking = true;
+                // Without the fast extension a choke discards every pending request.
+                Scheduler::release_all(&mut self.assembly, peer);
+            }
+            Message::Unchoke => peer.peer_choking = false,
+            Message::Interested => {
+                peer.peer_interested = true;
+                self.choker.on_interested(now, peer, &self.peers);
+            }
+            Message::NotInterested => peer.peer_interested = false,
+            Message::Have(index) => {
+                if index >= self.geo.piece_count {
+                    return Err(PeerError::Protocol(format!(
+                        "have for piece {index} of {}",
+                        self.geo.piece_count
+                    )));
+                }
+                if peer.has.set(index) {
+                    self.scheduler.picker.inc(index);
+                    if self.needs(index) {
+                        self.become_interested(peer);
+                    }
+                }
+            }
+            Message::Bitfield(bytes) => {
+                // BEP 3 puts the bitfield first, but real clients (aria2) also send one later
+                // to say what they have: accept it as a replacement.
+                let has = Bitfield::from_bytes(&bytes, self.geo.piece_count)
+                    .map_err(|e| PeerError::Protocol(e.to_string()))?;
+                self.scheduler.picker.remove_peer(&peer.has);
+                self.scheduler.picker.add_peer(&has);
+                peer.has = has;
+                if peer.has.iter_set().any(|i| self.needs(i)) {
+                    self.become_interested(peer);
+                }
+            }
+            Message::Request(block) => {
+                self.check_request(block)?;
+                // Requests sent before our choke arrived are dropped, as are those past the queue.
+                if !peer.am_choking && peer.uploads.len() < self.config.max_upload_queue {
+                    peer.uploads.push_back(block);
+                }
+            }
+            Message::Cancel(block) => peer.uploads.retain(|b| *b != block),
+            Message::Piece { index, begin, data } => {
+                self.on_block(now, key, peer, index, begin, data);
+            }
+        }
+        Ok(())
+    }
+
+    fn on_block(
+        &mut self,
+        now: Instant,
+        key: PeerKey,
+        peer: &mut PeerState,
+        index: u32,
+        begin: u32,
+        data: Bytes,
+    ) {
+        let len = data.len() as u64;
+        let Some(pos) = peer.inflight.iter().position(|(b, _)| {
+            b.index == index && b.begin == begin && b.length as usize == data.len()
+        }) else {
+            // Not asked of this peer (or already cancelled): drop it.
+            self.stats.wasted_bytes += len;
+            return;
+        };
+        let block = peer.inflight.remove(pos).map_or(
+            BlockRef {
+                index,
+                begin,
+                length: len as u32,
+            },
+            |(b, _)| b,
+        );
+        peer.on_block(now, len);
+        let also_owed = match self.assembly.receive(key, block, &data) {
+            Received::Unneeded => {
+                self.stats.wasted_bytes += len;
+                return;
+            }
+            Received::Stored { also_owed } => also_owed,
+            Received::Completed { data, also_owed } => {
+                self.completed.push_back(CompletedPiece { index, data });
+                also_owed
+            }
+        };
+        if also_owed {
+            // Endgame: others were asked for this block too; cancel theirs.
+            for (&other_key, other) in self.peers.iter_mut() {
+                if let Some(p) = other.inflight.iter().position(|(b, _)| *b == block) {
+                    other.inflight.remove(p);
+                    other.outbox.push(Message::Cancel(block));
+                    self.to_wake.insert(other_key);
+                }
+            }
+        }
+    }
+
+    fn on_piece_verified(&mut self, index: u32) {
+        if self.have.get(index) {
+            return;
+        }
+        self.have.set(index);
+        let len = u64::from(self.geo.piece_len(index));
+        if self.wanted.get(index) {
+            self.wanted_left = self.wanted_left.saturating_sub(1);
+            self.stats.bytes_left = self.stats.bytes_left.saturating_sub(len);
+        }
+        self.stats.verified_bytes += len;
+        let done = self.is_done();
+        for (&k, peer) in self.peers.iter_mut() {
+            if !peer.has.get(index) {
+                peer.outbox.push(Message::Have(index));
+                self.to_wake.insert(k);
+            }
+            if done && peer.am_interested {
+                peer.am_interested = false;
+                peer.outbox.push(Message::NotInterested);
+                self.to_wake.insert(k);
+            }
+        }
+    }
+
+    /// A request must name a block inside a piece we have, at most [`MAX_REQUEST_LEN`] long.
+    fn check_request(&self, block: BlockRef) -> Result<(), PeerError> {
+        let bad = |why: &str| Err(PeerError::Protocol(format!("request {block:?}: {why}")));
+        if block.index >= self.geo.piece_count {
+            return bad("no such piece");
+        }
+        if block.length == 0 || block.length > MAX_REQUEST_LEN {
+            return bad("bad length");
+        }
+        let end = u64::from(block.begin) + u64::from(block.length);
+        if end > u64::from(self.geo.piece_len(block.index)) {
+            return bad("past the end of the piece");
+        }
+        if !self.have.get(block.index) {
+            return bad("we do not have that piece");
+        }
+        Ok(())
+    }
+
+    /// BEP 10/9: records the peer's extension handshake (its `ut_metadata` id and `reqq`) and
+    /// answers its metadata requests. Malformed extension messages are ignored: they are
+    /// optional.
+    fn on_extended(&mut self, peer: &mut PeerState, id: u8, payload: &Bytes) {
+        if id == 0 {
+            if let Ok(hs) = ExtHandshake::decode(payload) {
+                peer.ut_metadata = hs.ut_metadata.filter(|&i| i != 0);
+                if let Some(n) = hs.reqq {
+                    peer.max_outstanding = n.max(1);
+                }
+            }
+        } else if id == OUR_UT_METADATA_ID {
+            let (Some(their_id), Ok(msg)) = (peer.ut_metadata, MetadataMsg::decode(payload)) else {
+                return;
+            };
+            if let Some(answer) = answer_metadata(self.info_bytes.as_deref(), &msg) {
+                peer.outbox.push(Message::Extended {
+                    id: their_id,
+                    payload: answer.encode().into(),
+                });
+            }
+        }
+    }
+
+    /// Checks the invariants in the module doc; for tests and the simulation.
+    #[cfg(test)]
+    pub(crate) fn check_invariants(&self) -> Result<(), String> {
+        self.assembly.check_invariants(&self.geo)?;
+        let mut owed: HashMap<BlockRef, u8> = HashMap::new();
+        for (k, p) in &self.peers {
+            let mut seen = HashSet::new();
+            for (b, _) in &p.inflight {
+                if !seen.insert(*b) {
+                    return Err(format!("peer {k} owes {b:?} twice"));
+                }
+                *owed.entry(*b).or_default() += 1;
+            }
+            if p.uploads.len() > self.config.max_upload_queue {
+                return Err(format!("peer {k} has {} uploads queued", p.uploads.len()));
+            }
+        }
+        if owed != self.assembly.owed(&self.geo) {
+            return Err("blocks owed by peers differ from the requested blocks".into());
+        }
+        for i in 0..self.geo.piece_count {
+            let should_be_taken =
+                self.have.get(i) || !self.wanted.get(i) || self.assembly.is_in_progress(i);
+            if self.scheduler.picker.is_taken(i) != should_be_taken {
+                return Err(format!("piece {i}: picker out of step"));
+            }
+        }
+        let left: u64 = (0..self.geo.piece_count)
+            .filter(|&i| self.needs(i))
+            .map(|i| u64::from(self.geo.piece_len(i)))
+            .sum();
+        if left != self.stats.bytes_left {
+            return Err(format!("bytes left {} != {left}", self.stats.bytes_left));
+        }
+        Ok(())
+    }
+}

@@ -1,6 +1,6 @@
 //! Tracker protocol messages, sans-IO: HTTP announce URLs and responses (BEP 3, BEP 23, BEP 7),
 //! the UDP tracker state machine (BEP 15) and multi-tracker tier bookkeeping (BEP 12). The
-//! engine (`crate::engine::tracker`) does the sending.
+//! `bitrush` crate's engine does the sending.
 //!
 //! Invariants: nothing here reads a clock or touches a socket; every peer list is bounded by
 //! [`MAX_PEERS`] and deduplicated, keeping the tracker's order.
@@ -58,6 +58,48 @@ pub struct AnnounceRequest {
     pub key: u32,
 }
 
+/// Who we are to trackers: everything an announce says that does not change during a session.
+/// The one place announce requests are built.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Announcer {
+    /// The torrent.
+    pub info_hash: InfoHash,
+    /// Our peer id.
+    pub peer_id: PeerId,
+    /// The port we listen on (or, before we listen, the one we would).
+    pub port: u16,
+    /// The BEP 7 / BEP 15 key: random, drawn once per session.
+    pub key: u32,
+    /// Peers wanted per announce.
+    pub numwant: u32,
+}
+
+/// Peers asked for in each announce.
+pub const NUMWANT: u32 = 200;
+
+impl Announcer {
+    /// The request for `event` with these transfer counters.
+    pub fn request(
+        &self,
+        event: Event,
+        uploaded: u64,
+        downloaded: u64,
+        left: u64,
+    ) -> AnnounceRequest {
+        AnnounceRequest {
+            info_hash: self.info_hash,
+            peer_id: self.peer_id,
+            port: self.port,
+            uploaded,
+            downloaded,
+            left,
+            event,
+            numwant: Some(self.numwant),
+            key: self.key,
+        }
+    }
+}
+
 /// What a tracker told us.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct AnnounceResponse {
@@ -75,7 +117,7 @@ pub struct AnnounceResponse {
     pub leechers: Option<u32>,
 }
 
-/// Why an announce failed.
+/// Why a tracker's answer was unusable (protocol level; the engine adds transport failures).
 #[derive(Clone, Debug, thiserror::Error, PartialEq, Eq)]
 pub enum TrackerError {
     /// The tracker's own `failure reason`.
@@ -84,21 +126,9 @@ pub enum TrackerError {
     /// A response we cannot parse.
     #[error("malformed tracker response: {0}")]
     Malformed(String),
-    /// A URL we cannot announce to.
-    #[error("unsupported tracker URL: {0}")]
-    BadUrl(String),
     /// No answer in time.
     #[error("tracker timed out")]
     Timeout,
-    /// HTTP-level failure (status, connection, body too large).
-    #[error("HTTP tracker error: {0}")]
-    Http(String),
-    /// Socket or name-resolution failure.
-    #[error("tracker I/O error: {0}")]
-    Io(String),
-    /// Every tracker of every tier failed; the message lists each one's error.
-    #[error("no tracker answered: {0}")]
-    NoneAnswered(String),
 }
 
 /// Longest tracker-supplied text (failure reason, warning) we keep.

@@ -26,6 +26,20 @@ pub const FIRST_RETRY: Duration = Duration::from_secs(30);
 /// Longest wait between retries of a failing tracker.
 pub const MAX_RETRY: Duration = Duration::from_secs(30 * 60);
 
+/// How soon a tracker that answered is asked again.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Urgency {
+    /// After its interval.
+    Normal,
+    /// We want more peers: after [`EAGER_INTERVAL`], but never before its `min interval`.
+    MorePeers,
+    /// We have nobody to talk to: after this long, whatever it asked.
+    Starving(Duration),
+}
+
+/// The wait after a success when we want more peers (unless the tracker asks for longer).
+pub const EAGER_INTERVAL: Duration = Duration::from_secs(30);
+
 /// One tracker and what we know about it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Tracker {
@@ -37,6 +51,8 @@ pub struct Tracker {
     pub last_attempt: Option<Instant>,
     /// Wait after a success before announcing again (already clamped).
     pub interval: Duration,
+    /// The shortest wait the tracker asked for (`min interval`, zero if it did not say).
+    pub min_interval: Duration,
     /// Failures since the last success.
     pub failures: u32,
 }
@@ -71,6 +87,7 @@ impl Tracker {
             last_success: None,
             last_attempt: None,
             interval: DEFAULT_INTERVAL,
+            min_interval: Duration::ZERO,
             failures: 0,
         }
     }
@@ -80,15 +97,20 @@ impl Tracker {
         self.last_success.is_some() && self.failures == 0
     }
 
-    /// When it should be asked next: `now` if never asked, after its interval following a
-    /// success, or after the retry backoff following failures.
-    pub fn next_announce(&self, now: Instant) -> Instant {
+    /// When it should be asked next: `now` if never asked, after the wait `urgency` asks
+    /// for following a success, or after the retry backoff following failures.
+    pub fn next_announce(&self, now: Instant, urgency: Urgency) -> Instant {
         if self.failures > 0 {
             let since = self.last_attempt.unwrap_or(now);
             return later(since, retry_delay(self.failures));
         }
+        let wait = match urgency {
+            Urgency::Normal => self.interval,
+            Urgency::MorePeers => EAGER_INTERVAL.max(self.min_interval).min(self.interval),
+            Urgency::Starving(d) => d.min(self.interval),
+        };
         match self.last_success {
-            Some(t) => later(t, self.interval),
+            Some(t) => later(t, wait),
             None => now,
         }
     }
@@ -146,7 +168,7 @@ impl TrackerList {
             .collect()
     }
 
-    fn find_mut(&mut self, url: &str) -> Option<(usize, usize)> {
+    fn find(&self, url: &str) -> Option<(usize, usize)> {
         self.tiers
             .iter()
             .enumerate()
@@ -155,42 +177,78 @@ impl TrackerList {
 
     /// When tier `tier` is next due: its front tracker's time if that one works, otherwise the
     /// earliest time any of its trackers may be tried. `None` if there is no such tier.
-    pub fn tier_next_announce(&self, tier: usize, now: Instant) -> Option<Instant> {
+    pub fn tier_next_announce(
+        &self,
+        tier: usize,
+        now: Instant,
+        urgency: Urgency,
+    ) -> Option<Instant> {
         let trackers = self.tiers.get(tier)?;
         let front = trackers.first()?;
         if front.is_working() {
-            return Some(front.next_announce(now));
+            return Some(front.next_announce(now, urgency));
         }
-        trackers.iter().map(|t| t.next_announce(now)).min()
+        trackers.iter().map(|t| t.next_announce(now, urgency)).min()
     }
 
     /// The earliest time any tier is due; `None` if the list is empty.
-    pub fn next_announce(&self, now: Instant) -> Option<Instant> {
+    pub fn next_announce(&self, now: Instant, urgency: Urgency) -> Option<Instant> {
         (0..self.tiers.len())
-            .filter_map(|i| self.tier_next_announce(i, now))
+            .filter_map(|i| self.tier_next_announce(i, now, urgency))
             .min()
     }
 
-    /// For every tier due at `now`, the URLs to try in order (those not waiting out a retry
-    /// backoff). Tiers not due are left out.
-    pub fn due(&self, now: Instant) -> Vec<Vec<String>> {
+    /// For every tier due at `now`, its index and the URLs to try in order (those not waiting
+    /// out a retry backoff). Tiers not due are left out.
+    pub fn due(&self, now: Instant, urgency: Urgency) -> Vec<(usize, Vec<String>)> {
         (0..self.tiers.len())
-            .filter(|&i| self.tier_next_announce(i, now).is_some_and(|t| t <= now))
-            .map(|i| {
-                self.tiers[i]
-                    .iter()
-                    .filter(|t| t.next_announce(now) <= now)
-                    .map(|t| t.url.clone())
-                    .collect::<Vec<_>>()
+            .filter(|&i| {
+                self.tier_next_announce(i, now, urgency)
+                    .is_some_and(|t| t <= now)
             })
-            .filter(|urls| !urls.is_empty())
+            .map(|i| {
+                let urls = self.tiers[i]
+                    .iter()
+                    .filter(|t| t.next_announce(now, urgency) <= now)
+                    .map(|t| t.url.clone())
+                    .collect::<Vec<_>>();
+                (i, urls)
+            })
+            .filter(|(_, urls)| !urls.is_empty())
+            .collect()
+    }
+
+    /// The tier holding `url`.
+    pub fn tier_of(&self, url: &str) -> Option<usize> {
+        self.find(url).map(|(tier, _)| tier)
+    }
+
+    /// Whether every tracker failed its last `n` announces or more.
+    pub fn all_failing(&self, n: u32) -> bool {
+        self.tiers.iter().flatten().all(|t| t.failures >= n)
+    }
+
+    /// Whether some tracker ever answered.
+    pub fn any_answered(&self) -> bool {
+        self.tiers
+            .iter()
+            .flatten()
+            .any(|t| t.last_success.is_some())
+    }
+
+    /// The front tracker (last known to work) of every tier where some tracker answered.
+    pub fn working_fronts(&self) -> Vec<String> {
+        self.tiers
+            .iter()
+            .filter(|tier| tier.iter().any(|t| t.last_success.is_some()))
+            .filter_map(|tier| tier.first().map(|t| t.url.clone()))
             .collect()
     }
 
     /// Records an answer from `url` and moves it to the front of its tier. Returns `false`
     /// if the URL is not in the list.
     pub fn on_success(&mut self, url: &str, now: Instant, resp: &AnnounceResponse) -> bool {
-        let Some((ti, pos)) = self.find_mut(url) else {
+        let Some((ti, pos)) = self.find(url) else {
             return false;
         };
         let tier = &mut self.tiers[ti];
@@ -199,13 +257,16 @@ impl TrackerList {
         tracker.last_attempt = Some(now);
         tracker.failures = 0;
         tracker.interval = announce_interval(resp);
+        tracker.min_interval = resp
+            .min_interval
+            .map_or(Duration::ZERO, |s| Duration::from_secs(u64::from(s)));
         tier.insert(0, tracker);
         true
     }
 
     /// Records a failed announce to `url`. Returns `false` if the URL is not in the list.
     pub fn on_failure(&mut self, url: &str, now: Instant) -> bool {
-        let Some((ti, pos)) = self.find_mut(url) else {
+        let Some((ti, pos)) = self.find(url) else {
             return false;
         };
         let tracker = &mut self.tiers[ti][pos];
@@ -224,6 +285,13 @@ mod tests {
     fn s(v: &[&[&str]]) -> Vec<Vec<String>> {
         v.iter()
             .map(|t| t.iter().map(|u| u.to_string()).collect())
+            .collect()
+    }
+
+    fn due(list: &TrackerList, now: Instant) -> Vec<Vec<String>> {
+        list.due(now, Urgency::Normal)
+            .into_iter()
+            .map(|(_, urls)| urls)
             .collect()
     }
 
@@ -284,34 +352,72 @@ mod tests {
         let t0 = Instant::now();
         let secs = Duration::from_secs;
         let mut list = TrackerList::new(s(&[&["a", "b"]]));
-        assert_eq!(list.next_announce(t0), Some(t0), "never asked: due now");
-        assert_eq!(list.due(t0), s(&[&["a", "b"]]));
+        assert_eq!(
+            list.next_announce(t0, Urgency::Normal),
+            Some(t0),
+            "never asked: due now"
+        );
+        assert_eq!(due(&list, t0), s(&[&["a", "b"]]));
 
         list.on_success("b", t0, &resp(Some(900), None));
-        assert_eq!(list.next_announce(t0), Some(t0 + secs(900)));
+        assert_eq!(
+            list.next_announce(t0, Urgency::Normal),
+            Some(t0 + secs(900))
+        );
         assert!(
-            list.due(t0 + secs(899)).is_empty(),
+            due(&list, t0 + secs(899)).is_empty(),
             "a never asked, but b works"
         );
-        assert_eq!(list.due(t0 + secs(900)), s(&[&["b", "a"]]));
+        assert_eq!(due(&list, t0 + secs(900)), s(&[&["b", "a"]]));
 
         // b fails: a (never asked) becomes due at once; b waits out its backoff.
         let t1 = t0 + secs(900);
         list.on_failure("b", t1);
-        assert_eq!(list.due(t1), s(&[&["a"]]));
+        assert_eq!(due(&list, t1), s(&[&["a"]]));
         list.on_failure("a", t1);
-        assert_eq!(list.next_announce(t1), Some(t1 + secs(30)));
+        assert_eq!(list.next_announce(t1, Urgency::Normal), Some(t1 + secs(30)));
         list.on_failure("a", t1);
         list.on_failure("a", t1);
-        assert_eq!(list.tiers()[0][1].next_announce(t1), t1 + secs(120));
-        assert_eq!(list.due(t1 + secs(30)), s(&[&["b"]]));
+        assert_eq!(
+            list.tiers()[0][1].next_announce(t1, Urgency::Normal),
+            t1 + secs(120)
+        );
+        assert_eq!(due(&list, t1 + secs(30)), s(&[&["b"]]));
         for _ in 0..40 {
             list.on_failure("b", t1);
         }
-        assert_eq!(list.tiers()[0][0].next_announce(t1), t1 + MAX_RETRY);
+        assert_eq!(
+            list.tiers()[0][0].next_announce(t1, Urgency::Normal),
+            t1 + MAX_RETRY
+        );
         // a recovers and goes to the front.
         list.on_success("a", t1, &resp(Some(60), None));
         assert_eq!(list.urls(), s(&[&["a", "b"]]));
-        assert_eq!(list.next_announce(t1), Some(t1 + secs(60)));
+        assert_eq!(list.next_announce(t1, Urgency::Normal), Some(t1 + secs(60)));
+    }
+
+    #[test]
+    fn urgency_shortens_the_wait_after_a_success_only() {
+        let t0 = Instant::now();
+        let secs = Duration::from_secs;
+        let mut list = TrackerList::new(s(&[&["a"], &["b"]]));
+        list.on_success("a", t0, &resp(Some(1800), Some(120)));
+        list.on_failure("b", t0);
+        let next = |u| list.tier_next_announce(0, t0, u);
+        assert_eq!(next(Urgency::Normal), Some(t0 + secs(1800)));
+        assert_eq!(
+            next(Urgency::MorePeers),
+            Some(t0 + secs(120)),
+            "min interval wins"
+        );
+        assert_eq!(next(Urgency::Starving(secs(2))), Some(t0 + secs(2)));
+        // A failing tracker keeps its retry backoff whatever the urgency.
+        assert_eq!(
+            list.tier_next_announce(1, t0, Urgency::Starving(secs(2))),
+            Some(t0 + FIRST_RETRY)
+        );
+        assert_eq!(list.working_fronts(), vec!["a".to_string()]);
+        assert!(!list.all_failing(1));
+        assert!(list.any_answered());
     }
 }

@@ -160,18 +160,25 @@ impl UdpAnnounce {
         self.awaiting = false;
     }
 
-    /// The next datagram to send, if one is due at `now`. Also detects the final timeout,
-    /// after which [`UdpAnnounce::result`] is `Some(Err(Timeout))`.
-    pub fn poll_transmit(&mut self, now: Instant) -> Option<Vec<u8>> {
-        if self.stage == Stage::Done || now < self.next_send {
-            return None;
+    /// Time passed: an unanswered request whose wait is over counts as lost (to be sent again
+    /// by [`UdpAnnounce::poll_transmit`]), and the last one lost ends the exchange with
+    /// [`TrackerError::Timeout`].
+    pub fn handle_timeout(&mut self, now: Instant) {
+        if self.stage == Stage::Done || now < self.next_send || !self.awaiting {
+            return;
         }
-        if self.awaiting {
-            self.timeouts = self.timeouts.saturating_add(1);
-            if self.timeouts >= self.config.max_tries.max(1) {
-                self.finish(Err(TrackerError::Timeout));
-                return None;
-            }
+        self.timeouts = self.timeouts.saturating_add(1);
+        if self.timeouts >= self.config.max_tries.max(1) {
+            self.finish(Err(TrackerError::Timeout));
+        } else {
+            self.awaiting = false;
+        }
+    }
+
+    /// The next datagram to send, if one is due at `now`.
+    pub fn poll_transmit(&mut self, now: Instant) -> Option<Vec<u8>> {
+        if self.stage == Stage::Done || now < self.next_send || self.awaiting {
+            return None;
         }
         if let Some((_, obtained)) = self.connection {
             if !is_fresh(obtained, now) {
@@ -194,14 +201,14 @@ impl UdpAnnounce {
         Some(packet)
     }
 
-    /// When [`UdpAnnounce::poll_transmit`] should be called next; `None` once finished.
+    /// When [`UdpAnnounce::handle_timeout`] should be called next; `None` once finished.
     pub fn poll_timeout(&self) -> Option<Instant> {
         (self.stage != Stage::Done).then_some(self.next_send)
     }
 
     /// Feeds one received datagram. Too-short datagrams, other transaction ids and actions
     /// that do not fit the current step are ignored.
-    pub fn handle_datagram(&mut self, data: &[u8], now: Instant) {
+    pub fn handle_datagram(&mut self, now: Instant, data: &[u8]) {
         if data.len() < 8 || self.stage == Stage::Done {
             return;
         }
@@ -256,10 +263,10 @@ impl UdpAnnounce {
         }
     }
 
-    /// The outcome once the exchange is over: the response, the tracker's error message, or
-    /// a timeout.
-    pub fn result(&self) -> Option<Result<AnnounceResponse, TrackerError>> {
-        self.result.clone()
+    /// The outcome once the exchange is over (given once): the response, the tracker's error
+    /// message, or a timeout.
+    pub fn poll_result(&mut self) -> Option<Result<AnnounceResponse, TrackerError>> {
+        self.result.take()
     }
 
     /// The connection id in use and when it was obtained, for reuse by later announces to
@@ -312,6 +319,12 @@ mod tests {
     use crate::types::{InfoHash, PeerId};
     use core::net::SocketAddr;
     use proptest::prelude::*;
+
+    /// Lets time pass to `now`, then takes the datagram due, as a driver does.
+    fn step(sm: &mut UdpAnnounce, now: Instant) -> Option<Vec<u8>> {
+        sm.handle_timeout(now);
+        sm.poll_transmit(now)
+    }
 
     fn req() -> AnnounceRequest {
         AnnounceRequest {
@@ -367,25 +380,25 @@ mod tests {
         let t0 = Instant::now();
         let mut sm = UdpAnnounce::new(req(), None, t0, 42, config());
         assert_eq!(sm.poll_timeout(), Some(t0));
-        let connect = sm.poll_transmit(t0).unwrap();
+        let connect = step(&mut sm, t0).unwrap();
         assert_eq!(connect.len(), 16);
         assert_eq!(be_u64(&connect[0..8]), PROTOCOL_ID);
         assert_eq!(be_u32(&connect[8..12]), 0);
         let ctid = be_u32(&connect[12..16]);
-        assert_eq!(sm.poll_transmit(t0 + ms(10)), None, "nothing due yet");
+        assert_eq!(step(&mut sm, t0 + ms(10)), None, "nothing due yet");
         assert_eq!(sm.poll_timeout(), Some(t0 + ms(1000)));
 
         // Wrong transaction id, short packets and wrong actions are ignored.
-        sm.handle_datagram(&connect_reply(ctid.wrapping_add(1), 5), t0 + ms(20));
-        sm.handle_datagram(&connect_reply(ctid, 5)[..12], t0 + ms(20));
-        sm.handle_datagram(&[0, 0, 0], t0 + ms(20));
-        sm.handle_datagram(&announce_reply(ctid, &[]), t0 + ms(20));
+        sm.handle_datagram(t0 + ms(20), &connect_reply(ctid.wrapping_add(1), 5));
+        sm.handle_datagram(t0 + ms(20), &connect_reply(ctid, 5)[..12]);
+        sm.handle_datagram(t0 + ms(20), &[0, 0, 0]);
+        sm.handle_datagram(t0 + ms(20), &announce_reply(ctid, &[]));
         assert_eq!(sm.connection(), None);
-        assert!(sm.result().is_none());
+        assert!(sm.poll_result().is_none());
 
-        sm.handle_datagram(&connect_reply(ctid, 0xaabb), t0 + ms(30));
+        sm.handle_datagram(t0 + ms(30), &connect_reply(ctid, 0xaabb));
         assert_eq!(sm.connection(), Some((0xaabb, t0 + ms(30))));
-        let ann = sm.poll_transmit(t0 + ms(30)).unwrap();
+        let ann = step(&mut sm, t0 + ms(30)).unwrap();
         assert_eq!(ann.len(), 98);
         assert_eq!(be_u64(&ann[0..8]), 0xaabb);
         assert_eq!(be_u32(&ann[8..12]), 1);
@@ -405,8 +418,8 @@ mod tests {
         let peers = [
             10, 0, 0, 1, 0x1a, 0xe1, 10, 0, 0, 1, 0x1a, 0xe1, 10, 0, 0, 2, 0, 80, 1, 2,
         ];
-        sm.handle_datagram(&announce_reply(atid, &peers), t0 + ms(40));
-        let resp = sm.result().unwrap().unwrap();
+        sm.handle_datagram(t0 + ms(40), &announce_reply(atid, &peers));
+        let resp = sm.poll_result().unwrap().unwrap();
         assert_eq!(resp.interval, Some(1800));
         assert_eq!(resp.leechers, Some(4));
         assert_eq!(resp.seeders, Some(9));
@@ -415,7 +428,7 @@ mod tests {
             "10.0.0.2:80".parse().unwrap(),
         ];
         assert_eq!(resp.peers, want);
-        assert_eq!(sm.poll_transmit(t0 + ms(5000)), None);
+        assert_eq!(step(&mut sm, t0 + ms(5000)), None);
         assert_eq!(sm.poll_timeout(), None);
     }
 
@@ -423,16 +436,16 @@ mod tests {
     fn retransmits_with_backoff_then_times_out() {
         let t0 = Instant::now();
         let mut sm = UdpAnnounce::new(req(), None, t0, 1, config());
-        let first = sm.poll_transmit(t0).unwrap();
-        assert_eq!(sm.poll_transmit(t0 + ms(999)), None);
-        let second = sm.poll_transmit(t0 + ms(1000)).unwrap();
+        let first = step(&mut sm, t0).unwrap();
+        assert_eq!(step(&mut sm, t0 + ms(999)), None);
+        let second = step(&mut sm, t0 + ms(1000)).unwrap();
         assert_eq!(first, second, "same request, same transaction id");
         assert_eq!(sm.poll_timeout(), Some(t0 + ms(3000)));
-        assert_eq!(sm.poll_transmit(t0 + ms(2999)), None);
-        assert!(sm.poll_transmit(t0 + ms(3000)).is_some());
+        assert_eq!(step(&mut sm, t0 + ms(2999)), None);
+        assert!(step(&mut sm, t0 + ms(3000)).is_some());
         assert_eq!(sm.poll_timeout(), Some(t0 + ms(7000)));
-        assert_eq!(sm.poll_transmit(t0 + ms(7000)), None);
-        assert_eq!(sm.result(), Some(Err(TrackerError::Timeout)));
+        assert_eq!(step(&mut sm, t0 + ms(7000)), None);
+        assert_eq!(sm.poll_result(), Some(Err(TrackerError::Timeout)));
         assert_eq!(sm.poll_timeout(), None);
     }
 
@@ -446,11 +459,11 @@ mod tests {
         let mut sm = UdpAnnounce::new(req(), None, t0, 1, cfg);
         let mut now = t0;
         for _ in 0..12 {
-            assert!(sm.poll_transmit(now).is_some());
+            assert!(step(&mut sm, now).is_some());
             now = sm.poll_timeout().unwrap();
         }
         // Past the cap every wait is base · 2^8.
-        assert!(sm.poll_transmit(now).is_some());
+        assert!(step(&mut sm, now).is_some());
         assert_eq!(sm.poll_timeout(), Some(now + Duration::from_secs(256)));
     }
 
@@ -458,14 +471,14 @@ mod tests {
     fn error_action_is_failure() {
         let t0 = Instant::now();
         let mut sm = UdpAnnounce::new(req(), None, t0, 3, config());
-        let p = sm.poll_transmit(t0).unwrap();
+        let p = step(&mut sm, t0).unwrap();
         let mut err = Vec::new();
         err.extend_from_slice(&3u32.to_be_bytes());
         err.extend_from_slice(&tid(&p).to_be_bytes());
         err.extend_from_slice(b"torrent not registered");
-        sm.handle_datagram(&err, t0 + ms(5));
+        sm.handle_datagram(t0 + ms(5), &err);
         assert_eq!(
-            sm.result(),
+            sm.poll_result(),
             Some(Err(TrackerError::Failure("torrent not registered".into())))
         );
     }
@@ -475,35 +488,35 @@ mod tests {
         let t0 = Instant::now();
         let cached = Some((77u64, t0));
         let mut sm = UdpAnnounce::new(req(), cached, t0 + ms(59_000), 3, config());
-        let p = sm.poll_transmit(t0 + ms(59_000)).unwrap();
+        let p = step(&mut sm, t0 + ms(59_000)).unwrap();
         assert_eq!(p.len(), 98);
         assert_eq!(be_u64(&p[0..8]), 77);
         // Stale cache: connect first.
         let mut sm = UdpAnnounce::new(req(), cached, t0 + ms(60_000), 3, config());
         assert_eq!(sm.connection(), None);
-        assert_eq!(sm.poll_transmit(t0 + ms(60_000)).unwrap().len(), 16);
+        assert_eq!(step(&mut sm, t0 + ms(60_000)).unwrap().len(), 16);
     }
 
     #[test]
     fn rejected_cached_connection_reconnects_once() {
         let t0 = Instant::now();
         let mut sm = UdpAnnounce::new(req(), Some((77, t0)), t0, 3, config());
-        let p = sm.poll_transmit(t0).unwrap();
+        let p = step(&mut sm, t0).unwrap();
         let mut err = Vec::new();
         err.extend_from_slice(&3u32.to_be_bytes());
         err.extend_from_slice(&tid(&p).to_be_bytes());
         err.extend_from_slice(b"bad connection id");
-        sm.handle_datagram(&err, t0 + ms(5));
-        assert!(sm.result().is_none());
+        sm.handle_datagram(t0 + ms(5), &err);
+        assert!(sm.poll_result().is_none());
         assert_eq!(sm.connection(), None);
-        let c = sm.poll_transmit(t0 + ms(5)).unwrap();
+        let c = step(&mut sm, t0 + ms(5)).unwrap();
         assert_eq!(c.len(), 16, "connects again");
-        sm.handle_datagram(&connect_reply(tid(&c), 88), t0 + ms(6));
-        let a = sm.poll_transmit(t0 + ms(6)).unwrap();
+        sm.handle_datagram(t0 + ms(6), &connect_reply(tid(&c), 88));
+        let a = step(&mut sm, t0 + ms(6)).unwrap();
         err[4..8].copy_from_slice(&tid(&a).to_be_bytes());
-        sm.handle_datagram(&err, t0 + ms(7));
+        sm.handle_datagram(t0 + ms(7), &err);
         assert_eq!(
-            sm.result(),
+            sm.poll_result(),
             Some(Err(TrackerError::Failure("bad connection id".into())))
         );
     }
@@ -517,21 +530,17 @@ mod tests {
             ipv6: false,
         };
         let mut sm = UdpAnnounce::new(req(), None, t0, 3, cfg);
-        let c = sm.poll_transmit(t0).unwrap();
-        sm.handle_datagram(&connect_reply(tid(&c), 5), t0);
-        assert_eq!(sm.poll_transmit(t0).unwrap().len(), 98);
+        let c = step(&mut sm, t0).unwrap();
+        sm.handle_datagram(t0, &connect_reply(tid(&c), 5));
+        assert_eq!(step(&mut sm, t0).unwrap().len(), 98);
         // Timeout at 40 s: connection still fresh, announce again.
         assert_eq!(
-            sm.poll_transmit(t0 + Duration::from_secs(40))
-                .unwrap()
-                .len(),
+            step(&mut sm, t0 + Duration::from_secs(40)).unwrap().len(),
             98
         );
         // Next timeout at 120 s: connection id expired, connect again.
         assert_eq!(
-            sm.poll_transmit(t0 + Duration::from_secs(120))
-                .unwrap()
-                .len(),
+            step(&mut sm, t0 + Duration::from_secs(120)).unwrap().len(),
             16
         );
         assert_eq!(sm.connection(), None);
@@ -545,14 +554,14 @@ mod tests {
             ..config()
         };
         let mut sm = UdpAnnounce::new(req(), Some((1, t0)), t0, 3, cfg);
-        let a = sm.poll_transmit(t0).unwrap();
+        let a = step(&mut sm, t0).unwrap();
         let mut peer = [0u8; 18];
         peer[15] = 1;
         peer[16] = 0x1a;
         peer[17] = 0xe1;
-        sm.handle_datagram(&announce_reply(tid(&a), &peer), t0);
+        sm.handle_datagram(t0, &announce_reply(tid(&a), &peer));
         let want: SocketAddr = "[::1]:6881".parse().unwrap();
-        assert_eq!(sm.result().unwrap().unwrap().peers, vec![want]);
+        assert_eq!(sm.poll_result().unwrap().unwrap().peers, vec![want]);
     }
 
     proptest! {
@@ -563,7 +572,7 @@ mod tests {
         ) {
             let t0 = Instant::now();
             let mut sm = UdpAnnounce::new(req(), None, t0, seed, config());
-            let p = sm.poll_transmit(t0).unwrap();
+            let p = step(&mut sm, t0).unwrap();
             for mut d in dgrams {
                 // Half of them carry the right transaction id, to reach the parsers.
                 if d.len() >= 8 && d[0] % 2 == 0 {
@@ -571,8 +580,8 @@ mod tests {
                     let action = u32::from(d[1] % 4);
                     d[0..4].copy_from_slice(&action.to_be_bytes());
                 }
-                sm.handle_datagram(&d, t0);
-                let _ = sm.poll_transmit(t0);
+                sm.handle_datagram(t0, &d);
+                let _ = step(&mut sm, t0);
             }
         }
     }

@@ -6,7 +6,6 @@
 pub mod extension;
 pub mod handshake;
 pub mod message;
-pub mod metadata_fetch;
 
 pub use extension::{ExtHandshake, MetadataAssembler, MetadataError, MetadataMsg};
 pub use handshake::Handshake;

@@ -61,16 +61,16 @@ fn honest_data(bytes: &[u8], piece: u32) -> Message {
     data(piece, bytes.len() as u64, piece_of(bytes, piece))
 }
 
-fn drain(f: &mut MetadataFetch) -> Vec<Action> {
-    std::iter::from_fn(|| f.poll_action()).collect()
+fn drain(f: &mut MetadataFetch) -> Vec<FetchEvent> {
+    std::iter::from_fn(|| f.poll_event()).collect()
 }
 
 /// The metadata requests among `actions`, as (peer, piece, the id they were sent with).
-fn requests(actions: &[Action]) -> Vec<(PeerKey, u32, u8)> {
+fn requests(actions: &[FetchEvent]) -> Vec<(PeerKey, u32, u8)> {
     actions
         .iter()
         .filter_map(|a| match a {
-            Action::Send {
+            FetchEvent::Send {
                 peer,
                 msg: Message::Extended { id, payload },
             } => match MetadataMsg::decode(payload) {
@@ -82,11 +82,11 @@ fn requests(actions: &[Action]) -> Vec<(PeerKey, u32, u8)> {
         .collect()
 }
 
-fn drops(actions: &[Action]) -> Vec<(PeerKey, &PeerFault)> {
+fn drops(actions: &[FetchEvent]) -> Vec<(PeerKey, &PeerFault)> {
     actions
         .iter()
         .filter_map(|a| match a {
-            Action::Drop { peer, fault } => Some((*peer, fault)),
+            FetchEvent::Drop { peer, fault } => Some((*peer, fault)),
             _ => None,
         })
         .collect()
@@ -120,8 +120,8 @@ fn connect(
     t0: Instant,
 ) {
     for k in peers {
-        f.add_peer(k, true, t0);
-        f.handle_message(k, &handshake(2, size), t0);
+        f.handle_connected(t0, k, true);
+        f.handle_message(t0, k, &handshake(2, size));
     }
 }
 
@@ -142,9 +142,9 @@ fn expect_actions(
 #[track_caller]
 fn finish_from(f: &mut MetadataFetch, peer: PeerKey, bytes: &[u8], t0: Instant) {
     for piece in 0..bytes.len().div_ceil(METADATA_PIECE_LEN) as u32 {
-        f.handle_message(peer, &honest_data(bytes, piece), t0);
+        f.handle_message(t0, peer, &honest_data(bytes, piece));
     }
-    assert_eq!(f.take_metadata().as_deref(), Some(bytes));
+    assert_eq!(f.poll_metadata().as_deref(), Some(bytes));
 }
 
 /// Runs a one-request-at-a-time solo attempt: expects `peer` to be asked for each piece in
@@ -157,7 +157,7 @@ fn solo_attempt(f: &mut MetadataFetch, peer: PeerKey, served: &[u8], t0: Instant
             vec![(peer, piece, 2)],
             "solo request for piece {piece}"
         );
-        f.handle_message(peer, &honest_data(served, piece), t0);
+        f.handle_message(t0, peer, &honest_data(served, piece));
     }
 }
 
@@ -180,19 +180,19 @@ fn one_honest_peer_delivers_every_piece() {
     let (bytes, hash) = meta(2 * METADATA_PIECE_LEN + 7, 1);
     let mut f = fetch(hash);
     let t0 = Instant::now();
-    f.add_peer(1, true, t0);
+    f.handle_connected(t0, 1, true);
     assert!(drain(&mut f).is_empty());
-    f.handle_message(1, &handshake(3, bytes.len() as u64), t0);
+    f.handle_message(t0, 1, &handshake(3, bytes.len() as u64));
     let reqs = requests(&drain(&mut f));
     assert_eq!(reqs, vec![(1, 0, 3), (1, 1, 3), (1, 2, 3)]);
     for piece in [2, 0, 1] {
         assert!(!f.is_done());
-        f.handle_message(1, &honest_data(&bytes, piece), t0);
+        f.handle_message(t0, 1, &honest_data(&bytes, piece));
     }
     assert!(f.is_done());
-    assert_eq!(f.take_metadata(), Some(bytes));
-    assert_eq!(f.take_metadata(), None);
-    assert_eq!(f.next_deadline(), None);
+    assert_eq!(f.poll_metadata(), Some(bytes));
+    assert_eq!(f.poll_metadata(), None);
+    assert_eq!(f.poll_timeout(), None);
 }
 
 #[test]
@@ -200,24 +200,24 @@ fn peers_without_usable_extensions_are_dropped() {
     let (bytes, hash) = meta(100, 2);
     let mut f = fetch(hash);
     let t0 = Instant::now();
-    f.add_peer(1, false, t0);
+    f.handle_connected(t0, 1, false);
     for k in 2..=5 {
-        f.add_peer(k, true, t0);
+        f.handle_connected(t0, k, true);
     }
-    f.handle_message(2, &ext(0, b"d1:md6:ut_pexi1eee".to_vec()), t0);
+    f.handle_message(t0, 2, &ext(0, b"d1:md6:ut_pexi1eee".to_vec()));
     f.handle_message(
+        t0,
         3,
         &ext(
             0,
             b"d1:md11:ut_metadatai2ee13:metadata_sizei1099511627776ee".to_vec(),
         ),
-        t0,
     );
-    f.handle_message(4, &ext(0, b"not bencode".to_vec()), t0);
+    f.handle_message(t0, 4, &ext(0, b"not bencode".to_vec()));
     f.handle_message(
+        t0,
         5,
         &ext(0, b"d1:md11:ut_metadatai2ee13:metadata_sizei0ee".to_vec()),
-        t0,
     );
     let actions = drain(&mut f);
     let got = drops(&actions);
@@ -237,12 +237,12 @@ fn binary_values_in_the_handshake_are_fine() {
     let (bytes, hash) = meta(50, 3);
     let mut f = fetch(hash);
     let t0 = Instant::now();
-    f.add_peer(1, true, t0);
+    f.handle_connected(t0, 1, true);
     let mut hs =
         b"d1:md11:ut_metadatai7ee13:metadata_sizei50e1:v4:\xff\xfe\x00\x016:yourip4:".to_vec();
     hs.extend_from_slice(&[127, 0, 0, 1]);
     hs.push(b'e');
-    f.handle_message(1, &ext(0, hs), t0);
+    f.handle_message(t0, 1, &ext(0, hs));
     assert_eq!(requests(&drain(&mut f)), vec![(1, 0, 7)]);
     finish_from(&mut f, 1, &bytes, t0);
 }
@@ -252,13 +252,13 @@ fn silent_handshake_and_silent_request_time_out() {
     let (bytes, hash) = meta(100, 4);
     let mut f = fetch(hash);
     let t0 = Instant::now();
-    f.add_peer(1, true, t0);
+    f.handle_connected(t0, 1, true);
     connect(&mut f, [2], 100, t0);
     assert_eq!(requests(&drain(&mut f)), vec![(2, 0, 2)]);
-    assert_eq!(f.next_deadline(), Some(t0 + Duration::from_secs(10)));
-    f.tick(t0 + Duration::from_secs(9));
+    assert_eq!(f.poll_timeout(), Some(t0 + Duration::from_secs(10)));
+    f.handle_timeout(t0 + Duration::from_secs(9));
     assert!(drain(&mut f).is_empty());
-    f.tick(t0 + Duration::from_secs(10));
+    f.handle_timeout(t0 + Duration::from_secs(10));
     let actions = drain(&mut f);
     let got = drops(&actions);
     assert_eq!(
@@ -270,7 +270,7 @@ fn silent_handshake_and_silent_request_time_out() {
     );
     assert!(got.iter().all(|(_, fault)| fault.is_retryable()));
     // A late answer from a dropped peer is ignored.
-    f.handle_message(2, &honest_data(&bytes, 0), t0 + Duration::from_secs(11));
+    f.handle_message(t0 + Duration::from_secs(11), 2, &honest_data(&bytes, 0));
     assert!(!f.is_done());
 }
 
@@ -286,29 +286,29 @@ fn reject_and_timeout_move_pieces_to_other_peers() {
         vec![(1, 0, 2), (1, 1, 2), (2, 2, 2)]
     );
     f.handle_message(
+        t0,
         1,
         &ext(
             OUR_UT_METADATA_ID,
             MetadataMsg::Reject { piece: 1 }.encode(),
         ),
-        t0,
     );
     expect_actions(
         &mut f,
         &[(1, PeerFault::Rejected(1))],
         &[(2, 0, 2), (3, 1, 2)],
     );
-    f.handle_message(3, &honest_data(&bytes, 1), t0);
-    f.handle_message(2, &honest_data(&bytes, 2), t0);
+    f.handle_message(t0, 3, &honest_data(&bytes, 1));
+    f.handle_message(t0, 2, &honest_data(&bytes, 2));
     // Peer 2 never sends piece 0.
-    f.tick(t0 + Duration::from_secs(10));
+    f.handle_timeout(t0 + Duration::from_secs(10));
     expect_actions(
         &mut f,
         &[(2, PeerFault::RequestTimeout { piece: 0, secs: 10 })],
         &[(3, 0, 2)],
     );
-    f.handle_message(3, &honest_data(&bytes, 0), t0 + Duration::from_secs(10));
-    assert_eq!(f.take_metadata(), Some(bytes));
+    f.handle_message(t0 + Duration::from_secs(10), 3, &honest_data(&bytes, 0));
+    assert_eq!(f.poll_metadata(), Some(bytes));
 }
 
 #[test]
@@ -318,19 +318,19 @@ fn unsolicited_out_of_range_and_misshapen_pieces_drop_the_peer() {
     let mut f = fetch(hash);
     let t0 = Instant::now();
     for k in 1..=4 {
-        f.add_peer(k, true, t0);
+        f.handle_connected(t0, k, true);
     }
-    f.handle_message(1, &handshake(2, size), t0);
+    f.handle_message(t0, 1, &handshake(2, size));
     assert_eq!(requests(&drain(&mut f)), vec![(1, 0, 2), (1, 1, 2)]);
     // Out-of-range index.
-    f.handle_message(1, &data(1000, size, Bytes::from_static(b"x")), t0);
+    f.handle_message(t0, 1, &data(1000, size, Bytes::from_static(b"x")));
     let actions = drain(&mut f);
     assert_eq!(drops(&actions), vec![(1, &PeerFault::Unsolicited(1000))]);
     assert!(requests(&actions).is_empty(), "nobody else is ready");
-    f.handle_message(2, &handshake(2, size), t0);
+    f.handle_message(t0, 2, &handshake(2, size));
     assert_eq!(requests(&drain(&mut f)), vec![(2, 0, 2), (2, 1, 2)]);
     // Wrong length for piece 1.
-    f.handle_message(2, &data(1, size, Bytes::from_static(b"short")), t0);
+    f.handle_message(t0, 2, &data(1, size, Bytes::from_static(b"short")));
     assert!(matches!(
         drops(&drain(&mut f))[..],
         [(
@@ -342,10 +342,10 @@ fn unsolicited_out_of_range_and_misshapen_pieces_drop_the_peer() {
             })
         )]
     ));
-    f.handle_message(3, &handshake(2, size), t0);
+    f.handle_message(t0, 3, &handshake(2, size));
     drain(&mut f);
     // total_size that disagrees with the handshake.
-    f.handle_message(3, &data(0, size + 1, piece_of(&bytes, 0)), t0);
+    f.handle_message(t0, 3, &data(0, size + 1, piece_of(&bytes, 0)));
     assert_eq!(
         drops(&drain(&mut f)),
         vec![(
@@ -357,15 +357,15 @@ fn unsolicited_out_of_range_and_misshapen_pieces_drop_the_peer() {
         )]
     );
     // Negative piece index: a malformed message.
-    f.handle_message(4, &handshake(2, size), t0);
+    f.handle_message(t0, 4, &handshake(2, size));
     drain(&mut f);
     f.handle_message(
+        t0,
         4,
         &ext(
             OUR_UT_METADATA_ID,
             b"d8:msg_typei1e5:piecei-1e10:total_sizei16394eexx".to_vec(),
         ),
-        t0,
     );
     assert!(matches!(
         drops(&drain(&mut f))[..],
@@ -383,11 +383,11 @@ fn wrong_hash_from_one_peer_bans_it_and_another_peer_finishes() {
     let t0 = Instant::now();
     connect(&mut f, [1], size, t0);
     assert_eq!(requests(&drain(&mut f)), vec![(1, 0, 2), (1, 1, 2)]);
-    f.add_peer(2, true, t0);
-    f.handle_message(2, &handshake(5, size), t0);
+    f.handle_connected(t0, 2, true);
+    f.handle_message(t0, 2, &handshake(5, size));
     assert!(requests(&drain(&mut f)).is_empty(), "all pieces are taken");
-    f.handle_message(1, &honest_data(&bad, 0), t0);
-    f.handle_message(1, &honest_data(&bad, 1), t0);
+    f.handle_message(t0, 1, &honest_data(&bad, 0));
+    f.handle_message(t0, 1, &honest_data(&bad, 1));
     expect_actions(
         &mut f,
         &[(1, PeerFault::HashMismatch)],
@@ -406,15 +406,15 @@ fn mixed_sources_with_a_bad_hash_switch_to_single_source_attempts() {
     // Peer 1 is honest, peer 2 corrupts piece 1.
     connect(&mut f, [1, 2], bytes.len() as u64, t0);
     assert_eq!(requests(&drain(&mut f)), vec![(1, 0, 2), (2, 1, 2)]);
-    f.handle_message(1, &honest_data(&bytes, 0), t0);
-    f.handle_message(2, &honest_data(&bad, 1), t0);
+    f.handle_message(t0, 1, &honest_data(&bytes, 0));
+    f.handle_message(t0, 2, &honest_data(&bad, 1));
     assert!(f.is_solo());
     // Nobody is blamed; the next attempt asks peer 1 only.
     expect_actions(&mut f, &[], &[(1, 0, 2)]);
-    f.handle_message(1, &honest_data(&bytes, 0), t0);
+    f.handle_message(t0, 1, &honest_data(&bytes, 0));
     assert_eq!(requests(&drain(&mut f)), vec![(1, 1, 2)]);
-    f.handle_message(1, &honest_data(&bytes, 1), t0);
-    assert_eq!(f.take_metadata(), Some(bytes));
+    f.handle_message(t0, 1, &honest_data(&bytes, 1));
+    assert_eq!(f.poll_metadata(), Some(bytes));
 }
 
 #[test]
@@ -426,8 +426,8 @@ fn solo_attempt_of_a_liar_bans_it() {
     // Peer 1 lies, peer 2 is honest.
     connect(&mut f, [1, 2], bytes.len() as u64, t0);
     drain(&mut f);
-    f.handle_message(1, &honest_data(&bad, 0), t0);
-    f.handle_message(2, &honest_data(&bytes, 1), t0);
+    f.handle_message(t0, 1, &honest_data(&bad, 0));
+    f.handle_message(t0, 2, &honest_data(&bytes, 1));
     assert!(f.is_solo());
     solo_liar_is_banned_and_peer_2_finishes(&mut f, &bytes, &bad, t0);
 }
@@ -442,7 +442,7 @@ fn a_lying_size_does_not_pin_the_attempt() {
     connect(&mut f, [2], bytes.len() as u64, t0);
     assert!(requests(&drain(&mut f)).is_empty(), "other size waits");
     // The liar stays silent and times out; the attempt restarts with the honest size.
-    f.tick(t0 + Duration::from_secs(10));
+    f.handle_timeout(t0 + Duration::from_secs(10));
     expect_actions(
         &mut f,
         &[(1, PeerFault::RequestTimeout { piece: 0, secs: 10 })],
@@ -460,9 +460,9 @@ fn each_peer_gets_one_solo_attempt() {
     connect(&mut f, [1, 2, 3], bytes.len() as u64, t0);
     // 1: piece 0, 2: piece 1, 3: nothing yet.
     assert_eq!(requests(&drain(&mut f)), vec![(1, 0, 2), (2, 1, 2)]);
-    f.handle_message(1, &honest_data(&bad, 0), t0);
+    f.handle_message(t0, 1, &honest_data(&bad, 0));
     assert_eq!(requests(&drain(&mut f)), vec![]);
-    f.handle_message(2, &honest_data(&bytes, 1), t0);
+    f.handle_message(t0, 2, &honest_data(&bytes, 1));
     // Mixed failure: solo on peer 1; peer 3 was never asked.
     assert!(f.is_solo());
     // Peer 1 lies again alone and is banned; peer 2 is next.
@@ -482,11 +482,11 @@ fn a_closed_connection_frees_its_pieces() {
     connect(&mut f, [2], size, t0);
     assert!(requests(&drain(&mut f)).is_empty());
     // Peer 1 disconnects: its pieces go to peer 2.
-    f.remove_peer(1, t0);
+    f.handle_disconnected(t0, 1);
     assert_eq!(requests(&drain(&mut f)), vec![(2, 0, 2), (2, 1, 2)]);
     finish_from(&mut f, 2, &bytes, t0);
     // Messages after completion are ignored.
-    f.handle_message(2, &honest_data(&bad, 0), t0);
+    f.handle_message(t0, 2, &honest_data(&bad, 0));
     assert!(drain(&mut f).is_empty());
 }
 
@@ -495,29 +495,29 @@ fn requests_from_the_peer_are_rejected_and_unknown_types_ignored() {
     let (_, hash) = meta(10, 13);
     let mut f = fetch(hash);
     let t0 = Instant::now();
-    f.add_peer(1, true, t0);
-    f.handle_message(1, &handshake(9, 10), t0);
+    f.handle_connected(t0, 1, true);
+    f.handle_message(t0, 1, &handshake(9, 10));
     drain(&mut f);
     f.handle_message(
+        t0,
         1,
         &ext(
             OUR_UT_METADATA_ID,
             MetadataMsg::Request { piece: 4 }.encode(),
         ),
-        t0,
     );
     f.handle_message(
+        t0,
         1,
         &ext(OUR_UT_METADATA_ID, b"d8:msg_typei9e5:piecei0ee".to_vec()),
-        t0,
     );
     // Other messages and other extension ids are ignored too.
-    f.handle_message(1, &Message::Have(3), t0);
-    f.handle_message(1, &ext(77, b"garbage".to_vec()), t0);
+    f.handle_message(t0, 1, &Message::Have(3));
+    f.handle_message(t0, 1, &ext(77, b"garbage".to_vec()));
     let actions = drain(&mut f);
     assert_eq!(
         actions,
-        vec![Action::Send {
+        vec![FetchEvent::Send {
             peer: 1,
             msg: ext(9, MetadataMsg::Reject { piece: 4 }.encode()),
         }]
@@ -616,7 +616,7 @@ fn simulate(
     let mut outstanding = vec![0usize; peers.len()];
     let mut alive = vec![true; peers.len()];
     for (i, b) in peers.iter().enumerate() {
-        f.add_peer(i as PeerKey, true, now);
+        f.handle_connected(now, i as PeerKey, true);
         let hs = match b {
             Behavior::BadHandshake(raw) => ext(0, raw.clone()),
             _ => handshake(2, served(b, bytes).len() as u64),
@@ -625,9 +625,9 @@ fn simulate(
     }
     let mut rng = seed;
     for _step in 0..20_000 {
-        while let Some(action) = f.poll_action() {
+        while let Some(action) = f.poll_event() {
             match action {
-                Action::Send { peer, msg } => {
+                FetchEvent::Send { peer, msg } => {
                     let i = peer as usize;
                     prop_assert!(alive[i], "message for a dropped peer");
                     let Message::Extended { id, payload } = &msg else {
@@ -644,7 +644,7 @@ fn simulate(
                         }
                     }
                 }
-                Action::Drop { peer, .. } => {
+                FetchEvent::Drop { peer, .. } => {
                     let i = peer as usize;
                     prop_assert!(alive[i], "dropped twice");
                     alive[i] = false;
@@ -653,7 +653,7 @@ fn simulate(
             }
         }
         if f.is_done() {
-            let got = f.take_metadata();
+            let got = f.poll_metadata();
             if let Some(m) = &got {
                 let digest: [u8; 20] = Sha1::digest(m).into();
                 prop_assert_eq!(InfoHash(digest), hash);
@@ -671,13 +671,13 @@ fn simulate(
                 if matches!(&msg, Message::Extended { id, .. } if *id == OUR_UT_METADATA_ID) {
                     outstanding[i] = outstanding[i].saturating_sub(1);
                 }
-                f.handle_message(i as PeerKey, &msg, now);
+                f.handle_message(now, i as PeerKey, &msg);
             }
         } else if f.peer_count() == 0 {
             return Ok(None);
         } else {
             now += Duration::from_secs(11);
-            f.tick(now);
+            f.handle_timeout(now);
         }
     }
     Err(TestCaseError::fail("simulation did not end"))
@@ -732,9 +732,9 @@ proptest! {
         for (peer, id, payload, secs) in msgs {
             let now = t0 + Duration::from_secs(secs);
             let id = if id % 3 == 0 { OUR_UT_METADATA_ID } else { id };
-            f.handle_message(peer, &ext(id, payload), now);
-            f.tick(now);
-            while f.poll_action().is_some() {}
+            f.handle_message(now, peer, &ext(id, payload));
+            f.handle_timeout(now);
+            while f.poll_event().is_some() {}
         }
     }
 }

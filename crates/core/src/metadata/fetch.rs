@@ -2,7 +2,7 @@
 //!
 //! The driver reports connections ([`MetadataFetch::add_peer`]), every message a peer sends
 //! ([`MetadataFetch::handle_message`]), closed connections ([`MetadataFetch::remove_peer`]) and
-//! the passing of time ([`MetadataFetch::tick`]); it carries out the [`Action`]s the machine
+//! the passing of time ([`MetadataFetch::tick`]); it carries out the [`FetchEvent`]s the machine
 //! queues: send a message, or drop a peer for a [`PeerFault`].
 //!
 //! Policy:
@@ -27,13 +27,13 @@
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::time::{Duration, Instant};
 
-use super::extension::{
+use crate::types::InfoHash;
+use crate::wire::extension::{
     ExtHandshake, MetadataAssembler, MetadataError as PieceError, MetadataMsg, MAX_METADATA_SIZE,
     OUR_UT_METADATA_ID,
 };
-use super::message::id::EXTENDED;
-use super::{Message, WireError};
-use crate::types::InfoHash;
+use crate::wire::message::id::EXTENDED;
+use crate::wire::{Message, WireError};
 
 /// Identifies one connection to the machine (chosen by the driver, never reused).
 pub type PeerKey = u64;
@@ -124,7 +124,7 @@ impl PeerFault {
 
 /// What the driver must do.
 #[derive(Debug, PartialEq, Eq)]
-pub enum Action {
+pub enum FetchEvent {
     /// Send `msg` to `peer`.
     Send {
         /// The connection.
@@ -209,7 +209,7 @@ pub struct MetadataFetch {
     attempt: Option<Attempt>,
     generation: u64,
     solo: bool,
-    actions: VecDeque<Action>,
+    actions: VecDeque<FetchEvent>,
     done: Option<Vec<u8>>,
     finished: bool,
 }
@@ -232,12 +232,12 @@ impl MetadataFetch {
 
     /// A connection completed its BitTorrent handshake. The driver sends our extension
     /// handshake itself (right after the BitTorrent handshake, as BEP 10 wants).
-    pub fn add_peer(&mut self, peer: PeerKey, supports_extensions: bool, now: Instant) {
+    pub fn handle_connected(&mut self, now: Instant, peer: PeerKey, supports_extensions: bool) {
         if self.finished || self.peers.contains_key(&peer) {
             return;
         }
         if !supports_extensions {
-            self.actions.push_back(Action::Drop {
+            self.actions.push_back(FetchEvent::Drop {
                 peer,
                 fault: PeerFault::NoExtensionProtocol,
             });
@@ -254,14 +254,14 @@ impl MetadataFetch {
     }
 
     /// A connection closed; its requests go to other peers.
-    pub fn remove_peer(&mut self, peer: PeerKey, now: Instant) {
+    pub fn handle_disconnected(&mut self, now: Instant, peer: PeerKey) {
         if self.forget(peer) {
             self.schedule(now);
         }
     }
 
     /// A message from `peer`. Only extension messages matter; others are ignored.
-    pub fn handle_message(&mut self, peer: PeerKey, msg: &Message, now: Instant) {
+    pub fn handle_message(&mut self, now: Instant, peer: PeerKey, msg: &Message) {
         if self.finished || !self.peers.contains_key(&peer) {
             return;
         }
@@ -276,7 +276,7 @@ impl MetadataFetch {
     }
 
     /// Drops peers whose handshake or request timed out.
-    pub fn tick(&mut self, now: Instant) {
+    pub fn handle_timeout(&mut self, now: Instant) {
         if self.finished {
             return;
         }
@@ -309,7 +309,7 @@ impl MetadataFetch {
     }
 
     /// The earliest time [`MetadataFetch::tick`] has something to do.
-    pub fn next_deadline(&self) -> Option<Instant> {
+    pub fn poll_timeout(&self) -> Option<Instant> {
         if self.finished {
             return None;
         }
@@ -326,7 +326,7 @@ impl MetadataFetch {
     }
 
     /// The next thing the driver must do.
-    pub fn poll_action(&mut self) -> Option<Action> {
+    pub fn poll_event(&mut self) -> Option<FetchEvent> {
         self.actions.pop_front()
     }
 
@@ -336,7 +336,7 @@ impl MetadataFetch {
     }
 
     /// The verified metadata (the raw info dictionary), once; `None` before it is complete.
-    pub fn take_metadata(&mut self) -> Option<Vec<u8>> {
+    pub fn poll_metadata(&mut self) -> Option<Vec<u8>> {
         self.done.take()
     }
 
@@ -396,7 +396,7 @@ impl MetadataFetch {
         match msg {
             MetadataMsg::Request { piece } => {
                 // We have no metadata to give.
-                self.actions.push_back(Action::Send {
+                self.actions.push_back(FetchEvent::Send {
                     peer: key,
                     msg: Message::Extended {
                         id: ut_metadata,
@@ -492,7 +492,7 @@ impl MetadataFetch {
 
     fn drop_peer(&mut self, peer: PeerKey, fault: PeerFault) {
         if self.forget(peer) {
-            self.actions.push_back(Action::Drop { peer, fault });
+            self.actions.push_back(FetchEvent::Drop { peer, fault });
         }
     }
 
@@ -557,7 +557,7 @@ impl MetadataFetch {
                     generation: attempt.generation,
                     deadline: now + self.config.request_timeout,
                 });
-                self.actions.push_back(Action::Send {
+                self.actions.push_back(FetchEvent::Send {
                     peer: key,
                     msg: Message::Extended {
                         id: ut_metadata,
@@ -570,5 +570,5 @@ impl MetadataFetch {
 }
 
 #[cfg(test)]
-#[path = "metadata_fetch_tests.rs"]
+#[path = "fetch_tests.rs"]
 mod tests;

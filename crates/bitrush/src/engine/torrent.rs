@@ -1,0 +1,738 @@
+//! One torrent, from the first announce to the last verified piece, and on as a seed if asked:
+//! the driver of a core [`Session`] and [`Swarm`].
+//!
+//! The manager task owns the listener, the announces in flight and the connection tasks; it
+//! carries out what the session asks (announce here, dial there, stop) and reports back what
+//! happened, and it runs the swarm's timers. Peer connections run as their own tasks over the
+//! shared swarm ([`super::peer`]). Assembled pieces are hashed (and written, if good) by the
+//! [`super::hasher`] threads, so SHA-1 and disk never stall a socket. No protocol rule lives
+//! here: timing, retries, give-up and seed limits are the session's and the swarm's.
+//!
+//! Existing data at the output is vouched for by the resume state an interrupted session left
+//! ([`super::resume`]) or else checked piece by piece first, on all cores.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, watch, Notify};
+use tokio::task::JoinSet;
+
+use super::connection::{self, PeerStream};
+use super::hasher::{self, Verdict};
+use super::peer::{self, PeerTaskError, Shared, SwarmState};
+use super::resume;
+use super::sink::Sink;
+use super::tracker::{self, AnnounceError, AnnounceFailures, NoTrackerAnswered};
+use crate::disk::{Storage, StorageError};
+use crate::metainfo::Info;
+use crate::session::{
+    CloseKind, Finish, GiveUp, Session, SessionConfig, SessionEvent, SessionParams, Transfer,
+};
+use crate::swarm::{Bitfield, Config, PeerError, PeerFeatures, PeerKey, Swarm, BLOCK_LEN};
+use crate::tracker::{AnnounceResponse, Announcer, NUMWANT};
+use crate::types::{InfoHash, PeerId};
+use crate::wire::Handshake;
+
+pub use crate::session::SeedLimits;
+
+/// What to produce.
+#[derive(Clone, Debug)]
+pub enum Target {
+    /// The whole torrent: the file itself (single-file) or a directory (multi-file).
+    Files(PathBuf),
+    /// One piece, written alone to `path`: first to a `.bitrush-part` file beside it, renamed
+    /// to `path` once verified, so a failed run neither leaves a partial file nor touches an
+    /// existing one.
+    Piece { index: u32, path: PathBuf },
+    /// Existing data to seed (a file, or a multi-file torrent's directory), opened read-only:
+    /// it is verified and served but never written, created, cut or given a resume file. Data
+    /// that does not fully verify is an error, unless `partial`, which seeds the pieces that do.
+    Existing { path: PathBuf, partial: bool },
+}
+
+/// Everything a torrent needs.
+pub struct TorrentParams {
+    pub info: Arc<Info>,
+    /// The raw info dictionary, when known, to serve to peers asking for metadata.
+    pub info_bytes: Option<Arc<[u8]>>,
+    pub info_hash: InfoHash,
+    /// BEP 12 tracker tiers (may be empty when `peers` is given).
+    pub trackers: Vec<Vec<String>>,
+    /// Peers known without a tracker (e.g. a magnet's `x.pe`).
+    pub peers: Vec<SocketAddr>,
+    pub target: Target,
+    pub peer_id: PeerId,
+    /// Accepts incoming connections; its port is announced. Without it, `port` is announced.
+    pub listener: Option<TcpListener>,
+    pub port: u16,
+    /// Most outgoing connections open at once (incoming ones may add as many again).
+    pub max_peers: usize,
+    pub config: Config,
+    /// Keep seeding after the download completes.
+    pub seed: Option<SeedLimits>,
+    /// Trust that the data at the target is complete and correct, skipping the check (for data
+    /// this process just wrote, e.g. the demo's seeders).
+    pub assume_complete: bool,
+    /// Hash existing data even when the resume state beside the output vouches for it.
+    pub recheck: bool,
+    /// Receives a snapshot a few times a second.
+    pub progress: Option<watch::Sender<Progress>>,
+    /// Set to `true` to stop: in-flight pieces are dropped, verified ones flushed, `stopped`
+    /// announced.
+    pub shutdown: Option<watch::Receiver<bool>>,
+}
+
+/// A snapshot of a running torrent.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Progress {
+    /// Verified bytes of wanted pieces (including those present at start).
+    pub done_bytes: u64,
+    pub total_bytes: u64,
+    pub uploaded_bytes: u64,
+    pub peers: usize,
+    /// Recent download rate in bytes per second.
+    pub rate: f64,
+    /// The download is complete and the torrent is seeding.
+    pub seeding: bool,
+}
+
+/// How a torrent ended without error.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// Every wanted piece is verified and on disk.
+    Complete,
+    /// Stopped by the shutdown signal before completing.
+    Interrupted,
+}
+
+/// Why a torrent stopped before finishing.
+#[derive(Debug, thiserror::Error)]
+pub enum TorrentError {
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+    #[error("piece index {index} is out of range (the torrent has {count} pieces)")]
+    PieceOutOfRange { index: u32, count: u32 },
+    #[error(transparent)]
+    NoTrackerAnswered(#[from] NoTrackerAnswered),
+    #[error("no peer could be reached")]
+    NoPeers(#[source] Option<PeerTaskError>),
+    #[error("cannot start the hashing threads")]
+    HashThreads(#[source] std::io::Error),
+    #[error("an internal task failed")]
+    Task(#[source] tokio::task::JoinError),
+    #[error("{0} does not exist: there is nothing to seed")]
+    NoData(String),
+    #[error("{path} does not match the torrent: {verified} of {total} pieces verified")]
+    DataMismatch {
+        path: String,
+        verified: u32,
+        total: u32,
+    },
+}
+
+/// Runs a torrent until the target is complete (and seeding is over), or shutdown.
+pub async fn run_torrent(mut params: TorrentParams) -> Result<Outcome, TorrentError> {
+    let info = params.info.clone();
+    let piece_count = info.piece_count();
+    let (sink, wanted, have) = open_target(&params).await?;
+    let wanted_bytes: u64 = wanted
+        .iter_set()
+        .map(|i| u64::from(info.piece_len(i)))
+        .sum();
+    let mut swarm = Swarm::new(
+        info.piece_length,
+        info.total_length,
+        have,
+        wanted,
+        params.config.clone(),
+        rand::random(),
+    );
+    if let Some(info_bytes) = &params.info_bytes {
+        swarm.set_metadata(info_bytes.clone());
+    }
+    let total_bytes = wanted_bytes;
+    let (verdict_tx, verdict_rx) = mpsc::unbounded_channel();
+    let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let verify_tx = hasher::spawn(info.clone(), sink.clone(), threads, verdict_tx)
+        .map_err(TorrentError::HashThreads)?;
+    let shared = Arc::new(Shared {
+        state: Mutex::new(SwarmState::new(swarm)),
+        verify_tx,
+        max_message_len: max_message_len(piece_count),
+        sink: sink.clone(),
+        timer: Notify::new(),
+    });
+    if let Some(listener) = &params.listener {
+        if let Ok(addr) = listener.local_addr() {
+            params.port = addr.port();
+        }
+    }
+    let now = Instant::now();
+    let session = Session::new(
+        now,
+        SessionParams {
+            announcer: Announcer {
+                info_hash: params.info_hash,
+                peer_id: params.peer_id,
+                port: params.port,
+                key: rand::random(),
+                numwant: NUMWANT,
+            },
+            trackers: params.trackers.clone(),
+            peers: params.peers.clone(),
+            total_length: info.total_length,
+            config: SessionConfig {
+                max_peers: params.max_peers,
+                max_incoming: params.max_peers,
+                seed: params.seed,
+                ..SessionConfig::default()
+            },
+        },
+    );
+    let piece_file = match &params.target {
+        Target::Piece { path, .. } => Some((part_path(path), path.clone())),
+        Target::Files(_) | Target::Existing { .. } => None,
+    };
+    let mut manager = Manager {
+        listener: params.listener.take(),
+        shutdown: params.shutdown.take(),
+        handshake: Handshake::new(params.info_hash, params.peer_id),
+        params,
+        session,
+        shared,
+        verdict_rx,
+        total_bytes,
+        peers: JoinSet::new(),
+        conns: HashMap::new(),
+        next_key: 0,
+        announces: JoinSet::new(),
+        announce_failures: AnnounceFailures::default(),
+        last_peer_error: None,
+        rate: RateMeter::default(),
+    };
+    let result = manager.run().await;
+    drop(manager);
+    if let Some((part, path)) = piece_file {
+        if matches!(result, Ok(Outcome::Complete)) {
+            std::fs::rename(&part, &path).map_err(|source| StorageError::Io {
+                op: "move the verified piece to",
+                path: path.display().to_string(),
+                source,
+            })?;
+        } else {
+            // Best effort: the error being returned matters more than a leftover part file.
+            let _ = std::fs::remove_file(&part);
+        }
+    }
+    result
+}
+
+/// Opens what the target names; returns where pieces go, the wanted pieces and those had.
+async fn open_target(
+    params: &TorrentParams,
+) -> Result<(Arc<Sink>, Bitfield, Bitfield), TorrentError> {
+    let info = params.info.clone();
+    let piece_count = info.piece_count();
+    match &params.target {
+        Target::Files(path) => {
+            let existed = path.exists();
+            let (path, info2) = (path.clone(), info.clone());
+            let (info_hash, use_resume) = (params.info_hash, existed && !params.recheck);
+            let (storage, vouched) = tokio::task::spawn_blocking(move || {
+                let storage = Storage::open(&path, &info2)?;
+                let vouched = use_resume
+                    .then(|| resume::load(&path, &info_hash, &storage, piece_count))
+                    .flatten();
+                Ok::<_, StorageError>((storage, vouched))
+            })
+            .await
+            .map_err(TorrentError::Task)??;
+            let storage = Arc::new(Sink::Files(storage));
+            let have = if params.assume_complete {
+                Bitfield::full(piece_count)
+            } else if let Some(have) = vouched {
+                tracing::info!(
+                    have = have.count(),
+                    of = piece_count,
+                    "resume state accepted; existing data not rechecked"
+                );
+                have
+            } else if existed {
+                recheck(storage.clone(), info.clone()).await?
+            } else {
+                Bitfield::new(piece_count)
+            };
+            Ok((storage, Bitfield::full(piece_count), have))
+        }
+        Target::Existing { path, partial } => {
+            if std::fs::symlink_metadata(path).is_err() {
+                return Err(TorrentError::NoData(path.display().to_string()));
+            }
+            let (path2, info2) = (path.clone(), info.clone());
+            let storage =
+                tokio::task::spawn_blocking(move || Storage::open_existing(&path2, &info2))
+                    .await
+                    .map_err(TorrentError::Task)??;
+            let storage = Arc::new(Sink::Files(storage));
+            let have = if params.assume_complete {
+                Bitfield::full(piece_count)
+            } else {
+                recheck(storage.clone(), info.clone()).await?
+            };
+            let verified = have.count();
+            if verified < piece_count && !(*partial && verified > 0) {
+                return Err(TorrentError::DataMismatch {
+                    path: path.display().to_string(),
+                    verified,
+                    total: piece_count,
+                });
+            }
+            // We want exactly what we have: the swarm never requests a piece, so nothing is
+            // ever written.
+            Ok((storage, have.clone(), have))
+        }
+        Target::Piece { index, path } => {
+            if *index >= piece_count {
+                return Err(TorrentError::PieceOutOfRange {
+                    index: *index,
+                    count: piece_count,
+                });
+            }
+            let part = part_path(path);
+            let file = std::fs::File::create(&part).map_err(|source| StorageError::Io {
+                op: "create",
+                path: part.display().to_string(),
+                source,
+            })?;
+            let mut wanted = Bitfield::new(piece_count);
+            wanted.set(*index);
+            let sink = Sink::Piece {
+                index: *index,
+                file,
+                path: part,
+            };
+            Ok((Arc::new(sink), wanted, Bitfield::new(piece_count)))
+        }
+    }
+}
+
+/// `<path>.bitrush-part`: where a single piece is written until it is verified.
+fn part_path(path: &std::path::Path) -> PathBuf {
+    super::with_suffix(path, ".bitrush-part")
+}
+
+/// Hashes every piece already at the output, on all cores; returns the pieces that match.
+async fn recheck(sink: Arc<Sink>, info: Arc<Info>) -> Result<Bitfield, TorrentError> {
+    let count = info.piece_count();
+    let threads = std::thread::available_parallelism().map_or(2, |n| n.get()) as u32;
+    let mut jobs = JoinSet::new();
+    for t in 0..threads {
+        let (sink, info) = (sink.clone(), info.clone());
+        jobs.spawn_blocking(move || -> Result<Vec<u32>, StorageError> {
+            let Sink::Files(storage) = &*sink else {
+                return Ok(Vec::new());
+            };
+            let mut good = Vec::new();
+            let mut scratch = Vec::new();
+            for index in (t..count).step_by(threads as usize) {
+                if let Some(hash) = info.pieces.get(index as usize) {
+                    if storage.piece_matches(index, hash, &mut scratch)? {
+                        good.push(index);
+                    }
+                }
+            }
+            Ok(good)
+        });
+    }
+    let mut have = Bitfield::new(count);
+    while let Some(joined) = jobs.join_next().await {
+        for index in joined.map_err(TorrentError::Task)?? {
+            have.set(index);
+        }
+    }
+    tracing::info!(have = have.count(), of = count, "checked existing data");
+    Ok(have)
+}
+
+/// Largest peer message we accept: a block with its header, an extension message, or the
+/// bitfield for this torrent, whichever is largest.
+fn max_message_len(piece_count: u32) -> u32 {
+    let bitfield = piece_count.div_ceil(8) + 1;
+    bitfield.max(BLOCK_LEN * 8 + 13).max(64 * 1024)
+}
+
+/// A connection task's identity, whether its handshake completed, and how it ended.
+type PeerResult = (PeerKey, bool, Result<(), PeerTaskError>);
+
+/// What the manager knows of a connection task.
+struct Conn {
+    addr: SocketAddr,
+    outgoing: bool,
+}
+
+/// The recent download rate, for the progress display.
+#[derive(Default)]
+struct RateMeter {
+    last: Option<(Instant, u64)>,
+    rate: f64,
+}
+
+impl RateMeter {
+    fn sample(&mut self, now: Instant, done_bytes: u64) -> f64 {
+        let Some((at, bytes)) = self.last else {
+            self.last = Some((now, done_bytes));
+            return self.rate;
+        };
+        let dt = now.duration_since(at).as_secs_f64();
+        if dt >= 1.0 {
+            let sample = done_bytes.saturating_sub(bytes) as f64 / dt;
+            self.rate = if self.rate == 0.0 {
+                sample
+            } else {
+                0.6 * sample + 0.4 * self.rate
+            };
+            self.last = Some((now, done_bytes));
+        }
+        self.rate
+    }
+}
+
+/// How often the progress snapshot is refreshed.
+const PROGRESS_INTERVAL: Duration = Duration::from_millis(250);
+
+struct Manager {
+    params: TorrentParams,
+    listener: Option<TcpListener>,
+    shutdown: Option<watch::Receiver<bool>>,
+    handshake: Handshake,
+    session: Session,
+    shared: Arc<Shared>,
+    verdict_rx: mpsc::UnboundedReceiver<Verdict>,
+    total_bytes: u64,
+    peers: JoinSet<PeerResult>,
+    conns: HashMap<PeerKey, Conn>,
+    next_key: PeerKey,
+    announces: JoinSet<(String, Result<AnnounceResponse, AnnounceError>)>,
+    /// Every announce failure so far (for the error when no tracker ever answers).
+    announce_failures: AnnounceFailures,
+    /// The last connection failure (for the error when no peer can be reached).
+    last_peer_error: Option<PeerTaskError>,
+    rate: RateMeter,
+}
+
+/// Waits for the shutdown signal, or forever without one.
+async fn shutdown_signal(rx: &mut Option<watch::Receiver<bool>>) {
+    match rx {
+        Some(rx) => {
+            while !*rx.borrow_and_update() {
+                if rx.changed().await.is_err() {
+                    std::future::pending::<()>().await;
+                }
+            }
+        }
+        None => std::future::pending().await,
+    }
+}
+
+/// Accepts the next connection, or waits forever without a listener.
+async fn accept(
+    listener: &Option<TcpListener>,
+) -> std::io::Result<(tokio::net::TcpStream, SocketAddr)> {
+    match listener {
+        Some(l) => l.accept().await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn sleep_until(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(tokio::time::Instant::from_std(at)).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// How a connection's end counts for the session's dial queue.
+fn close_kind(result: &Result<(), PeerTaskError>) -> CloseKind {
+    match result {
+        Ok(()) => CloseKind::Ours,
+        Err(PeerTaskError::Dropped {
+            source: PeerError::BadData(_),
+            ..
+        }) => CloseKind::Banned,
+        Err(PeerTaskError::Dropped {
+            source: PeerError::Protocol(_),
+            ..
+        }) => CloseKind::Protocol,
+        Err(PeerTaskError::Connection(e)) if !e.is_transient() => CloseKind::Protocol,
+        Err(_) => CloseKind::Transient,
+    }
+}
+
+impl Manager {
+    fn lock(&self) -> std::sync::MutexGuard<'_, SwarmState> {
+        peer::lock(&self.shared)
+    }
+
+    fn transfer(&self) -> (Transfer, bool) {
+        let st = self.lock();
+        let stats = st.swarm.stats();
+        let transfer = Transfer {
+            uploaded: stats.uploaded_bytes,
+            downloaded: stats.verified_bytes,
+            left: stats.bytes_left,
+            verifying: stats.verifying,
+            peers: stats.peers,
+        };
+        (transfer, st.swarm.is_done())
+    }
+
+    fn progress(&mut self, now: Instant) -> Progress {
+        let (t, done) = self.transfer();
+        let done_bytes = self.total_bytes.saturating_sub(t.left);
+        Progress {
+            done_bytes,
+            total_bytes: self.total_bytes,
+            uploaded_bytes: t.uploaded,
+            peers: t.peers,
+            rate: self.rate.sample(now, done_bytes),
+            seeding: done,
+        }
+    }
+
+    /// Starts a connection task: dialled (`outgoing`) or accepted.
+    fn spawn_peer(&mut self, addr: SocketAddr, stream: Option<tokio::net::TcpStream>) {
+        let key = self.next_key;
+        self.next_key += 1;
+        let shared = self.shared.clone();
+        let ours = self.handshake;
+        let outgoing = stream.is_none();
+        self.peers.spawn(async move {
+            let mut established = false;
+            let result = async {
+                let (conn, theirs) = match stream {
+                    None => connection::connect_and_handshake(addr, &ours).await?,
+                    Some(stream) => {
+                        let mut conn = PeerStream::new(stream, addr);
+                        let theirs = conn.handshake_incoming(&ours).await?;
+                        (conn, theirs)
+                    }
+                };
+                let features = PeerFeatures {
+                    extensions: theirs.supports_extensions(),
+                };
+                established = true;
+                peer::run(shared, key, conn, features).await
+            }
+            .await;
+            (key, established, result)
+        });
+        self.conns.insert(key, Conn { addr, outgoing });
+    }
+
+    fn on_peer_ended(
+        &mut self,
+        key: PeerKey,
+        established: bool,
+        result: Result<(), PeerTaskError>,
+    ) {
+        let Some(conn) = self.conns.remove(&key) else {
+            return;
+        };
+        let kind = close_kind(&result);
+        if conn.outgoing && established {
+            // It worked for a while: its earlier failures are forgiven.
+            self.session.handle_connection_established(conn.addr);
+        }
+        if let Err(e) = result {
+            if kind == CloseKind::Banned {
+                tracing::warn!(addr = %conn.addr, "banning peer for sending bad data");
+            } else {
+                tracing::debug!(error = %super::error_chain(&e), "peer connection ended");
+            }
+            self.last_peer_error = Some(e);
+        }
+        self.session
+            .handle_connection_closed(Instant::now(), conn.addr, conn.outgoing, kind);
+    }
+
+    fn on_announce(&mut self, url: String, result: Result<AnnounceResponse, AnnounceError>) {
+        let now = Instant::now();
+        match result {
+            Ok(resp) => {
+                if let Some(w) = &resp.warning {
+                    tracing::warn!(tracker = %url, warning = %w, "tracker warning");
+                }
+                self.session.handle_announce_response(now, &url, &resp);
+            }
+            Err(e) => {
+                tracing::warn!(tracker = %url, error = %super::error_chain(&e), "announce failed");
+                self.session.handle_announce_failure(now, &url);
+                self.announce_failures.0.push((url, e));
+            }
+        }
+    }
+
+    /// Carries out the session's events; returns how it finished, once it has.
+    fn apply_session(&mut self) -> Option<Finish> {
+        while let Some(event) = self.session.poll_event() {
+            match event {
+                SessionEvent::Announce { url, request } => {
+                    self.announces.spawn(async move {
+                        let result = tracker::announce(&url, &request).await;
+                        (url, result)
+                    });
+                }
+                SessionEvent::Connect(addr) => self.spawn_peer(addr, None),
+                SessionEvent::Seeding => tracing::info!("download complete; seeding"),
+                SessionEvent::Stalled(why) => tracing::warn!("no progress: {why}"),
+                SessionEvent::Finished(finish) => return Some(finish),
+            }
+        }
+        None
+    }
+
+    async fn run(&mut self) -> Result<Outcome, TorrentError> {
+        let mut progress_tick = tokio::time::interval(PROGRESS_INTERVAL);
+        let mut shutdown = self.shutdown.take();
+        let finish = loop {
+            let now = Instant::now();
+            {
+                let mut st = self.lock();
+                if st.swarm.poll_timeout().is_some_and(|t| t <= now) {
+                    st.swarm.handle_timeout(now);
+                    st.dispatch(&self.shared, None);
+                }
+            }
+            let (transfer, _) = self.transfer();
+            self.session.handle_transfer(now, transfer);
+            if self.session.poll_timeout().is_some_and(|t| t <= now) {
+                self.session.handle_timeout(now);
+            }
+            if let Some(finish) = self.apply_session() {
+                break finish;
+            }
+            let deadline = {
+                let mut st = self.lock();
+                let deadline = match (st.swarm.poll_timeout(), self.session.poll_timeout()) {
+                    (Some(a), Some(b)) => Some(a.min(b)),
+                    (a, b) => a.or(b),
+                };
+                st.armed = deadline;
+                deadline
+            };
+            tokio::select! {
+                () = shutdown_signal(&mut shutdown) => {
+                    shutdown = None;
+                    self.session.handle_shutdown(Instant::now());
+                }
+                Some(verdict) = self.verdict_rx.recv() => {
+                    let index = verdict.index;
+                    let good = verdict.result?;
+                    if !good {
+                        tracing::warn!(piece = index, "piece failed its hash check; fetching it again");
+                    }
+                    let mut st = self.lock();
+                    st.swarm.handle_verdict(Instant::now(), index, good, verdict.buf);
+                    st.dispatch(&self.shared, None);
+                }
+                Some(joined) = self.peers.join_next() => {
+                    match joined {
+                        Ok((key, established, result)) => self.on_peer_ended(key, established, result),
+                        Err(e) => return Err(TorrentError::Task(e)),
+                    }
+                }
+                accepted = accept(&self.listener) => {
+                    match accepted {
+                        Ok((stream, addr)) => {
+                            if self.session.handle_incoming(addr) {
+                                self.spawn_peer(addr, Some(stream));
+                            }
+                        }
+                        Err(e) => tracing::warn!(error = %e, "accepting a connection failed"),
+                    }
+                }
+                Some(joined) = self.announces.join_next() => {
+                    let (url, result) = joined.map_err(TorrentError::Task)?;
+                    self.on_announce(url, result);
+                }
+                () = sleep_until(deadline) => {}
+                () = self.shared.timer.notified() => {}
+                _ = progress_tick.tick(), if self.params.progress.is_some() => {
+                    let p = self.progress(Instant::now());
+                    if let Some(tx) = &self.params.progress {
+                        let _ = tx.send(p);
+                    }
+                }
+            }
+        };
+        self.peers.abort_all();
+        self.announces.abort_all();
+        // Let the hashing threads finish what they hold, so every good piece received is stored.
+        while self.lock().swarm.stats().verifying > 0 {
+            let Some(verdict) = self.verdict_rx.recv().await else {
+                break;
+            };
+            let good = matches!(verdict.result, Ok(true));
+            self.lock()
+                .swarm
+                .handle_verdict(Instant::now(), verdict.index, good, verdict.buf);
+        }
+        if self.params.progress.is_some() {
+            let p = self.progress(Instant::now());
+            if let Some(tx) = &self.params.progress {
+                let _ = tx.send(p);
+            }
+        }
+        match finish {
+            Finish::Complete => {
+                self.save_resume(Outcome::Complete).await;
+                Ok(Outcome::Complete)
+            }
+            Finish::Interrupted => {
+                self.save_resume(Outcome::Interrupted).await;
+                Ok(Outcome::Interrupted)
+            }
+            Finish::GaveUp(GiveUp::NoTrackerAnswered) => {
+                Err(NoTrackerAnswered(std::mem::take(&mut self.announce_failures)).into())
+            }
+            Finish::GaveUp(GiveUp::NoPeers) => {
+                Err(TorrentError::NoPeers(self.last_peer_error.take()))
+            }
+        }
+    }
+
+    /// Leaves a resume state beside an interrupted download's output (so the next run need not
+    /// hash everything again) and removes a stale one once the download is complete. Best
+    /// effort: without the state the next run rechecks, which is always safe.
+    async fn save_resume(&self, outcome: Outcome) {
+        let Target::Files(output) = &self.params.target else {
+            return;
+        };
+        if self.params.assume_complete {
+            return;
+        }
+        let output = output.clone();
+        if outcome == Outcome::Complete {
+            let _ = tokio::task::spawn_blocking(move || resume::remove(&output)).await;
+            return;
+        }
+        let have = self.lock().swarm.have().clone();
+        let (sink, info_hash) = (self.shared.sink.clone(), self.params.info_hash);
+        let saved = tokio::task::spawn_blocking(move || match &*sink {
+            Sink::Files(storage) => resume::save(&output, &info_hash, storage, &have),
+            Sink::Piece { .. } => Ok(()),
+        })
+        .await;
+        match saved {
+            Ok(Ok(())) => tracing::info!("resume state saved"),
+            Ok(Err(e)) => {
+                tracing::warn!(error = %super::error_chain(&e), "cannot save the resume state")
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot save the resume state"),
+        }
+    }
+}

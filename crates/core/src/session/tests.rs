@@ -1,0 +1,351 @@
+//! The session's rules, driven by hand on virtual time.
+
+use super::*;
+use crate::types::{InfoHash, PeerId};
+
+fn announcer() -> Announcer {
+    Announcer {
+        info_hash: InfoHash([1; 20]),
+        peer_id: PeerId([2; 20]),
+        port: 6000,
+        key: 77,
+        numwant: 200,
+    }
+}
+
+fn params(trackers: &[&[&str]], peers: &[SocketAddr], seed: Option<SeedLimits>) -> SessionParams {
+    SessionParams {
+        announcer: announcer(),
+        trackers: trackers
+            .iter()
+            .map(|t| t.iter().map(|u| u.to_string()).collect())
+            .collect(),
+        peers: peers.to_vec(),
+        total_length: 1000,
+        config: SessionConfig {
+            max_peers: 2,
+            seed,
+            ..SessionConfig::default()
+        },
+    }
+}
+
+fn addr(port: u16) -> SocketAddr {
+    SocketAddr::from(([10, 0, 0, 9], port))
+}
+
+fn left(n: u64) -> Transfer {
+    Transfer {
+        left: n,
+        ..Transfer::default()
+    }
+}
+
+fn events(s: &mut Session) -> Vec<SessionEvent> {
+    std::iter::from_fn(|| s.poll_event()).collect()
+}
+
+fn announces(ev: &[SessionEvent]) -> Vec<(String, Event)> {
+    ev.iter()
+        .filter_map(|e| match e {
+            SessionEvent::Announce { url, request } => Some((url.clone(), request.event)),
+            _ => None,
+        })
+        .collect()
+}
+
+fn connects(ev: &[SessionEvent]) -> Vec<SocketAddr> {
+    ev.iter()
+        .filter_map(|e| match e {
+            SessionEvent::Connect(a) => Some(*a),
+            _ => None,
+        })
+        .collect()
+}
+
+fn response(peers: &[SocketAddr]) -> AnnounceResponse {
+    AnnounceResponse {
+        interval: Some(1800),
+        peers: peers.to_vec(),
+        ..AnnounceResponse::default()
+    }
+}
+
+#[test]
+fn a_download_announces_dials_and_closes_with_completed_and_stopped() {
+    let t = Instant::now();
+    let mut s = Session::new(t, params(&[&["a", "b"], &["c"]], &[], None));
+    s.handle_transfer(t, left(1000));
+    assert_eq!(
+        s.poll_timeout(),
+        Some(t),
+        "never-asked trackers are due at once"
+    );
+    s.handle_timeout(t);
+    let ev = events(&mut s);
+    assert_eq!(
+        announces(&ev),
+        vec![("a".into(), Event::Started), ("c".into(), Event::Started)],
+        "one tracker per tier"
+    );
+    // a fails: b, the next of its tier, is asked at once.
+    s.handle_announce_failure(t, "a");
+    assert_eq!(
+        announces(&events(&mut s)),
+        vec![("b".into(), Event::Started)]
+    );
+    s.handle_announce_response(t, "b", &response(&[addr(1), addr(2), addr(3)]));
+    s.handle_announce_response(t, "c", &response(&[addr(3)]));
+    s.handle_timeout(t);
+    assert_eq!(
+        connects(&events(&mut s)),
+        vec![addr(1), addr(2)],
+        "max 2 dialled"
+    );
+    s.handle_connection_established(addr(1));
+    s.handle_connection_closed(t, addr(2), true, CloseKind::Transient);
+    s.handle_timeout(t);
+    assert_eq!(connects(&events(&mut s)), vec![addr(3)]);
+
+    let t1 = t + Duration::from_secs(40);
+    s.handle_transfer(
+        t1,
+        Transfer {
+            left: 0,
+            downloaded: 1000,
+            peers: 2,
+            ..Transfer::default()
+        },
+    );
+    s.handle_timeout(t1);
+    let mut closing = announces(&events(&mut s));
+    closing.sort_by(|a, b| a.0.cmp(&b.0));
+    assert_eq!(
+        closing,
+        vec![
+            ("b".into(), Event::Completed),
+            ("c".into(), Event::Completed)
+        ]
+    );
+    s.handle_announce_response(t1, "b", &response(&[]));
+    s.handle_announce_failure(t1, "c");
+    let mut closing = announces(&events(&mut s));
+    closing.sort_by(|a, b| a.0.cmp(&b.0));
+    assert_eq!(
+        closing,
+        vec![("b".into(), Event::Stopped), ("c".into(), Event::Stopped)]
+    );
+    s.handle_announce_response(t1, "b", &response(&[]));
+    s.handle_announce_response(t1, "c", &response(&[]));
+    assert_eq!(
+        events(&mut s),
+        vec![SessionEvent::Finished(Finish::Complete)]
+    );
+    assert!(s.is_finished());
+    assert_eq!(s.poll_timeout(), None);
+}
+
+#[test]
+fn complete_data_without_seeding_contacts_nobody() {
+    let t = Instant::now();
+    let mut s = Session::new(t, params(&[&["a"]], &[addr(1)], None));
+    s.handle_transfer(t, left(0));
+    s.handle_timeout(t);
+    assert_eq!(
+        events(&mut s),
+        vec![SessionEvent::Finished(Finish::Complete)]
+    );
+}
+
+#[test]
+fn dead_trackers_and_no_peers_give_up_after_one_round() {
+    let t = Instant::now();
+    let mut s = Session::new(t, params(&[&["a", "b"], &["c"]], &[], None));
+    s.handle_transfer(t, left(10));
+    s.handle_timeout(t);
+    events(&mut s);
+    s.handle_announce_failure(t, "a");
+    s.handle_announce_failure(t, "c");
+    s.handle_timeout(t);
+    assert!(!s.is_finished(), "b is still being asked");
+    events(&mut s);
+    s.handle_announce_failure(t, "b");
+    s.handle_timeout(t);
+    assert_eq!(
+        events(&mut s),
+        vec![SessionEvent::Finished(Finish::GaveUp(
+            GiveUp::NoTrackerAnswered
+        ))]
+    );
+}
+
+#[test]
+fn unreachable_peers_back_off_then_give_up_without_trackers() {
+    let t = Instant::now();
+    let mut s = Session::new(t, params(&[], &[addr(1)], None));
+    s.handle_transfer(t, left(10));
+    let mut now = t;
+    let mut dials = 0;
+    let mut stalls = Vec::new();
+    while !s.is_finished() {
+        s.handle_timeout(now);
+        for e in events(&mut s) {
+            match e {
+                SessionEvent::Connect(a) => {
+                    dials += 1;
+                    s.handle_connection_closed(now, a, true, CloseKind::Transient);
+                }
+                SessionEvent::Stalled(why) => stalls.push(why),
+                SessionEvent::Finished(f) => {
+                    assert_eq!(f, Finish::GaveUp(GiveUp::NoPeers));
+                }
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+        now = s.poll_timeout().unwrap_or(now).max(now);
+        assert!(now < t + Duration::from_secs(3600), "never gave up");
+    }
+    assert_eq!(dials, candidates::MAX_QUICK_RETRIES as usize);
+    assert!(
+        stalls.is_empty(),
+        "gave up before a report was due: {stalls:?}"
+    );
+}
+
+#[test]
+fn peers_that_refuse_us_are_reported_while_trackers_answer() {
+    let t = Instant::now();
+    let mut s = Session::new(t, params(&[&["a"]], &[], None));
+    s.handle_transfer(t, left(10));
+    let mut now = t;
+    let mut stalls = Vec::new();
+    let mut dial_times = Vec::new();
+    while now < t + Duration::from_secs(200) {
+        s.handle_timeout(now);
+        for e in events(&mut s) {
+            match e {
+                SessionEvent::Announce { url, .. } => {
+                    s.handle_announce_response(now, &url, &response(&[addr(1)]))
+                }
+                SessionEvent::Connect(a) => {
+                    dial_times.push(now.duration_since(t).as_secs());
+                    s.handle_connection_closed(now, a, true, CloseKind::Transient);
+                }
+                SessionEvent::Stalled(why) => stalls.push((now.duration_since(t).as_secs(), why)),
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+        now = s.poll_timeout().unwrap();
+    }
+    assert_eq!(
+        dial_times,
+        vec![0, 5, 15, 35, 75, 155],
+        "backs off, never re-dials every 2 s"
+    );
+    assert_eq!(
+        stalls,
+        vec![
+            (
+                30,
+                Stall::PeersUnreachable {
+                    known: 1,
+                    given_up: 1
+                }
+            ),
+            (
+                90,
+                Stall::PeersUnreachable {
+                    known: 1,
+                    given_up: 1
+                }
+            ),
+            (
+                150,
+                Stall::PeersUnreachable {
+                    known: 1,
+                    given_up: 1
+                }
+            ),
+        ]
+    );
+    assert!(!s.is_finished(), "trackers answer: keep trying");
+}
+
+#[test]
+fn a_seed_announces_completed_once_and_stops_at_its_ratio() {
+    let t = Instant::now();
+    let limits = SeedLimits {
+        ratio: Some(2.0),
+        time: None,
+    };
+    let mut s = Session::new(t, params(&[&["a"]], &[], Some(limits)));
+    s.handle_transfer(t, left(1000));
+    s.handle_timeout(t);
+    events(&mut s);
+    s.handle_announce_response(t, "a", &response(&[]));
+    s.handle_transfer(
+        t,
+        Transfer {
+            downloaded: 1000,
+            ..Transfer::default()
+        },
+    );
+    s.handle_timeout(t);
+    let ev = events(&mut s);
+    assert!(ev.contains(&SessionEvent::Seeding));
+    assert_eq!(announces(&ev), vec![("a".into(), Event::Completed)]);
+    s.handle_announce_response(t, "a", &response(&[]));
+    s.handle_transfer(
+        t,
+        Transfer {
+            downloaded: 1000,
+            uploaded: 2000,
+            ..Transfer::default()
+        },
+    );
+    s.handle_timeout(t);
+    assert_eq!(
+        announces(&events(&mut s)),
+        vec![("a".into(), Event::Stopped)]
+    );
+    // The tracker never answers the `stopped`: the session ends at the deadline anyway.
+    assert_eq!(s.poll_timeout(), Some(t + FINAL_ANNOUNCE_TIMEOUT));
+    s.handle_timeout(t + FINAL_ANNOUNCE_TIMEOUT);
+    assert_eq!(
+        events(&mut s),
+        vec![SessionEvent::Finished(Finish::Complete)]
+    );
+}
+
+#[test]
+fn starving_downloads_ask_again_soon_then_less_often() {
+    let t = Instant::now();
+    let mut s = Session::new(t, params(&[&["a"]], &[], None));
+    s.handle_transfer(t, left(10));
+    let mut now = t;
+    let mut times = Vec::new();
+    while times.len() < 6 {
+        s.handle_timeout(now);
+        for e in events(&mut s) {
+            if let SessionEvent::Announce { url, .. } = e {
+                times.push(now.duration_since(t).as_secs());
+                s.handle_announce_response(now, &url, &response(&[]));
+            }
+        }
+        now = s.poll_timeout().unwrap();
+    }
+    assert_eq!(times, vec![0, 2, 6, 14, 30, 62]);
+}
+
+#[test]
+fn incoming_connections_are_limited_and_banned_addresses_refused() {
+    let t = Instant::now();
+    let mut p = params(&[], &[], None);
+    p.config.max_incoming = 1;
+    let mut s = Session::new(t, p);
+    assert!(s.handle_incoming(addr(1)));
+    assert!(!s.handle_incoming(addr(2)));
+    s.handle_connection_closed(t, addr(1), false, CloseKind::Banned);
+    assert!(!s.handle_incoming(addr(1)));
+    assert!(s.handle_incoming(addr(2)));
+}

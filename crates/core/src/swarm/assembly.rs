@@ -1,0 +1,293 @@
+//! Pieces being put together in memory, and the memory budget they live in.
+//!
+//! A piece enters when the scheduler starts it ([`Assembly::start`]), collects its blocks
+//! ([`Assembly::receive`]), leaves for verification when the last block arrives, and is
+//! forgotten once the verdict comes back ([`Assembly::verdict`]); its buffer is then recycled
+//! for the next piece. Each block is `Missing`, `Requested(n)` (owed by `n` peers) or
+//! `Received`.
+//!
+//! Invariants:
+//! - a piece is in `partials` iff it is being assembled, and in `open` iff it also still has
+//!   `Missing` blocks; `missing` and `remaining` count its `Missing` and not-`Received` blocks;
+//! - `memory` is the sum of the lengths of the pieces being assembled or verified, and stays
+//!   within the budget unless a single piece is larger (then one piece at a time);
+//! - a piece is verified at most once at a time (`verifying` holds who contributed to it).
+
+use std::collections::{BTreeSet, HashMap};
+
+use super::{Geometry, PeerKey, BLOCK_LEN};
+use crate::wire::BlockRef;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum BlockState {
+    Missing,
+    Requested(u8),
+    Received,
+}
+
+#[derive(Debug)]
+struct Partial {
+    buf: Vec<u8>,
+    blocks: Vec<BlockState>,
+    /// Blocks in state `Missing`.
+    missing: u32,
+    /// Blocks not yet `Received`.
+    remaining: u32,
+    /// Peers that sent blocks of this piece (blamed if its hash fails).
+    contributors: Vec<PeerKey>,
+}
+
+/// What receiving a block did.
+#[derive(Debug, PartialEq, Eq)]
+pub(super) enum Received {
+    /// Not needed (duplicate, not being assembled): the bytes are wasted.
+    Unneeded,
+    /// Stored; `also_owed` other peers were asked for it too (endgame) and should be cancelled.
+    Stored { also_owed: bool },
+    /// Stored, and it completed the piece, which now awaits verification.
+    Completed { data: Vec<u8>, also_owed: bool },
+}
+
+/// The pieces in memory.
+#[derive(Debug)]
+pub(super) struct Assembly {
+    max_memory: u64,
+    partials: HashMap<u32, Partial>,
+    /// Partial pieces that still have `Missing` blocks, lowest index first.
+    open: BTreeSet<u32>,
+    /// Pieces handed out for verification, with the peers that contributed to them.
+    verifying: HashMap<u32, Vec<PeerKey>>,
+    memory: u64,
+    /// Buffers of verified pieces, reused for new ones (saves zeroing fresh pages).
+    spare: Vec<Vec<u8>>,
+}
+
+impl Assembly {
+    pub(super) fn new(max_memory: u64) -> Assembly {
+        Assembly {
+            max_memory,
+            partials: HashMap::new(),
+            open: BTreeSet::new(),
+            verifying: HashMap::new(),
+            memory: 0,
+            spare: Vec::new(),
+        }
+    }
+
+    /// Whether a new piece of `piece_len` bytes fits the budget (one piece always does).
+    pub(super) fn has_room(&self, piece_len: u32) -> bool {
+        self.memory == 0 || self.memory + u64::from(piece_len) <= self.max_memory
+    }
+
+    /// Starts assembling piece `index` with every block `Missing`.
+    pub(super) fn start(&mut self, geo: &Geometry, index: u32) {
+        let len = geo.piece_len(index);
+        let blocks = geo.block_count(index);
+        self.memory += u64::from(len);
+        // A recycled buffer keeps its old bytes: every block overwrites its own range before
+        // the piece is complete, so zeroing it again is wasted work.
+        let mut buf = self.spare.pop().unwrap_or_default();
+        buf.resize(len as usize, 0);
+        self.partials.insert(
+            index,
+            Partial {
+                buf,
+                blocks: vec![BlockState::Missing; blocks as usize],
+                missing: blocks,
+                remaining: blocks,
+                contributors: Vec::new(),
+            },
+        );
+        self.open.insert(index);
+    }
+
+    /// Pieces awaiting their verdict.
+    pub(super) fn verifying_count(&self) -> usize {
+        self.verifying.len()
+    }
+
+    /// Whether `index` is being assembled or verified.
+    #[cfg(test)]
+    pub(super) fn is_in_progress(&self, index: u32) -> bool {
+        self.partials.contains_key(&index) || self.verifying.contains_key(&index)
+    }
+
+    /// The open pieces (with `Missing` blocks), lowest index first.
+    pub(super) fn open_pieces(&self) -> impl Iterator<Item = u32> + '_ {
+        self.open.iter().copied()
+    }
+
+    /// Marks the first `Missing` block of piece `index` requested; `None` if it has none.
+    pub(super) fn request_missing(&mut self, geo: &Geometry, index: u32) -> Option<BlockRef> {
+        let partial = self.partials.get_mut(&index)?;
+        if partial.missing == 0 {
+            return None;
+        }
+        let b = partial
+            .blocks
+            .iter()
+            .position(|s| *s == BlockState::Missing)?;
+        partial.blocks[b] = BlockState::Requested(1);
+        partial.missing -= 1;
+        if partial.missing == 0 {
+            self.open.remove(&index);
+        }
+        Some(geo.block_ref(index, b as u32))
+    }
+
+    /// Endgame: a block of a piece `has` accepts that fewer than `max` peers owe and that
+    /// `skip` does not name (the peer already owes it); marked owed once more.
+    pub(super) fn request_duplicate(
+        &mut self,
+        geo: &Geometry,
+        max: u8,
+        has: impl Fn(u32) -> bool,
+        skip: impl Fn(&BlockRef) -> bool,
+    ) -> Option<BlockRef> {
+        let mut found = None;
+        'pieces: for (&index, partial) in self.partials.iter() {
+            if !has(index) {
+                continue;
+            }
+            for (b, state) in partial.blocks.iter().enumerate() {
+                if let BlockState::Requested(n) = *state {
+                    let block = geo.block_ref(index, b as u32);
+                    if n < max && !skip(&block) {
+                        found = Some((block, b, n));
+                        break 'pieces;
+                    }
+                }
+            }
+        }
+        let (block, b, n) = found?;
+        if let Some(slot) = self
+            .partials
+            .get_mut(&block.index)
+            .and_then(|p| p.blocks.get_mut(b))
+        {
+            *slot = BlockState::Requested(n + 1);
+        }
+        Some(block)
+    }
+
+    /// One fewer peer owes `block`; with none left it is `Missing` again.
+    pub(super) fn release(&mut self, block: BlockRef) {
+        let Some(partial) = self.partials.get_mut(&block.index) else {
+            return;
+        };
+        let b = (block.begin / BLOCK_LEN) as usize;
+        if let Some(BlockState::Requested(n)) = partial.blocks.get(b).copied() {
+            if n <= 1 {
+                partial.blocks[b] = BlockState::Missing;
+                partial.missing += 1;
+                self.open.insert(block.index);
+            } else {
+                partial.blocks[b] = BlockState::Requested(n - 1);
+            }
+        }
+    }
+
+    /// Stores a block that `from` sent and we had asked it for (the caller checked that).
+    pub(super) fn receive(&mut self, from: PeerKey, block: BlockRef, data: &[u8]) -> Received {
+        let Some(partial) = self.partials.get_mut(&block.index) else {
+            return Received::Unneeded;
+        };
+        let b = (block.begin / BLOCK_LEN) as usize;
+        let start = block.begin as usize;
+        let (Some(BlockState::Requested(n)), Some(dest)) = (
+            partial.blocks.get(b).copied(),
+            partial.buf.get_mut(start..start + data.len()),
+        ) else {
+            return Received::Unneeded;
+        };
+        dest.copy_from_slice(data);
+        partial.blocks[b] = BlockState::Received;
+        partial.remaining -= 1;
+        if !partial.contributors.contains(&from) {
+            partial.contributors.push(from);
+        }
+        let also_owed = n > 1;
+        if partial.remaining > 0 {
+            return Received::Stored { also_owed };
+        }
+        match self.partials.remove(&block.index) {
+            Some(done) => {
+                self.open.remove(&block.index);
+                self.verifying.insert(block.index, done.contributors);
+                Received::Completed {
+                    data: done.buf,
+                    also_owed,
+                }
+            }
+            None => Received::Unneeded,
+        }
+    }
+
+    /// The verdict on piece `index` is in: frees its memory and returns who contributed to it
+    /// (`None` if it was not being verified).
+    pub(super) fn verdict(&mut self, geo: &Geometry, index: u32) -> Option<Vec<PeerKey>> {
+        let contributors = self.verifying.remove(&index)?;
+        self.memory = self.memory.saturating_sub(u64::from(geo.piece_len(index)));
+        Some(contributors)
+    }
+
+    /// Keeps a finished piece's buffer for the next piece, within the budget's worth.
+    pub(super) fn recycle(&mut self, buf: Vec<u8>, piece_length: u32) {
+        let budget = (self.max_memory / u64::from(piece_length.max(1))) as usize;
+        if self.spare.len() < budget && buf.capacity() >= piece_length as usize {
+            self.spare.push(buf);
+        }
+    }
+
+    /// Checks the invariants in the module doc (for tests and the simulation).
+    #[cfg(test)]
+    pub(super) fn check_invariants(&self, geo: &Geometry) -> Result<(), String> {
+        let mut memory = 0u64;
+        for (&index, p) in &self.partials {
+            memory += u64::from(geo.piece_len(index));
+            let missing = p
+                .blocks
+                .iter()
+                .filter(|s| **s == BlockState::Missing)
+                .count() as u32;
+            let remaining = p
+                .blocks
+                .iter()
+                .filter(|s| **s != BlockState::Received)
+                .count() as u32;
+            if missing != p.missing || remaining != p.remaining {
+                return Err(format!("piece {index}: block counts out of step"));
+            }
+            if (missing > 0) != self.open.contains(&index) {
+                return Err(format!("piece {index}: open set out of step"));
+            }
+            if self.verifying.contains_key(&index) {
+                return Err(format!("piece {index}: assembled and verified at once"));
+            }
+        }
+        for &index in self.verifying.keys() {
+            memory += u64::from(geo.piece_len(index));
+        }
+        if memory != self.memory {
+            return Err(format!("memory {} but pieces hold {memory}", self.memory));
+        }
+        if self.memory > self.max_memory.max(u64::from(geo.piece_length)) {
+            return Err(format!("memory {} over the budget", self.memory));
+        }
+        Ok(())
+    }
+
+    /// How many peers owe each requested block (for the invariant check).
+    #[cfg(test)]
+    pub(super) fn owed(&self, geo: &Geometry) -> HashMap<BlockRef, u8> {
+        let mut out = HashMap::new();
+        for (&index, p) in &self.partials {
+            for (b, s) in p.blocks.iter().enumerate() {
+                if let BlockState::Requested(n) = s {
+                    out.insert(geo.block_ref(index, b as u32), *n);
+                }
+            }
+        }
+        out
+    }
+}

@@ -1,0 +1,155 @@
+//! What the swarm knows about one connected peer: its pieces, the choke and interest flags of
+//! both sides, the blocks each side asked of the other, its measured rates and its timers.
+//!
+//! Invariants: `inflight` holds each block at most once, oldest request first; `uploads` holds
+//! at most `Config::max_upload_queue` blocks; rates are bytes per second smoothed over
+//! [`RATE_WINDOW`] samples.
+
+use std::collections::VecDeque;
+use std::time::{Duration, Instant};
+
+use super::{Bitfield, Config, BLOCK_LEN};
+use crate::wire::{BlockRef, Message};
+
+/// How often rates are sampled (and request pipelines resized) while a peer is active.
+pub const RATE_WINDOW: Duration = Duration::from_millis(500);
+
+/// Rates below this count as zero, so an idle peer stops needing rate samples.
+const IDLE_RATE: f64 = 1.0;
+
+/// What the peer said it supports in its handshake.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PeerFeatures {
+    /// BEP 10 extension protocol.
+    pub extensions: bool,
+}
+
+#[derive(Debug)]
+pub(super) struct PeerState {
+    pub(super) has: Bitfield,
+    pub(super) peer_choking: bool,
+    pub(super) peer_interested: bool,
+    pub(super) am_interested: bool,
+    pub(super) am_choking: bool,
+    /// Blocks the peer asked of us, in order, not yet handed to the driver.
+    pub(super) uploads: VecDeque<BlockRef>,
+    /// Blocks asked of this peer and when, oldest first.
+    pub(super) inflight: VecDeque<(BlockRef, Instant)>,
+    /// Most requests the peer queues (its `reqq`, or a safe default).
+    pub(super) max_outstanding: u32,
+    /// The id the peer wants for `ut_metadata` messages sent to it.
+    pub(super) ut_metadata: Option<u8>,
+    /// Pieces this peer started: it is asked for their blocks first (whole-piece affinity).
+    pub(super) current: Vec<u32>,
+    pub(super) outbox: Vec<Message>,
+    pub(super) last_received: Instant,
+    pub(super) last_sent: Instant,
+    pub(super) last_block: Instant,
+    window_start: Instant,
+    window_bytes: u64,
+    upload_window_bytes: u64,
+    /// Smoothed download rate from this peer.
+    pub(super) rate: f64,
+    /// Smoothed upload rate to this peer.
+    pub(super) upload_rate: f64,
+    /// Requests kept in flight: the bandwidth-delay product of its rate, within bounds.
+    pub(super) target_requests: u32,
+    pub(super) hash_failures: u32,
+}
+
+/// Requests we keep outstanding at a peer that did not tell us its `reqq`.
+pub const DEFAULT_PEER_REQQ: u32 = 250;
+
+impl PeerState {
+    pub(super) fn new(now: Instant, piece_count: u32, config: &Config) -> PeerState {
+        PeerState {
+            has: Bitfield::new(piece_count),
+            peer_choking: true,
+            peer_interested: false,
+            am_interested: false,
+            am_choking: true,
+            uploads: VecDeque::new(),
+            inflight: VecDeque::new(),
+            max_outstanding: DEFAULT_PEER_REQQ,
+            ut_metadata: None,
+            current: Vec::new(),
+            outbox: Vec::new(),
+            last_received: now,
+            last_sent: now,
+            last_block: now,
+            window_start: now,
+            window_bytes: 0,
+            upload_window_bytes: 0,
+            rate: 0.0,
+            upload_rate: 0.0,
+            target_requests: config.min_requests,
+            hash_failures: 0,
+        }
+    }
+
+    /// Requests to keep in flight now.
+    pub(super) fn pipeline_target(&self) -> usize {
+        self.target_requests.min(self.max_outstanding) as usize
+    }
+
+    /// A block we asked for arrived.
+    pub(super) fn on_block(&mut self, now: Instant, bytes: u64) {
+        self.last_block = now;
+        self.window_bytes += bytes;
+    }
+
+    /// We sent `bytes` of block data to the peer.
+    pub(super) fn on_uploaded(&mut self, bytes: u64) {
+        self.upload_window_bytes += bytes;
+    }
+
+    /// Whether the peer needs rate samples: data moves or its rates have not decayed yet.
+    pub(super) fn is_active(&self) -> bool {
+        !self.inflight.is_empty()
+            || !self.uploads.is_empty()
+            || self.window_bytes > 0
+            || self.upload_window_bytes > 0
+            || self.rate >= IDLE_RATE
+            || self.upload_rate >= IDLE_RATE
+    }
+
+    /// Closes the rate window if it is at least [`RATE_WINDOW`] old: updates both rates and
+    /// resizes the request pipeline to hold `request_queue_time` worth of the peer's rate.
+    pub(super) fn sample_rates(&mut self, now: Instant, config: &Config) {
+        let elapsed = now.saturating_duration_since(self.window_start);
+        if elapsed < RATE_WINDOW {
+            return;
+        }
+        let secs = elapsed.as_secs_f64();
+        let down = self.window_bytes as f64 / secs;
+        self.rate = if self.rate == 0.0 {
+            down
+        } else {
+            0.5 * self.rate + 0.5 * down
+        };
+        let up = self.upload_window_bytes as f64 / secs;
+        self.upload_rate = 0.5 * self.upload_rate + 0.5 * up;
+        for r in [&mut self.rate, &mut self.upload_rate] {
+            if *r < IDLE_RATE {
+                *r = 0.0;
+            }
+        }
+        self.window_start = now;
+        self.window_bytes = 0;
+        self.upload_window_bytes = 0;
+        let bdp = self.rate * config.request_queue_time.as_secs_f64() / f64::from(BLOCK_LEN);
+        self.target_requests = (bdp as u32).clamp(config.min_requests, config.max_requests);
+    }
+
+    /// The earliest of this peer's own deadlines: idle timeout, keep-alive, request timeout.
+    /// (Lost requests are checked with the rate samples, which run while requests are out.)
+    pub(super) fn next_deadline(&self, config: &Config) -> Instant {
+        let idle = self.last_received + config.idle_timeout;
+        let keepalive = self.last_sent + config.keepalive_interval;
+        let mut next = idle.min(keepalive);
+        if !self.inflight.is_empty() {
+            next = next.min(self.last_block + config.request_timeout);
+        }
+        next
+    }
+}

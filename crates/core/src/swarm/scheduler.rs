@@ -1,0 +1,147 @@
+//! Which blocks to ask of which peer.
+//!
+//! A peer that unchoked us gets its request pipeline topped up, in batches, to its target depth
+//! (the bandwidth-delay product of its rate, capped by its `reqq`). Blocks are chosen in this
+//! order: pieces this peer already works on (whole-piece affinity keeps pieces from being
+//! spread over many slow peers), then a new piece by rarest first if the memory budget allows,
+//! then blocks of other open pieces it has, then, in endgame (nothing left unrequested),
+//! duplicates of blocks other peers owe.
+//!
+//! Invariants: a block is requested from a peer at most once at a time; a new piece is started
+//! only within the memory budget; when the budget stops a peer, `memory_starved` is set so the
+//! next verdict that frees memory wakes the peers with room.
+
+use std::time::Instant;
+
+use super::assembly::Assembly;
+use super::peer::PeerState;
+use super::picker::PiecePicker;
+use super::Geometry;
+use crate::wire::{BlockRef, Message};
+
+/// Most requests held back to be sent together when a peer's pipeline is nearly full.
+const REQUEST_BATCH: usize = 32;
+
+#[derive(Debug)]
+pub(super) struct Scheduler {
+    pub(super) picker: PiecePicker,
+    endgame_duplicates: u8,
+    /// A peer wanted a new piece but the memory budget was spent.
+    pub(super) memory_starved: bool,
+}
+
+impl Scheduler {
+    pub(super) fn new(picker: PiecePicker, endgame_duplicates: u8) -> Scheduler {
+        Scheduler {
+            picker,
+            endgame_duplicates,
+            memory_starved: false,
+        }
+    }
+
+    /// Tops up `peer`'s request pipeline, queueing `request` messages in its outbox.
+    pub(super) fn fill(
+        &mut self,
+        now: Instant,
+        geo: &Geometry,
+        assembly: &mut Assembly,
+        peer: &mut PeerState,
+    ) {
+        if peer.peer_choking || !peer.am_interested {
+            return;
+        }
+        if peer.inflight.is_empty() {
+            // Starting afresh: measure the time to the next block from now.
+            peer.last_block = now;
+        }
+        let target = peer.pipeline_target();
+        // Top up in batches, not one request per block received: fewer, fuller sends wake
+        // both sides less often.
+        let batch = (target / 4).clamp(1, REQUEST_BATCH);
+        if !peer.inflight.is_empty() && peer.inflight.len() + batch > target {
+            return;
+        }
+        while peer.inflight.len() < target {
+            let Some(block) = self.next_block(geo, assembly, peer) else {
+                break;
+            };
+            peer.inflight.push_back((block, now));
+            peer.outbox.push(Message::Request(block));
+        }
+    }
+
+    /// Chooses the next block to ask of `peer` and marks it requested.
+    fn next_block(
+        &mut self,
+        geo: &Geometry,
+        assembly: &mut Assembly,
+        peer: &mut PeerState,
+    ) -> Option<BlockRef> {
+        // 1. Pieces this peer already works on.
+        while let Some(&index) = peer.current.first() {
+            if let Some(block) = assembly.request_missing(geo, index) {
+                return Some(block);
+            }
+            peer.current.remove(0);
+        }
+        // 2. A new piece, rarest first, if memory allows.
+        if assembly.has_room(geo.piece_length) {
+            if let Some(index) = self.picker.pick(&peer.has) {
+                self.picker.take(index);
+                assembly.start(geo, index);
+                peer.current.push(index);
+                return assembly.request_missing(geo, index);
+            }
+        } else if self.picker.has_pickable() {
+            self.memory_starved = true;
+        }
+        // 3. Help with other pieces in progress.
+        let open = assembly.open_pieces().find(|&i| peer.has.get(i));
+        if let Some(index) = open {
+            peer.current.push(index);
+            return assembly.request_missing(geo, index);
+        }
+        // 4. Endgame: nothing left unrequested; ask for blocks others owe us too.
+        if !self.picker.has_pickable() {
+            let inflight = &peer.inflight;
+            let has = &peer.has;
+            return assembly.request_duplicate(
+                geo,
+                self.endgame_duplicates,
+                |i| has.get(i),
+                |b| inflight.iter().any(|(x, _)| x == b),
+            );
+        }
+        None
+    }
+
+    /// Peers serve requests in order: a request older than `lost_after` that later blocks
+    /// overtook was dropped by the peer. It goes back to the pool for whoever asks next.
+    /// Returns whether any was.
+    pub(super) fn reclaim_lost(
+        now: Instant,
+        lost_after: std::time::Duration,
+        assembly: &mut Assembly,
+        peer: &mut PeerState,
+    ) -> bool {
+        let mut any = false;
+        while let Some(&(block, sent)) = peer.inflight.front() {
+            let overtaken = peer.last_block > sent;
+            if !overtaken || now.saturating_duration_since(sent) < lost_after {
+                break;
+            }
+            peer.inflight.pop_front();
+            assembly.release(block);
+            any = true;
+        }
+        any
+    }
+
+    /// Returns every block `peer` owes us to the pool.
+    pub(super) fn release_all(assembly: &mut Assembly, peer: &mut PeerState) {
+        for (block, _) in std::mem::take(&mut peer.inflight) {
+            assembly.release(block);
+        }
+        peer.current.clear();
+    }
+}

@@ -1,0 +1,626 @@
+//! Unit tests of the swarm, one peer or a few at a time, driven by hand on a fixed clock.
+//! (Random swarms with hostile peers run in `crate::sim`.)
+
+use super::*;
+use crate::wire::ExtHandshake;
+use std::collections::BTreeSet;
+
+fn now() -> Instant {
+    Instant::now()
+}
+
+fn swarm(piece_length: u32, total: u64) -> Swarm {
+    swarm_with(piece_length, total, Config::default())
+}
+
+fn swarm_with(piece_length: u32, total: u64, config: Config) -> Swarm {
+    let count = total.div_ceil(u64::from(piece_length)) as u32;
+    Swarm::new(
+        piece_length,
+        total,
+        Bitfield::new(count),
+        Bitfield::full(count),
+        config,
+        7,
+    )
+}
+
+/// Everything the swarm asked of its driver, sorted by kind.
+#[derive(Debug, Default)]
+struct Drained {
+    verify: Vec<CompletedPiece>,
+    disconnect: Vec<(PeerKey, PeerError)>,
+    wake: BTreeSet<PeerKey>,
+}
+
+fn drain(d: &mut Swarm) -> Drained {
+    let mut out = Drained::default();
+    while let Some(e) = d.poll_event() {
+        match e {
+            SwarmEvent::Verify(p) => out.verify.push(p),
+            SwarmEvent::Disconnect { peer, reason } => out.disconnect.push((peer, reason)),
+            SwarmEvent::Wake(k) => {
+                out.wake.insert(k);
+            }
+        }
+    }
+    out
+}
+
+fn requests(out: &[Message]) -> Vec<BlockRef> {
+    out.iter()
+        .filter_map(|m| match m {
+            Message::Request(b) => Some(*b),
+            _ => None,
+        })
+        .collect()
+}
+
+fn transmit(d: &mut Swarm, key: PeerKey, t: Instant) -> Vec<Message> {
+    let mut out = Vec::new();
+    d.poll_transmit(t, key, &mut out);
+    out
+}
+
+fn plain() -> PeerFeatures {
+    PeerFeatures::default()
+}
+
+fn seeder_joins(d: &mut Swarm, key: PeerKey, t: Instant) -> Vec<Message> {
+    d.handle_connected(t, key, plain());
+    let full = Bitfield::full(d.geo.piece_count);
+    d.handle_message(
+        t,
+        key,
+        Message::Bitfield(Bytes::copy_from_slice(full.as_bytes())),
+    );
+    d.handle_message(t, key, Message::Unchoke);
+    transmit(d, key, t)
+}
+
+/// Serves every request in `reqs` from `payload`.
+fn serve(d: &mut Swarm, key: PeerKey, reqs: &[BlockRef], payload: &[u8], t: Instant) {
+    for r in reqs {
+        let start = r.index as usize * d.geo.piece_length as usize + r.begin as usize;
+        let data = Bytes::copy_from_slice(&payload[start..start + r.length as usize]);
+        d.handle_message(
+            t,
+            key,
+            Message::Piece {
+                index: r.index,
+                begin: r.begin,
+                data,
+            },
+        );
+    }
+}
+
+#[test]
+fn downloads_everything_from_one_seeder_with_short_last_block() {
+    let payload: Vec<u8> = (0..100_000u32).map(|i| (i * 7 % 251) as u8).collect();
+    let t = now();
+    let mut d = swarm(32 * 1024, payload.len() as u64);
+    assert_eq!(d.stats().bytes_left, 100_000);
+    let out = seeder_joins(&mut d, 1, t);
+    assert!(out.contains(&Message::Interested));
+    let mut pending = requests(&out);
+    let mut assembled = vec![0u8; payload.len()];
+    while !pending.is_empty() {
+        serve(&mut d, 1, &pending, &payload, t);
+        for piece in drain(&mut d).verify {
+            let start = piece.index as usize * 32 * 1024;
+            assembled[start..start + piece.data.len()].copy_from_slice(&piece.data);
+            d.handle_verdict(t, piece.index, true, piece.data);
+        }
+        d.check_invariants().unwrap();
+        pending = requests(&transmit(&mut d, 1, t));
+    }
+    assert!(d.is_done());
+    assert_eq!(d.stats().bytes_left, 0);
+    assert_eq!(d.stats().verified_bytes, 100_000);
+    assert_eq!(assembled, payload);
+    // The last block of the last piece is shorter: 100000 - 3*32768 = 1696 bytes.
+    assert_eq!(d.piece_len(3), 1696);
+}
+
+#[test]
+fn choke_returns_requests_to_the_pool_for_other_peers() {
+    let t = now();
+    let mut d = swarm(16 * 1024, 4 * 16 * 1024);
+    let first = requests(&seeder_joins(&mut d, 1, t));
+    assert_eq!(first.len(), 4);
+    d.handle_message(t, 1, Message::Choke);
+    d.check_invariants().unwrap();
+    let second = requests(&seeder_joins(&mut d, 2, t));
+    let mut a: Vec<_> = first.iter().map(|b| b.index).collect();
+    let mut b: Vec<_> = second.iter().map(|b| b.index).collect();
+    a.sort();
+    b.sort();
+    assert_eq!(a, b);
+}
+
+#[test]
+fn disconnect_mid_piece_loses_only_unfinished_blocks() {
+    let payload = vec![5u8; 64 * 1024];
+    let t = now();
+    let mut d = swarm(64 * 1024, payload.len() as u64);
+    let reqs = requests(&seeder_joins(&mut d, 1, t));
+    assert_eq!(reqs.len(), 4);
+    serve(&mut d, 1, &reqs[..2], &payload, t);
+    d.handle_disconnected(1);
+    d.check_invariants().unwrap();
+    let reqs2 = requests(&seeder_joins(&mut d, 2, t));
+    assert_eq!(reqs2, reqs[2..].to_vec());
+    serve(&mut d, 2, &reqs2, &payload, t);
+    let done = drain(&mut d).verify;
+    assert_eq!(done.len(), 1);
+    assert_eq!(done[0].data, payload);
+}
+
+#[test]
+fn bad_hash_refetches_and_disconnects_the_repeat_offender() {
+    let payload = vec![9u8; 16 * 1024];
+    let t = now();
+    let mut d = swarm(16 * 1024, payload.len() as u64);
+    let mut reqs = requests(&seeder_joins(&mut d, 1, t));
+    let mut disconnects = Vec::new();
+    for round in 0..3 {
+        assert_eq!(reqs.len(), 1, "round {round}");
+        serve(&mut d, 1, &reqs, &payload, t);
+        let piece = drain(&mut d).verify.pop().unwrap();
+        d.handle_verdict(t, piece.index, false, piece.data);
+        assert!(!d.is_done());
+        disconnects = drain(&mut d).disconnect;
+        reqs = requests(&transmit(&mut d, 1, t));
+    }
+    assert_eq!(disconnects, vec![(1, PeerError::BadData(3))]);
+    assert_eq!(d.stats().peers, 0);
+    assert_eq!(d.stats().wasted_bytes, 3 * 16 * 1024);
+    d.check_invariants().unwrap();
+}
+
+#[test]
+fn endgame_duplicates_then_cancels() {
+    let payload = vec![1u8; 16 * 1024];
+    let t = now();
+    let mut d = swarm(16 * 1024, payload.len() as u64);
+    let a = requests(&seeder_joins(&mut d, 1, t));
+    let b = requests(&seeder_joins(&mut d, 2, t));
+    assert_eq!(
+        a, b,
+        "the only block is requested from both peers in endgame"
+    );
+    d.check_invariants().unwrap();
+    serve(&mut d, 1, &a, &payload, t);
+    assert!(drain(&mut d).wake.contains(&2));
+    assert_eq!(transmit(&mut d, 2, t), vec![Message::Cancel(a[0])]);
+    d.check_invariants().unwrap();
+}
+
+#[test]
+fn protocol_violations_disconnect() {
+    let t = now();
+    let mut d = swarm(16 * 1024, 3 * 16 * 1024);
+    d.handle_connected(t, 1, plain());
+    d.handle_message(t, 1, Message::Have(3));
+    d.handle_connected(t, 2, plain());
+    d.handle_message(t, 2, Message::Bitfield(Bytes::from_static(&[0xff])));
+    let gone: Vec<PeerKey> = drain(&mut d).disconnect.iter().map(|x| x.0).collect();
+    assert_eq!(gone, vec![1, 2]);
+    // Input about a forgotten peer is ignored.
+    d.handle_message(t, 1, Message::Unchoke);
+    assert_eq!(d.stats().peers, 0);
+    // A late bitfield replaces what we knew of the peer.
+    d.handle_connected(t, 3, plain());
+    d.handle_message(t, 3, Message::Have(2));
+    d.handle_message(t, 3, Message::Bitfield(Bytes::from_static(&[0x80])));
+    assert!(drain(&mut d).disconnect.is_empty());
+    assert_eq!(d.scheduler.picker.availability(2), 0);
+    assert_eq!(d.scheduler.picker.availability(0), 1);
+}
+
+#[test]
+fn unrequested_block_is_wasted() {
+    let t = now();
+    let mut d = swarm(16 * 1024, 2 * 16 * 1024);
+    seeder_joins(&mut d, 1, t);
+    let bogus = Message::Piece {
+        index: 0,
+        begin: 0,
+        data: Bytes::from(vec![0u8; 100]),
+    };
+    d.handle_message(t, 1, bogus);
+    assert!(drain(&mut d).verify.is_empty());
+    assert_eq!(d.stats().wasted_bytes, 100);
+}
+
+#[test]
+fn stalled_peer_times_out_at_its_deadline() {
+    let t = now();
+    let mut d = swarm(16 * 1024, 2 * 16 * 1024);
+    seeder_joins(&mut d, 1, t);
+    let deadline = d.poll_timeout().unwrap();
+    assert!(
+        deadline <= t + RATE_WINDOW,
+        "requests are out: rates are sampled"
+    );
+    d.handle_timeout(t + Duration::from_secs(1));
+    assert!(drain(&mut d).disconnect.is_empty());
+    d.handle_timeout(t + Duration::from_secs(30));
+    assert!(matches!(
+        drain(&mut d).disconnect.as_slice(),
+        [(1, PeerError::Timeout(_))]
+    ));
+    assert_eq!(d.poll_timeout(), None, "no peers, no timers");
+}
+
+#[test]
+fn idle_peer_gets_keepalives_and_no_busy_ticks() {
+    let t = now();
+    let mut d = swarm(16 * 1024, 16 * 1024);
+    d.handle_connected(t, 1, plain());
+    // Nothing moves: the next deadline is the keep-alive, a minute away.
+    let first = d.poll_timeout().unwrap();
+    assert_eq!(first, t + Config::default().keepalive_interval);
+    d.handle_timeout(first);
+    assert!(drain(&mut d).wake.contains(&1));
+    assert_eq!(transmit(&mut d, 1, first), vec![Message::KeepAlive]);
+    // It sent nothing for 150 s: dropped.
+    d.handle_timeout(t + Config::default().idle_timeout);
+    assert!(matches!(
+        drain(&mut d).disconnect.as_slice(),
+        [(1, PeerError::Timeout("nothing received"))]
+    ));
+}
+
+#[test]
+fn memory_budget_limits_pieces_in_progress() {
+    let t = now();
+    let piece = 1024 * 1024;
+    let config = Config {
+        max_piece_memory: 2 * piece as u64,
+        max_requests: 10_000,
+        min_requests: 10_000,
+        ..Config::default()
+    };
+    let mut d = swarm_with(piece, 10 * piece as u64, config);
+    let reqs = requests(&seeder_joins(&mut d, 1, t));
+    let pieces: BTreeSet<u32> = reqs.iter().map(|b| b.index).collect();
+    assert_eq!(pieces.len(), 2);
+    assert_eq!(reqs.len(), 2 * 64);
+
+    // Every request answered, both pieces handed to the hashers: the peer is idle and the
+    // budget spent. The first verdict must wake it (no block will arrive to do so).
+    let payload = vec![7u8; 10 * piece as usize];
+    serve(&mut d, 1, &reqs, &payload, t);
+    assert!(
+        requests(&transmit(&mut d, 1, t)).is_empty(),
+        "budget spent, yet more requests"
+    );
+    let drained = drain(&mut d);
+    assert_eq!(drained.verify.len(), 2);
+    assert!(drained.wake.is_empty());
+    let first = drained.verify.into_iter().next().unwrap();
+    d.handle_verdict(t, first.index, true, first.data);
+    assert!(
+        drain(&mut d).wake.contains(&1),
+        "idle peer not woken when memory freed"
+    );
+    let next: BTreeSet<u32> = requests(&transmit(&mut d, 1, t))
+        .iter()
+        .map(|b| b.index)
+        .collect();
+    assert_eq!(next.len(), 1, "one piece's memory was freed: {next:?}");
+    assert!(next.is_disjoint(&pieces));
+    d.check_invariants().unwrap();
+}
+
+#[test]
+fn pipeline_is_topped_up_in_batches() {
+    let t = now();
+    // 128 blocks of 16 KiB in 8 pieces; the default pipeline starts at 64 requests and is
+    // refilled once a batch (a quarter of it, here 16) has been answered.
+    let payload = vec![3u8; 128 * 16 * 1024];
+    let mut d = swarm(256 * 1024, payload.len() as u64);
+    let first = requests(&seeder_joins(&mut d, 1, t));
+    assert_eq!(first.len(), 64);
+    serve(&mut d, 1, &first[..15], &payload, t);
+    assert!(
+        requests(&transmit(&mut d, 1, t)).is_empty(),
+        "refilled early"
+    );
+    serve(&mut d, 1, &first[15..16], &payload, t);
+    assert_eq!(requests(&transmit(&mut d, 1, t)).len(), 16);
+}
+
+fn seeding(piece_length: u32, total: u64) -> Swarm {
+    let count = total.div_ceil(u64::from(piece_length)) as u32;
+    let config = Config {
+        upload_slots: 2,
+        ..Config::default()
+    };
+    Swarm::new(
+        piece_length,
+        total,
+        Bitfield::full(count),
+        Bitfield::full(count),
+        config,
+        5,
+    )
+}
+
+fn leecher_joins(d: &mut Swarm, key: PeerKey, t: Instant) -> Vec<Message> {
+    d.handle_connected(t, key, plain());
+    d.handle_message(t, key, Message::Interested);
+    transmit(d, key, t)
+}
+
+#[test]
+fn seeder_unchokes_into_free_slots_and_serves_valid_requests() {
+    let t = now();
+    let mut d = seeding(32 * 1024, 40 * 1024);
+    let out = leecher_joins(&mut d, 1, t);
+    assert!(matches!(out[0], Message::Bitfield(_)));
+    assert!(out.contains(&Message::Unchoke), "unchoked at once: {out:?}");
+    let block = BlockRef {
+        index: 1,
+        begin: 0,
+        length: 8 * 1024,
+    };
+    d.handle_message(t, 1, Message::Request(block));
+    let other = BlockRef {
+        index: 0,
+        begin: 16 * 1024,
+        length: 16 * 1024,
+    };
+    d.handle_message(t, 1, Message::Request(other));
+    d.handle_message(t, 1, Message::Cancel(other));
+    let mut up = Vec::new();
+    d.poll_upload(1, 1 << 20, &mut up);
+    assert_eq!(up, vec![block]);
+    d.handle_uploaded(t, 1, 8 * 1024);
+    assert_eq!(d.stats().uploaded_bytes, 8 * 1024);
+}
+
+#[test]
+fn uninterested_unchoked_peers_do_not_hold_slots_from_newcomers() {
+    let t = now();
+    let mut d = seeding(32 * 1024, 40 * 1024);
+    for k in 1..=2 {
+        leecher_joins(&mut d, k, t);
+        d.handle_message(t, k, Message::NotInterested);
+    }
+    let out = leecher_joins(&mut d, 3, t);
+    assert!(out.contains(&Message::Unchoke), "{out:?}");
+}
+
+#[test]
+fn invalid_requests_close_the_connection() {
+    let t = now();
+    let mut d = seeding(32 * 1024, 40 * 1024);
+    let bad = [
+        BlockRef {
+            index: 2,
+            begin: 0,
+            length: 1,
+        },
+        BlockRef {
+            index: 1,
+            begin: 0,
+            length: 8 * 1024 + 1,
+        },
+        BlockRef {
+            index: 0,
+            begin: 16 * 1024,
+            length: 16 * 1024 + 1,
+        },
+        BlockRef {
+            index: 0,
+            begin: u32::MAX,
+            length: 16,
+        },
+        BlockRef {
+            index: 0,
+            begin: 0,
+            length: MAX_REQUEST_LEN + 1,
+        },
+        BlockRef {
+            index: 0,
+            begin: 0,
+            length: 0,
+        },
+    ];
+    for (k, block) in bad.iter().enumerate() {
+        let k = k as PeerKey;
+        leecher_joins(&mut d, k, t);
+        d.handle_message(t, k, Message::Request(*block));
+        let gone = drain(&mut d).disconnect;
+        assert_eq!(gone.len(), 1, "{block:?}");
+        assert_eq!(gone[0].0, k);
+    }
+    // A leecher must not ask for pieces it was never told we have.
+    let mut leech = swarm(16 * 1024, 32 * 1024);
+    leecher_joins(&mut leech, 1, t);
+    let req = Message::Request(BlockRef {
+        index: 0,
+        begin: 0,
+        length: 16,
+    });
+    leech.handle_message(t, 1, req);
+    assert_eq!(drain(&mut leech).disconnect.len(), 1);
+}
+
+#[test]
+fn choker_keeps_slots_and_drops_choked_requests() {
+    let t = now();
+    let mut d = seeding(16 * 1024, 64 * 1024);
+    for k in 1..=4 {
+        leecher_joins(&mut d, k, t);
+    }
+    let unchoked = |d: &Swarm| d.peers.values().filter(|p| !p.am_choking).count();
+    assert_eq!(unchoked(&d), 2);
+    let rechoke = d.poll_timeout().unwrap();
+    assert!(rechoke <= t + RECHOKE_INTERVAL);
+    d.handle_timeout(t + RECHOKE_INTERVAL);
+    assert_eq!(unchoked(&d), 2);
+    let choked = *d.peers.iter().find(|(_, p)| p.am_choking).unwrap().0;
+    let block = BlockRef {
+        index: 0,
+        begin: 0,
+        length: 16 * 1024,
+    };
+    d.handle_message(t, choked, Message::Request(block));
+    let mut up = Vec::new();
+    d.poll_upload(choked, 1 << 20, &mut up);
+    assert!(up.is_empty());
+}
+
+#[test]
+fn optimistic_unchoke_rotates_among_the_rest() {
+    let t = now();
+    let mut d = seeding(16 * 1024, 64 * 1024);
+    for k in 1..=6 {
+        leecher_joins(&mut d, k, t);
+    }
+    let mut optimists = BTreeSet::new();
+    let mut at = t;
+    for _ in 0..30 {
+        at += RECHOKE_INTERVAL;
+        for k in 1..=6 {
+            d.handle_message(at, k, Message::KeepAlive);
+        }
+        d.handle_timeout(at);
+        optimists.extend(d.choker_optimistic());
+        let unchoked = d.peers.values().filter(|p| !p.am_choking).count();
+        assert_eq!(unchoked, 2);
+    }
+    assert!(
+        optimists.len() > 2,
+        "only {optimists:?} got the optimistic slot"
+    );
+}
+
+impl Swarm {
+    fn choker_optimistic(&self) -> Option<PeerKey> {
+        self.choker.optimistic()
+    }
+}
+
+#[test]
+fn overtaken_request_is_taken_as_lost_and_asked_again() {
+    let payload = vec![3u8; 32 * 1024];
+    let t = now();
+    let config = Config {
+        endgame_duplicates: 1,
+        ..Config::default()
+    };
+    let mut d = swarm_with(32 * 1024, 32 * 1024, config);
+    let reqs = requests(&seeder_joins(&mut d, 1, t));
+    assert_eq!(reqs.len(), 2);
+    // The peer skips the first request and answers the second.
+    let later = t + Duration::from_secs(1);
+    serve(&mut d, 1, &reqs[1..], &payload, later);
+    d.handle_timeout(t + Duration::from_secs(2));
+    assert!(
+        requests(&seeder_joins(&mut d, 2, t)).is_empty(),
+        "not yet taken as lost"
+    );
+    let lost_at = t + Duration::from_secs(6);
+    d.handle_timeout(lost_at);
+    assert!(drain(&mut d).wake.contains(&2));
+    assert_eq!(requests(&transmit(&mut d, 2, lost_at)), vec![reqs[0]]);
+    d.check_invariants().unwrap();
+}
+
+#[test]
+fn pipeline_respects_the_peer_reqq() {
+    let t = now();
+    let mut d = swarm(16 * 1024, 100 * 16 * 1024);
+    d.handle_connected(t, 1, plain());
+    let hs = ExtHandshake {
+        reqq: Some(5),
+        ..ExtHandshake::default()
+    };
+    d.handle_message(
+        t,
+        1,
+        Message::Extended {
+            id: 0,
+            payload: hs.encode().into(),
+        },
+    );
+    let full = Bitfield::full(100);
+    d.handle_message(
+        t,
+        1,
+        Message::Bitfield(Bytes::copy_from_slice(full.as_bytes())),
+    );
+    d.handle_message(t, 1, Message::Unchoke);
+    assert_eq!(requests(&transmit(&mut d, 1, t)).len(), 5);
+}
+
+#[test]
+fn extension_handshake_goes_first_and_metadata_requests_are_answered() {
+    let t = now();
+    let mut d = seeding(16 * 1024, 16 * 1024);
+    let info: Arc<[u8]> = Arc::from(&b"d4:name1:xe"[..]);
+    d.set_metadata(info.clone());
+    d.handle_connected(t, 1, PeerFeatures { extensions: true });
+    let theirs = ExtHandshake {
+        ut_metadata: Some(3),
+        ..ExtHandshake::default()
+    };
+    let request = MetadataMsg::Request { piece: 0 };
+    for msg in [
+        Message::Extended {
+            id: 0,
+            payload: theirs.encode().into(),
+        },
+        Message::Extended {
+            id: OUR_UT_METADATA_ID,
+            payload: request.encode().into(),
+        },
+    ] {
+        d.handle_message(t, 1, msg);
+    }
+    let out = transmit(&mut d, 1, t);
+    let Message::Extended { id: 0, payload } = &out[0] else {
+        panic!("first message is not our extension handshake: {:?}", out[0]);
+    };
+    assert_eq!(
+        ExtHandshake::decode(payload).unwrap().metadata_size,
+        Some(info.len() as u64)
+    );
+    let answer = MetadataMsg::Data {
+        piece: 0,
+        total_size: info.len() as u64,
+        data: Bytes::copy_from_slice(&info),
+    };
+    assert!(out.contains(&Message::Extended {
+        id: 3,
+        payload: answer.encode().into()
+    }));
+}
+
+#[test]
+fn upload_batches_are_bounded_in_bytes() {
+    let t = now();
+    let mut d = seeding(256 * 1024, 256 * 1024);
+    leecher_joins(&mut d, 1, t);
+    for begin in [0, 128 * 1024] {
+        let block = BlockRef {
+            index: 0,
+            begin,
+            length: 128 * 1024,
+        };
+        d.handle_message(t, 1, Message::Request(block));
+    }
+    let mut up = Vec::new();
+    assert!(
+        d.poll_upload(1, 64 * 1024, &mut up),
+        "one block at least, the rest waits"
+    );
+    assert_eq!(up.len(), 1);
+    assert!(!d.poll_upload(1, 64 * 1024, &mut up));
+    assert_eq!(up.len(), 2);
+}
