@@ -5,12 +5,14 @@
 //! is a dependency). The `bitrush` crate drives these machines over real sockets and files.
 //!
 //! - [`bencode`], [`metainfo`]: the data formats (`.torrent` files, magnet links).
+//! - [`dht`]: the Mainline DHT node (BEP 5, BEP 32).
 //! - [`wire`]: the peer protocol's handshake and messages, BEP 10 extensions, BEP 9 metadata.
 //! - [`tracker`]: announce messages, the UDP tracker machine, BEP 12 tiers.
 //! - [`swarm`]: one torrent's exchange with its peers: pieces, requests, choking.
 //! - [`storage`]: pieces mapped onto files, and the fast-resume format.
 
 pub mod bencode;
+pub mod dht;
 pub mod metainfo;
 pub mod storage;
 pub mod swarm;
