@@ -70,12 +70,13 @@ impl Lookup {
             queries: 0,
             peers: BTreeSet::new(),
         };
+        l.add_nodes(nodes);
         for s in seeds {
-            if !l.seeds.iter().any(|(a, _)| *a == s) {
+            // A seed already known with its id is queried as that node, not twice.
+            if !l.seeds.iter().any(|(a, _)| *a == s) && !l.candidates.iter().any(|c| c.addr == s) {
                 l.seeds.push((s, State::Fresh));
             }
         }
-        l.add_nodes(nodes);
         l
     }
 
@@ -335,6 +336,11 @@ mod tests {
         l.on_response(Some(node(50).0), node(50).1, node(50).0, None, vec![], &[]);
         assert_eq!(l.next_query(8, 1), None, "the seed answered already");
         assert!(l.is_done(8));
+
+        // A seed whose address is a known node is not queried a second time.
+        let mut l = Lookup::new(OWN, target, vec![node(50)], vec![node(50).1]);
+        assert_eq!(l.next_query(8, 3), Some((Some(node(50).0), node(50).1)));
+        assert_eq!(l.next_query(8, 3), None);
     }
 
     #[test]

@@ -24,8 +24,14 @@ mod token;
 pub use compact::{NODE_V4_LEN, NODE_V6_LEN, PEER_V4_LEN, PEER_V6_LEN};
 pub use id::{Distance, NodeId};
 pub use lookup::LookupId;
-pub use node::{AnnouncePort, Dht, DhtConfig, DhtEvent, StateError};
-pub use store::StoreLimits;
+pub use node::{
+    AnnouncePort, Dht, DhtConfig, DhtEvent, StateError, BOOTSTRAP_RETRY_MAX, BOOTSTRAP_RETRY_MIN,
+    MAINTENANCE_INTERVAL, MAX_BOOTSTRAP_NODES, MAX_STATE_LEN, MAX_VALUES_REPLY, OUR_VERSION,
+    PINGS_PER_ROUND,
+};
+pub use store::{StoreLimits, PEER_TTL};
+pub use table::{FAILURES_BAD, GOOD_FOR, PING_INTERVAL, REFRESH_AFTER};
+pub use token::{ROTATION as TOKEN_ROTATION, TOKEN_LEN};
 
 #[cfg(test)]
 mod fuzz_tests;

@@ -4,13 +4,14 @@
 //! Driving it: feed every datagram received on the DHT socket(s) to [`Dht::handle_datagram`],
 //! call [`Dht::handle_timeout`] when [`Dht::poll_timeout`] says, and after each call drain
 //! [`Dht::poll_transmit`] (datagrams to send, each with its destination, IPv4 or IPv6) and
-//! [`Dht::poll_event`].
+//! [`Dht::poll_event`]. Addresses are taken as the sockets report them: an IPv4-mapped IPv6
+//! address counts as IPv6, so use one socket per family.
 //!
 //! Invariants: no clock or entropy source is read (time comes in, randomness comes from the
 //! seed, so the same inputs give the same outputs); at most `max_in_flight` queries are
 //! outstanding and each gets exactly one outcome (its answer, an error, or a timeout after
 //! `query_timeout`; lookups do not retransmit: a silent node is replaced by the next closest,
-//! and table maintenance pings a questionable node again after [`super::table::PING_INTERVAL`],
+//! and table maintenance pings a questionable node again after [`super::PING_INTERVAL`],
 //! so two silent pings make it bad); at most `max_lookups` lookups run at once; queries from
 //! others are answered only within a per-IP rate; every queue and table is capped (see
 //! [`DhtConfig`]). Hostile datagrams are dropped (malformed queries get error 203) and never
@@ -204,7 +205,7 @@ struct Pending {
     kind: PendingKind,
 }
 
-/// `now + d`, or `now` far in the future where that overflows.
+/// `now + d`, or `now` if that overflows (no real clock gets there).
 fn later(now: Instant, d: Duration) -> Instant {
     now.checked_add(d).unwrap_or(now)
 }
