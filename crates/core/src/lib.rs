@@ -5,14 +5,17 @@
 //! is a dependency). The `bitrush` crate drives these machines over real sockets and files.
 //!
 //! - [`bencode`], [`metainfo`]: the data formats (`.torrent` files, magnet links).
-//! - [`wire`]: the peer protocol's handshake and messages, BEP 10 extensions, BEP 9 messages.
+//! - [`wire`]: the peer protocol's handshake and messages, BEP 10 extensions, BEP 9 messages,
+//!   BEP 11 peer exchange.
 //! - [`metadata`]: fetching a magnet link's info dictionary from several peers.
+//! - [`dht`]: the Mainline DHT node (BEP 5, BEP 32).
 //! - [`tracker`]: announce messages, the UDP tracker machine, BEP 12 tiers.
 //! - [`swarm`]: one torrent's exchange with its peers: pieces, requests, choking.
 //! - [`session`]: the rules around it: announces, whom to dial, give-up, seed limits.
 //! - [`storage`]: pieces mapped onto files, and the fast-resume format.
 
 pub mod bencode;
+pub mod dht;
 pub mod metadata;
 pub mod metainfo;
 pub mod session;

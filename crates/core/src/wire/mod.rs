@@ -1,4 +1,5 @@
-//! The peer wire protocol (BEP 3) and the extension protocol (BEP 10, BEP 9), as pure codecs.
+//! The peer wire protocol (BEP 3) and the extension protocol (BEP 10, BEP 9, BEP 11 `ut_pex`), as
+//! pure codecs.
 //!
 //! Invariants: decoders take bytes in any split and never panic; a length prefix is checked
 //! against [`message::MAX_MESSAGE_LEN`] before any buffer grows for it.
@@ -6,10 +7,12 @@
 pub mod extension;
 pub mod handshake;
 pub mod message;
+pub mod pex;
 
 pub use extension::{ExtHandshake, MetadataAssembler, MetadataError, MetadataMsg};
 pub use handshake::Handshake;
 pub use message::{encode_request, BlockRef, Message, MessageDecoder, WireError};
+pub use pex::{PexError, PexFlags, PexMessage, PexPeer};
 
 #[cfg(test)]
 mod fuzz_tests;
