@@ -6,12 +6,14 @@
 //!
 //! - [`bencode`], [`metainfo`]: the data formats (`.torrent` files, magnet links).
 //! - [`wire`]: the peer protocol's handshake and messages, BEP 10 extensions, BEP 9 metadata.
+//! - [`mse`]: Message Stream Encryption, the obfuscated handshake that may precede the wire one.
 //! - [`tracker`]: announce messages, the UDP tracker machine, BEP 12 tiers.
 //! - [`swarm`]: one torrent's exchange with its peers: pieces, requests, choking.
 //! - [`storage`]: pieces mapped onto files, and the fast-resume format.
 
 pub mod bencode;
 pub mod metainfo;
+pub mod mse;
 pub mod storage;
 pub mod swarm;
 pub mod tracker;
