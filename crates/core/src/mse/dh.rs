@@ -1,8 +1,8 @@
 //! The Diffie-Hellman exchange of MSE: the fixed 768-bit prime P, generator 2, 160-bit private
 //! keys, public keys and the shared secret S as 96 big-endian bytes (leading zeros kept).
 //!
-//! Invariants: exponentiation is constant-time in the private key (Montgomery ladder over a
-//! fixed bit count, `crypto-bigint`); a peer's public key is accepted only in `2..=P-2`, so
+//! Invariants: exponentiation is constant-time in the private key (`crypto-bigint`'s fixed-window
+//! Montgomery exponentiation over a fixed 160 bits); a peer's public key is accepted only in `2..=P-2`, so
 //! the degenerate secrets 0, 1 and ±1 cannot be forced on us; nothing allocates.
 
 use crypto_bigint::modular::ConstMontyForm;

@@ -229,8 +229,6 @@ fn valid_inputs() -> [Vec<u8>; 2] {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(64))]
-
     #[test]
     fn arbitrary_bytes(input in proptest::collection::vec(any::<u8>(), 0..1500)) {
         check_responder(&input);

@@ -335,8 +335,13 @@ impl Io {
     }
 
     fn deadline(&self) -> Instant {
+        // A timeout too large for `Instant` means "a year", not "now".
         self.started
             .checked_add(self.timeout)
+            .or_else(|| {
+                self.started
+                    .checked_add(Duration::from_secs(365 * 24 * 3600))
+            })
             .unwrap_or(self.started)
     }
 

@@ -62,8 +62,9 @@ enum State {
 struct ResponderSteps {
     keys: KeyPair,
     policy: Encryption,
-    /// Each served torrent with its HASH('req2', SKEY), computed once.
-    served: Vec<(InfoHash, [u8; 20])>,
+    /// The torrents we serve; HASH('req2', SKEY) is computed for each only when the peer's
+    /// masked hash arrives.
+    served: Vec<InfoHash>,
     pad_b: Vec<u8>,
     pad_d: Vec<u8>,
     state: State,
@@ -78,7 +79,7 @@ pub struct MseResponder {
 
 impl MseResponder {
     /// Starts waiting, at `now`, for an initiator asking for one of `served` (our torrents'
-    /// info hashes; 40 bytes each are kept, and each attempt compares against all of them).
+    /// info hashes: the list is copied, and finding the peer's torrent hashes each entry once).
     /// The private key and the paddings are drawn from `rng`.
     ///
     /// Fails with [`MseError::Disabled`] for [`Encryption::Disable`].
@@ -109,7 +110,7 @@ impl MseResponder {
             steps: ResponderSteps {
                 keys,
                 policy,
-                served: served.iter().map(|ih| (*ih, req2(ih))).collect(),
+                served: served.to_vec(),
                 pad_b,
                 pad_d,
                 state: State::AwaitYa,
@@ -190,11 +191,10 @@ impl Steps for ResponderSteps {
                 };
                 buf.drain(..SKEY_HASH_LEN);
                 let wanted = xor20(&masked, &req3(&secret));
-                let info_hash = self
+                let info_hash = *self
                     .served
                     .iter()
-                    .find(|(_, hash)| *hash == wanted)
-                    .map(|(ih, _)| *ih)
+                    .find(|ih| req2(ih) == wanted)
                     .ok_or(MseError::UnknownInfoHash)?;
                 Step::Next(State::Provide {
                     info_hash,
