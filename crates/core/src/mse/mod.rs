@@ -12,7 +12,7 @@
 //! ```
 //!
 //! Y is a Diffie-Hellman public key on the 768-bit MSE prime, S the shared secret, SKEY the
-//! torrent's info hash, ENCRYPT RC4 keyed per direction ([`cipher`]), VC eight zero bytes, and
+//! torrent's info hash, ENCRYPT RC4 keyed per direction ([`StreamCipher`]), VC eight zero bytes, and
 //! ENCRYPT2 whatever `crypto_select` chose: RC4 (continuing ENCRYPT's keystream) or plaintext.
 //! IA, the initial payload, carries A's BitTorrent handshake.
 //!
