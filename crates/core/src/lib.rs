@@ -7,6 +7,7 @@
 //! - [`bencode`], [`metainfo`]: the data formats (`.torrent` files, magnet links).
 //! - [`wire`]: the peer protocol's handshake and messages, BEP 10 extensions, BEP 9 messages,
 //!   BEP 11 peer exchange.
+//! - [`mse`]: Message Stream Encryption, the obfuscated handshake that may precede the wire one.
 //! - [`metadata`]: fetching a magnet link's info dictionary from several peers.
 //! - [`dht`]: the Mainline DHT node (BEP 5, BEP 32).
 //! - [`tracker`]: announce messages, the UDP tracker machine, BEP 12 tiers.
@@ -18,6 +19,7 @@ pub mod bencode;
 pub mod dht;
 pub mod metadata;
 pub mod metainfo;
+pub mod mse;
 pub mod session;
 pub mod storage;
 pub mod swarm;
