@@ -280,7 +280,10 @@ mod tests {
         assert!(!c.add(addr(0)));
         assert_eq!(c.next_to_dial(), Some(addr(1)));
         assert!(!c.add(addr(1)), "known while dialled");
-        assert_eq!(c.next_to_dial(), Some(SocketAddr::from(([127, 0, 0, 1], 7001))));
+        assert_eq!(
+            c.next_to_dial(),
+            Some(SocketAddr::from(([127, 0, 0, 1], 7001)))
+        );
         assert_eq!(c.next_to_dial(), None);
     }
 
