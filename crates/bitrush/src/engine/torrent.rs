@@ -35,6 +35,7 @@ use crate::session::{
 use crate::swarm::{Bitfield, Config, PeerError, PeerFeatures, PeerKey, Swarm, BLOCK_LEN};
 use crate::tracker::{AnnounceResponse, Announcer, NUMWANT};
 use crate::types::{InfoHash, PeerId};
+use crate::wire::fast::{allowed_fast_set, ALLOWED_FAST_COUNT};
 use crate::wire::Handshake;
 
 pub use crate::session::SeedLimits;
@@ -200,7 +201,7 @@ pub async fn run_torrent(mut params: TorrentParams) -> Result<Outcome, TorrentEr
     let mut manager = Manager {
         listener: params.listener.take(),
         shutdown: params.shutdown.take(),
-        handshake: Handshake::new(params.info_hash, params.peer_id),
+        handshake: Handshake::session(params.info_hash, params.peer_id),
         params,
         session,
         shared,
@@ -510,6 +511,17 @@ impl Manager {
         let shared = self.shared.clone();
         let ours = self.handshake;
         let outgoing = stream.is_none();
+        // BEP 6: the pieces this peer may have while we choke it (IPv4 peers only, as BEP 6
+        // defines the set).
+        let allowed_fast = match addr.ip() {
+            std::net::IpAddr::V4(ip) => allowed_fast_set(
+                ip,
+                &self.params.info_hash,
+                self.params.info.piece_count(),
+                ALLOWED_FAST_COUNT,
+            ),
+            std::net::IpAddr::V6(_) => Vec::new(),
+        };
         self.peers.spawn(async move {
             let mut established = false;
             let result = async {
@@ -523,6 +535,8 @@ impl Manager {
                 };
                 let features = PeerFeatures {
                     extensions: theirs.supports_extensions(),
+                    fast: theirs.supports_fast() && ours.supports_fast(),
+                    allowed_fast,
                 };
                 established = true;
                 peer::run(shared, key, conn, features).await

@@ -136,8 +136,8 @@ impl Choker {
                 woken.insert(k);
             } else if !want_unchoked && !peer.am_choking {
                 peer.am_choking = true;
-                peer.uploads.clear();
                 peer.outbox.push(Message::Choke);
+                peer.choke_uploads();
                 woken.insert(k);
             }
         }

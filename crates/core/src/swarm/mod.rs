@@ -50,7 +50,7 @@ use crate::wire::{BlockRef, ExtHandshake, Message, MetadataMsg};
 
 pub use self::bitfield::{Bitfield, BitfieldError};
 pub use self::choker::{OPTIMISTIC_INTERVAL, RECHOKE_INTERVAL};
-pub use self::peer::{PeerFeatures, DEFAULT_PEER_REQQ, RATE_WINDOW};
+pub use self::peer::{PeerFeatures, DEFAULT_PEER_REQQ, MAX_FAST_PIECES, RATE_WINDOW};
 pub use self::picker::PiecePicker;
 
 /// Size of a requested block (the last block of the last piece may be shorter).
@@ -58,6 +58,9 @@ pub const BLOCK_LEN: u32 = 16 * 1024;
 
 /// Largest block a peer may request from us.
 pub const MAX_REQUEST_LEN: u32 = 128 * 1024;
+
+/// Pieces a seed suggests to a fast peer when it learns what the peer has.
+const SUGGESTIONS: usize = 4;
 
 /// The driver's name for one connection (never reused within a swarm).
 pub type PeerKey = u64;
@@ -303,6 +306,7 @@ impl Swarm {
     /// and our bitfield (if we have anything) are queued for it, in that order.
     pub fn handle_connected(&mut self, now: Instant, key: PeerKey, features: PeerFeatures) {
         let mut peer = PeerState::new(now, self.geo.piece_count, &self.config);
+        peer.fast = features.fast;
         if features.extensions {
             let metadata_size = self.info_bytes.as_ref().map(|b| b.len() as u64);
             peer.outbox.push(Message::Extended {
@@ -310,10 +314,24 @@ impl Swarm {
                 payload: ExtHandshake::ours(metadata_size).encode().into(),
             });
         }
-        if self.have.count() > 0 {
+        let count = self.have.count();
+        if peer.fast && count == self.geo.piece_count {
+            peer.outbox.push(Message::HaveAll);
+        } else if peer.fast && count == 0 {
+            peer.outbox.push(Message::HaveNone);
+        } else if count > 0 {
             peer.outbox.push(Message::Bitfield(Bytes::copy_from_slice(
                 self.have.as_bytes(),
             )));
+        }
+        if peer.fast {
+            // BEP 6: pieces it may request even while we choke it (those we have).
+            for index in features.allowed_fast {
+                if self.have.get(index) && peer.allowed_out.len() < peer::MAX_FAST_PIECES {
+                    peer.allowed_out.push(index);
+                    peer.outbox.push(Message::AllowedFast(index));
+                }
+            }
         }
         let deadline = peer.next_deadline(&self.config);
         // A reused key: the old connection's state goes first.
@@ -570,8 +588,9 @@ impl Swarm {
             Message::Extended { id, payload } => self.on_extended(peer, id, &payload),
             Message::Choke => {
                 peer.peer_choking = true;
-                // Without the fast extension a choke discards every pending request.
-                Scheduler::release_all(&mut self.assembly, peer);
+                // Without the fast extension a choke discards every pending request; with it,
+                // requests for allowed-fast pieces stand.
+                Scheduler::release_choked(&mut self.assembly, peer);
             }
             Message::Unchoke => peer.peer_choking = false,
             Message::Interested => {
@@ -598,18 +617,56 @@ impl Swarm {
                 // to say what they have: accept it as a replacement.
                 let has = Bitfield::from_bytes(&bytes, self.geo.piece_count)
                     .map_err(|e| PeerError::Protocol(e.to_string()))?;
-                self.scheduler.picker.remove_peer(&peer.has);
-                self.scheduler.picker.add_peer(&has);
-                peer.has = has;
-                if peer.has.iter_set().any(|i| self.needs(i)) {
-                    self.become_interested(peer);
+                self.set_pieces(peer, has);
+            }
+            Message::HaveAll | Message::HaveNone => {
+                if !peer.fast {
+                    return Err(PeerError::Protocol(
+                        "have all/none without the fast extension".into(),
+                    ));
                 }
+                let has = if matches!(msg, Message::HaveAll) {
+                    Bitfield::full(self.geo.piece_count)
+                } else {
+                    Bitfield::new(self.geo.piece_count)
+                };
+                self.set_pieces(peer, has);
             }
             Message::Request(block) => {
                 self.check_request(block)?;
-                // Requests sent before our choke arrived are dropped, as are those past the queue.
-                if !peer.am_choking && peer.uploads.len() < self.config.max_upload_queue {
+                let allowed_while_choked = peer.fast && peer.allowed_out.contains(&block.index);
+                let serve = self.have.get(block.index)
+                    && (!peer.am_choking || allowed_while_choked)
+                    && peer.uploads.len() < self.config.max_upload_queue;
+                if serve {
                     peer.uploads.push_back(block);
+                } else if peer.fast {
+                    // BEP 6: a request we will not serve is rejected, not dropped.
+                    peer.outbox.push(Message::Reject(block));
+                } else if !self.have.get(block.index) {
+                    return Err(PeerError::Protocol(format!(
+                        "request {block:?}: we do not have that piece"
+                    )));
+                }
+                // Otherwise (choked, or past the queue) a plain peer's request is dropped: it
+                // was sent before our choke arrived.
+            }
+            Message::Reject(block) => {
+                if peer.fast {
+                    Scheduler::on_reject(&mut self.assembly, peer, block);
+                }
+            }
+            Message::AllowedFast(index) => {
+                if peer.fast && index < self.geo.piece_count {
+                    PeerState::remember(&mut peer.allowed_in, index);
+                    if self.needs(index) && peer.has.get(index) {
+                        self.become_interested(peer);
+                    }
+                }
+            }
+            Message::Suggest(index) => {
+                if index < self.geo.piece_count {
+                    PeerState::remember(&mut peer.suggested, index);
                 }
             }
             Message::Cancel(block) => peer.uploads.retain(|b| *b != block),
@@ -694,7 +751,8 @@ impl Swarm {
         }
     }
 
-    /// A request must name a block inside a piece we have, at most [`MAX_REQUEST_LEN`] long.
+    /// A request must name a block inside a piece of the torrent, at most [`MAX_REQUEST_LEN`]
+    /// long (whether we have the piece is the caller's question).
     fn check_request(&self, block: BlockRef) -> Result<(), PeerError> {
         let bad = |why: &str| Err(PeerError::Protocol(format!("request {block:?}: {why}")));
         if block.index >= self.geo.piece_count {
@@ -707,10 +765,28 @@ impl Swarm {
         if end > u64::from(self.geo.piece_len(block.index)) {
             return bad("past the end of the piece");
         }
-        if !self.have.get(block.index) {
-            return bad("we do not have that piece");
-        }
         Ok(())
+    }
+
+    /// The peer told us all it has (a bitfield, or BEP 6 have all/none): availability and
+    /// interest follow. A seed suggests to a fast peer the pieces rarest among its peers that it
+    /// lacks, to spread them.
+    fn set_pieces(&mut self, peer: &mut PeerState, has: Bitfield) {
+        self.scheduler.picker.remove_peer(&peer.has);
+        self.scheduler.picker.add_peer(&has);
+        peer.has = has;
+        if peer.has.iter_set().any(|i| self.needs(i)) {
+            self.become_interested(peer);
+        }
+        if peer.fast && self.is_done() {
+            let picker = &self.scheduler.picker;
+            let mut lacking: Vec<u32> =
+                self.have.iter_set().filter(|&i| !peer.has.get(i)).collect();
+            lacking.sort_by_key(|&i| (picker.availability(i), i));
+            for index in lacking.into_iter().take(SUGGESTIONS) {
+                peer.outbox.push(Message::Suggest(index));
+            }
+        }
     }
 
     /// BEP 10/9: records the peer's extension handshake (its `ut_metadata` id and `reqq`) and

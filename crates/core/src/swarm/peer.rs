@@ -17,15 +17,31 @@ pub const RATE_WINDOW: Duration = Duration::from_millis(500);
 /// Rates below this count as zero, so an idle peer stops needing rate samples.
 const IDLE_RATE: f64 = 1.0;
 
-/// What the peer said it supports in its handshake.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+/// Most pieces remembered per peer from `allowed fast` and `suggest` messages (BEP 6).
+pub const MAX_FAST_PIECES: usize = 32;
+
+/// What the peer said it supports in its handshake, and what the driver derived from it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct PeerFeatures {
     /// BEP 10 extension protocol.
     pub extensions: bool,
+    /// BEP 6 fast extension (both sides set the bit).
+    pub fast: bool,
+    /// The pieces this peer may request while we choke it: its canonical allowed-fast set
+    /// (`crate::wire::fast::allowed_fast_set`); used only with `fast`.
+    pub allowed_fast: Vec<u32>,
 }
 
 #[derive(Debug)]
 pub(super) struct PeerState {
+    /// Both sides speak the fast extension.
+    pub(super) fast: bool,
+    /// Pieces the peer lets us request while it chokes us.
+    pub(super) allowed_in: Vec<u32>,
+    /// Pieces we let the peer request while we choke it.
+    pub(super) allowed_out: Vec<u32>,
+    /// Pieces the peer suggested, oldest first.
+    pub(super) suggested: Vec<u32>,
     pub(super) has: Bitfield,
     pub(super) peer_choking: bool,
     pub(super) peer_interested: bool,
@@ -63,6 +79,10 @@ pub const DEFAULT_PEER_REQQ: u32 = 250;
 impl PeerState {
     pub(super) fn new(now: Instant, piece_count: u32, config: &Config) -> PeerState {
         PeerState {
+            fast: false,
+            allowed_in: Vec::new(),
+            allowed_out: Vec::new(),
+            suggested: Vec::new(),
             has: Bitfield::new(piece_count),
             peer_choking: true,
             peer_interested: false,
@@ -85,6 +105,47 @@ impl PeerState {
             target_requests: config.min_requests,
             hash_failures: 0,
         }
+    }
+
+    /// We choke the peer: its queued requests are dropped, or, with the fast extension,
+    /// rejected (except for pieces it may have while choked).
+    pub(super) fn choke_uploads(&mut self) {
+        if !self.fast {
+            self.uploads.clear();
+            return;
+        }
+        let allowed = &self.allowed_out;
+        let mut kept = VecDeque::new();
+        for block in self.uploads.drain(..) {
+            if allowed.contains(&block.index) {
+                kept.push_back(block);
+            } else {
+                self.outbox.push(Message::Reject(block));
+            }
+        }
+        self.uploads = kept;
+    }
+
+    /// Whether we may ask this peer for blocks now: it unchoked us, or it lets us have some
+    /// pieces while choked (BEP 6).
+    pub(super) fn may_request(&self) -> bool {
+        !self.peer_choking || (self.fast && !self.allowed_in.is_empty())
+    }
+
+    /// Whether a block of `index` may be asked of this peer now.
+    pub(super) fn may_request_piece(&self, index: u32) -> bool {
+        !self.peer_choking || (self.fast && self.allowed_in.contains(&index))
+    }
+
+    /// Remembers a piece from an `allowed fast` or `suggest` message, within the bound.
+    pub(super) fn remember(list: &mut Vec<u32>, index: u32) {
+        if list.contains(&index) {
+            return;
+        }
+        if list.len() >= MAX_FAST_PIECES {
+            list.remove(0);
+        }
+        list.push(index);
     }
 
     /// Requests to keep in flight now.

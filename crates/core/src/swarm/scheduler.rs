@@ -47,7 +47,7 @@ impl Scheduler {
         assembly: &mut Assembly,
         peer: &mut PeerState,
     ) {
-        if peer.peer_choking || !peer.am_interested {
+        if !peer.may_request() || !peer.am_interested {
             return;
         }
         if peer.inflight.is_empty() {
@@ -77,16 +77,28 @@ impl Scheduler {
         assembly: &mut Assembly,
         peer: &mut PeerState,
     ) -> Option<BlockRef> {
+        // While it chokes us (fast extension), only its allowed-fast pieces may be asked for.
+        let choked = peer.peer_choking;
         // 1. Pieces this peer already works on.
         while let Some(&index) = peer.current.first() {
-            if let Some(block) = assembly.request_missing(geo, index) {
-                return Some(block);
+            if peer.may_request_piece(index) {
+                if let Some(block) = assembly.request_missing(geo, index) {
+                    return Some(block);
+                }
             }
             peer.current.remove(0);
         }
-        // 2. A new piece, rarest first, if memory allows.
+        // 2. A new piece, if memory allows: an allowed-fast one while choked, else one the peer
+        // suggested, else the rarest.
         if assembly.has_room(geo.piece_length) {
-            if let Some(index) = self.picker.pick(&peer.has) {
+            let pickable = |i: &u32| peer.has.get(*i) && !self.picker.is_taken(*i);
+            let chosen = if choked {
+                peer.allowed_in.iter().copied().find(pickable)
+            } else {
+                let suggested = peer.suggested.iter().rev().copied().find(pickable);
+                suggested.or_else(|| self.picker.pick(&peer.has))
+            };
+            if let Some(index) = chosen {
                 self.picker.take(index);
                 assembly.start(geo, index);
                 peer.current.push(index);
@@ -96,13 +108,15 @@ impl Scheduler {
             self.memory_starved = true;
         }
         // 3. Help with other pieces in progress.
-        let open = assembly.open_pieces().find(|&i| peer.has.get(i));
+        let open = assembly
+            .open_pieces()
+            .find(|&i| peer.has.get(i) && peer.may_request_piece(i));
         if let Some(index) = open {
             peer.current.push(index);
             return assembly.request_missing(geo, index);
         }
         // 4. Endgame: nothing left unrequested; ask for blocks others owe us too.
-        if !self.picker.has_pickable() {
+        if !choked && !self.picker.has_pickable() {
             let inflight = &peer.inflight;
             let has = &peer.has;
             return assembly.request_duplicate(
@@ -143,5 +157,33 @@ impl Scheduler {
             assembly.release(block);
         }
         peer.current.clear();
+    }
+
+    /// The peer choked us: blocks it may still send (allowed-fast pieces, fast extension) stay
+    /// owed; the others go back to the pool (a fast peer rejects them; a plain one drops them).
+    pub(super) fn release_choked(assembly: &mut Assembly, peer: &mut PeerState) {
+        if !peer.fast || peer.allowed_in.is_empty() {
+            Self::release_all(assembly, peer);
+            return;
+        }
+        let allowed = &peer.allowed_in;
+        let mut kept = std::collections::VecDeque::new();
+        for (block, sent) in std::mem::take(&mut peer.inflight) {
+            if allowed.contains(&block.index) {
+                kept.push_back((block, sent));
+            } else {
+                assembly.release(block);
+            }
+        }
+        peer.inflight = kept;
+        peer.current.retain(|i| allowed.contains(i));
+    }
+
+    /// The peer rejected our request for `block` (fast extension): it goes back to the pool.
+    pub(super) fn on_reject(assembly: &mut Assembly, peer: &mut PeerState, block: BlockRef) {
+        if let Some(pos) = peer.inflight.iter().position(|(b, _)| *b == block) {
+            peer.inflight.remove(pos);
+            assembly.release(block);
+        }
     }
 }

@@ -565,7 +565,14 @@ fn extension_handshake_goes_first_and_metadata_requests_are_answered() {
     let mut d = seeding(16 * 1024, 16 * 1024);
     let info: Arc<[u8]> = Arc::from(&b"d4:name1:xe"[..]);
     d.set_metadata(info.clone());
-    d.handle_connected(t, 1, PeerFeatures { extensions: true });
+    d.handle_connected(
+        t,
+        1,
+        PeerFeatures {
+            extensions: true,
+            ..PeerFeatures::default()
+        },
+    );
     let theirs = ExtHandshake {
         ut_metadata: Some(3),
         ..ExtHandshake::default()
@@ -623,4 +630,176 @@ fn upload_batches_are_bounded_in_bytes() {
     assert_eq!(up.len(), 1);
     assert!(!d.poll_upload(1, 64 * 1024, &mut up));
     assert_eq!(up.len(), 2);
+}
+
+// ---- the fast extension (BEP 6) ----
+
+fn fast(allowed: &[u32]) -> PeerFeatures {
+    PeerFeatures {
+        extensions: false,
+        fast: true,
+        allowed_fast: allowed.to_vec(),
+    }
+}
+
+#[test]
+fn fast_peers_get_have_all_or_have_none_and_allowed_fast() {
+    let t = now();
+    let mut seed = seeding(16 * 1024, 4 * 16 * 1024);
+    seed.handle_connected(t, 1, fast(&[2, 0]));
+    assert_eq!(
+        transmit(&mut seed, 1, t),
+        vec![
+            Message::HaveAll,
+            Message::AllowedFast(2),
+            Message::AllowedFast(0)
+        ]
+    );
+    let mut leech = swarm(16 * 1024, 4 * 16 * 1024);
+    leech.handle_connected(t, 1, fast(&[1]));
+    assert_eq!(
+        transmit(&mut leech, 1, t),
+        vec![Message::HaveNone],
+        "no allowed fast for pieces we lack"
+    );
+    // A plain peer still gets a bitfield, and must not send have all.
+    seed.handle_connected(t, 2, plain());
+    assert!(matches!(transmit(&mut seed, 2, t)[0], Message::Bitfield(_)));
+    leech.handle_connected(t, 3, plain());
+    leech.handle_message(t, 3, Message::HaveAll);
+    assert!(matches!(
+        drain(&mut leech).disconnect.as_slice(),
+        [(3, PeerError::Protocol(_))]
+    ));
+    // A fast peer's have all makes us interested.
+    leech.handle_message(t, 1, Message::HaveAll);
+    leech.handle_message(t, 1, Message::Unchoke);
+    let out = transmit(&mut leech, 1, t);
+    assert!(out.contains(&Message::Interested));
+    assert_eq!(requests(&out).len(), 4);
+}
+
+#[test]
+fn a_fast_seed_rejects_what_it_will_not_serve_and_serves_allowed_fast_while_choking() {
+    let t = now();
+    let mut seed = seeding(16 * 1024, 4 * 16 * 1024);
+    // Two slots: peers 1 and 2 are unchoked, 3 stays choked.
+    for k in 1..=3 {
+        seed.handle_connected(t, k, fast(&[3]));
+        seed.handle_message(t, k, Message::HaveNone);
+        seed.handle_message(t, k, Message::Interested);
+        transmit(&mut seed, k, t);
+    }
+    let choked = *seed.peers.iter().find(|(_, p)| p.am_choking).unwrap().0;
+    let block = |index| BlockRef {
+        index,
+        begin: 0,
+        length: 16 * 1024,
+    };
+    seed.handle_message(t, choked, Message::Request(block(1)));
+    seed.handle_message(t, choked, Message::Request(block(3)));
+    assert_eq!(
+        transmit(&mut seed, choked, t),
+        vec![Message::Reject(block(1))],
+        "rejected, not dropped"
+    );
+    let mut up = Vec::new();
+    seed.poll_upload(choked, 1 << 20, &mut up);
+    assert_eq!(up, vec![block(3)], "allowed fast is served while choked");
+    assert!(drain(&mut seed).disconnect.is_empty());
+}
+
+#[test]
+fn choking_a_fast_peer_rejects_its_queued_requests() {
+    let t = now();
+    let mut seed = seeding(16 * 1024, 4 * 16 * 1024);
+    seed.handle_connected(t, 1, fast(&[]));
+    seed.handle_message(t, 1, Message::HaveNone);
+    seed.handle_message(t, 1, Message::Interested);
+    transmit(&mut seed, 1, t);
+    let req = BlockRef {
+        index: 2,
+        begin: 0,
+        length: 16 * 1024,
+    };
+    seed.handle_message(t, 1, Message::Request(req));
+    // It loses interest: the next rechoke chokes it, and the queued request is rejected.
+    seed.handle_message(t, 1, Message::NotInterested);
+    seed.handle_message(t, 2, Message::KeepAlive);
+    seed.handle_connected(t, 2, fast(&[]));
+    seed.handle_message(t, 2, Message::Interested);
+    seed.handle_timeout(t + RECHOKE_INTERVAL);
+    let out = transmit(&mut seed, 1, t + RECHOKE_INTERVAL);
+    assert_eq!(out, vec![Message::Choke, Message::Reject(req)]);
+}
+
+#[test]
+fn a_fast_peer_that_chokes_us_still_serves_its_allowed_fast_pieces() {
+    let t = now();
+    let payload = vec![4u8; 4 * 16 * 1024];
+    let mut d = swarm(16 * 1024, payload.len() as u64);
+    d.handle_connected(t, 1, fast(&[]));
+    d.handle_message(t, 1, Message::HaveAll);
+    d.handle_message(t, 1, Message::AllowedFast(2));
+    let out = transmit(&mut d, 1, t);
+    assert!(out.contains(&Message::Interested));
+    assert_eq!(
+        requests(&out).iter().map(|b| b.index).collect::<Vec<_>>(),
+        vec![2],
+        "only the allowed-fast piece while choked"
+    );
+    d.check_invariants().unwrap();
+    // Unchoked: the rest is asked for; then a choke keeps only the allowed-fast request.
+    d.handle_message(t, 1, Message::Unchoke);
+    let more = requests(&transmit(&mut d, 1, t));
+    assert_eq!(more.len(), 3);
+    d.handle_message(t, 1, Message::Choke);
+    d.check_invariants().unwrap();
+    assert_eq!(
+        d.peers[&1]
+            .inflight
+            .iter()
+            .map(|(b, _)| b.index)
+            .collect::<Vec<_>>(),
+        vec![2]
+    );
+    // A reject gives the block back to the pool for another peer.
+    let two = BlockRef {
+        index: 2,
+        begin: 0,
+        length: 16 * 1024,
+    };
+    d.handle_message(t, 1, Message::Reject(two));
+    d.check_invariants().unwrap();
+    let other = requests(&seeder_joins(&mut d, 2, t));
+    assert!(other.contains(&two), "{other:?}");
+}
+
+#[test]
+fn suggested_pieces_come_first_and_seeds_suggest_rare_ones() {
+    let t = now();
+    let mut d = swarm(16 * 1024, 8 * 16 * 1024);
+    d.handle_connected(t, 1, fast(&[]));
+    d.handle_message(t, 1, Message::HaveAll);
+    d.handle_message(t, 1, Message::Suggest(5));
+    d.handle_message(t, 1, Message::Unchoke);
+    let first = requests(&transmit(&mut d, 1, t));
+    assert_eq!(first[0].index, 5, "{first:?}");
+
+    let mut seed = seeding(16 * 1024, 8 * 16 * 1024);
+    // Peer 1 has pieces 0-5; peer 2 has 0-3: the rarest pieces peer 2 lacks are 6 and 7
+    // (nobody has them), then 4 and 5.
+    seed.handle_connected(t, 1, fast(&[]));
+    seed.handle_message(t, 1, Message::Bitfield(Bytes::from_static(&[0b1111_1100])));
+    seed.handle_connected(t, 2, fast(&[]));
+    transmit(&mut seed, 2, t);
+    seed.handle_message(t, 2, Message::Bitfield(Bytes::from_static(&[0b1111_0000])));
+    let suggested: Vec<u32> = transmit(&mut seed, 2, t)
+        .into_iter()
+        .filter_map(|m| match m {
+            Message::Suggest(i) => Some(i),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(suggested, vec![6, 7, 4, 5]);
 }

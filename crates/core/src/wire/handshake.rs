@@ -8,8 +8,12 @@ use crate::types::{InfoHash, PeerId};
 
 /// Length of a whole handshake on the wire.
 pub const HANDSHAKE_LEN: usize = 68;
-/// Reserved bytes announcing only the extension protocol (BEP 10): byte 5 = 0x10.
+/// Reserved bytes announcing only the extension protocol (BEP 10): byte 5 = 0x10. The
+/// single-purpose commands (`handshake`, `magnet_handshake`, `magnet_info`) send exactly these.
 pub const RESERVED_EXTENSIONS: [u8; 8] = [0, 0, 0, 0, 0, 0x10, 0, 0];
+/// Reserved bytes of a full session: the extension protocol (BEP 10, byte 5 = 0x10), the fast
+/// extension (BEP 6, byte 7 = 0x04) and the DHT (BEP 5, byte 7 = 0x01).
+pub const RESERVED_SESSION: [u8; 8] = [0, 0, 0, 0, 0, 0x10, 0, 0x05];
 /// The protocol string, preceded on the wire by its length byte (19).
 pub const PROTOCOL: &[u8; 19] = b"BitTorrent protocol";
 
@@ -25,10 +29,19 @@ pub struct Handshake {
 }
 
 impl Handshake {
-    /// Our handshake: extension protocol announced, nothing else.
+    /// Our handshake for one-shot exchanges: extension protocol announced, nothing else.
     pub fn new(info_hash: InfoHash, peer_id: PeerId) -> Handshake {
         Handshake {
             reserved: RESERVED_EXTENSIONS,
+            info_hash,
+            peer_id,
+        }
+    }
+
+    /// Our handshake in a full session: extension protocol, fast extension and DHT.
+    pub fn session(info_hash: InfoHash, peer_id: PeerId) -> Handshake {
+        Handshake {
+            reserved: RESERVED_SESSION,
             info_hash,
             peer_id,
         }
@@ -71,6 +84,16 @@ impl Handshake {
     /// Whether the sender set the BEP 10 extension-protocol bit.
     pub fn supports_extensions(&self) -> bool {
         self.reserved[5] & 0x10 != 0
+    }
+
+    /// Whether the sender supports the fast extension (BEP 6).
+    pub fn supports_fast(&self) -> bool {
+        self.reserved[7] & 0x04 != 0
+    }
+
+    /// Whether the sender runs a DHT node (BEP 5).
+    pub fn supports_dht(&self) -> bool {
+        self.reserved[7] & 0x01 != 0
     }
 }
 

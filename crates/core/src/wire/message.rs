@@ -1,5 +1,5 @@
-//! Length-prefixed peer messages (BEP 3, plus BEP 10 `extended` and the DHT `port` message):
-//! incremental framing, decoding and encoding.
+//! Length-prefixed peer messages (BEP 3, the BEP 6 fast extension, BEP 10 `extended` and the
+//! DHT `port` message): incremental framing, decoding and encoding.
 //!
 //! Invariants: the 4-byte length prefix is compared with the decoder's limit before anything is
 //! reserved or allocated for it; every fixed-size message has its exact size checked; `Piece`
@@ -34,6 +34,16 @@ pub mod id {
     pub const CANCEL: u8 = 8;
     /// `port` (DHT)
     pub const PORT: u8 = 9;
+    /// `suggest piece` (BEP 6)
+    pub const SUGGEST: u8 = 13;
+    /// `have all` (BEP 6)
+    pub const HAVE_ALL: u8 = 14;
+    /// `have none` (BEP 6)
+    pub const HAVE_NONE: u8 = 15;
+    /// `reject request` (BEP 6)
+    pub const REJECT: u8 = 16;
+    /// `allowed fast` (BEP 6)
+    pub const ALLOWED_FAST: u8 = 17;
     /// `extended` (BEP 10)
     pub const EXTENDED: u8 = 20;
 }
@@ -81,6 +91,16 @@ pub enum Message {
     Cancel(BlockRef),
     /// The sender's DHT port.
     Port(u16),
+    /// BEP 6: the sender suggests we download this piece.
+    Suggest(u32),
+    /// BEP 6: the sender has every piece (instead of a bitfield).
+    HaveAll,
+    /// BEP 6: the sender has no piece (instead of a bitfield).
+    HaveNone,
+    /// BEP 6: the sender will not serve this request.
+    Reject(BlockRef),
+    /// BEP 6: we may request this piece even while the sender chokes us.
+    AllowedFast(u32),
     /// BEP 10: `id` 0 is the extension handshake, others are the ids we assigned.
     Extended {
         /// Extended message id.
@@ -187,19 +207,30 @@ fn decode_body(mut body: BytesMut) -> Result<Message, WireError> {
             body.advance(1);
             Message::Bitfield(body.freeze())
         }
-        id::REQUEST | id::CANCEL => {
-            exact(13, "request/cancel must be 13 bytes")?;
+        id::REQUEST | id::CANCEL | id::REJECT => {
+            exact(13, "request/cancel/reject must be 13 bytes")?;
             let block = BlockRef {
                 index: be_u32(&body[1..5]),
                 begin: be_u32(&body[5..9]),
                 length: be_u32(&body[9..13]),
             };
-            if msg_id == id::REQUEST {
-                Message::Request(block)
-            } else {
-                Message::Cancel(block)
+            match msg_id {
+                id::REQUEST => Message::Request(block),
+                id::CANCEL => Message::Cancel(block),
+                _ => Message::Reject(block),
             }
         }
+        id::SUGGEST | id::ALLOWED_FAST => {
+            exact(5, "suggest/allowed fast must be 5 bytes")?;
+            let index = be_u32(&body[1..5]);
+            if msg_id == id::SUGGEST {
+                Message::Suggest(index)
+            } else {
+                Message::AllowedFast(index)
+            }
+        }
+        id::HAVE_ALL => exact(1, "have all must be empty").map(|_| Message::HaveAll)?,
+        id::HAVE_NONE => exact(1, "have none must be empty").map(|_| Message::HaveNone)?,
         id::PIECE => {
             if len < 9 {
                 return Err(WireError::Malformed {
@@ -247,12 +278,25 @@ fn frame_len(header: usize, n: usize) -> u32 {
 
 /// Appends a `request` message for `block` (17 bytes) to `out`.
 pub fn encode_request(block: BlockRef, out: &mut BytesMut) {
+    put_block(out, id::REQUEST, block);
+}
+
+/// A message naming a block: `request`, `cancel` or `reject`.
+fn put_block(out: &mut BytesMut, msg_id: u8, block: BlockRef) {
     out.reserve(17);
     out.put_u32(13);
-    out.put_u8(id::REQUEST);
+    out.put_u8(msg_id);
     out.put_u32(block.index);
     out.put_u32(block.begin);
     out.put_u32(block.length);
+}
+
+/// A message naming a piece: `have`, `suggest` or `allowed fast`.
+fn put_index(out: &mut BytesMut, msg_id: u8, index: u32) {
+    out.reserve(9);
+    out.put_u32(5);
+    out.put_u8(msg_id);
+    out.put_u32(index);
 }
 
 /// Appends only the 13-byte header of a `piece` message carrying `data_len` bytes, so the
@@ -275,12 +319,11 @@ impl Message {
             Message::Interested => put_bare(out, id::INTERESTED),
             Message::NotInterested => put_bare(out, id::NOT_INTERESTED),
             Message::Unknown { id } => put_bare(out, *id),
-            Message::Have(index) => {
-                out.reserve(9);
-                out.put_u32(5);
-                out.put_u8(id::HAVE);
-                out.put_u32(*index);
-            }
+            Message::HaveAll => put_bare(out, id::HAVE_ALL),
+            Message::HaveNone => put_bare(out, id::HAVE_NONE),
+            Message::Have(index) => put_index(out, id::HAVE, *index),
+            Message::Suggest(index) => put_index(out, id::SUGGEST, *index),
+            Message::AllowedFast(index) => put_index(out, id::ALLOWED_FAST, *index),
             Message::Bitfield(bits) => {
                 out.reserve(5 + bits.len());
                 out.put_u32(frame_len(1, bits.len()));
@@ -288,14 +331,8 @@ impl Message {
                 out.put_slice(bits);
             }
             Message::Request(block) => encode_request(*block, out),
-            Message::Cancel(block) => {
-                out.reserve(17);
-                out.put_u32(13);
-                out.put_u8(id::CANCEL);
-                out.put_u32(block.index);
-                out.put_u32(block.begin);
-                out.put_u32(block.length);
-            }
+            Message::Cancel(block) => put_block(out, id::CANCEL, *block),
+            Message::Reject(block) => put_block(out, id::REJECT, *block),
             Message::Piece { index, begin, data } => {
                 out.reserve(13 + data.len());
                 encode_piece_header(*index, *begin, data.len(), out);
@@ -349,6 +386,26 @@ pub(crate) mod tests {
         assert_eq!(&enc(&Message::Interested)[..], &[0, 0, 0, 1, 2]);
         assert_eq!(&enc(&Message::Have(258))[..], &[0, 0, 0, 5, 4, 0, 0, 1, 2]);
         assert_eq!(&enc(&Message::Port(6881))[..], &[0, 0, 0, 3, 9, 0x1a, 0xe1]);
+        // BEP 6.
+        assert_eq!(&enc(&Message::HaveAll)[..], &[0, 0, 0, 1, 14]);
+        assert_eq!(&enc(&Message::HaveNone)[..], &[0, 0, 0, 1, 15]);
+        assert_eq!(
+            &enc(&Message::Suggest(2))[..],
+            &[0, 0, 0, 5, 13, 0, 0, 0, 2]
+        );
+        assert_eq!(
+            &enc(&Message::AllowedFast(3))[..],
+            &[0, 0, 0, 5, 17, 0, 0, 0, 3]
+        );
+        let block = BlockRef {
+            index: 1,
+            begin: 2,
+            length: 3,
+        };
+        assert_eq!(
+            &enc(&Message::Reject(block))[..],
+            &[0, 0, 0, 13, 16, 0, 0, 0, 1, 0, 0, 0, 2, 0, 0, 0, 3]
+        );
         let req = BlockRef {
             index: 1,
             begin: 0x4000,
@@ -482,11 +539,11 @@ pub(crate) mod tests {
 
     #[test]
     fn unknown_ids_are_consumed() {
-        let mut buf = BytesMut::from(&[0u8, 0, 0, 3, 13, 1, 2, 0, 0, 0, 1, 1][..]);
+        let mut buf = BytesMut::from(&[0u8, 0, 0, 3, 21, 1, 2, 0, 0, 0, 1, 1][..]);
         let mut dec = MessageDecoder::new(MAX_MESSAGE_LEN);
         assert_eq!(
             decode_all(&mut dec, &mut buf),
-            vec![Message::Unknown { id: 13 }, Message::Unchoke]
+            vec![Message::Unknown { id: 21 }, Message::Unchoke]
         );
     }
 
@@ -541,8 +598,13 @@ pub(crate) mod tests {
             (any::<u32>(), any::<u32>(), arb_bytes(piece_max))
                 .prop_map(|(index, begin, data)| Message::Piece { index, begin, data }),
             any::<u16>().prop_map(Message::Port),
+            any::<u32>().prop_map(Message::Suggest),
+            Just(Message::HaveAll),
+            Just(Message::HaveNone),
+            arb_block().prop_map(Message::Reject),
+            any::<u32>().prop_map(Message::AllowedFast),
             (any::<u8>(), extended).prop_map(|(id, payload)| Message::Extended { id, payload }),
-            prop_oneof![10u8..=19, 21u8..=255].prop_map(|id| Message::Unknown { id }),
+            prop_oneof![10u8..=12, 18u8..=19, 21u8..=255].prop_map(|id| Message::Unknown { id }),
         ]
     }
 

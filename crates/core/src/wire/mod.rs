@@ -5,6 +5,7 @@
 //! against [`message::MAX_MESSAGE_LEN`] before any buffer grows for it.
 
 pub mod extension;
+pub mod fast;
 pub mod handshake;
 pub mod message;
 pub mod pex;
