@@ -294,11 +294,11 @@ fn corpus_replays_cleanly() {
     replay("mse/initiator", check_initiator);
 }
 
-/// Writes the hand-built corpus files (run with `--ignored` after changing the fixed keys or
-/// adding a case; fuzzer finds are added by hand).
+/// The hand-built corpus files must be exactly what their generator below makes (fuzzer finds
+/// are added by hand beside them). After changing the fixed keys or adding a case, regenerate
+/// them with `BITRUSH_WRITE_CORPUS=1 cargo test -p bitrush-core mse::fuzz_tests::hand_built`.
 #[test]
-#[ignore]
-fn write_corpus() {
+fn hand_built_corpus_is_up_to_date() {
     let root = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("corpus/mse");
     let handshake =
         crate::wire::Handshake::new(SKEY, crate::types::PeerId(*b"-BR0001-corpuscorpus"));
@@ -496,9 +496,16 @@ fn write_corpus() {
         "responder/truncated-in-ia".into(),
         full[..full.len() - 3].to_vec(),
     ));
+    let write = std::env::var_os("BITRUSH_WRITE_CORPUS").is_some();
+    let mut stale = Vec::new();
     for (name, bytes) in files {
-        let path = root.join(name);
-        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-        std::fs::write(path, bytes).unwrap();
+        let path = root.join(&name);
+        if write {
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            std::fs::write(&path, &bytes).unwrap();
+        } else if std::fs::read(&path).ok().as_deref() != Some(bytes.as_slice()) {
+            stale.push(name);
+        }
     }
+    assert!(stale.is_empty(), "corpus files differ from their generator: {stale:?}");
 }

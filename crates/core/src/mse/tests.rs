@@ -677,33 +677,3 @@ proptest! {
     }
 }
 
-/// Measures, not asserts (machines are noisy): RC4 over 1 GiB in 1 MiB buffers, and one DH
-/// key pair plus shared secret. Run with
-/// `cargo test -p bitrush-core --release --lib mse::tests::throughput -- --ignored --nocapture`.
-#[test]
-#[ignore]
-fn throughput() {
-    let mut c = StreamCipher::rc4(&[7; 20]);
-    let mut buf = vec![0u8; 1 << 20];
-    let start = Instant::now();
-    for _ in 0..1024 {
-        c.apply(&mut buf);
-    }
-    let secs = start.elapsed().as_secs_f64();
-    println!(
-        "RC4: 1 GiB in {secs:.2} s = {:.0} MB/s (checksum {})",
-        1024.0 * 1024.0 * 1024.0 / secs / 1e6,
-        buf.iter().map(|&b| u64::from(b)).sum::<u64>()
-    );
-    let mut rng = StdRng::seed_from_u64(1);
-    let peer = KeyPair::generate(&mut rng);
-    let start = Instant::now();
-    for _ in 0..100 {
-        let kp = KeyPair::generate(&mut rng);
-        assert!(kp.shared_secret(peer.public()).is_ok());
-    }
-    println!(
-        "DH: key pair + shared secret in {:.0} µs",
-        start.elapsed().as_secs_f64() * 1e6 / 100.0
-    );
-}
