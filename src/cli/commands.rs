@@ -5,6 +5,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use anyhow::{anyhow, bail, Context};
+use bitrush::engine::dht::{DhtHandle, DhtOptions};
 use bitrush::engine::probe::{self, probe_announcer};
 use bitrush::engine::{self, Outcome, SeedLimits, Target, TorrentParams};
 use bitrush::metainfo::Metainfo;
@@ -114,12 +115,15 @@ pub(super) struct Torrent {
     pub info_hash: bitrush::types::InfoHash,
     pub trackers: Vec<Vec<String>>,
     pub peers: Vec<SocketAddr>,
+    /// BEP 27: trackers only (no DHT, no peer exchange).
+    pub private: bool,
 }
 
 impl From<Metainfo> for Torrent {
     fn from(meta: Metainfo) -> Torrent {
         Torrent {
             trackers: meta.tracker_tiers(),
+            private: meta.info.private,
             info: meta.info,
             info_bytes: meta.info_bytes,
             info_hash: meta.info_hash,
@@ -128,20 +132,76 @@ impl From<Metainfo> for Torrent {
     }
 }
 
+/// Where the DHT starts from.
+#[derive(Clone, Debug)]
+pub(super) struct DhtSettings {
+    /// `host:port` of the nodes to join through.
+    pub bootstrap: Vec<String>,
+    /// Where the routing table is kept between runs.
+    pub state_file: Option<std::path::PathBuf>,
+}
+
 /// How a session runs beyond its target.
 #[derive(Clone, Debug, Default)]
 pub(super) struct SessionOptions {
-    /// Port to listen on for incoming peers (0: any free port).
+    /// Port to listen on for incoming peers, TCP and the DHT's UDP (0: any free port).
     pub port: u16,
+    /// Use the DHT (`None`: no DHT).
+    pub dht: Option<DhtSettings>,
     /// Keep seeding after completion, until these limits (or Ctrl-C).
     pub seed: Option<SeedLimits>,
     /// Hash existing data even when a resume state vouches for it.
     pub recheck: bool,
 }
 
-/// Runs a download with the progress display; returns when the target is complete.
-pub(super) async fn run_download(torrent: Torrent, target: Target) -> anyhow::Result<()> {
-    run_session(torrent, target, &SessionOptions::default()).await
+/// The sockets of a session: the TCP listener for peers and the DHT node on the same port
+/// number.
+pub(super) struct Network {
+    pub listener: tokio::net::TcpListener,
+    pub port: u16,
+    pub dht: Option<DhtHandle>,
+}
+
+impl Network {
+    /// Binds the listener on `opts.port` and starts the DHT (if asked) on its port number.
+    pub async fn start(opts: &SessionOptions) -> anyhow::Result<Network> {
+        let listener = tokio::net::TcpListener::bind(("0.0.0.0", opts.port))
+            .await
+            .with_context(|| format!("cannot listen on port {}", opts.port))?;
+        let port = listener.local_addr().map_or(opts.port, |a| a.port());
+        let dht = start_dht(port, opts.dht.as_ref()).await;
+        Ok(Network {
+            listener,
+            port,
+            dht,
+        })
+    }
+}
+
+/// Starts the DHT node on `port` (0: any); a failure is logged, not fatal: trackers and peer
+/// exchange still work.
+pub(super) async fn start_dht(port: u16, settings: Option<&DhtSettings>) -> Option<DhtHandle> {
+    let settings = settings?;
+    let opts = DhtOptions {
+        port,
+        bootstrap: settings.bootstrap.clone(),
+        state_file: settings.state_file.clone(),
+    };
+    match engine::dht::start(opts).await {
+        Ok(handle) => Some(handle),
+        Err(e) => {
+            tracing::warn!(error = %engine::error_chain(&e), "running without the DHT");
+            None
+        }
+    }
+}
+
+/// What a download needs, from a `.torrent` file or (fetched with the DHT if any) a magnet link.
+async fn torrent_from(path: &Path, dht: Option<&DhtHandle>) -> anyhow::Result<Torrent> {
+    match super::magnet::as_link(path) {
+        Some(link) => super::magnet::torrent_from_magnet(link, dht.cloned()).await,
+        None => Ok(load_torrent(path)?.into()),
+    }
 }
 
 /// Runs a session (download, then seeding if asked) until done or Ctrl-C/SIGTERM.
@@ -149,10 +209,13 @@ pub(super) async fn run_session(
     torrent: Torrent,
     target: Target,
     opts: &SessionOptions,
+    network: Network,
 ) -> anyhow::Result<()> {
-    let listener = tokio::net::TcpListener::bind(("0.0.0.0", opts.port))
-        .await
-        .with_context(|| format!("cannot listen on port {}", opts.port))?;
+    let Network {
+        listener,
+        port,
+        dht,
+    } = network;
     let (tx, rx) = tokio::sync::watch::channel(Default::default());
     let bar = super::progress::spawn(rx);
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
@@ -170,7 +233,7 @@ pub(super) async fn run_session(
         target,
         peer_id: engine::new_peer_id(),
         listener: Some(listener),
-        port: opts.port,
+        port,
         max_peers: 50,
         config: Default::default(),
         seed: opts.seed,
@@ -178,8 +241,13 @@ pub(super) async fn run_session(
         recheck: opts.recheck,
         progress: Some(tx),
         shutdown: Some(stop_rx),
+        dht: dht.clone(),
+        private: torrent.private,
     };
     let result = engine::run_torrent(params).await;
+    if let Some(dht) = &dht {
+        dht.shutdown().await;
+    }
     if let Some(bar) = bar {
         let _ = bar.await;
     }
@@ -208,33 +276,31 @@ async fn wait_for_signal() {
     }
 }
 
-pub async fn download_piece(path: &Path, index: u32, output: &Path) -> anyhow::Result<()> {
-    let torrent: Torrent = match super::magnet::as_link(path) {
-        Some(link) => super::magnet::torrent_from_magnet(link).await?,
-        None => load_torrent(path)?.into(),
-    };
+pub async fn download_piece(
+    path: &Path,
+    index: u32,
+    output: &Path,
+    opts: &SessionOptions,
+) -> anyhow::Result<()> {
+    let network = Network::start(opts).await?;
+    let torrent = torrent_from(path, network.dht.as_ref()).await?;
     let count = torrent.info.piece_count();
     if index >= count {
         bail!("piece index {index} is out of range (the torrent has {count} pieces)");
     }
-    run_download(
-        torrent,
-        Target::Piece {
-            index,
-            path: output.to_path_buf(),
-        },
-    )
-    .await?;
+    let target = Target::Piece {
+        index,
+        path: output.to_path_buf(),
+    };
+    run_session(torrent, target, opts, network).await?;
     println!("Piece {index} downloaded to {}.", output.display());
     Ok(())
 }
 
 pub async fn download(path: &Path, output: &Path, opts: &SessionOptions) -> anyhow::Result<()> {
-    let torrent: Torrent = match super::magnet::as_link(path) {
-        Some(link) => super::magnet::torrent_from_magnet(link).await?,
-        None => load_torrent(path)?.into(),
-    };
-    run_session(torrent, Target::Files(output.to_path_buf()), opts).await?;
+    let network = Network::start(opts).await?;
+    let torrent = torrent_from(path, network.dht.as_ref()).await?;
+    run_session(torrent, Target::Files(output.to_path_buf()), opts, network).await?;
     println!("Downloaded {} to {}.", path.display(), output.display());
     Ok(())
 }
@@ -255,5 +321,6 @@ pub async fn seed(
         path: data.to_path_buf(),
         partial,
     };
-    run_session(meta.into(), target, &opts).await
+    let network = Network::start(&opts).await?;
+    run_session(meta.into(), target, &opts, network).await
 }

@@ -106,6 +106,8 @@ pub async fn demo(size_mib: u64, seeders: usize) -> anyhow::Result<()> {
             recheck: false,
             progress: None,
             shutdown: Some(stop_rx.clone()),
+            dht: None,
+            private: false,
         }));
     }
     eprintln!("demo: {seeders} seeders listening on {addrs:?}; downloading with the full client");
@@ -116,7 +118,11 @@ pub async fn demo(size_mib: u64, seeders: usize) -> anyhow::Result<()> {
         peers: addrs,
         ..super::commands::Torrent::from(meta)
     };
-    let result = super::commands::run_download(torrent, Target::Files(output.clone())).await;
+    // Offline: no DHT.
+    let opts = super::commands::SessionOptions::default();
+    let network = super::commands::Network::start(&opts).await?;
+    let result =
+        super::commands::run_session(torrent, Target::Files(output.clone()), &opts, network).await;
     let elapsed = started.elapsed().as_secs_f64();
     let _ = stop_tx.send(true);
     while seeds.join_next().await.is_some() {}

@@ -8,7 +8,9 @@ use bitrush::engine::metadata;
 use bitrush::engine::probe::{self, probe_announcer};
 use bitrush::metainfo::Magnet;
 
-use super::commands::{self, SessionOptions, Torrent};
+use bitrush::engine::dht::DhtHandle;
+
+use super::commands::{self, DhtSettings, Torrent};
 
 /// The link if `source` is a magnet link rather than a file path.
 pub(super) fn as_link(source: &Path) -> Option<&str> {
@@ -58,21 +60,31 @@ pub async fn magnet_handshake(link: &str) -> anyhow::Result<()> {
 }
 
 /// Fetches the link's metadata from peers and prints it like `info`.
-pub async fn magnet_info(link: &str) -> anyhow::Result<()> {
+pub async fn magnet_info(link: &str, dht: Option<DhtSettings>) -> anyhow::Result<()> {
     let magnet = Magnet::parse(link)?;
-    let (info, _) = metadata::fetch_metadata(
+    let dht = commands::start_dht(0, dht.as_ref()).await;
+    let fetched = metadata::fetch_metadata(
         magnet.info_hash,
         &tiers(&magnet),
         &magnet.peers,
         bitrush::engine::new_peer_id(),
+        dht.clone(),
     )
-    .await?;
+    .await;
+    if let Some(dht) = dht {
+        dht.shutdown().await;
+    }
+    let (info, _) = fetched?;
     commands::print_info(first_tracker(&magnet), &info, magnet.info_hash);
     Ok(())
 }
 
-/// What a download needs, with the metadata fetched from peers.
-pub(super) async fn torrent_from_magnet(link: &str) -> anyhow::Result<Torrent> {
+/// What a download needs, with the metadata fetched from peers (found through the link's
+/// trackers and peers, and the DHT if given).
+pub(super) async fn torrent_from_magnet(
+    link: &str,
+    dht: Option<DhtHandle>,
+) -> anyhow::Result<Torrent> {
     let magnet = Magnet::parse(link)?;
     let trackers = tiers(&magnet);
     let (info, info_bytes) = metadata::fetch_metadata(
@@ -80,25 +92,17 @@ pub(super) async fn torrent_from_magnet(link: &str) -> anyhow::Result<Torrent> {
         &trackers,
         &magnet.peers,
         bitrush::engine::new_peer_id(),
+        dht,
     )
     .await?;
     Ok(Torrent {
+        private: info.private,
         info,
         info_bytes,
         info_hash: magnet.info_hash,
         trackers,
         peers: magnet.peers,
     })
-}
-
-/// `download_piece` for a magnet link.
-pub async fn magnet_download_piece(link: &str, index: u32, output: &Path) -> anyhow::Result<()> {
-    commands::download_piece(Path::new(link), index, output).await
-}
-
-/// `download` for a magnet link.
-pub async fn magnet_download(link: &str, output: &Path) -> anyhow::Result<()> {
-    commands::download(Path::new(link), output, &SessionOptions::default()).await
 }
 
 #[cfg(test)]

@@ -7,7 +7,7 @@ mod demo;
 mod magnet;
 mod progress;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
@@ -36,6 +36,8 @@ enum Command {
         output: PathBuf,
         torrent: PathBuf,
         index: u32,
+        #[command(flatten)]
+        network: NetworkArgs,
     },
     /// Download a whole torrent: a file (single-file torrent) or a directory (multi-file).
     /// Existing data at the output is checked (or vouched for by the resume state an
@@ -58,7 +60,11 @@ enum Command {
     MagnetHandshake { link: String },
     /// Fetch a magnet link's metadata from peers and show it like `info`.
     #[command(name = "magnet_info")]
-    MagnetInfo { link: String },
+    MagnetInfo {
+        link: String,
+        #[command(flatten)]
+        dht: DhtArgs,
+    },
     /// Download one piece of a magnet link's torrent, SHA-1 verified, to a file.
     #[command(name = "magnet_download_piece")]
     MagnetDownloadPiece {
@@ -66,6 +72,8 @@ enum Command {
         output: PathBuf,
         link: String,
         index: u32,
+        #[command(flatten)]
+        network: NetworkArgs,
     },
     /// Download a magnet link's torrent: a file (single-file) or a directory (multi-file).
     #[command(name = "magnet_download")]
@@ -73,6 +81,11 @@ enum Command {
         #[arg(short, long)]
         output: PathBuf,
         link: String,
+        #[command(flatten)]
+        session: SessionArgs,
+        /// Keep seeding after the download completes (until a limit or Ctrl-C).
+        #[arg(long)]
+        seed: bool,
     },
     /// Build a swarm of local seeders on loopback with a generated payload and download it with
     /// the full client (works offline).
@@ -98,11 +111,77 @@ enum Command {
     },
 }
 
+/// How bitrush reaches the DHT.
 #[derive(clap::Args, Clone, Debug)]
-struct SessionArgs {
-    /// Port to accept peers on (0: any free port).
+struct DhtArgs {
+    /// Do not use the DHT (find peers through trackers and peer exchange only).
+    #[arg(
+        long,
+        env = "BITRUSH_NO_DHT",
+        action = clap::ArgAction::SetTrue,
+        value_parser = clap::builder::FalseyValueParser::new()
+    )]
+    no_dht: bool,
+    /// A DHT node to join through, HOST:PORT (repeatable; replaces the default routers).
+    #[arg(
+        long = "dht-bootstrap",
+        value_name = "HOST:PORT",
+        env = "BITRUSH_DHT_BOOTSTRAP",
+        value_delimiter = ','
+    )]
+    dht_bootstrap: Vec<String>,
+    /// Where state is kept between runs (the DHT's routing table) [default:
+    /// $XDG_STATE_HOME/bitrush, or ~/.local/state/bitrush].
+    #[arg(long, value_name = "DIR", env = "BITRUSH_STATE_DIR")]
+    state_dir: Option<PathBuf>,
+}
+
+impl DhtArgs {
+    fn options(&self) -> Option<commands::DhtSettings> {
+        if self.no_dht {
+            return None;
+        }
+        let bootstrap = if self.dht_bootstrap.is_empty() {
+            bitrush::engine::dht::DEFAULT_BOOTSTRAP
+                .iter()
+                .map(|s| s.to_string())
+                .collect()
+        } else {
+            self.dht_bootstrap.clone()
+        };
+        let state_dir = self.state_dir.clone().or_else(default_state_dir);
+        Some(commands::DhtSettings {
+            bootstrap,
+            state_file: state_dir.map(|d| d.join("dht.dat")),
+        })
+    }
+}
+
+/// `$XDG_STATE_HOME/bitrush`, else `~/.local/state/bitrush`.
+fn default_state_dir() -> Option<PathBuf> {
+    let xdg = std::env::var_os("XDG_STATE_HOME").filter(|v| !v.is_empty());
+    match xdg {
+        Some(dir) => Some(PathBuf::from(dir).join("bitrush")),
+        None => std::env::var_os("HOME")
+            .filter(|v| !v.is_empty())
+            .map(|home| PathBuf::from(home).join(".local/state/bitrush")),
+    }
+}
+
+/// Where a session listens and how it finds peers besides trackers.
+#[derive(clap::Args, Clone, Debug)]
+struct NetworkArgs {
+    /// Port to accept peers on, TCP and the DHT's UDP (0: any free port).
     #[arg(long, default_value_t = 0)]
     port: u16,
+    #[command(flatten)]
+    dht: DhtArgs,
+}
+
+#[derive(clap::Args, Clone, Debug)]
+struct SessionArgs {
+    #[command(flatten)]
+    network: NetworkArgs,
     /// Stop seeding once uploaded bytes reach this multiple of the torrent size.
     #[arg(long)]
     seed_ratio: Option<f64>,
@@ -114,6 +193,16 @@ struct SessionArgs {
     recheck: bool,
 }
 
+impl NetworkArgs {
+    fn options(&self) -> commands::SessionOptions {
+        commands::SessionOptions {
+            port: self.port,
+            dht: self.dht.options(),
+            ..commands::SessionOptions::default()
+        }
+    }
+}
+
 impl SessionArgs {
     fn options(&self, seed: bool) -> commands::SessionOptions {
         let limits = bitrush::engine::SeedLimits {
@@ -121,7 +210,8 @@ impl SessionArgs {
             time: self.seed_time.map(std::time::Duration::from_secs),
         };
         commands::SessionOptions {
-            port: self.port,
+            port: self.network.port,
+            dht: self.network.dht.options(),
             seed: seed.then_some(limits),
             recheck: self.recheck,
         }
@@ -178,7 +268,13 @@ fn run(command: Command) -> anyhow::Result<()> {
             output,
             torrent,
             index,
-        } => runtime()?.block_on(commands::download_piece(&torrent, index, &output)),
+            network,
+        } => runtime()?.block_on(commands::download_piece(
+            &torrent,
+            index,
+            &output,
+            &network.options(),
+        )),
         Command::Download {
             output,
             torrent,
@@ -191,15 +287,30 @@ fn run(command: Command) -> anyhow::Result<()> {
         )),
         Command::MagnetParse { link } => magnet::magnet_parse(&link),
         Command::MagnetHandshake { link } => runtime()?.block_on(magnet::magnet_handshake(&link)),
-        Command::MagnetInfo { link } => runtime()?.block_on(magnet::magnet_info(&link)),
+        Command::MagnetInfo { link, dht } => {
+            runtime()?.block_on(magnet::magnet_info(&link, dht.options()))
+        }
         Command::MagnetDownloadPiece {
             output,
             link,
             index,
-        } => runtime()?.block_on(magnet::magnet_download_piece(&link, index, &output)),
-        Command::MagnetDownload { output, link } => {
-            runtime()?.block_on(magnet::magnet_download(&link, &output))
-        }
+            network,
+        } => runtime()?.block_on(commands::download_piece(
+            Path::new(&link),
+            index,
+            &output,
+            &network.options(),
+        )),
+        Command::MagnetDownload {
+            output,
+            link,
+            session,
+            seed,
+        } => runtime()?.block_on(commands::download(
+            Path::new(&link),
+            &output,
+            &session.options(seed),
+        )),
         Command::Demo { size_mib, seeders } => runtime()?.block_on(demo::demo(size_mib, seeders)),
         Command::Seed {
             torrent,

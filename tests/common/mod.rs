@@ -524,6 +524,13 @@ impl Proc {
         &self.name
     }
 
+    /// Writes `line` and a newline to the process's stdin (a helper's command).
+    pub fn send_line(&mut self, line: &str) {
+        let stdin = self.stdin.as_mut().expect("stdin still open");
+        writeln!(stdin, "{line}").expect("write to the helper's stdin");
+        stdin.flush().expect("flush the helper's stdin");
+    }
+
     pub fn pid(&self) -> u32 {
         self.child.id()
     }
@@ -1577,10 +1584,16 @@ impl Swarm {
 // The bitrush binary
 // ---------------------------------------------------------------------------
 
-/// A `Command` for the bitrush binary built by cargo for these tests.
+/// A `Command` for the bitrush binary built by cargo for these tests. The DHT is off (tests
+/// never reach beyond loopback: the default routers are on the internet); DHT tests turn it
+/// back on with local bootstrap nodes.
 pub fn bitrush() -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_bitrush"));
-    cmd.env_remove("RUST_LOG").env("RUST_BACKTRACE", "1");
+    cmd.env_remove("RUST_LOG")
+        .env("RUST_BACKTRACE", "1")
+        .env("BITRUSH_NO_DHT", "1")
+        .env_remove("BITRUSH_DHT_BOOTSTRAP")
+        .env_remove("BITRUSH_STATE_DIR");
     cmd
 }
 

@@ -8,7 +8,7 @@
 //!   machines.
 
 pub use bitrush_core::{
-    bencode, metadata, metainfo, session, storage, swarm, tracker, types, wire,
+    bencode, dht, metadata, metainfo, mse, session, storage, swarm, tracker, types, wire,
 };
 
 pub mod create;

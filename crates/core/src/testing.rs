@@ -27,5 +27,6 @@ pub fn info_with(lengths: &[u64], piece_length: u32) -> Info {
         files,
         multi_file: true,
         total_length: offset,
+        private: false,
     }
 }

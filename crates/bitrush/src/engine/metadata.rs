@@ -21,6 +21,7 @@ use tokio::sync::mpsc;
 use tokio::task::{AbortHandle, JoinSet};
 
 use super::connection::{self, ConnectionError};
+use super::dht::{DhtHandle, LookupReply};
 use super::probe::probe_announcer;
 use super::tracker::{self, AnnounceError, AnnounceFailures, NoTrackerAnswered};
 use crate::metadata::{FetchConfig, FetchEvent, MetadataFetch, PeerFault};
@@ -90,8 +91,9 @@ pub async fn fetch_metadata(
     trackers: &[Vec<String>],
     peers: &[SocketAddr],
     peer_id: PeerId,
+    dht: Option<DhtHandle>,
 ) -> Result<(Info, Vec<u8>), MetadataError> {
-    if !has_trackers(trackers) && peers.is_empty() {
+    if !has_trackers(trackers) && peers.is_empty() && dht.is_none() {
         return Err(MetadataError::NoSources);
     }
     let now = Instant::now();
@@ -107,12 +109,18 @@ pub async fn fetch_metadata(
                 max_incoming: 0,
                 seed: None,
                 give_up_after_announces: Some(MAX_ANNOUNCE_ROUNDS),
+                dht: dht.is_some(),
+                dht_announce: false,
                 ..SessionConfig::default()
             },
         },
     );
     let (events_tx, events_rx) = mpsc::channel(256);
+    let (dht_tx, dht_rx) = mpsc::channel(64);
     let mut fetcher = Fetcher {
+        dht,
+        dht_tx,
+        dht_rx,
         info_hash,
         handshake: Handshake::new(info_hash, peer_id),
         session,
@@ -126,6 +134,7 @@ pub async fn fetch_metadata(
         announce_failures: AnnounceFailures::default(),
         last_problem: None,
         metadata: None,
+        dht_found: 0,
     };
     let bytes = fetcher.run().await?;
     let info =
@@ -147,7 +156,13 @@ struct Conn {
     tx: mpsc::Sender<Message>,
 }
 
+/// What a DHT lookup task reports to the fetch loop: peers, then `None` when it is over.
+type DhtFound = Option<Vec<SocketAddr>>;
+
 struct Fetcher {
+    dht: Option<DhtHandle>,
+    dht_tx: mpsc::Sender<DhtFound>,
+    dht_rx: mpsc::Receiver<DhtFound>,
     info_hash: InfoHash,
     handshake: Handshake,
     session: Session,
@@ -161,6 +176,8 @@ struct Fetcher {
     announce_failures: AnnounceFailures,
     last_problem: Option<PeerProblem>,
     metadata: Option<Vec<u8>>,
+    /// Peers the running DHT lookup found so far.
+    dht_found: usize,
 }
 
 async fn sleep_until(at: Option<Instant>) {
@@ -237,6 +254,22 @@ impl Fetcher {
         }
     }
 
+    /// Asks the DHT for peers (we do not listen, so nothing is announced).
+    fn spawn_dht_lookup(&self) {
+        let (tx, dht, info_hash) = (self.dht_tx.clone(), self.dht.clone(), self.info_hash);
+        tokio::spawn(async move {
+            if let Some(dht) = dht {
+                let mut replies = dht.lookup(info_hash, None).await;
+                while let Some(LookupReply::Peers(peers)) = replies.recv().await {
+                    if tx.send(Some(peers)).await.is_err() {
+                        return;
+                    }
+                }
+            }
+            let _ = tx.send(None).await;
+        });
+    }
+
     /// Carries out the session's events; returns how it finished, once it has.
     fn apply_session(&mut self) -> Option<Finish> {
         while let Some(event) = self.session.poll_event() {
@@ -248,6 +281,7 @@ impl Fetcher {
                     });
                 }
                 SessionEvent::Connect(addr) => self.connect(addr),
+                SessionEvent::DhtLookup { .. } => self.spawn_dht_lookup(),
                 SessionEvent::Stalled(why) => tracing::warn!("no progress: {why}"),
                 SessionEvent::Seeding => {}
                 SessionEvent::Finished(finish) => return Some(finish),
@@ -323,6 +357,16 @@ impl Fetcher {
                         }
                     }
                 }
+                Some(found) = self.dht_rx.recv() => match found {
+                    Some(peers) => {
+                        self.dht_found += peers.len();
+                        self.session.handle_peers(&peers);
+                    }
+                    None => {
+                        let found = std::mem::take(&mut self.dht_found);
+                        self.session.handle_dht_done(Instant::now(), found);
+                    }
+                },
                 () = sleep_until(deadline) => {}
             }
         };
@@ -473,9 +517,10 @@ pub(crate) mod tests {
     async fn fetches_multi_piece_metadata_from_a_peer() {
         let (info, hash) = info_dict(40_000);
         let addr = metadata_peer(info.clone(), hash).await;
-        let (parsed, bytes) = fetch_metadata(hash, &[], &[addr], crate::engine::new_peer_id())
-            .await
-            .unwrap();
+        let (parsed, bytes) =
+            fetch_metadata(hash, &[], &[addr], crate::engine::new_peer_id(), None)
+                .await
+                .unwrap();
         assert_eq!(bytes, info);
         assert_eq!(parsed.total_length, 5);
         // The wrong info hash: the peer answers the handshake for the right one only.
@@ -485,6 +530,7 @@ pub(crate) mod tests {
             &[],
             &[addr],
             crate::engine::new_peer_id(),
+            None,
         )
         .await
         .unwrap_err();
@@ -496,9 +542,15 @@ pub(crate) mod tests {
 
     #[tokio::test]
     async fn no_sources_is_an_error() {
-        let err = fetch_metadata(InfoHash([2; 20]), &[], &[], crate::engine::new_peer_id())
-            .await
-            .unwrap_err();
+        let err = fetch_metadata(
+            InfoHash([2; 20]),
+            &[],
+            &[],
+            crate::engine::new_peer_id(),
+            None,
+        )
+        .await
+        .unwrap_err();
         assert!(matches!(err, MetadataError::NoSources), "{err}");
     }
 }

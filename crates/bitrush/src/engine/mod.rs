@@ -5,6 +5,7 @@
 //!   [`crate::swarm::Swarm`]: announces, the connection set, the listener, hashing, shutdown.
 //! - [`peer`]: one connection's task over the shared swarm.
 //! - [`connection`]: the framed peer stream every driver uses (connect, handshake, messages).
+//! - [`dht`]: the process's DHT node, shared by its torrents.
 //! - [`metadata`]: fetching a magnet link's info dictionary from peers.
 //! - [`probe`]: one-shot handshakes and peer lookups for the CLI's single-purpose commands.
 //! - [`tracker`]: HTTP and UDP tracker clients.
@@ -12,6 +13,7 @@
 //!   the fast-resume file beside the output.
 
 pub mod connection;
+pub mod dht;
 pub mod hasher;
 pub mod metadata;
 pub mod peer;

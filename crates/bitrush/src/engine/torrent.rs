@@ -22,6 +22,7 @@ use tokio::sync::{mpsc, watch, Notify};
 use tokio::task::JoinSet;
 
 use super::connection::{self, PeerStream};
+use super::dht::{DhtHandle, LookupReply};
 use super::hasher::{self, Verdict};
 use super::peer::{self, PeerTaskError, Shared, SwarmState};
 use super::resume;
@@ -85,6 +86,11 @@ pub struct TorrentParams {
     /// Set to `true` to stop: in-flight pieces are dropped, verified ones flushed, `stopped`
     /// announced.
     pub shutdown: Option<watch::Receiver<bool>>,
+    /// The process's DHT node, to find peers and announce ourselves (unused for private
+    /// torrents).
+    pub dht: Option<DhtHandle>,
+    /// The torrent is private (BEP 27): trackers only, no DHT, no peer exchange.
+    pub private: bool,
 }
 
 /// A snapshot of a running torrent.
@@ -190,6 +196,8 @@ pub async fn run_torrent(mut params: TorrentParams) -> Result<Outcome, TorrentEr
                 max_peers: params.max_peers,
                 max_incoming: params.max_peers,
                 seed: params.seed,
+                dht: params.dht.is_some() && !params.private,
+                dht_announce: params.listener.is_some(),
                 ..SessionConfig::default()
             },
         },
@@ -198,7 +206,10 @@ pub async fn run_torrent(mut params: TorrentParams) -> Result<Outcome, TorrentEr
         Target::Piece { path, .. } => Some((part_path(path), path.clone())),
         Target::Files(_) | Target::Existing { .. } => None,
     };
+    let (dht_tx, dht_rx) = mpsc::channel(64);
     let mut manager = Manager {
+        dht_tx,
+        dht_rx,
         listener: params.listener.take(),
         shutdown: params.shutdown.take(),
         handshake: Handshake::session(params.info_hash, params.peer_id),
@@ -405,7 +416,15 @@ impl RateMeter {
 /// How often the progress snapshot is refreshed.
 const PROGRESS_INTERVAL: Duration = Duration::from_millis(250);
 
+/// What a DHT lookup task reports to the manager.
+enum DhtResult {
+    Peers(Vec<SocketAddr>),
+    Done { found: usize },
+}
+
 struct Manager {
+    dht_tx: mpsc::Sender<DhtResult>,
+    dht_rx: mpsc::Receiver<DhtResult>,
     params: TorrentParams,
     listener: Option<TcpListener>,
     shutdown: Option<watch::Receiver<bool>>,
@@ -590,6 +609,33 @@ impl Manager {
         }
     }
 
+    /// Runs a DHT lookup for this torrent, forwarding what it finds to the manager.
+    fn spawn_dht_lookup(&self, announce: bool) {
+        let tx = self.dht_tx.clone();
+        let Some(dht) = self.params.dht.clone() else {
+            // The session asks only when it was given a DHT; answer "nothing found" anyway.
+            let _ = tx.try_send(DhtResult::Done { found: 0 });
+            return;
+        };
+        let (info_hash, port) = (self.params.info_hash, self.params.port);
+        tokio::spawn(async move {
+            let mut replies = dht.lookup(info_hash, announce.then_some(port)).await;
+            let mut found = 0;
+            while let Some(reply) = replies.recv().await {
+                match reply {
+                    LookupReply::Peers(peers) => {
+                        found += peers.len();
+                        if tx.send(DhtResult::Peers(peers)).await.is_err() {
+                            return;
+                        }
+                    }
+                    LookupReply::Done { .. } => break,
+                }
+            }
+            let _ = tx.send(DhtResult::Done { found }).await;
+        });
+    }
+
     /// Carries out the session's events; returns how it finished, once it has.
     fn apply_session(&mut self) -> Option<Finish> {
         while let Some(event) = self.session.poll_event() {
@@ -601,6 +647,7 @@ impl Manager {
                     });
                 }
                 SessionEvent::Connect(addr) => self.spawn_peer(addr, None),
+                SessionEvent::DhtLookup { announce } => self.spawn_dht_lookup(announce),
                 SessionEvent::Seeding => tracing::info!("download complete; seeding"),
                 SessionEvent::Stalled(why) => tracing::warn!("no progress: {why}"),
                 SessionEvent::Finished(finish) => return Some(finish),
@@ -673,6 +720,13 @@ impl Manager {
                     let (url, result) = joined.map_err(TorrentError::Task)?;
                     self.on_announce(url, result);
                 }
+                Some(result) = self.dht_rx.recv() => match result {
+                    DhtResult::Peers(peers) => self.session.handle_peers(&peers),
+                    DhtResult::Done { found } => {
+                        tracing::debug!(found, "DHT lookup done");
+                        self.session.handle_dht_done(Instant::now(), found);
+                    }
+                },
                 () = sleep_until(deadline) => {}
                 () = self.shared.timer.notified() => {}
                 _ = progress_tick.tick(), if self.params.progress.is_some() => {

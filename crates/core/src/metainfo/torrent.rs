@@ -41,6 +41,8 @@ pub struct Info {
     /// True when the info dictionary has a `files` list (output is a directory).
     pub multi_file: bool,
     pub total_length: u64,
+    /// BEP 27 `private=1`: peers come from the trackers only (no DHT, no peer exchange).
+    pub private: bool,
 }
 
 /// A parsed `.torrent` file.
@@ -380,6 +382,8 @@ impl Info {
             return invalid(format!("info.pieces has {have} hashes, more than 2^32 - 1"));
         }
 
+        // Any other value (or type) than the integer 1 means public, as libtorrent reads it.
+        let private = matches!(info.get(&b"private"[..]), Some(Value::Int(1)));
         Ok(Info {
             name,
             piece_length,
@@ -387,6 +391,7 @@ impl Info {
             files,
             multi_file,
             total_length,
+            private,
         })
     }
 

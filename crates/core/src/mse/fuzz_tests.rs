@@ -507,5 +507,8 @@ fn hand_built_corpus_is_up_to_date() {
             stale.push(name);
         }
     }
-    assert!(stale.is_empty(), "corpus files differ from their generator: {stale:?}");
+    assert!(
+        stale.is_empty(),
+        "corpus files differ from their generator: {stale:?}"
+    );
 }

@@ -676,4 +676,3 @@ proptest! {
         prop_assert_eq!(ea.received.as_slice(), b"tail");
     }
 }
-

@@ -45,6 +45,13 @@ pub const STALL_REPORT_AFTER: Duration = Duration::from_secs(30);
 pub const STALL_REPORT_INTERVAL: Duration = Duration::from_secs(60);
 /// Trackers failing this many times in a row, with nobody else to ask, end a download.
 pub const MAX_ANNOUNCE_FAILURES: u32 = 3;
+/// Time between DHT lookups (and announces) while peers are plentiful.
+pub const DHT_INTERVAL: Duration = Duration::from_secs(15 * 60);
+/// First wait before another DHT lookup when we have nobody to talk to; doubles up to
+/// [`MAX_STARVING_WAIT`].
+pub const FIRST_DHT_RETRY: Duration = Duration::from_secs(5);
+/// DHT lookups in a row that found no peer, with nobody else to ask, end a download.
+pub const MAX_EMPTY_DHT_LOOKUPS: u32 = 3;
 
 /// When a seed stops (whichever comes first; neither set: until shutdown).
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
@@ -69,6 +76,10 @@ pub struct SessionConfig {
     /// Give up once this many announces were answered and nobody is left to try (a metadata
     /// fetch does; a download keeps asking as long as a tracker answers).
     pub give_up_after_announces: Option<u32>,
+    /// Look for peers on the DHT (never for private torrents).
+    pub dht: bool,
+    /// Announce ourselves in DHT lookups (we listen for peers).
+    pub dht_announce: bool,
 }
 
 impl Default for SessionConfig {
@@ -79,6 +90,8 @@ impl Default for SessionConfig {
             seed: None,
             max_known_peers: candidates::DEFAULT_MAX_KNOWN,
             give_up_after_announces: None,
+            dht: false,
+            dht_announce: false,
         }
     }
 }
@@ -117,7 +130,9 @@ impl core::fmt::Display for Stall {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         match self {
             Stall::TrackersFailing => f.write_str("every tracker fails and no peer is known"),
-            Stall::NoPeersKnown => f.write_str("the trackers know no peers for this torrent"),
+            Stall::NoPeersKnown => {
+                f.write_str("the trackers and the DHT know no peers for this torrent")
+            }
             Stall::PeersUnreachable { known, given_up } => write!(
                 f,
                 "none of the {known} known peers accepts us ({given_up} failed repeatedly)"
@@ -165,6 +180,9 @@ pub enum SessionEvent {
     /// Dial this address; report with [`Session::handle_connection_established`] and
     /// [`Session::handle_connection_closed`].
     Connect(SocketAddr),
+    /// Look for peers on the DHT (and announce our port if `announce`); report the peers with
+    /// [`Session::handle_peers`] and the end with [`Session::handle_dht_done`].
+    DhtLookup { announce: bool },
     /// The download completed; seeding begins.
     Seeding,
     /// No progress for a while, and why.
@@ -235,6 +253,12 @@ pub struct Session {
     events: VecDeque<SessionEvent>,
     /// The latest time passed in (trackers never asked are due then).
     now: Instant,
+    /// When the next DHT lookup is due (`None` while one runs or without the DHT).
+    next_dht: Option<Instant>,
+    dht_in_flight: bool,
+    /// DHT lookups in a row that found no peer.
+    empty_dht_lookups: u32,
+    dht_wait: Duration,
     /// An input changed something [`Session::handle_timeout`] must look at: it is due at once.
     dirty: bool,
 }
@@ -267,7 +291,14 @@ impl Session {
             events: VecDeque::new(),
             now,
             dirty: true,
+            next_dht: None,
+            dht_in_flight: false,
+            empty_dht_lookups: 0,
+            dht_wait: FIRST_DHT_RETRY,
         };
+        if session.config.dht {
+            session.next_dht = Some(now);
+        }
         session.handle_peers(&params.peers);
         session
     }
@@ -358,6 +389,33 @@ impl Session {
             }
         }
         self.announce_done(now, url);
+    }
+
+    /// A DHT lookup asked for with [`SessionEvent::DhtLookup`] ended, having found `found`
+    /// peers (already given to [`Session::handle_peers`]).
+    pub fn handle_dht_done(&mut self, now: Instant, found: usize) {
+        self.dirty = true;
+        self.dht_in_flight = false;
+        let starving = self.outgoing + self.incoming == 0 && !self.candidates.has_ready();
+        let wait = if found > 0 {
+            self.empty_dht_lookups = 0;
+            self.dht_wait = FIRST_DHT_RETRY;
+            if starving {
+                FIRST_DHT_RETRY
+            } else {
+                DHT_INTERVAL
+            }
+        } else {
+            self.empty_dht_lookups = self.empty_dht_lookups.saturating_add(1);
+            let wait = if starving {
+                self.dht_wait
+            } else {
+                DHT_INTERVAL
+            };
+            self.dht_wait = (self.dht_wait * 2).min(MAX_STARVING_WAIT);
+            wait
+        };
+        self.next_dht = Some(now + wait);
     }
 
     /// A connection we dialled to `addr` completed its handshake.
@@ -455,6 +513,7 @@ impl Session {
             return;
         }
         self.announce_due(now, done);
+        self.dht_due(now);
         self.dial(done);
         if !done {
             if let Some(reason) = self.give_up() {
@@ -488,6 +547,7 @@ impl Session {
             return Some(self.now);
         }
         consider(self.trackers.next_announce(self.now, self.urgency(done)));
+        consider(self.next_dht);
         consider(self.candidates.poll_timeout());
         if let (Some(since), Some(t)) = (self.seeding_since, self.config.seed.and_then(|l| l.time))
         {
@@ -589,6 +649,16 @@ impl Session {
         }
     }
 
+    fn dht_due(&mut self, now: Instant) {
+        if self.next_dht.is_some_and(|t| t <= now) && !self.dht_in_flight {
+            self.next_dht = None;
+            self.dht_in_flight = true;
+            self.events.push_back(SessionEvent::DhtLookup {
+                announce: self.config.dht_announce,
+            });
+        }
+    }
+
     fn dial(&mut self, done: bool) {
         while !done && self.outgoing < self.config.max_peers {
             let Some(addr) = self.candidates.next_to_dial() else {
@@ -614,11 +684,13 @@ impl Session {
 
     fn give_up(&self) -> Option<GiveUp> {
         let alone = self.outgoing + self.incoming == 0 && self.transfer.peers == 0;
-        if !alone || !self.in_flight.is_empty() || self.transfer.verifying > 0 {
+        if !alone || !self.in_flight.is_empty() || self.dht_in_flight || self.transfer.verifying > 0
+        {
             return None;
         }
         let have_trackers = !self.trackers.is_empty();
         if have_trackers
+            && !self.config.dht
             && !self.heard_of_peers
             && !self.trackers.any_answered()
             && self.trackers.all_failing(1)
@@ -631,7 +703,9 @@ impl Session {
                 .config
                 .give_up_after_announces
                 .is_some_and(|n| self.answered_announces >= n);
-        (trackers_exhausted && !self.candidates.has_hope()).then_some(GiveUp::NoPeers)
+        let dht_exhausted = !self.config.dht || self.empty_dht_lookups >= MAX_EMPTY_DHT_LOOKUPS;
+        (trackers_exhausted && dht_exhausted && !self.candidates.has_hope())
+            .then_some(GiveUp::NoPeers)
     }
 
     fn report_stall(&mut self, now: Instant) {
@@ -657,7 +731,7 @@ impl Session {
                 known,
                 given_up: counts.given_up,
             }
-        } else if !self.trackers.is_empty() && !self.trackers.any_answered() {
+        } else if !self.trackers.is_empty() && !self.trackers.any_answered() && !self.config.dht {
             Stall::TrackersFailing
         } else {
             Stall::NoPeersKnown

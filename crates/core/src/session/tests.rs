@@ -349,3 +349,64 @@ fn incoming_connections_are_limited_and_banned_addresses_refused() {
     assert!(!s.handle_incoming(addr(1)));
     assert!(s.handle_incoming(addr(2)));
 }
+
+fn with_dht(mut p: SessionParams) -> SessionParams {
+    p.config.dht = true;
+    p.config.dht_announce = true;
+    p
+}
+
+#[test]
+fn a_trackerless_session_asks_the_dht_backs_off_and_gives_up_when_it_finds_nobody() {
+    let t = Instant::now();
+    let mut s = Session::new(t, with_dht(params(&[], &[], None)));
+    s.handle_transfer(t, left(10));
+    let mut now = t;
+    let mut lookups = Vec::new();
+    while !s.is_finished() {
+        s.handle_timeout(now);
+        for e in events(&mut s) {
+            match e {
+                SessionEvent::DhtLookup { announce } => {
+                    assert!(announce);
+                    lookups.push(now.duration_since(t).as_secs());
+                    s.handle_dht_done(now, 0);
+                }
+                SessionEvent::Finished(f) => assert_eq!(f, Finish::GaveUp(GiveUp::NoPeers)),
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+        now = s.poll_timeout().unwrap_or(now).max(now);
+        assert!(now < t + Duration::from_secs(600), "never gave up");
+    }
+    assert_eq!(lookups, vec![0, 5, 15]);
+}
+
+#[test]
+fn peers_from_the_dht_are_dialled_and_the_next_lookup_waits_its_interval() {
+    let t = Instant::now();
+    let mut s = Session::new(t, with_dht(params(&[&["a"]], &[], None)));
+    s.handle_transfer(t, left(10));
+    s.handle_timeout(t);
+    let ev = events(&mut s);
+    assert!(
+        ev.contains(&SessionEvent::DhtLookup { announce: true }),
+        "{ev:?}"
+    );
+    // Trackers failing do not end a session that has the DHT.
+    s.handle_announce_failure(t, "a");
+    s.handle_peers(&[addr(7)]);
+    s.handle_dht_done(t, 1);
+    s.handle_timeout(t);
+    let ev = events(&mut s);
+    assert_eq!(connects(&ev), vec![addr(7)]);
+    assert!(!s.is_finished());
+    s.handle_connection_established(addr(7));
+    let t1 = t + Duration::from_secs(60);
+    s.handle_timeout(t1);
+    assert!(!events(&mut s)
+        .iter()
+        .any(|e| matches!(e, SessionEvent::DhtLookup { .. })));
+    s.handle_timeout(t + DHT_INTERVAL);
+    assert!(events(&mut s).contains(&SessionEvent::DhtLookup { announce: true }));
+}
