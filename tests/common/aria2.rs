@@ -6,7 +6,7 @@ use std::process::Command;
 
 use super::net::free_port;
 use super::procs::{run_checked, Proc, PROCESS_TIMEOUT, STARTUP_TIMEOUT};
-use super::tools::{require_tool, support, PYTHON};
+use super::tools::{require_tool, tethered};
 
 /// Common aria2c flags: loopback only, no DHT/LSD/PEX, quiet.
 fn aria2_base_args(cmd: &mut Command, dir: &Path, listen_port: u16) {
@@ -44,8 +44,7 @@ impl Aria2Seeder {
         let mut last_logs = String::new();
         for _attempt in 0..5 {
             let port = free_port();
-            let mut cmd = Command::new(PYTHON);
-            cmd.arg(support("tether.py")).arg(&aria2c);
+            let mut cmd = tethered(&aria2c);
             aria2_base_args(&mut cmd, dir, port);
             cmd.arg("--seed-ratio=0.0")
                 .arg("--seed-time=600")

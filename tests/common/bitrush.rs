@@ -5,8 +5,6 @@
 use std::ffi::{OsStr, OsString};
 use std::path::Path;
 use std::process::{Command, Output};
-use std::thread;
-use std::time::{Duration, Instant};
 
 use super::net::free_port;
 use super::procs::{run_with_timeout, Proc, PROCESS_TIMEOUT, STARTUP_TIMEOUT};
@@ -34,6 +32,12 @@ pub fn run_bitrush(args: impl IntoIterator<Item = impl AsRef<OsStr>>) -> Output 
 /// Starts bitrush in the background (killed when the guard drops).
 pub fn spawn_bitrush(args: impl IntoIterator<Item = impl AsRef<OsStr>>) -> Proc {
     Proc::spawn("bitrush", bitrush_with(args))
+}
+
+/// Runs `bitrush download -o OUT TORRENT EXTRA...` to completion (`torrent`
+/// may also be a magnet link).
+pub fn run_download(torrent: impl AsRef<OsStr>, out_path: &Path, extra: &[&str]) -> Output {
+    run_bitrush(output_args("download", out_path, torrent, extra))
 }
 
 /// The arguments `CMD -o OUT SOURCE EXTRA...` of a command that writes `out`.
@@ -181,26 +185,18 @@ impl BitrushSeeder {
                 .arg(port.to_string())
                 .args(extra);
             let mut proc = Proc::spawn("bitrush seed", cmd);
-            let deadline = Instant::now() + STARTUP_TIMEOUT;
-            loop {
-                if proc.try_status().is_some() {
-                    proc.wait_exit(Duration::from_secs(5));
-                    last_logs = proc.logs();
-                    if last_logs.contains("cannot listen") {
-                        break; // lost the race for the port: try another
-                    }
-                    panic!("bitrush seed exited early\n{last_logs}");
-                }
-                if tracker.scrape(info_hash).0 >= expected_seeders {
-                    return BitrushSeeder { port, proc };
-                }
-                assert!(
-                    Instant::now() < deadline,
-                    "tracker never counted {expected_seeders} seeders with bitrush seed\n{}\n{}",
+            let counted = proc.wait_until(STARTUP_TIMEOUT, |_| {
+                tracker.scrape(info_hash).0 >= expected_seeders
+            });
+            match counted {
+                Ok(()) => return BitrushSeeder { port, proc },
+                // Lost the race for the port: try another.
+                Err(_) if proc.logs().contains("cannot listen") => last_logs = proc.logs(),
+                Err(e) => panic!(
+                    "tracker never counted {expected_seeders} seeders with bitrush seed: {e}\n{}\n{}",
                     proc.logs(),
                     tracker.logs()
-                );
-                thread::sleep(Duration::from_millis(50));
+                ),
             }
         }
         panic!("bitrush seed failed to listen on a free port\n{last_logs}");

@@ -177,6 +177,11 @@ pub fn assert_file_eq(path: &Path, want: &[u8], what: &str) {
 /// contents, as [`write_tree`] returns).
 #[track_caller]
 pub fn assert_tree_eq(got_root: &Path, want: &BTreeMap<String, Vec<u8>>) {
+    assert!(
+        got_root.is_dir(),
+        "{} is not a directory",
+        got_root.display()
+    );
     let got = read_tree(got_root);
     assert_eq!(
         got.keys().collect::<Vec<_>>(),

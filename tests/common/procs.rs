@@ -211,6 +211,33 @@ impl Proc {
         }
     }
 
+    /// Polls `cond` (every 50 ms) until it holds while the process runs.
+    /// Fails, saying why, if the process ends first (its output is then all
+    /// in [`Proc::logs`]) or `timeout` passes (only there against a hang).
+    pub fn wait_until(
+        &mut self,
+        timeout: Duration,
+        mut cond: impl FnMut(&Proc) -> bool,
+    ) -> Result<(), String> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if cond(self) {
+                return Ok(());
+            }
+            if let Some(st) = self.try_status() {
+                self.join_readers();
+                return Err(format!("{} ended ({st})", self.name));
+            }
+            if Instant::now() >= deadline {
+                return Err(format!(
+                    "gave up after {timeout:?} ({} still running)",
+                    self.name
+                ));
+            }
+            thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     fn join_readers(&mut self) {
         for r in self.readers.drain(..) {
             let _ = r.join();

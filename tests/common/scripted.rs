@@ -5,6 +5,7 @@
 
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
+use std::ops::Deref;
 use std::path::Path;
 use std::time::Duration;
 
@@ -79,6 +80,22 @@ impl ScriptedPeer {
             .collect()
     }
 
+    /// How many connections it has accepted so far.
+    pub fn connections(&self) -> usize {
+        self.count("CONN")
+    }
+
+    /// How many wrong blocks it has sent so far (the sum of its `BOGUS <n>`
+    /// lines).
+    pub fn bogus_blocks(&self) -> usize {
+        self.proc
+            .stdout_lines()
+            .iter()
+            .filter_map(|l| l.strip_prefix("BOGUS "))
+            .filter_map(|n| n.parse::<usize>().ok())
+            .sum()
+    }
+
     /// Payload bytes it served in correct blocks.
     pub fn served_bytes(&self) -> u64 {
         self.proc
@@ -92,10 +109,10 @@ impl ScriptedPeer {
 
 listener_accessors!(ScriptedPeer);
 
-/// How a [`BadPeer`] misbehaves (see tests/support/bad_peer.py).
+/// How a [`BadPeer`] misbehaves.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum BadPeerMode {
-    /// Correct protocol, but every block it sends has one byte flipped.
+    /// Correct protocol, but every block it sends has bytes flipped.
     Corrupt,
     /// Answers the handshake with random bytes.
     Garbage,
@@ -103,12 +120,12 @@ pub enum BadPeerMode {
     WrongInfoHash,
 }
 
-/// A misbehaving peer (tests/support/bad_peer.py) on 127.0.0.1 for a
-/// single-file torrent whose data lies in `save_dir`. It does not announce:
-/// use [`Tracker::announce_fake_peer`] with its port. Killed on drop.
+/// A misbehaving [`ScriptedPeer`] (listening, in the script's mode of the
+/// same name) for a single-file torrent whose data lies in `save_dir`. It
+/// does not announce: use [`Tracker::announce_fake_peer`] with its port.
+/// Killed on drop.
 pub struct BadPeer {
-    port: u16,
-    proc: Proc,
+    peer: ScriptedPeer,
 }
 
 impl BadPeer {
@@ -118,30 +135,22 @@ impl BadPeer {
             BadPeerMode::Garbage => "garbage",
             BadPeerMode::WrongInfoHash => "wrong-infohash",
         };
-        let mut cmd = support_script("bad_peer.py");
-        cmd.arg("--mode").arg(mode).arg(torrent).arg(save_dir);
-        let proc = Proc::spawn(&format!("bad_peer {mode}"), cmd);
-        let port = proc.ready_port("bad_peer did not get ready");
-        BadPeer { port, proc }
-    }
-
-    /// How many connections it has accepted so far.
-    pub fn connections(&self) -> usize {
-        self.proc
-            .stdout_lines()
-            .iter()
-            .filter(|l| *l == "CONN")
-            .count()
+        BadPeer {
+            peer: ScriptedPeer::start(torrent, save_dir, mode),
+        }
     }
 
     /// How many corrupt blocks it has sent so far.
     pub fn served_blocks(&self) -> usize {
-        self.proc
-            .stdout_lines()
-            .iter()
-            .filter(|l| l.starts_with("SERVED "))
-            .count()
+        self.peer.bogus_blocks()
     }
 }
 
-listener_accessors!(BadPeer);
+/// A bad peer is a scripted peer: its port, address, logs and counts.
+impl Deref for BadPeer {
+    type Target = ScriptedPeer;
+
+    fn deref(&self) -> &ScriptedPeer {
+        &self.peer
+    }
+}

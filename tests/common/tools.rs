@@ -76,6 +76,15 @@ pub fn support_script(name: &str) -> Command {
     cmd
 }
 
+/// A command running `program` through `tests/support/tether.py`, which kills
+/// it when the test process goes away (for tools that do not watch their
+/// stdin: opentracker, aria2c).
+pub fn tethered(program: &Path) -> Command {
+    let mut cmd = Command::new(PYTHON);
+    cmd.arg(support("tether.py")).arg(program);
+    cmd
+}
+
 /// A command running the Python `code` (`-c`) with libtorrent available.
 pub fn lt_python(code: &str) -> Command {
     require_libtorrent();

@@ -278,6 +278,16 @@ pub fn to_hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
+/// The bytes of `hex` (an info hash, say); panics on anything but pairs of
+/// hex digits.
+pub fn hex_to_bytes(hex: &str) -> Vec<u8> {
+    assert_eq!(hex.len() % 2, 0, "odd hex length: {hex}");
+    (0..hex.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).expect("hex digit"))
+        .collect()
+}
+
 // ---------------------------------------------------------------------------
 // Magnet links
 // ---------------------------------------------------------------------------

@@ -6,14 +6,14 @@ use std::fs;
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::os::unix::fs::PermissionsExt;
-use std::process::Command;
 use std::thread;
 use std::time::{Duration, Instant};
 
 use super::net::{free_port, loopback_addr};
 use super::payload::TestDir;
 use super::procs::{Proc, STARTUP_TIMEOUT};
-use super::tools::{require_tool, support, PYTHON};
+use super::tools::{require_tool, tethered};
+use super::torrents::hex_to_bytes;
 
 /// An opentracker (HTTP and UDP on one port, 127.0.0.1 only) that answers
 /// only the whitelisted info hashes. Killed on drop.
@@ -25,14 +25,6 @@ pub struct Tracker {
 
 fn percent_encode_bytes(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("%{b:02X}")).collect()
-}
-
-fn hex_to_bytes(hex: &str) -> Vec<u8> {
-    assert_eq!(hex.len() % 2, 0, "odd hex length: {hex}");
-    (0..hex.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).expect("hex digit"))
-        .collect()
 }
 
 /// Plain HTTP/1.0 GET to 127.0.0.1:`port`; returns the body.
@@ -79,10 +71,8 @@ impl Tracker {
         let mut last_logs = String::new();
         for _attempt in 0..5 {
             let port = free_port();
-            let mut cmd = Command::new(PYTHON);
-            cmd.arg(support("tether.py"))
-                .arg(&opentracker)
-                .args(["-i", "127.0.0.1", "-p"])
+            let mut cmd = tethered(&opentracker);
+            cmd.args(["-i", "127.0.0.1", "-p"])
                 .arg(port.to_string())
                 .arg("-P")
                 .arg(port.to_string())
