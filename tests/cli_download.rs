@@ -6,27 +6,15 @@
 mod common;
 
 use common::*;
-use std::collections::BTreeMap;
-use std::ffi::OsStr;
-use std::path::Path;
 use std::time::Duration;
 
 const MIB: usize = 1024 * 1024;
-
-fn download(torrent: &Path, out_path: &Path) -> std::process::Output {
-    run_bitrush([
-        OsStr::new("download"),
-        OsStr::new("-o"),
-        out_path.as_os_str(),
-        torrent.as_os_str(),
-    ])
-}
 
 /// Downloads a single-file torrent and checks OUT is byte-identical.
 #[track_caller]
 fn check_single_file_download(swarm: &Swarm) {
     let out_path = swarm.out_dir("out").join("downloaded.bin");
-    let out = download(&swarm.torrent, &out_path);
+    let out = run_download(&swarm.torrent, &out_path, &[]);
     assert_success(&out);
     assert_quiet_stdout(&out);
     let got = std::fs::read(&out_path)
@@ -34,24 +22,15 @@ fn check_single_file_download(swarm: &Swarm) {
     assert_bytes_eq(&got, &swarm.data, "downloaded file");
 }
 
-fn assert_tree_eq(got_root: &Path, want: &BTreeMap<String, Vec<u8>>) {
-    assert!(
-        got_root.is_dir(),
-        "{} is not a directory",
-        got_root.display()
-    );
-    let got = read_tree(got_root);
-    let got_names: Vec<_> = got.keys().collect();
-    let want_names: Vec<_> = want.keys().collect();
-    assert_eq!(
-        got_names,
-        want_names,
-        "files under {} differ from the torrent's",
-        got_root.display()
-    );
-    for (name, data) in want {
-        assert_bytes_eq(&got[name], data, name);
-    }
+/// Downloads a multi-file torrent to OUT (`name` in a fresh output folder)
+/// and checks OUT holds exactly the torrent's tree.
+#[track_caller]
+fn check_tree_download(swarm: &Swarm, name: &str) {
+    let out_path = swarm.out_dir("out").join(name);
+    let out = run_download(&swarm.torrent, &out_path, &[]);
+    assert_success(&out);
+    assert_quiet_stdout(&out);
+    assert_tree_eq(&out_path, &swarm.tree);
 }
 
 #[test]
@@ -77,11 +56,7 @@ fn multi_file_tree_from_libtorrent() {
     let swarm = Swarm::tree("dl-tree", "tree", &files, 15, 52);
     assert!(swarm.info.multi_file);
     let _seeder = swarm.lt_seeder();
-    let out_path = swarm.out_dir("out").join("tree-out");
-    let out = download(&swarm.torrent, &out_path);
-    assert_success(&out);
-    assert_quiet_stdout(&out);
-    assert_tree_eq(&out_path, &swarm.tree);
+    check_tree_download(&swarm, "tree-out");
 }
 
 #[test]
@@ -100,11 +75,7 @@ fn multi_file_tree_from_aria2() {
     ];
     let swarm = Swarm::tree("dl-tree-aria2", "t", &files, 15, 54);
     let _seeder = swarm.aria2_seeder(1);
-    let out_path = swarm.out_dir("out").join("t-out");
-    let out = download(&swarm.torrent, &out_path);
-    assert_success(&out);
-    assert_quiet_stdout(&out);
-    assert_tree_eq(&out_path, &swarm.tree);
+    check_tree_download(&swarm, "t-out");
 }
 
 #[test]
@@ -181,7 +152,7 @@ fn piece_length_not_a_power_of_two() {
     assert_eq!(info.piece_length, 48 * 1024);
     let _seeder = LtSeeder::start(&torrent, &seed_dir);
     let out_path = dir.subdir("out").join("odd.bin");
-    let out = download(&torrent, &out_path);
+    let out = run_download(&torrent, &out_path, &[]);
     assert_success(&out);
     assert_bytes_eq(&std::fs::read(&out_path).unwrap(), &data, "downloaded file");
 }

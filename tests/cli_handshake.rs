@@ -5,16 +5,18 @@ mod common;
 
 use common::*;
 use std::path::Path;
+use std::process::Output;
+
+/// Runs `bitrush handshake TORRENT ADDR` to completion.
+fn handshake(torrent: &Path, addr: &str) -> Output {
+    run_bitrush([Path::new("handshake"), torrent, Path::new(addr)])
+}
 
 /// Runs `handshake` against `addr` and returns the peer id hex, asserting
 /// the exact output format.
 #[track_caller]
 fn handshake_peer_id(torrent: &Path, addr: &str) -> String {
-    let out = run_bitrush([
-        std::ffi::OsStr::new("handshake"),
-        torrent.as_os_str(),
-        std::ffi::OsStr::new(addr),
-    ]);
+    let out = handshake(torrent, addr);
     assert_success(&out);
     let stdout = stdout_of(&out);
     let id = stdout
@@ -53,11 +55,7 @@ fn handshake_with_aria2() {
 #[test]
 fn refused_connection_is_an_error() {
     let swarm = Swarm::single_file("hs-refused", 50_000, 15, 33, false);
-    let out = run_bitrush([
-        std::ffi::OsStr::new("handshake"),
-        swarm.torrent.as_os_str(),
-        std::ffi::OsStr::new(&refused_addr().to_string()),
-    ]);
+    let out = handshake(&swarm.torrent, &refused_addr().to_string());
     assert_cli_error(&out);
     assert!(stdout_of(&out).is_empty(), "{}", dump(&out));
 }
@@ -81,11 +79,7 @@ fn peer_without_the_torrent_is_an_error() {
             ..Default::default()
         },
     );
-    let out = run_bitrush([
-        std::ffi::OsStr::new("handshake"),
-        mine_torrent.as_os_str(),
-        std::ffi::OsStr::new(&seeder.addr().to_string()),
-    ]);
+    let out = handshake(&mine_torrent, &seeder.addr().to_string());
     assert_cli_error(&out);
 }
 
@@ -95,11 +89,7 @@ fn silent_peer_times_out_with_an_error() {
     // up by itself (well before the harness kills it) with an error.
     let swarm = Swarm::single_file("hs-silent", 50_000, 15, 36, false);
     let silent = SilentPeer::start();
-    let out = run_bitrush([
-        std::ffi::OsStr::new("handshake"),
-        swarm.torrent.as_os_str(),
-        std::ffi::OsStr::new(&silent.addr().to_string()),
-    ]);
+    let out = handshake(&swarm.torrent, &silent.addr().to_string());
     assert_cli_error(&out);
 }
 
@@ -108,11 +98,7 @@ fn malformed_address_is_an_error() {
     let swarm = Swarm::single_file("hs-badaddr", 50_000, 15, 37, false);
     // No host names: resolving one could leave the machine.
     for addr in ["127.0.0.1", "127.0.0.1:99999", "127.0.0.1:abc", ""] {
-        let out = run_bitrush([
-            std::ffi::OsStr::new("handshake"),
-            swarm.torrent.as_os_str(),
-            std::ffi::OsStr::new(addr),
-        ]);
+        let out = handshake(&swarm.torrent, addr);
         if let Err(e) = check_cli_error(&out) {
             panic!("bad address {addr:?} not rejected cleanly: {e}");
         }

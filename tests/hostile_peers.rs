@@ -1,8 +1,8 @@
-//! Hostile peers: scripted peers (tests/support/scripted_peer.py,
-//! tests/support/bad_peer.py) that break the protocol or send bad data, a
-//! flood of connections against a seeder, and a destination bitrush cannot
-//! write to. Each download must still complete byte-identical from an honest
-//! libtorrent seeder, or fail with one clear error line.
+//! Hostile peers: scripted peers (tests/support/scripted_peer.py) that break
+//! the protocol or send bad data, a flood of connections against a seeder,
+//! and a destination bitrush cannot write to. Each download must still
+//! complete byte-identical from an honest libtorrent seeder, or fail with one
+//! clear error line.
 //!
 //! Where a hostile peer must have been dropped by bitrush (not by bitrush
 //! exiting), the download runs with only hostile peers at first, so it cannot
@@ -12,38 +12,24 @@
 mod common;
 
 use common::*;
-use std::ffi::OsStr;
 use std::fs;
 use std::io::{ErrorKind, Read, Write};
 use std::net::TcpStream;
 use std::path::Path;
-use std::process::{Command, Output};
-use std::thread;
-use std::time::{Duration, Instant};
+use std::process::Command;
+use std::time::Duration;
 
 const MIB: usize = 1024 * 1024;
 /// How long a hostile peer may take to see the effect it waits for (only
 /// against a hang: no assertion is about time).
 const EVENT_TIMEOUT: Duration = Duration::from_secs(60);
 
-/// `bitrush download` in the background, logging warnings to stderr.
-fn spawn_download_logged(torrent: &Path, out_path: &Path) -> Proc {
-    let mut cmd = bitrush();
-    cmd.env("RUST_LOG", "bitrush=warn")
-        .arg("download")
-        .arg("-o")
-        .arg(out_path)
-        .arg(torrent);
+/// `bitrush download -o OUT TORRENT EXTRA...` in the background, logging
+/// warnings to stderr.
+fn spawn_download_logged(torrent: &Path, out_path: &Path, extra: &[&str]) -> Proc {
+    let mut cmd = bitrush_with(output_args("download", out_path, torrent, extra));
+    cmd.env("RUST_LOG", "bitrush=warn");
     Proc::spawn("bitrush download", cmd)
-}
-
-fn download(torrent: &Path, out_path: &Path) -> Output {
-    run_bitrush([
-        OsStr::new("download"),
-        OsStr::new("-o"),
-        out_path.as_os_str(),
-        torrent.as_os_str(),
-    ])
 }
 
 /// Waits for the background download to exit 0 and checks the output.
@@ -102,9 +88,7 @@ fn handshake_bytes(info_hash_hex: &str) -> Vec<u8> {
     let mut hs = vec![19u8];
     hs.extend_from_slice(b"BitTorrent protocol");
     hs.extend_from_slice(&[0u8; 8]);
-    for i in (0..40).step_by(2) {
-        hs.push(u8::from_str_radix(&info_hash_hex[i..i + 2], 16).unwrap());
-    }
+    hs.extend_from_slice(&hex_to_bytes(info_hash_hex));
     hs.extend_from_slice(b"-TS0001-flood0000000");
     hs
 }
@@ -137,19 +121,15 @@ fn corrupt_peer_is_banned_and_its_pieces_come_from_others() {
     let liar = BadPeer::start(&swarm.torrent, &swarm.seed_dir, BadPeerMode::Corrupt);
     swarm.tracker.announce_fake_peer(&hash, liar.port(), true);
     let out_path = swarm.out_dir("out").join("payload.bin");
-    let mut dl = spawn_download_logged(&swarm.torrent, &out_path);
+    let mut dl = spawn_download_logged(&swarm.torrent, &out_path, &[]);
 
     // With only the liar around, every piece fails until it is banned.
-    let deadline = Instant::now() + EVENT_TIMEOUT;
-    while !dl.stderr().contains("banning peer") {
-        assert_running(&mut dl, "waiting for the ban");
-        assert!(
-            Instant::now() < deadline,
-            "the corrupt peer was never banned\n{}\n{}",
+    if let Err(e) = dl.wait_until(EVENT_TIMEOUT, |dl| dl.stderr().contains("banning peer")) {
+        panic!(
+            "the corrupt peer was never banned: {e}\n{}\n{}",
             dl.logs(),
             liar.logs()
         );
-        thread::sleep(Duration::from_millis(50));
     }
     let stderr = dl.stderr();
     let ban = stderr
@@ -200,7 +180,7 @@ fn protocol_violations_drop_the_connection() {
         swarm.tracker.announce_fake_peer(&hash, p.port(), true);
     }
     let out_path = swarm.out_dir("out").join("payload.bin");
-    let mut dl = spawn_download_logged(&swarm.torrent, &out_path);
+    let mut dl = spawn_download_logged(&swarm.torrent, &out_path, &[]);
     // Nobody honest yet: the download cannot end, so a closed connection is
     // bitrush dropping the peer.
     for (mode, p) in modes.iter().zip(&peers) {
@@ -239,16 +219,10 @@ fn check_ignored_bogus_blocks(label: &str, mode: &str, seed: u64) {
         .announce_fake_peer(&hash, trickster.port(), true);
     let _honest = quiet_lt_seeder(&swarm, Some(512 * 1024));
     let out_path = swarm.out_dir("out").join("payload.bin");
-    let mut dl = spawn_download_logged(&swarm.torrent, &out_path);
+    let mut dl = spawn_download_logged(&swarm.torrent, &out_path, &[]);
     finish_download(&mut dl, &out_path, &swarm.data);
-    let bogus: usize = trickster
-        .logs()
-        .lines()
-        .filter_map(|l| l.strip_prefix("BOGUS "))
-        .filter_map(|n| n.parse::<usize>().ok())
-        .sum();
     assert!(
-        bogus > 0,
+        trickster.bogus_blocks() > 0,
         "the {mode} peer never got to send its bogus blocks\n{}",
         trickster.logs()
     );
@@ -284,7 +258,7 @@ fn stalled_peer_loses_its_blocks_to_others() {
         .tracker
         .announce_fake_peer(&hash, staller.port(), true);
     let out_path = swarm.out_dir("out").join("payload.bin");
-    let mut dl = spawn_download_logged(&swarm.torrent, &out_path);
+    let mut dl = spawn_download_logged(&swarm.torrent, &out_path, &[]);
     if let Err(e) = staller.wait_for("REQUEST", EVENT_TIMEOUT) {
         panic!("bitrush never asked the stalling peer: {e}\n{}", dl.logs());
     }
@@ -304,25 +278,10 @@ fn banned_incoming_peers_give_back_their_slots_and_blocks() {
     let hash = swarm.info.info_hash.clone();
     let out_path = swarm.out_dir("out").join("payload.bin");
     let port = free_port();
-    let mut cmd = bitrush();
-    cmd.env("RUST_LOG", "bitrush=warn")
-        .arg("download")
-        .arg("-o")
-        .arg(&out_path)
-        .arg(&swarm.torrent)
-        .arg("--port")
-        .arg(port.to_string());
-    let mut dl = Proc::spawn("bitrush download", cmd);
+    let mut dl = spawn_download_logged(&swarm.torrent, &out_path, &["--port", &port.to_string()]);
     // It listens before it announces.
-    let deadline = Instant::now() + EVENT_TIMEOUT;
-    while swarm.tracker.scrape(&hash).1 < 1 {
-        assert_running(&mut dl, "starting");
-        assert!(
-            Instant::now() < deadline,
-            "bitrush never announced\n{}",
-            dl.logs()
-        );
-        thread::sleep(Duration::from_millis(50));
+    if let Err(e) = dl.wait_until(EVENT_TIMEOUT, |_| swarm.tracker.scrape(&hash).1 >= 1) {
+        panic!("bitrush never announced: {e}\n{}", dl.logs());
     }
     let cycles = 60;
     let target = std::net::SocketAddr::from(([127, 0, 0, 1], port));
@@ -502,7 +461,7 @@ fn unwritable_output_is_one_clear_error() {
     // permissions would not stop a test running as root).
     let blocker = swarm.dir.join("not-a-directory");
     fs::write(&blocker, b"x").unwrap();
-    let out = download(&swarm.torrent, &blocker.join("payload.bin"));
+    let out = run_download(&swarm.torrent, &blocker.join("payload.bin"), &[]);
     let line = assert_one_line_error(&out);
     assert!(
         line.contains("not-a-directory"),
@@ -519,7 +478,7 @@ fn unwritable_output_is_one_clear_error() {
     // An existing directory where the single file should go: the error says so and what to
     // pass instead.
     let dir_out = swarm.out_dir("a-directory");
-    let out = download(&swarm.torrent, &dir_out);
+    let out = run_download(&swarm.torrent, &dir_out, &[]);
     let line = assert_one_line_error(&out);
     assert!(line.contains("a-directory is a directory"), "{line}");
     assert!(

@@ -17,25 +17,20 @@ use std::net::{TcpListener, UdpSocket};
 use std::path::Path;
 use std::process::{Command, ExitStatus, Output};
 use std::thread;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 const MIB: usize = 1024 * 1024;
-
-/// Runs `bitrush download -o OUT TORRENT EXTRA...` to completion.
-fn download(torrent: &Path, out_path: &Path, extra: &[&str]) -> Output {
-    run_bitrush(output_args("download", out_path, torrent, extra))
-}
 
 /// Starts `bitrush download -o OUT TORRENT EXTRA...` in the background.
 fn spawn_download(torrent: &Path, out_path: &Path, extra: &[&str]) -> Proc {
     spawn_bitrush(output_args("download", out_path, torrent, extra))
 }
 
-/// [`download`], which must succeed and leave exactly `want` at `out_path`
+/// [`run_download`], which must succeed and leave exactly `want` at `out_path`
 /// (`what` names it); returns the run for later messages.
 #[track_caller]
 fn download_ok(torrent: &Path, out_path: &Path, extra: &[&str], want: &[u8], what: &str) -> Output {
-    let out = download(torrent, out_path, extra);
+    let out = run_download(torrent, out_path, extra);
     assert_success(&out);
     assert_file_eq(out_path, want, what);
     out
@@ -80,28 +75,19 @@ fn honest_peer(swarm: &Swarm) -> ScriptedPeer {
 /// Waits until at least `min` pieces of the (single-file) output verify
 /// against the torrent's hashes while `proc` (a bitrush download) runs.
 fn wait_for_verified_pieces(proc: &mut Proc, out_path: &Path, info: &LtInfo, min: usize) {
-    let deadline = Instant::now() + PROCESS_TIMEOUT;
-    loop {
-        let have = verified_pieces(out_path, info)
+    let mut have = 0;
+    let enough = proc.wait_until(PROCESS_TIMEOUT, |_| {
+        have = verified_pieces(out_path, info)
             .iter()
             .filter(|&&v| v)
             .count();
-        if have >= min {
-            return;
-        }
-        if let Some(st) = proc.try_status() {
-            proc.wait_exit(Duration::from_secs(5));
-            panic!(
-                "bitrush ended ({st}) with only {have} pieces on disk\n{}",
-                proc.logs()
-            );
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no {min} verified pieces on disk (have {have})\n{}",
+        have >= min
+    });
+    if let Err(e) = enough {
+        panic!(
+            "no {min} verified pieces on disk (have {have}): {e}\n{}",
             proc.logs()
         );
-        thread::sleep(Duration::from_millis(50));
     }
 }
 
@@ -290,7 +276,7 @@ fn mixed_swarm_of_two_seeders_and_two_leechers_completes() {
     let lt_leecher = thread::spawn(move || lt_download(&torrent, &lt_dir, &[]));
 
     let out_path = swarm.out_dir("bitrush-out").join("payload.bin");
-    let out = download(&swarm.torrent, &out_path, &[]);
+    let out = run_download(&swarm.torrent, &out_path, &[]);
     let lt_result = lt_leecher.join();
     assert_success(&out);
     assert_file_eq(&out_path, &swarm.data, "bitrush leecher");
@@ -315,18 +301,8 @@ fn bitrush_leecher_seeds_to_another_bitrush_after_the_first_seeder_left() {
     let b_port = free_port().to_string();
     let mut b = spawn_download(&swarm.torrent, &b_path, &["--seed", "--port", &b_port]);
     // B announces `completed` once it has everything: two seeders then.
-    let deadline = Instant::now() + PROCESS_TIMEOUT;
-    while swarm.tracker.scrape(&hash).0 < 2 {
-        if b.try_status().is_some() {
-            b.wait_exit(Duration::from_secs(5));
-            panic!("B ended before seeding\n{}", b.logs());
-        }
-        assert!(
-            Instant::now() < deadline,
-            "B never became a seeder\n{}",
-            b.logs()
-        );
-        thread::sleep(Duration::from_millis(50));
+    if let Err(e) = b.wait_until(PROCESS_TIMEOUT, |_| swarm.tracker.scrape(&hash).0 >= 2) {
+        panic!("B never became a seeder: {e}\n{}", b.logs());
     }
     assert_file_eq(&b_path, &swarm.data, "B's download");
 
@@ -477,7 +453,7 @@ fn resume_state_is_trusted_and_recheck_overrides_it() {
 
     let honest = honest_peer(&swarm);
     // The state vouches for the damaged piece: it is neither hashed nor fetched.
-    let out = download(&swarm.torrent, &trusting, &[]);
+    let out = run_download(&swarm.torrent, &trusting, &[]);
     assert_success(&out);
     assert_eq!(
         honest.served_pieces(),

@@ -15,7 +15,7 @@ import struct
 import sys
 
 import libtorrent as lt
-from peerwire import recv_exact
+from peerwire import recv_exact, handshake, msg
 
 
 def main():
@@ -23,15 +23,12 @@ def main():
     info_hash = bytes.fromhex(sys.argv[2])
     sock = socket.create_connection((host, int(port)), timeout=30)
     sock.settimeout(30)
-    sock.sendall(
-        b"\x13BitTorrent protocol" + b"\x00\x00\x00\x00\x00\x10\x00\x00" + info_hash + b"-PR0001-extprobe0001"
-    )
+    sock.sendall(handshake(info_hash, b"-PR0001-extprobe0001", extensions=True))
     hs = recv_exact(sock, 68)
     if not hs[25] & 0x10:
         print("error: peer does not support the extension protocol", file=sys.stderr)
         return 1
-    payload = b"d1:mdee"
-    sock.sendall(struct.pack(">I", len(payload) + 2) + bytes([20, 0]) + payload)
+    sock.sendall(msg(20, b"\x00" + b"d1:mdee"))
     for _ in range(10000):
         (length,) = struct.unpack(">I", recv_exact(sock, 4))
         body = recv_exact(sock, length) if length else b""

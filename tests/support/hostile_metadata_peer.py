@@ -15,37 +15,29 @@ sends an extension handshake (BEP 10) with binary values in it (a non-UTF-8 `v`,
   bad-piece   announces the real metadata_size and answers every request with an
               out-of-range piece number (requested + 100000)
 
-It prints one line per event on stdout: `CONNECTED`, `HANDSHAKE <peer id hex>`,
+It prints one line per event on stdout: `CONN`, `HANDSHAKE <peer id hex>`,
 `EXT_HANDSHAKE`, `REQUEST <piece>`, `SENT <piece>`. It never sends a bitfield or any piece of
 the payload. It runs until its stdin reaches EOF (the test that started it died or finished).
 The torrent's info dictionary is taken from libtorrent (`torrent_info.info_section()`).
 """
 
-import socket
 import struct
 import sys
-import threading
 
 import libtorrent as lt
-from peerwire import say, recv_exact, exit_when_stdin_closes
+from peerwire import PROTOCOL, say, recv_exact, handshake, msg, serve_forever
 
 OUR_UT_METADATA_ID = 3
 PIECE = 16 * 1024
-PROTOCOL = b"\x13BitTorrent protocol"
 PEER_ID = b"-HM0001-hostilepeer1"
-
 
 
 def bstr(b):
     return str(len(b)).encode() + b":" + b
 
 
-def send_msg(sock, payload):
-    sock.sendall(struct.pack(">I", len(payload)) + payload)
-
-
 def send_ext(sock, ext_id, body):
-    send_msg(sock, bytes([20, ext_id]) + body)
+    sock.sendall(msg(20, bytes([ext_id]) + body))
 
 
 def ext_handshake(metadata_size):
@@ -72,12 +64,11 @@ def serve(conn, mode, info_hash, info):
     announced = 1 << 40 if mode == "huge-size" else real_size
     their_ut = None
     try:
-        say("CONNECTED")
         hs = recv_exact(conn, 68)
         if hs[:20] != PROTOCOL or hs[28:48] != info_hash:
             return
         say("HANDSHAKE %s" % hs[48:68].hex())
-        conn.sendall(PROTOCOL + b"\x00\x00\x00\x00\x00\x10\x00\x00" + info_hash + PEER_ID)
+        conn.sendall(handshake(info_hash, PEER_ID, extensions=True))
         send_ext(conn, 0, ext_handshake(announced))
         while True:
             (length,) = struct.unpack(">I", recv_exact(conn, 4))
@@ -115,11 +106,6 @@ def serve(conn, mode, info_hash, info):
             say("SENT %d" % piece)
     except (EOFError, OSError):
         pass
-    finally:
-        try:
-            conn.close()
-        except OSError:
-            pass
 
 
 def main():
@@ -130,17 +116,7 @@ def main():
     ti = lt.torrent_info(torrent)
     info = bytes(ti.info_section())
     info_hash = bytes.fromhex(str(ti.info_hash()))
-
-    listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    listener.bind(("127.0.0.1", 0))
-    listener.listen(16)
-
-    threading.Thread(target=exit_when_stdin_closes, daemon=True).start()
-    say("READY %d" % listener.getsockname()[1])
-    while True:
-        conn, _ = listener.accept()
-        threading.Thread(target=serve, args=(conn, mode, info_hash, info), daemon=True).start()
+    serve_forever(lambda conn: serve(conn, mode, info_hash, info))
 
 
 if __name__ == "__main__":

@@ -14,13 +14,11 @@ timeout. Exits at once when stdin reaches EOF (the test that started it died).
 import argparse
 import os
 import sys
-import threading
 import time
 
 import libtorrent as lt
 
-from lt_tool import loopback_settings
-from peerwire import exit_when_stdin_closes
+from lt_tool import die_when_stdin_closes, loopback_settings
 
 
 def main():
@@ -32,7 +30,7 @@ def main():
     p.add_argument("--timeout", type=float, default=100.0)
     args = p.parse_args()
 
-    threading.Thread(target=exit_when_stdin_closes, args=(3,), daemon=True).start()
+    die_when_stdin_closes()
 
     settings = loopback_settings(0)
     settings.update(

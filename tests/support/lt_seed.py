@@ -21,6 +21,7 @@ import time
 import libtorrent as lt
 
 from lt_tool import loopback_settings
+from peerwire import exit_when_stdin_closes
 
 # Exit code used when --exit-after-upload made the seeder die on purpose.
 DIED_EXIT_CODE = 42
@@ -108,20 +109,10 @@ def main():
 
     print("READY %d" % port, flush=True)
 
-    stop = threading.Event()
-
-    def watch_stdin():
-        try:
-            while sys.stdin.buffer.read(4096):
-                pass
-        except Exception:
-            pass
-        stop.set()
-
-    threading.Thread(target=watch_stdin, daemon=True).start()
+    threading.Thread(target=exit_when_stdin_closes, daemon=True).start()
 
     poll = 0.02 if args.exit_after_upload else 0.2
-    while not stop.is_set():
+    while True:
         for a in ses.pop_alerts():
             if args.verbose or isinstance(a, lt.torrent_error_alert):
                 print("lt_seed alert: %s" % a.message(), file=sys.stderr, flush=True)
@@ -131,8 +122,7 @@ def main():
                 print("lt_seed: dying after uploading %d bytes" % uploaded, file=sys.stderr, flush=True)
                 # Abrupt death: no tracker 'stopped' event, sockets just close.
                 os._exit(DIED_EXIT_CODE)
-        stop.wait(poll)
-    os._exit(0)
+        time.sleep(poll)
 
 
 if __name__ == "__main__":

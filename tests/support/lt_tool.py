@@ -33,7 +33,7 @@ def loopback_settings(port=0):
         "enable_upnp": False,
         "enable_natpmp": False,
         "allow_multiple_connections_per_ip": True,
-        # TCP only: the other clients here (bitrush, aria2, bad_peer.py)
+        # TCP only: the other clients here (bitrush, aria2, scripted_peer.py)
         # do not speak uTP, and uTP-first would delay connecting to them.
         "enable_outgoing_utp": False,
         "enable_incoming_utp": False,

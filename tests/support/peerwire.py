@@ -1,7 +1,7 @@
-"""Small helpers shared by the scripted test peers: line output, exact socket reads, and the
-listen-until-stdin-closes life of a test peer.
+"""Small helpers shared by the scripted test peers: line output, exact socket reads, the
+BitTorrent handshake and message framing, and the listen-until-stdin-closes life of a test peer.
 
-Imported by bad_peer.py, scripted_peer.py, hostile_metadata_peer.py, ext_probe.py, lt_leech.py,
+Imported by scripted_peer.py, hostile_metadata_peer.py, ext_probe.py, lt_seed.py, lt_leech.py,
 lt_tool.py and tether.py, which run as scripts from this folder (so it is on their import path).
 """
 
@@ -12,6 +12,9 @@ import sys
 import threading
 
 _lock = threading.Lock()
+
+# The first 20 bytes of every BitTorrent handshake.
+PROTOCOL = b"\x13BitTorrent protocol"
 
 
 def say(line):
@@ -30,6 +33,13 @@ def recv_exact(sock, n):
             raise EOFError("connection closed")
         buf += chunk
     return buf
+
+
+def handshake(info_hash, peer_id, extensions=False):
+    """The 68-byte handshake for info_hash (20 bytes) from peer_id (20 bytes); with
+    `extensions`, its reserved bytes announce the extension protocol (BEP 10)."""
+    reserved = b"\x00\x00\x00\x00\x00\x10\x00\x00" if extensions else bytes(8)
+    return PROTOCOL + reserved + info_hash + peer_id
 
 
 def msg(msg_id, payload=b""):
@@ -55,17 +65,26 @@ def exit_when_stdin_closes(code=0, on_exit=None):
 
 def serve_forever(handler, port=0):
     """Listens on 127.0.0.1:port and prints `READY <port>`; each connection says `CONN` and runs
-    handler(conn) in its own thread, until stdin closes."""
+    handler(conn) in its own thread, then is closed, until stdin closes."""
     srv = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     srv.bind(("127.0.0.1", port))
     srv.listen(64)
     say("READY %d" % srv.getsockname()[1])
 
+    def handle(conn):
+        try:
+            handler(conn)
+        finally:
+            try:
+                conn.close()
+            except OSError:
+                pass
+
     def accept_loop():
         while True:
             conn, _ = srv.accept()
             say("CONN")
-            threading.Thread(target=handler, args=(conn,), daemon=True).start()
+            threading.Thread(target=handle, args=(conn,), daemon=True).start()
 
     threading.Thread(target=accept_loop, daemon=True).start()
     exit_when_stdin_closes(0)

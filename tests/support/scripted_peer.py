@@ -19,6 +19,7 @@ accepted connection reads the peer's handshake and then behaves as MODE says:
   have-range      handshake, full bitfield, unchoke, then `have` for piece
                   number <piece count> (one past the last)
   wrong-infohash  a handshake for another info hash
+  garbage         68 random bytes where its handshake should be
   unrequested     handshake, full bitfield, then (still choking) a `piece`
                   message with wrong bytes for every block of the torrent,
                   none of them requested; then unchoke and serve honestly
@@ -55,10 +56,9 @@ import threading
 import time
 
 import libtorrent as lt
-from peerwire import say, recv_exact, msg, exit_when_stdin_closes, serve_forever
+from peerwire import PROTOCOL, say, recv_exact, handshake, msg, exit_when_stdin_closes, serve_forever
 
 PEER_ID = b"-SP0001-scriptedpeer"
-PROTOCOL = b"\x13BitTorrent protocol"
 BLOCK = 16 * 1024
 MODES = [
     "honest",
@@ -67,6 +67,7 @@ MODES = [
     "spare-bits",
     "have-range",
     "wrong-infohash",
+    "garbage",
     "unrequested",
     "choke-data",
     "stall",
@@ -146,23 +147,23 @@ def serve(conn, mode, t):
         behave(conn, mode, t)
     except (EOFError, OSError):
         say("CLOSED")
-    finally:
-        try:
-            conn.close()
-        except OSError:
-            pass
 
 
 def behave(conn, mode, t, send_handshake=True):
     """Everything after the peer's handshake was read; may raise EOFError/OSError."""
     if mode == "wrong-infohash":
         other = hashlib.sha1(b"some other torrent").digest()
-        conn.sendall(PROTOCOL + bytes(8) + other + PEER_ID)
+        conn.sendall(handshake(other, PEER_ID))
+        say("VIOLATION")
+        wait_for_close(conn)
+        return
+    if mode == "garbage":
+        conn.sendall(os.urandom(68))
         say("VIOLATION")
         wait_for_close(conn)
         return
     if send_handshake:
-        conn.sendall(PROTOCOL + bytes(8) + t.info_hash + PEER_ID)
+        conn.sendall(handshake(t.info_hash, PEER_ID))
     if mode == "bad-bitfield":
         conn.sendall(msg(5, full_bitfield(t.num_pieces) + b"\xff"))
         say("VIOLATION")
@@ -264,7 +265,7 @@ def dial(target, cycles, mode, t):
         conn = socket.create_connection((host, int(port)), timeout=60)
         conn.settimeout(None)
         try:
-            conn.sendall(PROTOCOL + bytes(8) + t.info_hash + PEER_ID)
+            conn.sendall(handshake(t.info_hash, PEER_ID))
             try:
                 hs = recv_exact(conn, 68)
             except (EOFError, OSError):
