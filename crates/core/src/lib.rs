@@ -9,6 +9,7 @@
 //! - [`tracker`]: announce messages, the UDP tracker machine, BEP 12 tiers.
 //! - [`swarm`]: one torrent's exchange with its peers: pieces, requests, choking.
 //! - [`storage`]: pieces mapped onto files, and the fast-resume format.
+//! - [`utp`]: the Micro Transport Protocol (BEP 29) over a UDP socket.
 
 pub mod bencode;
 pub mod metainfo;
@@ -16,6 +17,7 @@ pub mod storage;
 pub mod swarm;
 pub mod tracker;
 pub mod types;
+pub mod utp;
 pub mod wire;
 
 #[cfg(any(test, feature = "testing"))]
