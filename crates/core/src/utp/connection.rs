@@ -4,8 +4,9 @@
 //! Invariants:
 //! - `sent` holds every packet from the oldest unacknowledged one to the newest, in sequence
 //!   order, at most [`MAX_PACKETS_IN_FLIGHT`] of them; `bytes_in_flight` is the payload of those
-//!   neither acknowledged nor declared lost, and never exceeds `min(cwnd, peer window)` by more
-//!   than one packet (a packet is only sent when it fits, or when nothing is in flight).
+//!   neither acknowledged nor declared lost. A new packet leaves only when it fits
+//!   `min(cwnd, peer window)` (or as a probe when nothing is in flight); only a fast
+//!   retransmission, which the acks show is missing, may go over.
 //! - An ack for a sequence number we never sent makes the whole packet ignored; data further
 //!   ahead than the reorder span or past the peer's FIN is dropped unacknowledged.
 //! - The send and receive buffers never exceed their configured capacities, whatever window the
@@ -33,7 +34,7 @@ const MAX_DATA_SACK_LEN: usize = 32;
 const DUP_ACK_LIMIT: u32 = 3;
 /// Selectively acked packets after a hole that declare it lost.
 const SACK_LOSS_THRESHOLD: u32 = 3;
-/// Timeouts in a row that end a closing exchange (our FIN unanswered).
+/// Timeouts in a row that end our FIN's wait for an ack once the peer closed its side.
 const FIN_RETRIES: u32 = 2;
 /// Initial congestion window, in packets.
 const INITIAL_WINDOW_PACKETS: usize = 4;
@@ -456,7 +457,9 @@ impl Connection {
                 .on_ack(acked_bytes, in_flight_before, min_rtt, cwnd_limited);
         }
         if progressed || acked_bytes > 0 {
-            self.rto_deadline = if self.bytes_in_flight > 0 {
+            // (A FIN carries no bytes but still waits for its ack.)
+            let waiting = self.bytes_in_flight > 0 || matches!(self.fin, Fin::Sent(_));
+            self.rto_deadline = if waiting {
                 Some(now + self.rto())
             } else {
                 None
@@ -778,8 +781,9 @@ impl Connection {
         self.rto_deadline = None;
         if self.sent.iter().any(|p| !p.acked && !p.lost) {
             self.timeouts += 1;
+            // Our FIN answering the peer's may go unacked because the peer is already gone.
             let only_fin = self.sent.iter().all(|p| p.acked || p.kind == Kind::Fin);
-            let limit = if only_fin && self.app == App::Gone {
+            let limit = if only_fin && self.eof {
                 FIN_RETRIES
             } else {
                 self.cfg.max_retransmits
@@ -864,7 +868,10 @@ impl Connection {
             return false;
         };
         let len = p.len as usize;
-        if self.bytes_in_flight > 0 && self.bytes_in_flight + len > self.window() {
+        // A fast retransmission (the acks say it is missing) goes out whatever the window, as
+        // libtorrent does: waiting for room would stall the stream behind the hole.
+        if !p.fast_resent && self.bytes_in_flight > 0 && self.bytes_in_flight + len > self.window()
+        {
             return false;
         }
         let ptype = match p.kind {

@@ -29,6 +29,8 @@ mod fuzz_tests;
 mod packet_tests;
 #[cfg(test)]
 mod sim_tests;
+#[cfg(test)]
+mod socket_tests;
 
 use core::net::SocketAddr;
 use std::time::Duration;
