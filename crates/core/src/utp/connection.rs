@@ -154,6 +154,10 @@ pub struct Connection {
     ack_pending: bool,
     reply_micro: u32,
     last_adv_wnd: usize,
+    /// This connection's share of the socket's total window (set by the socket).
+    window_share: usize,
+    /// When payload last arrived (the socket shares its window among recent receivers).
+    last_data: Option<Instant>,
 
     // Application and life cycle.
     app: App,
@@ -222,6 +226,8 @@ impl Connection {
             ack_pending: false,
             reply_micro: 0,
             last_adv_wnd: cfg.recv_buffer,
+            window_share: cfg.recv_window_total,
+            last_data: None,
             app: App::Open,
             readable_queued: false,
             writable_queued: false,
@@ -405,7 +411,7 @@ impl Connection {
         self.peer_wnd = h.wnd_size as usize;
         self.process_acks(now, &h, pkt.sack, ev);
         match h.packet_type {
-            PacketType::Data => self.receive_data(h.seq_nr, pkt.payload, ev),
+            PacketType::Data => self.receive_data(now, h.seq_nr, pkt.payload, ev),
             PacketType::Fin => self.receive_fin(h.seq_nr, ev),
             _ => {}
         }
@@ -582,7 +588,8 @@ impl Connection {
         }
     }
 
-    fn receive_data(&mut self, seq: u16, payload: &[u8], ev: &mut Events) {
+    fn receive_data(&mut self, now: Instant, seq: u16, payload: &[u8], ev: &mut Events) {
+        self.last_data = Some(now);
         if self.remote_fin.is_some_and(|fin| !seq_less(seq, fin)) {
             return;
         }
@@ -690,7 +697,9 @@ impl Connection {
         }
         let n = self.recv.read(buf);
         // Tell a sender stalled on our window that it opened.
-        if self.recv.window() >= self.last_adv_wnd + self.recv.capacity() / 4 {
+        if self.advertised_window()
+            >= self.last_adv_wnd + self.window_share.min(self.recv.capacity()) / 4
+        {
             self.ack_pending = true;
         }
         self.maybe_peer_closed(ev);
@@ -965,6 +974,27 @@ impl Connection {
         true
     }
 
+    /// The receive window we announce: the room left in the receive buffer, within our share
+    /// of the socket's total (all of it once the application is gone: we drop what comes).
+    fn advertised_window(&self) -> usize {
+        let room = if self.app == App::Gone {
+            self.recv.capacity()
+        } else {
+            self.recv.window()
+        };
+        room.min(self.window_share)
+    }
+
+    /// Sets this connection's share of the socket's total receive window.
+    pub fn set_window_share(&mut self, share: usize) {
+        self.window_share = share;
+    }
+
+    /// Payload arrived at or after `since`.
+    pub fn received_data_since(&self, since: Instant) -> bool {
+        self.last_data.is_some_and(|t| t >= since)
+    }
+
     /// Writes a header (and a selective ack of at most `max_sack` bytes when packets are held
     /// out of order) into `out`. Every packet carries our ack, so the pending ack is cleared
     /// when the whole bitmask fit.
@@ -976,11 +1006,7 @@ impl Connection {
         max_sack: usize,
         out: &mut Vec<u8>,
     ) {
-        let wnd = if self.app == App::Gone {
-            self.recv.capacity()
-        } else {
-            self.recv.window()
-        };
+        let wnd = self.advertised_window();
         let syn = ptype == PacketType::Syn;
         let header = Header {
             packet_type: ptype,

@@ -39,6 +39,9 @@ pub use buffers::REORDER_PACKETS;
 pub use connection::MAX_PACKETS_IN_FLIGHT;
 pub use socket::{DatagramKind, UtpSocket};
 
+/// The smallest receive window a connection announces, however many share the total.
+pub const MIN_WINDOW_SHARE: usize = 16 * 1024;
+
 /// Settings of a [`UtpSocket`] and its connections.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct UtpConfig {
@@ -50,6 +53,14 @@ pub struct UtpConfig {
     /// Per-connection receive buffer: bytes not yet read plus early packets; the window we
     /// advertise is what is left of it (at least two packets). Default 1 MiB.
     pub recv_buffer: usize,
+    /// The receive windows of all connections together, at most: each connection that
+    /// received data in the last second announces an equal share of it (never less than
+    /// [`MIN_WINDOW_SHARE`]). Bursts from all peers land in the one UDP socket's kernel buffer
+    /// before they are read, and a datagram that does not fit is lost, which costs far more
+    /// than a smaller window: keep this below what the socket's `SO_RCVBUF` holds (the kernel
+    /// charges about 2.3 KiB per 1.4 KiB datagram, so about half of it). Default 1 MiB, for a
+    /// 2 MiB or larger buffer.
+    pub recv_window_total: usize,
     /// Connections at most, incoming and outgoing. Default 1024.
     pub max_connections: usize,
     /// Incoming connections whose peer has not yet sent anything after its SYN, at most;
@@ -79,6 +90,7 @@ impl Default for UtpConfig {
             max_payload: 1400,
             send_buffer: 1 << 20,
             recv_buffer: 1 << 20,
+            recv_window_total: 1 << 20,
             max_connections: 1024,
             accept_backlog: 64,
             accept_incoming: true,
@@ -100,6 +112,7 @@ impl UtpConfig {
         self.recv_buffer = self
             .recv_buffer
             .clamp(2 * self.max_payload, u32::MAX as usize);
+        self.recv_window_total = self.recv_window_total.max(MIN_WINDOW_SHARE);
         self.max_connections = self.max_connections.max(1);
         self.min_rto = self.min_rto.max(Duration::from_millis(1));
         self.target_delay = self.target_delay.max(Duration::from_micros(1));

@@ -8,7 +8,7 @@
 //! connection handles are never reused (slot index plus a generation).
 
 use std::collections::{BTreeMap, VecDeque};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use core::net::SocketAddr;
 use rand::rngs::StdRng;
@@ -22,6 +22,10 @@ use super::{ConnectionId, ConnectionStats, UtpConfig, UtpError, UtpEvent};
 pub const STATELESS_QUEUE: usize = 64;
 /// Random connection ids tried before `connect` gives up.
 const ID_ATTEMPTS: usize = 64;
+/// How often the window shares are recomputed.
+const SHARE_REFRESH: Duration = Duration::from_millis(50);
+/// A connection counts as receiving if data came within this long.
+const ACTIVE_RECEIVER: Duration = Duration::from_secs(1);
 
 /// What a datagram was.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -57,6 +61,9 @@ pub struct UtpSocket {
     ready: VecDeque<usize>,
     events: VecDeque<UtpEvent>,
     stateless: VecDeque<(SocketAddr, Header)>,
+    /// When the window shares are next recomputed, and the current share.
+    next_share_refresh: Instant,
+    window_share: usize,
 }
 
 fn id_of(index: usize, generation: u32) -> ConnectionId {
@@ -78,6 +85,28 @@ impl UtpSocket {
             ready: VecDeque::new(),
             events: VecDeque::new(),
             stateless: VecDeque::new(),
+            next_share_refresh: now,
+            window_share: config.clamped().recv_window_total,
+        }
+    }
+
+    /// Splits [`UtpConfig::recv_window_total`] among the connections that received data
+    /// lately (at most every [`SHARE_REFRESH`]).
+    fn refresh_window_shares(&mut self, now: Instant) {
+        if now < self.next_share_refresh {
+            return;
+        }
+        self.next_share_refresh = now + SHARE_REFRESH;
+        let since = now.checked_sub(ACTIVE_RECEIVER).unwrap_or(self.epoch);
+        let conns = self.slots.iter_mut().filter_map(|s| s.conn.as_deref_mut());
+        let active = conns
+            .filter(|c| c.received_data_since(since))
+            .count()
+            .max(1);
+        let share = (self.config.recv_window_total / active).max(super::MIN_WINDOW_SHARE);
+        self.window_share = share;
+        for c in self.slots.iter_mut().filter_map(|s| s.conn.as_deref_mut()) {
+            c.set_window_share(share);
         }
     }
 
@@ -119,7 +148,8 @@ impl UtpSocket {
         Some(index)
     }
 
-    fn insert(&mut self, conn: Connection) -> ConnectionId {
+    fn insert(&mut self, mut conn: Connection) -> ConnectionId {
+        conn.set_window_share(self.window_share);
         let key = (conn.peer, conn.recv_id);
         let index = match self.free.pop() {
             Some(i) => i,
@@ -402,6 +432,7 @@ impl UtpSocket {
             Packet::encode(&header, None, &[], out);
             return Some(to);
         }
+        self.refresh_window_shares(now);
         while let Some(index) = self.ready.pop_front() {
             let Some(conn) = self
                 .slots
