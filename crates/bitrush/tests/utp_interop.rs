@@ -9,6 +9,7 @@
 //! `cargo test --release -p bitrush --test utp_interop -- --ignored --nocapture` also runs the
 //! throughput measurement (a larger file, ours against libtorrent's own uTP download).
 
+use std::collections::VecDeque;
 use std::fs;
 use std::io::{BufRead, BufReader, ErrorKind};
 use std::net::{SocketAddr, UdpSocket};
@@ -22,6 +23,7 @@ use std::time::{Duration, Instant};
 use bitrush::create::create_torrent;
 use bitrush_core::metainfo::Metainfo;
 use bitrush_core::types::PeerId;
+use bitrush_core::utp::packet::{Packet, PacketType};
 use bitrush_core::utp::{CloseReason, ConnectionId, UtpConfig, UtpEvent, UtpSocket};
 use bitrush_core::wire::handshake::{Handshake, HANDSHAKE_LEN};
 use bitrush_core::wire::message::{BlockRef, Message, MessageDecoder, MAX_MESSAGE_LEN};
@@ -149,6 +151,9 @@ struct Driver {
     tx: Vec<u8>,
     events: Vec<UtpEvent>,
     datagrams: u64,
+    /// FIN and RESET packets received (to check the close handshake).
+    fins_in: u32,
+    resets_in: u32,
 }
 
 impl Driver {
@@ -174,6 +179,8 @@ impl Driver {
             tx: Vec::new(),
             events: Vec::new(),
             datagrams: 0,
+            fins_in: 0,
+            resets_in: 0,
         }
     }
 
@@ -189,6 +196,13 @@ impl Driver {
 
     fn handle(&mut self, n: usize, from: SocketAddr) {
         self.datagrams += 1;
+        if let Ok(p) = Packet::parse(&self.rx[..n]) {
+            match p.header.packet_type {
+                PacketType::Fin => self.fins_in += 1,
+                PacketType::Reset => self.resets_in += 1,
+                _ => {}
+            }
+        }
         let kind = self
             .utp
             .handle_datagram(Instant::now(), from, &self.rx[..n]);
@@ -287,102 +301,134 @@ fn encode(m: &Message, out: &mut Vec<u8>) {
     out.extend_from_slice(&b);
 }
 
-/// Connects to a uTP-only libtorrent seeder and downloads the whole torrent, requesting every
-/// block; returns the bytes and the time from the first request to the last block.
-fn download_from(
+/// One seeder we download from.
+struct Remote {
+    conn: ConnectionId,
+    inbox: BytesMut,
+    decoder: MessageDecoder,
+    unchoked: bool,
+    outstanding: usize,
+    /// Blocks still to request from this seeder.
+    todo: VecDeque<BlockRef>,
+}
+
+/// Connects to uTP-only libtorrent seeders, all over our one UDP socket, and downloads the
+/// whole torrent (piece `i` from seeder `i mod n`), keeping `pipeline` requests out per seeder.
+/// Returns the bytes and the time from the first request to the last block.
+fn download(
     d: &mut Driver,
-    seeder: SocketAddr,
+    seeders: &[SocketAddr],
     fx: &Fixture,
     pipeline: usize,
 ) -> (Vec<u8>, Duration) {
     let deadline = Instant::now() + DEADLINE;
-    let conn = d.utp.connect(Instant::now(), seeder).expect("connect");
-    let info_hash = fx.meta.info_hash.0;
-    d.write_all(
-        conn,
-        &Handshake::new(fx.meta.info_hash, PEER_ID).encode(),
-        deadline,
-    );
-    while d.take_event(|e| *e == UtpEvent::Connected(conn)).is_none() {
-        assert!(
-            Instant::now() < deadline,
-            "uTP handshake with libtorrent timed out"
-        );
-        d.pump(Duration::from_millis(20));
-    }
-    let mut inbox = BytesMut::new();
-    read_handshake(d, conn, &mut inbox, info_hash);
-    let mut out = Vec::new();
-    encode(&Message::Interested, &mut out);
-    d.write_all(conn, &out, deadline);
-
     let info = &fx.meta.info;
-    let mut blocks = Vec::new();
+    let blocks_per_piece = info.piece_length.div_ceil(BLOCK) as usize;
+    let mut remotes: Vec<Remote> = seeders
+        .iter()
+        .map(|addr| {
+            let conn = d.utp.connect(Instant::now(), *addr).expect("connect");
+            let hs = Handshake::new(fx.meta.info_hash, PEER_ID).encode();
+            d.write_all(conn, &hs, deadline);
+            Remote {
+                conn,
+                inbox: BytesMut::new(),
+                decoder: MessageDecoder::new(MAX_MESSAGE_LEN),
+                unchoked: false,
+                outstanding: 0,
+                todo: VecDeque::new(),
+            }
+        })
+        .collect();
+    let mut nblocks = 0;
     for piece in 0..info.piece_count() {
         let len = info.piece_len(piece);
-        let mut begin = 0;
-        while begin < len {
-            blocks.push(BlockRef {
+        let todo = &mut remotes[piece as usize % seeders.len()].todo;
+        for begin in (0..len).step_by(BLOCK as usize) {
+            todo.push_back(BlockRef {
                 index: piece,
                 begin,
                 length: BLOCK.min(len - begin),
             });
-            begin += BLOCK;
+            nblocks += 1;
         }
     }
-    let total = info.total_length as usize;
-    let mut file = vec![0u8; total];
-    let mut received = vec![false; blocks.len()];
+    for r in &mut remotes {
+        while d
+            .take_event(|e| *e == UtpEvent::Connected(r.conn))
+            .is_none()
+        {
+            assert!(
+                Instant::now() < deadline,
+                "uTP handshake with libtorrent timed out"
+            );
+            d.pump(Duration::from_millis(20));
+        }
+        read_handshake(d, r.conn, &mut r.inbox, fx.meta.info_hash.0);
+        let mut out = Vec::new();
+        encode(&Message::Interested, &mut out);
+        d.write_all(r.conn, &out, deadline);
+    }
+    let mut file = vec![0u8; info.total_length as usize];
+    let mut received = vec![false; info.piece_count() as usize * blocks_per_piece];
     let mut got = 0usize;
-    let mut next = 0usize;
-    let mut outstanding = 0usize;
-    let mut unchoked = false;
-    let mut decoder = MessageDecoder::new(MAX_MESSAGE_LEN);
     let mut started = None;
-    while got < blocks.len() {
+    let mut out = Vec::new();
+    while got < nblocks {
         assert!(
             Instant::now() < deadline,
-            "download from libtorrent timed out at {got} of {} blocks",
-            blocks.len()
+            "download from libtorrent timed out at {got} of {nblocks} blocks"
         );
-        if unchoked && outstanding < pipeline && next < blocks.len() {
+        for r in &mut remotes {
+            if !r.unchoked || r.outstanding >= pipeline || r.todo.is_empty() {
+                continue;
+            }
             out.clear();
-            while outstanding < pipeline && next < blocks.len() {
-                encode(&Message::Request(blocks[next]), &mut out);
-                next += 1;
-                outstanding += 1;
+            while r.outstanding < pipeline {
+                let Some(b) = r.todo.pop_front() else { break };
+                encode(&Message::Request(b), &mut out);
+                r.outstanding += 1;
             }
             started.get_or_insert_with(Instant::now);
-            d.write_all(conn, &out, deadline);
+            d.write_all(r.conn, &out, deadline);
         }
         d.pump(Duration::from_millis(10));
-        d.read_into(conn, &mut inbox);
-        while let Some(m) = decoder.decode(&mut inbox).expect("valid peer messages") {
-            match m {
-                Message::Unchoke => unchoked = true,
-                Message::Choke => panic!("libtorrent choked us"),
-                Message::Piece { index, begin, data } => {
-                    let i = blocks
-                        .iter()
-                        .position(|b| b.index == index && b.begin == begin)
-                        .expect("a block we asked for");
-                    assert!(!received[i], "block {index}/{begin} twice");
-                    assert_eq!(data.len() as u32, blocks[i].length);
-                    received[i] = true;
-                    let at = index as usize * info.piece_length as usize + begin as usize;
-                    file[at..at + data.len()].copy_from_slice(&data);
-                    got += 1;
-                    outstanding -= 1;
+        for r in &mut remotes {
+            d.read_into(r.conn, &mut r.inbox);
+            while let Some(m) = r.decoder.decode(&mut r.inbox).expect("valid peer messages") {
+                match m {
+                    Message::Unchoke => r.unchoked = true,
+                    Message::Choke => panic!("libtorrent choked us"),
+                    Message::Piece { index, begin, data } => {
+                        let i = index as usize * blocks_per_piece + (begin / BLOCK) as usize;
+                        assert!(!received[i], "block {index}/{begin} twice");
+                        received[i] = true;
+                        let at = index as usize * info.piece_length as usize + begin as usize;
+                        file[at..at + data.len()].copy_from_slice(&data);
+                        got += 1;
+                        r.outstanding -= 1;
+                    }
+                    _ => {}
                 }
-                _ => {}
             }
         }
     }
     let took = started.map_or(Duration::ZERO, |s| s.elapsed());
-    d.utp.close(conn);
-    for _ in 0..10 {
-        d.pump(Duration::from_millis(5));
+    // Close: our FIN goes out after what we wrote; libtorrent answers with its own FIN, and
+    // the connections end once the FINs are acknowledged.
+    for r in &remotes {
+        d.utp.close(r.conn);
     }
+    while d.utp.connection_count() > 0 {
+        assert!(Instant::now() < deadline, "the close handshake never ended");
+        d.pump(Duration::from_millis(20));
+    }
+    assert_eq!(
+        d.fins_in as usize,
+        remotes.len(),
+        "one FIN from each seeder"
+    );
+    assert_eq!(d.resets_in, 0);
     (file, took)
 }
 
@@ -396,7 +442,7 @@ fn downloads_a_file_from_a_utp_only_libtorrent_seeder() {
     ]);
     let port: u16 = seeder.expect_line("READY", DEADLINE).parse().expect("port");
     let mut d = Driver::new();
-    let (file, _) = download_from(&mut d, SocketAddr::from(([127, 0, 0, 1], port)), &fx, 64);
+    let (file, _) = download(&mut d, &[SocketAddr::from(([127, 0, 0, 1], port))], &fx, 64);
     assert!(
         file == fx.payload,
         "the downloaded file differs from the seeded one"
@@ -484,11 +530,25 @@ fn a_utp_only_libtorrent_connects_to_us_and_downloads_from_our_seed() {
     seed_to(&mut d, conn, &fx, &leecher);
     let got = fs::read(leech_dir.path().join("payload.bin")).expect("libtorrent wrote the file");
     assert!(got == fx.payload, "libtorrent's copy differs");
+    // Two seeds have nothing to trade: libtorrent closes with a FIN, which ends our side.
+    let deadline = Instant::now() + DEADLINE;
+    while d
+        .take_event(|e| matches!(e, UtpEvent::Closed { .. }))
+        .is_none()
+    {
+        assert!(
+            Instant::now() < deadline,
+            "libtorrent never closed the connection"
+        );
+        d.pump(Duration::from_millis(20));
+    }
+    assert_eq!((d.fins_in, d.resets_in), (1, 0));
 }
 
-/// Throughput on loopback: a larger file from one libtorrent seeder to our driver, and the same
-/// file between two libtorrent sessions over uTP, for comparison. Prints MiB/s; asserts only
-/// that the data is right (machines are noisy).
+/// Throughput on loopback: a larger file from one and from four uTP-only libtorrent seeders
+/// (separate processes) to our driver, and the same downloads by libtorrent itself, for
+/// comparison. Prints MiB/s; asserts only that the data is right (machines are noisy).
+/// `UTP_BENCH_MIB` sets the size (default 256).
 #[test]
 #[ignore = "measurement: run in release with --ignored --nocapture"]
 fn throughput_against_libtorrent() {
@@ -497,35 +557,41 @@ fn throughput_against_libtorrent() {
         .and_then(|v| v.parse().ok())
         .unwrap_or(256);
     let fx = fixture(mib << 20, 1 << 20);
-    let seeder = Helper::start(&[
-        "seed",
+    let (data_dir, torrent) = (
         fx.data_dir.to_str().expect("utf-8 path"),
         fx.torrent.to_str().expect("utf-8 path"),
-    ]);
-    let port: u16 = seeder.expect_line("READY", DEADLINE).parse().expect("port");
-    let mut d = Driver::new();
-    let (file, took) = download_from(&mut d, SocketAddr::from(([127, 0, 0, 1], port)), &fx, 256);
-    assert!(file == fx.payload, "the downloaded file differs");
-    let ours = mib as f64 / took.as_secs_f64();
-    println!(
-        "bitrush uTP driver <- libtorrent: {mib} MiB in {:.2} s = {ours:.1} MiB/s ({} datagrams in)",
-        took.as_secs_f64(),
-        d.datagrams
     );
-    drop(seeder);
-    let dest = tempfile::tempdir().expect("temp dir");
-    let lt = Helper::start(&[
-        "lt2lt",
-        fx.data_dir.to_str().expect("utf-8 path"),
-        fx.torrent.to_str().expect("utf-8 path"),
-        dest.path().to_str().expect("utf-8 path"),
-    ]);
-    let secs: f64 = lt
-        .expect_line("SECONDS", Duration::from_secs(600))
-        .parse()
-        .expect("seconds");
-    println!(
-        "libtorrent uTP -> libtorrent uTP: {mib} MiB in {secs:.2} s = {:.1} MiB/s",
-        mib as f64 / secs
-    );
+    for n in [1usize, 4] {
+        let seeders: Vec<Helper> = (0..n)
+            .map(|_| Helper::start(&["seed", data_dir, torrent]))
+            .collect();
+        let addrs: Vec<SocketAddr> = seeders
+            .iter()
+            .map(|h| {
+                let port: u16 = h.expect_line("READY", DEADLINE).parse().expect("port");
+                SocketAddr::from(([127, 0, 0, 1], port))
+            })
+            .collect();
+        let mut d = Driver::new();
+        let (file, took) = download(&mut d, &addrs, &fx, 256);
+        assert!(file == fx.payload, "the downloaded file differs");
+        println!(
+            "bitrush uTP driver <- {n} libtorrent seeder(s): {mib} MiB in {:.2} s = {:.1} MiB/s",
+            took.as_secs_f64(),
+            mib as f64 / took.as_secs_f64()
+        );
+        drop(seeders);
+        let dest = tempfile::tempdir().expect("temp dir");
+        let n_arg = n.to_string();
+        let dest_arg = dest.path().to_str().expect("utf-8 path");
+        let lt = Helper::start(&["lt2lt", data_dir, torrent, dest_arg, &n_arg]);
+        let secs: f64 = lt
+            .expect_line("SECONDS", Duration::from_secs(600))
+            .parse()
+            .expect("seconds");
+        println!(
+            "libtorrent uTP <- {n} libtorrent seeder(s): {mib} MiB in {secs:.2} s = {:.1} MiB/s",
+            mib as f64 / secs
+        );
+    }
 }

@@ -7,9 +7,9 @@ Subcommands (everything on 127.0.0.1; DHT, LSD, UPnP and NAT-PMP off):
   leech SAVE_DIR TORRENT PEER_PORT
       Downloads the torrent from 127.0.0.1:PEER_PORT (connect_peer) into SAVE_DIR. Prints
       `CONNECTED` once a peer is connected and `DONE` once the download is complete.
-  lt2lt SAVE_DIR TORRENT DEST_DIR
-      Seeds from SAVE_DIR in one session and downloads into DEST_DIR in another, both uTP only;
-      prints `SECONDS <wall time of the download>`.
+  lt2lt SAVE_DIR TORRENT DEST_DIR [SEEDERS]
+      Seeds from SAVE_DIR in SEEDERS sessions (default 1) and downloads into DEST_DIR in
+      another, all uTP only; prints `SECONDS <wall time of the download>`.
 
 Every subcommand exits as soon as its stdin reaches EOF (the test that started it is over);
 lt2lt exits by itself once done.
@@ -126,16 +126,20 @@ def cmd_leech(save_dir, torrent, peer_port):
         time.sleep(1)
 
 
-def cmd_lt2lt(save_dir, torrent, dest_dir):
-    seeder = lt.session(utp_only_settings(seeder=True))
-    sh = add(seeder, torrent, save_dir)
-    if not wait_seeding(sh, 300):
-        raise SystemExit("error: not seeding")
-    port = listen_port(seeder)
+def cmd_lt2lt(save_dir, torrent, dest_dir, seeders="1"):
+    sessions = []
+    ports = []
+    for _ in range(int(seeders)):
+        ses = lt.session(utp_only_settings(seeder=True))
+        if not wait_seeding(add(ses, torrent, save_dir), 300):
+            raise SystemExit("error: not seeding")
+        sessions.append(ses)
+        ports.append(listen_port(ses))
     leecher = lt.session(utp_only_settings(seeder=False))
     lh = add(leecher, torrent, dest_dir)
     start = time.monotonic()
-    lh.connect_peer(("127.0.0.1", port))
+    for port in ports:
+        lh.connect_peer(("127.0.0.1", port))
     while not lh.status().is_seeding:
         time.sleep(0.005)
     say("SECONDS %.3f" % (time.monotonic() - start))

@@ -519,3 +519,55 @@ fn acks_for_unsent_packets_are_ignored() {
     assert_eq!(s.read(conn, &mut buf), 0, "the whole packet is ignored");
     assert_eq!(s.stats(conn).expect("stats").packets_in_flight, 1);
 }
+
+#[test]
+fn connections_receiving_data_share_the_total_window() {
+    let config = UtpConfig {
+        recv_window_total: 200_000,
+        ..UtpConfig::default()
+    };
+    let mut now = Instant::now();
+    let mut s = UtpSocket::new(now, config, 4);
+    let mut peers = Vec::new();
+    for port in [7001u16, 7002] {
+        let peer_addr = SocketAddr::from(([10, 0, 0, 2], port));
+        let conn = s.connect(now, peer_addr).expect("connect");
+        let syn = drain(&mut s, now)[0].0;
+        let mut peer = RawPeer {
+            addr: peer_addr,
+            conn_id: syn.connection_id,
+            seq_nr: 100,
+            ack_nr: syn.seq_nr,
+            wnd: 1 << 20,
+        };
+        let synack = peer.packet(PacketType::State, &[]);
+        let _ = s.handle_datagram(now, peer_addr, &synack);
+        peers.push((conn, peer));
+    }
+    let mut window_after_data = |s: &mut UtpSocket, now, peer: &mut RawPeer| {
+        let data = peer.packet(PacketType::Data, &[1u8; 1000]);
+        let _ = s.handle_datagram(now, peer.addr, &data);
+        let acks = drain(s, now);
+        acks.last().expect("an ack").0.wnd_size as usize
+    };
+    let (_, p0) = &mut peers[0];
+    // The share caps the window, not the bytes waiting to be read (those left the kernel).
+    assert_eq!(window_after_data(&mut s, now, p0), 200_000);
+    now += Duration::from_millis(100);
+    let (_, p1) = &mut peers[1];
+    let _ = window_after_data(&mut s, now, p1);
+    now += Duration::from_millis(100);
+    for (conn, peer) in peers.iter_mut() {
+        let mut sink = [0u8; 4096];
+        while s.read(*conn, &mut sink) > 0 {}
+        assert_eq!(
+            window_after_data(&mut s, now, peer),
+            100_000,
+            "two receivers, half each"
+        );
+    }
+    // A second later only the one still receiving keeps a share: it gets it all back.
+    now += Duration::from_millis(1500);
+    let (_, p0) = &mut peers[0];
+    assert_eq!(window_after_data(&mut s, now, p0), 200_000);
+}
