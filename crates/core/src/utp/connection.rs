@@ -10,7 +10,8 @@
 //! - An ack for a sequence number we never sent makes the whole packet ignored; data further
 //!   ahead than the reorder span or past the peer's FIN is dropped unacknowledged.
 //! - The send and receive buffers never exceed their configured capacities, whatever window the
-//!   peer advertises; the advertised window is exactly the room left in the receive buffer.
+//!   peer advertises; the advertised window is the room left in the receive buffer (less room
+//!   kept for the packet we wait for), within this connection's share of the socket's total.
 //! - A FIN takes the next sequence number but does not advance it (as libtorrent does), so our
 //!   later STATE packets carry the FIN's number.
 //! - Once the application closed or was told `Closed`, no more events are produced for it.
@@ -78,8 +79,8 @@ enum Fin {
     None,
     /// Close requested: FIN after the unsent bytes.
     Pending,
-    /// FIN sent with this sequence number.
-    Sent(u16),
+    /// FIN sent (with the sequence number `seq_nr` stays at).
+    Sent,
     /// Our FIN was acknowledged.
     Acked,
 }
@@ -332,7 +333,7 @@ impl Connection {
     fn last_sent_seq(&self) -> u16 {
         match self.fin {
             // The FIN did not advance `seq_nr`.
-            Fin::Sent(_) | Fin::Acked => self.seq_nr,
+            Fin::Sent | Fin::Acked => self.seq_nr,
             Fin::None | Fin::Pending => self.seq_nr.wrapping_sub(1),
         }
     }
@@ -364,21 +365,19 @@ impl Connection {
     /// Handles a packet routed to this connection.
     pub fn handle_packet(&mut self, now: Instant, pkt: &Packet, ev: &mut Events) {
         let h = pkt.header;
-        match h.packet_type {
-            PacketType::Syn => {
-                // The peer did not get our SYN-ACK: send it again.
-                if self.incoming && h.seq_nr == self.syn_seq && !self.confirmed {
-                    self.syn_ack_pending = true;
-                }
-                return;
+        if h.packet_type == PacketType::Syn {
+            // The peer did not get our SYN-ACK: send it again.
+            if self.incoming && h.seq_nr == self.syn_seq && !self.confirmed {
+                self.syn_ack_pending = true;
             }
-            PacketType::Reset => {
-                self.fail(CloseReason::Reset, ev);
-                return;
-            }
-            _ => {}
+            return;
         }
         if seq_less(self.last_sent_seq(), h.ack_nr) {
+            return;
+        }
+        if h.packet_type == PacketType::Reset {
+            // (Only one that acks something we sent: a blind third party cannot reset us.)
+            self.fail(CloseReason::Reset, ev);
             return;
         }
         if self.state == State::SynSent {
@@ -464,7 +463,7 @@ impl Connection {
         }
         if progressed || acked_bytes > 0 {
             // (A FIN carries no bytes but still waits for its ack.)
-            let waiting = self.bytes_in_flight > 0 || matches!(self.fin, Fin::Sent(_));
+            let waiting = self.bytes_in_flight > 0 || self.fin == Fin::Sent;
             self.rto_deadline = if waiting {
                 Some(now + self.rto())
             } else {
@@ -969,7 +968,7 @@ impl Connection {
             lost: false,
             fast_resent: false,
         });
-        self.fin = Fin::Sent(seq);
+        self.fin = Fin::Sent;
         self.rto_deadline.get_or_insert(now + self.rto());
         true
     }

@@ -12,6 +12,15 @@
 //! never panic; every table and buffer is capped ([`UtpConfig`] says the caps), whatever
 //! windows or sequence numbers a peer announces.
 //!
+//! Speed: bytes are copied once into the send buffer and once from it into each datagram, once
+//! from a datagram into the receive buffer and once out to the application; no allocation per
+//! packet once the buffers have grown. Acks go out when the driver drains
+//! [`UtpSocket::poll_transmit`], so a driver that handles a whole batch of datagrams first
+//! sends one ack per connection per batch. The driver should give the UDP socket a large
+//! receive buffer (`SO_RCVBUF`, several MiB) and keep [`UtpConfig::recv_window_total`] within
+//! it: on loopback a burst that overflows the kernel buffer is lost, and the sender's recovery
+//! costs far more than a smaller window.
+//!
 //! Packet size: a fixed payload of [`UtpConfig::max_payload`] bytes (1400 by default, so a data
 //! datagram with a 32-byte selective ack stays under 1472 bytes, the IPv4 Ethernet limit) and
 //! no path-MTU discovery: it fits every ordinary path, and on loopback the per-packet cost it
@@ -50,8 +59,9 @@ pub struct UtpConfig {
     /// Per-connection send buffer: written but unacknowledged bytes (at least two packets).
     /// It also caps the congestion window. Default 1 MiB.
     pub send_buffer: usize,
-    /// Per-connection receive buffer: bytes not yet read plus early packets; the window we
-    /// advertise is what is left of it (at least two packets). Default 1 MiB.
+    /// Per-connection receive buffer: bytes not yet read plus early packets (at least two
+    /// packets); the window we advertise is what is left of it, within the connection's share
+    /// of [`UtpConfig::recv_window_total`]. Default 1 MiB.
     pub recv_buffer: usize,
     /// The receive windows of all connections together, at most: each connection that
     /// received data in the last second announces an equal share of it (never less than

@@ -328,6 +328,13 @@ fn an_unanswered_syn_times_out_and_a_silent_peer_idles_out() {
 #[test]
 fn reset_both_ways() {
     let (mut s, conn, mut peer, now) = connected(UtpConfig::default(), 1 << 20);
+    // A RESET acking what we never sent is a blind guess: ignored.
+    let real_ack = peer.ack_nr;
+    peer.ack_nr = real_ack.wrapping_add(1000);
+    let forged = peer.packet(PacketType::Reset, &[]);
+    let _ = s.handle_datagram(now, peer.addr, &forged);
+    assert!(events(&mut s).is_empty());
+    peer.ack_nr = real_ack;
     let rst = peer.packet(PacketType::Reset, &[]);
     let _ = s.handle_datagram(now, peer.addr, &rst);
     assert_eq!(
@@ -544,7 +551,7 @@ fn connections_receiving_data_share_the_total_window() {
         let _ = s.handle_datagram(now, peer_addr, &synack);
         peers.push((conn, peer));
     }
-    let mut window_after_data = |s: &mut UtpSocket, now, peer: &mut RawPeer| {
+    let window_after_data = |s: &mut UtpSocket, now, peer: &mut RawPeer| {
         let data = peer.packet(PacketType::Data, &[1u8; 1000]);
         let _ = s.handle_datagram(now, peer.addr, &data);
         let acks = drain(s, now);
