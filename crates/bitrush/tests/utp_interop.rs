@@ -449,6 +449,24 @@ fn downloads_a_file_from_a_utp_only_libtorrent_seeder() {
     );
 }
 
+/// Waits for a peer to connect to the driver.
+fn accept_one(d: &mut Driver) -> ConnectionId {
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        assert!(
+            Instant::now() < deadline,
+            "libtorrent never connected over uTP"
+        );
+        d.pump(Duration::from_millis(20));
+        if let Some(UtpEvent::Incoming { conn, from }) =
+            d.take_event(|e| matches!(e, UtpEvent::Incoming { .. }))
+        {
+            assert!(from.ip().is_loopback());
+            return conn;
+        }
+    }
+}
+
 /// Serves `fx` as a seed on connection `conn` until the helper prints `DONE`.
 fn seed_to(d: &mut Driver, conn: ConnectionId, fx: &Fixture, leecher: &Helper) {
     let deadline = Instant::now() + DEADLINE;
@@ -513,20 +531,7 @@ fn a_utp_only_libtorrent_connects_to_us_and_downloads_from_our_seed() {
         fx.torrent.to_str().expect("utf-8 path"),
         &port,
     ]);
-    let deadline = Instant::now() + DEADLINE;
-    let conn = loop {
-        assert!(
-            Instant::now() < deadline,
-            "libtorrent never connected over uTP"
-        );
-        d.pump(Duration::from_millis(20));
-        if let Some(UtpEvent::Incoming { conn, from }) =
-            d.take_event(|e| matches!(e, UtpEvent::Incoming { .. }))
-        {
-            assert!(from.ip().is_loopback());
-            break conn;
-        }
-    };
+    let conn = accept_one(&mut d);
     seed_to(&mut d, conn, &fx, &leecher);
     let got = fs::read(leech_dir.path().join("payload.bin")).expect("libtorrent wrote the file");
     assert!(got == fx.payload, "libtorrent's copy differs");
@@ -561,6 +566,24 @@ fn throughput_against_libtorrent() {
         fx.data_dir.to_str().expect("utf-8 path"),
         fx.torrent.to_str().expect("utf-8 path"),
     );
+    // Upload: a libtorrent downloader fetching from our driver.
+    let mut d = Driver::new();
+    let leech_dir = tempfile::tempdir().expect("temp dir");
+    let port = d.local_addr().port().to_string();
+    let leech_arg = leech_dir.path().to_str().expect("utf-8 path");
+    let leecher = Helper::start(&["leech", leech_arg, torrent, &port]);
+    let conn = accept_one(&mut d);
+    let start = Instant::now();
+    seed_to(&mut d, conn, &fx, &leecher);
+    let took = start.elapsed();
+    let got = fs::read(leech_dir.path().join("payload.bin")).expect("libtorrent wrote the file");
+    assert!(got == fx.payload, "libtorrent's copy differs");
+    println!(
+        "libtorrent uTP <- bitrush uTP driver: {mib} MiB in {:.2} s = {:.1} MiB/s",
+        took.as_secs_f64(),
+        mib as f64 / took.as_secs_f64()
+    );
+    drop(leecher);
     for n in [1usize, 4] {
         let seeders: Vec<Helper> = (0..n)
             .map(|_| Helper::start(&["seed", data_dir, torrent]))
