@@ -122,18 +122,19 @@ pub fn looks_like_utp(bytes: &[u8]) -> bool {
     }
 }
 
-fn be16(b: &[u8], at: usize) -> u16 {
+// The header is a fixed-size array and every offset below is a constant inside it.
+fn be16(b: &[u8; HEADER_LEN], at: usize) -> u16 {
     u16::from_be_bytes([b[at], b[at + 1]])
 }
 
-fn be32(b: &[u8], at: usize) -> u32 {
+fn be32(b: &[u8; HEADER_LEN], at: usize) -> u32 {
     u32::from_be_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
 }
 
 impl<'a> Packet<'a> {
     /// Parses a datagram.
     pub fn parse(bytes: &'a [u8]) -> Result<Packet<'a>, PacketError> {
-        let Some(fixed) = bytes.get(..HEADER_LEN) else {
+        let Some(fixed) = bytes.first_chunk::<HEADER_LEN>() else {
             return Err(PacketError::TooShort(bytes.len()));
         };
         let version = fixed[0] & 0x0f;

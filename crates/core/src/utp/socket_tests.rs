@@ -578,3 +578,34 @@ fn connections_receiving_data_share_the_total_window() {
     let (_, p0) = &mut peers[0];
     assert_eq!(window_after_data(&mut s, now, p0), 200_000);
 }
+
+#[test]
+fn a_short_write_earns_one_writable_once_half_the_buffer_is_free() {
+    let config = UtpConfig {
+        send_buffer: 16 * 1400,
+        ..UtpConfig::default()
+    };
+    let (mut s, conn, mut peer, now) = connected(config, 1 << 20);
+    assert_eq!(s.write(conn, &[9u8; 100_000]), 16 * 1400);
+    let mut sent = drain(&mut s, now);
+    assert!(events(&mut s).is_empty());
+    // Acking a quarter frees too little; acking half frees enough; once is enough.
+    for (acked, writable) in [(3usize, false), (8, true), (12, false)] {
+        while sent.len() <= acked {
+            sent.extend(drain(&mut s, now));
+            peer.ack_nr = sent[sent.len().min(acked) - 1].0.seq_nr;
+            let ack = peer.packet(PacketType::State, &[]);
+            let _ = s.handle_datagram(now, peer.addr, &ack);
+            sent.extend(drain(&mut s, now));
+        }
+        peer.ack_nr = sent[acked].0.seq_nr;
+        let ack = peer.packet(PacketType::State, &[]);
+        let _ = s.handle_datagram(now, peer.addr, &ack);
+        assert_eq!(
+            events(&mut s) == vec![UtpEvent::Writable(conn)],
+            writable,
+            "after acking {} packets",
+            acked + 1
+        );
+    }
+}
