@@ -501,7 +501,7 @@ fn ledbat_keeps_the_bottleneck_queue_near_the_target() {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(16))]
+    #![proptest_config(ProptestConfig::with_cases(32))]
 
     #[test]
     fn any_misbehaving_link_delivers_byte_exact(
