@@ -14,6 +14,7 @@
 //! - [`swarm`]: one torrent's exchange with its peers: pieces, requests, choking.
 //! - [`session`]: the rules around it: announces, whom to dial, give-up, seed limits.
 //! - [`storage`]: pieces mapped onto files, and the fast-resume format.
+//! - [`utp`]: the Micro Transport Protocol (BEP 29) over a UDP socket.
 
 pub mod bencode;
 pub mod dht;
@@ -25,6 +26,7 @@ pub mod storage;
 pub mod swarm;
 pub mod tracker;
 pub mod types;
+pub mod utp;
 pub mod wire;
 
 #[cfg(any(test, feature = "testing"))]
