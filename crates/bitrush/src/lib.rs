@@ -7,7 +7,7 @@
 //! - [`engine`]: the tokio driver that owns sockets, timers and threads and feeds the state
 //!   machines.
 
-pub use bitrush_core::{bencode, metainfo, storage, swarm, tracker, types, wire};
+pub use bitrush_core::{bencode, merkle, metainfo, storage, swarm, tracker, types, wire};
 
 pub mod create;
 pub mod disk;

@@ -9,8 +9,10 @@
 //! - [`tracker`]: announce messages, the UDP tracker machine, BEP 12 tiers.
 //! - [`swarm`]: one torrent's exchange with its peers: pieces, requests, choking.
 //! - [`storage`]: pieces mapped onto files, and the fast-resume format.
+//! - [`merkle`]: BitTorrent v2 merkle trees (piece layers, roots, proofs).
 
 pub mod bencode;
+pub mod merkle;
 pub mod metainfo;
 pub mod storage;
 pub mod swarm;

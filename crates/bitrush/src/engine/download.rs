@@ -517,6 +517,19 @@ impl Manager {
         ratio_met || time_met
     }
 
+    /// Gives a completed download what only complete files get (executable bits, symlinks;
+    /// see `Storage::finish`).
+    async fn finish_files(&self) -> Result<(), DownloadError> {
+        let sink = self.shared.sink.clone();
+        tokio::task::spawn_blocking(move || match &*sink {
+            Sink::Files(storage) => storage.finish(),
+            Sink::Piece { .. } => Ok(()),
+        })
+        .await
+        .map_err(|e| DownloadError::Task(e.to_string()))??;
+        Ok(())
+    }
+
     async fn run(&mut self) -> Result<Outcome, DownloadError> {
         let extra = self.params.peers.clone();
         self.add_candidates(&extra);
@@ -540,6 +553,7 @@ impl Manager {
             let done = self.lock().download.is_done();
             if done && seeding_since.is_none() {
                 seeding_since = Some(Instant::now());
+                self.finish_files().await?;
                 if self.params.seed.is_none() {
                     break;
                 }
