@@ -843,7 +843,8 @@ pub struct LtFile {
 #[derive(Debug, Clone)]
 pub struct LtInfo {
     pub name: String,
-    /// The hash on the wire: v1, or the v2 one truncated for a v2-only torrent.
+    /// libtorrent's `info_hash()`: the v2 hash truncated to 20 bytes when the torrent has v2
+    /// metadata (hybrids included), else the v1 hash.
     pub info_hash: String,
     pub info_hash_v1: Option<String>,
     pub info_hash_v2: Option<String>,
