@@ -206,6 +206,10 @@ pub(super) async fn run_session(
     target: Target,
     opts: &SessionOptions,
 ) -> anyhow::Result<()> {
+    // Pieces are verified with the v1 SHA-1 hashes for now; a v2-only torrent has none.
+    if !torrent.info.version.has_v1() {
+        bail!("this is a BitTorrent v2-only torrent: bitrush can show it (`info`) but not download or seed it yet");
+    }
     let listener = tokio::net::TcpListener::bind(("0.0.0.0", opts.port))
         .await
         .with_context(|| format!("cannot listen on port {}", opts.port))?;
