@@ -231,18 +231,9 @@ impl Plan {
         self.piece_length
     }
 
-    pub fn version(&self) -> MetaVersion {
-        self.version
-    }
-
     /// The files in payload order, pad files included.
     pub fn files(&self) -> &[FileEntry] {
         &self.files
-    }
-
-    /// Payload length, pad files included.
-    pub fn total_length(&self) -> u64 {
-        self.total_length
     }
 
     pub fn piece_count(&self) -> u32 {

@@ -35,7 +35,8 @@ use crate::types::{to_hex, InfoHash, InfoHashV2};
 pub const MAX_PIECE_LENGTH: u32 = 1 << 28;
 /// Largest accepted total payload (1 PiB).
 pub const MAX_TOTAL_LENGTH: u64 = 1 << 50;
-/// Most files a torrent may list, pad files included.
+/// Most files a torrent may list (entries of a v1 `files` list, pad files included, or files
+/// of a v2 `file tree`).
 pub const MAX_FILES: usize = 1 << 21;
 /// Deepest directory nesting accepted in a v2 `file tree` (libtorrent's limit too).
 pub const MAX_TREE_DEPTH: usize = 100;
@@ -92,11 +93,6 @@ impl FileEntry {
             symlink: None,
             pieces_root: None,
         }
-    }
-
-    /// A pad file (never on disk).
-    pub fn is_pad(&self) -> bool {
-        self.attr.pad
     }
 }
 
@@ -291,7 +287,7 @@ pub fn info_hashes(info_bytes: &[u8], version: MetaVersion) -> (InfoHash, Option
 }
 
 /// A byte-string field, preferring the `<key>.utf-8` variant when it is a byte string.
-pub(super) fn string_field<'a>(dict: &'a Dict, key: &str) -> Option<&'a Value> {
+fn string_field<'a>(dict: &'a Dict, key: &str) -> Option<&'a Value> {
     let utf8_key = format!("{key}.utf-8");
     match dict.get(utf8_key.as_bytes()) {
         Some(v @ Value::Bytes(_)) => Some(v),
