@@ -40,29 +40,61 @@ pub fn info(path: &Path) -> anyhow::Result<()> {
         .first()
         .and_then(|t| t.first().cloned())
         .unwrap_or_default();
-    print_info(&tracker, &meta.info, meta.info_hash);
+    let v2_hashes: Vec<[u8; 32]> = (0..meta.info.files.len())
+        .filter_map(|i| meta.piece_hashes_v2(i))
+        .flatten()
+        .copied()
+        .collect();
+    let hashes = InfoHashes {
+        v1: meta.info_hash_v1(),
+        v2: meta.info_hash_v2,
+    };
+    print_info(&tracker, &meta.info, hashes, &v2_hashes);
     Ok(())
 }
 
-/// Prints the `info` block (shared by `info` and `magnet_info`).
+/// The info hashes a torrent is shown with.
+pub(super) struct InfoHashes {
+    /// The v1 hash (`Info Hash:`), absent for v2-only torrents.
+    pub v1: Option<bitrush::types::InfoHash>,
+    /// The v2 hash (`Info Hash v2:`), for v2 and hybrid torrents.
+    pub v2: Option<bitrush::types::InfoHashV2>,
+}
+
+/// Prints the `info` block (shared by `info` and `magnet_info`): `Length` counts the real
+/// files (not pad files); a v2-only torrent shows `Info Hash v2` in place of `Info Hash` and
+/// its piece-layer hashes (`v2_hashes`, file by file) as `Piece Hashes`.
 pub(super) fn print_info(
     tracker: &str,
     info: &bitrush::metainfo::Info,
-    info_hash: bitrush::types::InfoHash,
+    hashes: InfoHashes,
+    v2_hashes: &[[u8; 32]],
 ) {
     let mut out = String::new();
     out.push_str(&format!("Tracker URL: {tracker}\n"));
-    out.push_str(&format!("Length: {}\n", info.total_length));
-    out.push_str(&format!("Info Hash: {info_hash}\n"));
+    out.push_str(&format!("Length: {}\n", info.content_length()));
+    if let Some(v1) = hashes.v1 {
+        out.push_str(&format!("Info Hash: {v1}\n"));
+    }
+    if let Some(v2) = hashes.v2 {
+        out.push_str(&format!("Info Hash v2: {v2}\n"));
+    }
     out.push_str(&format!("Piece Length: {}\n", info.piece_length));
     out.push_str("Piece Hashes:\n");
-    for hash in &info.pieces {
-        out.push_str(&bitrush::types::to_hex(hash));
-        out.push('\n');
+    if info.version.has_v1() {
+        for hash in &info.pieces {
+            out.push_str(&bitrush::types::to_hex(hash));
+            out.push('\n');
+        }
+    } else {
+        for hash in v2_hashes {
+            out.push_str(&bitrush::types::to_hex(hash));
+            out.push('\n');
+        }
     }
     if info.multi_file {
         out.push_str("Files:\n");
-        for f in &info.files {
+        for (_, f) in info.real_files() {
             out.push_str(&format!("{} {}\n", f.length, f.path.join("/")));
         }
     }
@@ -211,6 +243,10 @@ pub(super) async fn run_session(
     opts: &SessionOptions,
     network: Network,
 ) -> anyhow::Result<()> {
+    // Pieces are verified with the v1 SHA-1 hashes for now; a v2-only torrent has none.
+    if !torrent.info.version.has_v1() {
+        bail!("this is a BitTorrent v2-only torrent: bitrush can show it (`info`) but not download or seed it yet");
+    }
     let Network {
         listener,
         port,

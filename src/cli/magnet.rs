@@ -29,14 +29,18 @@ fn first_tracker(magnet: &Magnet) -> &str {
     magnet.trackers.first().map_or("", String::as_str)
 }
 
-/// Prints the first tracker and the info hash; contacts nothing.
+/// Prints the first tracker and the info hash (`Info Hash v2` too when the link has one, in
+/// place of `Info Hash` when it has only that); contacts nothing.
 pub fn magnet_parse(link: &str) -> anyhow::Result<()> {
     let magnet = Magnet::parse(link)?;
-    print!(
-        "Tracker URL: {}\nInfo Hash: {}\n",
-        first_tracker(&magnet),
-        magnet.info_hash
-    );
+    let mut out = format!("Tracker URL: {}\n", first_tracker(&magnet));
+    if let Some(v1) = magnet.info_hash_v1() {
+        out.push_str(&format!("Info Hash: {v1}\n"));
+    }
+    if let Some(v2) = magnet.info_hash_v2 {
+        out.push_str(&format!("Info Hash v2: {v2}\n"));
+    }
+    print!("{out}");
     Ok(())
 }
 
@@ -74,8 +78,12 @@ pub async fn magnet_info(link: &str, dht: Option<DhtSettings>) -> anyhow::Result
     if let Some(dht) = dht {
         dht.shutdown().await;
     }
-    let (info, _) = fetched?;
-    commands::print_info(first_tracker(&magnet), &info, magnet.info_hash);
+    let (info, info_bytes) = fetched?;
+    let hashes = commands::InfoHashes {
+        v1: magnet.info_hash_v1(),
+        v2: bitrush::metainfo::info_hashes(&info_bytes, info.version).1,
+    };
+    commands::print_info(first_tracker(&magnet), &info, hashes, &[]);
     Ok(())
 }
 

@@ -3,6 +3,7 @@
 //! non-zero exit status.
 
 mod commands;
+mod create;
 mod demo;
 mod magnet;
 mod progress;
@@ -10,6 +11,7 @@ mod progress;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
+use bitrush::metainfo::MetaVersion;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
@@ -96,6 +98,59 @@ enum Command {
         /// Number of local seeders.
         #[arg(long, default_value_t = 3)]
         seeders: usize,
+    },
+    /// Make a .torrent from a file or a folder and print its magnet link.
+    ///
+    /// The torrent is hybrid by default (BitTorrent v1 and v2 in one file, as libtorrent makes
+    /// them): pieces are hashed with SHA-1 and SHA-256 at once, on every core, and pad files
+    /// (BEP 47) align each file to a piece. A folder's files are listed in byte order of their
+    /// paths, so the same folder always gives the same torrent. Hidden files are included.
+    /// Symbolic links are followed, as libtorrent, mktorrent and Transmission do: a link to a
+    /// file adds that file's data under the link's name, a link to a folder adds its tree;
+    /// broken links, links back to a folder being added, and special files (sockets, FIFOs,
+    /// devices) are skipped with a warning. Files with the owner's execute bit are marked `x`
+    /// so downloaders make them executable. File names must be UTF-8.
+    #[command(verbatim_doc_comment)]
+    Create {
+        /// The file or folder to share.
+        path: PathBuf,
+        /// Where to write the torrent [default: <name>.torrent in the current folder].
+        #[arg(short, long)]
+        output: Option<PathBuf>,
+        /// A tracker URL (repeatable: each its own tier; the first is `announce`).
+        #[arg(short = 't', long = "tracker", value_name = "URL")]
+        trackers: Vec<String>,
+        /// A web seed URL (BEP 19, repeatable).
+        #[arg(short = 'w', long = "web-seed", value_name = "WEB_SEED_URL")]
+        web_seeds: Vec<String>,
+        /// Piece length in bytes, or `auto`: 16 KiB for up to about 2.6 MB of data, doubling
+        /// each time the data grows fourfold (256 KiB up to 687 MB, 1 MiB up to 11 GB), up to
+        /// 8 MiB from about 700 GB, as libtorrent chooses. v2 and hybrid torrents need a power
+        /// of two of at least 16 KiB; v1 also accepts multiples of 16 KiB.
+        #[arg(long, value_name = "BYTES|auto", default_value = "auto", value_parser = create::parse_piece_length)]
+        piece_length: create::PieceLength,
+        /// Mark the torrent private (BEP 27: trackers only, no DHT or peer exchange).
+        #[arg(long)]
+        private: bool,
+        /// Make a BitTorrent v1 torrent only.
+        #[arg(long, conflicts_with_all = ["v2", "hybrid"])]
+        v1: bool,
+        /// Make a BitTorrent v2 torrent only (BEP 52).
+        #[arg(long, conflicts_with_all = ["v1", "hybrid"])]
+        v2: bool,
+        /// Make a hybrid torrent, v1 and v2 (the default).
+        #[arg(long, conflicts_with_all = ["v1", "v2"])]
+        hybrid: bool,
+        /// A comment stored in the torrent.
+        #[arg(long, value_name = "TEXT")]
+        comment: Option<String>,
+        /// A `source` tag in the info dictionary (changes the info hash; private trackers use
+        /// it to tell their torrents apart).
+        #[arg(long, value_name = "TEXT")]
+        source: Option<String>,
+        /// Leave out the creation date, so the same data always gives the same file.
+        #[arg(long)]
+        no_date: bool,
     },
     /// Seed existing data: verify it, announce, and serve peers until a limit or Ctrl-C.
     /// The data is only read, never written: data that does not match the torrent is an error.
@@ -312,6 +367,35 @@ fn run(command: Command) -> anyhow::Result<()> {
             &session.options(seed),
         )),
         Command::Demo { size_mib, seeders } => runtime()?.block_on(demo::demo(size_mib, seeders)),
+        Command::Create {
+            path,
+            output,
+            trackers,
+            web_seeds,
+            piece_length,
+            private,
+            v1,
+            v2,
+            hybrid: _,
+            comment,
+            source,
+            no_date,
+        } => create::create(create::CreateArgs {
+            path,
+            output,
+            trackers,
+            web_seeds,
+            piece_length: piece_length.0,
+            private,
+            version: match (v1, v2) {
+                (true, _) => MetaVersion::V1,
+                (_, true) => MetaVersion::V2,
+                _ => MetaVersion::Hybrid,
+            },
+            comment,
+            source,
+            no_date,
+        }),
         Command::Seed {
             torrent,
             path,

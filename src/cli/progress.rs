@@ -1,5 +1,5 @@
-//! The progress display: a bar on stderr with bytes, rate, peers and ETA, drawn only when stderr
-//! is a terminal.
+//! The progress displays: a bar on stderr with bytes, rate, peers and ETA for sessions, and a
+//! bytes bar for `create`; drawn only when stderr is a terminal.
 
 use std::io::IsTerminal;
 use std::time::Duration;
@@ -37,4 +37,22 @@ pub fn spawn(mut rx: watch::Receiver<Progress>) -> Option<tokio::task::JoinHandl
         }
         bar.finish_and_clear();
     }))
+}
+
+/// A bar for `total` bytes of work (hashing), or `None` when stderr is not a terminal.
+pub fn bytes_bar(total: u64) -> Option<ProgressBar> {
+    if !std::io::stderr().is_terminal() {
+        return None;
+    }
+    let bar = ProgressBar::new(total);
+    bar.set_style(
+        ProgressStyle::with_template(
+            "{spinner:.green} hashing [{elapsed_precise}] [{wide_bar:.cyan/blue}] \
+             {bytes}/{total_bytes} {bytes_per_sec} ETA {eta}",
+        )
+        .unwrap_or_else(|_| ProgressStyle::default_bar())
+        .progress_chars("█▉▊▋▌▍▎▏ "),
+    );
+    bar.enable_steady_tick(Duration::from_millis(120));
+    Some(bar)
 }

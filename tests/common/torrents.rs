@@ -108,12 +108,27 @@ pub fn tracked_torrent(src: &Path, piece_len_log2: u32, udp: bool) -> (Tracker, 
 
 /// Creates a torrent with libtorrent's `create_torrent` (v1 only).
 pub fn lt_make_torrent(src: &Path, out: &Path, piece_length: u32, trackers: &[&str]) {
+    lt_make_torrent_version(src, out, piece_length, trackers, "v1");
+}
+
+/// Creates a torrent with libtorrent's `create_torrent`: `version` is `v1`, `v2`, `hybrid`
+/// (libtorrent's default: v1 and v2, with BEP 47 pad files) or `v1-padded` (v1 laid out with
+/// pad files as a hybrid is); `piece_length` 0 lets libtorrent choose.
+pub fn lt_make_torrent_version(
+    src: &Path,
+    out: &Path,
+    piece_length: u32,
+    trackers: &[&str],
+    version: &str,
+) {
     let mut cmd = support_script("lt_tool.py");
     cmd.arg("make-torrent")
         .arg(src)
         .arg(out)
         .arg("--piece-length")
-        .arg(piece_length.to_string());
+        .arg(piece_length.to_string())
+        .arg("--version")
+        .arg(version);
     for t in trackers {
         cmd.arg("--tracker").arg(t);
     }
@@ -128,20 +143,48 @@ pub struct LtFile {
     pub path: String,
     pub length: u64,
     pub pad: bool,
+    /// BEP 47 attributes `x` and `h`.
+    pub executable: bool,
+    pub hidden: bool,
+    /// For a symlink: its target as libtorrent resolved it (torrent name included).
+    pub symlink: Option<String>,
+    /// The v2 `pieces root` (64 hex), if any.
+    pub root: Option<String>,
 }
 
 /// A torrent's metadata as parsed by libtorrent (the reference for tests).
 #[derive(Debug, Clone)]
 pub struct LtInfo {
     pub name: String,
+    /// libtorrent's `info_hash()`: the v2 hash truncated to 20 bytes when the torrent has v2
+    /// metadata (hybrids included), else the v1 hash.
     pub info_hash: String,
+    pub info_hash_v1: Option<String>,
+    pub info_hash_v2: Option<String>,
+    /// Pad files included.
     pub total_size: u64,
     pub piece_length: u64,
     pub num_pieces: usize,
+    /// v1 piece hashes (none for a v2-only torrent).
     pub piece_hashes: Vec<String>,
+    /// v2 piece hashes, file by file (64 hex each).
+    pub piece_hashes_v2: Vec<String>,
     pub trackers: Vec<String>,
     pub multi_file: bool,
+    /// Every file, pad files included.
     pub files: Vec<LtFile>,
+}
+
+impl LtInfo {
+    /// The files that are not pad files.
+    pub fn real_files(&self) -> impl Iterator<Item = &LtFile> {
+        self.files.iter().filter(|f| !f.pad)
+    }
+
+    /// Bytes of the files that are not pad files.
+    pub fn content_length(&self) -> u64 {
+        self.real_files().map(|f| f.length).sum()
+    }
 }
 
 /// Parses `torrent` with libtorrent (`lt_tool.py info-json`).
@@ -151,6 +194,7 @@ pub fn lt_info(torrent: &Path) -> LtInfo {
     let out = run_checked("lt_tool info-json", cmd, Duration::from_secs(60));
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("lt_tool info-json JSON");
     let s = |k: &str| v[k].as_str().expect(k).to_string();
+    let opt = |k: &str| v[k].as_str().map(String::from);
     let u = |k: &str| v[k].as_u64().expect(k);
     let strs = |k: &str| {
         v[k].as_array()
@@ -162,10 +206,13 @@ pub fn lt_info(torrent: &Path) -> LtInfo {
     LtInfo {
         name: s("name"),
         info_hash: s("info_hash"),
+        info_hash_v1: opt("info_hash_v1"),
+        info_hash_v2: opt("info_hash_v2"),
         total_size: u("total_size"),
         piece_length: u("piece_length"),
         num_pieces: u("num_pieces") as usize,
         piece_hashes: strs("piece_hashes"),
+        piece_hashes_v2: strs("piece_hashes_v2"),
         trackers: strs("trackers"),
         multi_file: v["multi_file"].as_bool().expect("multi_file"),
         files: v["files"]
@@ -176,6 +223,10 @@ pub fn lt_info(torrent: &Path) -> LtInfo {
                 path: f["path"].as_str().expect("path").to_string(),
                 length: f["length"].as_u64().expect("length"),
                 pad: f["pad"].as_bool().expect("pad"),
+                executable: f["executable"].as_bool().expect("executable"),
+                hidden: f["hidden"].as_bool().expect("hidden"),
+                symlink: f["symlink"].as_str().map(String::from),
+                root: f["root"].as_str().map(String::from),
             })
             .collect(),
     }

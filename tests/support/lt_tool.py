@@ -4,9 +4,12 @@
 Subcommands:
   info-hash FILE.torrent                 print the v1 info hash (40 lowercase hex)
   piece-hashes FILE.torrent              print one 40-hex SHA-1 per piece
-  info-json FILE.torrent                 print name, sizes, hashes, trackers, files as JSON
+  info-json FILE.torrent                 print name, sizes, hashes (v1 and v2), trackers,
+                                         files (with pad, attributes, symlink, root) as JSON
   download TORRENT_OR_MAGNET SAVE_DIR    download with libtorrent; exit 0 when complete
-  make-torrent PATH OUT --piece-length N --tracker URL
+  check FILE.torrent SAVE_DIR            hash the data in SAVE_DIR; print "<good> <pieces>",
+                                         exit 0 when every piece verifies
+  make-torrent PATH OUT --piece-length N --tracker URL [--version v1|v2|hybrid|v1-padded]
                                          create a torrent with lt.create_torrent
 
 Everything binds 127.0.0.1 only; DHT, LSD, UPnP and NAT-PMP are off.
@@ -75,31 +78,68 @@ def cmd_piece_hashes(args):
     return 0
 
 
+def v2_piece_hashes(ti, path):
+    """The v2 piece hashes file by file (a file's piece layer from the torrent's `piece
+    layers`, or its root for a file of one piece), or [] for a v1 torrent."""
+    if not ti.info_hashes().has_v2():
+        return []
+    with open(path, "rb") as f:
+        top = lt.bdecode(f.read()) or {}
+    layers = top.get(b"piece layers", {})
+    fs = ti.files()
+    out = []
+    for i in range(fs.num_files()):
+        if fs.file_flags(i) & lt.file_storage.flag_pad_file or fs.file_size(i) == 0:
+            continue
+        root = fs.root(i)
+        if root.is_all_zeros():
+            continue
+        if fs.file_size(i) <= ti.piece_length():
+            out.append(root.to_bytes().hex())
+        else:
+            layer = layers.get(root.to_bytes(), b"")
+            out.extend(layer[k:k + 32].hex() for k in range(0, len(layer), 32))
+    return out
+
+
 def cmd_info_json(args):
     ti = lt.torrent_info(args.torrent)
+    hashes = ti.info_hashes()
     fs = ti.files()
     files = []
     for i in range(fs.num_files()):
         full = fs.file_path(i).replace(os.sep, "/")
         # path inside the torrent, without the torrent's name for multi-file torrents
         inner = full.split("/", 1)[1] if "/" in full else full
+        flags = fs.file_flags(i)
+        root = fs.root(i)
         files.append(
             {
                 "path": inner,
                 "full_path": full,
                 "length": fs.file_size(i),
-                "pad": bool(fs.file_flags(i) & lt.file_storage.flag_pad_file),
+                "pad": bool(flags & lt.file_storage.flag_pad_file),
+                "executable": bool(flags & lt.file_storage.flag_executable),
+                "hidden": bool(flags & lt.file_storage.flag_hidden),
+                "symlink": fs.symlink(i) if flags & lt.file_storage.flag_symlink else None,
+                "root": None if root.is_all_zeros() else root.to_bytes().hex(),
             }
         )
+    real = [f for f in files if not f["pad"]]
     out = {
         "name": ti.name(),
         "info_hash": hex_of(ti.info_hash()),
+        "info_hash_v1": hex_of(hashes.v1) if hashes.has_v1() else None,
+        "info_hash_v2": hex_of(hashes.v2) if hashes.has_v2() else None,
         "total_size": ti.total_size(),
         "piece_length": ti.piece_length(),
         "num_pieces": ti.num_pieces(),
-        "piece_hashes": [hex_of(ti.hash_for_piece(i)) for i in range(ti.num_pieces())],
+        "piece_hashes": [hex_of(ti.hash_for_piece(i)) for i in range(ti.num_pieces())]
+        if hashes.has_v1()
+        else [],
+        "piece_hashes_v2": v2_piece_hashes(ti, args.torrent),
         "trackers": [t.url for t in ti.trackers()],
-        "multi_file": fs.num_files() > 1 or "/" in fs.file_path(0).replace(os.sep, "/"),
+        "multi_file": len(real) > 1 or "/" in real[0]["full_path"],
         "files": files,
     }
     print(json.dumps(out))
@@ -142,15 +182,44 @@ def cmd_download(args):
     return 1
 
 
+def cmd_check(args):
+    """Checks the data in SAVE_DIR against the torrent (v1 and v2 hashes, whichever it has)."""
+    settings = loopback_settings()
+    settings["alert_mask"] = lt.alert.category_t.all_categories
+    ses = lt.session(settings)
+    atp = lt.add_torrent_params()
+    atp.ti = lt.torrent_info(args.torrent)
+    atp.save_path = args.save_dir
+    # Never download or change anything: only hash what is there.
+    atp.flags = lt.torrent_flags.upload_mode
+    h = ses.add_torrent(atp)
+    deadline = time.monotonic() + args.timeout
+    checked = False
+    while not checked and time.monotonic() < deadline:
+        for a in ses.pop_alerts():
+            if isinstance(a, lt.torrent_checked_alert):
+                checked = True
+            elif isinstance(a, (lt.torrent_error_alert, lt.hash_failed_alert)):
+                print("alert: %s" % a.message(), file=sys.stderr, flush=True)
+        time.sleep(0.05)
+    st = h.status()
+    print("%d %d" % (st.num_pieces, atp.ti.num_pieces()))
+    return 0 if checked and st.num_pieces == atp.ti.num_pieces() else 1
+
+
 def cmd_make_torrent(args):
     fs = lt.file_storage()
     lt.add_files(fs, args.path)
     if fs.num_files() == 0:
         print("error: no files under %s" % args.path, file=sys.stderr)
         return 1
-    flags = 0
-    if args.v1_only:
-        flags |= lt.create_torrent.v1_only
+    flags = {
+        "v1": lt.create_torrent.v1_only,
+        "v2": lt.create_torrent.v2_only,
+        "hybrid": 0,
+        # v1 with BEP 47 pad files, as libtorrent lays out a hybrid.
+        "v1-padded": lt.create_torrent.v1_only | lt.create_torrent.canonical_files,
+    }[args.version]
     ct = lt.create_torrent(fs, args.piece_length, flags=flags)
     for url in args.tracker or []:
         ct.add_tracker(url)
@@ -188,14 +257,20 @@ def main():
     s.add_argument("--verbose", action="store_true")
     s.set_defaults(func=cmd_download)
 
+    s = sub.add_parser("check")
+    s.add_argument("torrent")
+    s.add_argument("save_dir")
+    s.add_argument("--timeout", type=float, default=60.0)
+    s.set_defaults(func=cmd_check)
+
     s = sub.add_parser("make-torrent")
     s.add_argument("path")
     s.add_argument("out")
     s.add_argument("--piece-length", type=int, required=True)
     s.add_argument("--tracker", action="append")
     s.add_argument("--private", action="store_true")
-    s.add_argument("--v1-only", action="store_true", default=True)
-    s.add_argument("--hybrid", dest="v1_only", action="store_false")
+    s.add_argument("--version", choices=["v1", "v2", "hybrid", "v1-padded"], default="v1",
+                   help="what to make (libtorrent's default is hybrid; 0 as piece length is auto)")
     s.set_defaults(func=cmd_make_torrent)
 
     args = p.parse_args()

@@ -8,7 +8,7 @@
 //!   machines.
 
 pub use bitrush_core::{
-    bencode, dht, metadata, metainfo, mse, session, storage, swarm, tracker, types, wire,
+    bencode, dht, merkle, metadata, metainfo, mse, session, storage, swarm, tracker, types, wire,
 };
 
 pub mod create;

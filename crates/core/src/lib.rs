@@ -15,9 +15,11 @@
 //! - [`session`]: the rules around it: announces, whom to dial, give-up, seed limits.
 //! - [`storage`]: pieces mapped onto files, and the fast-resume format.
 //! - [`utp`]: the Micro Transport Protocol (BEP 29) over a UDP socket.
+//! - [`merkle`]: BitTorrent v2 merkle trees (piece layers, roots, proofs).
 
 pub mod bencode;
 pub mod dht;
+pub mod merkle;
 pub mod metadata;
 pub mod metainfo;
 pub mod mse;

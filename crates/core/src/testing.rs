@@ -1,6 +1,6 @@
 //! Fixtures shared by this crate's tests and the `bitrush` crate's (feature `testing`).
 
-use crate::metainfo::{FileEntry, Info};
+use crate::metainfo::{FileEntry, Info, MetaVersion};
 
 /// A multi-file `Info` named `t` with the given file lengths (files `f0`, `f1`, ...) and
 /// all-zero piece hashes.
@@ -10,11 +10,7 @@ pub fn info_with(lengths: &[u64], piece_length: u32) -> Info {
         .iter()
         .enumerate()
         .map(|(i, &length)| {
-            let f = FileEntry {
-                path: vec![format!("f{i}")],
-                length,
-                offset,
-            };
+            let f = FileEntry::new(vec![format!("f{i}")], length, offset);
             offset += length;
             f
         })
@@ -28,5 +24,6 @@ pub fn info_with(lengths: &[u64], piece_length: u32) -> Info {
         multi_file: true,
         total_length: offset,
         private: false,
+        version: MetaVersion::V1,
     }
 }

@@ -1,7 +1,8 @@
-//! Small identifiers shared by every layer: info hash, peer id, hex helpers.
+//! Small identifiers shared by every layer: info hashes (v1 and v2), peer id, hex helpers.
 //!
-//! Invariants: both ids are exactly 20 bytes; hex output is lowercase; hex input is parsed
-//! strictly (exact length, no sign, no whitespace) and never panics on hostile text.
+//! Invariants: the v1 info hash and the peer id are exactly 20 bytes, the v2 info hash 32; hex
+//! output is lowercase; hex input is parsed strictly (exact length, no sign, no whitespace) and
+//! never panics on hostile text.
 
 use std::fmt;
 
@@ -10,6 +11,20 @@ use rand::Rng;
 /// The SHA-1 of a torrent's bencoded info dictionary (BitTorrent v1).
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct InfoHash(pub [u8; 20]);
+
+/// The SHA-256 of a torrent's bencoded info dictionary (BitTorrent v2, BEP 52).
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct InfoHashV2(pub [u8; 32]);
+
+impl InfoHashV2 {
+    /// The first 20 bytes: what stands for a v2 torrent in handshakes, with trackers and in
+    /// the DHT (BEP 52).
+    pub fn truncated(&self) -> InfoHash {
+        let mut out = [0u8; 20];
+        out.copy_from_slice(&self.0[..20]);
+        InfoHash(out)
+    }
+}
 
 /// A 20-byte peer id as sent in the handshake and to trackers.
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]
@@ -40,19 +55,29 @@ pub(crate) fn hex_value(c: u8) -> Option<u8> {
     }
 }
 
-/// Parses exactly 40 hex digits (either case) into 20 bytes.
-pub fn from_hex20(s: &str) -> Option<[u8; 20]> {
+/// Parses exactly `2 * N` hex digits (either case) into `N` bytes.
+fn from_hex<const N: usize>(s: &str) -> Option<[u8; N]> {
     let digits = s.as_bytes();
-    if digits.len() != 40 {
+    if digits.len() != 2 * N {
         return None;
     }
-    let mut out = [0u8; 20];
+    let mut out = [0u8; N];
     for (slot, pair) in out.iter_mut().zip(digits.chunks_exact(2)) {
         let hi = hex_value(pair[0])?;
         let lo = hex_value(pair[1])?;
         *slot = (hi << 4) | lo;
     }
     Some(out)
+}
+
+/// Parses exactly 40 hex digits (either case) into 20 bytes.
+pub fn from_hex20(s: &str) -> Option<[u8; 20]> {
+    from_hex(s)
+}
+
+/// Parses exactly 64 hex digits (either case) into 32 bytes.
+pub fn from_hex32(s: &str) -> Option<[u8; 32]> {
+    from_hex(s)
 }
 
 impl PeerId {
@@ -75,6 +100,16 @@ impl fmt::Display for InfoHash {
 impl fmt::Debug for InfoHash {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "InfoHash({self})")
+    }
+}
+impl fmt::Display for InfoHashV2 {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&to_hex(&self.0))
+    }
+}
+impl fmt::Debug for InfoHashV2 {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "InfoHashV2({self})")
     }
 }
 impl fmt::Display for PeerId {
@@ -128,6 +163,23 @@ mod tests {
         let h = InfoHash([0xAB; 20]);
         assert_eq!(h.to_string(), "ab".repeat(20));
         assert_eq!(format!("{h:?}"), format!("InfoHash({})", "ab".repeat(20)));
+    }
+
+    #[test]
+    fn v2_hash_hex_and_truncation() {
+        let mut bytes = [0u8; 32];
+        for (i, b) in bytes.iter_mut().enumerate() {
+            *b = i as u8;
+        }
+        let h = InfoHashV2(bytes);
+        let hex = to_hex(&bytes);
+        assert_eq!(h.to_string(), hex);
+        assert_eq!(from_hex32(&hex), Some(bytes));
+        assert_eq!(from_hex32(&hex.to_uppercase()), Some(bytes));
+        assert_eq!(from_hex32(&hex[..63]), None);
+        assert_eq!(from_hex32(&format!("{hex}0")), None);
+        assert_eq!(from_hex32(&"é".repeat(32)), None);
+        assert_eq!(h.truncated().0[..], bytes[..20]);
     }
 
     #[test]

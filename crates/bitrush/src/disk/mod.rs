@@ -8,12 +8,18 @@
 //! - Every path is re-checked at open (defence in depth): each component must be a plain name
 //!   (no `..`, `.`, empty, absolute, `/`, `\` or NUL), no two files may share a path, and no
 //!   existing symlink inside the torrent's tree is followed.
+//! - BEP 47 pad files never touch the disk: no file or folder is made for them, their bytes
+//!   read as zeros, and writes to them are dropped (a piece is written only once its hash
+//!   verified, so those bytes were zeros).
 //! - Files are created on their first write, not at open: a torrent of 10,000 small files must
 //!   not spend its first second creating inodes on the async runtime. Open only creates the
 //!   directories and the zero-length files (which no write ever touches), refuses a path that
 //!   exists but is not a regular file, and cuts an existing file longer than its torrent length
 //!   (existing bytes within the length are kept: resume depends on it). So once every piece has
 //!   been written, every file exists at exactly its torrent length and nothing else.
+//! - What only a complete download gets is applied by [`Storage::finish`]: the executable bit
+//!   (attr `x`) and the symlinks (attr `l`) whose target stays inside the output (others are
+//!   skipped with a warning).
 //! - A read never creates a file: a missing file reads as `NotFound` (a piece mismatch on resume).
 //! - Handles are opened lazily and at most [`MAX_OPEN_FILES`] stay open (least recently used
 //!   closed first), so torrents with 10,000+ files work under ordinary descriptor limits.
@@ -24,14 +30,14 @@ mod handles;
 use std::collections::HashSet;
 use std::fs::{File, OpenOptions};
 use std::io::ErrorKind;
-use std::os::unix::fs::{FileExt, MetadataExt};
+use std::os::unix::fs::{FileExt, MetadataExt, PermissionsExt};
 use std::path::{Component, Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use sha1::{Digest, Sha1};
 
-use crate::metainfo::Info;
+use crate::metainfo::{Info, SymlinkTarget};
 use crate::storage::resume::FileStamp;
 use crate::storage::LayoutError;
 pub use crate::storage::{Layout, Segment, Segments};
@@ -80,12 +86,37 @@ fn io_err(op: &'static str, path: &Path, source: std::io::Error) -> StorageError
     }
 }
 
+/// What one entry of the torrent is on disk.
+#[derive(Debug)]
+enum Slot {
+    /// A regular file; `executable`: BEP 47 attr `x`.
+    Regular { path: PathBuf, executable: bool },
+    /// A pad file: zeros, never on disk.
+    Pad,
+    /// A BEP 47 symlink, made by [`Storage::finish`].
+    Symlink {
+        path: PathBuf,
+        target: SymlinkTarget,
+    },
+}
+
+impl Slot {
+    fn path(&self) -> Option<&Path> {
+        match self {
+            Slot::Regular { path, .. } | Slot::Symlink { path, .. } => Some(path),
+            Slot::Pad => None,
+        }
+    }
+}
+
 /// A torrent's files opened for reading and writing.
 #[derive(Debug)]
 pub struct Storage {
     layout: Layout,
-    /// Full path of each file, in torrent order.
-    paths: Vec<PathBuf>,
+    /// The output: the file of a single-file torrent, the folder of a multi-file one.
+    root: PathBuf,
+    /// Each entry's place on disk, in torrent order.
+    slots: Vec<Slot>,
     /// Set by writes, cleared by [`Storage::sync`].
     dirty: Vec<AtomicBool>,
     handles: HandleCache,
@@ -108,15 +139,10 @@ impl Storage {
         max_open: usize,
     ) -> Result<Storage, StorageError> {
         let layout = Layout::new(info)?;
-        let paths = if info.multi_file {
-            multi_file_paths(output, info, true)?
+        let slots = if info.multi_file {
+            multi_file_slots(output, info, true)?
         } else {
-            if info.files.len() != 1 {
-                return Err(invalid_info(format!(
-                    "single-file torrent with {} file entries",
-                    info.files.len()
-                )));
-            }
+            let slots = single_file_slot(output, info)?;
             if let Some(parent) = output.parent().filter(|p| !p.as_os_str().is_empty()) {
                 std::fs::create_dir_all(parent)
                     .map_err(|e| io_err("create the directory", parent, e))?;
@@ -127,19 +153,14 @@ impl Storage {
                     name: info.name.clone(),
                 });
             }
-            vec![output.to_path_buf()]
+            slots
         };
-        for (path, f) in paths.iter().zip(&info.files) {
-            prepare_file(path, f.length)?;
+        for (slot, f) in slots.iter().zip(&info.files) {
+            if let Slot::Regular { path, .. } = slot {
+                prepare_file(path, f.length)?;
+            }
         }
-        let dirty = paths.iter().map(|_| AtomicBool::new(false)).collect();
-        Ok(Storage {
-            layout,
-            paths,
-            dirty,
-            handles: HandleCache::new(max_open),
-            read_only: false,
-        })
+        Ok(Storage::with_slots(layout, output, slots, max_open, false))
     }
 
     /// Opens the torrent's files at `output` for reading only: nothing is created, cut or
@@ -148,19 +169,41 @@ impl Storage {
     pub fn open_existing(output: &Path, info: &Info) -> Result<Storage, StorageError> {
         let layout = Layout::new(info)?;
         std::fs::metadata(output).map_err(|e| io_err("read", output, e))?;
-        let paths = if info.multi_file {
-            multi_file_paths(output, info, false)?
+        let slots = if info.multi_file {
+            multi_file_slots(output, info, false)?
         } else {
-            vec![output.to_path_buf()]
+            single_file_slot(output, info)?
         };
-        let dirty = paths.iter().map(|_| AtomicBool::new(false)).collect();
-        Ok(Storage {
+        Ok(Storage::with_slots(
             layout,
-            paths,
+            output,
+            slots,
+            MAX_OPEN_FILES,
+            true,
+        ))
+    }
+
+    fn with_slots(
+        layout: Layout,
+        output: &Path,
+        slots: Vec<Slot>,
+        max_open: usize,
+        read_only: bool,
+    ) -> Storage {
+        let dirty = slots.iter().map(|_| AtomicBool::new(false)).collect();
+        let handles = if read_only {
+            HandleCache::read_only(max_open)
+        } else {
+            HandleCache::new(max_open)
+        };
+        Storage {
+            layout,
+            root: output.to_path_buf(),
+            slots,
             dirty,
-            handles: HandleCache::read_only(MAX_OPEN_FILES),
-            read_only: true,
-        })
+            handles,
+            read_only,
+        }
     }
 
     /// The piece-to-file mapping.
@@ -168,17 +211,23 @@ impl Storage {
         &self.layout
     }
 
-    /// Full path of file `file` (torrent order), or `None` if there is no such file.
+    /// Full path of file `file` (torrent order), or `None` if there is no such file or it is a
+    /// pad file (which has no place on disk).
     pub fn file_path(&self, file: usize) -> Option<&Path> {
-        self.paths.get(file).map(PathBuf::as_path)
+        self.slots.get(file).and_then(Slot::path)
+    }
+
+    /// Whether file `file` is a pad file (its bytes are zeros and never on disk).
+    pub fn is_pad(&self, file: usize) -> bool {
+        matches!(self.slots.get(file), Some(Slot::Pad))
     }
 
     /// The open handle of file `file`; `create` makes a missing file (writes do, reads don't).
     fn handle(&self, file: usize, create: bool) -> Result<(Arc<File>, &Path), StorageError> {
-        let path = self
-            .paths
-            .get(file)
-            .ok_or_else(|| range_err(format!("no file {file}")))?;
+        let path = match self.slots.get(file) {
+            Some(Slot::Regular { path, .. }) => path,
+            _ => return Err(range_err(format!("no regular file {file}"))),
+        };
         let handle = self
             .handles
             .get(file, path, create)
@@ -186,11 +235,11 @@ impl Storage {
         Ok((handle, path))
     }
 
-    /// Writes `data` at byte `begin` of piece `index` (may span files).
+    /// Writes `data` at byte `begin` of piece `index` (may span files; pad-file bytes are
+    /// dropped).
     pub fn write(&self, index: u32, begin: u32, data: &[u8]) -> Result<(), StorageError> {
         if self.read_only {
-            let first = self.paths.first().map(|p| p.display().to_string());
-            return Err(StorageError::ReadOnly(first.unwrap_or_default()));
+            return Err(StorageError::ReadOnly(self.root.display().to_string()));
         }
         let len = u32::try_from(data.len())
             .map_err(|_| range_err(format!("piece {index} write of {} bytes", data.len())))?;
@@ -200,6 +249,10 @@ impl Storage {
             let chunk = data
                 .get(done..end)
                 .ok_or_else(|| range_err(format!("piece {index} segment overrun")))?;
+            done = end;
+            if self.is_pad(seg.file) {
+                continue;
+            }
             let (handle, path) = self.handle(seg.file, true)?;
             if let Some(flag) = self.dirty.get(seg.file) {
                 flag.store(true, Ordering::Release);
@@ -207,12 +260,11 @@ impl Storage {
             handle
                 .write_all_at(chunk, seg.offset)
                 .map_err(|e| io_err("write to", path, e))?;
-            done = end;
         }
         Ok(())
     }
 
-    /// Reads `buf.len()` bytes at byte `begin` of piece `index`.
+    /// Reads `buf.len()` bytes at byte `begin` of piece `index` (pad-file bytes read as zeros).
     pub fn read(&self, index: u32, begin: u32, buf: &mut [u8]) -> Result<(), StorageError> {
         let len = u32::try_from(buf.len())
             .map_err(|_| range_err(format!("piece {index} read of {} bytes", buf.len())))?;
@@ -222,11 +274,15 @@ impl Storage {
             let chunk = buf
                 .get_mut(done..end)
                 .ok_or_else(|| range_err(format!("piece {index} segment overrun")))?;
+            done = end;
+            if self.is_pad(seg.file) {
+                chunk.fill(0);
+                continue;
+            }
             let (handle, path) = self.handle(seg.file, false)?;
             handle
                 .read_exact_at(chunk, seg.offset)
                 .map_err(|e| io_err("read", path, e))?;
-            done = end;
         }
         Ok(())
     }
@@ -250,19 +306,25 @@ impl Storage {
         Ok(())
     }
 
-    /// Each file's length and modification time now (`None` if it does not exist), in torrent
-    /// order: what a resume state is checked against. Symlinks are not followed.
+    /// Each file's length and modification time now (`None` if it does not exist, and always
+    /// for pad files), in torrent order: what a resume state is checked against. Symlinks are
+    /// not followed.
     pub fn file_stamps(&self) -> Result<Vec<Option<FileStamp>>, StorageError> {
-        self.paths
+        self.slots
             .iter()
-            .map(|path| match std::fs::symlink_metadata(path) {
-                Ok(m) => Ok(Some(FileStamp {
-                    length: m.len(),
-                    mtime_secs: m.mtime(),
-                    mtime_nanos: u32::try_from(m.mtime_nsec()).unwrap_or(0),
-                })),
-                Err(e) if e.kind() == ErrorKind::NotFound => Ok(None),
-                Err(e) => Err(io_err("inspect", path, e)),
+            .map(|slot| {
+                let Some(path) = slot.path() else {
+                    return Ok(None);
+                };
+                match std::fs::symlink_metadata(path) {
+                    Ok(m) => Ok(Some(FileStamp {
+                        length: m.len(),
+                        mtime_secs: m.mtime(),
+                        mtime_nanos: u32::try_from(m.mtime_nsec()).unwrap_or(0),
+                    })),
+                    Err(e) if e.kind() == ErrorKind::NotFound => Ok(None),
+                    Err(e) => Err(io_err("inspect", path, e)),
+                }
             })
             .collect()
     }
@@ -292,6 +354,100 @@ impl Storage {
             Err(e) => Err(e),
         }
     }
+
+    /// Applies what only a complete download gets (BEP 47): files marked `x` become executable
+    /// (an execute bit for each read bit), and each symlink is created if its target stays
+    /// inside the output; a symlink whose target would leave it, or whose place is taken, is
+    /// skipped with a warning. Idempotent; does nothing on read-only storage.
+    pub fn finish(&self) -> Result<(), StorageError> {
+        if self.read_only {
+            return Ok(());
+        }
+        for slot in &self.slots {
+            match slot {
+                Slot::Regular {
+                    path,
+                    executable: true,
+                } => make_executable(path)?,
+                Slot::Symlink { path, target } => self.make_symlink(path, target),
+                Slot::Regular { .. } | Slot::Pad => {}
+            }
+        }
+        Ok(())
+    }
+
+    /// Creates the symlink at `path` (inside the output) for `target`, or warns why not.
+    fn make_symlink(&self, path: &Path, target: &SymlinkTarget) {
+        let skip = |why: &str| {
+            tracing::warn!(link = %path.display(), "symlink skipped: {why}");
+        };
+        let components = match target {
+            SymlinkTarget::Inside(components) => components,
+            SymlinkTarget::Outside(text) => {
+                return skip(&format!("its target {text:?} is outside the download"));
+            }
+        };
+        let depth = path
+            .strip_prefix(&self.root)
+            .map(|rel| rel.components().count().saturating_sub(1))
+            .unwrap_or(0);
+        let mut text = PathBuf::new();
+        for _ in 0..depth {
+            text.push("..");
+        }
+        text.extend(components);
+        let resolved = self.root.join(components.iter().collect::<PathBuf>());
+        if !stays_inside(&self.root, &resolved) {
+            return skip("its target leads outside the download through an existing link");
+        }
+        match std::fs::symlink_metadata(path) {
+            Ok(m) if m.file_type().is_symlink() => {
+                if std::fs::read_link(path).ok().as_deref() != Some(text.as_path()) {
+                    skip("another symlink is in its place");
+                }
+            }
+            Ok(_) => skip("a file is in its place"),
+            Err(_) => {
+                if let Err(e) = std::os::unix::fs::symlink(&text, path) {
+                    skip(&e.to_string());
+                }
+            }
+        }
+    }
+}
+
+/// Whether `target` (a path under `root`) resolves inside `root`: its longest existing
+/// ancestor, with every link followed, lies under `root`'s real path.
+fn stays_inside(root: &Path, target: &Path) -> bool {
+    let Ok(real_root) = root.canonicalize() else {
+        return false;
+    };
+    let mut probe = Some(target);
+    while let Some(p) = probe {
+        if std::fs::symlink_metadata(p).is_ok() {
+            return p
+                .canonicalize()
+                .is_ok_and(|real| real.starts_with(&real_root));
+        }
+        probe = p.parent();
+    }
+    false
+}
+
+/// Adds an execute bit for each read bit of `path`'s mode (a missing file is left alone).
+fn make_executable(path: &Path) -> Result<(), StorageError> {
+    let meta = match std::fs::metadata(path) {
+        Ok(m) => m,
+        Err(e) if e.kind() == ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(io_err("inspect", path, e)),
+    };
+    let mode = meta.permissions().mode();
+    let wanted = mode | ((mode & 0o444) >> 2);
+    if wanted != mode {
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(wanted))
+            .map_err(|e| io_err("make executable", path, e))?;
+    }
+    Ok(())
 }
 
 /// True if `c` is a single plain path component that cannot escape its parent.
@@ -306,15 +462,26 @@ fn is_safe_component(c: &str) -> bool {
         )
 }
 
-/// Checks every file's components and builds `output/<components>`, creating the directories
-/// when `create` (and otherwise leaving the tree untouched).
-fn multi_file_paths(
-    output: &Path,
-    info: &Info,
-    create: bool,
-) -> Result<Vec<PathBuf>, StorageError> {
+/// The slot of a single-file torrent: `output` itself.
+fn single_file_slot(output: &Path, info: &Info) -> Result<Vec<Slot>, StorageError> {
+    match info.files.as_slice() {
+        [f] => Ok(vec![Slot::Regular {
+            path: output.to_path_buf(),
+            executable: f.attr.executable,
+        }]),
+        files => Err(invalid_info(format!(
+            "single-file torrent with {} file entries",
+            files.len()
+        ))),
+    }
+}
+
+/// Checks every file's components and builds `output/<components>` for each entry, creating
+/// the directories when `create` (and otherwise leaving the tree untouched). Pad files get no
+/// place.
+fn multi_file_slots(output: &Path, info: &Info, create: bool) -> Result<Vec<Slot>, StorageError> {
     let mut seen: HashSet<&[String]> = HashSet::with_capacity(info.files.len());
-    for (i, f) in info.files.iter().enumerate() {
+    for (i, f) in info.real_files() {
         if f.path.is_empty() || !f.path.iter().all(|c| is_safe_component(c)) {
             return Err(StorageError::UnsafePath(format!("file {i}: {:?}", f.path)));
         }
@@ -329,8 +496,12 @@ fn multi_file_paths(
         std::fs::create_dir_all(output).map_err(|e| io_err("create the directory", output, e))?;
     }
     let mut made: HashSet<PathBuf> = HashSet::new();
-    let mut paths = Vec::with_capacity(info.files.len());
+    let mut slots = Vec::with_capacity(info.files.len());
     for f in &info.files {
+        if f.attr.pad {
+            slots.push(Slot::Pad);
+            continue;
+        }
         let mut path = output.to_path_buf();
         let Some((name, dirs)) = f.path.split_last() else {
             return Err(StorageError::UnsafePath(format!("empty path {:?}", f.path)));
@@ -359,6 +530,13 @@ fn multi_file_paths(
             made.insert(path.clone());
         }
         path.push(name);
+        if let Some(target) = &f.symlink {
+            slots.push(Slot::Symlink {
+                path,
+                target: target.clone(),
+            });
+            continue;
+        }
         if let Ok(m) = std::fs::symlink_metadata(&path) {
             if m.file_type().is_symlink() {
                 return Err(StorageError::UnsafePath(format!(
@@ -367,9 +545,12 @@ fn multi_file_paths(
                 )));
             }
         }
-        paths.push(path);
+        slots.push(Slot::Regular {
+            path,
+            executable: f.attr.executable,
+        });
     }
-    Ok(paths)
+    Ok(slots)
 }
 
 /// Readies `path` for a file of `length` bytes without writing data: a missing file is left for
@@ -401,9 +582,10 @@ fn prepare_file(path: &Path, length: u64) -> Result<(), StorageError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::metainfo::FileEntry;
+    use crate::metainfo::{FileEntry, SymlinkTarget};
     use bitrush_core::testing::info_with;
     use proptest::prelude::*;
+    use std::os::unix::fs::PermissionsExt;
 
     fn payload(n: u64) -> Vec<u8> {
         (0..n).map(|i| (i * 31 % 251) as u8).collect()
@@ -547,11 +729,7 @@ mod tests {
         assert_eq!(std::fs::read(&out).unwrap(), data);
         assert_eq!(storage.file_path(0), Some(out.as_path()));
 
-        info.files.push(FileEntry {
-            path: vec!["x".into()],
-            length: 0,
-            offset: 50,
-        });
+        info.files.push(FileEntry::new(vec!["x".into()], 0, 50));
         assert!(matches!(
             Storage::open(&out, &info),
             Err(StorageError::Layout(LayoutError::InvalidInfo(_)))
@@ -793,6 +971,140 @@ mod tests {
         for (i, h) in info.pieces.iter().enumerate() {
             assert!(storage.piece_matches(i as u32, h, &mut scratch).unwrap());
         }
+    }
+
+    /// A payload whose pad-file bytes are zeros.
+    fn padded_payload(info: &Info) -> Vec<u8> {
+        let mut data = payload(info.total_length);
+        for f in info.files.iter().filter(|f| f.attr.pad) {
+            data[f.offset as usize..(f.offset + f.length) as usize].fill(0);
+        }
+        data
+    }
+
+    fn pad(info: &mut Info, file: usize) {
+        info.files[file].attr.pad = true;
+        info.files[file].path = vec![".pad".into(), info.files[file].length.to_string()];
+    }
+
+    #[test]
+    fn pad_files_never_reach_the_disk() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut info = info_with(&[10, 6, 16, 3, 0], 16);
+        pad(&mut info, 1);
+        pad(&mut info, 3);
+        let data = padded_payload(&info);
+        let info = with_hashes(info, &data);
+        let out = dir.path().join("t");
+        let storage = Storage::open(&out, &info).unwrap();
+        assert!(storage.is_pad(1) && !storage.is_pad(0));
+        assert_eq!(storage.file_path(1), None);
+        // Writes over pad ranges are dropped, whatever the bytes.
+        let mut garbage = data.clone();
+        garbage[10..16].fill(0xee);
+        write_all_pieces(&storage, &info, &garbage);
+        assert!(!out.join(".pad").exists(), "a pad file reached the disk");
+        let mut names: Vec<String> = std::fs::read_dir(&out)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        names.sort();
+        assert_eq!(names, ["f0", "f2", "f4"]);
+        assert_eq!(std::fs::read(out.join("f0")).unwrap(), &data[..10]);
+        assert_eq!(std::fs::read(out.join("f2")).unwrap(), &data[16..32]);
+        // Reads of pad ranges are zeros, so every piece verifies.
+        let mut buf = [0xffu8; 8];
+        storage.read(0, 8, &mut buf).unwrap();
+        assert_eq!(&buf[..2], &data[8..10]);
+        assert_eq!(&buf[2..], &[0; 6]);
+        let mut scratch = Vec::new();
+        for (i, h) in info.pieces.iter().enumerate() {
+            assert!(
+                storage.piece_matches(i as u32, h, &mut scratch).unwrap(),
+                "{i}"
+            );
+        }
+        assert_eq!(storage.file_stamps().unwrap()[1], None);
+        storage.sync().unwrap();
+        // Seeding reads them the same way, without any file for them.
+        let seed = Storage::open_existing(&out, &info).unwrap();
+        for (i, h) in info.pieces.iter().enumerate() {
+            assert!(
+                seed.piece_matches(i as u32, h, &mut scratch).unwrap(),
+                "{i}"
+            );
+        }
+    }
+
+    #[test]
+    fn finish_makes_executables_and_inside_symlinks_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut info = info_with(&[4, 4, 0, 0, 0, 0], 8);
+        info.files[0].path = vec!["bin".into(), "run".into()];
+        info.files[0].attr.executable = true;
+        info.files[1].path = vec!["data".into()];
+        info.files[2].path = vec!["sub".into(), "link".into()];
+        info.files[2].symlink = Some(SymlinkTarget::Inside(vec!["bin".into(), "run".into()]));
+        info.files[3].path = vec!["escape".into()];
+        info.files[3].symlink = Some(SymlinkTarget::Outside("../../etc/passwd".into()));
+        info.files[4].path = vec!["via".into()];
+        info.files[4].symlink = Some(SymlinkTarget::Inside(vec!["out".into(), "x".into()]));
+        info.files[5].path = vec!["dirlink".into()];
+        info.files[5].symlink = Some(SymlinkTarget::Inside(vec!["bin".into()]));
+        let data = payload(8);
+        let info = with_hashes(info, &data);
+        let out = dir.path().join("t");
+        let storage = Storage::open(&out, &info).unwrap();
+        // Nothing is made where a symlink goes until the download is complete.
+        assert!(std::fs::symlink_metadata(out.join("sub/link")).is_err());
+        write_all_pieces(&storage, &info, &data);
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode();
+        assert_eq!(mode(&out.join("bin/run")) & 0o111, 0);
+        // A link the user made inside the output, pointing outside, must not be followed.
+        std::os::unix::fs::symlink(dir.path(), out.join("out")).unwrap();
+        storage.finish().unwrap();
+        storage.finish().unwrap();
+        let run_mode = mode(&out.join("bin/run"));
+        assert_eq!(run_mode & 0o111, (run_mode & 0o444) >> 2);
+        assert_ne!(run_mode & 0o100, 0);
+        assert_eq!(mode(&out.join("data")) & 0o111, 0);
+        assert_eq!(
+            std::fs::read_link(out.join("sub/link")).unwrap(),
+            Path::new("../bin/run")
+        );
+        assert_eq!(std::fs::read(out.join("sub/link")).unwrap(), &data[..4]);
+        assert_eq!(
+            std::fs::read_link(out.join("dirlink")).unwrap(),
+            Path::new("bin")
+        );
+        assert!(std::fs::symlink_metadata(out.join("escape")).is_err());
+        assert!(std::fs::symlink_metadata(out.join("via")).is_err());
+        // Read-only storage (seeding) changes nothing.
+        let dir2 = tempfile::tempdir().unwrap();
+        let seeded = dir2.path().join("t");
+        std::fs::create_dir_all(seeded.join("bin")).unwrap();
+        std::fs::write(seeded.join("bin/run"), &data[..4]).unwrap();
+        Storage::open_existing(&seeded, &info)
+            .unwrap()
+            .finish()
+            .unwrap();
+        assert_eq!(mode(&seeded.join("bin/run")) & 0o111, 0);
+        assert!(std::fs::symlink_metadata(seeded.join("sub/link")).is_err());
+    }
+
+    #[test]
+    fn single_file_executable() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = payload(5);
+        let mut info = with_hashes(info_with(&[5], 8), &data);
+        info.multi_file = false;
+        info.files[0].attr.executable = true;
+        let out = dir.path().join("tool");
+        let storage = Storage::open(&out, &info).unwrap();
+        storage.write(0, 0, &data).unwrap();
+        storage.finish().unwrap();
+        let mode = std::fs::metadata(&out).unwrap().permissions().mode();
+        assert_ne!(mode & 0o100, 0);
     }
 
     proptest! {

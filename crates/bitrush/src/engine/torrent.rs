@@ -224,6 +224,7 @@ pub async fn run_torrent(mut params: TorrentParams) -> Result<Outcome, TorrentEr
         announces: JoinSet::new(),
         announce_failures: AnnounceFailures::default(),
         last_peer_error: None,
+        files_finished: false,
         rate: RateMeter::default(),
     };
     let result = manager.run().await;
@@ -441,6 +442,8 @@ struct Manager {
     announce_failures: AnnounceFailures,
     /// The last connection failure (for the error when no peer can be reached).
     last_peer_error: Option<PeerTaskError>,
+    /// What only complete files get (executable bits, symlinks) was done.
+    files_finished: bool,
     rate: RateMeter,
 }
 
@@ -609,6 +612,19 @@ impl Manager {
         }
     }
 
+    /// Gives a completed download what only complete files get (executable bits, symlinks;
+    /// see `Storage::finish`).
+    async fn finish_files(&self) -> Result<(), TorrentError> {
+        let sink = self.shared.sink.clone();
+        tokio::task::spawn_blocking(move || match &*sink {
+            Sink::Files(storage) => storage.finish(),
+            Sink::Piece { .. } => Ok(()),
+        })
+        .await
+        .map_err(TorrentError::Task)??;
+        Ok(())
+    }
+
     /// Runs a DHT lookup for this torrent, forwarding what it finds to the manager.
     fn spawn_dht_lookup(&self, announce: bool) {
         let tx = self.dht_tx.clone();
@@ -668,7 +684,11 @@ impl Manager {
                     st.dispatch(&self.shared, None);
                 }
             }
-            let (transfer, _) = self.transfer();
+            let (transfer, done) = self.transfer();
+            if done && !self.files_finished {
+                self.files_finished = true;
+                self.finish_files().await?;
+            }
             self.session.handle_transfer(now, transfer);
             if self.session.poll_timeout().is_some_and(|t| t <= now) {
                 self.session.handle_timeout(now);

@@ -1,20 +1,29 @@
-//! Magnet links (BEP 9): `magnet:?xt=urn:btih:<hex or base32>&dn=..&tr=..&x.pe=..`.
+//! Magnet links (BEP 9, BEP 52): `magnet:?xt=urn:btih:<hex or base32>&xt=urn:btmh:1220<hex>
+//! &dn=..&tr=..&x.pe=..`.
 //!
-//! Invariants of a parsed [`Magnet`]: exactly one BitTorrent v1 info hash (repeats of the
-//! same hash, in either form, are tolerated; two different ones are an error); tracker URLs
-//! are percent-decoded, non-empty and in link order; `x.pe` peers are valid `ip:port` with a
+//! Invariants of a parsed [`Magnet`]: at least one info hash, at most one v1 (`btih`) and one
+//! v2 (`btmh`, SHA-256 multihash `1220` + 64 hex) hash (repeats of the same hash, in either v1
+//! form, are tolerated; two different ones of a kind are an error); tracker URLs are
+//! percent-decoded, non-empty and in link order; `x.pe` peers are valid `ip:port` with a
 //! non-zero port. Parameter values are percent-decoded; `+` means a space only in `dn`.
-//! Unknown parameters (and `xt` values that are not `urn:btih:`) are ignored.
+//! Unknown parameters (and `xt` values that are neither `urn:btih:` nor `urn:btmh:`) are
+//! ignored.
 
 use core::net::SocketAddr;
 
 use super::quoted;
-use crate::types::{from_hex20, InfoHash};
+use crate::types::{from_hex20, from_hex32, InfoHash, InfoHashV2};
 
 /// A parsed magnet link.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Magnet {
+    /// The 20-byte hash that names the torrent on the wire and to trackers: the v1 hash
+    /// (`btih`), or the v2 hash truncated to 20 bytes when the link has only `btmh`.
     pub info_hash: InfoHash,
+    /// The v2 info hash (`btmh`), if the link has one.
+    pub info_hash_v2: Option<InfoHashV2>,
+    /// Whether the link has a v1 hash (else `info_hash` is the truncated v2 hash).
+    pub has_v1: bool,
     /// Percent-decoded tracker URLs in link order.
     pub trackers: Vec<String>,
     /// The display name (`dn`), if any; non-UTF-8 bytes are replaced by U+FFFD.
@@ -70,6 +79,19 @@ fn percent_decode(value: &str, key: &str, plus_is_space: bool) -> Result<Vec<u8>
         }
     }
     Ok(out)
+}
+
+/// Percent-encodes every byte outside `A-Za-z0-9-._~`.
+fn percent_encode(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for b in text.bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
 }
 
 /// Percent-decodes a value that must be UTF-8 afterwards.
@@ -128,6 +150,31 @@ fn parse_btih(text: &str) -> Result<InfoHash, MagnetError> {
     }
 }
 
+/// The v2 info hash from the text after `urn:btmh:`: the multihash of a SHA-256 digest.
+fn parse_btmh(text: &str) -> Result<InfoHashV2, MagnetError> {
+    let digest = strip_prefix_ignore_case(text, "1220").and_then(from_hex32);
+    match digest {
+        Some(b) => Ok(InfoHashV2(b)),
+        None => invalid(format!(
+            "v2 info hash {} is not 1220 followed by 64 hex characters",
+            quoted(text)
+        )),
+    }
+}
+
+/// Keeps the first of repeated hashes; a different second one is an error.
+fn keep_one<H: PartialEq + core::fmt::Display>(
+    slot: &mut Option<H>,
+    hash: H,
+) -> Result<(), MagnetError> {
+    match slot {
+        None => *slot = Some(hash),
+        Some(first) if *first == hash => {}
+        Some(first) => return invalid(format!("two different info hashes {first} and {hash}")),
+    }
+    Ok(())
+}
+
 /// `prefix` at the start of `s`, compared ignoring ASCII case; returns the rest.
 fn strip_prefix_ignore_case<'a>(s: &'a str, prefix: &str) -> Option<&'a str> {
     let head = s.get(..prefix.len())?;
@@ -146,6 +193,7 @@ impl Magnet {
         let query = query.split('#').next().unwrap_or(query);
 
         let mut info_hash: Option<InfoHash> = None;
+        let mut info_hash_v2: Option<InfoHashV2> = None;
         let mut trackers = Vec::new();
         let mut name = None;
         let mut peers = Vec::new();
@@ -154,16 +202,10 @@ impl Magnet {
             match key {
                 "xt" => {
                     let xt = decode_utf8(value, "xt")?;
-                    let Some(text) = strip_prefix_ignore_case(&xt, "urn:btih:") else {
-                        continue;
-                    };
-                    let hash = parse_btih(text)?;
-                    match info_hash {
-                        None => info_hash = Some(hash),
-                        Some(first) if first == hash => {}
-                        Some(first) => {
-                            return invalid(format!("two different info hashes {first} and {hash}"))
-                        }
+                    if let Some(text) = strip_prefix_ignore_case(&xt, "urn:btih:") {
+                        keep_one(&mut info_hash, parse_btih(text)?)?;
+                    } else if let Some(text) = strip_prefix_ignore_case(&xt, "urn:btmh:") {
+                        keep_one(&mut info_hash_v2, parse_btmh(text)?)?;
                     }
                 }
                 "tr" => {
@@ -193,15 +235,51 @@ impl Magnet {
                 _ => {}
             }
         }
-        let Some(info_hash) = info_hash else {
-            return invalid("missing xt=urn:btih: parameter");
+        let has_v1 = info_hash.is_some();
+        let Some(info_hash) = info_hash.or(info_hash_v2.map(|h| h.truncated())) else {
+            return invalid("missing xt=urn:btih: or xt=urn:btmh: parameter");
         };
         Ok(Magnet {
             info_hash,
+            info_hash_v2,
+            has_v1,
             trackers,
             name,
             peers,
         })
+    }
+
+    /// The link that says all of this: `xt=urn:btih:` (when there is a v1 hash), `xt=urn:btmh:`
+    /// (when there is a v2 hash), `dn`, every `tr` and `x.pe`, percent-encoded as needed.
+    pub fn to_link(&self) -> String {
+        let mut link = String::from("magnet:?");
+        let mut params: Vec<String> = Vec::new();
+        if self.has_v1 {
+            params.push(format!("xt=urn:btih:{}", self.info_hash));
+        }
+        if let Some(v2) = self.info_hash_v2 {
+            params.push(format!("xt=urn:btmh:1220{v2}"));
+        }
+        if let Some(name) = &self.name {
+            params.push(format!("dn={}", percent_encode(name)));
+        }
+        params.extend(
+            self.trackers
+                .iter()
+                .map(|t| format!("tr={}", percent_encode(t))),
+        );
+        params.extend(
+            self.peers
+                .iter()
+                .map(|p| format!("x.pe={}", percent_encode(&p.to_string()))),
+        );
+        link.push_str(&params.join("&"));
+        link
+    }
+
+    /// The v1 info hash, if the link has one.
+    pub fn info_hash_v1(&self) -> Option<InfoHash> {
+        self.has_v1.then_some(self.info_hash)
     }
 }
 

@@ -1,11 +1,14 @@
 //! Tests for magnet link parsing.
 
 use super::*;
+use crate::types::from_hex32;
 use proptest::prelude::*;
 
 const HEX: &str = "c12fe1c06bba254a9dc9f519b335aa7c1367a88a";
 /// The same hash in base32 (computed independently with Python's `base64.b32encode`).
 const B32: &str = "YEX6DQDLXISUVHOJ6UM3GNNKPQJWPKEK";
+/// A v2 info hash (64 hex).
+const V2: &str = "d8dd32ac93357c368556af3ac1d95c9d76bd0dff6fa9833ecdac3d53134efabb";
 const BYTES: [u8; 20] = [
     0xc1, 0x2f, 0xe1, 0xc0, 0x6b, 0xba, 0x25, 0x4a, 0x9d, 0xc9, 0xf5, 0x19, 0xb3, 0x35, 0xaa, 0x7c,
     0x13, 0x67, 0xa8, 0x8a,
@@ -59,14 +62,69 @@ fn base32_known_vectors() {
 #[test]
 fn repeated_or_other_xt() {
     // The same hash twice (hex and base32) is fine; other URN kinds are ignored.
-    let link =
-        format!("magnet:?xt=urn:btmh:1220abcd&xt=urn:btih:{HEX}&xt=urn:btih:{B32}&xt=urn:sha1:XYZ");
+    let link = format!("magnet:?xt=urn:btih:{HEX}&xt=urn:btih:{B32}&xt=urn:sha1:XYZ");
     assert_eq!(Magnet::parse(&link).unwrap().info_hash, InfoHash(BYTES));
     let other = "0".repeat(40);
     assert_eq!(
         err(&format!("magnet:?xt=urn:btih:{HEX}&xt=urn:btih:{other}")),
         format!("invalid magnet link: two different info hashes {HEX} and {other}")
     );
+    let other_v2 = "0".repeat(64);
+    assert_eq!(
+        err(&format!(
+            "magnet:?xt=urn:btmh:1220{V2}&xt=urn:btmh:1220{other_v2}"
+        )),
+        format!("invalid magnet link: two different info hashes {V2} and {other_v2}")
+    );
+}
+
+#[test]
+fn v2_and_hybrid_links() {
+    let v2 = Magnet::parse(&format!("magnet:?xt=urn:btmh:1220{V2}&dn=x")).unwrap();
+    let v2_hash = InfoHashV2(from_hex32(V2).unwrap());
+    assert_eq!(v2.info_hash_v2, Some(v2_hash));
+    assert!(!v2.has_v1);
+    assert_eq!(v2.info_hash_v1(), None);
+    assert_eq!(v2.info_hash, v2_hash.truncated());
+    let upper = Magnet::parse(&format!(
+        "magnet:?xt=URN:BTMH:1220{}&dn=x",
+        V2.to_uppercase()
+    ))
+    .unwrap();
+    assert_eq!(upper, v2);
+
+    let both = Magnet::parse(&format!(
+        "magnet:?xt=urn:btmh:1220{V2}&xt=urn:btih:{HEX}&tr=http://t/"
+    ))
+    .unwrap();
+    assert_eq!(both.info_hash, InfoHash(BYTES));
+    assert_eq!(both.info_hash_v1(), Some(InfoHash(BYTES)));
+    assert_eq!(both.info_hash_v2, Some(v2_hash));
+
+    let v1 = Magnet::parse(&format!("magnet:?xt=urn:btih:{HEX}")).unwrap();
+    assert_eq!(v1.info_hash_v2, None);
+    assert!(v1.has_v1);
+}
+
+#[test]
+fn links_round_trip_through_to_link() {
+    let both = Magnet::parse(&format!(
+        "magnet:?xt=urn:btih:{HEX}&xt=urn:btmh:1220{V2}&dn=a+b%2Fc&tr=http%3A%2F%2Ft%2Fa%3Fk%3D1\
+         &x.pe=10.0.0.1:1&x.pe=[::1]:2"
+    ))
+    .unwrap();
+    let link = both.to_link();
+    assert_eq!(
+        link,
+        format!(
+            "magnet:?xt=urn:btih:{HEX}&xt=urn:btmh:1220{V2}&dn=a%20b%2Fc\
+             &tr=http%3A%2F%2Ft%2Fa%3Fk%3D1&x.pe=10.0.0.1%3A1&x.pe=%5B%3A%3A1%5D%3A2"
+        )
+    );
+    assert_eq!(Magnet::parse(&link).unwrap(), both);
+    let v2_only = Magnet::parse(&format!("magnet:?xt=urn:btmh:1220{V2}")).unwrap();
+    assert_eq!(v2_only.to_link(), format!("magnet:?xt=urn:btmh:1220{V2}"));
+    assert_eq!(Magnet::parse(&v2_only.to_link()).unwrap(), v2_only);
 }
 
 #[test]
@@ -81,12 +139,18 @@ fn rejections() {
     );
     assert_eq!(
         err("magnet:?"),
-        "invalid magnet link: missing xt=urn:btih: parameter"
+        "invalid magnet link: missing xt=urn:btih: or xt=urn:btmh: parameter"
+    );
+    assert_eq!(
+        err("magnet:?dn=x&tr=http://t/&xt=urn:sha1:XYZ"),
+        "invalid magnet link: missing xt=urn:btih: or xt=urn:btmh: parameter"
     );
     assert_eq!(
         err("magnet:?dn=x&tr=http://t/&xt=urn:btmh:1220ab"),
-        "invalid magnet link: missing xt=urn:btih: parameter"
+        "invalid magnet link: v2 info hash \"1220ab\" is not 1220 followed by 64 hex characters"
     );
+    // Another multihash function (1114: SHA-256 under a different code) is refused, not misread.
+    assert!(err(&format!("magnet:?xt=urn:btmh:1114{V2}")).contains("is not 1220 followed by"));
     assert_eq!(
         err("magnet:?xt=urn:btih:abc"),
         "invalid magnet link: info hash \"abc\" is neither 40 hex nor 32 base32 characters"

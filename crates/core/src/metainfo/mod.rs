@@ -1,16 +1,24 @@
-//! Torrent metadata: `.torrent` files (BEP 3, BEP 12 announce-list) and magnet links (BEP 9).
+//! Torrent metadata: `.torrent` files (BEP 3, BEP 12 announce-list, BEP 47 pad files and
+//! attributes, BEP 52 v2 and hybrid metadata), magnet links (BEP 9, v1 and v2 hashes), and
+//! building new torrents ([`build`]).
 //!
-//! Invariants of a parsed [`Info`]: `1 <= piece_length <= 2^28`, `0 < total_length <= 2^50`,
-//! `pieces.len() == ceil(total_length / piece_length)`, every file path component and the name
-//! are safe file names (no `..`, `.`, empty, drive/absolute, separator- or NUL-containing, or
-//! reserved Windows device names), no two files collide, and file offsets are cumulative.
-//! A [`Metainfo`]'s info hash is the SHA-1 of the info dictionary's raw bytes in the file.
+//! Torrents are read as they are found in the wild: unsafe or clashing names are sanitised
+//! rather than refused (see [`names`]), bytes after the top-level dictionary are ignored, and
+//! tracker URLs are trimmed. The invariants of a parsed [`Info`] are listed in `torrent.rs`:
+//! consistent lengths, offsets and piece counts, safe and distinct paths, and for v2 metadata
+//! file-aligned pieces and checked piece layers.
 
+pub mod build;
 mod magnet;
+pub mod names;
 mod torrent;
+mod v2;
 
 pub use magnet::{Magnet, MagnetError};
-pub use torrent::{FileEntry, Info, Metainfo, MetainfoError, MAX_PIECE_LENGTH, MAX_TOTAL_LENGTH};
+pub use torrent::{
+    info_hashes, FileAttr, FileEntry, Info, MetaVersion, Metainfo, MetainfoError, PieceLayer,
+    SymlinkTarget, MAX_FILES, MAX_PIECE_LENGTH, MAX_TOTAL_LENGTH, MAX_TREE_DEPTH,
+};
 
 #[cfg(test)]
 mod fuzz_tests;

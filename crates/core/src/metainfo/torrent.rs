@@ -1,34 +1,122 @@
-//! Parsing `.torrent` files and bare info dictionaries.
+//! Parsing `.torrent` files and bare info dictionaries: BitTorrent v1 (BEP 3), v2 (BEP 52) and
+//! hybrids of both, with the file attributes of BEP 47.
 //!
-//! Invariants of a parsed [`Info`]: `1 <= piece_length <= 2^28`; `0 < total_length <= 2^50`;
-//! `pieces.len() == ceil(total_length / piece_length)`; `files` is non-empty, in torrent order,
-//! with cumulative offsets summing to `total_length`; every path component (and the name) is
-//! safe to join onto a download folder on Unix and Windows; no two files share a path and no
-//! file's path is a directory of another. The info hash is the SHA-1 of the info dictionary's
-//! raw bytes as they appear in the file, never of a re-encoding.
+//! Invariants of a parsed [`Info`]:
+//! - `1 <= piece_length <= 2^28`, and a power of two of at least 16 KiB when the torrent has
+//!   v2 metadata; `0 < total_length <= 2^50`; [`Info::piece_count`] is
+//!   `ceil(total_length / piece_length)` and fits in a `u32`; `pieces` holds exactly that many
+//!   SHA-1 hashes when the torrent has v1 metadata and none for a v2-only torrent;
+//! - `files` is non-empty and in payload order (the v1 `files` list, or the v2 `file tree`'s
+//!   order), BEP 47 pad files included, with cumulative offsets summing to `total_length`;
+//!   symlinks have length 0;
+//! - every path component is a sanitised name (see [`super::names`]), and no two files that
+//!   are not pad files have paths equal ignoring ASCII case, nor is one's path a directory of
+//!   another's;
+//! - with v2 metadata every non-empty regular file has its `pieces root` and starts on a piece
+//!   boundary (a v2-only torrent gets pad entries between files, as if it were a hybrid, so
+//!   piece indices mean the same thing in both); a hybrid's v1 and v2 halves describe the same
+//!   files, lengths and offsets.
+//!
+//! The info hashes are taken over the info dictionary's raw bytes as they appear in the file,
+//! never over a re-encoding: SHA-1 for v1, SHA-256 for v2.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 
 use sha1::{Digest, Sha1};
+use sha2::Sha256;
 
+use super::names::{decode_name, resolve_collisions, sanitize_component, sanitize_path};
 use super::quoted;
 use crate::bencode::{self, Value};
-use crate::types::InfoHash;
+use crate::merkle;
+use crate::types::{to_hex, InfoHash, InfoHashV2};
 
 /// Largest accepted `piece length` (256 MiB).
 pub const MAX_PIECE_LENGTH: u32 = 1 << 28;
 /// Largest accepted total payload (1 PiB).
 pub const MAX_TOTAL_LENGTH: u64 = 1 << 50;
+/// Most files a torrent may list (entries of a v1 `files` list, pad files included, or files
+/// of a v2 `file tree`).
+pub const MAX_FILES: usize = 1 << 21;
+/// Deepest directory nesting accepted in a v2 `file tree` (libtorrent's limit too).
+pub const MAX_TREE_DEPTH: usize = 100;
+/// Smallest piece length of a v2 torrent (one merkle block).
+const MIN_V2_PIECE_LENGTH: u32 = merkle::BLOCK_LEN;
 
-/// A file inside the torrent, in torrent order.
+/// BEP 47 file attributes (`attr`); a symlink is told by [`FileEntry::symlink`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FileAttr {
+    /// `p`: padding that aligns the next file to a piece; its bytes are zeros and it is never
+    /// written to disk.
+    pub pad: bool,
+    /// `x`: the file is made executable once complete.
+    pub executable: bool,
+    /// `h`: hidden (a Windows notion; accepted and kept).
+    pub hidden: bool,
+}
+
+/// Where a BEP 47 symlink points, relative to the torrent's root folder.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SymlinkTarget {
+    /// Sanitised components of a target inside the torrent's folder (`..` resolved).
+    Inside(Vec<String>),
+    /// A target that leaves the torrent's folder (absolute, or too many `..`): never created.
+    /// The text is the target as the torrent gives it, for the warning.
+    Outside(String),
+}
+
+/// A file inside the torrent, in payload order.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct FileEntry {
     /// Sanitised path components relative to the torrent's root (for a single-file torrent:
-    /// just the name).
+    /// just its name).
     pub path: Vec<String>,
     pub length: u64,
     /// Offset of the file's first byte in the torrent's concatenated payload.
     pub offset: u64,
+    pub attr: FileAttr,
+    /// `Some` for a BEP 47 symlink (attr `l` with a `symlink path`; its length is 0).
+    pub symlink: Option<SymlinkTarget>,
+    /// The root of the file's v2 merkle tree (`pieces root`), for non-empty regular files of
+    /// torrents with v2 metadata.
+    pub pieces_root: Option<[u8; 32]>,
+}
+
+impl FileEntry {
+    /// A regular file without attributes.
+    pub fn new(path: Vec<String>, length: u64, offset: u64) -> FileEntry {
+        FileEntry {
+            path,
+            length,
+            offset,
+            attr: FileAttr::default(),
+            symlink: None,
+            pieces_root: None,
+        }
+    }
+}
+
+/// Which metadata versions an info dictionary carries.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MetaVersion {
+    /// BitTorrent v1 only: SHA-1 piece hashes.
+    V1,
+    /// BitTorrent v2 only (`meta version` 2, a `file tree`, no `pieces`).
+    V2,
+    /// Both, describing the same files.
+    Hybrid,
+}
+
+impl MetaVersion {
+    /// Whether there are v1 piece hashes.
+    pub fn has_v1(self) -> bool {
+        matches!(self, MetaVersion::V1 | MetaVersion::Hybrid)
+    }
+
+    /// Whether there is a v2 file tree.
+    pub fn has_v2(self) -> bool {
+        matches!(self, MetaVersion::V2 | MetaVersion::Hybrid)
+    }
 }
 
 /// The info dictionary.
@@ -36,25 +124,41 @@ pub struct FileEntry {
 pub struct Info {
     pub name: String,
     pub piece_length: u32,
+    /// The v1 SHA-1 piece hashes (empty for a v2-only torrent).
     pub pieces: Vec<[u8; 20]>,
+    /// Every file in payload order, pad files included.
     pub files: Vec<FileEntry>,
-    /// True when the info dictionary has a `files` list (output is a directory).
+    /// True when the torrent is a folder (a v1 `files` list, or a v2 tree that is not a
+    /// single file at its root).
     pub multi_file: bool,
+    /// Length of the whole payload, pad files included (what pieces are cut from).
     pub total_length: u64,
     /// BEP 27 `private=1`: peers come from the trackers only (no DHT, no peer exchange).
     pub private: bool,
+    pub version: MetaVersion,
 }
+
+/// A file's v2 piece layer: the SHA-256 of each of its pieces.
+pub type PieceLayer = Vec<[u8; 32]>;
 
 /// A parsed `.torrent` file.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Metainfo {
     pub announce: Option<String>,
-    /// BEP 12 tiers, as in the file (may be empty).
+    /// BEP 12 tiers, as in the file (may be empty); URLs trimmed of surrounding whitespace.
     pub announce_list: Vec<Vec<String>>,
     pub info: Info,
+    /// The 20-byte hash that names the torrent on the wire and to trackers: the v1 info hash,
+    /// or for a v2-only torrent the v2 info hash truncated to 20 bytes.
     pub info_hash: InfoHash,
-    /// The info dictionary's raw bytes exactly as in the file (its SHA-1 is `info_hash`).
+    /// The v2 info hash (SHA-256 of the info dictionary), when the torrent has v2 metadata.
+    pub info_hash_v2: Option<InfoHashV2>,
+    /// The info dictionary's raw bytes exactly as in the file.
     pub info_bytes: Vec<u8>,
+    /// The v2 piece layers (`piece layers`), by file index, for the files of more than one
+    /// piece whose layer the torrent carries (it may leave them to be fetched from peers).
+    /// Each was checked against the file's `pieces root`.
+    pub piece_layers: BTreeMap<usize, PieceLayer>,
 }
 
 /// Why a torrent is invalid; the message names the key, e.g.
@@ -75,21 +179,26 @@ fn invalid<T>(msg: impl Into<String>) -> Result<T, MetainfoError> {
     Err(MetainfoError::Invalid(msg.into()))
 }
 
-fn lossy(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
+/// A tracker URL as written, trimmed; `None` if nothing is left.
+fn tracker_url(bytes: &[u8]) -> Option<String> {
+    let url = decode_name(bytes);
+    let url = url.trim();
+    (!url.is_empty()).then(|| url.to_string())
 }
 
 impl Metainfo {
-    /// Parses a whole `.torrent` file.
+    /// Parses a whole `.torrent` file. Bytes after the top-level dictionary (a trailing
+    /// newline is common) are ignored, as other clients do.
     pub fn from_bytes(bytes: &[u8]) -> Result<Metainfo, MetainfoError> {
-        let Value::Dict(top) = bencode::decode(bytes)? else {
+        let (top, used) = bencode::decode_prefix(bytes)?;
+        let bytes = bytes.get(..used).unwrap_or(bytes);
+        let Value::Dict(top) = top else {
             return invalid("torrent is not a dictionary");
         };
 
         let announce = match top.get(&b"announce"[..]) {
             None => None,
-            Some(Value::Bytes(b)) if b.is_empty() => None,
-            Some(Value::Bytes(b)) => Some(lossy(b)),
+            Some(Value::Bytes(b)) => tracker_url(b),
             Some(_) => return invalid("announce is not a string"),
         };
 
@@ -102,8 +211,7 @@ impl Metainfo {
                         .as_list()?
                         .iter()
                         .filter_map(|url| url.as_bytes())
-                        .filter(|url| !url.is_empty())
-                        .map(lossy)
+                        .filter_map(tracker_url)
                         .collect();
                     (!urls.is_empty()).then_some(urls)
                 })
@@ -116,18 +224,25 @@ impl Metainfo {
             Some(Value::Dict(d)) => d,
             Some(_) => return invalid("info is not a dictionary"),
         };
-        let info = Info::from_dict(info_dict)?;
         let Some(raw) = bencode::raw_dict_value(bytes, b"info")? else {
             return invalid("info dictionary is missing");
         };
-        let info_hash = InfoHash(Sha1::digest(raw).into());
+        let info = Info::from_dict(info_dict, raw)?;
+        let (info_hash, info_hash_v2) = info_hashes(raw, info.version);
+        let piece_layers = if info.version.has_v2() {
+            super::v2::piece_layers(top.get(&b"piece layers"[..]), &info)?
+        } else {
+            BTreeMap::new()
+        };
 
         Ok(Metainfo {
             announce,
             announce_list,
             info,
             info_hash,
+            info_hash_v2,
             info_bytes: raw.to_vec(),
+            piece_layers,
         })
     }
 
@@ -141,35 +256,39 @@ impl Metainfo {
             Vec::new()
         }
     }
-}
 
-/// Why a single path component (or the name) is unsafe to use as a file name, if it is.
-fn is_unsafe_component(c: &str) -> bool {
-    if c.is_empty() || c == "." || c == ".." || c.contains(['/', '\\', '\0']) {
-        return true;
+    /// The v1 info hash, unless the torrent is v2-only.
+    pub fn info_hash_v1(&self) -> Option<InfoHash> {
+        self.info.version.has_v1().then_some(self.info_hash)
     }
-    // Drive forms such as `C:` or `c:foo` (absolute forms start with a separator, caught above).
-    let b = c.as_bytes();
-    if b.len() >= 2 && b[0].is_ascii_alphabetic() && b[1] == b':' {
-        return true;
-    }
-    is_reserved_windows_name(c)
-}
 
-/// CON, PRN, AUX, NUL, COM1-9, LPT1-9 in any case, with or without an extension
-/// (Windows also ignores trailing spaces before the extension).
-fn is_reserved_windows_name(c: &str) -> bool {
-    let stem = c.split('.').next().unwrap_or(c).trim_end_matches(' ');
-    let upper = stem.to_ascii_uppercase();
-    match upper.as_bytes() {
-        b"CON" | b"PRN" | b"AUX" | b"NUL" => true,
-        [b'C', b'O', b'M', d] | [b'L', b'P', b'T', d] => (b'1'..=b'9').contains(d),
-        _ => false,
+    /// The v2 hashes of file `file`'s pieces: its piece layer, or for a file of one piece its
+    /// `pieces root`. `None` for pad files, empty files, symlinks, v1 torrents, and files whose
+    /// layer the torrent does not carry.
+    pub fn piece_hashes_v2(&self, file: usize) -> Option<&[[u8; 32]]> {
+        let entry = self.info.files.get(file)?;
+        if entry.length > u64::from(self.info.piece_length) {
+            self.piece_layers.get(&file).map(Vec::as_slice)
+        } else {
+            entry.pieces_root.as_ref().map(std::slice::from_ref)
+        }
     }
 }
 
-/// A byte-string field decoded lossily, preferring the `<key>.utf-8` variant when it is a
-/// byte string.
+/// The info hashes of an info dictionary's raw bytes: the 20-byte hash that names the torrent
+/// on the wire (SHA-1, or for a v2-only torrent the SHA-256 truncated) and, when it has v2
+/// metadata, the v2 hash (SHA-256).
+pub fn info_hashes(info_bytes: &[u8], version: MetaVersion) -> (InfoHash, Option<InfoHashV2>) {
+    let v2 = version
+        .has_v2()
+        .then(|| InfoHashV2(Sha256::digest(info_bytes).into()));
+    match v2 {
+        Some(v2) if !version.has_v1() => (v2.truncated(), Some(v2)),
+        _ => (InfoHash(Sha1::digest(info_bytes).into()), v2),
+    }
+}
+
+/// A byte-string field, preferring the `<key>.utf-8` variant when it is a byte string.
 fn string_field<'a>(dict: &'a Dict, key: &str) -> Option<&'a Value> {
     let utf8_key = format!("{key}.utf-8");
     match dict.get(utf8_key.as_bytes()) {
@@ -179,7 +298,7 @@ fn string_field<'a>(dict: &'a Dict, key: &str) -> Option<&'a Value> {
 }
 
 /// A non-negative length field.
-fn length_field(dict: &Dict, what: &str) -> Result<u64, MetainfoError> {
+pub(super) fn length_field(dict: &Dict, what: &str) -> Result<u64, MetainfoError> {
     match dict.get(&b"length"[..]) {
         None => invalid(format!("{what}.length is missing")),
         Some(Value::Int(n)) => match u64::try_from(*n) {
@@ -190,99 +309,195 @@ fn length_field(dict: &Dict, what: &str) -> Result<u64, MetainfoError> {
     }
 }
 
-/// The path of `info.files[index]`, each component checked.
-fn file_path(file: &Dict, index: usize) -> Result<Vec<String>, MetainfoError> {
-    let what = format!("info.files[{index}].path");
-    let path = match file.get(&b"path.utf-8"[..]) {
-        Some(v @ Value::List(_)) => v,
-        _ => match file.get(&b"path"[..]) {
-            Some(v) => v,
-            None => return invalid(format!("{what} is missing")),
-        },
-    };
-    let Value::List(parts) = path else {
-        return invalid(format!("{what} is not a list"));
-    };
-    if parts.is_empty() {
-        return invalid(format!("{what} is empty"));
-    }
-    let mut out = Vec::with_capacity(parts.len());
-    for (j, part) in parts.iter().enumerate() {
-        let Value::Bytes(b) = part else {
-            return invalid(format!("{what}[{j}] is not a string"));
-        };
-        let component = lossy(b);
-        if is_unsafe_component(&component) {
-            return invalid(format!(
-                "{what} component {} is not allowed",
-                quoted(&component)
-            ));
+/// The BEP 47 `attr` letters of a file dictionary; whether it says `l` (symlink).
+pub(super) fn attributes(dict: &Dict) -> (FileAttr, bool) {
+    let mut attr = FileAttr::default();
+    let mut symlink = false;
+    if let Some(Value::Bytes(letters)) = dict.get(&b"attr"[..]) {
+        for c in letters {
+            match c {
+                b'p' => attr.pad = true,
+                b'x' => attr.executable = true,
+                b'h' => attr.hidden = true,
+                b'l' => symlink = true,
+                _ => {}
+            }
         }
-        out.push(component);
     }
-    Ok(out)
+    (attr, symlink)
 }
 
-/// Rejects two files with the same path, or a file whose path is another's directory.
-/// Walks a flat tree (parent node, component) -> node, so the cost is linear in the input.
-fn check_unique_paths(files: &[FileEntry]) -> Result<(), MetainfoError> {
-    // Node 0 is the root folder. For each node: the file index that created it, and whether
-    // it is a file (leaf) rather than a folder.
-    let mut edges: HashMap<(usize, &str), usize> = HashMap::new();
-    let mut owner: Vec<usize> = vec![0];
-    let mut is_file: Vec<bool> = vec![false];
-    for (index, file) in files.iter().enumerate() {
-        let mut node = 0usize;
-        let last = file.path.len().saturating_sub(1);
-        for (j, component) in file.path.iter().enumerate() {
-            let next = match edges.get(&(node, component.as_str())) {
-                Some(&child) => {
-                    let (other, other_is_file) = (owner[child], is_file[child]);
-                    if j == last || other_is_file {
-                        let how = if j == last && other_is_file {
-                            "duplicates"
-                        } else {
-                            "conflicts with"
-                        };
-                        return invalid(format!(
-                            "info.files[{index}].path {} {how} info.files[{other}]",
-                            quoted(&file.path.join("/"))
-                        ));
-                    }
-                    child
-                }
-                None => {
-                    let child = owner.len();
-                    owner.push(index);
-                    is_file.push(j == last);
-                    edges.insert((node, component.as_str()), child);
-                    child
-                }
-            };
-            node = next;
+/// The target of a symlink from its `symlink path` components (relative to the torrent's
+/// root): `..` is resolved, and a target that would leave the root, or starts at an absolute
+/// path, stays outside (never created). `None` if there is no usable `symlink path` list.
+pub(super) fn symlink_target(dict: &Dict) -> Option<SymlinkTarget> {
+    let Some(Value::List(parts)) = dict.get(&b"symlink path"[..]) else {
+        return None;
+    };
+    let raw: Vec<&[u8]> = parts.iter().filter_map(Value::as_bytes).collect();
+    if raw.len() != parts.len() {
+        return None;
+    }
+    let shown = || {
+        raw.iter()
+            .map(|p| decode_name(p).into_owned())
+            .collect::<Vec<_>>()
+            .join("/")
+    };
+    let absolute = raw.first().is_some_and(|first| {
+        matches!(first, [b'/' | b'\\', ..])
+            || matches!(first, [d, b':', ..] if d.is_ascii_alphabetic())
+    });
+    if absolute {
+        return Some(SymlinkTarget::Outside(shown()));
+    }
+    let mut inside: Vec<String> = Vec::new();
+    for part in &raw {
+        if *part == b".." {
+            if inside.pop().is_none() {
+                return Some(SymlinkTarget::Outside(shown()));
+            }
+        } else if let Some(name) = sanitize_component(part) {
+            inside.push(name);
         }
     }
-    Ok(())
+    if inside.is_empty() {
+        // A link to the root itself is a loop.
+        return Some(SymlinkTarget::Outside(shown()));
+    }
+    Some(SymlinkTarget::Inside(inside))
+}
+
+/// `info.files[index]`.
+fn v1_file(item: &Value, index: usize, offset: u64) -> Result<FileEntry, MetainfoError> {
+    let what = format!("info.files[{index}]");
+    let Value::Dict(file) = item else {
+        return invalid(format!("{what} is not a dictionary"));
+    };
+    let (mut attr, is_link) = attributes(file);
+    let symlink = if is_link { symlink_target(file) } else { None };
+    // A symlink takes no payload bytes whatever length it claims (as in libtorrent).
+    let length = if symlink.is_some() {
+        0
+    } else {
+        length_field(file, &what)?
+    };
+    let path = match file.get(&b"path.utf-8"[..]) {
+        Some(v @ Value::List(_)) => Some(v),
+        _ => file.get(&b"path"[..]),
+    };
+    let path = match path {
+        Some(Value::List(parts)) if !parts.is_empty() => {
+            let mut raw = Vec::with_capacity(parts.len());
+            for (j, part) in parts.iter().enumerate() {
+                let Value::Bytes(b) = part else {
+                    return invalid(format!("{what}.path[{j}] is not a string"));
+                };
+                raw.push(b.as_slice());
+            }
+            sanitize_path(raw)
+        }
+        Some(Value::List(_)) if attr.pad => vec![".pad".to_string(), length.to_string()],
+        Some(Value::List(_)) => return invalid(format!("{what}.path is empty")),
+        None if attr.pad => vec![".pad".to_string(), length.to_string()],
+        None => return invalid(format!("{what}.path is missing")),
+        Some(_) => return invalid(format!("{what}.path is not a list")),
+    };
+    // BitComet's pad files predate BEP 47's attribute.
+    if path
+        .last()
+        .is_some_and(|name| name.starts_with("_____padding_file_"))
+    {
+        attr.pad = true;
+    }
+    Ok(FileEntry {
+        path,
+        length,
+        offset,
+        attr,
+        symlink,
+        pieces_root: None,
+    })
+}
+
+/// The v1 `files` list (or the single file of `length`) and whether it was a list.
+fn v1_files(info: &Dict, name: &str) -> Result<(Vec<FileEntry>, bool), MetainfoError> {
+    match (info.get(&b"length"[..]), info.get(&b"files"[..])) {
+        (Some(_), Some(_)) => invalid("info has both length and files"),
+        (None, None) => invalid("info has neither length nor files"),
+        (Some(_), None) => {
+            let (attr, is_link) = attributes(info);
+            let symlink = if is_link { symlink_target(info) } else { None };
+            let length = if symlink.is_some() {
+                0
+            } else {
+                length_field(info, "info")?
+            };
+            let file = FileEntry {
+                attr,
+                symlink,
+                ..FileEntry::new(vec![name.to_string()], length, 0)
+            };
+            Ok((vec![file], false))
+        }
+        (None, Some(list)) => {
+            let Value::List(items) = list else {
+                return invalid("info.files is not a list");
+            };
+            if items.is_empty() {
+                return invalid("info.files is empty");
+            }
+            if items.len() > MAX_FILES {
+                return invalid(format!(
+                    "info.files lists {} files, more than {MAX_FILES}",
+                    items.len()
+                ));
+            }
+            let mut files = Vec::with_capacity(items.len());
+            let mut offset = 0u64;
+            for (index, item) in items.iter().enumerate() {
+                let file = v1_file(item, index, offset)?;
+                offset = offset
+                    .checked_add(file.length)
+                    .filter(|&o| o <= MAX_TOTAL_LENGTH)
+                    .map_or_else(too_big, Ok)?;
+                files.push(file);
+            }
+            Ok((files, true))
+        }
+    }
+}
+
+fn too_big<T>() -> Result<T, MetainfoError> {
+    invalid(format!(
+        "info total length exceeds 2^50 bytes ({MAX_TOTAL_LENGTH})"
+    ))
 }
 
 impl Info {
     /// Parses a bare bencoded info dictionary (e.g. fetched with ut_metadata).
     pub fn from_bytes(info_bytes: &[u8]) -> Result<Info, MetainfoError> {
         match bencode::decode(info_bytes)? {
-            Value::Dict(d) => Info::from_dict(&d),
+            Value::Dict(d) => Info::from_dict(&d, info_bytes),
             _ => invalid("info is not a dictionary"),
         }
     }
 
-    /// Validates a decoded info dictionary.
-    fn from_dict(info: &Dict) -> Result<Info, MetainfoError> {
-        let name = match string_field(info, "name") {
-            None => return invalid("info.name is missing"),
-            Some(Value::Bytes(b)) => lossy(b),
-            Some(_) => return invalid("info.name is not a string"),
+    /// Validates a decoded info dictionary; `raw` is its bytes (to name a nameless torrent
+    /// after its hash, as libtorrent does).
+    fn from_dict(info: &Dict, raw: &[u8]) -> Result<Info, MetainfoError> {
+        let v2 = match info.get(&b"meta version"[..]) {
+            None => false,
+            Some(Value::Int(2)) => true,
+            Some(Value::Int(n)) => {
+                return invalid(format!(
+                    "info.meta version {n} is not supported (only 2 is)"
+                ))
+            }
+            Some(_) => return invalid("info.meta version is not an integer"),
         };
-        if is_unsafe_component(&name) {
-            return invalid(format!("info.name {} is not allowed", quoted(&name)));
+        if !v2 && info.contains_key(&b"file tree"[..]) {
+            return invalid("info.file tree needs meta version 2");
         }
 
         let piece_length = match info.get(&b"piece length"[..]) {
@@ -293,73 +508,76 @@ impl Info {
             },
             Some(_) => return invalid("info.piece length is not an integer"),
         };
+        if v2 && (piece_length < MIN_V2_PIECE_LENGTH || !piece_length.is_power_of_two()) {
+            return invalid(format!(
+                "info.piece length {piece_length} is not a power of two of at least 16 KiB (v2)"
+            ));
+        }
 
-        let pieces = match info.get(&b"pieces"[..]) {
-            None => return invalid("info.pieces is missing"),
-            Some(Value::Bytes(b)) => {
-                if b.len() % 20 != 0 {
-                    return invalid(format!(
-                        "info.pieces length {} is not a multiple of 20",
-                        b.len()
-                    ));
-                }
-                b.chunks_exact(20)
-                    .map(|c| {
-                        let mut h = [0u8; 20];
-                        h.copy_from_slice(c);
-                        h
-                    })
-                    .collect::<Vec<[u8; 20]>>()
+        let name = match string_field(info, "name") {
+            None => return invalid("info.name is missing"),
+            Some(Value::Bytes(b)) => sanitize_component(b),
+            Some(_) => return invalid("info.name is not a string"),
+        };
+        let has_v1 = !v2 || info.contains_key(&b"files"[..]) || info.contains_key(&b"length"[..]);
+        let name = name.unwrap_or_else(|| {
+            if has_v1 {
+                to_hex(&Sha1::digest(raw))
+            } else {
+                to_hex(&Sha256::digest(raw))
             }
-            Some(_) => return invalid("info.pieces is not a string"),
+        });
+
+        let pieces = if has_v1 {
+            match info.get(&b"pieces"[..]) {
+                None => return invalid("info.pieces is missing"),
+                Some(Value::Bytes(b)) => {
+                    if b.len() % 20 != 0 {
+                        return invalid(format!(
+                            "info.pieces length {} is not a multiple of 20",
+                            b.len()
+                        ));
+                    }
+                    b.chunks_exact(20)
+                        .map(|c| {
+                            let mut h = [0u8; 20];
+                            h.copy_from_slice(c);
+                            h
+                        })
+                        .collect::<Vec<[u8; 20]>>()
+                }
+                Some(_) => return invalid("info.pieces is not a string"),
+            }
+        } else {
+            Vec::new()
         };
 
-        let too_big = || {
-            invalid(format!(
-                "info total length exceeds 2^50 bytes ({MAX_TOTAL_LENGTH})"
-            ))
+        let v1 = if has_v1 {
+            Some(v1_files(info, &name)?)
+        } else {
+            None
         };
-        let (files, multi_file) = match (info.get(&b"length"[..]), info.get(&b"files"[..])) {
-            (Some(_), Some(_)) => return invalid("info has both length and files"),
+        let tree = if v2 {
+            let has_files = info.contains_key(&b"files"[..]);
+            Some(super::v2::file_tree(info, has_files)?)
+        } else {
+            None
+        };
+        let (mut files, multi_file, version) = match (v1, tree) {
+            (Some((files, multi)), None) => (files, multi, MetaVersion::V1),
+            (None, Some(tree)) => (
+                super::v2::with_pad_files(tree.files, piece_length)?,
+                !tree.single_file,
+                MetaVersion::V2,
+            ),
+            (Some((files, multi)), Some(tree)) => (
+                super::v2::merge_hybrid(files, tree.files, piece_length)?,
+                multi,
+                MetaVersion::Hybrid,
+            ),
             (None, None) => return invalid("info has neither length nor files"),
-            (Some(_), None) => {
-                let length = length_field(info, "info")?;
-                let file = FileEntry {
-                    path: vec![name.clone()],
-                    length,
-                    offset: 0,
-                };
-                (vec![file], false)
-            }
-            (None, Some(list)) => {
-                let Value::List(items) = list else {
-                    return invalid("info.files is not a list");
-                };
-                if items.is_empty() {
-                    return invalid("info.files is empty");
-                }
-                let mut files = Vec::with_capacity(items.len());
-                let mut offset = 0u64;
-                for (index, item) in items.iter().enumerate() {
-                    let Value::Dict(file) = item else {
-                        return invalid(format!("info.files[{index}] is not a dictionary"));
-                    };
-                    let length = length_field(file, &format!("info.files[{index}]"))?;
-                    let path = file_path(file, index)?;
-                    files.push(FileEntry {
-                        path,
-                        length,
-                        offset,
-                    });
-                    offset = match offset.checked_add(length) {
-                        Some(o) if o <= MAX_TOTAL_LENGTH => o,
-                        _ => return too_big(),
-                    };
-                }
-                check_unique_paths(&files)?;
-                (files, true)
-            }
         };
+        resolve_collisions(&mut files);
 
         let total_length = files
             .last()
@@ -372,14 +590,16 @@ impl Info {
             return too_big();
         }
         let needed = total_length.div_ceil(u64::from(piece_length));
-        let have = pieces.len() as u64;
-        if have != needed {
-            return invalid(format!(
-                "info.pieces has {have} hashes but the length needs {needed}"
-            ));
+        if u32::try_from(needed).is_err() {
+            return invalid(format!("info needs {needed} pieces, more than 2^32 - 1"));
         }
-        if u32::try_from(have).is_err() {
-            return invalid(format!("info.pieces has {have} hashes, more than 2^32 - 1"));
+        if version.has_v1() {
+            let have = pieces.len() as u64;
+            if have != needed {
+                return invalid(format!(
+                    "info.pieces has {have} hashes but the length needs {needed}"
+                ));
+            }
         }
 
         // Any other value (or type) than the integer 1 means public, as libtorrent reads it.
@@ -392,17 +612,22 @@ impl Info {
             multi_file,
             total_length,
             private,
+            version,
         })
     }
 
+    /// Number of pieces: `ceil(total_length / piece_length)`.
     pub fn piece_count(&self) -> u32 {
-        self.pieces.len() as u32
+        let count = self
+            .total_length
+            .div_ceil(u64::from(self.piece_length.max(1)));
+        u32::try_from(count).unwrap_or(u32::MAX)
     }
 
     /// Length of piece `index` (the last one may be shorter). Caller ensures `index < piece_count`;
     /// an index past the end gives 0.
     pub fn piece_len(&self, index: u32) -> u32 {
-        let count = self.pieces.len() as u64;
+        let count = u64::from(self.piece_count());
         let index = u64::from(index);
         let piece_length = u64::from(self.piece_length);
         if index.saturating_add(1) < count {
@@ -414,6 +639,25 @@ impl Info {
             0
         }
     }
+
+    /// Bytes of the real files (pad files left out): what the user gets.
+    pub fn content_length(&self) -> u64 {
+        self.files
+            .iter()
+            .filter(|f| !f.attr.pad)
+            .map(|f| f.length)
+            .sum()
+    }
+
+    /// The files the user sees, with their indices: every file but the pad files.
+    pub fn real_files(&self) -> impl Iterator<Item = (usize, &FileEntry)> + '_ {
+        self.files.iter().enumerate().filter(|(_, f)| !f.attr.pad)
+    }
+}
+
+/// Quoted `a/b/c` of a path, for messages.
+pub(super) fn shown_path(path: &[String]) -> String {
+    quoted(&path.join("/"))
 }
 
 #[cfg(test)]

@@ -105,14 +105,11 @@ fn single_file_torrent() {
     assert_eq!(i.pieces, vec![[0u8; 20], [1u8; 20], [2u8; 20]]);
     assert!(!i.multi_file);
     assert_eq!(i.total_length, 10);
-    assert_eq!(
-        i.files,
-        vec![FileEntry {
-            path: vec!["a.txt".into()],
-            length: 10,
-            offset: 0
-        }]
-    );
+    assert_eq!(i.content_length(), 10);
+    assert_eq!(i.version, MetaVersion::V1);
+    assert_eq!(m.info_hash_v2, None);
+    assert_eq!(m.info_hash_v1(), Some(m.info_hash));
+    assert_eq!(i.files, vec![FileEntry::new(vec!["a.txt".into()], 10, 0)]);
     assert_eq!(i.piece_count(), 3);
     assert_eq!(
         (
@@ -172,7 +169,7 @@ fn multi_file_torrent_offsets_and_utf8_variants() {
 }
 
 #[test]
-fn non_utf8_names_are_converted_lossily() {
+fn non_utf8_names_are_decoded_as_windows_1252() {
     let info = dict(&[
         ("length", int(1)),
         ("name", bs(b"a\xffb")),
@@ -180,8 +177,17 @@ fn non_utf8_names_are_converted_lossily() {
         ("pieces", hashes(1)),
     ]);
     let i = Info::from_bytes(&info).unwrap();
-    assert_eq!(i.name, "a\u{fffd}b");
-    assert_eq!(i.files[0].path, vec!["a\u{fffd}b".to_string()]);
+    assert_eq!(i.name, "a\u{ff}b");
+    assert_eq!(i.files[0].path, vec!["a\u{ff}b".to_string()]);
+    // Two legacy names that differ only in invalid bytes stay distinct.
+    let files = [
+        dict(&[("length", int(1)), ("path", list(&[bs(b"caf\xe9")]))]),
+        dict(&[("length", int(1)), ("path", list(&[bs(b"caf\x82")]))]),
+        dict(&[("length", int(1)), ("path", list(&[bs(b"caf\xc3")]))]),
+    ];
+    let i = Info::from_bytes(&multi_info(&files, 3, 1)).unwrap();
+    let paths: Vec<&str> = i.files.iter().map(|f| f.path[0].as_str()).collect();
+    assert_eq!(paths, ["café", "caf\u{201a}", "caf\u{c3}"]);
 }
 
 #[test]
@@ -281,9 +287,12 @@ fn top_level_rejections() {
         ])),
         "announce-list is not a list"
     );
+    // Bytes after the top-level dictionary are ignored (a trailing newline is common).
     let mut trailing = torrent(&info);
-    trailing.push(b'\n');
-    assert!(torrent_err(&trailing).starts_with("invalid bencode: trailing bytes"));
+    let plain = Metainfo::from_bytes(&trailing).unwrap();
+    trailing.extend_from_slice(b"\n\r\ngarbage d1:xe");
+    assert_eq!(Metainfo::from_bytes(&trailing).unwrap(), plain);
+    assert!(torrent_err(b"d4:infoe").starts_with("invalid bencode"));
     // Errors inside info are reported through Metainfo too.
     assert_eq!(
         torrent_err(&torrent(&single_info("f", 0, 1, 1))),
@@ -292,7 +301,7 @@ fn top_level_rejections() {
 }
 
 #[test]
-fn name_rejections() {
+fn name_rejections_and_sanitising() {
     assert_eq!(info_err(b"li1ee"), "info is not a dictionary");
     let no_name = dict(&[
         ("length", int(1)),
@@ -307,46 +316,33 @@ fn name_rejections() {
         ("pieces", hashes(1)),
     ]);
     assert_eq!(info_err(&int_name), "info.name is not a string");
-    for (name, shown) in [
-        ("", r#""""#),
-        (".", r#"".""#),
-        ("..", r#""..""#),
-        ("a/b", r#""a/b""#),
-        ("/etc", r#""/etc""#),
-        ("a\\b", r#""a\\b""#),
-        ("a\0b", r#""a\0b""#),
-        ("C:", r#""C:""#),
-        ("c:evil", r#""c:evil""#),
-        ("CON", r#""CON""#),
-        ("nul.txt", r#""nul.txt""#),
-        ("Com7.tar.gz", r#""Com7.tar.gz""#),
-        ("lpt1", r#""lpt1""#),
-        ("AUX .txt", r#""AUX .txt""#),
+    for (name, want) in [
+        ("a/b", "a_b"),
+        ("/etc", "etc"),
+        ("a\\b", "a_b"),
+        ("a\0b", "a_b"),
+        ("c:evil", "evil"),
+        ("CON", "CON_"),
+        ("nul.txt", "nul_.txt"),
+        ("AUX .txt", "AUX _.txt"),
+        ("CONSOLE", "CONSOLE"),
+        ("ab:c", "ab:c"),
+        ("...a", "...a"),
     ] {
+        let i = Info::from_bytes(&single_info(name, 1, 1, 1)).unwrap();
+        assert_eq!(i.name, want, "name {name:?}");
+        assert_eq!(i.files[0].path, [want], "name {name:?}");
+    }
+    // A name that sanitises to nothing is replaced by the info hash, as libtorrent does.
+    for name in ["", ".", "..", "C:", "/"] {
+        let bytes = single_info(name, 1, 1, 1);
+        let i = Info::from_bytes(&bytes).unwrap();
         assert_eq!(
-            info_err(&single_info(name, 1, 1, 1)),
-            format!("info.name {shown} is not allowed"),
-            "name {name:?}"
+            i.name,
+            crate::types::to_hex(&Sha1::digest(&bytes)),
+            "{name:?}"
         );
     }
-    for ok in [
-        "CONSOLE",
-        "COM0",
-        "COM10",
-        "LPT",
-        "auxiliary.txt",
-        "a.",
-        "ab:c",
-        "...a",
-    ] {
-        assert!(
-            Info::from_bytes(&single_info(ok, 1, 1, 1)).is_ok(),
-            "{ok:?}"
-        );
-    }
-    let long = "/".repeat(1000);
-    let msg = info_err(&single_info(&long, 1, 1, 1));
-    assert!(msg.len() < 200, "{msg}");
 }
 
 #[test]
@@ -492,50 +488,84 @@ fn files_rejections() {
         ])]),
         "info.files[0].path[1] is not a string"
     );
+}
+
+/// The sanitised paths of a multi-file torrent's files.
+fn paths_of(files: &[Vec<u8>]) -> Vec<String> {
+    let total: i64 = 3;
+    let info = Info::from_bytes(&multi_info(files, total, 1)).unwrap();
+    info.files.iter().map(|f| f.path.join("/")).collect()
+}
+
+#[test]
+fn unsafe_paths_are_sanitised() {
     assert_eq!(
-        m(&[file(0, &["a"]), file(0, &["b"]), file(1, &["x", ".."])]),
-        r#"info.files[2].path component ".." is not allowed"#
+        paths_of(&[
+            file(1, &["x", ".."]),
+            file(0, &["..", "..", "etc", "passwd"]),
+            file(0, &["", ".", "a/b", "c\\d"]),
+            file(0, &["/abs", "C:", "D:x", "PRN", "lpt3.log", "n\0l"]),
+            file(0, &["..", "."]),
+        ]),
+        [
+            "x",
+            "etc/passwd",
+            "a_b/c_d",
+            "abs/x/PRN_/lpt3_.log/n_l",
+            "_",
+        ]
     );
-    for bad in ["", ".", "a/b", "a\\b", "C:", "PRN", "lpt3.log", "x\0"] {
-        let msg = m(&[file(1, &["ok", bad])]);
-        assert!(
-            msg.starts_with("info.files[0].path component ") && msg.ends_with(" is not allowed"),
-            "{bad:?}: {msg}"
-        );
-    }
-    // A bad path.utf-8 is checked too (it is preferred over path).
+    // path.utf-8 wins over path, and is sanitised too.
     assert_eq!(
-        m(&[dict(&[
+        paths_of(&[dict(&[
             ("length", int(1)),
             ("path", list(&[bs(b"fine")])),
-            ("path.utf-8", list(&[bs(b"..")])),
+            ("path.utf-8", list(&[bs(b".."), bs(b"won")])),
         ])]),
-        r#"info.files[0].path component ".." is not allowed"#
+        ["won"]
+    );
+    // A path.utf-8 that is not a list is ignored.
+    assert_eq!(
+        paths_of(&[dict(&[
+            ("length", int(1)),
+            ("path", list(&[bs(b"fine")])),
+            ("path.utf-8", bs(b"x")),
+        ])]),
+        ["fine"]
     );
 }
 
 #[test]
-fn duplicate_and_conflicting_paths() {
-    let m = |files: &[Vec<u8>]| info_err(&multi_info(files, 1, 1));
+fn colliding_paths_get_suffixes() {
     assert_eq!(
-        m(&[file(1, &["a", "b"]), file(0, &["c"]), file(0, &["a", "b"])]),
-        r#"info.files[2].path "a/b" duplicates info.files[0]"#
-    );
-    assert_eq!(
-        m(&[file(1, &["a"]), file(0, &["a", "b"])]),
-        r#"info.files[1].path "a/b" conflicts with info.files[0]"#
-    );
-    assert_eq!(
-        m(&[file(1, &["a", "b"]), file(0, &["a"])]),
-        r#"info.files[1].path "a" conflicts with info.files[0]"#
+        paths_of(&[
+            file(1, &["a", "b"]),
+            file(0, &["c"]),
+            file(0, &["a", "b"]),
+            file(0, &["A", "B"]),
+            file(0, &["a"]),
+            file(0, &["x", ".."]),
+            file(0, &["x"]),
+            file(2, &["a.b", "x.tar.gz"]),
+            file(0, &["a.b", "x.tar.gz"]),
+        ]),
+        [
+            "a/b",
+            "c",
+            "a/b.1",
+            "A/B.2",
+            "a.1",
+            "x",
+            "x.1",
+            "a.b/x.tar.gz",
+            "a.b/x.tar.1.gz",
+        ]
     );
     // Same names in different folders are fine.
-    let ok = multi_info(
-        &[file(1, &["a", "x"]), file(1, &["b", "x"]), file(1, &["x"])],
-        3,
-        1,
+    assert_eq!(
+        paths_of(&[file(1, &["a", "x"]), file(1, &["b", "x"]), file(1, &["x"])]),
+        ["a/x", "b/x", "x"]
     );
-    assert_eq!(Info::from_bytes(&ok).unwrap().files.len(), 3);
 }
 
 #[test]
@@ -601,4 +631,135 @@ proptest! {
                 m.info.total_length.div_ceil(u64::from(m.info.piece_length)));
         }
     }
+}
+
+#[test]
+fn pad_files_attributes_and_symlinks() {
+    let files = [
+        dict(&[("length", int(3)), ("path", list(&[bs(b"a")]))]),
+        dict(&[
+            ("attr", bs(b"p")),
+            ("length", int(1)),
+            ("path", list(&[bs(b".pad"), bs(b"1")])),
+        ]),
+        // A pad file may omit its path; BitComet's are known by name.
+        dict(&[("attr", bs(b"p")), ("length", int(4))]),
+        dict(&[
+            ("length", int(4)),
+            ("path", list(&[bs(b"_____padding_file_0_x")])),
+        ]),
+        dict(&[
+            ("attr", bs(b"xh")),
+            ("length", int(4)),
+            ("path", list(&[bs(b"bin"), bs(b"run")])),
+        ]),
+        // A symlink takes no bytes whatever length it claims.
+        dict(&[
+            ("attr", bs(b"l")),
+            ("length", int(99)),
+            ("path", list(&[bs(b"link")])),
+            (
+                "symlink path",
+                list(&[bs(b"bin"), bs(b"x"), bs(b".."), bs(b"run")]),
+            ),
+        ]),
+        dict(&[
+            ("attr", bs(b"l")),
+            ("length", int(0)),
+            ("path", list(&[bs(b"up")])),
+            ("symlink path", list(&[bs(b".."), bs(b"etc")])),
+        ]),
+        dict(&[
+            ("attr", bs(b"l")),
+            ("length", int(0)),
+            ("path", list(&[bs(b"abs")])),
+            ("symlink path", list(&[bs(b"/etc"), bs(b"passwd")])),
+        ]),
+        // `l` without a target is an ordinary file.
+        dict(&[
+            ("attr", bs(b"l")),
+            ("length", int(0)),
+            ("path", list(&[bs(b"plain")])),
+        ]),
+    ];
+    let info = dict(&[
+        ("files", list(&files)),
+        ("name", bs(b"root")),
+        ("piece length", int(4)),
+        ("pieces", hashes(4)),
+    ]);
+    let i = Info::from_bytes(&info).unwrap();
+    assert_eq!(i.total_length, 16);
+    assert_eq!(i.content_length(), 7);
+    let pads: Vec<(String, bool)> = i
+        .files
+        .iter()
+        .map(|f| (f.path.join("/"), f.attr.pad))
+        .collect();
+    assert_eq!(
+        pads[..4],
+        [
+            ("a".to_string(), false),
+            (".pad/1".to_string(), true),
+            (".pad/4".to_string(), true),
+            ("_____padding_file_0_x".to_string(), true),
+        ]
+    );
+    let run = &i.files[4];
+    assert!(run.attr.executable && run.attr.hidden && !run.attr.pad);
+    assert_eq!(
+        i.files[5].symlink,
+        Some(SymlinkTarget::Inside(vec!["bin".into(), "run".into()]))
+    );
+    assert_eq!(i.files[5].length, 0);
+    assert_eq!(
+        i.files[6].symlink,
+        Some(SymlinkTarget::Outside("../etc".into()))
+    );
+    assert_eq!(
+        i.files[7].symlink,
+        Some(SymlinkTarget::Outside("/etc/passwd".into()))
+    );
+    assert_eq!(i.files[8].symlink, None);
+    assert_eq!(i.real_files().count(), 6);
+}
+
+#[test]
+fn tracker_urls_are_trimmed() {
+    let bytes = dict(&[
+        ("announce", bs(b"  http://main/ \r\n")),
+        (
+            "announce-list",
+            list(&[list(&[bs(b"\thttp://a/ "), bs(b"   ")]), list(&[bs(b" ")])]),
+        ),
+        ("info", single_info("f", 1, 1, 1)),
+    ]);
+    let m = Metainfo::from_bytes(&bytes).unwrap();
+    assert_eq!(m.announce.as_deref(), Some("http://main/"));
+    assert_eq!(m.announce_list, vec![vec!["http://a/".to_string()]]);
+    let blank = dict(&[
+        ("announce", bs(b" \n")),
+        ("info", single_info("f", 1, 1, 1)),
+    ]);
+    assert_eq!(Metainfo::from_bytes(&blank).unwrap().announce, None);
+}
+
+#[test]
+fn too_many_files_are_refused() {
+    // The count is checked before any file is parsed (so these need not be files).
+    let mut many = b"l".to_vec();
+    for _ in 0..=MAX_FILES {
+        many.extend_from_slice(b"i0e");
+    }
+    many.push(b'e');
+    let mut info = b"d5:files".to_vec();
+    info.extend_from_slice(&many);
+    info.extend_from_slice(b"4:name1:x12:piece lengthi1e6:pieces0:e");
+    assert_eq!(
+        info_err(&info),
+        format!(
+            "info.files lists {} files, more than {MAX_FILES}",
+            MAX_FILES + 1
+        )
+    );
 }

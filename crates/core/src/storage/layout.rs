@@ -2,7 +2,8 @@
 //!
 //! Invariants of a built [`Layout`]: `piece_length > 0`; file offsets are cumulative and sum to
 //! `total_length`; `piece_count == ceil(total_length / piece_length)` and equals the number of
-//! piece hashes. Zero-length files own no bytes and never appear in a [`Segment`]. Every range is
+//! v1 piece hashes (a v2-only torrent has none). Pad files are files like any other here: the
+//! disk layer reads them as zeros and never writes them. Zero-length files own no bytes and never appear in a [`Segment`]. Every range is
 //! checked against its piece before mapping, so a [`Segments`] iterator only yields in-bounds,
 //! non-empty segments.
 
@@ -81,7 +82,7 @@ impl Layout {
         let piece_count = u32::try_from(count).map_err(|_| {
             LayoutError::InvalidInfo(format!("{count} pieces do not fit in a u32 index"))
         })?;
-        if info.pieces.len() as u64 != count {
+        if info.version.has_v1() && info.pieces.len() as u64 != count {
             return Err(LayoutError::InvalidInfo(format!(
                 "{} piece hashes for {count} pieces",
                 info.pieces.len()
@@ -350,11 +351,8 @@ mod tests {
 
         let mut info = info_with(&[5], 4);
         info.files[0].length = u64::MAX;
-        info.files.push(FileEntry {
-            path: vec!["x".into()],
-            length: 2,
-            offset: u64::MAX,
-        });
+        info.files
+            .push(FileEntry::new(vec!["x".into()], 2, u64::MAX));
         assert!(matches!(
             Layout::new(&info),
             Err(LayoutError::InvalidInfo(_))
