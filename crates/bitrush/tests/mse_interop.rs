@@ -8,7 +8,8 @@
 //! Needs `/usr/bin/python3` with `libtorrent` (Debian's python3-libtorrent), `aria2c` and
 //! `opentracker`. Every helper exits when its test ends (the Python ones and the tethered
 //! opentracker when their stdin closes, aria2 through `--stop-with-process`, all of them killed
-//! on drop), and every wait has a deadline.
+//! on drop), and every wait has a deadline. `BITRUSH_LT_PEER_LOG=1` makes the libtorrent helper
+//! print its peer log, which says why libtorrent closed a connection.
 
 use std::io::{BufRead, BufReader, ErrorKind, Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -139,20 +140,30 @@ impl Helper {
         )
     }
 
-    /// The port of the `READY <port>` line.
+    /// The port of the libtorrent helper's `READY <port> <state>` line, whose state must be
+    /// one in which libtorrent attaches incoming peers: a peer that connects earlier (while the
+    /// resume data is checked) completes MSE and is then dropped with "torrent is not ready to
+    /// accept peers", which looks like an MSE failure.
     fn ready_port(&self) -> u16 {
         let deadline = Instant::now() + STEP_TIMEOUT;
-        loop {
+        let line = loop {
             let left = deadline.saturating_duration_since(Instant::now());
             match self.lines.recv_timeout(left) {
-                Ok(line) => {
-                    if let Some(port) = line.strip_prefix("READY ") {
-                        return port.trim().parse().expect("READY port");
-                    }
-                }
+                Ok(line) if line.starts_with("READY ") => break line,
+                Ok(_) => {}
                 Err(e) => panic!("{} never became ready: {e}", self.name),
             }
-        }
+        };
+        let mut words = line.split_whitespace().skip(1);
+        let port = words.next().and_then(|p| p.parse().ok());
+        let port = port.unwrap_or_else(|| panic!("no port in {line:?}"));
+        let state = words.next().unwrap_or_default();
+        assert!(
+            ["downloading", "finished", "seeding"].contains(&state),
+            "{} said {line:?}: its torrent does not accept peers yet",
+            self.name
+        );
+        port
     }
 }
 

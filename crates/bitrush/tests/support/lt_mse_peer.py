@@ -5,9 +5,17 @@ Usage: lt_mse_peer.py SAVE_DIR TORRENT [--seed] [--connect PORT]
 
 Listens on 127.0.0.1 (any free port) with out_enc_policy and in_enc_policy forced and RC4 as the
 only allowed level, adds TORRENT with SAVE_DIR (--seed: the data is there, skip the check), and
-with --connect makes libtorrent connect to 127.0.0.1:PORT. Prints `READY <port>` once listening
-and the torrent is added (and seeding, with --seed), logs error alerts to stderr, and exits when stdin reaches EOF
-(so it dies with the test that started it). DHT, LSD, UPnP, NAT-PMP and uTP are off.
+with --connect makes libtorrent connect to 127.0.0.1:PORT. Prints `READY <port> <state>` once
+listening and the torrent accepts peers (and is seeding, with --seed), logs error alerts to
+stderr, and exits when stdin reaches EOF (so it dies with the test that started it). DHT, LSD,
+UPnP, NAT-PMP and uTP are off. With BITRUSH_LT_PEER_LOG=1 in the environment it also logs
+libtorrent's peer log (each connection's steps, MSE included, and why it was closed) to stderr.
+
+"Accepts peers" is libtorrent 2.0's own test in torrent::attach_peer: the state must be
+downloading, finished or seeding. Until then (checking_resume_data, checking_files) an incoming
+connection is dropped with "torrent is not ready to accept peers" right after its MSE handshake.
+`is_seeding` is not enough: in seed mode it is true from the moment the torrent is added, while the
+resume check still runs.
 """
 
 import argparse
@@ -17,6 +25,14 @@ import threading
 import time
 
 import libtorrent as lt
+
+PEER_LOG = os.environ.get("BITRUSH_LT_PEER_LOG") == "1"
+# The states in which libtorrent 2.0 attaches an incoming peer to the torrent.
+ACCEPTS_PEERS = (
+    lt.torrent_status.downloading,
+    lt.torrent_status.finished,
+    lt.torrent_status.seeding,
+)
 
 
 def main():
@@ -40,7 +56,8 @@ def main():
         "out_enc_policy": int(lt.enc_policy.forced),
         "in_enc_policy": int(lt.enc_policy.forced),
         "allowed_enc_level": int(lt.enc_level.rc4),
-        "alert_mask": lt.alert.category_t.error_notification,
+        "alert_mask": lt.alert.category_t.error_notification
+        | (lt.alert.category_t.peer_log_notification if PEER_LOG else 0),
     })
     atp = lt.add_torrent_params()
     atp.ti = lt.torrent_info(args.torrent)
@@ -51,18 +68,19 @@ def main():
         atp.flags |= lt.torrent_flags.seed_mode
     handle = ses.add_torrent(atp)
 
-    # A seeder must be seeding before a peer can name its torrent in MSE.
+    # A peer that connects before the torrent accepts peers completes MSE and is then dropped.
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
-        if ses.listen_port() and (not args.seed or handle.status().is_seeding):
+        st = handle.status()
+        if ses.listen_port() and st.state in ACCEPTS_PEERS and (not args.seed or st.is_seeding):
             break
         time.sleep(0.02)
     else:
-        print("lt_mse_peer: not ready in time", file=sys.stderr, flush=True)
+        print("lt_mse_peer: not ready in time (state %s)" % st.state, file=sys.stderr, flush=True)
         sys.exit(1)
     if args.connect:
         handle.connect_peer(("127.0.0.1", args.connect))
-    print("READY %d" % ses.listen_port(), flush=True)
+    print("READY %d %s" % (ses.listen_port(), st.state), flush=True)
 
     stop = threading.Event()
 

@@ -336,6 +336,54 @@ fn derived_values_match_an_independent_computation() {
     assert_eq!(hex(&ks), "06648c49cc7834617c1d81c8c200c45d");
 }
 
+/// A key pair whose 160-bit private key is seventeen `byte`s then `tail`.
+fn private_key_ending(byte: u8, tail: [u8; 3]) -> KeyPair {
+    let mut b = [0u8; 24];
+    b[4..21].fill(byte);
+    b[21..].copy_from_slice(&tail);
+    KeyPair::from_private(&b)
+}
+
+#[test]
+fn leading_zero_bytes_of_keys_and_secret_are_kept() {
+    // Private keys searched (in Python, with pow() and hashlib.sha1) so that A's public key
+    // and S both start with a zero byte (1 in 256 connections each): a side that sent or hashed
+    // them without their leading zeros (95 bytes) would fail about one handshake in 128.
+    let a = private_key_ending(0xaa, [0x00, 0x02, 0x30]);
+    let b = private_key_ending(0xbb, [0x00, 0x00, 0x17]);
+    assert_eq!(hex(a.public()), "006899451618f5662802d410761e22d4f8c39fd570d6ad04d389f51c239d391282b05f25159e447c07fc304a5d86b49598fb0d86749a77f571d562cd52776664a3306977267c36ea0e176db0fbf133fbebe0aacaa02065da3b3bdea9c223cbaf");
+    assert_eq!(hex(b.public()), "24573f44e0a480681c25dac3f76162c11c01c95abf1e3010f051d282343930224f6f6d59e78f59639d057ca2185136b68df264d756baeb78dc24b8eb7473c80312764c16f8926e02a1cbb220d87d34ec382bb526f4f62b9722d38eb3e9171482");
+    let s = a.shared_secret(b.public()).unwrap();
+    assert_eq!(hex(&s), "00ef6c426a1c70c00474f42029a789a44dc325694cfa8869da0d121483c6097391ce538eea9fc4e300c5e6cfa5a37ce349b5594452918ef573262b54599c966d704aedfb0c98b7822a15a7d6a1eb0ac28132eff0172688db86ea1981873a7a94");
+    assert_eq!(b.shared_secret(a.public()).unwrap(), s);
+    assert_eq!(hex(&req1(&s)), "618e7207e6bc07797da3cfce869366e9ed0b7c47");
+    assert_eq!(
+        hex(&xor20(&req2(&SKEY), &req3(&s))),
+        "fd0291302c40f48541f34d195fdbb6e069cc4044"
+    );
+    assert_eq!(
+        hex(&hash(&[b"keyA", &s, &SKEY.0])),
+        "a134c84de7d784b1f10089f5c75e2fcd2022df09"
+    );
+
+    // On the wire: Ya is all 96 bytes, and the handshake completes.
+    let now = t0();
+    let mut init =
+        MseInitiator::with_parts(now, SKEY, b"ia", Encryption::Require, a, &[], Vec::new())
+            .unwrap();
+    let ya = all_transmitted(&mut init);
+    assert_eq!(ya.len(), DH_KEY_LEN);
+    assert_eq!(ya[0], 0);
+    let mut resp =
+        MseResponder::with_parts(now, &[SKEY], Encryption::Require, b, Vec::new(), Vec::new())
+            .unwrap();
+    resp.handle_input(now, &ya);
+    let (ea, eb) = run(&mut init, &mut resp, &[], b"");
+    let (mut ea, mut eb) = (established(ea), established(eb));
+    assert_eq!(eb.initial_payload, b"ia");
+    check_stream(&mut ea, &mut eb);
+}
+
 #[test]
 fn wire_bytes_match_an_independent_computation() {
     let now = t0();
