@@ -79,7 +79,9 @@ def main():
                 elif isinstance(a, (lt.torrent_error_alert, lt.listen_failed_alert,
                                     lt.file_error_alert)):
                     print("seeder %d: %s" % (i, a.message()), file=sys.stderr, flush=True)
-        seeding = all(h.status().is_seeding for h in handles)
+        # In seed mode is_seeding holds at once, while libtorrent still checks resume data and
+        # drops peers ("torrent is not ready to accept peers"): wait for a state that takes them.
+        seeding = all(h.status().is_seeding and h.status().state in ACCEPTS_PEERS for h in handles)
         ports = [s.listen_port() for s in sessions]
         if seeding and all(ports) and not pending:
             break

@@ -180,6 +180,8 @@ pub(super) struct SessionOptions {
     pub port: u16,
     /// Use the DHT (`None`: no DHT).
     pub dht: Option<DhtSettings>,
+    /// Exchange peers with peers (BEP 11).
+    pub pex: bool,
     /// Keep seeding after completion, until these limits (or Ctrl-C).
     pub seed: Option<SeedLimits>,
     /// Hash existing data even when a resume state vouches for it.
@@ -279,6 +281,7 @@ pub(super) async fn run_session(
         shutdown: Some(stop_rx),
         dht: dht.clone(),
         private: torrent.private,
+        pex: opts.pex,
     };
     let result = engine::run_torrent(params).await;
     if let Some(dht) = &dht {

@@ -108,6 +108,7 @@ pub async fn demo(size_mib: u64, seeders: usize) -> anyhow::Result<()> {
             shutdown: Some(stop_rx.clone()),
             dht: None,
             private: false,
+            pex: false,
         }));
     }
     eprintln!("demo: {seeders} seeders listening on {addrs:?}; downloading with the full client");

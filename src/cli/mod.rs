@@ -231,6 +231,9 @@ struct NetworkArgs {
     port: u16,
     #[command(flatten)]
     dht: DhtArgs,
+    /// Do not exchange peer addresses with peers (peer exchange, BEP 11).
+    #[arg(long)]
+    no_pex: bool,
 }
 
 #[derive(clap::Args, Clone, Debug)]
@@ -253,6 +256,7 @@ impl NetworkArgs {
         commands::SessionOptions {
             port: self.port,
             dht: self.dht.options(),
+            pex: !self.no_pex,
             ..commands::SessionOptions::default()
         }
     }
@@ -267,6 +271,7 @@ impl SessionArgs {
         commands::SessionOptions {
             port: self.network.port,
             dht: self.network.dht.options(),
+            pex: !self.network.no_pex,
             seed: seed.then_some(limits),
             recheck: self.recheck,
         }

@@ -190,15 +190,25 @@ impl Tracker {
 
     /// Waits until the tracker counts at least `n` seeders for `info_hash`.
     pub fn wait_for_seeders(&self, info_hash: &str, n: u64) {
+        self.wait_for_scrape(info_hash, n, 0);
+    }
+
+    /// Waits until the tracker counts at least `n` leechers for `info_hash`.
+    pub fn wait_for_leechers(&self, info_hash: &str, n: u64) {
+        self.wait_for_scrape(info_hash, 0, n);
+    }
+
+    fn wait_for_scrape(&self, info_hash: &str, seeders: u64, leechers: u64) {
         let deadline = Instant::now() + STARTUP_TIMEOUT;
         loop {
-            let (complete, _) = self.scrape(info_hash);
-            if complete >= n {
+            let (complete, incomplete) = self.scrape(info_hash);
+            if complete >= seeders && incomplete >= leechers {
                 return;
             }
             assert!(
                 Instant::now() < deadline,
-                "tracker saw {complete} seeders for {info_hash}, wanted {n}\n{}",
+                "tracker saw {complete} seeders and {incomplete} leechers for {info_hash}, \
+                 wanted {seeders} and {leechers}\n{}",
                 self.logs()
             );
             thread::sleep(Duration::from_millis(50));

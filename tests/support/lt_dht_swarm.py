@@ -24,6 +24,7 @@ import time
 
 import libtorrent as lt
 
+from lt_tool import seeding_and_accepting
 from peerwire import say
 
 
@@ -87,7 +88,7 @@ def main():
             seeds.append(s.add_torrent(atp))
     deadline = time.monotonic() + 30
     while any(routing_table_size(s) < args.n - 1 for s in sessions) or any(
-        not h.status().is_seeding for h in seeds
+        not seeding_and_accepting(h.status()) for h in seeds
     ):
         if time.monotonic() > deadline:
             say("ERROR the libtorrent nodes did not get ready")

@@ -20,7 +20,7 @@ import time
 
 import libtorrent as lt
 
-from lt_tool import loopback_settings
+from lt_tool import loopback_settings, seeding_and_accepting
 from peerwire import exit_when_stdin_closes, say
 
 # "... <== HAVE_ALL [ ... ]" / "... ==> ALLOWED_FAST [ ... ]"
@@ -64,7 +64,7 @@ def main():
                     seen.add(m.groups())
                     say("MSG %s %s" % m.groups())
         st = h.status()
-        if args.role == "seed" and not ready and st.is_seeding:
+        if args.role == "seed" and not ready and seeding_and_accepting(st):
             ready = True
             say("READY %d" % ses.listen_port())
         if args.role == "leech" and st.is_seeding:

@@ -20,7 +20,7 @@ import time
 
 import libtorrent as lt
 
-from lt_tool import loopback_settings
+from lt_tool import loopback_settings, seeding_and_accepting
 from peerwire import exit_when_stdin_closes
 
 # Exit code used when --exit-after-upload made the seeder die on purpose.
@@ -95,7 +95,7 @@ def main():
                 print("lt_seed alert: %s" % a.message(), file=sys.stderr, flush=True)
         port = ses.listen_port()
         states = [h.status() for h in handles]
-        if port and not must_announce and all(s.is_seeding for s in states):
+        if port and not must_announce and all(seeding_and_accepting(s) for s in states):
             break
         time.sleep(0.05)
     else:

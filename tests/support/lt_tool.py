@@ -27,6 +27,22 @@ import libtorrent as lt
 from peerwire import exit_when_stdin_closes
 
 
+# The states in which libtorrent 2.0 attaches a peer to a torrent (torrent::attach_peer). A
+# torrent added in seed mode reports is_seeding at once, while still checking its resume data:
+# a peer connecting then is dropped ("torrent is not ready to accept peers"). Helpers say READY
+# only once this holds.
+ACCEPTS_PEERS = (
+    lt.torrent_status.downloading,
+    lt.torrent_status.finished,
+    lt.torrent_status.seeding,
+)
+
+
+def seeding_and_accepting(status):
+    """Whether a torrent seeds and takes peers (see ACCEPTS_PEERS)."""
+    return status.is_seeding and status.state in ACCEPTS_PEERS
+
+
 def loopback_settings(port=0):
     return {
         "listen_interfaces": "127.0.0.1:%d" % port,

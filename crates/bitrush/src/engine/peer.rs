@@ -64,7 +64,12 @@ pub(super) struct SwarmState {
     peers: HashMap<PeerKey, PeerSlot>,
     /// The deadline the manager sleeps until.
     pub(super) armed: Option<Instant>,
+    /// Peers learned through peer exchange, for the manager's session (bounded).
+    pub(super) discovered: Vec<std::net::SocketAddr>,
 }
+
+/// Most addresses from peer exchange waiting for the manager.
+const MAX_DISCOVERED: usize = 1000;
 
 impl SwarmState {
     pub(super) fn new(swarm: Swarm) -> SwarmState {
@@ -72,6 +77,7 @@ impl SwarmState {
             swarm,
             peers: HashMap::new(),
             armed: None,
+            discovered: Vec::new(),
         }
     }
 
@@ -96,6 +102,11 @@ impl SwarmState {
                         slot.close = Some(reason);
                         slot.notify.notify_one();
                     }
+                }
+                SwarmEvent::PeersFound(peers) => {
+                    let room = MAX_DISCOVERED.saturating_sub(self.discovered.len());
+                    self.discovered.extend(peers.into_iter().take(room));
+                    shared.timer.notify_one();
                 }
             }
         }

@@ -91,6 +91,8 @@ pub struct TorrentParams {
     pub dht: Option<DhtHandle>,
     /// The torrent is private (BEP 27): trackers only, no DHT, no peer exchange.
     pub private: bool,
+    /// Exchange peers with peers (BEP 11; never for private torrents).
+    pub pex: bool,
 }
 
 /// A snapshot of a running torrent.
@@ -146,6 +148,16 @@ pub async fn run_torrent(mut params: TorrentParams) -> Result<Outcome, TorrentEr
     let info = params.info.clone();
     let piece_count = info.piece_count();
     let (sink, wanted, have) = open_target(&params).await?;
+    if let Some(listener) = &params.listener {
+        if let Ok(addr) = listener.local_addr() {
+            params.port = addr.port();
+        }
+    }
+    let config = Config {
+        pex: params.pex && !params.private,
+        listen_port: params.listener.as_ref().map(|_| params.port),
+        ..params.config.clone()
+    };
     let wanted_bytes: u64 = wanted
         .iter_set()
         .map(|i| u64::from(info.piece_len(i)))
@@ -155,7 +167,7 @@ pub async fn run_torrent(mut params: TorrentParams) -> Result<Outcome, TorrentEr
         info.total_length,
         have,
         wanted,
-        params.config.clone(),
+        config,
         rand::random(),
     );
     if let Some(info_bytes) = &params.info_bytes {
@@ -173,11 +185,6 @@ pub async fn run_torrent(mut params: TorrentParams) -> Result<Outcome, TorrentEr
         sink: sink.clone(),
         timer: Notify::new(),
     });
-    if let Some(listener) = &params.listener {
-        if let Ok(addr) = listener.local_addr() {
-            params.port = addr.port();
-        }
-    }
     let now = Instant::now();
     let session = Session::new(
         now,
@@ -559,6 +566,8 @@ impl Manager {
                     extensions: theirs.supports_extensions(),
                     fast: theirs.supports_fast() && ours.supports_fast(),
                     allowed_fast,
+                    addr: Some(addr),
+                    outgoing,
                 };
                 established = true;
                 peer::run(shared, key, conn, features).await
@@ -683,6 +692,10 @@ impl Manager {
                     st.swarm.handle_timeout(now);
                     st.dispatch(&self.shared, None);
                 }
+            }
+            let discovered = std::mem::take(&mut self.lock().discovered);
+            if !discovered.is_empty() {
+                self.session.handle_peers(&discovered);
             }
             let (transfer, done) = self.transfer();
             if done && !self.files_finished {

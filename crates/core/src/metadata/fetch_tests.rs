@@ -33,7 +33,7 @@ fn handshake(ut: u8, size: u64) -> Message {
             ut_metadata: Some(ut),
             metadata_size: Some(size),
             client: Some("test".into()),
-            reqq: None,
+            ..ExtHandshake::default()
         }
         .encode(),
     )

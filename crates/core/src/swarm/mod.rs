@@ -33,6 +33,7 @@ mod scheduler;
 #[cfg(test)]
 mod tests;
 
+use core::net::SocketAddr;
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -45,7 +46,8 @@ use self::assembly::{Assembly, Received};
 use self::choker::Choker;
 use self::peer::PeerState;
 use self::scheduler::Scheduler;
-use crate::wire::extension::{answer_metadata, OUR_REQQ, OUR_UT_METADATA_ID};
+use crate::wire::extension::{answer_metadata, OUR_REQQ, OUR_UT_METADATA_ID, OUR_UT_PEX_ID};
+use crate::wire::pex::{PexFlags, PexMessage, PexPeer};
 use crate::wire::{BlockRef, ExtHandshake, Message, MetadataMsg};
 
 pub use self::bitfield::{Bitfield, BitfieldError};
@@ -61,6 +63,14 @@ pub const MAX_REQUEST_LEN: u32 = 128 * 1024;
 
 /// Pieces a seed suggests to a fast peer when it learns what the peer has.
 const SUGGESTIONS: usize = 4;
+/// Time between two `ut_pex` messages to one peer (BEP 11: at most one a minute); a peer's
+/// messages closer together than half of it are ignored.
+pub const PEX_INTERVAL: Duration = Duration::from_secs(60);
+/// Delay of the first `ut_pex` message after a peer's extension handshake (so that it lists
+/// the peers connected meanwhile).
+pub const PEX_FIRST_DELAY: Duration = Duration::from_secs(2);
+/// Peers taken from one received `ut_pex` message.
+pub const MAX_PEX_LEARNED: usize = 50;
 
 /// The driver's name for one connection (never reused within a swarm).
 pub type PeerKey = u64;
@@ -93,6 +103,10 @@ pub struct Config {
     pub upload_slots: usize,
     /// Requests from one peer queued for upload; more are dropped.
     pub max_upload_queue: usize,
+    /// Exchange peer addresses with peers (BEP 11); off for private torrents.
+    pub pex: bool,
+    /// The port we accept peers on, told to peers in our extension handshake.
+    pub listen_port: Option<u16>,
 }
 
 impl Default for Config {
@@ -110,6 +124,8 @@ impl Default for Config {
             endgame_duplicates: 2,
             upload_slots: 8,
             max_upload_queue: OUR_REQQ as usize,
+            pex: true,
+            listen_port: None,
         }
     }
 }
@@ -143,6 +159,8 @@ pub enum SwarmEvent {
     /// This peer has something to send because of another peer's event or a timer: its
     /// driver should call [`Swarm::poll_transmit`].
     Wake(PeerKey),
+    /// Peers learned through peer exchange (at most [`MAX_PEX_LEARNED`] per message), to dial.
+    PeersFound(Vec<SocketAddr>),
 }
 
 /// Counters of a swarm, for progress displays and tracker announces.
@@ -208,6 +226,8 @@ pub struct Swarm {
     peers: HashMap<PeerKey, PeerState>,
     /// Assembled pieces not yet handed out.
     completed: VecDeque<CompletedPiece>,
+    /// Peers learned through peer exchange, not yet handed out.
+    found: Vec<Vec<SocketAddr>>,
     disconnects: VecDeque<(PeerKey, PeerError)>,
     to_wake: HashSet<PeerKey>,
     /// When the peers' rates and timers are next looked at; `None` without peers.
@@ -261,6 +281,7 @@ impl Swarm {
             },
             peers: HashMap::new(),
             completed: VecDeque::new(),
+            found: Vec::new(),
             disconnects: VecDeque::new(),
             to_wake: HashSet::new(),
             next_tick: None,
@@ -307,11 +328,18 @@ impl Swarm {
     pub fn handle_connected(&mut self, now: Instant, key: PeerKey, features: PeerFeatures) {
         let mut peer = PeerState::new(now, self.geo.piece_count, &self.config);
         peer.fast = features.fast;
+        peer.outgoing = features.outgoing;
+        // A peer we dialled accepts connections where we reached it; an incoming one says
+        // where in its extension handshake.
+        peer.pex_addr = features.addr.filter(|_| features.outgoing);
+        peer.remote = features.addr;
         if features.extensions {
             let metadata_size = self.info_bytes.as_ref().map(|b| b.len() as u64);
+            let ours =
+                ExtHandshake::session(metadata_size, self.config.pex, self.config.listen_port);
             peer.outbox.push(Message::Extended {
                 id: 0,
-                payload: ExtHandshake::ours(metadata_size).encode().into(),
+                payload: ours.encode().into(),
             });
         }
         let count = self.have.count();
@@ -428,7 +456,18 @@ impl Swarm {
         let mut active = false;
         let mut reclaimed = false;
         let mut next_deadline: Option<Instant> = None;
+        let pex_due = self
+            .peers
+            .values()
+            .any(|p| p.next_pex.is_some_and(|t| t <= now));
+        let reachable = if pex_due { self.pex_list() } else { Vec::new() };
         for (&key, peer) in self.peers.iter_mut() {
+            if peer.next_pex.is_some_and(|t| t <= now) {
+                peer.next_pex = Some(now + PEX_INTERVAL);
+                if Self::queue_pex(peer, &reachable) {
+                    self.to_wake.insert(key);
+                }
+            }
             peer.sample_rates(now, &self.config);
             reclaimed |= Scheduler::reclaim_lost(
                 now,
@@ -527,12 +566,75 @@ impl Swarm {
         if let Some((peer, reason)) = self.disconnects.pop_front() {
             return Some(SwarmEvent::Disconnect { peer, reason });
         }
+        if let Some(peers) = self.found.pop() {
+            return Some(SwarmEvent::PeersFound(peers));
+        }
         let key = *self.to_wake.iter().next()?;
         self.to_wake.remove(&key);
         Some(SwarmEvent::Wake(key))
     }
 
     // ---- internals ----
+
+    /// Every connected peer's address as peer exchange tells it, with what we know of it.
+    fn pex_list(&self) -> Vec<PexPeer> {
+        self.peers
+            .values()
+            .filter_map(|p| {
+                let addr = p.pex_addr?;
+                let mut flags = PexFlags::default();
+                if p.has.is_full() {
+                    flags = flags | PexFlags::SEED;
+                }
+                if p.outgoing {
+                    flags = flags | PexFlags::OUTGOING;
+                }
+                Some(PexPeer { addr, flags })
+            })
+            .collect()
+    }
+
+    /// Queues a `ut_pex` message to `peer`: the reachable peers it was not told about yet and
+    /// those gone since (each list bounded). Returns whether anything was queued.
+    fn queue_pex(peer: &mut PeerState, reachable: &[PexPeer]) -> bool {
+        let Some(id) = peer.ut_pex else {
+            return false;
+        };
+        let own = peer.pex_addr;
+        let current: HashSet<SocketAddr> = reachable
+            .iter()
+            .map(|p| p.addr)
+            .filter(|a| Some(*a) != own)
+            .collect();
+        let added: Vec<PexPeer> = reachable
+            .iter()
+            .filter(|p| Some(p.addr) != own && !peer.pex_sent.contains(&p.addr))
+            .take(crate::wire::pex::MAX_ADDED)
+            .copied()
+            .collect();
+        let dropped: Vec<SocketAddr> = peer
+            .pex_sent
+            .iter()
+            .filter(|a| !current.contains(a))
+            .take(crate::wire::pex::MAX_DROPPED)
+            .copied()
+            .collect();
+        if added.is_empty() && dropped.is_empty() {
+            return false;
+        }
+        for a in &dropped {
+            peer.pex_sent.remove(a);
+        }
+        peer.pex_sent.extend(added.iter().map(|p| p.addr));
+        let Ok(payload) = (PexMessage { added, dropped }).encode() else {
+            return false;
+        };
+        peer.outbox.push(Message::Extended {
+            id,
+            payload: payload.into(),
+        });
+        true
+    }
 
     /// Makes the tick due by `at` at the latest.
     fn arm_tick(&mut self, at: Instant) {
@@ -585,7 +687,7 @@ impl Swarm {
         peer.last_received = now;
         match msg {
             Message::KeepAlive | Message::Port(_) | Message::Unknown { .. } => {}
-            Message::Extended { id, payload } => self.on_extended(peer, id, &payload),
+            Message::Extended { id, payload } => self.on_extended(now, peer, id, &payload),
             Message::Choke => {
                 peer.peer_choking = true;
                 // Without the fast extension a choke discards every pending request; with it,
@@ -792,12 +894,42 @@ impl Swarm {
     /// BEP 10/9: records the peer's extension handshake (its `ut_metadata` id and `reqq`) and
     /// answers its metadata requests. Malformed extension messages are ignored: they are
     /// optional.
-    fn on_extended(&mut self, peer: &mut PeerState, id: u8, payload: &Bytes) {
+    fn on_extended(&mut self, now: Instant, peer: &mut PeerState, id: u8, payload: &Bytes) {
         if id == 0 {
             if let Ok(hs) = ExtHandshake::decode(payload) {
                 peer.ut_metadata = hs.ut_metadata.filter(|&i| i != 0);
                 if let Some(n) = hs.reqq {
                     peer.max_outstanding = n.max(1);
+                }
+                if let (Some(port), Some(remote), false) =
+                    (hs.listen_port, peer.remote, peer.outgoing)
+                {
+                    peer.pex_addr = Some(SocketAddr::new(remote.ip(), port));
+                }
+                if self.config.pex && peer.ut_pex.is_none() && hs.ut_pex.is_some() {
+                    peer.next_pex = Some(now + PEX_FIRST_DELAY);
+                    self.arm_tick(now + PEX_FIRST_DELAY);
+                }
+                peer.ut_pex = hs.ut_pex.filter(|_| self.config.pex);
+            }
+        } else if id == OUR_UT_PEX_ID {
+            let too_soon = peer
+                .last_pex_in
+                .is_some_and(|t| now.saturating_duration_since(t) < PEX_INTERVAL / 2);
+            if !self.config.pex || too_soon {
+                return;
+            }
+            peer.last_pex_in = Some(now);
+            if let Ok(msg) = PexMessage::decode(payload) {
+                let peers: Vec<SocketAddr> = msg
+                    .added
+                    .iter()
+                    .map(|p| p.addr)
+                    .filter(|a| a.port() != 0)
+                    .take(MAX_PEX_LEARNED)
+                    .collect();
+                if !peers.is_empty() {
+                    self.found.push(peers);
                 }
             }
         } else if id == OUR_UT_METADATA_ID {

@@ -5,7 +5,8 @@
 //! at most `Config::max_upload_queue` blocks; rates are bytes per second smoothed over
 //! [`RATE_WINDOW`] samples.
 
-use std::collections::VecDeque;
+use core::net::SocketAddr;
+use std::collections::{HashSet, VecDeque};
 use std::time::{Duration, Instant};
 
 use super::{Bitfield, Config, BLOCK_LEN};
@@ -30,6 +31,11 @@ pub struct PeerFeatures {
     /// The pieces this peer may request while we choke it: its canonical allowed-fast set
     /// (`crate::wire::fast::allowed_fast_set`); used only with `fast`.
     pub allowed_fast: Vec<u32>,
+    /// The peer's address (for peer exchange): the one we dialled, or the remote end of an
+    /// incoming connection (whose port is then replaced by the `p` of its extension handshake).
+    pub addr: Option<SocketAddr>,
+    /// We dialled it (as opposed to it connecting to us).
+    pub outgoing: bool,
 }
 
 #[derive(Debug)]
@@ -42,6 +48,20 @@ pub(super) struct PeerState {
     pub(super) allowed_out: Vec<u32>,
     /// Pieces the peer suggested, oldest first.
     pub(super) suggested: Vec<u32>,
+    /// The id the peer wants for `ut_pex` messages (BEP 11), if it speaks peer exchange.
+    pub(super) ut_pex: Option<u8>,
+    /// Where the peer accepts connections, as told to others through peer exchange (`None`
+    /// for an incoming peer that did not say its port).
+    pub(super) pex_addr: Option<SocketAddr>,
+    pub(super) outgoing: bool,
+    /// The remote end of the connection.
+    pub(super) remote: Option<SocketAddr>,
+    /// Addresses we told this peer about and did not drop since.
+    pub(super) pex_sent: HashSet<SocketAddr>,
+    /// When our next `ut_pex` message to it is due.
+    pub(super) next_pex: Option<Instant>,
+    /// When its last `ut_pex` message arrived (more than one a minute is ignored).
+    pub(super) last_pex_in: Option<Instant>,
     pub(super) has: Bitfield,
     pub(super) peer_choking: bool,
     pub(super) peer_interested: bool,
@@ -83,6 +103,13 @@ impl PeerState {
             allowed_in: Vec::new(),
             allowed_out: Vec::new(),
             suggested: Vec::new(),
+            ut_pex: None,
+            pex_addr: None,
+            outgoing: false,
+            remote: None,
+            pex_sent: HashSet::new(),
+            next_pex: None,
+            last_pex_in: None,
             has: Bitfield::new(piece_count),
             peer_choking: true,
             peer_interested: false,
@@ -210,6 +237,9 @@ impl PeerState {
         let mut next = idle.min(keepalive);
         if !self.inflight.is_empty() {
             next = next.min(self.last_block + config.request_timeout);
+        }
+        if let Some(pex) = self.next_pex {
+            next = next.min(pex);
         }
         next
     }

@@ -2,6 +2,7 @@
 //! (Random swarms with hostile peers run in `crate::sim`.)
 
 use super::*;
+use crate::wire::pex::{PexFlags, PexMessage, PexPeer};
 use crate::wire::ExtHandshake;
 use std::collections::BTreeSet;
 
@@ -42,6 +43,7 @@ fn drain(d: &mut Swarm) -> Drained {
             SwarmEvent::Wake(k) => {
                 out.wake.insert(k);
             }
+            SwarmEvent::PeersFound(_) => {}
         }
     }
     out
@@ -636,9 +638,9 @@ fn upload_batches_are_bounded_in_bytes() {
 
 fn fast(allowed: &[u32]) -> PeerFeatures {
     PeerFeatures {
-        extensions: false,
         fast: true,
         allowed_fast: allowed.to_vec(),
+        ..PeerFeatures::default()
     }
 }
 
@@ -802,4 +804,169 @@ fn suggested_pieces_come_first_and_seeds_suggest_rare_ones() {
         })
         .collect();
     assert_eq!(suggested, vec![6, 7, 4, 5]);
+}
+
+// ---- peer exchange (BEP 11) ----
+
+fn pex_peer(addr: &str, outgoing: bool) -> PeerFeatures {
+    PeerFeatures {
+        extensions: true,
+        addr: Some(addr.parse().unwrap()),
+        outgoing,
+        ..PeerFeatures::default()
+    }
+}
+
+/// The peer's extension handshake: ut_pex on, and its listening port if given.
+fn ext_handshake(ut_pex: bool, listen_port: Option<u16>) -> Message {
+    let hs = ExtHandshake {
+        ut_pex: ut_pex.then_some(7),
+        listen_port,
+        ..ExtHandshake::default()
+    };
+    Message::Extended {
+        id: 0,
+        payload: hs.encode().into(),
+    }
+}
+
+/// The `ut_pex` messages (sent with the peer's id 7) among `out`.
+fn pex_messages(out: &[Message]) -> Vec<PexMessage> {
+    out.iter()
+        .filter_map(|m| match m {
+            Message::Extended { id: 7, payload } => Some(PexMessage::decode(payload).unwrap()),
+            _ => None,
+        })
+        .collect()
+}
+
+fn added(m: &PexMessage) -> Vec<String> {
+    let mut v: Vec<String> = m.added.iter().map(|p| p.addr.to_string()).collect();
+    v.sort();
+    v
+}
+
+#[test]
+fn peer_exchange_tells_each_peer_about_the_others_then_about_those_gone() {
+    let t = now();
+    let mut d = swarm(16 * 1024, 4 * 16 * 1024);
+    d.handle_connected(t, 1, pex_peer("10.0.0.1:1000", true));
+    d.handle_connected(t, 2, pex_peer("10.0.0.2:2000", true));
+    // An incoming peer: reachable at its address with the port its handshake gives.
+    d.handle_connected(t, 3, pex_peer("10.0.0.3:5555", false));
+    for k in 1..=3 {
+        let port = (k == 3).then_some(3000);
+        d.handle_message(t, k, ext_handshake(true, port));
+        let ours = transmit(&mut d, k, t);
+        let Message::Extended { id: 0, payload } = &ours[0] else {
+            panic!("{ours:?}");
+        };
+        assert_eq!(
+            ExtHandshake::decode(payload).unwrap().ut_pex,
+            Some(OUR_UT_PEX_ID)
+        );
+    }
+    assert!(d.poll_timeout().unwrap() <= t + PEX_FIRST_DELAY);
+    let t1 = t + PEX_FIRST_DELAY;
+    d.handle_timeout(t1);
+    let to_one = pex_messages(&transmit(&mut d, 1, t1));
+    assert_eq!(to_one.len(), 1);
+    assert_eq!(added(&to_one[0]), vec!["10.0.0.2:2000", "10.0.0.3:3000"]);
+    let to_three = pex_messages(&transmit(&mut d, 3, t1));
+    assert_eq!(added(&to_three[0]), vec!["10.0.0.1:1000", "10.0.0.2:2000"]);
+    // Nothing new: nothing sent at the next round; then peer 2 leaves and is dropped.
+    let t2 = t1 + PEX_INTERVAL;
+    for k in 1..=3 {
+        d.handle_message(t2, k, Message::KeepAlive);
+    }
+    d.handle_timeout(t2);
+    assert!(pex_messages(&transmit(&mut d, 1, t2)).is_empty());
+    d.handle_disconnected(2);
+    let t3 = t2 + PEX_INTERVAL;
+    d.handle_timeout(t3);
+    let to_one = pex_messages(&transmit(&mut d, 1, t3));
+    assert_eq!(to_one.len(), 1);
+    assert!(to_one[0].added.is_empty());
+    assert_eq!(to_one[0].dropped, vec!["10.0.0.2:2000".parse().unwrap()]);
+}
+
+#[test]
+fn peers_learned_through_pex_are_handed_out_at_most_once_a_half_minute_per_peer() {
+    let t = now();
+    let mut d = swarm(16 * 1024, 4 * 16 * 1024);
+    d.handle_connected(t, 1, pex_peer("10.0.0.1:1000", true));
+    d.handle_message(t, 1, ext_handshake(true, None));
+    let msg = |port: u16| PexMessage {
+        added: vec![PexPeer {
+            addr: SocketAddr::from(([10, 9, 9, 9], port)),
+            flags: PexFlags::SEED,
+        }],
+        dropped: Vec::new(),
+    };
+    let send = |d: &mut Swarm, at: Instant, port: u16| {
+        let payload = msg(port).encode().unwrap();
+        d.handle_message(
+            at,
+            1,
+            Message::Extended {
+                id: OUR_UT_PEX_ID,
+                payload: payload.into(),
+            },
+        );
+    };
+    send(&mut d, t, 1);
+    send(&mut d, t + Duration::from_secs(5), 2);
+    send(&mut d, t + PEX_INTERVAL, 3);
+    let mut found = Vec::new();
+    while let Some(e) = d.poll_event() {
+        if let SwarmEvent::PeersFound(p) = e {
+            found.extend(p.iter().map(|a| a.port()));
+        }
+    }
+    found.sort();
+    assert_eq!(
+        found,
+        vec![1, 3],
+        "the message 5 s after the first is ignored"
+    );
+}
+
+#[test]
+fn without_pex_nothing_is_offered_or_taken() {
+    let t = now();
+    let config = Config {
+        pex: false,
+        ..Config::default()
+    };
+    let mut d = swarm_with(16 * 1024, 4 * 16 * 1024, config);
+    d.handle_connected(t, 1, pex_peer("10.0.0.1:1000", true));
+    d.handle_connected(t, 2, pex_peer("10.0.0.2:2000", true));
+    for k in 1..=2 {
+        d.handle_message(t, k, ext_handshake(true, None));
+        let ours = transmit(&mut d, k, t);
+        let Message::Extended { id: 0, payload } = &ours[0] else {
+            panic!("{ours:?}");
+        };
+        assert_eq!(ExtHandshake::decode(payload).unwrap().ut_pex, None);
+    }
+    d.handle_timeout(t + PEX_INTERVAL);
+    assert!(pex_messages(&transmit(&mut d, 1, t + PEX_INTERVAL)).is_empty());
+    let payload = PexMessage {
+        added: vec![PexPeer {
+            addr: "10.9.9.9:1".parse().unwrap(),
+            flags: PexFlags::default(),
+        }],
+        dropped: Vec::new(),
+    }
+    .encode()
+    .unwrap();
+    d.handle_message(
+        t,
+        1,
+        Message::Extended {
+            id: OUR_UT_PEX_ID,
+            payload: payload.into(),
+        },
+    );
+    assert!(!std::iter::from_fn(|| d.poll_event()).any(|e| matches!(e, SwarmEvent::PeersFound(_))));
 }

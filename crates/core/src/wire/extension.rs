@@ -24,6 +24,8 @@ use crate::types::InfoHash;
 pub const OUR_UT_METADATA_ID: u8 = 1;
 /// The `reqq` we advertise: requests we queue per peer (must match the upload queue bound).
 pub const OUR_REQQ: u32 = 2048;
+/// The id we ask peers to use for `ut_pex` messages sent to us (BEP 11).
+pub const OUR_UT_PEX_ID: u8 = 2;
 /// Metadata travels in pieces of this size (the last one shorter).
 pub const METADATA_PIECE_LEN: usize = 16 * 1024;
 /// Largest metadata we accept.
@@ -44,6 +46,10 @@ pub struct ExtHandshake {
     pub client: Option<String>,
     /// `reqq`: how many outstanding requests the sender queues without dropping any.
     pub reqq: Option<u32>,
+    /// The id the sender wants for `ut_pex` messages (BEP 11; absent or 0: unsupported).
+    pub ut_pex: Option<u8>,
+    /// `p`: the port the sender accepts connections on.
+    pub listen_port: Option<u16>,
 }
 
 fn malformed(what: &'static str) -> WireError {
@@ -76,6 +82,21 @@ impl ExtHandshake {
             metadata_size,
             client: Some(OUR_CLIENT_NAME.to_string()),
             reqq: Some(OUR_REQQ),
+            ut_pex: None,
+            listen_port: None,
+        }
+    }
+
+    /// Ours in a full session: also `ut_pex` (unless `pex` is off) and our listening port.
+    pub fn session(
+        metadata_size: Option<u64>,
+        pex: bool,
+        listen_port: Option<u16>,
+    ) -> ExtHandshake {
+        ExtHandshake {
+            ut_pex: pex.then_some(OUR_UT_PEX_ID),
+            listen_port,
+            ..ExtHandshake::ours(metadata_size)
         }
     }
 
@@ -84,6 +105,9 @@ impl ExtHandshake {
         let mut m = BTreeMap::new();
         if let Some(id) = self.ut_metadata {
             m.insert(key("ut_metadata"), Value::Int(i64::from(id)));
+        }
+        if let Some(id) = self.ut_pex {
+            m.insert(key("ut_pex"), Value::Int(i64::from(id)));
         }
         let mut d = BTreeMap::new();
         d.insert(key("m"), Value::Dict(m));
@@ -96,23 +120,35 @@ impl ExtHandshake {
         if let Some(n) = self.reqq {
             d.insert(key("reqq"), int(u64::from(n)));
         }
+        if let Some(p) = self.listen_port {
+            d.insert(key("p"), int(u64::from(p)));
+        }
         bencode::encode(&Value::Dict(d))
     }
 
     /// Parses a peer's handshake payload (trailing bytes after the dictionary are ignored).
     pub fn decode(payload: &[u8]) -> Result<ExtHandshake, WireError> {
         let (d, _) = leading_dict(payload)?;
-        let ut_metadata = match d.get(b"m".as_slice()) {
+        let m = match d.get(b"m".as_slice()) {
             None => None,
-            Some(Value::Dict(m)) => match m.get(b"ut_metadata".as_slice()) {
-                None => None,
-                Some(Value::Int(0)) => None,
-                Some(Value::Int(n)) => Some(
-                    u8::try_from(*n).map_err(|_| malformed("ut_metadata id outside 0..=255"))?,
-                ),
-                Some(_) => return Err(malformed("ut_metadata id is not an integer")),
-            },
+            Some(Value::Dict(m)) => Some(m),
             Some(_) => return Err(malformed("`m` is not a dictionary")),
+        };
+        let ut_metadata = match m.and_then(|m| m.get(b"ut_metadata".as_slice())) {
+            None | Some(Value::Int(0)) => None,
+            Some(Value::Int(n)) => {
+                Some(u8::try_from(*n).map_err(|_| malformed("ut_metadata id outside 0..=255"))?)
+            }
+            Some(_) => return Err(malformed("ut_metadata id is not an integer")),
+        };
+        // ut_pex is optional to us: an odd id means "unsupported" rather than a broken peer.
+        let ut_pex = match m.and_then(|m| m.get(b"ut_pex".as_slice())) {
+            Some(Value::Int(n)) => u8::try_from(*n).ok().filter(|&id| id != 0),
+            _ => None,
+        };
+        let listen_port = match d.get(b"p".as_slice()) {
+            Some(Value::Int(n)) => u16::try_from(*n).ok().filter(|&p| p != 0),
+            _ => None,
         };
         let metadata_size = match d.get(b"metadata_size".as_slice()) {
             Some(Value::Int(n)) => u64::try_from(*n).ok().filter(|n| *n <= MAX_METADATA_SIZE),
@@ -134,6 +170,8 @@ impl ExtHandshake {
             metadata_size,
             client,
             reqq,
+            ut_pex,
+            listen_port,
         })
     }
 }
@@ -583,8 +621,17 @@ mod tests {
             size in proptest::option::of(0..=MAX_METADATA_SIZE),
             client in proptest::option::of("[ -~]{0,64}"),
             reqq in proptest::option::of(1u32..=u32::MAX),
+            ut_pex in proptest::option::of(1u8..=255),
+            listen_port in proptest::option::of(1u16..=u16::MAX),
         ) {
-            let hs = ExtHandshake { ut_metadata: ut, metadata_size: size, client, reqq };
+            let hs = ExtHandshake {
+                ut_metadata: ut,
+                metadata_size: size,
+                client,
+                reqq,
+                ut_pex,
+                listen_port,
+            };
             prop_assert_eq!(ExtHandshake::decode(&hs.encode()), Ok(hs));
         }
 
