@@ -104,3 +104,72 @@ fn malformed_address_is_an_error() {
         }
     }
 }
+
+/// What libtorrent's `identify_client` calls the client that sent `peer_id`.
+fn lt_identify_client(peer_id: &[u8]) -> String {
+    let mut cmd = lt_python(
+        "import libtorrent as lt, sys; \
+         print(lt.identify_client(lt.sha1_hash(bytes.fromhex(sys.argv[1]))))",
+    );
+    cmd.arg(
+        peer_id
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect::<String>(),
+    );
+    let out = run_checked("identify_client", cmd, std::time::Duration::from_secs(60));
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// The one-shot commands send the same handshake as ever (protocol, reserved bytes with only
+/// the extension bit, info hash) from a peer id whose Azureus-style prefix, `-RH<version>0-`,
+/// libtorrent does not take for any client it knows: it names it by its code and version.
+#[test]
+fn one_shot_handshakes_carry_bitrushs_client_code() {
+    let dir = TestDir::new("hs-peer-id");
+    let src = dir.join("p.bin");
+    write_payload(&src, 50_000, 38);
+    let torrent = mktorrent(&src, UNUSED_ANNOUNCE, 15);
+    let info_hash = lt_info(&torrent).info_hash;
+    let recorder = HandshakeRecorder::start(&info_hash);
+
+    let out = handshake(&torrent, &recorder.addr().to_string());
+    assert_success(&out);
+    let link = magnet_link(&info_hash, None, &[], &[recorder.addr()]);
+    let out = run_bitrush(["magnet_handshake", &link]);
+    assert_success(&out);
+    assert_eq!(
+        stdout_of(&out),
+        format!(
+            "Peer ID: {}\nPeer Metadata Extension ID: 3\n",
+            b"-HR0001-recorder0001"
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect::<String>()
+        )
+    );
+
+    let handshakes = recorder.handshakes();
+    assert_eq!(handshakes.len(), 2, "{}", recorder.logs());
+    let (major, minor, patch) = (
+        env!("CARGO_PKG_VERSION_MAJOR"),
+        env!("CARGO_PKG_VERSION_MINOR"),
+        env!("CARGO_PKG_VERSION_PATCH"),
+    );
+    for hs in &handshakes {
+        assert_eq!(hs.len(), 68);
+        assert_eq!(&hs[..20], b"\x13BitTorrent protocol");
+        assert_eq!(&hs[20..28], &[0, 0, 0, 0, 0, 0x10, 0, 0], "reserved bytes");
+        assert_eq!(hs[28..48], hex_to_bytes(&info_hash)[..]);
+        assert_eq!(
+            String::from_utf8_lossy(&hs[48..56]),
+            format!("-RH{major}{minor}{patch}0-"),
+            "peer id prefix"
+        );
+        assert_eq!(
+            lt_identify_client(&hs[48..]),
+            format!("RH {major}.{minor}.{patch}"),
+            "libtorrent knows no client by our code, so it shows the code and the version"
+        );
+    }
+}

@@ -345,6 +345,7 @@ fn sigint_keeps_verified_pieces_and_resume_fetches_only_the_rest() {
     let hash = swarm.info.info_hash.clone();
     let n = swarm.info.num_pieces;
     let out_path = swarm.out_dir("out").join("payload.bin");
+    let mut interrupted = String::new();
     partial_download(&swarm, &out_path, 4, |first| {
         let status = interrupt(first);
         assert!(
@@ -353,11 +354,11 @@ fn sigint_keeps_verified_pieces_and_resume_fetches_only_the_rest() {
             first.logs()
         );
         let stderr = first.stderr();
-        assert!(
-            stderr.lines().any(|l| l.starts_with("error: interrupted")),
-            "no `error: interrupted` line\n{}",
-            first.logs()
-        );
+        interrupted = stderr
+            .lines()
+            .find(|l| l.starts_with("error: interrupted"))
+            .unwrap_or_else(|| panic!("no `error: interrupted` line\n{}", first.logs()))
+            .to_string();
         assert!(!stderr.contains("panicked"), "{}", first.logs());
         // It was the only leecher, and it announced `stopped` on the way out.
         assert_eq!(
@@ -379,6 +380,22 @@ fn sigint_keeps_verified_pieces_and_resume_fetches_only_the_rest() {
         "want a partial download, have {} of {n} pieces",
         kept.len()
     );
+    // It says how much is kept, where, and how to resume.
+    let says = |part: &str| {
+        assert!(
+            interrupted.contains(part),
+            "{part:?} not in {interrupted:?}"
+        )
+    };
+    says(&format!(
+        "error: interrupted: {} of {n} pieces (",
+        kept.len()
+    ));
+    says(&format!(
+        " of 2.0 MiB) are verified and kept in {}",
+        out_path.display()
+    ));
+    says("; run the same command again to resume");
 
     // The throttled seeder is gone; the only peer with data now logs every
     // block it serves.
@@ -389,6 +406,14 @@ fn sigint_keeps_verified_pieces_and_resume_fetches_only_the_rest() {
         &[],
         &swarm.data,
         "resumed download",
+    );
+    let summary = stderr_of(&out);
+    assert!(
+        summary.lines().any(|l| l.starts_with("downloaded ")
+            && l.contains(" of 2.0 MiB (")
+            && l.contains(" were already present) in ")),
+        "the summary does not tell the pieces fetched from those kept\n{}",
+        dump(&out)
     );
     let served = honest.served_pieces();
     let refetched: Vec<_> = served.intersection(&kept).collect();

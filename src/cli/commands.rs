@@ -7,10 +7,12 @@ use std::sync::Arc;
 use anyhow::{anyhow, bail, Context};
 use bitrush::engine::dht::{DhtHandle, DhtOptions};
 use bitrush::engine::probe::{self, probe_announcer};
-use bitrush::engine::{self, Outcome, SeedLimits, Target, TorrentParams};
+use bitrush::engine::{self, Outcome, Progress, SeedLimits, Target, TorrentParams};
 use bitrush::metainfo::Metainfo;
 use bitrush::tracker::Event;
 use bitrush::wire::Handshake;
+
+use super::progress::{Display, Kind, Style};
 
 /// Largest `.torrent` file we read.
 const MAX_TORRENT_FILE: u64 = 64 * 1024 * 1024;
@@ -186,6 +188,10 @@ pub(super) struct SessionOptions {
     pub seed: Option<SeedLimits>,
     /// Hash existing data even when a resume state vouches for it.
     pub recheck: bool,
+    /// Show no progress and no summary (`-q`).
+    pub quiet: bool,
+    /// When the command started, the summary's clock (`None`: when the session starts).
+    pub started: Option<std::time::Instant>,
 }
 
 /// The sockets of a session: the TCP listener for peers and the DHT node on the same port
@@ -255,13 +261,20 @@ pub(super) async fn run_session(
         dht,
     } = network;
     let (tx, rx) = tokio::sync::watch::channel(Default::default());
-    let bar = super::progress::spawn(rx);
+    let kind = match target {
+        Target::Existing { .. } => Kind::Seed,
+        Target::Files(_) | Target::Piece { .. } => Kind::Download {
+            seed_after: opts.seed.is_some(),
+        },
+    };
+    let started = opts.started.unwrap_or_else(std::time::Instant::now);
+    let display = Display::start(rx, Style::detect(opts.quiet), kind, started);
+    let shown_target = target.clone();
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     tokio::spawn(async move {
         wait_for_signal().await;
         let _ = stop_tx.send(true);
     });
-    let total = torrent.info.total_length;
     let params = TorrentParams {
         info: Arc::new(torrent.info),
         info_bytes: Some(torrent.info_bytes.into()),
@@ -287,14 +300,28 @@ pub(super) async fn run_session(
     if let Some(dht) = &dht {
         dht.shutdown().await;
     }
-    if let Some(bar) = bar {
-        let _ = bar.await;
-    }
+    let last = display.finish().await;
     match result? {
         Outcome::Complete => Ok(()),
-        Outcome::Interrupted => {
-            bail!("interrupted; verified pieces are kept (of {total} bytes), run again to resume")
+        Outcome::Interrupted => Err(anyhow!(interrupted(&shown_target, &last))),
+    }
+}
+
+/// What an interrupted session says: what is kept, and that the same command resumes.
+fn interrupted(target: &Target, last: &Progress) -> String {
+    match target {
+        Target::Piece { index, .. } => {
+            format!("interrupted before piece {index} was complete; nothing was written")
         }
+        Target::Files(path) | Target::Existing { path, .. } => format!(
+            "interrupted: {} of {} pieces ({} of {}) are verified and kept in {}; \
+             run the same command again to resume",
+            last.done_pieces,
+            last.total_pieces,
+            super::progress::bytes(last.done_bytes),
+            super::progress::bytes(last.total_bytes),
+            path.display()
+        ),
     }
 }
 

@@ -21,6 +21,8 @@ pub struct CreateArgs {
     pub comment: Option<String>,
     pub source: Option<String>,
     pub no_date: bool,
+    /// No progress bar and no summary line (`-q`).
+    pub quiet: bool,
 }
 
 /// `--piece-length`: a number of bytes, or `None` for `auto`.
@@ -62,7 +64,7 @@ pub fn create(args: CreateArgs) -> anyhow::Result<()> {
         },
         threads: 0,
     };
-    let bar = super::progress::bytes_bar(source.content_length());
+    let bar = super::progress::bytes_bar(source.content_length(), args.quiet);
     let built = source.create(&opts, &|done| {
         if let Some(bar) = &bar {
             bar.set_position(done);
@@ -79,14 +81,16 @@ pub fn create(args: CreateArgs) -> anyhow::Result<()> {
     write_atomically(&output, &built.bytes)
         .with_context(|| format!("cannot write {}", output.display()))?;
     let info = &built.metainfo.info;
-    eprintln!(
-        "wrote {}: {} files, {} bytes, {} pieces of {} bytes",
-        output.display(),
-        info.real_files().count(),
-        info.content_length(),
-        info.piece_count(),
-        info.piece_length
-    );
+    if !args.quiet {
+        eprintln!(
+            "wrote {}: {} files, {} bytes, {} pieces of {} bytes",
+            output.display(),
+            info.real_files().count(),
+            info.content_length(),
+            info.piece_count(),
+            info.piece_length
+        );
+    }
     println!("{}", built.magnet);
     Ok(())
 }

@@ -60,8 +60,9 @@ fn files_equal(a: &Path, b: &Path) -> anyhow::Result<bool> {
     }
 }
 
-/// Runs the demo: `size_mib` MiB served by `seeders` local seeders.
-pub async fn demo(size_mib: u64, seeders: usize) -> anyhow::Result<()> {
+/// Runs the demo: `size_mib` MiB served by `seeders` local seeders; `quiet`: only the result
+/// line (on stdout) and errors.
+pub async fn demo(size_mib: u64, seeders: usize, quiet: bool) -> anyhow::Result<()> {
     if size_mib == 0 || seeders == 0 {
         bail!("the demo needs a size of at least 1 MiB and at least one seeder");
     }
@@ -70,10 +71,12 @@ pub async fn demo(size_mib: u64, seeders: usize) -> anyhow::Result<()> {
         .with_context(|| format!("cannot create {}", dir.0.display()))?;
     let payload = dir.0.join("payload.bin");
     let size = size_mib * 1024 * 1024;
-    eprintln!(
-        "demo: writing a {size_mib} MiB payload and its torrent in {}",
-        dir.0.display()
-    );
+    if !quiet {
+        eprintln!(
+            "demo: writing a {size_mib} MiB payload and its torrent in {}",
+            dir.0.display()
+        );
+    }
     write_payload(&payload, size).context("cannot write the demo payload")?;
     let torrent = create_torrent(&payload, 1 << 20, None)?;
     let meta = Metainfo::from_bytes(&torrent)?;
@@ -111,7 +114,11 @@ pub async fn demo(size_mib: u64, seeders: usize) -> anyhow::Result<()> {
             pex: false,
         }));
     }
-    eprintln!("demo: {seeders} seeders listening on {addrs:?}; downloading with the full client");
+    if !quiet {
+        eprintln!(
+            "demo: {seeders} seeders listening on {addrs:?}; downloading with the full client"
+        );
+    }
 
     let output = dir.0.join("downloaded.bin");
     let started = Instant::now();
@@ -120,7 +127,11 @@ pub async fn demo(size_mib: u64, seeders: usize) -> anyhow::Result<()> {
         ..super::commands::Torrent::from(meta)
     };
     // Offline: no DHT.
-    let opts = super::commands::SessionOptions::default();
+    let opts = super::commands::SessionOptions {
+        quiet,
+        started: Some(started),
+        ..super::commands::SessionOptions::default()
+    };
     let network = super::commands::Network::start(&opts).await?;
     let result =
         super::commands::run_session(torrent, Target::Files(output.clone()), &opts, network).await;

@@ -15,8 +15,19 @@ use bitrush::metainfo::MetaVersion;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "bitrush", version, about = "A fast BitTorrent client")]
+#[command(
+    name = "bitrush",
+    version,
+    about = "A fast BitTorrent client",
+    after_help = "Stdout carries only each command's result; progress, logs and errors go to \
+                  stderr. Progress is a bar on a terminal and a plain line every few seconds \
+                  elsewhere; -q silences it. Colour only on a terminal, never with NO_COLOR.\n\n\
+                  Example:\n  bitrush download -o ubuntu.iso ubuntu.torrent"
+)]
 struct Cli {
+    /// Show no progress and no summary on stderr (errors and warnings still show).
+    #[arg(short, long, global = true)]
+    quiet: bool,
     #[command(subcommand)]
     command: Command,
 }
@@ -24,19 +35,46 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Decode a bencoded value and print it as JSON.
-    Decode { value: String },
+    #[command(
+        after_help = "Example:\n  $ bitrush decode d3:foo3:bar5:helloi52ee\n  \
+                            {\"foo\":\"bar\",\"hello\":52}"
+    )]
+    Decode {
+        /// The bencoded value (quote it for the shell if it holds spaces or special characters).
+        value: String,
+    },
     /// Show a torrent file's metadata (never contacts the tracker).
-    Info { torrent: PathBuf },
-    /// Ask the torrent's trackers for peers; one ip:port per line.
-    Peers { torrent: PathBuf },
-    /// Handshake with one peer and print its peer id.
-    Handshake { torrent: PathBuf, peer: String },
-    /// Download one piece, SHA-1 verified, to a file.
-    #[command(name = "download_piece")]
-    DownloadPiece {
-        #[arg(short, long)]
-        output: PathBuf,
+    #[command(after_help = "Example:\n  bitrush info ubuntu.torrent")]
+    Info {
+        /// The .torrent file.
         torrent: PathBuf,
+    },
+    /// Ask the torrent's trackers for peers; one ip:port per line.
+    #[command(after_help = "Example:\n  bitrush peers ubuntu.torrent")]
+    Peers {
+        /// The .torrent file.
+        torrent: PathBuf,
+    },
+    /// Handshake with one peer and print its peer id.
+    #[command(after_help = "Example:\n  bitrush handshake ubuntu.torrent 203.0.113.7:6881")]
+    Handshake {
+        /// The .torrent file.
+        torrent: PathBuf,
+        /// The peer's address, IP:PORT (a name resolves too: HOST:PORT).
+        peer: String,
+    },
+    /// Download one piece, SHA-1 verified, to a file.
+    #[command(
+        name = "download_piece",
+        after_help = "Example:\n  bitrush download_piece -o piece-0.bin ubuntu.torrent 0"
+    )]
+    DownloadPiece {
+        /// Where to write the piece (replaced only once the piece is verified).
+        #[arg(short, long, value_name = "FILE")]
+        output: PathBuf,
+        /// The .torrent file, or a magnet link (quoted).
+        torrent: PathBuf,
+        /// The piece's index, from 0.
         index: u32,
         #[command(flatten)]
         network: NetworkArgs,
@@ -44,9 +82,16 @@ enum Command {
     /// Download a whole torrent: a file (single-file torrent) or a directory (multi-file).
     /// Existing data at the output is checked (or vouched for by the resume state an
     /// interrupted run left beside it) and only what is missing is fetched.
+    #[command(after_help = "Examples:\n  \
+        bitrush download -o ubuntu.iso ubuntu.torrent\n  \
+        bitrush download -o ubuntu.iso 'magnet:?xt=urn:btih:3b245504cf5f11bbdbe1201cea6a6bf45aee1bc0'\n  \
+        bitrush download --seed-ratio 2 -o ubuntu.iso ubuntu.torrent   # then seed to ratio 2")]
     Download {
-        #[arg(short, long)]
+        /// Where to put the data: the file itself (single-file torrent) or the directory that
+        /// becomes the torrent's folder (multi-file).
+        #[arg(short, long, value_name = "PATH")]
         output: PathBuf,
+        /// The .torrent file, or a magnet link (quoted).
         torrent: PathBuf,
         #[command(flatten)]
         session: SessionArgs,
@@ -55,33 +100,68 @@ enum Command {
         seed: bool,
     },
     /// Print a magnet link's first tracker and info hash (contacts nothing).
-    #[command(name = "magnet_parse")]
-    MagnetParse { link: String },
+    #[command(
+        name = "magnet_parse",
+        after_help = "Example:\n  bitrush magnet_parse \
+                      'magnet:?xt=urn:btih:3b245504cf5f11bbdbe1201cea6a6bf45aee1bc0&tr=http%3A%2F%2Ftracker.example.org%2Fannounce'"
+    )]
+    MagnetParse {
+        /// The magnet link (quote it: it holds `&`).
+        link: String,
+    },
     /// Handshake with a peer of a magnet link; print its peer id and ut_metadata id.
-    #[command(name = "magnet_handshake")]
-    MagnetHandshake { link: String },
+    #[command(
+        name = "magnet_handshake",
+        after_help = "Example:\n  bitrush magnet_handshake \
+                      'magnet:?xt=urn:btih:3b245504cf5f11bbdbe1201cea6a6bf45aee1bc0&tr=http%3A%2F%2Ftracker.example.org%2Fannounce'"
+    )]
+    MagnetHandshake {
+        /// The magnet link (quote it: it holds `&`); its trackers and `x.pe` peers are asked.
+        link: String,
+    },
     /// Fetch a magnet link's metadata from peers and show it like `info`.
-    #[command(name = "magnet_info")]
+    #[command(
+        name = "magnet_info",
+        after_help = "Example:\n  bitrush magnet_info \
+                      'magnet:?xt=urn:btih:3b245504cf5f11bbdbe1201cea6a6bf45aee1bc0&tr=http%3A%2F%2Ftracker.example.org%2Fannounce'"
+    )]
     MagnetInfo {
+        /// The magnet link (quote it: it holds `&`).
         link: String,
         #[command(flatten)]
         dht: DhtArgs,
     },
     /// Download one piece of a magnet link's torrent, SHA-1 verified, to a file.
-    #[command(name = "magnet_download_piece")]
+    #[command(
+        name = "magnet_download_piece",
+        after_help = "Example:\n  bitrush magnet_download_piece -o piece-0.bin \
+                      'magnet:?xt=urn:btih:3b245504cf5f11bbdbe1201cea6a6bf45aee1bc0' 0"
+    )]
     MagnetDownloadPiece {
-        #[arg(short, long)]
+        /// Where to write the piece (replaced only once the piece is verified).
+        #[arg(short, long, value_name = "FILE")]
         output: PathBuf,
+        /// The magnet link (quote it: it holds `&`).
         link: String,
+        /// The piece's index, from 0.
         index: u32,
         #[command(flatten)]
         network: NetworkArgs,
     },
     /// Download a magnet link's torrent: a file (single-file) or a directory (multi-file).
-    #[command(name = "magnet_download")]
+    #[command(
+        name = "magnet_download",
+        after_help = "Examples:\n  bitrush magnet_download -o ubuntu.iso \
+                      'magnet:?xt=urn:btih:3b245504cf5f11bbdbe1201cea6a6bf45aee1bc0'\n  \
+                      bitrush magnet_download --seed --port 6881 -o ubuntu.iso \
+                      'magnet:?xt=urn:btih:3b245504cf5f11bbdbe1201cea6a6bf45aee1bc0'"
+    )]
     MagnetDownload {
-        #[arg(short, long)]
+        /// Where to put the data: the file itself (single-file torrent) or the directory that
+        /// becomes the torrent's folder (multi-file).
+        #[arg(short, long, value_name = "PATH")]
         output: PathBuf,
+        /// The magnet link (quote it: it holds `&`).
         link: String,
         #[command(flatten)]
         session: SessionArgs,
@@ -91,6 +171,7 @@ enum Command {
     },
     /// Build a swarm of local seeders on loopback with a generated payload and download it with
     /// the full client (works offline).
+    #[command(after_help = "Example:\n  bitrush demo --size-mib 64 --seeders 2")]
     Demo {
         /// Payload size in MiB.
         #[arg(long, default_value_t = 256)]
@@ -110,7 +191,12 @@ enum Command {
     /// broken links, links back to a folder being added, and special files (sockets, FIFOs,
     /// devices) are skipped with a warning. Files with the owner's execute bit are marked `x`
     /// so downloaders make them executable. File names must be UTF-8.
-    #[command(verbatim_doc_comment)]
+    #[command(
+        verbatim_doc_comment,
+        after_help = "Examples:\n  \
+            bitrush create -t http://tracker.example.org/announce holiday-photos/\n  \
+            bitrush create --v1 --private -t http://tracker.example.org/announce -o iso.torrent ubuntu.iso"
+    )]
     Create {
         /// The file or folder to share.
         path: PathBuf,
@@ -154,7 +240,11 @@ enum Command {
     },
     /// Seed existing data: verify it, announce, and serve peers until a limit or Ctrl-C.
     /// The data is only read, never written: data that does not match the torrent is an error.
+    #[command(after_help = "Examples:\n  \
+        bitrush seed ubuntu.torrent ubuntu.iso\n  \
+        bitrush seed --port 6881 --seed-ratio 2 ubuntu.torrent ubuntu.iso")]
     Seed {
+        /// The .torrent file.
         torrent: PathBuf,
         /// The downloaded file (single-file torrent) or directory (multi-file).
         path: PathBuf,
@@ -240,40 +330,51 @@ struct NetworkArgs {
 struct SessionArgs {
     #[command(flatten)]
     network: NetworkArgs,
-    /// Stop seeding once uploaded bytes reach this multiple of the torrent size.
-    #[arg(long)]
+    /// Seed until uploaded bytes reach this multiple of the torrent's size (after a download:
+    /// implies --seed).
+    #[arg(long, value_name = "RATIO", value_parser = parse_seed_ratio)]
     seed_ratio: Option<f64>,
-    /// Stop seeding after this many seconds.
-    #[arg(long)]
+    /// Seed for this many seconds (after a download: implies --seed).
+    #[arg(long, value_name = "SECONDS")]
     seed_time: Option<u64>,
     /// Hash all existing data at the output even if its resume state vouches for it.
     #[arg(long)]
     recheck: bool,
 }
 
+/// `--seed-ratio`: a positive number.
+fn parse_seed_ratio(text: &str) -> Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(r) if r.is_finite() && r > 0.0 => Ok(r),
+        _ => Err(format!("{text:?} is not a positive number")),
+    }
+}
+
 impl NetworkArgs {
-    fn options(&self) -> commands::SessionOptions {
+    fn options(&self, quiet: bool) -> commands::SessionOptions {
         commands::SessionOptions {
             port: self.port,
             dht: self.dht.options(),
             pex: !self.no_pex,
+            quiet,
+            started: Some(std::time::Instant::now()),
             ..commands::SessionOptions::default()
         }
     }
 }
 
 impl SessionArgs {
-    fn options(&self, seed: bool) -> commands::SessionOptions {
+    /// The session's options; a seed limit implies `seed`.
+    fn options(&self, seed: bool, quiet: bool) -> commands::SessionOptions {
         let limits = bitrush::engine::SeedLimits {
             ratio: self.seed_ratio,
             time: self.seed_time.map(std::time::Duration::from_secs),
         };
+        let seed = seed || limits.ratio.is_some() || limits.time.is_some();
         commands::SessionOptions {
-            port: self.network.port,
-            dht: self.network.dht.options(),
-            pex: !self.network.no_pex,
             seed: seed.then_some(limits),
             recheck: self.recheck,
+            ..self.network.options(quiet)
         }
     }
 }
@@ -291,14 +392,16 @@ pub fn main() -> ExitCode {
             };
         }
     };
+    // Warnings for the user by default; with RUST_LOG (debugging) each line also names its
+    // module.
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().ok();
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
-        )
+        .with_ansi(progress::colour_enabled())
+        .with_target(filter.is_some())
+        .with_env_filter(filter.unwrap_or_else(|| tracing_subscriber::EnvFilter::new("warn")))
         .init();
-    match run(cli.command) {
+    match run(cli.command, cli.quiet) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {}", error_line(&e));
@@ -316,7 +419,7 @@ fn error_line(e: &anyhow::Error) -> String {
         .join(": ")
 }
 
-fn run(command: Command) -> anyhow::Result<()> {
+fn run(command: Command, quiet: bool) -> anyhow::Result<()> {
     match command {
         Command::Decode { value } => commands::decode(&value),
         Command::Info { torrent } => commands::info(&torrent),
@@ -333,7 +436,7 @@ fn run(command: Command) -> anyhow::Result<()> {
             &torrent,
             index,
             &output,
-            &network.options(),
+            &network.options(quiet),
         )),
         Command::Download {
             output,
@@ -343,7 +446,7 @@ fn run(command: Command) -> anyhow::Result<()> {
         } => runtime()?.block_on(commands::download(
             &torrent,
             &output,
-            &session.options(seed),
+            &session.options(seed, quiet),
         )),
         Command::MagnetParse { link } => magnet::magnet_parse(&link),
         Command::MagnetHandshake { link } => runtime()?.block_on(magnet::magnet_handshake(&link)),
@@ -359,7 +462,7 @@ fn run(command: Command) -> anyhow::Result<()> {
             Path::new(&link),
             index,
             &output,
-            &network.options(),
+            &network.options(quiet),
         )),
         Command::MagnetDownload {
             output,
@@ -369,9 +472,11 @@ fn run(command: Command) -> anyhow::Result<()> {
         } => runtime()?.block_on(commands::download(
             Path::new(&link),
             &output,
-            &session.options(seed),
+            &session.options(seed, quiet),
         )),
-        Command::Demo { size_mib, seeders } => runtime()?.block_on(demo::demo(size_mib, seeders)),
+        Command::Demo { size_mib, seeders } => {
+            runtime()?.block_on(demo::demo(size_mib, seeders, quiet))
+        }
         Command::Create {
             path,
             output,
@@ -400,6 +505,7 @@ fn run(command: Command) -> anyhow::Result<()> {
             comment,
             source,
             no_date,
+            quiet,
         }),
         Command::Seed {
             torrent,
@@ -410,7 +516,7 @@ fn run(command: Command) -> anyhow::Result<()> {
             &torrent,
             &path,
             partial,
-            &session.options(true),
+            &session.options(true, quiet),
         )),
     }
 }
@@ -419,4 +525,87 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     Ok(tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+    use std::time::Duration;
+
+    #[test]
+    fn every_argument_is_described_and_every_command_has_an_example() {
+        let mut cli = Cli::command();
+        cli.build();
+        // `help` is clap's own.
+        for cmd in cli.get_subcommands().filter(|c| c.get_name() != "help") {
+            let name = cmd.get_name();
+            let after = cmd.get_after_help().map(ToString::to_string);
+            assert!(
+                after
+                    .is_some_and(|text| text.contains("Example")
+                        && text.contains(&format!("bitrush {name} "))),
+                "`bitrush {name} --help` shows no example of the command"
+            );
+            for arg in cmd.get_arguments() {
+                assert!(
+                    arg.get_help().is_some() || arg.get_long_help().is_some(),
+                    "`bitrush {name}`: {} has no description",
+                    arg.get_id()
+                );
+            }
+        }
+    }
+
+    fn session_options(args: &[&str]) -> commands::SessionOptions {
+        match Cli::try_parse_from(args).expect("valid arguments").command {
+            Command::Download { session, seed, .. }
+            | Command::MagnetDownload { session, seed, .. } => session.options(seed, false),
+            _ => unreachable!("a download command"),
+        }
+    }
+
+    #[test]
+    fn a_seed_limit_implies_seed_after_a_download() {
+        for cmd in ["download", "magnet_download"] {
+            let opts = session_options(&["bitrush", cmd, "-o", "out", "src", "--seed-time", "60"]);
+            let limits = opts.seed.expect("--seed-time implies --seed");
+            assert_eq!(limits.time, Some(Duration::from_secs(60)));
+            let opts =
+                session_options(&["bitrush", cmd, "-o", "out", "src", "--seed-ratio", "1.5"]);
+            assert_eq!(opts.seed.and_then(|l| l.ratio), Some(1.5));
+            assert!(session_options(&["bitrush", cmd, "-o", "out", "src"])
+                .seed
+                .is_none());
+            let plain_seed = session_options(&["bitrush", cmd, "-o", "out", "src", "--seed"]);
+            assert_eq!(
+                plain_seed.seed,
+                Some(bitrush::engine::SeedLimits::default())
+            );
+        }
+        for bad in ["0", "-1", "nan", "inf", "x"] {
+            let args = [
+                "bitrush",
+                "download",
+                "-o",
+                "out",
+                "src",
+                "--seed-ratio",
+                bad,
+            ];
+            assert!(Cli::try_parse_from(args).is_err(), "--seed-ratio {bad}");
+        }
+    }
+
+    #[test]
+    fn quiet_is_accepted_before_and_after_the_command() {
+        for args in [
+            &["bitrush", "-q", "download", "-o", "out", "src"][..],
+            &["bitrush", "download", "-o", "out", "src", "--quiet"][..],
+        ] {
+            assert!(Cli::try_parse_from(args).expect("valid arguments").quiet);
+        }
+        let cli = Cli::try_parse_from(["bitrush", "info", "x.torrent"]).expect("valid");
+        assert!(!cli.quiet);
+    }
 }

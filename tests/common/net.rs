@@ -1,11 +1,12 @@
 //! Loopback addresses: free ports, addresses where nobody listens (refused
 //! peers, dead trackers), [`SilentPeer`] that accepts connections and never
-//! answers, and the `listener_accessors!` macro that gives the helpers
-//! listening on a port their `port()`, `addr()` and `logs()`.
+//! answers, [`DroppingPeer`] that closes each connection at once and counts
+//! them, and the `listener_accessors!` macro that gives the helpers listening
+//! on a port their `port()`, `addr()` and `logs()`.
 
 use std::io::Read;
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread::{self, JoinHandle};
 use std::time::Duration;
@@ -116,6 +117,62 @@ impl SilentPeer {
 }
 
 impl Drop for SilentPeer {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// A peer that accepts TCP connections on 127.0.0.1 and closes each one at
+/// once, before any handshake (a peer that keeps dropping us), counting them.
+/// Stops its thread on drop.
+pub struct DroppingPeer {
+    addr: SocketAddr,
+    accepted: Arc<AtomicUsize>,
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl DroppingPeer {
+    pub fn start() -> DroppingPeer {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind dropping peer");
+        listener.set_nonblocking(true).expect("nonblocking");
+        let addr = listener.local_addr().expect("local addr");
+        let stop = Arc::new(AtomicBool::new(false));
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let (stop2, accepted2) = (stop.clone(), accepted.clone());
+        let thread = thread::spawn(move || {
+            while !stop2.load(Ordering::SeqCst) {
+                match listener.accept() {
+                    // Dropped at once: the dialler sees its connection closed.
+                    Ok(_) => {
+                        accepted2.fetch_add(1, Ordering::SeqCst);
+                    }
+                    Err(_) => thread::sleep(Duration::from_millis(20)),
+                }
+            }
+        });
+        DroppingPeer {
+            addr,
+            accepted,
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    pub fn port(&self) -> u16 {
+        self.addr.port()
+    }
+
+    /// How many connections it has accepted (and dropped) so far.
+    pub fn connections(&self) -> usize {
+        self.accepted.load(Ordering::SeqCst)
+    }
+}
+
+impl Drop for DroppingPeer {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::SeqCst);
         if let Some(t) = self.thread.take() {

@@ -1,7 +1,8 @@
 //! Scripted peers (`tests/support/scripted_peer.py`): honest or hostile in a
 //! named way, logging every event on stdout so that a test can tell what
 //! bitrush did to them. [`BadPeer`] is the same script in one of the three
-//! modes the download tests mix into a swarm.
+//! modes the download tests mix into a swarm. [`HandshakeRecorder`]
+//! (`tests/support/handshake_recorder.py`) prints the handshakes it is sent.
 
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
@@ -11,6 +12,7 @@ use std::time::Duration;
 
 use super::procs::Proc;
 use super::tools::support_script;
+use super::torrents::hex_to_bytes;
 
 /// A scripted peer (tests/support/scripted_peer.py) for a single-file torrent
 /// whose data lies in `save_dir`: honest, or hostile in one of the ways its
@@ -154,3 +156,32 @@ impl Deref for BadPeer {
         &self.peer
     }
 }
+
+/// A peer that prints every handshake it is sent (tests/support/handshake_recorder.py) and
+/// answers as a peer of `info_hash` offering ut_metadata. Killed on drop.
+pub struct HandshakeRecorder {
+    port: u16,
+    proc: Proc,
+}
+
+impl HandshakeRecorder {
+    pub fn start(info_hash: &str) -> HandshakeRecorder {
+        let mut cmd = support_script("handshake_recorder.py");
+        cmd.arg(info_hash);
+        let proc = Proc::spawn("handshake_recorder", cmd);
+        let port = proc.ready_port("handshake_recorder did not get ready");
+        HandshakeRecorder { port, proc }
+    }
+
+    /// The handshakes received so far, in order.
+    pub fn handshakes(&self) -> Vec<Vec<u8>> {
+        self.proc
+            .stdout_lines()
+            .iter()
+            .filter_map(|l| l.strip_prefix("HANDSHAKE "))
+            .map(hex_to_bytes)
+            .collect()
+    }
+}
+
+listener_accessors!(HandshakeRecorder);

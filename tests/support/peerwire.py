@@ -1,8 +1,9 @@
 """Small helpers shared by the scripted test peers: line output, exact socket reads, the
 BitTorrent handshake and message framing, and the listen-until-stdin-closes life of a test peer.
 
-Imported by scripted_peer.py, hostile_metadata_peer.py, ext_probe.py, lt_seed.py, lt_leech.py,
-lt_tool.py and tether.py, which run as scripts from this folder (so it is on their import path).
+Imported by scripted_peer.py, hostile_metadata_peer.py, ext_probe.py, handshake_recorder.py,
+lt_seed.py, lt_leech.py, lt_tool.py and tether.py, which run as scripts from this folder (so it
+is on their import path).
 """
 
 import os

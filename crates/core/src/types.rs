@@ -30,8 +30,56 @@ impl InfoHashV2 {
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]
 pub struct PeerId(pub [u8; 20]);
 
-/// The client prefix at the start of every peer id this client makes (Azureus style).
-pub const PEER_ID_PREFIX: &[u8; 8] = b"-BR0001-";
+/// bitrush's two-letter Azureus-style client code, `RH` (bitRusH). No client list we know of
+/// uses it in either case: libtorrent's `identify_client`, Transmission's `clients.cc`,
+/// rtorrent's `client_list.cc` (qBittorrent and Deluge name peers through libtorrent) and
+/// WebTorrent's `bittorrent-peerid`. (`BR`, used until 0.1.0, is BitRocket's.)
+pub const CLIENT_CODE: [u8; 2] = *b"RH";
+
+/// The client prefix at the start of every peer id this client makes (Azureus style): `-RH`,
+/// then this crate's major, minor and patch version as one digit each, then `0`, then `-`;
+/// `-RH0100-` for 0.1.0. A digit is `0`-`9`, then `A`-`Z` for 10 to 35 (libtorrent and
+/// Transmission read them so; rtorrent reads up to `F`); larger numbers show as `Z`.
+pub const PEER_ID_PREFIX: &[u8; 8] = &peer_id_prefix(
+    env!("CARGO_PKG_VERSION_MAJOR"),
+    env!("CARGO_PKG_VERSION_MINOR"),
+    env!("CARGO_PKG_VERSION_PATCH"),
+);
+
+/// `-RH<major><minor><patch>0-` from the decimal version numbers (see [`PEER_ID_PREFIX`]).
+const fn peer_id_prefix(major: &str, minor: &str, patch: &str) -> [u8; 8] {
+    [
+        b'-',
+        CLIENT_CODE[0],
+        CLIENT_CODE[1],
+        version_digit(major),
+        version_digit(minor),
+        version_digit(patch),
+        b'0',
+        b'-',
+    ]
+}
+
+/// One version number (decimal text) as a base-36 digit, `Z` when it does not fit.
+const fn version_digit(decimal: &str) -> u8 {
+    const DIGITS: &[u8; 36] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ";
+    let bytes = decimal.as_bytes();
+    let mut value: usize = 0;
+    let mut i = 0;
+    while i < bytes.len() {
+        let d = bytes[i];
+        if !d.is_ascii_digit() || value >= DIGITS.len() {
+            return b'Z';
+        }
+        value = value * 10 + (d - b'0') as usize;
+        i += 1;
+    }
+    if value < DIGITS.len() {
+        DIGITS[value]
+    } else {
+        b'Z'
+    }
+}
 
 const HEX_DIGITS: &[u8; 16] = b"0123456789abcdef";
 
@@ -187,7 +235,7 @@ mod tests {
         use rand::SeedableRng;
         let mut rng = rand::rngs::StdRng::seed_from_u64(1);
         let id = PeerId::generate(&mut rng);
-        assert_eq!(&id.0[..8], b"-BR0001-");
+        assert_eq!(&id.0[..8], PEER_ID_PREFIX);
         assert!(
             id.0[8..].iter().all(|b| b.is_ascii_alphanumeric()),
             "{:?}",
@@ -195,6 +243,32 @@ mod tests {
         );
         // 62^12 possibilities: two draws colliding means the generator is broken.
         assert_ne!(PeerId::generate(&mut rng), PeerId::generate(&mut rng));
+    }
+
+    #[test]
+    fn peer_id_prefix_carries_the_client_code_and_the_crate_version() {
+        let version = format!(
+            "{}{}{}",
+            env!("CARGO_PKG_VERSION_MAJOR"),
+            env!("CARGO_PKG_VERSION_MINOR"),
+            env!("CARGO_PKG_VERSION_PATCH")
+        );
+        // Single-digit version numbers appear as themselves.
+        if version.len() == 3 {
+            assert_eq!(PEER_ID_PREFIX, format!("-RH{version}0-").as_bytes());
+        }
+        assert_eq!(&peer_id_prefix("0", "1", "0"), b"-RH0100-");
+        assert_eq!(&peer_id_prefix("1", "12", "35"), b"-RH1CZ0-");
+        assert_eq!(
+            &peer_id_prefix("2", "36", "999"),
+            b"-RH2ZZ0-",
+            "too large: Z"
+        );
+        assert_eq!(
+            &peer_id_prefix("", "x", "3"),
+            b"-RH0Z30-",
+            "not a number: Z"
+        );
     }
 
     proptest! {

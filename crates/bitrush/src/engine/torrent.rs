@@ -33,7 +33,9 @@ use crate::metainfo::Info;
 use crate::session::{
     CloseKind, Finish, GiveUp, Session, SessionConfig, SessionEvent, SessionParams, Transfer,
 };
-use crate::swarm::{Bitfield, Config, PeerError, PeerFeatures, PeerKey, Swarm, BLOCK_LEN};
+use crate::swarm::{
+    Bitfield, Config, PeerError, PeerFeatures, PeerKey, Swarm, SwarmStats, BLOCK_LEN,
+};
 use crate::tracker::{AnnounceResponse, Announcer, NUMWANT};
 use crate::types::{InfoHash, PeerId};
 use crate::wire::fast::{allowed_fast_set, ALLOWED_FAST_COUNT};
@@ -100,11 +102,31 @@ pub struct TorrentParams {
 pub struct Progress {
     /// Verified bytes of wanted pieces (including those present at start).
     pub done_bytes: u64,
+    /// Bytes of the wanted pieces.
     pub total_bytes: u64,
+    /// Wanted bytes already present and verified when the session began (a resume state or a
+    /// recheck vouched for them): `done_bytes` minus what this session verified.
+    pub present_bytes: u64,
+    /// Verified wanted pieces (including those present at start).
+    pub done_pieces: u32,
+    /// Wanted pieces.
+    pub total_pieces: u32,
+    /// Payload bytes received from peers this session, needed or not.
+    pub received_bytes: u64,
+    /// Payload bytes received but not needed: duplicates, unrequested blocks, pieces that
+    /// failed their hash check.
+    pub wasted_bytes: u64,
+    /// Payload bytes sent to peers this session.
     pub uploaded_bytes: u64,
+    /// Connected peers.
     pub peers: usize,
-    /// Recent download rate in bytes per second.
+    /// Connections that delivered at least one block we kept, this session.
+    pub peers_used: usize,
+    /// Recent download rate in bytes per second: payload received this session only, so
+    /// pieces present at start never count as speed.
     pub rate: f64,
+    /// Recent upload rate in bytes per second.
+    pub upload_rate: f64,
     /// The download is complete and the torrent is seeding.
     pub seeding: bool,
 }
@@ -394,30 +416,44 @@ struct Conn {
     outgoing: bool,
 }
 
-/// The recent download rate, for the progress display.
+/// The recent download and upload rates, for the progress snapshot: the bytes moved over the
+/// last [`RATE_SPAN`] of samples (or since the first sample, early on), so a rate shows from
+/// the second snapshot on and only counters of this session (bytes received and sent) count.
+/// At most `RATE_SPAN / PROGRESS_INTERVAL + 2` samples are kept.
 #[derive(Default)]
 struct RateMeter {
-    last: Option<(Instant, u64)>,
-    rate: f64,
+    /// (when, bytes received, bytes uploaded), oldest first.
+    samples: std::collections::VecDeque<(Instant, u64, u64)>,
 }
 
+/// How far back the rates look.
+const RATE_SPAN: Duration = Duration::from_secs(5);
+
 impl RateMeter {
-    fn sample(&mut self, now: Instant, done_bytes: u64) -> f64 {
-        let Some((at, bytes)) = self.last else {
-            self.last = Some((now, done_bytes));
-            return self.rate;
-        };
-        let dt = now.duration_since(at).as_secs_f64();
-        if dt >= 1.0 {
-            let sample = done_bytes.saturating_sub(bytes) as f64 / dt;
-            self.rate = if self.rate == 0.0 {
-                sample
-            } else {
-                0.6 * sample + 0.4 * self.rate
-            };
-            self.last = Some((now, done_bytes));
+    /// Records the session's counters at `now`; returns the (download, upload) rates in bytes
+    /// per second.
+    fn sample(&mut self, now: Instant, stats: &SwarmStats) -> (f64, f64) {
+        let (received, uploaded) = (stats.received_bytes, stats.uploaded_bytes);
+        self.samples.push_back((now, received, uploaded));
+        // Keep the newest sample at least RATE_SPAN old as the base, drop older ones.
+        while self
+            .samples
+            .get(1)
+            .is_some_and(|&(at, _, _)| now.duration_since(at) >= RATE_SPAN)
+        {
+            self.samples.pop_front();
         }
-        self.rate
+        let Some(&(since, received0, uploaded0)) = self.samples.front() else {
+            return (0.0, 0.0);
+        };
+        let span = now.duration_since(since).as_secs_f64();
+        if span <= 0.0 {
+            return (0.0, 0.0);
+        }
+        (
+            received.saturating_sub(received0) as f64 / span,
+            uploaded.saturating_sub(uploaded0) as f64 / span,
+        )
     }
 }
 
@@ -521,14 +557,35 @@ impl Manager {
     }
 
     fn progress(&mut self, now: Instant) -> Progress {
-        let (t, done) = self.transfer();
-        let done_bytes = self.total_bytes.saturating_sub(t.left);
+        let (stats, done, have) = {
+            let st = self.lock();
+            (
+                st.swarm.stats(),
+                st.swarm.is_done(),
+                st.swarm.have().count(),
+            )
+        };
+        let done_bytes = self.total_bytes.saturating_sub(stats.bytes_left);
+        let total_pieces = match &self.params.target {
+            Target::Piece { .. } => 1,
+            Target::Files(_) => self.params.info.piece_count(),
+            // Exactly the pieces that verified at start are wanted.
+            Target::Existing { .. } => have,
+        };
+        let (rate, upload_rate) = self.rate.sample(now, &stats);
         Progress {
             done_bytes,
             total_bytes: self.total_bytes,
-            uploaded_bytes: t.uploaded,
-            peers: t.peers,
-            rate: self.rate.sample(now, done_bytes),
+            present_bytes: done_bytes.saturating_sub(stats.verified_bytes),
+            done_pieces: have,
+            total_pieces,
+            received_bytes: stats.received_bytes,
+            wasted_bytes: stats.wasted_bytes,
+            uploaded_bytes: stats.uploaded_bytes,
+            peers: stats.peers,
+            peers_used: stats.peers_used,
+            rate,
+            upload_rate,
             seeding: done,
         }
     }
@@ -835,5 +892,60 @@ impl Manager {
             }
             Err(e) => tracing::warn!(error = %e, "cannot save the resume state"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn stats(received: u64, uploaded: u64, bytes_left: u64) -> SwarmStats {
+        SwarmStats {
+            received_bytes: received,
+            uploaded_bytes: uploaded,
+            bytes_left,
+            ..SwarmStats::default()
+        }
+    }
+
+    #[test]
+    fn rate_shows_from_the_second_sample() {
+        let t = Instant::now();
+        let mut meter = RateMeter::default();
+        assert_eq!(meter.sample(t, &stats(0, 0, 1 << 30)), (0.0, 0.0));
+        // 64 KiB in the first quarter second: 256 KiB/s at once, not after a warm-up second.
+        let (down, up) = meter.sample(t + PROGRESS_INTERVAL, &stats(65_536, 0, 1 << 30));
+        assert_eq!((down, up), (262_144.0, 0.0));
+    }
+
+    #[test]
+    fn rate_counts_only_bytes_moved_in_this_session() {
+        let t = Instant::now();
+        let mut meter = RateMeter::default();
+        // Resumed: 900 MiB of 1 GiB present at start, nothing received yet.
+        meter.sample(t, &stats(0, 0, 100 << 20));
+        // One second later, 1 MiB received (and 100 MiB "done" would be a huge rate if the
+        // present bytes counted).
+        let (down, _) = meter.sample(t + Duration::from_secs(1), &stats(1 << 20, 0, 99 << 20));
+        assert_eq!(down, f64::from(1 << 20));
+    }
+
+    #[test]
+    fn rates_follow_the_last_span_and_uploads_count_apart() {
+        let t = Instant::now();
+        let mut meter = RateMeter::default();
+        let mut last = (0.0, 0.0);
+        // 1 MiB/s down for 10 s, then nothing; 100 KiB/s up throughout.
+        for tick in 0..=80u64 {
+            let at = t + PROGRESS_INTERVAL * tick as u32;
+            let secs = tick / 4;
+            let received = secs.min(10) << 20;
+            last = meter.sample(at, &stats(received, secs * 102_400, 0));
+            assert!(meter.samples.len() <= 22, "bounded");
+            if tick == 36 {
+                assert_eq!(last.0, f64::from(1 << 20), "steady rate at 9 s");
+            }
+        }
+        assert_eq!(last, (0.0, 102_400.0), "the download stopped long ago");
     }
 }

@@ -40,7 +40,11 @@ pub enum AnnounceError {
     /// HTTPS needs a TLS stack this build does not have.
     #[error("{0}: https trackers are not supported (built without TLS)")]
     Https(String),
-    /// The HTTP request failed (connection, timeout, protocol).
+    /// The tracker's host could not be reached (refused, unreachable, reset): the socket
+    /// error alone, without the HTTP stack's layers around it.
+    #[error("cannot connect")]
+    Connect(#[source] std::io::Error),
+    /// The HTTP request failed otherwise (protocol, body).
     #[error("HTTP request failed")]
     Http(#[source] reqwest::Error),
     /// The HTTP tracker answered with another status than 200.
@@ -225,6 +229,21 @@ fn min_some(a: Option<u32>, b: Option<u32>) -> Option<u32> {
     }
 }
 
+/// The socket error under an HTTP client's error, if any (a copy: the chain owns it).
+fn socket_error(e: &reqwest::Error) -> Option<std::io::Error> {
+    let mut source = std::error::Error::source(e);
+    while let Some(cause) = source {
+        if let Some(io) = cause.downcast_ref::<std::io::Error>() {
+            return Some(match io.raw_os_error() {
+                Some(code) => std::io::Error::from_raw_os_error(code),
+                None => std::io::Error::new(io.kind(), io.to_string()),
+            });
+        }
+        source = cause.source();
+    }
+    None
+}
+
 async fn announce_http(
     url: &str,
     req: &AnnounceRequest,
@@ -239,6 +258,8 @@ async fn announce_http(
     let http = |e: reqwest::Error| {
         if e.is_timeout() {
             AnnounceError::Tracker(TrackerError::Timeout)
+        } else if let Some(io) = e.is_connect().then(|| socket_error(&e)).flatten() {
+            AnnounceError::Connect(io)
         } else {
             AnnounceError::Http(e.without_url())
         }
@@ -590,10 +611,15 @@ mod tests {
             announce(&url, &req()).await,
             Err(AnnounceError::Tracker(TrackerError::Failure(f))) if f == "go away"
         ));
-        assert!(matches!(
-            announce(&dead_http().await, &req()).await,
-            Err(AnnounceError::Http(_))
-        ));
+        // A refused connection reads as such, without the HTTP stack's layers.
+        let refused = announce(&dead_http().await, &req()).await.unwrap_err();
+        let expected = std::io::Error::from(std::io::ErrorKind::ConnectionRefused);
+        assert!(matches!(&refused, AnnounceError::Connect(io) if io.kind() == expected.kind()));
+        let chain = crate::engine::error_chain(&refused);
+        assert!(
+            chain.starts_with("cannot connect: ") && chain.matches(": ").count() == 1,
+            "{chain}"
+        );
     }
 
     #[tokio::test]

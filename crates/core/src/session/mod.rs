@@ -128,18 +128,34 @@ pub enum Stall {
 
 impl core::fmt::Display for Stall {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        match self {
+        match *self {
             Stall::TrackersFailing => f.write_str("every tracker fails and no peer is known"),
             Stall::NoPeersKnown => {
                 f.write_str("the trackers and the DHT know no peers for this torrent")
             }
-            Stall::PeersUnreachable { known, given_up } => write!(
-                f,
-                "none of the {known} known peers accepts us ({given_up} failed repeatedly)"
+            Stall::PeersUnreachable { known: 1, .. } => f.write_str(
+                "the only known peer refuses or drops our connections; \
+                 retrying at growing intervals",
             ),
-            Stall::AllBanned { banned } => {
-                write!(f, "all {banned} known peers were banned for bad data")
+            Stall::PeersUnreachable { known, given_up } => {
+                write!(f, "none of the {known} known peers accepts our connections")?;
+                if given_up > 0 {
+                    write!(f, " ({given_up} of them failed repeatedly)")?;
+                }
+                f.write_str("; retrying at growing intervals")
             }
+            Stall::AllBanned { banned: 1 } => {
+                f.write_str("the only known peer was banned for sending bad data")
+            }
+            Stall::AllBanned { banned } => {
+                write!(
+                    f,
+                    "all {banned} known peers were banned for sending bad data"
+                )
+            }
+            Stall::PeersSendNothing { peers: 1 } => f.write_str(
+                "the only connected peer sends nothing (it chokes us or lacks the pieces we need)",
+            ),
             Stall::PeersSendNothing { peers } => write!(
                 f,
                 "{peers} connected peers send nothing (they choke us or lack the pieces we need)"

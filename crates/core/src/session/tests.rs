@@ -410,3 +410,42 @@ fn peers_from_the_dht_are_dialled_and_the_next_lookup_waits_its_interval() {
     s.handle_timeout(t + DHT_INTERVAL);
     assert!(events(&mut s).contains(&SessionEvent::DhtLookup { announce: true }));
 }
+
+#[test]
+fn stall_reasons_read_as_sentences_in_singular_and_plural() {
+    let said = |s: Stall| s.to_string();
+    assert_eq!(
+        said(Stall::PeersUnreachable {
+            known: 1,
+            given_up: 1
+        }),
+        "the only known peer refuses or drops our connections; retrying at growing intervals"
+    );
+    assert_eq!(
+        said(Stall::PeersUnreachable {
+            known: 4,
+            given_up: 0
+        }),
+        "none of the 4 known peers accepts our connections; retrying at growing intervals"
+    );
+    assert_eq!(
+        said(Stall::PeersUnreachable {
+            known: 4,
+            given_up: 2
+        }),
+        "none of the 4 known peers accepts our connections (2 of them failed repeatedly); \
+         retrying at growing intervals"
+    );
+    assert_eq!(
+        said(Stall::AllBanned { banned: 1 }),
+        "the only known peer was banned for sending bad data"
+    );
+    assert_eq!(
+        said(Stall::PeersSendNothing { peers: 1 }),
+        "the only connected peer sends nothing (it chokes us or lacks the pieces we need)"
+    );
+    assert_eq!(
+        said(Stall::PeersSendNothing { peers: 3 }),
+        "3 connected peers send nothing (they choke us or lack the pieces we need)"
+    );
+}

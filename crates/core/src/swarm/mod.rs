@@ -172,6 +172,12 @@ pub struct SwarmStats {
     pub verified_bytes: u64,
     /// Payload bytes received that were not needed (duplicates, unrequested, bad pieces).
     pub wasted_bytes: u64,
+    /// Payload bytes received in blocks this session, needed or not (the download rate's
+    /// measure).
+    pub received_bytes: u64,
+    /// Connections that delivered at least one block we kept (a peer that reconnects counts
+    /// again).
+    pub peers_used: usize,
     /// Payload bytes sent to peers.
     pub uploaded_bytes: u64,
     /// Connected peers.
@@ -789,6 +795,7 @@ impl Swarm {
         data: Bytes,
     ) {
         let len = data.len() as u64;
+        self.stats.received_bytes += len;
         let Some(pos) = peer.inflight.iter().position(|(b, _)| {
             b.index == index && b.begin == begin && b.length as usize == data.len()
         }) else {
@@ -816,6 +823,9 @@ impl Swarm {
                 also_owed
             }
         };
+        if !std::mem::replace(&mut peer.delivered, true) {
+            self.stats.peers_used += 1;
+        }
         if also_owed {
             // Endgame: others were asked for this block too; cancel theirs.
             for (&other_key, other) in self.peers.iter_mut() {

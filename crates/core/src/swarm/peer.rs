@@ -91,6 +91,8 @@ pub(super) struct PeerState {
     /// Requests kept in flight: the bandwidth-delay product of its rate, within bounds.
     pub(super) target_requests: u32,
     pub(super) hash_failures: u32,
+    /// The peer sent at least one block we kept (it counts in `SwarmStats::peers_used`).
+    pub(super) delivered: bool,
 }
 
 /// Requests we keep outstanding at a peer that did not tell us its `reqq`.
@@ -131,6 +133,7 @@ impl PeerState {
             upload_rate: 0.0,
             target_requests: config.min_requests,
             hash_failures: 0,
+            delivered: false,
         }
     }
 

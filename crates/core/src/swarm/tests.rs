@@ -970,3 +970,36 @@ fn without_pex_nothing_is_offered_or_taken() {
     );
     assert!(!std::iter::from_fn(|| d.poll_event()).any(|e| matches!(e, SwarmEvent::PeersFound(_))));
 }
+
+#[test]
+fn received_bytes_and_peers_used_count_this_session_only() {
+    let payload = vec![5u8; 2 * 16 * 1024];
+    let t = now();
+    // Piece 0 is present from the start: it counts neither as received nor as verified.
+    let mut have = Bitfield::new(2);
+    have.set(0);
+    let mut d = Swarm::new(
+        16 * 1024,
+        payload.len() as u64,
+        have,
+        Bitfield::full(2),
+        Config::default(),
+        7,
+    );
+    let reqs = requests(&seeder_joins(&mut d, 1, t));
+    seeder_joins(&mut d, 2, t);
+    assert_eq!(d.stats().peers_used, 0, "connected is not used");
+    // An unrequested block is received (and wasted) but does not make its sender a used peer.
+    let bogus = Message::Piece {
+        index: 1,
+        begin: 0,
+        data: Bytes::from(vec![0u8; 100]),
+    };
+    d.handle_message(t, 2, bogus);
+    assert_eq!((d.stats().received_bytes, d.stats().peers_used), (100, 0));
+    serve(&mut d, 1, &reqs, &payload, t);
+    let stats = d.stats();
+    assert_eq!(stats.received_bytes, 100 + 16 * 1024);
+    assert_eq!(stats.peers_used, 1);
+    assert_eq!(stats.verified_bytes, 0, "not verified yet");
+}
