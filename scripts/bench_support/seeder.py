@@ -28,6 +28,14 @@ from common import die_with_parent, exit_when_stdin_closes, loopback_settings  #
 
 import libtorrent as lt  # noqa: E402
 
+# The states in which libtorrent 2.0 attaches a peer to a torrent: a torrent added in seed mode
+# reports is_seeding while still checking, and drops the peers that connect then.
+ACCEPTS_PEERS = (
+    lt.torrent_status.downloading,
+    lt.torrent_status.finished,
+    lt.torrent_status.seeding,
+)
+
 
 def main():
     p = argparse.ArgumentParser()
