@@ -5,10 +5,13 @@ use std::path::Path;
 use std::sync::Arc;
 
 use anyhow::{anyhow, bail, Context};
+use bitrush::engine::connection::Transports;
 use bitrush::engine::dht::{DhtHandle, DhtOptions};
 use bitrush::engine::probe::{self, probe_announcer};
+use bitrush::engine::udp::{Udp, UdpOptions};
 use bitrush::engine::{self, Outcome, Progress, SeedLimits, Target, TorrentParams};
 use bitrush::metainfo::Metainfo;
+use bitrush::mse::Encryption;
 use bitrush::tracker::Event;
 use bitrush::wire::Handshake;
 
@@ -176,12 +179,18 @@ pub(super) struct DhtSettings {
 }
 
 /// How a session runs beyond its target.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug)]
 pub(super) struct SessionOptions {
     /// Port to listen on for incoming peers, TCP and the DHT's UDP (0: any free port).
     pub port: u16,
     /// Use the DHT (`None`: no DHT).
     pub dht: Option<DhtSettings>,
+    /// Dial and accept TCP.
+    pub tcp: bool,
+    /// Dial and accept uTP.
+    pub utp: bool,
+    /// MSE policy.
+    pub encryption: Encryption,
     /// Exchange peers with peers (BEP 11).
     pub pex: bool,
     /// Keep seeding after completion, until these limits (or Ctrl-C).
@@ -200,46 +209,80 @@ pub(super) struct Network {
     pub listener: tokio::net::TcpListener,
     pub port: u16,
     pub dht: Option<DhtHandle>,
+    pub transports: Transports,
+}
+
+impl Default for SessionOptions {
+    /// Any port, no DHT, peer exchange, TCP and uTP, encryption preferred.
+    fn default() -> SessionOptions {
+        SessionOptions {
+            port: 0,
+            dht: None,
+            tcp: true,
+            utp: true,
+            encryption: Encryption::Prefer,
+            pex: true,
+            seed: None,
+            recheck: false,
+            quiet: false,
+            started: None,
+        }
+    }
 }
 
 impl Network {
-    /// Binds the listener on `opts.port` and starts the DHT (if asked) on its port number.
+    /// Binds the listener on `opts.port` and starts the UDP endpoint (DHT and uTP, as asked) on
+    /// its port number.
     pub async fn start(opts: &SessionOptions) -> anyhow::Result<Network> {
-        let listener = tokio::net::TcpListener::bind(("0.0.0.0", opts.port))
-            .await
+        let listener = engine::connection::bind_listener(opts.port)
             .with_context(|| format!("cannot listen on port {}", opts.port))?;
         let port = listener.local_addr().map_or(opts.port, |a| a.port());
-        let dht = start_dht(port, opts.dht.as_ref()).await;
+        let udp = start_udp(port, opts.dht.as_ref(), opts.utp).await;
         Ok(Network {
             listener,
             port,
-            dht,
+            dht: udp.dht,
+            transports: Transports {
+                tcp: opts.tcp,
+                utp: udp.utp,
+                encryption: opts.encryption,
+                memory: Default::default(),
+            },
         })
     }
 }
 
-/// Starts the DHT node on `port` (0: any); a failure is logged, not fatal: trackers and peer
-/// exchange still work.
-pub(super) async fn start_dht(port: u16, settings: Option<&DhtSettings>) -> Option<DhtHandle> {
-    let settings = settings?;
-    let opts = DhtOptions {
+/// Starts the UDP endpoint on `port` (0: any) with the DHT and uTP as asked; a failure is
+/// logged, not fatal: TCP, trackers and peer exchange still work.
+pub(super) async fn start_udp(port: u16, dht: Option<&DhtSettings>, utp: bool) -> Udp {
+    let opts = UdpOptions {
         port,
-        bootstrap: settings.bootstrap.clone(),
-        state_file: settings.state_file.clone(),
+        dht: dht.map(|d| DhtOptions {
+            bootstrap: d.bootstrap.clone(),
+            state_file: d.state_file.clone(),
+        }),
+        utp,
     };
-    match engine::dht::start(opts).await {
-        Ok(handle) => Some(handle),
+    match engine::udp::start(opts).await {
+        Ok(udp) => udp,
         Err(e) => {
-            tracing::warn!(error = %engine::error_chain(&e), "running without the DHT");
-            None
+            tracing::warn!(error = %engine::error_chain(&e), "running without the DHT and uTP");
+            Udp::default()
         }
     }
 }
 
 /// What a download needs, from a `.torrent` file or (fetched with the DHT if any) a magnet link.
-async fn torrent_from(path: &Path, dht: Option<&DhtHandle>) -> anyhow::Result<Torrent> {
+async fn torrent_from(path: &Path, network: &Network) -> anyhow::Result<Torrent> {
     match super::magnet::as_link(path) {
-        Some(link) => super::magnet::torrent_from_magnet(link, dht.cloned()).await,
+        Some(link) => {
+            super::magnet::torrent_from_magnet(
+                link,
+                network.dht.clone(),
+                network.transports.clone(),
+            )
+            .await
+        }
         None => Ok(load_torrent(path)?.into()),
     }
 }
@@ -259,6 +302,7 @@ pub(super) async fn run_session(
         listener,
         port,
         dht,
+        transports,
     } = network;
     let (tx, rx) = tokio::sync::watch::channel(Default::default());
     let kind = match target {
@@ -295,6 +339,7 @@ pub(super) async fn run_session(
         dht: dht.clone(),
         private: torrent.private,
         pex: opts.pex,
+        transports: transports.clone(),
     };
     let result = engine::run_torrent(params).await;
     if let Some(dht) = &dht {
@@ -349,7 +394,7 @@ pub async fn download_piece(
     opts: &SessionOptions,
 ) -> anyhow::Result<()> {
     let network = Network::start(opts).await?;
-    let torrent = torrent_from(path, network.dht.as_ref()).await?;
+    let torrent = torrent_from(path, &network).await?;
     let count = torrent.info.piece_count();
     if index >= count {
         bail!("piece index {index} is out of range (the torrent has {count} pieces)");
@@ -365,7 +410,7 @@ pub async fn download_piece(
 
 pub async fn download(path: &Path, output: &Path, opts: &SessionOptions) -> anyhow::Result<()> {
     let network = Network::start(opts).await?;
-    let torrent = torrent_from(path, network.dht.as_ref()).await?;
+    let torrent = torrent_from(path, &network).await?;
     run_session(torrent, Target::Files(output.to_path_buf()), opts, network).await?;
     println!("Downloaded {} to {}.", path.display(), output.display());
     Ok(())

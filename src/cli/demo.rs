@@ -112,6 +112,7 @@ pub async fn demo(size_mib: u64, seeders: usize, quiet: bool) -> anyhow::Result<
             dht: None,
             private: false,
             pex: false,
+            transports: Default::default(),
         }));
     }
     if !quiet {
@@ -126,10 +127,12 @@ pub async fn demo(size_mib: u64, seeders: usize, quiet: bool) -> anyhow::Result<
         peers: addrs,
         ..super::commands::Torrent::from(meta)
     };
-    // Offline: no DHT.
+    // Offline and on loopback only: no DHT, TCP without encryption (the seeders speak that).
     let opts = super::commands::SessionOptions {
         quiet,
         started: Some(started),
+        utp: false,
+        encryption: bitrush::mse::Encryption::Disable,
         ..super::commands::SessionOptions::default()
     };
     let network = super::commands::Network::start(&opts).await?;

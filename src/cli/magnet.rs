@@ -8,6 +8,7 @@ use bitrush::engine::metadata;
 use bitrush::engine::probe::{self, probe_announcer};
 use bitrush::metainfo::Magnet;
 
+use bitrush::engine::connection::Transports;
 use bitrush::engine::dht::DhtHandle;
 
 use super::commands::{self, DhtSettings, Torrent};
@@ -66,13 +67,16 @@ pub async fn magnet_handshake(link: &str) -> anyhow::Result<()> {
 /// Fetches the link's metadata from peers and prints it like `info`.
 pub async fn magnet_info(link: &str, dht: Option<DhtSettings>) -> anyhow::Result<()> {
     let magnet = Magnet::parse(link)?;
-    let dht = commands::start_dht(0, dht.as_ref()).await;
+    // The DHT only: the metadata comes over plain TCP, as the handshake commands' does.
+    let udp = commands::start_udp(0, dht.as_ref(), false).await;
+    let dht = udp.dht;
     let fetched = metadata::fetch_metadata(
         magnet.info_hash,
         &tiers(&magnet),
         &magnet.peers,
         bitrush::engine::new_peer_id(),
         dht.clone(),
+        Transports::default(),
     )
     .await;
     if let Some(dht) = dht {
@@ -92,6 +96,7 @@ pub async fn magnet_info(link: &str, dht: Option<DhtSettings>) -> anyhow::Result
 pub(super) async fn torrent_from_magnet(
     link: &str,
     dht: Option<DhtHandle>,
+    transports: Transports,
 ) -> anyhow::Result<Torrent> {
     let magnet = Magnet::parse(link)?;
     let trackers = tiers(&magnet);
@@ -101,6 +106,7 @@ pub(super) async fn torrent_from_magnet(
         &magnet.peers,
         bitrush::engine::new_peer_id(),
         dht,
+        transports,
     )
     .await?;
     Ok(Torrent {

@@ -324,6 +324,34 @@ struct NetworkArgs {
     /// Do not exchange peer addresses with peers (peer exchange, BEP 11).
     #[arg(long)]
     no_pex: bool,
+    /// Do not use uTP (BEP 29), only TCP.
+    #[arg(long, conflicts_with = "no_tcp")]
+    no_utp: bool,
+    /// Do not use TCP, only uTP.
+    #[arg(long)]
+    no_tcp: bool,
+    /// Message Stream Encryption: `prefer` tries it first and falls back to plain (and accepts
+    /// both), `require` refuses plain connections both ways, `disable` never uses it.
+    #[arg(long, value_enum, default_value_t = EncryptionArg::Prefer)]
+    encryption: EncryptionArg,
+}
+
+/// The `--encryption` values.
+#[derive(clap::ValueEnum, Clone, Copy, Debug)]
+enum EncryptionArg {
+    Prefer,
+    Require,
+    Disable,
+}
+
+impl From<EncryptionArg> for bitrush::mse::Encryption {
+    fn from(e: EncryptionArg) -> bitrush::mse::Encryption {
+        match e {
+            EncryptionArg::Prefer => bitrush::mse::Encryption::Prefer,
+            EncryptionArg::Require => bitrush::mse::Encryption::Require,
+            EncryptionArg::Disable => bitrush::mse::Encryption::Disable,
+        }
+    }
 }
 
 #[derive(clap::Args, Clone, Debug)]
@@ -358,6 +386,9 @@ impl NetworkArgs {
             pex: !self.no_pex,
             quiet,
             started: Some(std::time::Instant::now()),
+            tcp: !self.no_tcp,
+            utp: !self.no_utp,
+            encryption: self.encryption.into(),
             ..commands::SessionOptions::default()
         }
     }

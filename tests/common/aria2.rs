@@ -40,6 +40,11 @@ pub struct Aria2Seeder {
 
 impl Aria2Seeder {
     pub fn start(torrent: &Path, dir: &Path) -> Aria2Seeder {
+        Self::start_with(torrent, dir, &[])
+    }
+
+    /// [`Aria2Seeder::start`] with `extra` aria2c options.
+    pub fn start_with(torrent: &Path, dir: &Path, extra: &[&str]) -> Aria2Seeder {
         let aria2c = require_tool("aria2c");
         let mut last_logs = String::new();
         for _attempt in 0..5 {
@@ -50,6 +55,7 @@ impl Aria2Seeder {
                 .arg("--seed-time=600")
                 .arg("--check-integrity=true")
                 .arg("--bt-seed-unverified=true")
+                .args(extra)
                 .arg(torrent);
             let proc = Proc::spawn("aria2c seeder", cmd);
             let want = format!("listening on TCP port {port}");
@@ -73,12 +79,18 @@ listener_accessors!(Aria2Seeder);
 /// Downloads `torrent` into `dir` with aria2c (peers from the torrent's
 /// tracker) and waits for it to exit; panics unless it succeeds.
 pub fn aria2_download(torrent: &Path, dir: &Path) {
+    aria2_download_with(torrent, dir, &[]);
+}
+
+/// [`aria2_download`] with `extra` aria2c options.
+pub fn aria2_download_with(torrent: &Path, dir: &Path, extra: &[&str]) {
     let aria2c = require_tool("aria2c");
     let mut cmd = Command::new(aria2c);
     aria2_base_args(&mut cmd, dir, free_port());
     cmd.arg("--seed-time=0")
         .arg("--show-console-readout=false")
         .arg("--bt-stop-timeout=100")
+        .args(extra)
         .arg(torrent);
     run_checked("aria2c download", cmd, PROCESS_TIMEOUT);
 }

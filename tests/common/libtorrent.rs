@@ -23,6 +23,58 @@ pub struct LtSeedOptions {
     /// Die abruptly (exit code [`LT_SEED_DIED_EXIT_CODE`]) after uploading
     /// this many payload bytes.
     pub exit_after_upload: Option<u64>,
+    /// Peer transports and encryption.
+    pub wire: LtWire,
+}
+
+/// Which peer transports libtorrent speaks (in and out).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum LtTransport {
+    /// TCP only (the helpers' default: the other test peers speak nothing else).
+    #[default]
+    Tcp,
+    /// uTP only: `enable_outgoing_tcp` and `enable_incoming_tcp` off.
+    Utp,
+    /// Both, as libtorrent ships.
+    Both,
+}
+
+/// libtorrent's Message Stream Encryption policy.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum LtEncryption {
+    /// Plain connections out, plain or encrypted ones in.
+    #[default]
+    Default,
+    /// RC4-encrypted connections only, both ways (`pe_forced`, `pe_rc4`).
+    Forced,
+    /// Never MSE, both ways (`pe_disabled`).
+    Plaintext,
+}
+
+/// How a libtorrent helper connects to peers.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LtWire {
+    pub transport: LtTransport,
+    pub encryption: LtEncryption,
+}
+
+impl LtWire {
+    fn args(self, cmd: &mut std::process::Command) {
+        let transport = match self.transport {
+            LtTransport::Tcp => "tcp",
+            LtTransport::Utp => "utp",
+            LtTransport::Both => "both",
+        };
+        let encryption = match self.encryption {
+            LtEncryption::Default => "default",
+            LtEncryption::Forced => "forced",
+            LtEncryption::Plaintext => "plaintext",
+        };
+        cmd.arg("--transport")
+            .arg(transport)
+            .arg("--encryption")
+            .arg(encryption);
+    }
 }
 
 impl LtSeedOptions {
@@ -65,6 +117,7 @@ impl LtSeeder {
         if let Some(n) = opts.exit_after_upload {
             cmd.arg("--exit-after-upload").arg(n.to_string());
         }
+        opts.wire.args(&mut cmd);
         cmd.arg(save_dir).args(torrents);
         let proc = Proc::spawn("lt_seed", cmd);
         let port = proc.ready_port("lt_seed did not get ready");
@@ -117,7 +170,25 @@ impl LtLeecher {
         peers: &[SocketAddr],
         download_rate_limit: Option<u64>,
     ) -> LtLeecher {
+        Self::start_with(
+            torrent,
+            save_dir,
+            peers,
+            download_rate_limit,
+            LtWire::default(),
+        )
+    }
+
+    /// [`LtLeecher::start`] with the given transports and encryption.
+    pub fn start_with(
+        torrent: &Path,
+        save_dir: &Path,
+        peers: &[SocketAddr],
+        download_rate_limit: Option<u64>,
+        wire: LtWire,
+    ) -> LtLeecher {
         let mut cmd = support_script("lt_leech.py");
+        wire.args(&mut cmd);
         cmd.arg(torrent).arg(save_dir);
         for p in peers {
             cmd.arg("--peer").arg(p.to_string());

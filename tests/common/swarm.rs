@@ -110,13 +110,18 @@ impl Swarm {
     /// Starts `bitrush seed` on `name` in the seed dir, the swarm's first
     /// seeder (returns once the tracker counts it).
     pub fn bitrush_seeder(&self, name: &str) -> BitrushSeeder {
+        self.bitrush_seeder_with(name, &[])
+    }
+
+    /// [`Swarm::bitrush_seeder`] with `extra` options to `bitrush seed`.
+    pub fn bitrush_seeder_with(&self, name: &str, extra: &[&str]) -> BitrushSeeder {
         BitrushSeeder::start(
             &self.torrent,
             &self.seed_dir.join(name),
             &self.tracker,
             &self.info.info_hash,
             1,
-            &[],
+            extra,
         )
     }
 
@@ -124,6 +129,11 @@ impl Swarm {
     /// until the tracker counts `expected_seeders` seeders (this one
     /// included).
     pub fn aria2_seeder(&self, expected_seeders: u64) -> Aria2Seeder {
+        self.aria2_seeder_with(expected_seeders, &[])
+    }
+
+    /// [`Swarm::aria2_seeder`] with `extra` aria2c options.
+    pub fn aria2_seeder_with(&self, expected_seeders: u64, extra: &[&str]) -> Aria2Seeder {
         static COPIES: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
         let copy = self.dir.subdir(format!(
             "aria2-seed-{}",
@@ -137,7 +147,7 @@ impl Swarm {
             }
             copy_tree(&e.path(), &copy.join(name));
         }
-        let seeder = Aria2Seeder::start(&self.torrent, &copy);
+        let seeder = Aria2Seeder::start_with(&self.torrent, &copy, extra);
         self.tracker
             .wait_for_seeders(&self.info.info_hash, expected_seeders);
         seeder

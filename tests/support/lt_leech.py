@@ -18,7 +18,7 @@ import time
 
 import libtorrent as lt
 
-from lt_tool import die_when_stdin_closes, loopback_settings
+from lt_tool import add_transport_args, transport_settings, die_when_stdin_closes, loopback_settings
 
 
 def main():
@@ -28,6 +28,7 @@ def main():
     p.add_argument("--peer", action="append", required=True)
     p.add_argument("--download-rate-limit", type=int, default=0, help="bytes/s, 0 = unlimited")
     p.add_argument("--timeout", type=float, default=100.0)
+    add_transport_args(p)
     args = p.parse_args()
 
     die_when_stdin_closes()
@@ -43,6 +44,7 @@ def main():
             "alert_mask": lt.alert.category_t.error_notification,
         }
     )
+    settings.update(transport_settings(args))
     ses = lt.session(settings)
     os.makedirs(args.save_dir, exist_ok=True)
     atp = lt.add_torrent_params()

@@ -20,7 +20,7 @@ import time
 
 import libtorrent as lt
 
-from lt_tool import loopback_settings, seeding_and_accepting
+from lt_tool import add_transport_args, transport_settings, loopback_settings, seeding_and_accepting
 from peerwire import exit_when_stdin_closes
 
 # Exit code used when --exit-after-upload made the seeder die on purpose.
@@ -42,6 +42,7 @@ def main():
     )
     p.add_argument("--timeout", type=float, default=60.0, help="max seconds to reach seeding state")
     p.add_argument("--verbose", action="store_true")
+    add_transport_args(p)
     args = p.parse_args()
 
     settings = loopback_settings(args.port)
@@ -61,6 +62,7 @@ def main():
         | lt.alert.category_t.status_notification
         | lt.alert.category_t.tracker_notification,
     })
+    settings.update(transport_settings(args))
     ses = lt.session(settings)
 
     handles = []

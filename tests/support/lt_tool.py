@@ -69,6 +69,47 @@ def loopback_settings(port=0):
     }
 
 
+def add_transport_args(parser):
+    """--transport and --encryption, read by transport_settings."""
+    parser.add_argument(
+        "--transport",
+        choices=["tcp", "utp", "both"],
+        default="tcp",
+        help="peer transports in and out (utp: libtorrent's enable_*_tcp off)",
+    )
+    parser.add_argument(
+        "--encryption",
+        choices=["default", "forced", "plaintext"],
+        default="default",
+        help="default: plain out, both in; forced: RC4 only both ways; plaintext: never MSE",
+    )
+
+
+def transport_settings(args):
+    """Settings overriding loopback_settings for --transport and --encryption."""
+    tcp = args.transport in ("tcp", "both")
+    utp = args.transport in ("utp", "both")
+    s = {
+        "enable_outgoing_tcp": tcp,
+        "enable_incoming_tcp": tcp,
+        "enable_outgoing_utp": utp,
+        "enable_incoming_utp": utp,
+    }
+    if args.encryption == "forced":
+        s.update({
+            "out_enc_policy": int(lt.enc_policy.pe_forced),
+            "in_enc_policy": int(lt.enc_policy.pe_forced),
+            "allowed_enc_level": int(lt.enc_level.pe_rc4),
+            "prefer_rc4": True,
+        })
+    elif args.encryption == "plaintext":
+        s.update({
+            "out_enc_policy": int(lt.enc_policy.pe_disabled),
+            "in_enc_policy": int(lt.enc_policy.pe_disabled),
+        })
+    return s
+
+
 def die_when_stdin_closes():
     """Exit the process (code 3) as soon as stdin reaches EOF (the parent test died)."""
     threading.Thread(target=exit_when_stdin_closes, args=(3,), daemon=True).start()

@@ -8,7 +8,8 @@
 //!   machines.
 
 pub use bitrush_core::{
-    bencode, dht, merkle, metadata, metainfo, mse, session, storage, swarm, tracker, types, wire,
+    bencode, dht, merkle, metadata, metainfo, mse, session, storage, swarm, tracker, types, utp,
+    wire,
 };
 
 pub mod create;

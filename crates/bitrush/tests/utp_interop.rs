@@ -6,8 +6,7 @@
 //! `poll_transmit` after each batch, call `handle_timeout` when `poll_timeout` says, and react
 //! to `poll_event`. No engine code is involved.
 //!
-//! `cargo test --release -p bitrush --test utp_interop -- --ignored --nocapture` also runs the
-//! throughput measurement (a larger file, ours against libtorrent's own uTP download).
+//! Throughput over uTP is measured by `scripts/bench --scenario 1g-utp` (the whole client).
 
 use std::collections::VecDeque;
 use std::fs;
@@ -548,73 +547,4 @@ fn a_utp_only_libtorrent_connects_to_us_and_downloads_from_our_seed() {
         d.pump(Duration::from_millis(20));
     }
     assert_eq!((d.fins_in, d.resets_in), (1, 0));
-}
-
-/// Throughput on loopback: a larger file from one and from four uTP-only libtorrent seeders
-/// (separate processes) to our driver, and the same downloads by libtorrent itself, for
-/// comparison. Prints MiB/s; asserts only that the data is right (machines are noisy).
-/// `UTP_BENCH_MIB` sets the size (default 256).
-#[test]
-#[ignore = "measurement: run in release with --ignored --nocapture"]
-fn throughput_against_libtorrent() {
-    let mib: usize = std::env::var("UTP_BENCH_MIB")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(256);
-    let fx = fixture(mib << 20, 1 << 20);
-    let (data_dir, torrent) = (
-        fx.data_dir.to_str().expect("utf-8 path"),
-        fx.torrent.to_str().expect("utf-8 path"),
-    );
-    // Upload: a libtorrent downloader fetching from our driver.
-    let mut d = Driver::new();
-    let leech_dir = tempfile::tempdir().expect("temp dir");
-    let port = d.local_addr().port().to_string();
-    let leech_arg = leech_dir.path().to_str().expect("utf-8 path");
-    let leecher = Helper::start(&["leech", leech_arg, torrent, &port]);
-    let conn = accept_one(&mut d);
-    let start = Instant::now();
-    seed_to(&mut d, conn, &fx, &leecher);
-    let took = start.elapsed();
-    let got = fs::read(leech_dir.path().join("payload.bin")).expect("libtorrent wrote the file");
-    assert!(got == fx.payload, "libtorrent's copy differs");
-    println!(
-        "libtorrent uTP <- bitrush uTP driver: {mib} MiB in {:.2} s = {:.1} MiB/s",
-        took.as_secs_f64(),
-        mib as f64 / took.as_secs_f64()
-    );
-    drop(leecher);
-    for n in [1usize, 4] {
-        let seeders: Vec<Helper> = (0..n)
-            .map(|_| Helper::start(&["seed", data_dir, torrent]))
-            .collect();
-        let addrs: Vec<SocketAddr> = seeders
-            .iter()
-            .map(|h| {
-                let port: u16 = h.expect_line("READY", DEADLINE).parse().expect("port");
-                SocketAddr::from(([127, 0, 0, 1], port))
-            })
-            .collect();
-        let mut d = Driver::new();
-        let (file, took) = download(&mut d, &addrs, &fx, 256);
-        assert!(file == fx.payload, "the downloaded file differs");
-        println!(
-            "bitrush uTP driver <- {n} libtorrent seeder(s): {mib} MiB in {:.2} s = {:.1} MiB/s",
-            took.as_secs_f64(),
-            mib as f64 / took.as_secs_f64()
-        );
-        drop(seeders);
-        let dest = tempfile::tempdir().expect("temp dir");
-        let n_arg = n.to_string();
-        let dest_arg = dest.path().to_str().expect("utf-8 path");
-        let lt = Helper::start(&["lt2lt", data_dir, torrent, dest_arg, &n_arg]);
-        let secs: f64 = lt
-            .expect_line("SECONDS", Duration::from_secs(600))
-            .parse()
-            .expect("seconds");
-        println!(
-            "libtorrent uTP <- {n} libtorrent seeder(s): {mib} MiB in {secs:.2} s = {:.1} MiB/s",
-            mib as f64 / secs
-        );
-    }
 }

@@ -1,19 +1,32 @@
-//! One framed peer connection: connecting, the BitTorrent handshake, and messages in and out.
+//! One framed peer connection: dialling and accepting it over TCP or uTP, plain or encrypted
+//! (MSE), the BitTorrent handshake, and messages in and out.
 //!
 //! [`PeerStream`] is the one place bytes become messages and back (as mini-redis's
-//! `Connection`): it reads whatever the socket has into one buffer, decodes every whole message
-//! without copying block data, and gathers outgoing messages into one buffer written in one
-//! go. Every driver (downloads, seeding, metadata fetches, the CLI's probes) uses it.
+//! `Connection`): it reads whatever the transport has into one buffer, decodes every whole
+//! message without copying block data, and gathers outgoing messages into one buffer written in
+//! one go. Every driver (downloads, seeding, metadata fetches, the CLI's probes) uses it.
 //!
-//! Invariants: every wait is bounded (connect, handshake, each write); a frame longer than the
-//! stream's limit is refused before anything is buffered for it.
+//! [`dial`] and [`accept`] apply the session's [`Transports`]: TCP first (it is faster where
+//! both work) and uTP when TCP is refused or off; with encryption `prefer`, MSE first and a
+//! plain retry if the peer does not speak it, `require` MSE only, `disable` never. An incoming
+//! connection is told plain or encrypted by its first bytes.
+//!
+//! Invariants: every wait is bounded (connect, MSE, handshake, each write); a frame longer than
+//! the stream's limit is refused before anything is buffered for it; bytes read ahead of the
+//! BitTorrent handshake (sniffing, MSE) are kept in the receive buffer, never lost.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::BytesMut;
+use bytes::{Buf, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
+
+use super::transport::{self, BoxStream, MseFailure, Opening};
+use super::utp::{UtpConnectError, UtpHandle};
+use crate::mse::Encryption;
 
 use crate::wire::handshake::HANDSHAKE_LEN;
 use crate::wire::message::MAX_MESSAGE_LEN;
@@ -51,6 +64,22 @@ pub enum ConnectionError {
     Closed(SocketAddr),
     #[error("{0} stopped reading what we send")]
     WriteTimeout(SocketAddr),
+    #[error("the encryption handshake with {addr} failed")]
+    Encryption {
+        addr: SocketAddr,
+        source: MseFailure,
+    },
+    #[error("{0} connected without encryption, which is required")]
+    PlaintextRefused(SocketAddr),
+    #[error("{0} asked for encryption, which is disabled")]
+    EncryptionRefused(SocketAddr),
+    #[error("uTP connection to {addr} failed")]
+    Utp {
+        addr: SocketAddr,
+        source: UtpConnectError,
+    },
+    #[error("no transport to reach {0} (TCP and uTP are both off)")]
+    NoTransport(SocketAddr),
 }
 
 impl ConnectionError {
@@ -59,14 +88,17 @@ impl ConnectionError {
     pub fn is_transient(&self) -> bool {
         !matches!(
             self,
-            ConnectionError::Wire { .. } | ConnectionError::WrongInfoHash(_)
+            ConnectionError::Wire { .. }
+                | ConnectionError::WrongInfoHash(_)
+                | ConnectionError::PlaintextRefused(_)
+                | ConnectionError::EncryptionRefused(_)
+                | ConnectionError::NoTransport(_)
         )
     }
 }
 
 /// A peer connection with its framing buffers.
-#[derive(Debug)]
-pub struct PeerStream<S = TcpStream> {
+pub struct PeerStream<S = BoxStream> {
     stream: S,
     addr: SocketAddr,
     decoder: MessageDecoder,
@@ -74,32 +106,322 @@ pub struct PeerStream<S = TcpStream> {
     outbuf: BytesMut,
 }
 
-/// Opens a TCP connection with [`CONNECT_TIMEOUT`].
-pub async fn connect(addr: SocketAddr) -> Result<PeerStream, ConnectionError> {
-    match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr)).await {
-        Err(_) => Err(ConnectionError::ConnectTimeout(addr)),
-        Ok(Err(source)) => Err(ConnectionError::Connect { addr, source }),
-        Ok(Ok(stream)) => Ok(PeerStream::new(stream, addr)),
+/// Binds a TCP listener on every address, IPv6 and IPv4 alike when the system allows (a
+/// dual-stack socket), else IPv4 only.
+pub fn bind_listener(port: u16) -> std::io::Result<tokio::net::TcpListener> {
+    let dual = (|| {
+        let sock = socket2::Socket::new(socket2::Domain::IPV6, socket2::Type::STREAM, None)?;
+        sock.set_only_v6(false)?;
+        sock.set_reuse_address(true)?;
+        sock.bind(&SocketAddr::from((std::net::Ipv6Addr::UNSPECIFIED, port)).into())?;
+        sock.listen(1024)?;
+        sock.set_nonblocking(true)?;
+        tokio::net::TcpListener::from_std(sock.into())
+    })();
+    match dual {
+        Ok(listener) => Ok(listener),
+        Err(_) => {
+            let sock = std::net::TcpListener::bind(("0.0.0.0", port))?;
+            sock.set_nonblocking(true)?;
+            tokio::net::TcpListener::from_std(sock)
+        }
     }
 }
 
-impl PeerStream<TcpStream> {
-    /// Wraps an open TCP connection.
-    pub fn new(stream: TcpStream, addr: SocketAddr) -> PeerStream {
-        // Small request messages must not wait for Nagle's algorithm.
-        let _ = stream.set_nodelay(true);
-        PeerStream::with_transport(stream, addr)
+/// Opens a TCP connection with [`CONNECT_TIMEOUT`].
+pub async fn connect_tcp(addr: SocketAddr) -> Result<TcpStream, ConnectionError> {
+    match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr)).await {
+        Err(_) => Err(ConnectionError::ConnectTimeout(addr)),
+        Ok(Err(source)) => Err(ConnectionError::Connect { addr, source }),
+        Ok(Ok(stream)) => {
+            // Small request messages must not wait for Nagle's algorithm.
+            let _ = stream.set_nodelay(true);
+            Ok(stream)
+        }
     }
+}
+
+/// Opens a plain TCP connection (for the CLI's probes, which must send exactly their bytes).
+pub async fn connect(addr: SocketAddr) -> Result<PeerStream, ConnectionError> {
+    let stream = connect_tcp(addr).await?;
+    Ok(PeerStream::with_transport(Box::new(stream), addr))
+}
+
+/// How long a uTP dial runs alone before TCP is dialled next to it (the first transport to
+/// connect wins). uTP goes first, as in libtorrent and Transmission, since it yields to other
+/// traffic; the head start keeps a peer that ignores uTP from costing a full uTP timeout.
+pub const UTP_HEAD_START: Duration = Duration::from_millis(500);
+
+/// Peer addresses remembered by [`TransportMemory`], at most (then it starts over).
+const TRANSPORT_MEMORY_MAX: usize = 16_384;
+
+/// A byte transport to a peer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TransportKind {
+    Tcp,
+    Utp,
+}
+
+/// Which transport each peer last completed a handshake on, so the next dial goes that way
+/// first. Shared by every torrent of a session; bounded.
+#[derive(Debug, Default)]
+pub struct TransportMemory {
+    known: std::sync::Mutex<HashMap<SocketAddr, TransportKind>>,
+}
+
+impl TransportMemory {
+    fn get(&self, addr: SocketAddr) -> Option<TransportKind> {
+        let known = self.known.lock().unwrap_or_else(|e| e.into_inner());
+        known.get(&addr).copied()
+    }
+
+    fn remember(&self, addr: SocketAddr, kind: TransportKind) {
+        let mut known = self.known.lock().unwrap_or_else(|e| e.into_inner());
+        if known.len() >= TRANSPORT_MEMORY_MAX && !known.contains_key(&addr) {
+            known.clear();
+        }
+        known.insert(addr, kind);
+    }
+}
+
+/// How a session reaches peers.
+#[derive(Clone, Debug)]
+pub struct Transports {
+    /// Dial and accept TCP.
+    pub tcp: bool,
+    /// The process's uTP socket, to dial and accept uTP (`None`: no uTP).
+    pub utp: Option<UtpHandle>,
+    /// MSE: `prefer`, `require` or `disable`.
+    pub encryption: Encryption,
+    /// What worked with each peer before.
+    pub memory: Arc<TransportMemory>,
+}
+
+impl Default for Transports {
+    /// TCP only, plain handshakes.
+    fn default() -> Transports {
+        Transports {
+            tcp: true,
+            utp: None,
+            encryption: Encryption::Disable,
+            memory: Arc::default(),
+        }
+    }
+}
+
+impl Transports {
+    /// The enabled transport other than `kind`, if any.
+    fn other(&self, kind: TransportKind) -> Option<TransportKind> {
+        match kind {
+            TransportKind::Tcp => self.utp.is_some().then_some(TransportKind::Utp),
+            TransportKind::Utp => self.tcp.then_some(TransportKind::Tcp),
+        }
+    }
+
+    /// Opens a byte stream to `addr` over `kind`.
+    async fn open_over(
+        &self,
+        addr: SocketAddr,
+        kind: TransportKind,
+    ) -> Result<BoxStream, ConnectionError> {
+        match (kind, &self.utp) {
+            (TransportKind::Tcp, _) if self.tcp => Ok(Box::new(connect_tcp(addr).await?)),
+            (TransportKind::Utp, Some(utp)) => match utp.connect(addr).await {
+                Ok(stream) => Ok(Box::new(stream)),
+                Err(source) => Err(ConnectionError::Utp { addr, source }),
+            },
+            _ => Err(ConnectionError::NoTransport(addr)),
+        }
+    }
+
+    /// Opens a byte stream to `addr`: the way that worked last time, else uTP with a head
+    /// start over TCP (the first to connect wins; the other attempt is dropped).
+    async fn open(&self, addr: SocketAddr) -> Result<(BoxStream, TransportKind), ConnectionError> {
+        let Some(utp) = self.utp.as_ref().filter(|_| self.tcp) else {
+            let kind = if self.tcp {
+                TransportKind::Tcp
+            } else {
+                TransportKind::Utp
+            };
+            return Ok((self.open_over(addr, kind).await?, kind));
+        };
+        if let Some(kind) = self.memory.get(addr) {
+            return match self.open_over(addr, kind).await {
+                Ok(stream) => Ok((stream, kind)),
+                Err(e) => {
+                    tracing::debug!(%addr, error = %super::error_chain(&e), "trying the other transport");
+                    let other = self.other(kind).ok_or(e)?;
+                    Ok((self.open_over(addr, other).await?, other))
+                }
+            };
+        }
+        let utp_dial = utp.connect(addr);
+        tokio::pin!(utp_dial);
+        let mut utp_error = None;
+        tokio::select! {
+            res = &mut utp_dial => match res {
+                Ok(stream) => return Ok((Box::new(stream), TransportKind::Utp)),
+                Err(source) => utp_error = Some(source),
+            },
+            () = tokio::time::sleep(UTP_HEAD_START) => {}
+        }
+        let tcp_dial = connect_tcp(addr);
+        tokio::pin!(tcp_dial);
+        loop {
+            tokio::select! {
+                res = &mut utp_dial, if utp_error.is_none() => match res {
+                    Ok(stream) => return Ok((Box::new(stream), TransportKind::Utp)),
+                    Err(source) => utp_error = Some(source),
+                },
+                res = &mut tcp_dial => return match res {
+                    Ok(stream) => Ok((Box::new(stream), TransportKind::Tcp)),
+                    // TCP failed: uTP is the last chance.
+                    Err(tcp_error) => match utp_error {
+                        Some(_) => Err(tcp_error),
+                        None => match utp_dial.await {
+                            Ok(stream) => Ok((Box::new(stream), TransportKind::Utp)),
+                            Err(_) => Err(tcp_error),
+                        },
+                    },
+                },
+            }
+        }
+    }
+}
+
+/// Whether a failure over one transport says the peer may not serve it (closed or reset our
+/// connection before the handshake), so the other transport is worth a try.
+fn transport_refused(e: &ConnectionError) -> bool {
+    matches!(
+        e,
+        ConnectionError::Closed(_)
+            | ConnectionError::Io { .. }
+            | ConnectionError::Encryption { .. }
+    )
+}
+
+/// Dials `addr` and exchanges BitTorrent handshakes (inside MSE unless encryption is off; with
+/// `prefer`, a peer that does not speak MSE is dialled again in plain). A peer that drops us
+/// over one transport is tried over the other; the transport that worked is remembered.
+pub async fn dial(
+    addr: SocketAddr,
+    ours: &Handshake,
+    transports: &Transports,
+) -> Result<(PeerStream, Handshake), ConnectionError> {
+    let (stream, kind) = transports.open(addr).await?;
+    let result = match handshake_over(stream, kind, addr, ours, transports).await {
+        Err(e) if transport_refused(&e) => match transports.other(kind) {
+            Some(other) => {
+                tracing::debug!(%addr, error = %super::error_chain(&e), ?other, "trying the other transport");
+                let stream = transports.open_over(addr, other).await?;
+                handshake_over(stream, other, addr, ours, transports)
+                    .await
+                    .map(|done| (done, other))
+            }
+            None => Err(e),
+        },
+        other => other.map(|done| (done, kind)),
+    };
+    let (done, kind) = result?;
+    transports.memory.remember(addr, kind);
+    Ok(done)
+}
+
+/// The BitTorrent handshake over a fresh stream of `kind`, inside MSE as the policy says.
+async fn handshake_over(
+    stream: BoxStream,
+    kind: TransportKind,
+    addr: SocketAddr,
+    ours: &Handshake,
+    transports: &Transports,
+) -> Result<(PeerStream, Handshake), ConnectionError> {
+    let stream = if transports.encryption == Encryption::Disable {
+        stream
+    } else {
+        let encrypted = transport::mse_initiate(
+            stream,
+            ours.info_hash,
+            &ours.encode(),
+            transports.encryption,
+        )
+        .await;
+        match encrypted {
+            Ok((stream, received)) => {
+                let mut conn = PeerStream::with_received(stream, addr, &received);
+                let theirs = conn.handshake_after_payload(ours).await?;
+                return Ok((conn, theirs));
+            }
+            Err(source) if transports.encryption == Encryption::Require => {
+                tracing::warn!(%addr, "not connecting: the peer does not complete an encryption handshake, and encryption is required");
+                return Err(ConnectionError::Encryption { addr, source });
+            }
+            Err(e) => {
+                tracing::debug!(%addr, error = %super::error_chain(&e), "no encryption; dialling again in plain");
+                transports.open_over(addr, kind).await?
+            }
+        }
+    };
+    let mut conn = PeerStream::with_transport(stream, addr);
+    let theirs = conn.handshake_outgoing(ours).await?;
+    Ok((conn, theirs))
+}
+
+/// Takes an incoming connection: tells plain from encrypted by its first bytes, applies the
+/// encryption policy, reads the peer's handshake (refusing other torrents than `ours`), and
+/// answers it.
+pub async fn accept(
+    mut stream: BoxStream,
+    addr: SocketAddr,
+    ours: &Handshake,
+    encryption: Encryption,
+) -> Result<(PeerStream, Handshake), ConnectionError> {
+    let sniffed = tokio::time::timeout(HANDSHAKE_TIMEOUT, transport::sniff(&mut stream))
+        .await
+        .map_err(|_| ConnectionError::HandshakeTimeout(addr))?
+        .map_err(|source| ConnectionError::Io { addr, source })?;
+    let Some((opening, first)) = sniffed else {
+        return Err(ConnectionError::Closed(addr));
+    };
+    let (stream, received) = match opening {
+        Opening::Plain if !encryption.allows_plaintext_handshake() => {
+            tracing::warn!(%addr, "refusing a plaintext connection from the peer: encryption is required");
+            return Err(ConnectionError::PlaintextRefused(addr));
+        }
+        Opening::Plain => (stream, first),
+        Opening::Encrypted if encryption == Encryption::Disable => {
+            return Err(ConnectionError::EncryptionRefused(addr));
+        }
+        Opening::Encrypted => {
+            let (stream, found, received) =
+                transport::mse_accept(stream, &first, &[ours.info_hash], encryption)
+                    .await
+                    .map_err(|source| ConnectionError::Encryption { addr, source })?;
+            if found != ours.info_hash {
+                return Err(ConnectionError::WrongInfoHash(addr));
+            }
+            (stream, received)
+        }
+    };
+    let mut conn = PeerStream::with_received(stream, addr, &received);
+    let theirs = conn.handshake_incoming(ours).await?;
+    Ok((conn, theirs))
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> PeerStream<S> {
     /// Wraps any byte stream to `addr`.
     pub fn with_transport(stream: S, addr: SocketAddr) -> PeerStream<S> {
+        PeerStream::with_received(stream, addr, &[])
+    }
+
+    /// Wraps a byte stream whose first bytes (`received`) were already read (sniffing, MSE).
+    pub fn with_received(stream: S, addr: SocketAddr, received: &[u8]) -> PeerStream<S> {
+        let mut inbuf = BytesMut::with_capacity(64 * 1024);
+        inbuf.extend_from_slice(received);
         PeerStream {
             stream,
             addr,
             decoder: MessageDecoder::new(MAX_MESSAGE_LEN),
-            inbuf: BytesMut::with_capacity(64 * 1024),
+            inbuf,
             outbuf: BytesMut::with_capacity(16 * 1024),
         }
     }
@@ -121,16 +443,41 @@ impl<S: AsyncRead + AsyncWrite + Unpin> PeerStream<S> {
         }
     }
 
+    /// Reads the peer's 68-byte handshake (through the receive buffer, which may hold its
+    /// start already).
     async fn read_handshake(&mut self) -> Result<Handshake, ConnectionError> {
+        while self.inbuf.len() < HANDSHAKE_LEN {
+            let n = self
+                .stream
+                .read_buf(&mut self.inbuf)
+                .await
+                .map_err(|e| self.io(e))?;
+            if n == 0 {
+                return Err(self.io(std::io::ErrorKind::UnexpectedEof.into()));
+            }
+        }
         let mut theirs = [0u8; HANDSHAKE_LEN];
-        self.stream
-            .read_exact(&mut theirs)
-            .await
-            .map_err(|e| self.io(e))?;
+        theirs.copy_from_slice(&self.inbuf[..HANDSHAKE_LEN]);
+        self.inbuf.advance(HANDSHAKE_LEN);
         Handshake::decode(&theirs).map_err(|source| ConnectionError::Wire {
             addr: self.addr,
             source,
         })
+    }
+
+    /// Reads the peer's handshake after ours went out inside MSE's initial payload.
+    async fn handshake_after_payload(
+        &mut self,
+        ours: &Handshake,
+    ) -> Result<Handshake, ConnectionError> {
+        let addr = self.addr;
+        let theirs = tokio::time::timeout(HANDSHAKE_TIMEOUT, self.read_handshake())
+            .await
+            .map_err(|_| ConnectionError::HandshakeTimeout(addr))??;
+        if theirs.info_hash != ours.info_hash {
+            return Err(ConnectionError::WrongInfoHash(addr));
+        }
+        Ok(theirs)
     }
 
     /// Sends `ours` and reads the peer's handshake; fails if it names another torrent.
@@ -182,6 +529,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin> PeerStream<S> {
     /// read; possibly no whole message yet). Cancel-safe: nothing read is lost if the future
     /// is dropped.
     pub async fn read_messages(&mut self, out: &mut Vec<Message>) -> Result<(), ConnectionError> {
+        // Messages that arrived with the handshake (or past an earlier decode) are already
+        // whole in the buffer: hand them out before waiting on a peer that may wait on us.
+        let before = out.len();
+        self.decode_buffered(out)?;
+        if out.len() > before {
+            return Ok(());
+        }
         let n = self
             .stream
             .read_buf(&mut self.inbuf)
@@ -190,6 +544,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> PeerStream<S> {
         if n == 0 {
             return Err(ConnectionError::Closed(self.addr));
         }
+        self.decode_buffered(out)
+    }
+
+    /// Appends every whole message in the receive buffer to `out`.
+    fn decode_buffered(&mut self, out: &mut Vec<Message>) -> Result<(), ConnectionError> {
         while let Some(msg) =
             self.decoder
                 .decode(&mut self.inbuf)
@@ -247,7 +606,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin> PeerStream<S> {
             return Ok(());
         }
         let addr = self.addr;
-        let written = tokio::time::timeout(WRITE_TIMEOUT, self.stream.write_all(&self.outbuf))
+        let write = async {
+            self.stream.write_all(&self.outbuf).await?;
+            // An encrypting transport may hold the tail of what it took.
+            self.stream.flush().await
+        };
+        let written = tokio::time::timeout(WRITE_TIMEOUT, write)
             .await
             .map_err(|_| ConnectionError::WriteTimeout(addr))?;
         written.map_err(|e| self.io(e))?;
@@ -262,7 +626,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> PeerStream<S> {
     }
 }
 
-/// Opens a TCP connection to `addr` and exchanges handshakes for `info_hash`.
+/// Opens a plain TCP connection to `addr` and exchanges handshakes for `info_hash`.
 pub async fn connect_and_handshake(
     addr: SocketAddr,
     ours: &Handshake,
@@ -270,4 +634,36 @@ pub async fn connect_and_handshake(
     let mut stream = connect(addr).await?;
     let theirs = stream.handshake_outgoing(ours).await?;
     Ok((stream, theirs))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::types::{InfoHash, PeerId};
+
+    /// A peer that sends its handshake and first messages in one burst, then waits for us:
+    /// the messages that came with the handshake must be handed out without another read
+    /// (aria2 does this after an MSE handshake).
+    #[tokio::test]
+    async fn messages_that_came_with_the_handshake_are_not_stuck_in_the_buffer() {
+        let hash = InfoHash([5; 20]);
+        let mut burst = Handshake::new(hash, PeerId([2; 20])).encode().to_vec();
+        burst.extend_from_slice(&[0, 0, 0, 1, 2]); // interested
+        burst.extend_from_slice(&[0, 0, 0, 5, 4, 0, 0, 0, 7]); // have 7
+        let (ours_end, _theirs_end) = tokio::io::duplex(1024);
+        let addr: SocketAddr = "127.0.0.1:6881".parse().unwrap();
+        let mut conn = PeerStream::with_received(ours_end, addr, &burst);
+        let theirs = conn
+            .handshake_after_payload(&Handshake::new(hash, PeerId([1; 20])))
+            .await
+            .unwrap();
+        assert_eq!(theirs.peer_id, PeerId([2; 20]));
+        let mut out = Vec::new();
+        // The other end never writes again: a read here would hang the test.
+        tokio::time::timeout(Duration::from_secs(5), conn.read_messages(&mut out))
+            .await
+            .expect("buffered messages are returned without waiting for more bytes")
+            .unwrap();
+        assert_eq!(out, vec![Message::Interested, Message::Have(7)]);
+    }
 }

@@ -1,21 +1,21 @@
-//! The process's DHT node: one UDP socket on the peer listener's port number driving one core
-//! [`Dht`], shared by every torrent through a cloneable [`DhtHandle`].
+//! The process's DHT node: one core [`Dht`], driven by the UDP endpoint task ([`super::udp`])
+//! on the peer listener's port number and shared by every torrent through a cloneable
+//! [`DhtHandle`].
 //!
-//! The task reads datagrams into the machine, sends what it queues, runs its timers, and routes
-//! the peers a lookup finds to whoever asked. The routing table is loaded from the state file at
-//! start and saved (atomically) every few minutes and at shutdown, so the next run needs no
-//! bootstrap. Bootstrap host names are resolved in the background with a timeout.
+//! The endpoint feeds it the datagrams that are not uTP, sends what it queues, runs its timers,
+//! and this module routes the peers a lookup finds to whoever asked. The routing table is loaded
+//! from the state file at start and saved (atomically) every few minutes and at shutdown, so the
+//! next run needs no bootstrap. Bootstrap host names are resolved in the background with a
+//! timeout.
 //!
 //! Invariants: every lookup ends (the machine ends each one); at most [`MAX_LOOKUPS`] requests
-//! wait for an answer; a datagram longer than [`MAX_DATAGRAM`] is cut (KRPC messages are far
-//! smaller); nothing here blocks the runtime.
+//! wait for an answer; nothing here blocks the runtime.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use tokio::net::UdpSocket;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::dht::{AnnouncePort, Dht, DhtConfig, DhtEvent, LookupId, MAX_STATE_LEN};
@@ -28,8 +28,6 @@ pub const DEFAULT_BOOTSTRAP: &[&str] = &[
     "dht.transmissionbt.com:6881",
     "dht.libtorrent.org:25401",
 ];
-/// Largest datagram read.
-const MAX_DATAGRAM: usize = 4096;
 /// Lookups waiting for an answer at once (more are answered "done" at once).
 pub const MAX_LOOKUPS: usize = 64;
 /// How often the routing table is saved while running.
@@ -40,8 +38,6 @@ const RESOLVE_TIMEOUT: Duration = Duration::from_secs(5);
 /// How to start the node.
 #[derive(Clone, Debug)]
 pub struct DhtOptions {
-    /// UDP port (the peer listener's; 0: any).
-    pub port: u16,
     /// `host:port` of nodes to bootstrap from (empty: none, so nothing is contacted until a
     /// peer tells us of a node).
     pub bootstrap: Vec<String>,
@@ -58,7 +54,7 @@ pub enum LookupReply {
     Done { answered: usize },
 }
 
-enum Command {
+pub(super) enum Command {
     Lookup {
         info_hash: InfoHash,
         announce: Option<u16>,
@@ -72,14 +68,6 @@ enum Command {
 pub struct DhtHandle {
     tx: mpsc::Sender<Command>,
     port: u16,
-}
-
-/// Why the node could not start.
-#[derive(Debug, thiserror::Error)]
-#[error("cannot open the DHT's UDP socket on port {port}")]
-pub struct DhtStartError {
-    port: u16,
-    source: std::io::Error,
 }
 
 impl DhtHandle {
@@ -118,20 +106,9 @@ impl DhtHandle {
     }
 }
 
-/// Starts the node: binds `0.0.0.0:port` (the given port, or any if it is taken for UDP),
-/// loads the saved routing table, and begins bootstrapping.
-pub async fn start(opts: DhtOptions) -> Result<DhtHandle, DhtStartError> {
-    let socket = match UdpSocket::bind(("0.0.0.0", opts.port)).await {
-        Ok(s) => s,
-        Err(e) if opts.port != 0 => {
-            tracing::warn!(port = opts.port, error = %e, "DHT port taken for UDP; using another");
-            UdpSocket::bind(("0.0.0.0", 0))
-                .await
-                .map_err(|source| DhtStartError { port: 0, source })?
-        }
-        Err(source) => return Err(DhtStartError { port: 0, source }),
-    };
-    let port = socket.local_addr().map_or(opts.port, |a| a.port());
+/// Builds the node (from the saved routing table if any) and starts resolving the bootstrap
+/// names; the endpoint task drives it.
+pub(super) fn node(opts: DhtOptions, port: u16) -> (DhtNode, DhtHandle) {
     let now = Instant::now();
     let seed = rand::random();
     let saved = opts.state_file.as_deref().and_then(read_state);
@@ -161,18 +138,17 @@ pub async fn start(opts: DhtOptions) -> Result<DhtHandle, DhtStartError> {
             }
         });
     }
-    drop(resolved_tx);
-    let node = Node {
+    let node = DhtNode {
         dht,
-        socket,
         commands: rx,
         resolved: resolved_rx,
+        resolving: true,
         lookups: HashMap::new(),
         state_file: opts.state_file,
         next_save: now + SAVE_INTERVAL,
+        stopped: None,
     };
-    tokio::spawn(node.run());
-    Ok(DhtHandle { tx, port })
+    (node, DhtHandle { tx, port })
 }
 
 fn read_state(path: &Path) -> Option<Vec<u8>> {
@@ -197,24 +173,45 @@ fn write_state(path: &Path, bytes: &[u8]) {
     }
 }
 
-struct Node {
-    dht: Dht,
-    socket: UdpSocket,
+/// The DHT as the endpoint task drives it.
+pub(super) struct DhtNode {
+    pub(super) dht: Dht,
     commands: mpsc::Receiver<Command>,
     resolved: mpsc::Receiver<SocketAddr>,
+    resolving: bool,
     lookups: HashMap<LookupId, mpsc::Sender<LookupReply>>,
     state_file: Option<PathBuf>,
     next_save: Instant,
+    /// Told once the node saved its state and stopped (a shutdown request).
+    stopped: Option<oneshot::Sender<()>>,
 }
 
-impl Node {
-    async fn flush(&mut self) {
-        while let Some((to, bytes)) = self.dht.poll_transmit() {
-            if let Err(e) = self.socket.send_to(&bytes, to).await {
-                // An unreachable node is the DHT's everyday business: it times out.
-                tracing::trace!(%to, error = %e, "DHT send failed");
-            }
+/// What woke the endpoint for the DHT.
+pub(super) enum DhtInput {
+    Command(Option<Command>),
+    Resolved(Option<SocketAddr>),
+}
+
+impl DhtNode {
+    /// When the node next needs the endpoint's attention.
+    pub(super) fn poll_timeout(&self) -> Instant {
+        self.dht
+            .poll_timeout()
+            .map_or(self.next_save, |t| t.min(self.next_save))
+    }
+
+    /// Runs the node's timers and its periodic save.
+    pub(super) fn handle_timeout(&mut self, now: Instant) {
+        if self.dht.poll_timeout().is_some_and(|t| t <= now) {
+            self.dht.handle_timeout(now);
         }
+        if now >= self.next_save {
+            self.save(now);
+        }
+    }
+
+    /// Routes the machine's events to the lookups waiting for them.
+    pub(super) fn route_events(&mut self) {
         while let Some(event) = self.dht.poll_event() {
             match event {
                 DhtEvent::Peers { lookup, peers, .. } => {
@@ -240,67 +237,62 @@ impl Node {
         }
     }
 
+    /// Waits for a command or a resolved bootstrap address.
+    pub(super) async fn next_input(&mut self) -> DhtInput {
+        tokio::select! {
+            cmd = self.commands.recv() => DhtInput::Command(cmd),
+            addr = self.resolved.recv(), if self.resolving => DhtInput::Resolved(addr),
+        }
+    }
+
+    /// Carries out an input; returns `false` once the node stopped.
+    pub(super) fn handle_input(&mut self, input: DhtInput) -> bool {
+        let now = Instant::now();
+        match input {
+            DhtInput::Resolved(Some(addr)) => {
+                self.dht.add_bootstrap_node(addr);
+                self.dht.bootstrap(now);
+            }
+            DhtInput::Resolved(None) => self.resolving = false,
+            DhtInput::Command(Some(Command::Lookup {
+                info_hash,
+                announce,
+                reply,
+            })) => {
+                if self.lookups.len() >= MAX_LOOKUPS {
+                    let _ = reply.try_send(LookupReply::Done { answered: 0 });
+                    return true;
+                }
+                let id = match announce {
+                    Some(port) => self.dht.announce(now, info_hash, AnnouncePort::Port(port)),
+                    None => self.dht.get_peers(now, info_hash),
+                };
+                self.lookups.insert(id, reply);
+            }
+            DhtInput::Command(Some(Command::Shutdown(done))) => {
+                self.save(now);
+                self.stopped = Some(done);
+                return false;
+            }
+            DhtInput::Command(None) => {
+                self.save(now);
+                return false;
+            }
+        }
+        true
+    }
+
+    /// Tells whoever asked for the shutdown that it is done.
+    pub(super) fn finish(&mut self) {
+        if let Some(done) = self.stopped.take() {
+            let _ = done.send(());
+        }
+    }
+
     fn save(&mut self, now: Instant) {
         if let Some(path) = &self.state_file {
             write_state(path, &self.dht.save_state(now));
         }
         self.next_save = now + SAVE_INTERVAL;
-    }
-
-    async fn run(mut self) {
-        let mut buf = vec![0u8; MAX_DATAGRAM];
-        let mut resolving = true;
-        loop {
-            let now = Instant::now();
-            if self.dht.poll_timeout().is_some_and(|t| t <= now) {
-                self.dht.handle_timeout(now);
-            }
-            if now >= self.next_save {
-                self.save(now);
-            }
-            self.flush().await;
-            let deadline = self
-                .dht
-                .poll_timeout()
-                .map_or(self.next_save, |t| t.min(self.next_save));
-            tokio::select! {
-                received = self.socket.recv_from(&mut buf) => {
-                    if let Ok((n, from)) = received {
-                        self.dht.handle_datagram(Instant::now(), from, buf.get(..n).unwrap_or(&buf));
-                    }
-                }
-                addr = self.resolved.recv(), if resolving => match addr {
-                    Some(addr) => {
-                        self.dht.add_bootstrap_node(addr);
-                        self.dht.bootstrap(Instant::now());
-                    }
-                    None => resolving = false,
-                },
-                cmd = self.commands.recv() => match cmd {
-                    Some(Command::Lookup { info_hash, announce, reply }) => {
-                        if self.lookups.len() >= MAX_LOOKUPS {
-                            let _ = reply.try_send(LookupReply::Done { answered: 0 });
-                            continue;
-                        }
-                        let now = Instant::now();
-                        let id = match announce {
-                            Some(port) => self.dht.announce(now, info_hash, AnnouncePort::Port(port)),
-                            None => self.dht.get_peers(now, info_hash),
-                        };
-                        self.lookups.insert(id, reply);
-                    }
-                    Some(Command::Shutdown(done)) => {
-                        self.save(Instant::now());
-                        let _ = done.send(());
-                        return;
-                    }
-                    None => {
-                        self.save(Instant::now());
-                        return;
-                    }
-                },
-                () = tokio::time::sleep_until(tokio::time::Instant::from_std(deadline)) => {}
-            }
-        }
     }
 }

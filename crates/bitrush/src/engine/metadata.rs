@@ -20,7 +20,7 @@ use std::time::Instant;
 use tokio::sync::mpsc;
 use tokio::task::{AbortHandle, JoinSet};
 
-use super::connection::{self, ConnectionError};
+use super::connection::{self, ConnectionError, Transports};
 use super::dht::{DhtHandle, LookupReply};
 use super::probe::probe_announcer;
 use super::tracker::{self, AnnounceError, AnnounceFailures, NoTrackerAnswered};
@@ -92,6 +92,7 @@ pub async fn fetch_metadata(
     peers: &[SocketAddr],
     peer_id: PeerId,
     dht: Option<DhtHandle>,
+    transports: Transports,
 ) -> Result<(Info, Vec<u8>), MetadataError> {
     if !has_trackers(trackers) && peers.is_empty() && dht.is_none() {
         return Err(MetadataError::NoSources);
@@ -118,6 +119,7 @@ pub async fn fetch_metadata(
     let (events_tx, events_rx) = mpsc::channel(256);
     let (dht_tx, dht_rx) = mpsc::channel(64);
     let mut fetcher = Fetcher {
+        transports,
         dht,
         dht_tx,
         dht_rx,
@@ -160,6 +162,7 @@ struct Conn {
 type DhtFound = Option<Vec<SocketAddr>>;
 
 struct Fetcher {
+    transports: Transports,
     dht: Option<DhtHandle>,
     dht_tx: mpsc::Sender<DhtFound>,
     dht_rx: mpsc::Receiver<DhtFound>,
@@ -202,8 +205,9 @@ impl Fetcher {
         self.next_key += 1;
         let (tx, rx) = mpsc::channel(OUTGOING_QUEUE);
         let (events, ours) = (self.events_tx.clone(), self.handshake);
+        let transports = self.transports.clone();
         let abort = self.conns.spawn(async move {
-            let result = connection_task(key, addr, ours, events, rx).await;
+            let result = connection_task(key, addr, ours, transports, events, rx).await;
             (key, result)
         });
         self.handles.insert(key, Conn { addr, abort, tx });
@@ -394,10 +398,11 @@ async fn connection_task(
     key: u64,
     addr: SocketAddr,
     ours: Handshake,
+    transports: Transports,
     events: mpsc::Sender<PeerEvent>,
     mut outgoing: mpsc::Receiver<Message>,
 ) -> Result<(), ConnectionError> {
-    let (mut conn, theirs) = connection::connect_and_handshake(addr, &ours).await?;
+    let (mut conn, theirs) = connection::dial(addr, &ours, &transports).await?;
     let supports_extensions = theirs.supports_extensions();
     let connected = PeerEvent::Connected {
         key,
@@ -517,10 +522,16 @@ pub(crate) mod tests {
     async fn fetches_multi_piece_metadata_from_a_peer() {
         let (info, hash) = info_dict(40_000);
         let addr = metadata_peer(info.clone(), hash).await;
-        let (parsed, bytes) =
-            fetch_metadata(hash, &[], &[addr], crate::engine::new_peer_id(), None)
-                .await
-                .unwrap();
+        let (parsed, bytes) = fetch_metadata(
+            hash,
+            &[],
+            &[addr],
+            crate::engine::new_peer_id(),
+            None,
+            Transports::default(),
+        )
+        .await
+        .unwrap();
         assert_eq!(bytes, info);
         assert_eq!(parsed.total_length, 5);
         // The wrong info hash: the peer answers the handshake for the right one only.
@@ -531,6 +542,7 @@ pub(crate) mod tests {
             &[addr],
             crate::engine::new_peer_id(),
             None,
+            Transports::default(),
         )
         .await
         .unwrap_err();
@@ -548,6 +560,7 @@ pub(crate) mod tests {
             &[],
             crate::engine::new_peer_id(),
             None,
+            Transports::default(),
         )
         .await
         .unwrap_err();

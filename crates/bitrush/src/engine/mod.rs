@@ -6,6 +6,8 @@
 //! - [`peer`]: one connection's task over the shared swarm.
 //! - [`connection`]: the framed peer stream every driver uses (connect, handshake, messages).
 //! - [`dht`]: the process's DHT node, shared by its torrents.
+//! - [`udp`]: the UDP endpoint carrying the DHT and uTP on the listener's port number;
+//!   [`utp`]: uTP connections as streams; [`transport`]: plain or MSE-encrypted streams.
 //! - [`metadata`]: fetching a magnet link's info dictionary from peers.
 //! - [`probe`]: one-shot handshakes and peer lookups for the CLI's single-purpose commands.
 //! - [`tracker`]: HTTP and UDP tracker clients.
@@ -22,6 +24,9 @@ pub mod resume;
 pub mod sink;
 pub mod torrent;
 pub mod tracker;
+pub mod transport;
+pub mod udp;
+pub mod utp;
 
 /// `path` with `suffix` appended to its last component (`out.bin` → `out.bin.bitrush-part`):
 /// where bitrush keeps files that belong to an output, beside it.

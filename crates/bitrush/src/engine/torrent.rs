@@ -21,13 +21,15 @@ use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch, Notify};
 use tokio::task::JoinSet;
 
-use super::connection::{self, PeerStream};
+use super::connection::{self, Transports};
 use super::dht::{DhtHandle, LookupReply};
 use super::hasher::{self, Verdict};
 use super::peer::{self, PeerTaskError, Shared, SwarmState};
 use super::resume;
 use super::sink::Sink;
 use super::tracker::{self, AnnounceError, AnnounceFailures, NoTrackerAnswered};
+use super::transport::BoxStream;
+use super::utp::{UtpHandle, UtpStream};
 use crate::disk::{Storage, StorageError};
 use crate::metainfo::Info;
 use crate::session::{
@@ -95,6 +97,8 @@ pub struct TorrentParams {
     pub private: bool,
     /// Exchange peers with peers (BEP 11; never for private torrents).
     pub pex: bool,
+    /// How peers are reached: TCP, uTP, encryption.
+    pub transports: Transports,
 }
 
 /// A snapshot of a running torrent.
@@ -504,14 +508,28 @@ async fn shutdown_signal(rx: &mut Option<watch::Receiver<bool>>) {
     }
 }
 
-/// Accepts the next connection, or waits forever without a listener.
+/// Accepts the next TCP connection, or waits forever without a listener (or without TCP).
 async fn accept(
     listener: &Option<TcpListener>,
+    tcp: bool,
 ) -> std::io::Result<(tokio::net::TcpStream, SocketAddr)> {
     match listener {
-        Some(l) => l.accept().await,
+        Some(l) if tcp => l.accept().await,
+        _ => std::future::pending().await,
+    }
+}
+
+/// Accepts the next uTP connection, or waits forever without uTP.
+async fn accept_utp(utp: Option<&UtpHandle>) -> Option<(UtpStream, SocketAddr)> {
+    match utp {
+        Some(u) => u.accept().await,
         None => std::future::pending().await,
     }
+}
+
+/// An IPv4 address seen through a dual-stack socket (`::ffff:a.b.c.d`) as the IPv4 one.
+fn canonical(addr: SocketAddr) -> SocketAddr {
+    SocketAddr::new(addr.ip().to_canonical(), addr.port())
 }
 
 async fn sleep_until(at: Option<Instant>) {
@@ -591,12 +609,13 @@ impl Manager {
     }
 
     /// Starts a connection task: dialled (`outgoing`) or accepted.
-    fn spawn_peer(&mut self, addr: SocketAddr, stream: Option<tokio::net::TcpStream>) {
+    fn spawn_peer(&mut self, addr: SocketAddr, stream: Option<BoxStream>) {
         let key = self.next_key;
         self.next_key += 1;
         let shared = self.shared.clone();
         let ours = self.handshake;
         let outgoing = stream.is_none();
+        let transports = self.params.transports.clone();
         // BEP 6: the pieces this peer may have while we choke it (IPv4 peers only, as BEP 6
         // defines the set).
         let allowed_fast = match addr.ip() {
@@ -612,11 +631,9 @@ impl Manager {
             let mut established = false;
             let result = async {
                 let (conn, theirs) = match stream {
-                    None => connection::connect_and_handshake(addr, &ours).await?,
+                    None => connection::dial(addr, &ours, &transports).await?,
                     Some(stream) => {
-                        let mut conn = PeerStream::new(stream, addr);
-                        let theirs = conn.handshake_incoming(&ours).await?;
-                        (conn, theirs)
+                        connection::accept(stream, addr, &ours, transports.encryption).await?
                     }
                 };
                 let features = PeerFeatures {
@@ -796,14 +813,23 @@ impl Manager {
                         Err(e) => return Err(TorrentError::Task(e)),
                     }
                 }
-                accepted = accept(&self.listener) => {
+                accepted = accept(&self.listener, self.params.transports.tcp) => {
                     match accepted {
                         Ok((stream, addr)) => {
+                            let _ = stream.set_nodelay(true);
+                            let addr = canonical(addr);
                             if self.session.handle_incoming(addr) {
-                                self.spawn_peer(addr, Some(stream));
+                                self.spawn_peer(addr, Some(Box::new(stream)));
                             }
                         }
                         Err(e) => tracing::warn!(error = %e, "accepting a connection failed"),
+                    }
+                }
+                accepted = accept_utp(self.params.transports.utp.as_ref()) => {
+                    if let Some((stream, addr)) = accepted {
+                        if self.session.handle_incoming(addr) {
+                            self.spawn_peer(addr, Some(Box::new(stream)));
+                        }
                     }
                 }
                 Some(joined) = self.announces.join_next() => {
