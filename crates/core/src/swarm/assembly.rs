@@ -13,7 +13,7 @@
 //!   within the budget unless a single piece is larger (then one piece at a time);
 //! - a piece is verified at most once at a time (`verifying` holds who contributed to it).
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use super::{Geometry, PeerKey, BLOCK_LEN};
 use crate::wire::BlockRef;
@@ -52,7 +52,8 @@ pub(super) enum Received {
 #[derive(Debug)]
 pub(super) struct Assembly {
     max_memory: u64,
-    partials: HashMap<u32, Partial>,
+    /// Ordered, so that endgame picks follow the inputs alone.
+    partials: BTreeMap<u32, Partial>,
     /// Partial pieces that still have `Missing` blocks, lowest index first.
     open: BTreeSet<u32>,
     /// Pieces handed out for verification, with the peers that contributed to them.
@@ -66,7 +67,7 @@ impl Assembly {
     pub(super) fn new(max_memory: u64) -> Assembly {
         Assembly {
             max_memory,
-            partials: HashMap::new(),
+            partials: BTreeMap::new(),
             open: BTreeSet::new(),
             verifying: HashMap::new(),
             memory: 0,

@@ -9,7 +9,7 @@
 //! Invariants: a rechoke leaves at most `upload_slots` interested peers unchoked; the timer
 //! runs only while some peer is interested.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::time::{Duration, Instant};
 
 use rand::rngs::StdRng;
@@ -55,7 +55,7 @@ impl Choker {
         &mut self,
         now: Instant,
         peer: &mut PeerState,
-        others: &HashMap<PeerKey, PeerState>,
+        others: &BTreeMap<PeerKey, PeerState>,
     ) -> bool {
         if self.next_rechoke.is_none() {
             self.next_rechoke = Some(now + RECHOKE_INTERVAL);
@@ -90,9 +90,9 @@ impl Choker {
         &mut self,
         now: Instant,
         seeding: bool,
-        peers: &mut HashMap<PeerKey, PeerState>,
+        peers: &mut BTreeMap<PeerKey, PeerState>,
         rng: &mut StdRng,
-        woken: &mut HashSet<PeerKey>,
+        woken: &mut BTreeSet<PeerKey>,
     ) {
         if self.next_rechoke.is_none_or(|t| now < t) {
             return;
@@ -110,9 +110,9 @@ impl Choker {
         &mut self,
         seeding: bool,
         rotate_optimistic: bool,
-        peers: &mut HashMap<PeerKey, PeerState>,
+        peers: &mut BTreeMap<PeerKey, PeerState>,
         rng: &mut StdRng,
-        woken: &mut HashSet<PeerKey>,
+        woken: &mut BTreeSet<PeerKey>,
     ) {
         let mut ranked: Vec<(PeerKey, f64)> = peers
             .iter()

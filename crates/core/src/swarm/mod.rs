@@ -33,7 +33,7 @@ mod scheduler;
 #[cfg(test)]
 mod tests;
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -202,11 +202,12 @@ pub struct Swarm {
     scheduler: Scheduler,
     assembly: Assembly,
     choker: Choker,
-    peers: HashMap<PeerKey, PeerState>,
+    /// Ordered, as `to_wake`: no per-process hash order may reach the outputs.
+    peers: BTreeMap<PeerKey, PeerState>,
     /// Assembled pieces not yet handed out.
     completed: VecDeque<CompletedPiece>,
     disconnects: VecDeque<(PeerKey, PeerError)>,
-    to_wake: HashSet<PeerKey>,
+    to_wake: BTreeSet<PeerKey>,
     /// When the peers' rates and timers are next looked at; `None` without peers.
     next_tick: Option<Instant>,
     rng: StdRng,
@@ -256,10 +257,10 @@ impl Swarm {
                 bytes_left,
                 ..SwarmStats::default()
             },
-            peers: HashMap::new(),
+            peers: BTreeMap::new(),
             completed: VecDeque::new(),
             disconnects: VecDeque::new(),
-            to_wake: HashSet::new(),
+            to_wake: BTreeSet::new(),
             next_tick: None,
             rng,
             info_bytes: None,
@@ -741,9 +742,9 @@ impl Swarm {
     #[cfg(test)]
     pub(crate) fn check_invariants(&self) -> Result<(), String> {
         self.assembly.check_invariants(&self.geo)?;
-        let mut owed: HashMap<BlockRef, u8> = HashMap::new();
+        let mut owed: std::collections::HashMap<BlockRef, u8> = Default::default();
         for (k, p) in &self.peers {
-            let mut seen = HashSet::new();
+            let mut seen = std::collections::HashSet::new();
             for (b, _) in &p.inflight {
                 if !seen.insert(*b) {
                     return Err(format!("peer {k} owes {b:?} twice"));
