@@ -55,3 +55,28 @@ fn wakeups_and_timeouts_follow_the_inputs_alone() {
     };
     assert_eq!(run(), run());
 }
+
+/// Bug: a piece that failed its hash check counted against every peer that sent a block of
+/// it, so a liar that slipped bad blocks into an honest peer's pieces got the honest peer
+/// dropped (and, in the engine, banned) along with itself. Here the memory budget holds one
+/// piece, so the two peers share every piece until the swarm tells them apart.
+#[test]
+fn a_liar_cannot_get_an_honest_peer_dropped() {
+    let mut sim = sim(3, 32 * KIB as u32, 24 * 32 * KIB);
+    let d = sim.add_downloader(Config {
+        max_piece_memory: 32 * KIB as u64,
+        min_requests: 1,
+        ..config()
+    });
+    let liar = sim.add_script(Behaviour::Corrupt { every: 1 });
+    let honest = sim.add_script(Behaviour::Honest);
+    sim.connect(d, liar, LinkSpec::fast());
+    sim.connect(d, honest, LinkSpec::fast());
+    assert!(sim.run_to_completion(Duration::from_secs(600)).unwrap());
+    assert!(sim.is_complete(d));
+    assert_eq!(sim.drops(d, honest), vec![]);
+    let max = config().max_hash_failures;
+    assert_eq!(sim.drops(d, liar), vec![PeerError::BadData(max)]);
+    // One shared failure, then the liar's own pieces until it was dropped.
+    assert_eq!(sim.verdicts(d).1, 1 + max as usize);
+}

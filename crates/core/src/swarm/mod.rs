@@ -82,7 +82,7 @@ pub struct Config {
     pub request_timeout: Duration,
     /// A request this old that later blocks overtook is taken as dropped and asked again.
     pub lost_request_timeout: Duration,
-    /// A peer that contributed to this many pieces failing their hash check is dropped.
+    /// A peer that alone sent this many pieces that failed their hash check is dropped.
     pub max_hash_failures: u32,
     /// How many peers may be asked for the same block in endgame mode.
     pub endgame_duplicates: u8,
@@ -348,8 +348,10 @@ impl Swarm {
     }
 
     /// The hash check of piece `index` came back: `good` pieces are stored and announced, bad
-    /// ones requested again and their contributors blamed. `buf` is the piece's buffer, kept
-    /// for the next piece.
+    /// ones requested again. A bad piece from one peer counts against it; one that several
+    /// peers sent puts them all on parole instead (the pieces they start are theirs alone until
+    /// one passes), so that a liar cannot get honest peers dropped. `buf` is the piece's
+    /// buffer, kept for the next piece.
     pub fn handle_verdict(&mut self, now: Instant, index: u32, good: bool, buf: Vec<u8>) {
         self.assembly.recycle(buf, self.geo.piece_length);
         let Some(contributors) = self.assembly.verdict(&self.geo, index) else {
@@ -364,16 +366,26 @@ impl Swarm {
             self.to_wake.extend(room.map(|(&k, _)| k));
         }
         if good {
+            if let [k] = contributors[..] {
+                if let Some(peer) = self.peers.get_mut(&k) {
+                    peer.on_parole = false;
+                }
+            }
             self.on_piece_verified(index);
             return;
         }
         let len = u64::from(self.geo.piece_len(index));
         self.stats.wasted_bytes += len;
         self.scheduler.picker.release(index);
+        let shared = contributors.len() > 1;
         for k in contributors {
             let Some(peer) = self.peers.get_mut(&k) else {
                 continue;
             };
+            if shared {
+                peer.on_parole = true;
+                continue;
+            }
             peer.hash_failures += 1;
             if peer.hash_failures >= self.config.max_hash_failures {
                 let failures = peer.hash_failures;
@@ -471,7 +483,7 @@ impl Swarm {
         };
         if !done {
             self.scheduler
-                .fill(now, &self.geo, &mut self.assembly, peer);
+                .fill(now, key, &self.geo, &mut self.assembly, peer);
         }
         if !peer.outbox.is_empty() {
             peer.last_sent = now;
@@ -750,6 +762,9 @@ impl Swarm {
                     return Err(format!("peer {k} owes {b:?} twice"));
                 }
                 *owed.entry(*b).or_default() += 1;
+                if self.assembly.exclusive_to(b.index).is_some_and(|o| o != *k) {
+                    return Err(format!("peer {k} owes {b:?} of another peer's piece"));
+                }
             }
             if p.uploads.len() > self.config.max_upload_queue {
                 return Err(format!("peer {k} has {} uploads queued", p.uploads.len()));

@@ -54,7 +54,11 @@ pub(super) struct PeerState {
     pub(super) upload_rate: f64,
     /// Requests kept in flight: the bandwidth-delay product of its rate, within bounds.
     pub(super) target_requests: u32,
+    /// Pieces that failed their hash check with this peer as their only contributor.
     pub(super) hash_failures: u32,
+    /// It shared a piece that failed: the pieces it starts are its alone until one passes, so
+    /// that their failure is surely its own.
+    pub(super) on_parole: bool,
 }
 
 /// Requests we keep outstanding at a peer that did not tell us its `reqq`.
@@ -84,6 +88,7 @@ impl PeerState {
             upload_rate: 0.0,
             target_requests: config.min_requests,
             hash_failures: 0,
+            on_parole: false,
         }
     }
 

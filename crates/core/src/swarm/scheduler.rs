@@ -5,7 +5,8 @@
 //! order: pieces this peer already works on (whole-piece affinity keeps pieces from being
 //! spread over many slow peers), then a new piece by rarest first if the memory budget allows,
 //! then blocks of other open pieces it has, then, in endgame (nothing left unrequested),
-//! duplicates of blocks other peers owe.
+//! duplicates of blocks other peers owe. The pieces a peer on parole starts are its alone
+//! (nobody helps, and it asks for no duplicates), so that their hash check judges it alone.
 //!
 //! Invariants: a block is requested from a peer at most once at a time; a new piece is started
 //! only within the memory budget; when the budget stops a peer, `memory_starved` is set so the
@@ -16,7 +17,7 @@ use std::time::Instant;
 use super::assembly::Assembly;
 use super::peer::PeerState;
 use super::picker::PiecePicker;
-use super::Geometry;
+use super::{Geometry, PeerKey};
 use crate::wire::{BlockRef, Message};
 
 /// Most requests held back to be sent together when a peer's pipeline is nearly full.
@@ -43,6 +44,7 @@ impl Scheduler {
     pub(super) fn fill(
         &mut self,
         now: Instant,
+        key: PeerKey,
         geo: &Geometry,
         assembly: &mut Assembly,
         peer: &mut PeerState,
@@ -62,7 +64,7 @@ impl Scheduler {
             return;
         }
         while peer.inflight.len() < target {
-            let Some(block) = self.next_block(geo, assembly, peer) else {
+            let Some(block) = self.next_block(key, geo, assembly, peer) else {
                 break;
             };
             peer.inflight.push_back((block, now));
@@ -73,13 +75,14 @@ impl Scheduler {
     /// Chooses the next block to ask of `peer` and marks it requested.
     fn next_block(
         &mut self,
+        key: PeerKey,
         geo: &Geometry,
         assembly: &mut Assembly,
         peer: &mut PeerState,
     ) -> Option<BlockRef> {
         // 1. Pieces this peer already works on.
         while let Some(&index) = peer.current.first() {
-            if let Some(block) = assembly.request_missing(geo, index) {
+            if let Some(block) = assembly.request_missing(geo, index, key) {
                 return Some(block);
             }
             peer.current.remove(0);
@@ -88,9 +91,9 @@ impl Scheduler {
         if assembly.has_room(geo.piece_length) {
             if let Some(index) = self.picker.pick(&peer.has) {
                 self.picker.take(index);
-                assembly.start(geo, index);
+                assembly.start(geo, index, peer.on_parole.then_some(key));
                 peer.current.push(index);
-                return assembly.request_missing(geo, index);
+                return assembly.request_missing(geo, index, key);
             }
         } else if self.picker.has_pickable() {
             self.memory_starved = true;
@@ -99,10 +102,10 @@ impl Scheduler {
         let open = assembly.open_pieces().find(|&i| peer.has.get(i));
         if let Some(index) = open {
             peer.current.push(index);
-            return assembly.request_missing(geo, index);
+            return assembly.request_missing(geo, index, key);
         }
         // 4. Endgame: nothing left unrequested; ask for blocks others owe us too.
-        if !self.picker.has_pickable() {
+        if !self.picker.has_pickable() && !peer.on_parole {
             let inflight = &peer.inflight;
             let has = &peer.has;
             return assembly.request_duplicate(
