@@ -736,14 +736,47 @@ impl Sim {
         self.schedule(at, Action::Closed { link, to: 1 - from });
     }
 
+    /// `msg` reaches end `to` of `link`. A swarm also takes every other message that arrives
+    /// on that link at the same instant before it is serviced, as the engine handles all it
+    /// read at once (so a `cancel` right behind its `request` is honoured).
     fn deliver(&mut self, link: LinkId, to: usize, msg: Message) {
-        let l = &mut self.links[link as usize];
-        let end = &mut l.ends[to];
-        if !end.open {
+        if !self.links[link as usize].ends[to].open {
             return;
         }
+        let node = self.links[link as usize].ends[to].node;
+        if !self.is_swarm(node) {
+            self.observe(link, to, &msg);
+            self.run_script(node, |p, now, out| p.on_message(now, link, msg, out));
+            return;
+        }
+        let mut next = Some(msg);
+        while let Some(msg) = next.take() {
+            self.observe(link, to, &msg);
+            let now = self.now;
+            if let Node::Swarm(s) = &mut self.nodes[node] {
+                s.swarm.handle_message(now, link, msg);
+            }
+            let same_read = self.queue.peek().is_some_and(|Reverse(s)| {
+                s.at == now && matches!(s.action, Action::Deliver { link: l, to: t, .. } if l == link && t == to)
+            });
+            if same_read {
+                if let Some(Reverse(Scheduled {
+                    action: Action::Deliver { msg, .. },
+                    ..
+                })) = self.queue.pop()
+                {
+                    next = Some(msg);
+                }
+            }
+        }
+        self.service(node, link);
+    }
+
+    /// Notes what end `to` of `link` learns from `msg` (for the outside checks).
+    fn observe(&mut self, link: LinkId, to: usize, msg: &Message) {
+        let end = &mut self.links[link as usize].ends[to];
         let node = end.node;
-        match &msg {
+        match msg {
             Message::Choke => end.remote_choking = true,
             Message::Unchoke => end.remote_choking = false,
             Message::Have(i) => {
@@ -756,17 +789,7 @@ impl Sim {
             }
             _ => {}
         }
-        self.note(("deliver", node, link, msg_digest(&msg)));
-        let now = self.now;
-        match &mut self.nodes[node] {
-            Node::Swarm(s) => {
-                s.swarm.handle_message(now, link, msg);
-                self.service(node, link);
-            }
-            Node::Script(_) => {
-                self.run_script(node, |p, now, out| p.on_message(now, link, msg, out))
-            }
-        }
+        self.note(("deliver", node, link, msg_digest(msg)));
     }
 
     fn closed(&mut self, link: LinkId, to: usize) {

@@ -3,12 +3,13 @@
 //! machines over [`Message`]s.
 //!
 //! A scripted peer that serves data has every piece, announces it with a full bitfield and
-//! unchokes at once (as the Python scripts do), unless its behaviour says otherwise. It never
-//! requests anything, and sends keep-alives (except a staller, which goes silent). It counts
+//! unchokes at once (as the Python scripts do), unless its behaviour says otherwise. Only a
+//! leecher requests anything (and checks every block it gets); all send keep-alives (except a staller, which goes silent). It counts
 //! what it saw and did in [`ScriptStats`], which the scenarios
-//! assert on; a request bitrush should never send (outside the torrent) is counted as invalid.
+//! assert on; a request bitrush should never send (outside the torrent, or for a piece not
+//! announced) is counted as invalid, as is a wrong block bitrush uploads.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -82,10 +83,19 @@ pub(crate) enum Behaviour {
     DisconnectMidPiece { blocks: u32 },
     /// Honest, but chokes and unchokes in turn every `period`, `toggles` times.
     ChokeStorm { period: Duration, toggles: u32 },
+    /// Honest, but chokes right behind every `every`-th block it serves (in the same read),
+    /// and unchokes again `pause` later.
+    ChokeAfter { every: u32, pause: Duration },
     /// Full bitfield, never unchokes.
     NeverUnchoke,
     /// One of a flood of connections: the handshake, then keep-alives only.
     Idle,
+    /// Honest, but has only the pieces in `mask` (bit `i % 8` for piece `i`) at first and
+    /// announces the others with `have` after `later`.
+    Partial { mask: u8, later: Duration },
+    /// Has nothing; asks for every block, `pipeline` at a time, cancels every `cancel_every`-th
+    /// request (0: none), and checks what it gets.
+    Leecher { pipeline: u32, cancel_every: u32 },
 }
 
 impl Behaviour {
@@ -93,7 +103,11 @@ impl Behaviour {
     fn seeds(self) -> bool {
         !matches!(
             self,
-            Behaviour::BadBitfield(_) | Behaviour::BadRequest(_) | Behaviour::Idle
+            Behaviour::BadBitfield(_)
+                | Behaviour::BadRequest(_)
+                | Behaviour::Idle
+                | Behaviour::Partial { .. }
+                | Behaviour::Leecher { .. }
         )
     }
 }
@@ -105,8 +119,13 @@ pub(crate) struct ScriptStats {
     /// Connections the other side closed.
     pub closed_by_remote: u32,
     pub requests: u32,
-    /// Requests for blocks outside the torrent (bitrush must never send one).
+    /// Requests for blocks outside the torrent or of pieces not announced (bitrush must never
+    /// send one).
     pub invalid_requests: u32,
+    /// Right blocks a leecher got.
+    pub leeched: u32,
+    /// Wrong blocks a leecher got (bitrush must never upload one).
+    pub corrupt_received: u32,
     pub cancels: u32,
     /// Correct blocks sent.
     pub served: u32,
@@ -116,7 +135,7 @@ pub(crate) struct ScriptStats {
     pub violations: u32,
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct Conn {
     open: bool,
     choking: bool,
@@ -127,6 +146,18 @@ struct Conn {
     /// A choke trick is under way (choke-data) or done.
     trick: Trick,
     toggles: u32,
+    /// Pieces this peer says it has on this connection.
+    has: Bitfield,
+    /// A leecher's view of the other side: its pieces and whether it chokes us.
+    remote_has: Bitfield,
+    remote_choking: bool,
+    /// A leecher's requests not answered yet.
+    outstanding: BTreeSet<(u32, u32)>,
+    /// Blocks a leecher cancelled: asked again only once nothing else is left to ask.
+    cancelled: BTreeSet<(u32, u32)>,
+    /// Blocks a leecher still needs, as (piece, begin).
+    needed: BTreeSet<(u32, u32)>,
+    requests_sent: u32,
 }
 
 #[derive(Debug, Default, PartialEq, Eq)]
@@ -183,7 +214,21 @@ impl ScriptedPeer {
         let mut conn = Conn {
             open: true,
             choking: true,
-            ..Conn::default()
+            has: if self.behaviour.seeds() {
+                Bitfield::full(n)
+            } else {
+                Bitfield::new(n)
+            },
+            remote_has: Bitfield::new(n),
+            remote_choking: true,
+            pending: VecDeque::new(),
+            served: 0,
+            trick: Trick::Pending,
+            toggles: 0,
+            outstanding: BTreeSet::new(),
+            cancelled: BTreeSet::new(),
+            needed: BTreeSet::new(),
+            requests_sent: 0,
         };
         let send = |out: &mut Vec<Output>, m| out.push(Output::Send(link, m));
         let full = Bytes::copy_from_slice(Bitfield::full(n).as_bytes());
@@ -248,7 +293,25 @@ impl ScriptedPeer {
                 out.push(Output::Timer(link, period, Tick::Script));
             }
             Behaviour::NeverUnchoke | Behaviour::Idle => {}
+            Behaviour::Partial { mask, later } => {
+                for i in (0..n).filter(|i| mask & (1 << (i % 8)) != 0) {
+                    conn.has.set(i);
+                }
+                send(out, Message::Bitfield(conn.has.as_bytes().to_vec().into()));
+                send(out, Message::Unchoke);
+                conn.choking = false;
+                out.push(Output::Timer(link, later, Tick::Script));
+            }
+            Behaviour::Leecher { .. } => {
+                for index in 0..n {
+                    for begin in (0..t.piece_len(index)).step_by(16 * 1024) {
+                        conn.needed.insert((index, begin));
+                    }
+                }
+                send(out, Message::Interested);
+            }
             Behaviour::Honest
+            | Behaviour::ChokeAfter { .. }
             | Behaviour::Corrupt { .. }
             | Behaviour::Staller
             | Behaviour::Slow { .. }
@@ -269,6 +332,10 @@ impl ScriptedPeer {
     }
 
     pub fn on_message(&mut self, now: Instant, link: LinkId, msg: Message, out: &mut Vec<Output>) {
+        if matches!(self.behaviour, Behaviour::Leecher { .. }) {
+            self.leech(link, msg, out);
+            return;
+        }
         match msg {
             Message::Request(block) => self.on_request(now, link, block, out),
             Message::Cancel(block) => {
@@ -290,6 +357,10 @@ impl ScriptedPeer {
         let Some(conn) = self.conns.get_mut(&link) else {
             return;
         };
+        if !conn.has.get(block.index) {
+            self.stats.invalid_requests += 1;
+            return;
+        }
         match self.behaviour {
             Behaviour::Staller => {}
             Behaviour::Slow { delay } => {
@@ -322,6 +393,18 @@ impl ScriptedPeer {
                 self.send_block(out, link, block, bad);
             }
             _ if conn.choking => {}
+            Behaviour::ChokeAfter { every, pause } => {
+                conn.served += 1;
+                let choke = conn.served.is_multiple_of(every.max(1));
+                if choke {
+                    conn.choking = true;
+                }
+                self.send_block(out, link, block, false);
+                if choke {
+                    out.push(Output::Send(link, Message::Choke));
+                    out.push(Output::Timer(link, pause, Tick::Script));
+                }
+            }
             _ => {
                 conn.served += 1;
                 self.send_block(out, link, block, false);
@@ -339,6 +422,8 @@ impl ScriptedPeer {
         if tick == Tick::KeepAlive {
             out.push(Output::Send(link, Message::KeepAlive));
             out.push(Output::Timer(link, KEEPALIVE, Tick::KeepAlive));
+            // A leecher whose cancels were all honoured has nothing to wake it otherwise.
+            self.leech(link, Message::KeepAlive, out);
             return;
         }
         match self.behaviour {
@@ -355,10 +440,22 @@ impl ScriptedPeer {
                     self.send_block(out, link, b, false);
                 }
             }
+            Behaviour::ChokeAfter { .. } => {
+                conn.choking = false;
+                out.push(Output::Send(link, Message::Unchoke));
+            }
             Behaviour::ChokeData { .. } => {
                 conn.trick = Trick::Done;
                 conn.choking = false;
                 out.push(Output::Send(link, Message::Unchoke));
+            }
+            Behaviour::Partial { .. } => {
+                let n = self.torrent.piece_count();
+                for i in 0..n {
+                    if conn.has.set(i) {
+                        out.push(Output::Send(link, Message::Have(i)));
+                    }
+                }
             }
             Behaviour::ChokeStorm { period, toggles } => {
                 conn.choking = !conn.choking;
@@ -375,6 +472,92 @@ impl ScriptedPeer {
                 }
             }
             _ => {}
+        }
+    }
+
+    /// A leecher's side: follows what the other end has and whether it chokes, asks for the
+    /// blocks it needs and checks each one it gets.
+    fn leech(&mut self, link: LinkId, msg: Message, out: &mut Vec<Output>) {
+        let Behaviour::Leecher {
+            pipeline,
+            cancel_every,
+        } = self.behaviour
+        else {
+            return;
+        };
+        let t = self.torrent.clone();
+        let Some(conn) = self.conns.get_mut(&link) else {
+            return;
+        };
+        match msg {
+            Message::Bitfield(bits) => {
+                if let Ok(has) = Bitfield::from_bytes(&bits, t.piece_count()) {
+                    conn.remote_has = has;
+                }
+            }
+            Message::Have(i) => {
+                conn.remote_has.set(i);
+            }
+            Message::Choke => {
+                // Without the fast extension a choke voids every request.
+                conn.remote_choking = true;
+                conn.outstanding.clear();
+            }
+            Message::Unchoke => conn.remote_choking = false,
+            Message::Piece { index, begin, data } => {
+                let block = BlockRef {
+                    index,
+                    begin,
+                    length: data.len() as u32,
+                };
+                if t.range(block).is_some_and(|r| t.payload[r] == data[..]) {
+                    self.stats.leeched += 1;
+                    if conn.needed.remove(&(index, begin)) && conn.needed.is_empty() {
+                        out.push(Output::Send(link, Message::NotInterested));
+                    }
+                } else {
+                    self.stats.corrupt_received += 1;
+                }
+                conn.outstanding.remove(&(index, begin));
+                conn.cancelled.remove(&(index, begin));
+            }
+            _ => {}
+        }
+        if conn.remote_choking || !conn.open {
+            return;
+        }
+        let askable = |c: &Conn, block: &(u32, u32)| {
+            c.remote_has.get(block.0) && !c.outstanding.contains(block)
+        };
+        if conn.outstanding.is_empty()
+            && !conn
+                .needed
+                .iter()
+                .any(|b| askable(conn, b) && !conn.cancelled.contains(b))
+        {
+            conn.cancelled.clear();
+        }
+        let wanted: Vec<(u32, u32)> = conn
+            .needed
+            .iter()
+            .filter(|b| askable(conn, b) && !conn.cancelled.contains(b))
+            .take(pipeline.saturating_sub(conn.outstanding.len() as u32) as usize)
+            .copied()
+            .collect();
+        for (index, begin) in wanted {
+            let block = BlockRef {
+                index,
+                begin,
+                length: (t.piece_len(index) - begin).min(16 * 1024),
+            };
+            out.push(Output::Send(link, Message::Request(block)));
+            conn.requests_sent += 1;
+            if cancel_every > 0 && conn.requests_sent.is_multiple_of(cancel_every) {
+                out.push(Output::Send(link, Message::Cancel(block)));
+                conn.cancelled.insert((index, begin));
+            } else {
+                conn.outstanding.insert((index, begin));
+            }
         }
     }
 

@@ -80,3 +80,31 @@ fn a_liar_cannot_get_an_honest_peer_dropped() {
     // One shared failure, then the liar's own pieces until it was dropped.
     assert_eq!(sim.verdicts(d).1, 1 + max as usize);
 }
+
+/// Bug (in the first form of the fix above): a piece started by a peer on parole stayed that
+/// peer's alone after a choke took the peer off it, so nobody, not even that peer once it
+/// unchoked again, could finish it, and the download stalled. Here the second peer chokes
+/// right behind every block it serves, so its pieces are always left half done.
+#[test]
+fn a_choke_frees_the_pieces_of_a_peer_on_parole() {
+    let mut sim = sim(0, 32 * KIB as u32, 4 * 32 * KIB);
+    let d = sim.add_downloader(Config {
+        max_piece_memory: 32 * KIB as u64,
+        min_requests: 1,
+        ..config()
+    });
+    let liar = sim.add_script(Behaviour::Corrupt { every: 1 });
+    let choker = sim.add_script(Behaviour::ChokeAfter {
+        every: 1,
+        pause: Duration::from_millis(3),
+    });
+    let link = LinkSpec {
+        latency: Duration::from_millis(1),
+        bandwidth: None,
+    };
+    sim.connect(d, liar, link);
+    sim.connect(d, choker, link);
+    assert!(sim.run_to_completion(Duration::from_secs(600)).unwrap());
+    assert!(sim.is_complete(d));
+    assert_eq!(sim.drops(d, choker), vec![]);
+}

@@ -434,3 +434,65 @@ fn seeder_serves_through_a_flood_of_connections() {
         .sum();
     assert_eq!(open, 200);
 }
+
+#[test]
+fn seeder_serves_a_leecher_that_cancels() {
+    let mut sim = sim(414, 32 * KIB as u32, 300 * KIB + 3);
+    let seeder = sim.add_seeder(config());
+    let leecher = sim.add_script(Behaviour::Leecher {
+        pipeline: 8,
+        cancel_every: 3,
+    });
+    sim.connect(seeder, leecher, LinkSpec::fast());
+    let blocks = (300 * KIB + 3).div_ceil(16 * KIB) as u32;
+    let done = sim
+        .run_until(LIMIT, |s| s.script(leecher).stats.leeched >= blocks)
+        .unwrap();
+    assert!(done);
+    let stats = &sim.script(leecher).stats;
+    assert_eq!(stats.corrupt_received, 0);
+    assert!(
+        stats.cancels == 0 && stats.requests == 0,
+        "a leecher is not asked"
+    );
+    // Every third request was cancelled right behind it and not served: each block went once.
+    assert_eq!(stats.leeched, blocks);
+    let uploaded = sim.swarm(seeder).stats().uploaded_bytes;
+    assert_eq!(uploaded, sim.torrent.total_length());
+    assert!(sim.drops(seeder, leecher).is_empty());
+}
+
+#[test]
+fn partial_seeders_that_complete_later_serve_everything() {
+    let minute = Duration::from_secs(60);
+    let mut s = sim(415, 16 * KIB as u32, 16 * 16 * KIB);
+    let d = s.add_downloader(config());
+    // One has the even pieces, one the odd; each announces the rest only after a minute.
+    let even = s.add_script(Behaviour::Partial {
+        mask: 0b0101_0101,
+        later: minute,
+    });
+    let odd = s.add_script(Behaviour::Partial {
+        mask: 0b1010_1010,
+        later: minute,
+    });
+    s.connect(d, even, LinkSpec::fast());
+    s.connect(d, odd, LinkSpec::fast());
+    complete(&mut s, &[d]);
+    assert!(s.elapsed() < minute, "waited for the late pieces");
+    for (p, parity) in [(even, 0), (odd, 1)] {
+        assert!(s.requested(d, p).iter().all(|b| b.index % 2 == parity));
+        assert_eq!(s.script(p).stats.invalid_requests, 0);
+    }
+
+    // Nobody has piece 0 until one peer announces it with `have`.
+    let mut sim = sim(416, 16 * KIB as u32, 8 * 16 * KIB);
+    let d = sim.add_downloader(config());
+    let late = sim.add_script(Behaviour::Partial {
+        mask: 0b1111_1110,
+        later: minute,
+    });
+    sim.connect(d, late, LinkSpec::fast());
+    complete(&mut sim, &[d]);
+    assert!(sim.elapsed() >= minute);
+}

@@ -13,7 +13,8 @@
 //!   within the budget unless a single piece is larger (then one piece at a time);
 //! - a piece is verified at most once at a time (`verifying` holds who contributed to it);
 //! - only its owner sends or owes blocks of an exclusive piece (one started by a peer on
-//!   parole); it stops being exclusive once a block of it is released.
+//!   parole); it stops being exclusive once a block of it is released or its owner leaves it
+//!   (choked, gone).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
@@ -205,6 +206,15 @@ impl Assembly {
         }
     }
 
+    /// Piece `index` is no longer `key`'s alone: that peer stopped working on it.
+    pub(super) fn share(&mut self, index: u32, key: PeerKey) {
+        if let Some(p) = self.partials.get_mut(&index) {
+            if p.exclusive == Some(key) {
+                p.exclusive = None;
+            }
+        }
+    }
+
     /// Stores a block that `from` sent and we had asked it for (the caller checked that).
     pub(super) fn receive(&mut self, from: PeerKey, block: BlockRef, data: &[u8]) -> Received {
         let Some(partial) = self.partials.get_mut(&block.index) else {
@@ -304,10 +314,13 @@ impl Assembly {
         Ok(())
     }
 
-    /// The peer on parole that alone fetches piece `index`, if any (for the invariant check).
+    /// Pieces one peer on parole fetches alone: (piece, that peer, whether it has `Missing`
+    /// blocks), for the invariant check.
     #[cfg(test)]
-    pub(super) fn exclusive_to(&self, index: u32) -> Option<PeerKey> {
-        self.partials.get(&index).and_then(|p| p.exclusive)
+    pub(super) fn exclusive_pieces(&self) -> impl Iterator<Item = (u32, PeerKey, bool)> + '_ {
+        self.partials
+            .iter()
+            .filter_map(|(&i, p)| p.exclusive.map(|owner| (i, owner, p.missing > 0)))
     }
 
     /// How many peers owe each requested block (for the invariant check).

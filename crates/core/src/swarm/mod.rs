@@ -21,6 +21,8 @@
 //! - piece-buffer memory stays within `Config::max_piece_memory` (one piece at a time if a
 //!   piece is larger);
 //! - nothing is marked had before its hash was verified;
+//! - a piece left to one peer on parole (see [`Swarm::handle_verdict`]) is owed by that peer
+//!   alone, and is one it is still working on;
 //! - a peer the swarm disconnects is forgotten at once; the driver is told with
 //!   [`SwarmEvent::Disconnect`] and any later input about it is ignored.
 
@@ -549,7 +551,7 @@ impl Swarm {
             return false;
         };
         self.scheduler.picker.remove_peer(&peer.has);
-        Scheduler::release_all(&mut self.assembly, &mut peer);
+        Scheduler::release_all(&mut self.assembly, key, &mut peer);
         self.choker.remove_peer(key);
         self.to_wake.remove(&key);
         if self.peers.is_empty() {
@@ -584,7 +586,7 @@ impl Swarm {
             Message::Choke => {
                 peer.peer_choking = true;
                 // Without the fast extension a choke discards every pending request.
-                Scheduler::release_all(&mut self.assembly, peer);
+                Scheduler::release_all(&mut self.assembly, key, peer);
             }
             Message::Unchoke => peer.peer_choking = false,
             Message::Interested => {
@@ -755,6 +757,23 @@ impl Swarm {
     pub(crate) fn check_invariants(&self) -> Result<(), String> {
         self.assembly.check_invariants(&self.geo)?;
         let mut owed: std::collections::HashMap<BlockRef, u8> = Default::default();
+        let exclusive: BTreeMap<u32, PeerKey> = self
+            .assembly
+            .exclusive_pieces()
+            .map(|(i, owner, _)| (i, owner))
+            .collect();
+        for (i, owner, missing) in self.assembly.exclusive_pieces() {
+            // Its owner alone can finish it: it must be there and still on it.
+            let on_it = self
+                .peers
+                .get(&owner)
+                .is_some_and(|p| p.current.contains(&i));
+            if missing && !on_it {
+                return Err(format!(
+                    "piece {i} is left to peer {owner}, which is not on it"
+                ));
+            }
+        }
         for (k, p) in &self.peers {
             let mut seen = std::collections::HashSet::new();
             for (b, _) in &p.inflight {
@@ -762,7 +781,7 @@ impl Swarm {
                     return Err(format!("peer {k} owes {b:?} twice"));
                 }
                 *owed.entry(*b).or_default() += 1;
-                if self.assembly.exclusive_to(b.index).is_some_and(|o| o != *k) {
+                if exclusive.get(&b.index).is_some_and(|o| o != k) {
                     return Err(format!("peer {k} owes {b:?} of another peer's piece"));
                 }
             }

@@ -140,11 +140,13 @@ impl Scheduler {
         any
     }
 
-    /// Returns every block `peer` owes us to the pool.
-    pub(super) fn release_all(assembly: &mut Assembly, peer: &mut PeerState) {
+    /// Returns every block `peer` (`key`) owes us to the pool, and the pieces it had alone.
+    pub(super) fn release_all(assembly: &mut Assembly, key: PeerKey, peer: &mut PeerState) {
         for (block, _) in std::mem::take(&mut peer.inflight) {
             assembly.release(block);
         }
-        peer.current.clear();
+        for index in peer.current.drain(..) {
+            assembly.share(index, key);
+        }
     }
 }
