@@ -3,8 +3,9 @@
 //! stepped deterministically from a seed.
 //!
 //! The driver follows the swarm's driving convention as the engine does
-//! (`bitrush::engine::{peer, torrent}`): after any input it drains `poll_transmit` and one
-//! batch of `poll_upload` for the peer concerned, then `poll_event` for the swarm. `Verify`
+//! (`bitrush::engine::{peer, torrent}`): a swarm takes every message that reaches a link at one
+//! instant (one read), then the driver drains `poll_transmit` and one batch of `poll_upload`
+//! for that peer (the next batch once this one is on the wire), then `poll_event`. `Verify`
 //! is answered with a SHA-1 check against the torrent's piece hashes after a short delay (a
 //! good piece is written to the node's disk first), `Wake` services that peer, and
 //! `Disconnect` closes the link at that end (the other end is told once what was already
@@ -13,7 +14,8 @@
 //!
 //! Links carry messages in order each way, after the link's latency plus the time to send
 //! them at its bandwidth (if limited); a closed end drops whatever reaches it. One seeded
-//! [`StdRng`] decides everything random, so a seed replays the same run.
+//! [`StdRng`] decides everything random, so a seed replays the same run. `SIM_VERBOSE=1`
+//! prints every step to stderr, to follow a failing case.
 //!
 //! Checked after every step ([`Sim::step`]): every swarm's `check_invariants()`, and what can
 //! be seen from outside: a swarm asks only for pieces it lacks, only of peers that said they
@@ -21,6 +23,7 @@
 //! unchoked; it marks had only pieces whose hash the sim verified; and virtual time moves on.
 
 mod peers;
+mod props;
 mod regressions;
 mod scenarios;
 
@@ -491,6 +494,15 @@ impl Sim {
             }
         }
         counts
+    }
+
+    /// Whether scripted leecher `leecher` got every block from `node` (over some link).
+    pub fn leeched_all_from(&self, leecher: NodeId, node: NodeId) -> bool {
+        let p = self.script(leecher);
+        self.links.iter().enumerate().any(|(id, l)| {
+            (0..2).any(|e| l.ends[e].node == leecher && l.ends[1 - e].node == node)
+                && p.leeched_all(id as LinkId)
+        })
     }
 
     /// Links on which swarm `node` currently unchokes the other end.

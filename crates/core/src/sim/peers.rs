@@ -90,11 +90,14 @@ pub(crate) enum Behaviour {
     NeverUnchoke,
     /// One of a flood of connections: the handshake, then keep-alives only.
     Idle,
+    /// Says it is interested, then sends keep-alives only: it holds an upload slot it never
+    /// uses if it gets one.
+    Hog,
     /// Honest, but has only the pieces in `mask` (bit `i % 8` for piece `i`) at first and
     /// announces the others with `have` after `later`.
     Partial { mask: u8, later: Duration },
     /// Has nothing; asks for every block, `pipeline` at a time, cancels every `cancel_every`-th
-    /// request (0: none), and checks what it gets.
+    /// request (0: none; 1 would cancel every request forever), and checks what it gets.
     Leecher { pipeline: u32, cancel_every: u32 },
 }
 
@@ -106,6 +109,7 @@ impl Behaviour {
             Behaviour::BadBitfield(_)
                 | Behaviour::BadRequest(_)
                 | Behaviour::Idle
+                | Behaviour::Hog
                 | Behaviour::Partial { .. }
                 | Behaviour::Leecher { .. }
         )
@@ -202,6 +206,11 @@ impl ScriptedPeer {
         }
     }
 
+    /// Whether a leecher got every block over `link`.
+    pub fn leeched_all(&self, link: LinkId) -> bool {
+        self.conns.get(&link).is_some_and(|c| c.needed.is_empty())
+    }
+
     /// Connections still open.
     pub fn open_connections(&self) -> usize {
         self.conns.values().filter(|c| c.open).count()
@@ -293,6 +302,7 @@ impl ScriptedPeer {
                 out.push(Output::Timer(link, period, Tick::Script));
             }
             Behaviour::NeverUnchoke | Behaviour::Idle => {}
+            Behaviour::Hog => send(out, Message::Interested),
             Behaviour::Partial { mask, later } => {
                 for i in (0..n).filter(|i| mask & (1 << (i % 8)) != 0) {
                     conn.has.set(i);

@@ -108,3 +108,29 @@ fn a_choke_frees_the_pieces_of_a_peer_on_parole() {
     assert!(sim.is_complete(d));
     assert_eq!(sim.drops(d, choker), vec![]);
 }
+
+/// Bug: a seeder's choker ranked interested peers by how fast it sent to them and broke ties by
+/// peer key, so peers that said they were interested and then asked for nothing (all at rate
+/// zero, like a newcomer) kept the regular upload slots for good; a real leecher arriving after
+/// them waited for the optimistic slot to land on it among all of them (hours of virtual time
+/// with 200 of them). Now equals take turns, those that waited longest first.
+#[test]
+fn interested_idlers_do_not_keep_the_upload_slots() {
+    let mut sim = sim(5, 32 * KIB as u32, 200 * KIB);
+    let (slots, hogs) = (4, 50);
+    let seeder = sim.add_seeder(Config {
+        upload_slots: slots,
+        ..config()
+    });
+    for _ in 0..hogs {
+        let hog = sim.add_script(Behaviour::Hog);
+        sim.connect(seeder, hog, LinkSpec::fast());
+    }
+    let d = sim.add_downloader(config());
+    sim.connect_after(Duration::from_secs(1), d, seeder, LinkSpec::fast());
+    // Its turn comes once every idler before it had one, `slots - 1` of them per rechoke.
+    let turns = (hogs / (slots - 1) + 2) as u32;
+    let rechoke = crate::swarm::RECHOKE_INTERVAL;
+    assert!(sim.run_to_completion(rechoke * turns).unwrap());
+    assert!(sim.is_complete(d));
+}

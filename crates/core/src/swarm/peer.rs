@@ -56,6 +56,9 @@ pub(super) struct PeerState {
     pub(super) target_requests: u32,
     /// Pieces that failed their hash check with this peer as their only contributor.
     pub(super) hash_failures: u32,
+    /// When it last held one of our upload slots (`None`: never); the choker serves those
+    /// that waited longest first among equals.
+    pub(super) last_unchoked: Option<Instant>,
     /// It shared a piece that failed: the pieces it starts are its alone until one passes, so
     /// that their failure is surely its own.
     pub(super) on_parole: bool,
@@ -88,6 +91,7 @@ impl PeerState {
             upload_rate: 0.0,
             target_requests: config.min_requests,
             hash_failures: 0,
+            last_unchoked: None,
             on_parole: false,
         }
     }
