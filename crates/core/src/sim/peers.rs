@@ -164,9 +164,9 @@ struct Conn {
     requests_sent: u32,
 }
 
-#[derive(Debug, Default, PartialEq, Eq)]
+/// Where a choke-data peer is in its trick.
+#[derive(Debug, PartialEq, Eq)]
 enum Trick {
-    #[default]
     Pending,
     Active,
     Done,
@@ -179,7 +179,7 @@ pub(crate) struct ScriptedPeer {
     torrent: Arc<Torrent>,
     conns: BTreeMap<LinkId, Conn>,
     pub stats: ScriptStats,
-    /// Blocks served by this peer, over all connections (for checking who gave what).
+    /// Blocks a corrupt peer served over all its connections (it spoils every `every`-th).
     served_blocks: u32,
 }
 

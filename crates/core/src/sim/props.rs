@@ -144,11 +144,11 @@ fn spec() -> impl Strategy<Value = Spec> {
     (
         any::<u64>(),
         piece_length,
-        1u32..=12,
+        1u32..=24,
         any::<u32>(),
         proptest::collection::vec(downloader(), 1..=4),
         0usize..=2,
-        proptest::collection::vec(behaviour(), 0..=6),
+        proptest::collection::vec(behaviour(), 0..=8),
         (
             prop_oneof![Just(1u64), Just(2), Just(3), Just(1000)],
             prop_oneof![Just(1u32), Just(4), Just(64)],

@@ -496,3 +496,34 @@ fn partial_seeders_that_complete_later_serve_everything() {
     complete(&mut sim, &[d]);
     assert!(sim.elapsed() >= minute);
 }
+
+#[test]
+fn liars_one_after_another_are_each_dropped_and_give_back_their_blocks() {
+    // As a peer dialling again and again with corrupt data: 20 connections, each dropped after
+    // its third bad piece; the honest seeder that comes last finishes the download.
+    let mut sim = sim(418, 32 * KIB as u32, 1024 * KIB + 1);
+    let d = sim.add_downloader(config());
+    let liars: Vec<NodeId> = (0..20)
+        .map(|_| sim.add_script(Behaviour::Corrupt { every: 1 }))
+        .collect();
+    for (i, &liar) in liars.iter().enumerate() {
+        sim.connect_after(Duration::from_secs(5 * i as u64), d, liar, LinkSpec::fast());
+    }
+    for &liar in &liars {
+        run_until_gone(&mut sim, d, liar);
+    }
+    let max = config().max_hash_failures;
+    for &liar in &liars {
+        assert_eq!(sim.drops(d, liar), vec![PeerError::BadData(max)]);
+    }
+    let stats = sim.swarm(d).stats();
+    assert_eq!((stats.peers, stats.verified_bytes), (0, 0));
+    let (good, bad) = sim.verdicts(d);
+    assert_eq!(good, 0);
+    assert!(bad >= 20 * max as usize, "{bad}");
+
+    let honest = sim.add_script(Behaviour::Honest);
+    sim.connect(d, honest, LinkSpec::fast());
+    complete(&mut sim, &[d]);
+    assert_eq!(sim.swarm(d).stats().peers, 1);
+}
