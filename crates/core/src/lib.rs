@@ -24,6 +24,8 @@ pub mod metadata;
 pub mod metainfo;
 pub mod mse;
 pub mod session;
+#[cfg(test)]
+mod sim;
 pub mod storage;
 pub mod swarm;
 pub mod tracker;

@@ -11,9 +11,12 @@
 //!   `Missing` blocks; `missing` and `remaining` count its `Missing` and not-`Received` blocks;
 //! - `memory` is the sum of the lengths of the pieces being assembled or verified, and stays
 //!   within the budget unless a single piece is larger (then one piece at a time);
-//! - a piece is verified at most once at a time (`verifying` holds who contributed to it).
+//! - a piece is verified at most once at a time (`verifying` holds who contributed to it);
+//! - only its owner sends or owes blocks of an exclusive piece (one started by a peer on
+//!   parole); it stops being exclusive once a block of it is released or its owner leaves it
+//!   (choked, gone).
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use super::{Geometry, PeerKey, BLOCK_LEN};
 use crate::wire::BlockRef;
@@ -35,6 +38,8 @@ struct Partial {
     remaining: u32,
     /// Peers that sent blocks of this piece (blamed if its hash fails).
     contributors: Vec<PeerKey>,
+    /// The peer on parole that started it and alone fetches it.
+    exclusive: Option<PeerKey>,
 }
 
 /// What receiving a block did.
@@ -52,7 +57,8 @@ pub(super) enum Received {
 #[derive(Debug)]
 pub(super) struct Assembly {
     max_memory: u64,
-    partials: HashMap<u32, Partial>,
+    /// Ordered, so that endgame picks follow the inputs alone.
+    partials: BTreeMap<u32, Partial>,
     /// Partial pieces that still have `Missing` blocks, lowest index first.
     open: BTreeSet<u32>,
     /// Pieces handed out for verification, with the peers that contributed to them.
@@ -66,7 +72,7 @@ impl Assembly {
     pub(super) fn new(max_memory: u64) -> Assembly {
         Assembly {
             max_memory,
-            partials: HashMap::new(),
+            partials: BTreeMap::new(),
             open: BTreeSet::new(),
             verifying: HashMap::new(),
             memory: 0,
@@ -79,8 +85,9 @@ impl Assembly {
         self.memory == 0 || self.memory + u64::from(piece_len) <= self.max_memory
     }
 
-    /// Starts assembling piece `index` with every block `Missing`.
-    pub(super) fn start(&mut self, geo: &Geometry, index: u32) {
+    /// Starts assembling piece `index` with every block `Missing`; an `exclusive` piece is
+    /// left to that peer alone.
+    pub(super) fn start(&mut self, geo: &Geometry, index: u32, exclusive: Option<PeerKey>) {
         let len = geo.piece_len(index);
         let blocks = geo.block_count(index);
         self.memory += u64::from(len);
@@ -96,6 +103,7 @@ impl Assembly {
                 missing: blocks,
                 remaining: blocks,
                 contributors: Vec::new(),
+                exclusive,
             },
         );
         self.open.insert(index);
@@ -112,15 +120,24 @@ impl Assembly {
         self.partials.contains_key(&index) || self.verifying.contains_key(&index)
     }
 
-    /// The open pieces (with `Missing` blocks), lowest index first.
+    /// The open pieces (with `Missing` blocks) any peer may help with, lowest index first.
     pub(super) fn open_pieces(&self) -> impl Iterator<Item = u32> + '_ {
-        self.open.iter().copied()
+        self.open
+            .iter()
+            .copied()
+            .filter(|i| self.partials.get(i).is_some_and(|p| p.exclusive.is_none()))
     }
 
-    /// Marks the first `Missing` block of piece `index` requested; `None` if it has none.
-    pub(super) fn request_missing(&mut self, geo: &Geometry, index: u32) -> Option<BlockRef> {
+    /// Marks the first `Missing` block of piece `index` requested for peer `key`; `None` if it
+    /// has none or the piece is another peer's alone.
+    pub(super) fn request_missing(
+        &mut self,
+        geo: &Geometry,
+        index: u32,
+        key: PeerKey,
+    ) -> Option<BlockRef> {
         let partial = self.partials.get_mut(&index)?;
-        if partial.missing == 0 {
+        if partial.missing == 0 || partial.exclusive.is_some_and(|owner| owner != key) {
             return None;
         }
         let b = partial
@@ -146,7 +163,7 @@ impl Assembly {
     ) -> Option<BlockRef> {
         let mut found = None;
         'pieces: for (&index, partial) in self.partials.iter() {
-            if !has(index) {
+            if !has(index) || partial.exclusive.is_some() {
                 continue;
             }
             for (b, state) in partial.blocks.iter().enumerate() {
@@ -180,9 +197,20 @@ impl Assembly {
             if n <= 1 {
                 partial.blocks[b] = BlockState::Missing;
                 partial.missing += 1;
+                // Its peer gave up on it (choked, left, dropped requests): anyone may finish it.
+                partial.exclusive = None;
                 self.open.insert(block.index);
             } else {
                 partial.blocks[b] = BlockState::Requested(n - 1);
+            }
+        }
+    }
+
+    /// Piece `index` is no longer `key`'s alone: that peer stopped working on it.
+    pub(super) fn share(&mut self, index: u32, key: PeerKey) {
+        if let Some(p) = self.partials.get_mut(&index) {
+            if p.exclusive == Some(key) {
+                p.exclusive = None;
             }
         }
     }
@@ -264,6 +292,15 @@ impl Assembly {
             if self.verifying.contains_key(&index) {
                 return Err(format!("piece {index}: assembled and verified at once"));
             }
+            if let Some(owner) = p.exclusive {
+                let shared = p.contributors.iter().any(|&c| c != owner)
+                    || p.blocks
+                        .iter()
+                        .any(|s| matches!(s, BlockState::Requested(n) if *n > 1));
+                if shared {
+                    return Err(format!("piece {index} of peer {owner} alone is shared"));
+                }
+            }
         }
         for &index in self.verifying.keys() {
             memory += u64::from(geo.piece_len(index));
@@ -275,6 +312,15 @@ impl Assembly {
             return Err(format!("memory {} over the budget", self.memory));
         }
         Ok(())
+    }
+
+    /// Pieces one peer on parole fetches alone: (piece, that peer, whether it has `Missing`
+    /// blocks), for the invariant check.
+    #[cfg(test)]
+    pub(super) fn exclusive_pieces(&self) -> impl Iterator<Item = (u32, PeerKey, bool)> + '_ {
+        self.partials
+            .iter()
+            .filter_map(|(&i, p)| p.exclusive.map(|owner| (i, owner, p.missing > 0)))
     }
 
     /// How many peers owe each requested block (for the invariant check).

@@ -3,13 +3,16 @@
 //! Every [`RECHOKE_INTERVAL`], interested peers are ranked by how fast they send to us (while
 //! downloading) or how fast we send to them (once seeding); the best `upload_slots - 1` are
 //! unchoked, plus one optimistic unchoke drawn at random from the rest, rotated every
-//! [`OPTIMISTIC_INTERVAL`]. Between rechokes, a peer that becomes interested while a slot is
-//! free is unchoked at once rather than at the next rechoke.
+//! [`OPTIMISTIC_INTERVAL`]. Among equals (most often peers at rate zero) the one that held a
+//! slot least recently goes first, newcomers before all, so that peers that say they are
+//! interested and then ask for nothing cannot keep the slots from those that would. Between
+//! rechokes, a peer that becomes interested while a slot is free is unchoked at once rather
+//! than at the next rechoke.
 //!
 //! Invariants: a rechoke leaves at most `upload_slots` interested peers unchoked; the timer
 //! runs only while some peer is interested.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::time::{Duration, Instant};
 
 use rand::rngs::StdRng;
@@ -55,7 +58,7 @@ impl Choker {
         &mut self,
         now: Instant,
         peer: &mut PeerState,
-        others: &HashMap<PeerKey, PeerState>,
+        others: &BTreeMap<PeerKey, PeerState>,
     ) -> bool {
         if self.next_rechoke.is_none() {
             self.next_rechoke = Some(now + RECHOKE_INTERVAL);
@@ -66,6 +69,7 @@ impl Choker {
             .count();
         if peer.am_choking && busy < self.slots {
             peer.am_choking = false;
+            peer.last_unchoked = Some(now);
             peer.outbox.push(Message::Unchoke);
             return true;
         }
@@ -90,9 +94,9 @@ impl Choker {
         &mut self,
         now: Instant,
         seeding: bool,
-        peers: &mut HashMap<PeerKey, PeerState>,
+        peers: &mut BTreeMap<PeerKey, PeerState>,
         rng: &mut StdRng,
-        woken: &mut HashSet<PeerKey>,
+        woken: &mut BTreeSet<PeerKey>,
     ) {
         if self.next_rechoke.is_none_or(|t| now < t) {
             return;
@@ -101,25 +105,29 @@ impl Choker {
         if rotate {
             self.next_rotation = Some(now + OPTIMISTIC_INTERVAL);
         }
-        self.rechoke(seeding, rotate, peers, rng, woken);
+        self.rechoke(now, seeding, rotate, peers, rng, woken);
         let anyone_interested = peers.values().any(|p| p.peer_interested);
         self.next_rechoke = anyone_interested.then_some(now + RECHOKE_INTERVAL);
     }
 
     fn rechoke(
         &mut self,
+        now: Instant,
         seeding: bool,
         rotate_optimistic: bool,
-        peers: &mut HashMap<PeerKey, PeerState>,
+        peers: &mut BTreeMap<PeerKey, PeerState>,
         rng: &mut StdRng,
-        woken: &mut HashSet<PeerKey>,
+        woken: &mut BTreeSet<PeerKey>,
     ) {
-        let mut ranked: Vec<(PeerKey, f64)> = peers
+        let mut ranked: Vec<(PeerKey, f64, Option<Instant>)> = peers
             .iter()
             .filter(|(_, p)| p.peer_interested)
-            .map(|(&k, p)| (k, if seeding { p.upload_rate } else { p.rate }))
+            .map(|(&k, p)| {
+                let rate = if seeding { p.upload_rate } else { p.rate };
+                (k, rate, p.last_unchoked)
+            })
             .collect();
-        ranked.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+        ranked.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.2.cmp(&b.2)).then(a.0.cmp(&b.0)));
         let regular = self.slots.saturating_sub(1);
         let mut unchoke: HashSet<PeerKey> = ranked.iter().take(regular).map(|r| r.0).collect();
         let rest: Vec<PeerKey> = ranked.iter().skip(regular).map(|r| r.0).collect();
@@ -130,6 +138,9 @@ impl Choker {
         unchoke.extend(self.optimistic);
         for (&k, peer) in peers.iter_mut() {
             let want_unchoked = unchoke.contains(&k);
+            if want_unchoked {
+                peer.last_unchoked = Some(now);
+            }
             if want_unchoked && peer.am_choking {
                 peer.am_choking = false;
                 peer.outbox.push(Message::Unchoke);

@@ -21,6 +21,8 @@
 //! - piece-buffer memory stays within `Config::max_piece_memory` (one piece at a time if a
 //!   piece is larger);
 //! - nothing is marked had before its hash was verified;
+//! - a piece left to one peer on parole (see [`Swarm::handle_verdict`]) is owed by that peer
+//!   alone, and is one it is still working on;
 //! - a peer the swarm disconnects is forgotten at once; the driver is told with
 //!   [`SwarmEvent::Disconnect`] and any later input about it is ignored.
 
@@ -34,7 +36,7 @@ mod scheduler;
 mod tests;
 
 use core::net::SocketAddr;
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -95,7 +97,7 @@ pub struct Config {
     pub request_timeout: Duration,
     /// A request this old that later blocks overtook is taken as dropped and asked again.
     pub lost_request_timeout: Duration,
-    /// A peer that contributed to this many pieces failing their hash check is dropped.
+    /// A peer that alone sent this many pieces that failed their hash check is dropped.
     pub max_hash_failures: u32,
     /// How many peers may be asked for the same block in endgame mode.
     pub endgame_duplicates: u8,
@@ -229,13 +231,14 @@ pub struct Swarm {
     scheduler: Scheduler,
     assembly: Assembly,
     choker: Choker,
-    peers: HashMap<PeerKey, PeerState>,
+    /// Ordered, as `to_wake`: no per-process hash order may reach the outputs.
+    peers: BTreeMap<PeerKey, PeerState>,
     /// Assembled pieces not yet handed out.
     completed: VecDeque<CompletedPiece>,
     /// Peers learned through peer exchange, not yet handed out.
     found: Vec<Vec<SocketAddr>>,
     disconnects: VecDeque<(PeerKey, PeerError)>,
-    to_wake: HashSet<PeerKey>,
+    to_wake: BTreeSet<PeerKey>,
     /// When the peers' rates and timers are next looked at; `None` without peers.
     next_tick: Option<Instant>,
     rng: StdRng,
@@ -285,11 +288,11 @@ impl Swarm {
                 bytes_left,
                 ..SwarmStats::default()
             },
-            peers: HashMap::new(),
+            peers: BTreeMap::new(),
             completed: VecDeque::new(),
             found: Vec::new(),
             disconnects: VecDeque::new(),
-            to_wake: HashSet::new(),
+            to_wake: BTreeSet::new(),
             next_tick: None,
             rng,
             info_bytes: None,
@@ -399,8 +402,10 @@ impl Swarm {
     }
 
     /// The hash check of piece `index` came back: `good` pieces are stored and announced, bad
-    /// ones requested again and their contributors blamed. `buf` is the piece's buffer, kept
-    /// for the next piece.
+    /// ones requested again. A bad piece from one peer counts against it; one that several
+    /// peers sent puts them all on parole instead (the pieces they start are theirs alone until
+    /// one passes), so that a liar cannot get honest peers dropped. `buf` is the piece's
+    /// buffer, kept for the next piece.
     pub fn handle_verdict(&mut self, now: Instant, index: u32, good: bool, buf: Vec<u8>) {
         self.assembly.recycle(buf, self.geo.piece_length);
         let Some(contributors) = self.assembly.verdict(&self.geo, index) else {
@@ -415,16 +420,26 @@ impl Swarm {
             self.to_wake.extend(room.map(|(&k, _)| k));
         }
         if good {
+            if let [k] = contributors[..] {
+                if let Some(peer) = self.peers.get_mut(&k) {
+                    peer.on_parole = false;
+                }
+            }
             self.on_piece_verified(index);
             return;
         }
         let len = u64::from(self.geo.piece_len(index));
         self.stats.wasted_bytes += len;
         self.scheduler.picker.release(index);
+        let shared = contributors.len() > 1;
         for k in contributors {
             let Some(peer) = self.peers.get_mut(&k) else {
                 continue;
             };
+            if shared {
+                peer.on_parole = true;
+                continue;
+            }
             peer.hash_failures += 1;
             if peer.hash_failures >= self.config.max_hash_failures {
                 let failures = peer.hash_failures;
@@ -533,7 +548,7 @@ impl Swarm {
         };
         if !done {
             self.scheduler
-                .fill(now, &self.geo, &mut self.assembly, peer);
+                .fill(now, key, &self.geo, &mut self.assembly, peer);
         }
         if !peer.outbox.is_empty() {
             peer.last_sent = now;
@@ -607,7 +622,7 @@ impl Swarm {
             return false;
         };
         let own = peer.pex_addr;
-        let current: HashSet<SocketAddr> = reachable
+        let current: BTreeSet<SocketAddr> = reachable
             .iter()
             .map(|p| p.addr)
             .filter(|a| Some(*a) != own)
@@ -662,7 +677,7 @@ impl Swarm {
             return false;
         };
         self.scheduler.picker.remove_peer(&peer.has);
-        Scheduler::release_all(&mut self.assembly, &mut peer);
+        Scheduler::release_all(&mut self.assembly, key, &mut peer);
         self.choker.remove_peer(key);
         self.to_wake.remove(&key);
         if self.peers.is_empty() {
@@ -698,7 +713,7 @@ impl Swarm {
                 peer.peer_choking = true;
                 // Without the fast extension a choke discards every pending request; with it,
                 // requests for allowed-fast pieces stand.
-                Scheduler::release_choked(&mut self.assembly, peer);
+                Scheduler::release_choked(&mut self.assembly, key, peer);
             }
             Message::Unchoke => peer.peer_choking = false,
             Message::Interested => {
@@ -959,14 +974,34 @@ impl Swarm {
     #[cfg(test)]
     pub(crate) fn check_invariants(&self) -> Result<(), String> {
         self.assembly.check_invariants(&self.geo)?;
-        let mut owed: HashMap<BlockRef, u8> = HashMap::new();
+        let mut owed: std::collections::HashMap<BlockRef, u8> = Default::default();
+        let exclusive: BTreeMap<u32, PeerKey> = self
+            .assembly
+            .exclusive_pieces()
+            .map(|(i, owner, _)| (i, owner))
+            .collect();
+        for (i, owner, missing) in self.assembly.exclusive_pieces() {
+            // Its owner alone can finish it: it must be there and still on it.
+            let on_it = self
+                .peers
+                .get(&owner)
+                .is_some_and(|p| p.current.contains(&i));
+            if missing && !on_it {
+                return Err(format!(
+                    "piece {i} is left to peer {owner}, which is not on it"
+                ));
+            }
+        }
         for (k, p) in &self.peers {
-            let mut seen = HashSet::new();
+            let mut seen = std::collections::HashSet::new();
             for (b, _) in &p.inflight {
                 if !seen.insert(*b) {
                     return Err(format!("peer {k} owes {b:?} twice"));
                 }
                 *owed.entry(*b).or_default() += 1;
+                if exclusive.get(&b.index).is_some_and(|o| o != k) {
+                    return Err(format!("peer {k} owes {b:?} of another peer's piece"));
+                }
             }
             if p.uploads.len() > self.config.max_upload_queue {
                 return Err(format!("peer {k} has {} uploads queued", p.uploads.len()));

@@ -6,7 +6,7 @@
 //! [`RATE_WINDOW`] samples.
 
 use core::net::SocketAddr;
-use std::collections::{HashSet, VecDeque};
+use std::collections::{BTreeSet, VecDeque};
 use std::time::{Duration, Instant};
 
 use super::{Bitfield, Config, BLOCK_LEN};
@@ -57,7 +57,7 @@ pub(super) struct PeerState {
     /// The remote end of the connection.
     pub(super) remote: Option<SocketAddr>,
     /// Addresses we told this peer about and did not drop since.
-    pub(super) pex_sent: HashSet<SocketAddr>,
+    pub(super) pex_sent: BTreeSet<SocketAddr>,
     /// When our next `ut_pex` message to it is due.
     pub(super) next_pex: Option<Instant>,
     /// When its last `ut_pex` message arrived (more than one a minute is ignored).
@@ -90,9 +90,16 @@ pub(super) struct PeerState {
     pub(super) upload_rate: f64,
     /// Requests kept in flight: the bandwidth-delay product of its rate, within bounds.
     pub(super) target_requests: u32,
+    /// Pieces that failed their hash check with this peer as their only contributor.
     pub(super) hash_failures: u32,
     /// The peer sent at least one block we kept (it counts in `SwarmStats::peers_used`).
     pub(super) delivered: bool,
+    /// When it last held one of our upload slots (`None`: never); the choker serves those
+    /// that waited longest first among equals.
+    pub(super) last_unchoked: Option<Instant>,
+    /// It shared a piece that failed: the pieces it starts are its alone until one passes, so
+    /// that their failure is surely its own.
+    pub(super) on_parole: bool,
 }
 
 /// Requests we keep outstanding at a peer that did not tell us its `reqq`.
@@ -109,7 +116,7 @@ impl PeerState {
             pex_addr: None,
             outgoing: false,
             remote: None,
-            pex_sent: HashSet::new(),
+            pex_sent: BTreeSet::new(),
             next_pex: None,
             last_pex_in: None,
             has: Bitfield::new(piece_count),
@@ -134,6 +141,8 @@ impl PeerState {
             target_requests: config.min_requests,
             hash_failures: 0,
             delivered: false,
+            last_unchoked: None,
+            on_parole: false,
         }
     }
 

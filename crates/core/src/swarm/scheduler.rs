@@ -5,7 +5,8 @@
 //! order: pieces this peer already works on (whole-piece affinity keeps pieces from being
 //! spread over many slow peers), then a new piece by rarest first if the memory budget allows,
 //! then blocks of other open pieces it has, then, in endgame (nothing left unrequested),
-//! duplicates of blocks other peers owe.
+//! duplicates of blocks other peers owe. The pieces a peer on parole starts are its alone
+//! (nobody helps, and it asks for no duplicates), so that their hash check judges it alone.
 //!
 //! Invariants: a block is requested from a peer at most once at a time; a new piece is started
 //! only within the memory budget; when the budget stops a peer, `memory_starved` is set so the
@@ -16,7 +17,7 @@ use std::time::Instant;
 use super::assembly::Assembly;
 use super::peer::PeerState;
 use super::picker::PiecePicker;
-use super::Geometry;
+use super::{Geometry, PeerKey};
 use crate::wire::{BlockRef, Message};
 
 /// Most requests held back to be sent together when a peer's pipeline is nearly full.
@@ -43,6 +44,7 @@ impl Scheduler {
     pub(super) fn fill(
         &mut self,
         now: Instant,
+        key: PeerKey,
         geo: &Geometry,
         assembly: &mut Assembly,
         peer: &mut PeerState,
@@ -62,7 +64,7 @@ impl Scheduler {
             return;
         }
         while peer.inflight.len() < target {
-            let Some(block) = self.next_block(geo, assembly, peer) else {
+            let Some(block) = self.next_block(key, geo, assembly, peer) else {
                 break;
             };
             peer.inflight.push_back((block, now));
@@ -73,6 +75,7 @@ impl Scheduler {
     /// Chooses the next block to ask of `peer` and marks it requested.
     fn next_block(
         &mut self,
+        key: PeerKey,
         geo: &Geometry,
         assembly: &mut Assembly,
         peer: &mut PeerState,
@@ -82,7 +85,7 @@ impl Scheduler {
         // 1. Pieces this peer already works on.
         while let Some(&index) = peer.current.first() {
             if peer.may_request_piece(index) {
-                if let Some(block) = assembly.request_missing(geo, index) {
+                if let Some(block) = assembly.request_missing(geo, index, key) {
                     return Some(block);
                 }
             }
@@ -100,9 +103,9 @@ impl Scheduler {
             };
             if let Some(index) = chosen {
                 self.picker.take(index);
-                assembly.start(geo, index);
+                assembly.start(geo, index, peer.on_parole.then_some(key));
                 peer.current.push(index);
-                return assembly.request_missing(geo, index);
+                return assembly.request_missing(geo, index, key);
             }
         } else if self.picker.has_pickable() {
             self.memory_starved = true;
@@ -113,10 +116,10 @@ impl Scheduler {
             .find(|&i| peer.has.get(i) && peer.may_request_piece(i));
         if let Some(index) = open {
             peer.current.push(index);
-            return assembly.request_missing(geo, index);
+            return assembly.request_missing(geo, index, key);
         }
         // 4. Endgame: nothing left unrequested; ask for blocks others owe us too.
-        if !choked && !self.picker.has_pickable() {
+        if !choked && !self.picker.has_pickable() && !peer.on_parole {
             let inflight = &peer.inflight;
             let has = &peer.has;
             return assembly.request_duplicate(
@@ -151,19 +154,21 @@ impl Scheduler {
         any
     }
 
-    /// Returns every block `peer` owes us to the pool.
-    pub(super) fn release_all(assembly: &mut Assembly, peer: &mut PeerState) {
+    /// Returns every block `peer` (`key`) owes us to the pool, and the pieces it had alone.
+    pub(super) fn release_all(assembly: &mut Assembly, key: PeerKey, peer: &mut PeerState) {
         for (block, _) in std::mem::take(&mut peer.inflight) {
             assembly.release(block);
         }
-        peer.current.clear();
+        for index in peer.current.drain(..) {
+            assembly.share(index, key);
+        }
     }
 
     /// The peer choked us: blocks it may still send (allowed-fast pieces, fast extension) stay
     /// owed; the others go back to the pool (a fast peer rejects them; a plain one drops them).
-    pub(super) fn release_choked(assembly: &mut Assembly, peer: &mut PeerState) {
+    pub(super) fn release_choked(assembly: &mut Assembly, key: PeerKey, peer: &mut PeerState) {
         if !peer.fast || peer.allowed_in.is_empty() {
-            Self::release_all(assembly, peer);
+            Self::release_all(assembly, key, peer);
             return;
         }
         let allowed = &peer.allowed_in;
@@ -176,7 +181,14 @@ impl Scheduler {
             }
         }
         peer.inflight = kept;
-        peer.current.retain(|i| allowed.contains(i));
+        // The pieces it no longer works on are no longer its alone (see `release_all`).
+        for index in std::mem::take(&mut peer.current) {
+            if allowed.contains(&index) {
+                peer.current.push(index);
+            } else {
+                assembly.share(index, key);
+            }
+        }
     }
 
     /// The peer rejected our request for `block` (fast extension): it goes back to the pool.
