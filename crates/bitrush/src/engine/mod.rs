@@ -8,7 +8,7 @@
 //! - [`dht`]: the process's DHT node, shared by its torrents.
 //! - [`metadata`]: fetching a magnet link's info dictionary from peers.
 //! - [`probe`]: one-shot handshakes and peer lookups for the CLI's single-purpose commands.
-//! - [`tracker`]: HTTP and UDP tracker clients.
+//! - [`tracker`]: HTTP(S) and UDP tracker clients; [`tls`]: the trusted authorities for HTTPS.
 //! - [`hasher`], [`sink`], [`resume`]: piece verification threads, where pieces are stored, and
 //!   the fast-resume file beside the output.
 
@@ -20,6 +20,7 @@ pub mod peer;
 pub mod probe;
 pub mod resume;
 pub mod sink;
+pub mod tls;
 pub mod torrent;
 pub mod tracker;
 
