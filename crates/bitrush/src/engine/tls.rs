@@ -11,14 +11,45 @@ use std::error::Error as StdError;
 use std::sync::{Arc, OnceLock};
 
 /// Why no certificate authority is available to check HTTPS trackers against.
-#[derive(Debug, Clone, thiserror::Error)]
-#[error("no certificate authority to check HTTPS trackers against (from {origin})")]
+#[derive(Debug, Clone)]
 pub struct TrustRootsError {
     /// Where we looked: `SSL_CERT_FILE=…`, `SSL_CERT_DIR=…` or the system store.
     origin: String,
-    /// The first reason a place could not be read, if any (a missing file, bad PEM).
-    #[source]
-    source: Option<Arc<rustls_native_certs::Error>>,
+    /// What went wrong reading it, or that it held no usable certificate.
+    problem: String,
+    source: Option<Arc<dyn StdError + Send + Sync>>,
+}
+
+impl std::fmt::Display for TrustRootsError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "no certificate authority to check HTTPS trackers against (from {}): {}",
+            self.origin, self.problem
+        )
+    }
+}
+
+impl StdError for TrustRootsError {
+    fn source(&self) -> Option<&(dyn StdError + 'static)> {
+        self.source
+            .as_deref()
+            .map(|e| e as &(dyn StdError + 'static))
+    }
+}
+
+/// What went wrong reading the store, and its cause (the store's own error text repeats its
+/// cause's, so the cause is taken out of it).
+fn store_problem(e: rustls_native_certs::Error) -> (String, Arc<dyn StdError + Send + Sync>) {
+    use rustls_native_certs::ErrorKind;
+    match e.kind {
+        ErrorKind::Io { inner, path } => {
+            (format!("cannot read {}", path.display()), Arc::new(inner))
+        }
+        ErrorKind::Pem(pem) => ("bad PEM".to_string(), Arc::new(pem)),
+        ErrorKind::Os(os) => (e.context.to_string(), Arc::from(os)),
+        _ => (e.context.to_string(), Arc::new(e)),
+    }
 }
 
 /// The trusted certificate authorities, loaded on first use (a few milliseconds, once).
@@ -62,9 +93,14 @@ fn load_trust_roots() -> Result<Vec<reqwest::Certificate>, TrustRootsError> {
         tracing::debug!(error = %e, "skipped part of the certificate store");
     }
     if roots.is_empty() {
+        let (problem, source) = match found.errors.into_iter().next().map(store_problem) {
+            Some((problem, source)) => (problem, Some(source)),
+            None => ("no usable certificate in it".to_string(), None),
+        };
         return Err(TrustRootsError {
             origin: roots_origin(),
-            source: found.errors.into_iter().next().map(Arc::new),
+            problem,
+            source,
         });
     }
     tracing::debug!(
