@@ -423,7 +423,25 @@ mod tests {
 
         #[test]
         fn prop_arbitrary_bodies_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..300)) {
-            let _ = parse_announce_response(&bytes);
+            check_response(&bytes);
         }
+    }
+
+    /// What every accepted response satisfies: at most [`MAX_PEERS`] peers, none twice, no
+    /// port 0.
+    fn check_response(body: &[u8]) {
+        if let Ok(resp) = parse_announce_response(body) {
+            assert!(resp.peers.len() <= MAX_PEERS);
+            let unique: HashSet<&SocketAddr> = resp.peers.iter().collect();
+            assert_eq!(unique.len(), resp.peers.len());
+            assert!(resp.peers.iter().all(|p| p.port() != 0));
+        }
+    }
+
+    #[test]
+    fn corpus_replays_cleanly() {
+        crate::bencode::fuzz_tests::replay_corpus("tracker", check_response, |b| {
+            parse_announce_response(b).is_ok()
+        });
     }
 }
