@@ -149,7 +149,8 @@ pub async fn announce_with(
     let url = url.trim();
     let scheme = url.split_once("://").map(|(s, _)| s.to_ascii_lowercase());
     match scheme.as_deref() {
-        Some("http" | "https") => announce_http(url, req, opts).await,
+        Some("http") => announce_http(url, false, req, opts).await,
+        Some("https") => announce_http(url, true, req, opts).await,
         Some("udp") => announce_udp(url, req, opts).await,
         _ => Err(AnnounceError::BadUrl(url.to_string())),
     }
@@ -261,24 +262,20 @@ fn min_some(a: Option<u32>, b: Option<u32>) -> Option<u32> {
     }
 }
 
+/// Announces over HTTP, or over HTTPS if `https` (then the trusted authorities must load).
 async fn announce_http(
     url: &str,
+    https: bool,
     req: &AnnounceRequest,
     opts: &AnnounceOptions,
 ) -> Result<AnnounceResponse, AnnounceError> {
     // A client per announce: announces are rare, and a shared client would outlive the
     // runtime it was first used on.
     let mut builder = reqwest::Client::builder().timeout(opts.http_timeout);
-    // The authorities go to plain HTTP trackers too (when they load), for redirects to HTTPS.
     let roots = match tls::trust_roots() {
         Ok(roots) => roots,
-        Err(e)
-            if url
-                .get(..6)
-                .is_some_and(|s| s.eq_ignore_ascii_case("https:")) =>
-        {
-            return Err(e.into())
-        }
+        Err(e) if https => return Err(e.into()),
+        // A plain HTTP tracker needs them only if it redirects to HTTPS.
         Err(_) => &[],
     };
     for root in roots {
