@@ -25,6 +25,9 @@ pub struct LtSeedOptions {
     pub exit_after_upload: Option<u64>,
     /// Peer transports and encryption.
     pub wire: LtWire,
+    /// Listen on `[::1]` only (not on 127.0.0.1); its address is then
+    /// [`LtSeeder::addr_v6`].
+    pub ipv6: bool,
 }
 
 /// Which peer transports libtorrent speaks (in and out).
@@ -114,6 +117,9 @@ impl LtSeeder {
         if opts.no_announce {
             cmd.arg("--no-announce");
         }
+        if opts.ipv6 {
+            cmd.arg("--ipv6");
+        }
         if let Some(n) = opts.exit_after_upload {
             cmd.arg("--exit-after-upload").arg(n.to_string());
         }
@@ -136,6 +142,11 @@ impl LtSeeder {
 
     pub fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
         self.proc.wait_exit(timeout)
+    }
+
+    /// `[::1]:port()`, for a seeder started with [`LtSeedOptions::ipv6`].
+    pub fn addr_v6(&self) -> SocketAddr {
+        SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, self.port))
     }
 }
 

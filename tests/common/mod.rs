@@ -7,17 +7,18 @@
 //! dropped; helper processes also watch their stdin, which only the test
 //! process holds, so they die even if the test process is killed outright.
 //!
-//! External tools (`opentracker`, `mktorrent`, `aria2c`, `/usr/bin/python3`
-//! with `libtorrent`) are required: a missing tool makes the test panic with a
-//! message naming it, never skip.
+//! External tools (`opentracker`, `mktorrent`, `aria2c`, `stunnel4`,
+//! `openssl`, `/usr/bin/python3` with `libtorrent`) are required: a missing
+//! tool makes the test panic with a message naming it, never skip.
 //!
 //! The parts: [`tools`] (support scripts and external programs), [`procs`]
 //! (child processes), [`payload`] (test directories, payloads, comparisons),
 //! [`net`] (ports, dead addresses, a silent peer), [`torrents`] (making and
 //! reading torrents, bencode, magnet links), [`tracker`] (opentracker),
 //! [`libtorrent`] and [`aria2`] (the reference clients as peers),
-//! [`scripted`] (scripted honest and hostile peers), [`bitrush`] (the binary
-//! under test) and [`swarm`] (the usual fixture tying them together).
+//! [`scripted`] (scripted honest and hostile peers), [`tls`] (a certificate
+//! authority and stunnel4 for HTTPS trackers), [`bitrush`] (the binary under
+//! test) and [`swarm`] (the usual fixture tying them together).
 
 // Each test binary compiles this module on its own and uses only part of it.
 #![allow(dead_code)]
@@ -33,6 +34,7 @@ mod payload;
 mod procs;
 mod scripted;
 mod swarm;
+mod tls;
 mod tools;
 mod torrents;
 mod tracker;
@@ -41,5 +43,5 @@ mod tracker;
 #[allow(unused_imports)]
 pub use self::{
     aria2::*, bitrush::*, libtorrent::*, net::*, payload::*, procs::*, scripted::*, swarm::*,
-    tools::*, torrents::*, tracker::*,
+    tls::*, tools::*, torrents::*, tracker::*,
 };

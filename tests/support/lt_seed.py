@@ -1,7 +1,7 @@
 #!/usr/bin/python3
 """Seed one or more torrents with libtorrent on 127.0.0.1 for bitrush's tests.
 
-Usage: lt_seed.py [--port P] [--upload-rate-limit BPS] [--no-announce]
+Usage: lt_seed.py [--port P] [--upload-rate-limit BPS] [--no-announce] [--ipv6]
                   [--exit-after-upload BYTES] SAVE_DIR TORRENT [TORRENT ...]
 
 Prints `READY <port>` on stdout (flushed) once every torrent is in seeding
@@ -9,7 +9,8 @@ state and (unless --no-announce) has had a successful tracker reply, then runs
 until killed or until stdin reaches EOF (so it dies with the test that started
 it). With --exit-after-upload it dies abruptly (exit code 42) once it has
 uploaded that many payload bytes: a seeder that vanishes mid-download. DHT, LSD, UPnP and NAT-PMP are off; it listens on
-127.0.0.1 only and announces to the torrents' trackers (unless --no-announce).
+127.0.0.1 only (with --ipv6, on [::1] only) and announces to the torrents' trackers (unless
+--no-announce).
 """
 
 import argparse
@@ -34,6 +35,7 @@ def main():
     p.add_argument("--port", type=int, default=0, help="listen port (0 = any free port)")
     p.add_argument("--upload-rate-limit", type=int, default=0, help="bytes/s, 0 = unlimited")
     p.add_argument("--no-announce", action="store_true", help="do not contact trackers")
+    p.add_argument("--ipv6", action="store_true", help="listen on [::1] only, not on 127.0.0.1")
     p.add_argument(
         "--exit-after-upload",
         type=int,
@@ -46,8 +48,10 @@ def main():
     args = p.parse_args()
 
     settings = loopback_settings(args.port)
+    if args.ipv6:
+        settings.update({"listen_interfaces": "[::1]:%d" % args.port, "outgoing_interfaces": "::1"})
     settings.update({
-        "announce_ip": "127.0.0.1",
+        "announce_ip": "::1" if args.ipv6 else "127.0.0.1",
         "upload_rate_limit": args.upload_rate_limit,
         # do not rate-limit local peers differently from others
         "ignore_limits_on_local_network": False,

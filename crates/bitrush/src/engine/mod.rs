@@ -10,7 +10,7 @@
 //!   [`utp`]: uTP connections as streams; [`transport`]: plain or MSE-encrypted streams.
 //! - [`metadata`]: fetching a magnet link's info dictionary from peers.
 //! - [`probe`]: one-shot handshakes and peer lookups for the CLI's single-purpose commands.
-//! - [`tracker`]: HTTP and UDP tracker clients.
+//! - [`tracker`]: HTTP(S) and UDP tracker clients; [`tls`]: the trusted authorities for HTTPS.
 //! - [`hasher`], [`sink`], [`resume`]: piece verification threads, where pieces are stored, and
 //!   the fast-resume file beside the output.
 
@@ -22,6 +22,7 @@ pub mod peer;
 pub mod probe;
 pub mod resume;
 pub mod sink;
+pub mod tls;
 pub mod torrent;
 pub mod tracker;
 pub mod transport;

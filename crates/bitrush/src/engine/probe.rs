@@ -66,6 +66,8 @@ pub fn probe_announcer(info_hash: InfoHash, peer_id: PeerId) -> Announcer {
         port: UNLISTENED_PORT,
         key: rand::random(),
         numwant: NUMWANT,
+        // Nobody listens: no address to tell.
+        ipv6: None,
     }
 }
 

@@ -221,6 +221,9 @@ pub async fn run_torrent(mut params: TorrentParams) -> Result<Outcome, TorrentEr
                 port: params.port,
                 key: rand::random(),
                 numwant: NUMWANT,
+                ipv6: tracker::announce_ipv6(
+                    params.listener.as_ref().and_then(|l| l.local_addr().ok()),
+                ),
             },
             trackers: params.trackers.clone(),
             peers: params.peers.clone(),

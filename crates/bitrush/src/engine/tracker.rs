@@ -1,6 +1,7 @@
-//! Tracker clients over real sockets: HTTP (reqwest) and UDP (tokio `UdpSocket` driving the
-//! sans-IO [`UdpAnnounce`] state machine), plus [`announce_all`], which asks every tier at once
-//! (for the `peers` command and probes; sessions schedule per tracker).
+//! Tracker clients over real sockets: HTTP and HTTPS (reqwest with rustls, trusting the
+//! authorities [`super::tls`] loads) and UDP (tokio `UdpSocket` driving the sans-IO
+//! [`UdpAnnounce`] state machine), plus [`announce_all`], which asks every tier at once (for the
+//! `peers` command and probes; sessions schedule per tracker).
 //!
 //! Invariants: every announce ends by itself (HTTP has a whole-request timeout, name lookup
 //! is bounded, and UDP gives up after its last retransmission); HTTP bodies larger than
@@ -8,18 +9,19 @@
 //! their 60 s lifetime from a small process-wide cache.
 
 use std::collections::{HashMap, HashSet};
-use std::net::SocketAddr;
+use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use tokio::net::UdpSocket;
 use tokio::task::JoinSet;
 
+use super::tls::{self, TrustRootsError};
 use crate::tracker::http::{announce_url, parse_announce_response};
 use crate::tracker::udp::CONNECTION_ID_LIFETIME;
 use crate::tracker::{
-    push_peers, AnnounceRequest, AnnounceResponse, TrackerError, UdpAnnounce, UdpConfig,
-    MAX_RESPONSE_LEN,
+    is_global_ipv6, push_peers, AnnounceRequest, AnnounceResponse, TrackerError, UdpAnnounce,
+    UdpConfig, MAX_RESPONSE_LEN,
 };
 
 /// Largest UDP datagram we read (bigger ones are truncated by the socket).
@@ -37,13 +39,22 @@ pub enum AnnounceError {
     /// A URL we cannot announce to.
     #[error("unsupported tracker URL {0}")]
     BadUrl(String),
-    /// HTTPS needs a TLS stack this build does not have.
-    #[error("{0}: https trackers are not supported (built without TLS)")]
-    Https(String),
     /// The tracker's host could not be reached (refused, unreachable, reset): the socket
     /// error alone, without the HTTP stack's layers around it.
     #[error("cannot connect")]
     Connect(#[source] std::io::Error),
+    /// The HTTPS tracker's certificate was refused (`problem` says why in words).
+    #[error("TLS certificate {problem}")]
+    Certificate {
+        problem: &'static str,
+        source: rustls::Error,
+    },
+    /// The TLS handshake with an HTTPS tracker failed for another reason than its certificate.
+    #[error("TLS handshake failed")]
+    Tls(#[source] rustls::Error),
+    /// There is no certificate authority to check an HTTPS tracker against.
+    #[error(transparent)]
+    TrustRoots(#[from] TrustRootsError),
     /// The HTTP request failed otherwise (protocol, body).
     #[error("HTTP request failed")]
     Http(#[source] reqwest::Error),
@@ -142,9 +153,9 @@ pub async fn announce_with(
     let url = url.trim();
     let scheme = url.split_once("://").map(|(s, _)| s.to_ascii_lowercase());
     match scheme.as_deref() {
-        Some("http") => announce_http(url, req, opts).await,
+        Some("http") => announce_http(url, false, req, opts).await,
+        Some("https") => announce_http(url, true, req, opts).await,
         Some("udp") => announce_udp(url, req, opts).await,
-        Some("https") => Err(AnnounceError::Https(url.to_string())),
         _ => Err(AnnounceError::BadUrl(url.to_string())),
     }
 }
@@ -222,6 +233,32 @@ pub async fn announce_all_detailed(
     Ok(all)
 }
 
+/// The IPv6 address to tell HTTP trackers (BEP 7 `ipv6=`) for a session whose peer listener is
+/// bound to `listen`: the listener's own address if that is a global IPv6 one, our global IPv6
+/// address if it listens on every IPv6 address (`[::]`), else none (an IPv4 listener takes no
+/// IPv6 peers, and loopback, link-local or unique-local addresses are no use to a tracker).
+pub fn announce_ipv6(listen: Option<SocketAddr>) -> Option<Ipv6Addr> {
+    match listen?.ip() {
+        IpAddr::V6(ip) if ip.is_unspecified() => global_ipv6(),
+        IpAddr::V6(ip) => is_global_ipv6(&ip).then_some(ip),
+        IpAddr::V4(_) => None,
+    }
+}
+
+/// Our global IPv6 address, if the machine has one: the source address the system picks for a
+/// global destination, read from a UDP socket "connected" to one. Connecting a UDP socket only
+/// looks up the route; nothing is sent.
+pub fn global_ipv6() -> Option<Ipv6Addr> {
+    // Any global unicast destination works; 2000::1 is in unallocated global space.
+    let probe = SocketAddr::from((Ipv6Addr::new(0x2000, 0, 0, 0, 0, 0, 0, 1), 9));
+    let socket = std::net::UdpSocket::bind((Ipv6Addr::UNSPECIFIED, 0)).ok()?;
+    socket.connect(probe).ok()?;
+    match socket.local_addr().ok()?.ip() {
+        IpAddr::V6(ip) if is_global_ipv6(&ip) => Some(ip),
+        _ => None,
+    }
+}
+
 fn min_some(a: Option<u32>, b: Option<u32>) -> Option<u32> {
     match (a, b) {
         (Some(x), Some(y)) => Some(x.min(y)),
@@ -244,24 +281,40 @@ fn socket_error(e: &reqwest::Error) -> Option<std::io::Error> {
     None
 }
 
+/// Announces over HTTP, or over HTTPS if `https` (then the trusted authorities must load).
 async fn announce_http(
     url: &str,
+    https: bool,
     req: &AnnounceRequest,
     opts: &AnnounceOptions,
 ) -> Result<AnnounceResponse, AnnounceError> {
     // A client per announce: announces are rare, and a shared client would outlive the
     // runtime it was first used on.
-    let client = reqwest::Client::builder()
-        .timeout(opts.http_timeout)
-        .build()
-        .map_err(AnnounceError::Http)?;
+    let mut builder = reqwest::Client::builder().timeout(opts.http_timeout);
+    let roots = match tls::trust_roots() {
+        Ok(roots) => roots,
+        Err(e) if https => return Err(e.into()),
+        // A plain HTTP tracker needs them only if it redirects to HTTPS.
+        Err(_) => &[],
+    };
+    for root in roots {
+        builder = builder.add_root_certificate(root.clone());
+    }
+    let client = builder.build().map_err(AnnounceError::Http)?;
     let http = |e: reqwest::Error| {
         if e.is_timeout() {
-            AnnounceError::Tracker(TrackerError::Timeout)
-        } else if let Some(io) = e.is_connect().then(|| socket_error(&e)).flatten() {
-            AnnounceError::Connect(io)
-        } else {
-            AnnounceError::Http(e.without_url())
+            return AnnounceError::Tracker(TrackerError::Timeout);
+        }
+        match tls::tls_failure(&e) {
+            Some(rustls::Error::InvalidCertificate(cert)) => AnnounceError::Certificate {
+                problem: tls::certificate_problem(cert),
+                source: rustls::Error::InvalidCertificate(cert.clone()),
+            },
+            Some(other) => AnnounceError::Tls(other.clone()),
+            None => match e.is_connect().then(|| socket_error(&e)).flatten() {
+                Some(io) => AnnounceError::Connect(io),
+                None => AnnounceError::Http(e.without_url()),
+            },
         }
     };
     let mut resp = client
@@ -448,6 +501,7 @@ mod tests {
             event: Event::Started,
             numwant: Some(50),
             key: 1,
+            ipv6: None,
         }
     }
 
@@ -476,7 +530,15 @@ mod tests {
 
     /// Serves one canned HTTP response per connection, `count` times; yields the request lines.
     async fn http_server(responses: Vec<Vec<u8>>) -> (String, JoinHandle<Vec<String>>) {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        http_server_on("127.0.0.1:0", responses).await
+    }
+
+    /// [`http_server`] bound to `bind`.
+    async fn http_server_on(
+        bind: &str,
+        responses: Vec<Vec<u8>>,
+    ) -> (String, JoinHandle<Vec<String>>) {
+        let listener = TcpListener::bind(bind).await.unwrap();
         let addr = listener.local_addr().unwrap();
         let handle = tokio::spawn(async move {
             let mut lines = Vec::new();
@@ -519,7 +581,19 @@ mod tests {
         error: Option<&'static str>,
         peers: Vec<([u8; 4], u16)>,
     ) -> (String, JoinHandle<Vec<u32>>) {
-        let sock = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let peers = peers.into_iter().map(SocketAddr::from).collect();
+        udp_server_on("127.0.0.1:0", announces, error, peers).await
+    }
+
+    /// [`udp_server`] bound to `bind`, answering with `peers` in the compact form of their
+    /// family (6 or 18 bytes each).
+    async fn udp_server_on(
+        bind: &str,
+        announces: usize,
+        error: Option<&'static str>,
+        peers: Vec<SocketAddr>,
+    ) -> (String, JoinHandle<Vec<u32>>) {
+        let sock = UdpSocket::bind(bind).await.unwrap();
         let addr = sock.local_addr().unwrap();
         let handle = tokio::spawn(async move {
             let mut actions = Vec::new();
@@ -553,9 +627,12 @@ mod tests {
                     reply.extend_from_slice(&600u32.to_be_bytes());
                     reply.extend_from_slice(&2u32.to_be_bytes());
                     reply.extend_from_slice(&3u32.to_be_bytes());
-                    for (ip, port) in &peers {
-                        reply.extend_from_slice(ip);
-                        reply.extend_from_slice(&port.to_be_bytes());
+                    for peer in &peers {
+                        match peer.ip() {
+                            IpAddr::V4(ip) => reply.extend_from_slice(&ip.octets()),
+                            IpAddr::V6(ip) => reply.extend_from_slice(&ip.octets()),
+                        }
+                        reply.extend_from_slice(&peer.port().to_be_bytes());
                     }
                     done += 1;
                 }
@@ -642,19 +719,108 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn trackers_over_ipv6_give_ipv6_peers() {
+        let v6: Vec<SocketAddr> = ["[2001:db8::7]:6881", "[::1]:51413"]
+            .iter()
+            .map(|s| s.parse().unwrap())
+            .collect();
+        // HTTP on [::1], answering with peers6 alone.
+        let mut compact = Vec::new();
+        for peer in &v6 {
+            if let IpAddr::V6(ip) = peer.ip() {
+                compact.extend_from_slice(&ip.octets());
+            }
+            compact.extend_from_slice(&peer.port().to_be_bytes());
+        }
+        let mut body = format!("d8:intervali900e6:peers6{}:", compact.len()).into_bytes();
+        body.extend_from_slice(&compact);
+        body.push(b'e');
+        let (url, _server) = http_server_on("[::1]:0", vec![http_ok(&body)]).await;
+        assert!(url.starts_with("http://[::1]:"), "{url}");
+        assert_eq!(announce(&url, &req()).await.unwrap().peers, v6);
+        // UDP on [::1]: the answer's entries are 18 bytes long (BEP 15 over IPv6).
+        let (url, _server) = udp_server_on("[::1]:0", 1, None, v6.clone()).await;
+        assert!(url.starts_with("udp://[::1]:"), "{url}");
+        let resp = announce_with(&url, &req(), &fast()).await.unwrap();
+        assert_eq!(resp.peers, v6);
+    }
+
+    #[tokio::test]
+    async fn http_announce_tells_our_ipv6_address() {
+        let body = compact_body(&[], 900);
+        let (url, server) = http_server(vec![http_ok(&body), http_ok(&body)]).await;
+        announce(&url, &req()).await.unwrap();
+        let ip: Ipv6Addr = "2a01:4f8::1".parse().unwrap();
+        let with_ip = AnnounceRequest {
+            ipv6: Some(ip),
+            ..req()
+        };
+        announce(&url, &with_ip).await.unwrap();
+        let lines = server.await.unwrap();
+        assert!(!lines[0].contains("ipv6="), "{}", lines[0]);
+        assert!(
+            lines[1].contains("&ipv6=2a01%3A4f8%3A%3A1 "),
+            "{}",
+            lines[1]
+        );
+    }
+
+    #[test]
+    fn the_ipv6_address_announced_follows_the_listener() {
+        let at = |s: &str| announce_ipv6(Some(s.parse().unwrap()));
+        assert_eq!(announce_ipv6(None), None);
+        assert_eq!(
+            at("0.0.0.0:6881"),
+            None,
+            "an IPv4 listener takes no IPv6 peers"
+        );
+        assert_eq!(at("[::1]:6881"), None);
+        assert_eq!(at("[fd00::2]:6881"), None);
+        assert_eq!(
+            at("[2a01:4f8::1]:6881"),
+            Some("2a01:4f8::1".parse().unwrap())
+        );
+        // Listening everywhere: the machine's global address, if it has one (this one may not).
+        if let Some(ip) = at("[::]:6881") {
+            assert!(is_global_ipv6(&ip), "{ip}");
+        }
+        assert_eq!(at("[::]:6881"), global_ipv6());
+    }
+
+    #[tokio::test]
+    async fn https_needs_trust_and_says_why_it_failed() {
+        // A plain HTTP server behind an https:// URL answers the TLS hello with HTTP: the
+        // rustls error is found inside reqwest's and named.
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            if let Ok((mut conn, _)) = listener.accept().await {
+                let _ = conn.write_all(&http_ok(b"de")).await;
+                let mut sink = [0u8; 1024];
+                while let Ok(n) = conn.read(&mut sink).await {
+                    if n == 0 {
+                        break;
+                    }
+                }
+            }
+        });
+        let url = format!("https://{addr}/announce");
+        let err = announce_with(&url, &req(), &fast()).await.unwrap_err();
+        assert!(matches!(err, AnnounceError::Tls(_)), "{err:?}");
+        let line = crate::engine::error_chain(&err);
+        assert!(line.starts_with("TLS handshake failed: "), "{line}");
+    }
+
+    #[tokio::test]
     async fn bad_urls() {
         for url in [
             "ftp://x/announce",
             "nonsense",
             "udp://host-without-port/announce",
             "udp://:80",
-            "https://x/a",
         ] {
             assert!(
-                matches!(
-                    announce(url, &req()).await,
-                    Err(AnnounceError::BadUrl(_) | AnnounceError::Https(_))
-                ),
+                matches!(announce(url, &req()).await, Err(AnnounceError::BadUrl(_))),
                 "{url}"
             );
         }

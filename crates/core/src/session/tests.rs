@@ -10,6 +10,7 @@ fn announcer() -> Announcer {
         port: 6000,
         key: 77,
         numwant: 200,
+        ipv6: None,
     }
 }
 

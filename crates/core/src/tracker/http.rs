@@ -41,8 +41,9 @@ fn event_name(event: Event) -> Option<&'static str> {
 }
 
 /// The full announce URL: `base` plus query parameters, with `info_hash` and `peer_id`
-/// percent-encoded byte by byte (every byte outside `A-Za-z0-9-._~`). Appends with `&` if `base`
-/// already has a query. A `#fragment` in `base` is dropped.
+/// percent-encoded byte by byte (every byte outside `A-Za-z0-9-._~`), and BEP 7's `ipv6=` when
+/// the request has an IPv6 address. Appends with `&` if `base` already has a query. A
+/// `#fragment` in `base` is dropped.
 pub fn announce_url(base: &str, req: &AnnounceRequest) -> String {
     let base = base.split('#').next().unwrap_or(base);
     let mut url = String::with_capacity(base.len() + 256);
@@ -70,6 +71,9 @@ pub fn announce_url(base: &str, req: &AnnounceRequest) -> String {
         let _ = write!(url, "&numwant={n}");
     }
     let _ = write!(url, "&key={:08x}", req.key);
+    if let Some(ip) = req.ipv6 {
+        let _ = write!(url, "&ipv6={}", percent_encode(ip.to_string().as_bytes()));
+    }
     url
 }
 
@@ -176,6 +180,7 @@ mod tests {
             event: Event::Started,
             numwant: Some(50),
             key: 0xdead_beef,
+            ipv6: None,
         }
     }
 
@@ -254,6 +259,41 @@ mod tests {
             let url = announce_url("http://t/a", &AnnounceRequest { event, ..req() });
             assert!(url.contains(&format!("&event={name}&")));
         }
+    }
+
+    #[test]
+    fn url_tells_our_ipv6_address_when_we_have_one() {
+        let url = announce_url("http://t/a", &req());
+        assert!(!url.contains("ipv6="), "{url}");
+        let ip: core::net::Ipv6Addr = "2001:db8::1".parse().unwrap();
+        let url = announce_url(
+            "http://t/a",
+            &AnnounceRequest {
+                ipv6: Some(ip),
+                ..req()
+            },
+        );
+        assert!(
+            url.ends_with("&key=deadbeef&ipv6=2001%3Adb8%3A%3A1"),
+            "{url}"
+        );
+    }
+
+    #[test]
+    fn parses_ipv6_only_responses() {
+        // BEP 7: a tracker may answer with `peers6` alone, compact or as dictionaries.
+        let mut body = b"d8:intervali60e5:peers0:6:peers636:".to_vec();
+        body.extend_from_slice(&[0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2]);
+        body.extend_from_slice(&[0x1a, 0xe1]);
+        body.extend_from_slice(&[0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0, 80]);
+        body.push(b'e');
+        let want: Vec<SocketAddr> = vec![
+            "[2001:db8::2]:6881".parse().unwrap(),
+            "[::1]:80".parse().unwrap(),
+        ];
+        assert_eq!(parse_announce_response(&body).unwrap().peers, want);
+        let dicts = b"d6:peers6ld2:ip11:2001:db8::24:porti6881eed2:ip3:::14:porti80eeee";
+        assert_eq!(parse_announce_response(dicts).unwrap().peers, want);
     }
 
     #[test]
@@ -364,8 +404,44 @@ mod tests {
         }
 
         #[test]
-        fn prop_arbitrary_bodies_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..300)) {
-            let _ = parse_announce_response(&bytes);
+        fn prop_compact_peers6_round_trip(peers in proptest::collection::vec((any::<[u8; 16]>(), 1u16..), 0..50)) {
+            let mut compact = Vec::new();
+            let mut want = Vec::new();
+            for (ip, port) in &peers {
+                compact.extend_from_slice(ip);
+                compact.extend_from_slice(&port.to_be_bytes());
+                let addr = SocketAddr::from((*ip, *port));
+                if !want.contains(&addr) {
+                    want.push(addr);
+                }
+            }
+            let mut body = format!("d6:peers6{}:", compact.len()).into_bytes();
+            body.extend_from_slice(&compact);
+            body.push(b'e');
+            prop_assert_eq!(parse_announce_response(&body).unwrap().peers, want);
         }
+
+        #[test]
+        fn prop_arbitrary_bodies_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..300)) {
+            check_response(&bytes);
+        }
+    }
+
+    /// What every accepted response satisfies: at most [`MAX_PEERS`] peers, none twice, no
+    /// port 0.
+    fn check_response(body: &[u8]) {
+        if let Ok(resp) = parse_announce_response(body) {
+            assert!(resp.peers.len() <= MAX_PEERS);
+            let unique: HashSet<&SocketAddr> = resp.peers.iter().collect();
+            assert_eq!(unique.len(), resp.peers.len());
+            assert!(resp.peers.iter().all(|p| p.port() != 0));
+        }
+    }
+
+    #[test]
+    fn corpus_replays_cleanly() {
+        crate::bencode::fuzz_tests::replay_corpus("tracker", check_response, |b| {
+            parse_announce_response(b).is_ok()
+        });
     }
 }

@@ -56,6 +56,9 @@ pub struct AnnounceRequest {
     pub numwant: Option<u32>,
     /// Random per-session key (BEP 7 / BEP 15).
     pub key: u32,
+    /// Our global IPv6 address, told to HTTP trackers as BEP 7's `ipv6=` (so that a tracker
+    /// reached over IPv4 can give IPv6 peers our address too); `None` when we have none.
+    pub ipv6: Option<Ipv6Addr>,
 }
 
 /// Who we are to trackers: everything an announce says that does not change during a session.
@@ -72,6 +75,8 @@ pub struct Announcer {
     pub key: u32,
     /// Peers wanted per announce.
     pub numwant: u32,
+    /// Our global IPv6 address, if we have one and accept peers over IPv6 (BEP 7 `ipv6=`).
+    pub ipv6: Option<Ipv6Addr>,
 }
 
 /// Peers asked for in each announce.
@@ -96,8 +101,17 @@ impl Announcer {
             event,
             numwant: Some(self.numwant),
             key: self.key,
+            ipv6: self.ipv6,
         }
     }
+}
+
+/// Whether `ip` is a global unicast address (2000::/3, less the documentation prefix
+/// 2001:db8::/32): one a tracker or peer elsewhere on the internet could reach. Loopback,
+/// link-local, unique-local (fc00::/7), multicast and IPv4-mapped addresses are not.
+pub fn is_global_ipv6(ip: &Ipv6Addr) -> bool {
+    let [first, second, ..] = ip.segments();
+    first & 0xe000 == 0x2000 && !(first == 0x2001 && second == 0x0db8)
 }
 
 /// What a tracker told us.
@@ -174,4 +188,51 @@ pub(crate) fn compact_v6(bytes: &[u8]) -> impl Iterator<Item = SocketAddr> + '_ 
             u16::from_be_bytes([c[16], c[17]]),
         )
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn global_ipv6_addresses() {
+        let global = |s: &str| is_global_ipv6(&s.parse().unwrap());
+        assert!(global("2a01:4f8::1"));
+        assert!(global("2001:470::1"));
+        assert!(global("3fff:ffff::1"));
+        for not in [
+            "::",
+            "::1",
+            "fe80::1",
+            "fd00::2",
+            "fc00::1",
+            "ff02::1",
+            "::ffff:1.2.3.4",
+            "2001:db8::1",
+            "4000::1",
+        ] {
+            assert!(!global(not), "{not}");
+        }
+    }
+
+    #[test]
+    fn announcer_passes_its_ipv6_address_on() {
+        let ip: Ipv6Addr = "2a01:4f8::1".parse().unwrap();
+        let announcer = Announcer {
+            info_hash: InfoHash([1; 20]),
+            peer_id: PeerId([2; 20]),
+            port: 6881,
+            key: 5,
+            numwant: NUMWANT,
+            ipv6: Some(ip),
+        };
+        let req = announcer.request(Event::Started, 1, 2, 3);
+        assert_eq!(req.ipv6, Some(ip));
+        let req = Announcer {
+            ipv6: None,
+            ..announcer
+        }
+        .request(Event::None, 0, 0, 0);
+        assert_eq!(req.ipv6, None);
+    }
 }

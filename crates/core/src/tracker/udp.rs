@@ -337,6 +337,7 @@ mod tests {
             event: Event::Started,
             numwant: None,
             key: 0x0102_0304,
+            ipv6: None,
         }
     }
 
