@@ -37,11 +37,17 @@ def exit_when_stdin_closes(code=3, on_exit=None):
     threading.Thread(target=watch, daemon=True).start()
 
 
-def loopback_settings(lt, base=None):
-    """libtorrent settings for a peer that lives on 127.0.0.1 only, TCP only.
+WIRES = ("tcp", "utp", "encrypted")
 
-    uTP is off on both ends: bitrush and aria2 speak TCP only, and libtorrent
-    would otherwise try uTP first between its own seeders and downloader."""
+
+def loopback_settings(lt, base=None, wire="tcp"):
+    """libtorrent settings for a peer that lives on 127.0.0.1 only.
+
+    `wire` says how it talks to peers, the same on every end of a scenario:
+    "tcp" (TCP only: aria2 speaks nothing else, and libtorrent would otherwise
+    try uTP first between its own seeders and downloader), "utp" (uTP only:
+    enable_outgoing_tcp and enable_incoming_tcp off) or "encrypted" (TCP with
+    Message Stream Encryption forced both ways, RC4 only)."""
     s = dict(base or {})
     s.update(
         {
@@ -65,4 +71,22 @@ def loopback_settings(lt, base=None):
             | lt.alert.category_t.tracker_notification,
         }
     )
+    if wire == "utp":
+        s.update({"enable_outgoing_utp": True, "enable_incoming_utp": True,
+                  "enable_outgoing_tcp": False, "enable_incoming_tcp": False})
+    elif wire == "encrypted":
+        s.update({"out_enc_policy": lt.enc_policy.pe_forced,
+                  "in_enc_policy": lt.enc_policy.pe_forced,
+                  "allowed_enc_level": lt.enc_level.pe_rc4,
+                  "prefer_rc4": True})
+    elif wire != "tcp":
+        raise ValueError("unknown wire %r" % wire)
+    return s
+
+
+def leecher_settings(lt, wire="tcp"):
+    """loopback_settings for a downloading libtorrent: request_queue_time 10 and
+    max_out_request_queue 5000 (the defaults are several times slower on loopback)."""
+    s = loopback_settings(lt, None, wire)
+    s.update({"request_queue_time": 10, "max_out_request_queue": 5000})
     return s

@@ -1,14 +1,15 @@
 #!/usr/bin/python3
 """Download one torrent with libtorrent into SAVE_DIR; exit 0 once it is complete.
 
-Usage: lt_download.py TORRENT SAVE_DIR          (timed by scripts/bench)
+Usage: lt_download.py [--wire tcp|utp|encrypted] TORRENT SAVE_DIR   (timed by scripts/bench)
        lt_download.py --startup-only            (just interpreter + session start-up)
 
 Loopback-tuned: request_queue_time 10 and max_out_request_queue 5000 (the
-defaults are several times slower on loopback), TCP only, no DHT/LSD/UPnP/
-NAT-PMP. On completion it drops the session (sends the tracker `stopped`,
-waiting at most stop_tracker_timeout = 1 s) and exits. Prints `DONE <s>` with
-the seconds from session start to completion. Exits when stdin reaches EOF.
+defaults are several times slower on loopback), TCP only unless --wire says
+otherwise, no DHT/LSD/UPnP/NAT-PMP. On completion it drops the session (sends
+the tracker `stopped`, waiting at most stop_tracker_timeout = 1 s) and exits.
+Prints `DONE <s>` with the seconds from session start to completion. Exits when
+stdin reaches EOF.
 """
 
 import os
@@ -17,7 +18,7 @@ import time
 
 sys.dont_write_bytecode = True  # no __pycache__ in the work tree
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import die_with_parent, exit_when_stdin_closes, loopback_settings  # noqa: E402
+from common import die_with_parent, exit_when_stdin_closes, leecher_settings  # noqa: E402
 
 import libtorrent as lt  # noqa: E402
 
@@ -25,14 +26,16 @@ import libtorrent as lt  # noqa: E402
 def main():
     die_with_parent()
     exit_when_stdin_closes(3)
-    settings = loopback_settings(lt)
-    settings.update({"request_queue_time": 10, "max_out_request_queue": 5000})
+    argv = sys.argv[1:]
+    wire = "tcp"
+    if argv[:1] == ["--wire"] and len(argv) >= 2:
+        wire, argv = argv[1], argv[2:]
     t0 = time.monotonic()
-    ses = lt.session(settings)
-    if sys.argv[1:] == ["--startup-only"]:
+    ses = lt.session(leecher_settings(lt, wire))
+    if argv == ["--startup-only"]:
         del ses
         os._exit(0)
-    torrent, save_dir = sys.argv[1], sys.argv[2]
+    torrent, save_dir = argv[0], argv[1]
     atp = lt.add_torrent_params()
     atp.ti = lt.torrent_info(torrent)
     atp.save_path = save_dir

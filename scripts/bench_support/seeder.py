@@ -1,12 +1,12 @@
 #!/usr/bin/python3
 """Host N libtorrent seeders (one session each) in this one process.
 
-Usage: seeder.py --count N [--seed-mode] [--timeout S] SAVE_DIR TORRENT
+Usage: seeder.py --count N [--seed-mode] [--wire tcp|utp|encrypted] [--timeout S] SAVE_DIR TORRENT
 
 Each session listens on its own 127.0.0.1 port (a distinct peer with its own
 peer id), uses libtorrent's high_performance_seed() preset with loopback
-overrides (TCP only, no DHT/LSD/UPnP/NAT-PMP) and announces to the torrent's
-tracker. By default every session hash-checks the payload when it starts, so
+overrides (TCP only unless --wire says otherwise, no DHT/LSD/UPnP/NAT-PMP)
+and announces to the torrent's tracker. By default every session hash-checks the payload when it starts, so
 that the timed downloads never pay for lazy piece verification (what
 seed_mode does); --seed-mode skips that check.
 
@@ -24,7 +24,7 @@ import time
 
 sys.dont_write_bytecode = True  # no __pycache__ in the work tree
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import die_with_parent, exit_when_stdin_closes, loopback_settings  # noqa: E402
+from common import WIRES, die_with_parent, exit_when_stdin_closes, loopback_settings  # noqa: E402
 
 import libtorrent as lt  # noqa: E402
 
@@ -44,13 +44,14 @@ def main():
     p.add_argument("--count", type=int, default=1)
     p.add_argument("--seed-mode", action="store_true")
     p.add_argument("--timeout", type=float, default=300.0)
+    p.add_argument("--wire", choices=WIRES, default="tcp")
     args = p.parse_args()
 
     die_with_parent()
     exit_when_stdin_closes(0)
     signal.signal(signal.SIGTERM, lambda *_: os._exit(0))
 
-    settings = loopback_settings(lt, lt.high_performance_seed())
+    settings = loopback_settings(lt, lt.high_performance_seed(), args.wire)
     settings.update(
         {
             # Seed forever, whatever the ratio.
