@@ -645,6 +645,7 @@ impl Manager {
                     allowed_fast,
                     addr: Some(addr),
                     outgoing,
+                    web_seed: false,
                 };
                 established = true;
                 peer::run(shared, key, conn, features).await
