@@ -5,6 +5,9 @@
 //! - a single-file torrent whose only source is the web seed (`download` and
 //!   `download_piece`);
 //! - a multi-file torrent (the URL plus the torrent's name and each file's path);
+//! - a hybrid torrent `bitrush create` made, with BEP 47 pad files (never fetched: zeros) and
+//!   no tracker at all;
+//! - a magnet link's `ws` web seed, once the metadata came from a (slow) libtorrent peer;
 //! - a web seed serving corrupted bytes next to an honest libtorrent seeder: the download
 //!   completes from the peer and the web seed is dropped with a clear log line;
 //! - web seeds that answer with the wrong length, without range support, or with a redirect
@@ -286,4 +289,74 @@ fn web_seeds_with_wrong_lengths_no_ranges_or_redirect_loops_are_survived() {
         dump(&result)
     );
     assert!(failed(&n.url("loop/"), "redirect"), "{}", dump(&result));
+}
+
+#[test]
+fn a_magnet_links_web_seed_is_used_once_the_metadata_is_known() {
+    // The peer alone would take about 20 s; the web seed serves nearly everything.
+    let swarm = Swarm::single_file("webseed-magnet", 2_000_000, 15, 75, false);
+    let _seeder = swarm.lt_seeder_with(&LtSeedOptions::upload_limited(100_000));
+    let nginx = Nginx::start(&[("files", &swarm.seed_dir)]);
+    let info_hash = lt_info_hash(&swarm.torrent);
+    let link = format!(
+        "{}&ws={}",
+        magnet_link(&info_hash, None, &[swarm.tracker.http_url()], &[]),
+        pct(&nginx.url("files/"))
+    );
+    let out = swarm.out_dir("out").join("payload.bin");
+    let result = run_bitrush(output_args(
+        "magnet_download",
+        &out,
+        &link,
+        &["--no-dht", "--no-utp"],
+    ));
+    assert_success(&result);
+    assert_file_eq(
+        &out,
+        &swarm.data,
+        "file downloaded through a magnet link's web seed",
+    );
+    let log = fs::read_to_string(nginx.dir.join("access.log")).unwrap_or_default();
+    assert!(
+        log.lines()
+            .any(|l| l.contains("/files/payload.bin") && l.contains(" 206 ")),
+        "no range request reached the web seed\n{log}\n{}",
+        dump(&result)
+    );
+}
+
+#[test]
+fn pad_files_are_not_fetched_and_no_tracker_is_needed() {
+    let dir = TestDir::new("webseed-pads");
+    let files = dir.subdir("files");
+    let root = files.join("padded");
+    let tree = write_tree(
+        &root,
+        &[("a.bin", 50_000), ("b.bin", 70_001), ("c/d.bin", 33_333)],
+        76,
+    );
+    let nginx = Nginx::start(&[("files", &files)]);
+    let torrent = dir.join("padded.torrent");
+    let url = nginx.url("files/");
+    let made = run_bitrush([
+        "create".as_ref(),
+        "-q".as_ref(),
+        "--piece-length".as_ref(),
+        "32768".as_ref(),
+        "-w".as_ref(),
+        url.as_ref(),
+        "-o".as_ref(),
+        torrent.as_os_str(),
+        root.as_os_str(),
+    ] as [&std::ffi::OsStr; 9]);
+    assert_success(&made);
+    let out = dir.join("out");
+    let result = download(&torrent, &out);
+    assert_success(&result);
+    assert_tree_eq(&out, &tree);
+    let log = fs::read_to_string(nginx.dir.join("access.log")).unwrap_or_default();
+    assert!(
+        log.lines().all(|l| !l.contains(".pad")) && log.contains("/files/padded/c/d.bin"),
+        "{log}"
+    );
 }
