@@ -7,6 +7,7 @@
 //! - a multi-file torrent (the URL plus the torrent's name and each file's path);
 //! - a hybrid torrent `bitrush create` made, with BEP 47 pad files (never fetched: zeros) and
 //!   no tracker at all;
+//! - an HTTPS web seed (stunnel4 in front of nginx, trusted through `SSL_CERT_FILE`);
 //! - a magnet link's `ws` web seed, once the metadata came from a (slow) libtorrent peer;
 //! - a web seed serving corrupted bytes next to an honest libtorrent seeder: the download
 //!   completes from the peer and the web seed is dropped with a clear log line;
@@ -359,4 +360,30 @@ fn pad_files_are_not_fetched_and_no_tracker_is_needed() {
         log.lines().all(|l| !l.contains(".pad")) && log.contains("/files/padded/c/d.bin"),
         "{log}"
     );
+}
+
+#[test]
+fn an_https_web_seed_is_trusted_through_ssl_cert_file() {
+    let dir = TestDir::new("webseed-https");
+    let files = dir.subdir("files");
+    let src = files.join("payload.bin");
+    let data = write_payload(&src, 700_000, 77);
+    let nginx = Nginx::start(&[("files", &files)]);
+    let ca = TestCa::new();
+    let cert = ca.server_cert("good", "IP:127.0.0.1, DNS:localhost", false);
+    let tls = TlsTerminator::start(nginx.port, &[cert]);
+    let url = format!("https://127.0.0.1:{}/files/", tls.port(0));
+    let torrent = web_seeded_torrent(&src, &[url]);
+    let out = dir.join("out.bin");
+    let mut cmd = bitrush_with(output_args(
+        "download",
+        &out,
+        &torrent,
+        &["--no-dht", "--no-utp"],
+    ));
+    cmd.env_remove("SSL_CERT_DIR")
+        .env("SSL_CERT_FILE", ca.cert());
+    let result = run_with_timeout("bitrush", cmd, PROCESS_TIMEOUT);
+    assert_success(&result);
+    assert_file_eq(&out, &data, "file downloaded from an HTTPS web seed");
 }

@@ -584,6 +584,16 @@ fn contiguous_requests_merge_up_to_the_range_cap_and_split_at_files() {
 }
 
 proptest! {
+    /// Any header text parses or is refused without panicking; what parses is a valid range.
+    #[test]
+    fn content_range_never_panics(text in "(bytes)? ?[0-9*/ -]{0,30}|\\PC{0,40}") {
+        if let Some((first, last)) = parse_content_range(&text) {
+            prop_assert!(first <= last);
+        }
+    }
+}
+
+proptest! {
     #![proptest_config(ProptestConfig::with_cases(64))]
 
     /// Whatever the server does, nothing panics, the invariants hold after every step, and
