@@ -7,9 +7,9 @@
 //! then blocks of other open pieces it has, then, in endgame (nothing left unrequested),
 //! duplicates of blocks other peers owe. A web seed gets the piece after the last one it
 //! started when that one is free, else the first of the free pieces just before the picker's
-//! choice (contiguous pieces make one HTTP range). The pieces a peer on
-//! parole starts are its alone (nobody helps, and it asks for no duplicates), so that their
-//! hash check judges it alone.
+//! choice (contiguous pieces make one HTTP range). The pieces a peer on parole starts are its
+//! alone (nobody helps, and it asks for no duplicates), so that their hash check judges it
+//! alone.
 //!
 //! Invariants: a block is requested from a peer at most once at a time; a new piece is started
 //! only within the memory budget; when the budget stops a peer, `memory_starved` is set so the
