@@ -152,6 +152,8 @@ pub(super) struct Torrent {
     pub info_hash: bitrush::types::InfoHash,
     pub trackers: Vec<Vec<String>>,
     pub peers: Vec<SocketAddr>,
+    /// BEP 19 web seeds.
+    pub web_seeds: Vec<String>,
     /// BEP 27: trackers only (no DHT, no peer exchange).
     pub private: bool,
 }
@@ -165,6 +167,7 @@ impl From<Metainfo> for Torrent {
             info_bytes: meta.info_bytes,
             info_hash: meta.info_hash,
             peers: Vec::new(),
+            web_seeds: meta.web_seeds,
         }
     }
 }
@@ -193,6 +196,8 @@ pub(super) struct SessionOptions {
     pub encryption: Encryption,
     /// Exchange peers with peers (BEP 11).
     pub pex: bool,
+    /// Download from the torrent's web seeds (BEP 19).
+    pub web_seeds: bool,
     /// Keep seeding after completion, until these limits (or Ctrl-C).
     pub seed: Option<SeedLimits>,
     /// Hash existing data even when a resume state vouches for it.
@@ -222,6 +227,7 @@ impl Default for SessionOptions {
             utp: true,
             encryption: Encryption::Prefer,
             pex: true,
+            web_seeds: true,
             seed: None,
             recheck: false,
             quiet: false,
@@ -325,6 +331,11 @@ pub(super) async fn run_session(
         info_hash: torrent.info_hash,
         trackers: torrent.trackers,
         peers: torrent.peers,
+        web_seeds: if opts.web_seeds {
+            torrent.web_seeds
+        } else {
+            Vec::new()
+        },
         target,
         peer_id: engine::new_peer_id(),
         listener: Some(listener),

@@ -95,6 +95,7 @@ pub async fn demo(size_mib: u64, seeders: usize, quiet: bool) -> anyhow::Result<
             info_hash: meta.info_hash,
             trackers: Vec::new(),
             peers: Vec::new(),
+            web_seeds: Vec::new(),
             target: Target::Existing {
                 path: payload.clone(),
                 partial: false,

@@ -116,6 +116,7 @@ pub(super) async fn torrent_from_magnet(
         info_hash: magnet.info_hash,
         trackers,
         peers: magnet.peers,
+        web_seeds: magnet.web_seeds,
     })
 }
 

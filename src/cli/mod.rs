@@ -324,6 +324,9 @@ struct NetworkArgs {
     /// Do not exchange peer addresses with peers (peer exchange, BEP 11).
     #[arg(long)]
     no_pex: bool,
+    /// Do not download from the torrent's web seeds (BEP 19 `url-list`, a magnet's `ws`).
+    #[arg(long)]
+    no_webseeds: bool,
     /// Do not use uTP (BEP 29), only TCP.
     #[arg(long, conflicts_with = "no_tcp")]
     no_utp: bool,
@@ -384,6 +387,7 @@ impl NetworkArgs {
             port: self.port,
             dht: self.dht.options(),
             pex: !self.no_pex,
+            web_seeds: !self.no_webseeds,
             quiet,
             started: Some(std::time::Instant::now()),
             tcp: !self.no_tcp,

@@ -9,7 +9,7 @@
 
 pub use bitrush_core::{
     bencode, dht, merkle, metadata, metainfo, mse, session, storage, swarm, tracker, types, utp,
-    wire,
+    webseed, wire,
 };
 
 pub mod create;

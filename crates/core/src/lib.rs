@@ -16,6 +16,7 @@
 //! - [`storage`]: pieces mapped onto files, and the fast-resume format.
 //! - [`utp`]: the Micro Transport Protocol (BEP 29) over a UDP socket.
 //! - [`merkle`]: BitTorrent v2 merkle trees (piece layers, roots, proofs).
+//! - [`webseed`]: BEP 19 web seeds: swarm requests as HTTP range requests.
 
 pub mod bencode;
 pub mod dht;
@@ -31,6 +32,7 @@ pub mod swarm;
 pub mod tracker;
 pub mod types;
 pub mod utp;
+pub mod webseed;
 pub mod wire;
 
 #[cfg(any(test, feature = "testing"))]

@@ -11,6 +11,7 @@
 //! - [`metadata`]: fetching a magnet link's info dictionary from peers.
 //! - [`probe`]: one-shot handshakes and peer lookups for the CLI's single-purpose commands.
 //! - [`tracker`]: HTTP(S) and UDP tracker clients; [`tls`]: the trusted authorities for HTTPS.
+//! - [`webseed`]: one BEP 19 web seed's task (HTTP range requests into the swarm).
 //! - [`hasher`], [`sink`], [`resume`]: piece verification threads, where pieces are stored, and
 //!   the fast-resume file beside the output.
 
@@ -28,6 +29,7 @@ pub mod tracker;
 pub mod transport;
 pub mod udp;
 pub mod utp;
+pub mod webseed;
 
 /// `path` with `suffix` appended to its last component (`out.bin` → `out.bin.bitrush-part`):
 /// where bitrush keeps files that belong to an output, beside it.

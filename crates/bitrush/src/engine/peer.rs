@@ -81,6 +81,28 @@ impl SwarmState {
         }
     }
 
+    /// Makes `key` reachable for the swarm's events (wake-ups, disconnections), for drivers
+    /// other than [`run`] (web seeds).
+    pub(super) fn register(&mut self, key: PeerKey, notify: Arc<Notify>) {
+        self.peers.insert(
+            key,
+            PeerSlot {
+                notify,
+                close: None,
+            },
+        );
+    }
+
+    /// Forgets `key`; returns why the swarm disconnected it, if it did.
+    pub(super) fn unregister(&mut self, key: PeerKey) -> Option<PeerError> {
+        self.peers.remove(&key).and_then(|slot| slot.close)
+    }
+
+    /// Why the swarm disconnected `key`, if it did since the last call.
+    pub(super) fn take_close(&mut self, key: PeerKey) -> Option<PeerError> {
+        self.peers.get_mut(&key).and_then(|slot| slot.close.take())
+    }
+
     /// Carries out the swarm's events. Returns why `me` must close, if the swarm said so.
     pub(super) fn dispatch(&mut self, shared: &Shared, me: Option<PeerKey>) -> Option<PeerError> {
         let mut mine = None;

@@ -30,6 +30,7 @@ use super::sink::Sink;
 use super::tracker::{self, AnnounceError, AnnounceFailures, NoTrackerAnswered};
 use super::transport::BoxStream;
 use super::utp::{UtpHandle, UtpStream};
+use super::webseed;
 use crate::disk::{Storage, StorageError};
 use crate::metainfo::Info;
 use crate::session::{
@@ -70,6 +71,8 @@ pub struct TorrentParams {
     pub trackers: Vec<Vec<String>>,
     /// Peers known without a tracker (e.g. a magnet's `x.pe`).
     pub peers: Vec<SocketAddr>,
+    /// BEP 19 web seeds (`url-list`, a magnet's `ws`): HTTP(S) servers holding the files.
+    pub web_seeds: Vec<String>,
     pub target: Target,
     pub peer_id: PeerId,
     /// Accepts incoming connections; its port is announced. Without it, `port` is announced.
@@ -255,6 +258,7 @@ pub async fn run_torrent(mut params: TorrentParams) -> Result<Outcome, TorrentEr
         verdict_rx,
         total_bytes,
         peers: JoinSet::new(),
+        web_seeds: JoinSet::new(),
         conns: HashMap::new(),
         next_key: 0,
         announces: JoinSet::new(),
@@ -485,6 +489,8 @@ struct Manager {
     verdict_rx: mpsc::UnboundedReceiver<Verdict>,
     total_bytes: u64,
     peers: JoinSet<PeerResult>,
+    /// The web seeds' tasks ([`webseed`]), until each is dropped or the download completes.
+    web_seeds: JoinSet<()>,
     conns: HashMap<PeerKey, Conn>,
     next_key: PeerKey,
     announces: JoinSet<(String, Result<AnnounceResponse, AnnounceError>)>,
@@ -572,7 +578,9 @@ impl Manager {
             downloaded: stats.verified_bytes,
             left: stats.bytes_left,
             verifying: stats.verifying,
-            peers: stats.peers,
+            // A web seed backing off is out of the swarm but still a source: the session must
+            // not give up while one remains.
+            peers: stats.peers.max(self.web_seeds.len()),
         };
         (transfer, st.swarm.is_done())
     }
@@ -611,6 +619,24 @@ impl Manager {
         }
     }
 
+    /// Starts a task per web seed (at most [`crate::metainfo::MAX_WEB_SEEDS`]), unless there is
+    /// nothing to download.
+    fn spawn_web_seeds(&mut self) {
+        if matches!(self.params.target, Target::Existing { .. }) || self.lock().swarm.is_done() {
+            return;
+        }
+        let urls = self
+            .params
+            .web_seeds
+            .iter()
+            .take(crate::metainfo::MAX_WEB_SEEDS);
+        for (n, url) in (0u32..).zip(urls) {
+            let (shared, info) = (self.shared.clone(), self.params.info.clone());
+            self.web_seeds
+                .spawn(webseed::run(shared, n, url.clone(), info));
+        }
+    }
+
     /// Starts a connection task: dialled (`outgoing`) or accepted.
     fn spawn_peer(&mut self, addr: SocketAddr, stream: Option<BoxStream>) {
         let key = self.next_key;
@@ -645,6 +671,7 @@ impl Manager {
                     allowed_fast,
                     addr: Some(addr),
                     outgoing,
+                    web_seed: false,
                 };
                 established = true;
                 peer::run(shared, key, conn, features).await
@@ -761,6 +788,7 @@ impl Manager {
     async fn run(&mut self) -> Result<Outcome, TorrentError> {
         let mut progress_tick = tokio::time::interval(PROGRESS_INTERVAL);
         let mut shutdown = self.shutdown.take();
+        self.spawn_web_seeds();
         let finish = loop {
             let now = Instant::now();
             {
@@ -777,6 +805,8 @@ impl Manager {
             let (transfer, done) = self.transfer();
             if done && !self.files_finished {
                 self.files_finished = true;
+                // Web seeds only download.
+                self.web_seeds.abort_all();
                 self.finish_files().await?;
             }
             self.session.handle_transfer(now, transfer);
@@ -810,6 +840,7 @@ impl Manager {
                     st.swarm.handle_verdict(Instant::now(), index, good, verdict.buf);
                     st.dispatch(&self.shared, None);
                 }
+                Some(_) = self.web_seeds.join_next() => {}
                 Some(joined) = self.peers.join_next() => {
                     match joined {
                         Ok((key, established, result)) => self.on_peer_ended(key, established, result),
@@ -857,6 +888,7 @@ impl Manager {
             }
         };
         self.peers.abort_all();
+        self.web_seeds.abort_all();
         self.announces.abort_all();
         // Let the hashing threads finish what they hold, so every good piece received is stored.
         while self.lock().swarm.stats().verifying > 0 {

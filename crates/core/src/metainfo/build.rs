@@ -371,6 +371,7 @@ impl Plan {
             trackers: opts.trackers.clone(),
             name: Some(self.name.clone()),
             peers: Vec::new(),
+            web_seeds: Vec::new(),
         }
         .to_link();
         Ok(Built {

@@ -1,11 +1,12 @@
 //! Magnet links (BEP 9, BEP 52): `magnet:?xt=urn:btih:<hex or base32>&xt=urn:btmh:1220<hex>
-//! &dn=..&tr=..&x.pe=..`.
+//! &dn=..&tr=..&x.pe=..&ws=..`.
 //!
 //! Invariants of a parsed [`Magnet`]: at least one info hash, at most one v1 (`btih`) and one
 //! v2 (`btmh`, SHA-256 multihash `1220` + 64 hex) hash (repeats of the same hash, in either v1
 //! form, are tolerated; two different ones of a kind are an error); tracker URLs are
 //! percent-decoded, non-empty and in link order; `x.pe` peers are valid `ip:port` with a
-//! non-zero port. Parameter values are percent-decoded; `+` means a space only in `dn`.
+//! non-zero port; `ws` web seeds (BEP 19) are HTTP(S) URLs, at most
+//! [`super::MAX_WEB_SEEDS`] (others are ignored). Parameter values are percent-decoded; `+` means a space only in `dn`.
 //! Unknown parameters (and `xt` values that are neither `urn:btih:` nor `urn:btmh:`) are
 //! ignored.
 
@@ -30,6 +31,8 @@ pub struct Magnet {
     pub name: Option<String>,
     /// Peer addresses from `x.pe`.
     pub peers: Vec<SocketAddr>,
+    /// Percent-decoded web seed URLs from `ws` (BEP 19), in link order.
+    pub web_seeds: Vec<String>,
 }
 
 /// Why a magnet link was refused, e.g.
@@ -197,6 +200,7 @@ impl Magnet {
         let mut trackers = Vec::new();
         let mut name = None;
         let mut peers = Vec::new();
+        let mut web_seeds: Vec<String> = Vec::new();
         for param in query.split('&') {
             let (key, value) = param.split_once('=').unwrap_or((param, ""));
             match key {
@@ -212,6 +216,14 @@ impl Magnet {
                     let url = decode_utf8(value, "tr")?;
                     if !url.is_empty() {
                         trackers.push(url);
+                    }
+                }
+                "ws" => {
+                    let url = decode_utf8(value, "ws")?;
+                    let lower = url.to_ascii_lowercase();
+                    let http = lower.starts_with("http://") || lower.starts_with("https://");
+                    if http && web_seeds.len() < super::MAX_WEB_SEEDS && !web_seeds.contains(&url) {
+                        web_seeds.push(url);
                     }
                 }
                 "dn" => {
@@ -246,11 +258,12 @@ impl Magnet {
             trackers,
             name,
             peers,
+            web_seeds,
         })
     }
 
     /// The link that says all of this: `xt=urn:btih:` (when there is a v1 hash), `xt=urn:btmh:`
-    /// (when there is a v2 hash), `dn`, every `tr` and `x.pe`, percent-encoded as needed.
+    /// (when there is a v2 hash), `dn`, every `tr`, `x.pe` and `ws`, percent-encoded as needed.
     pub fn to_link(&self) -> String {
         let mut link = String::from("magnet:?");
         let mut params: Vec<String> = Vec::new();
@@ -272,6 +285,11 @@ impl Magnet {
             self.peers
                 .iter()
                 .map(|p| format!("x.pe={}", percent_encode(&p.to_string()))),
+        );
+        params.extend(
+            self.web_seeds
+                .iter()
+                .map(|w| format!("ws={}", percent_encode(w))),
         );
         link.push_str(&params.join("&"));
         link

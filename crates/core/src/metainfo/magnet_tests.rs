@@ -293,3 +293,18 @@ proptest! {
         let _ = Magnet::parse(&format!("magnet:?{}", query.join("&")));
     }
 }
+
+#[test]
+fn web_seeds_from_ws() {
+    let link = format!(
+        "magnet:?xt=urn:btih:{HEX}&ws=http%3A%2F%2Fw%2Fa%20b&ws=ftp://no/&ws=https://s/\
+         &ws=https://s/"
+    );
+    let m = Magnet::parse(&link).unwrap();
+    assert_eq!(m.web_seeds, vec!["http://w/a b", "https://s/"]);
+    let again = Magnet::parse(&m.to_link()).unwrap();
+    assert_eq!(again, m);
+    let many: String = (0..40).map(|i| format!("&ws=http://w/{i}")).collect();
+    let m = Magnet::parse(&format!("magnet:?xt=urn:btih:{HEX}{many}")).unwrap();
+    assert_eq!(m.web_seeds.len(), crate::metainfo::MAX_WEB_SEEDS);
+}

@@ -155,6 +155,9 @@ pub struct Metainfo {
     pub info_hash_v2: Option<InfoHashV2>,
     /// The info dictionary's raw bytes exactly as in the file.
     pub info_bytes: Vec<u8>,
+    /// BEP 19 web seeds (`url-list`, a string or a list): the `http://` and `https://` URLs,
+    /// trimmed, at most [`MAX_WEB_SEEDS`]; anything else there is ignored, as libtorrent does.
+    pub web_seeds: Vec<String>,
     /// The v2 piece layers (`piece layers`), by file index, for the files of more than one
     /// piece whose layer the torrent carries (it may leave them to be fetched from peers).
     /// Each was checked against the file's `pieces root`.
@@ -184,6 +187,28 @@ fn tracker_url(bytes: &[u8]) -> Option<String> {
     let url = decode_name(bytes);
     let url = url.trim();
     (!url.is_empty()).then(|| url.to_string())
+}
+
+/// Most web seeds taken from a torrent's `url-list`.
+pub const MAX_WEB_SEEDS: usize = 16;
+
+/// The usable URLs of a `url-list` (a string, or a list of strings): HTTP(S) only, no
+/// duplicates, at most [`MAX_WEB_SEEDS`].
+fn web_seeds(value: Option<&Value>) -> Vec<String> {
+    let candidates: Vec<&[u8]> = match value {
+        Some(Value::Bytes(b)) => vec![&b[..]],
+        Some(Value::List(list)) => list.iter().filter_map(|v| v.as_bytes()).collect(),
+        _ => Vec::new(),
+    };
+    let mut out: Vec<String> = Vec::new();
+    for url in candidates.into_iter().filter_map(tracker_url) {
+        let lower = url.to_ascii_lowercase();
+        let http = lower.starts_with("http://") || lower.starts_with("https://");
+        if http && !out.contains(&url) && out.len() < MAX_WEB_SEEDS {
+            out.push(url);
+        }
+    }
+    out
 }
 
 impl Metainfo {
@@ -235,6 +260,7 @@ impl Metainfo {
             BTreeMap::new()
         };
 
+        let web_seeds = web_seeds(top.get(&b"url-list"[..]));
         Ok(Metainfo {
             announce,
             announce_list,
@@ -242,6 +268,7 @@ impl Metainfo {
             info_hash,
             info_hash_v2,
             info_bytes: raw.to_vec(),
+            web_seeds,
             piece_layers,
         })
     }

@@ -763,3 +763,42 @@ fn too_many_files_are_refused() {
         )
     );
 }
+
+fn with_url_list(url_list: Vec<u8>) -> Metainfo {
+    let bytes = dict(&[
+        ("info", single_info("a", 16384, 10, 1)),
+        ("url-list", url_list),
+    ]);
+    Metainfo::from_bytes(&bytes).unwrap()
+}
+
+#[test]
+fn url_list_as_one_string_or_a_list() {
+    assert_eq!(
+        with_url_list(bs(b" http://w/a ")).web_seeds,
+        vec!["http://w/a".to_string()]
+    );
+    let list_of = list(&[
+        bs(b"https://a/"),
+        int(3),
+        bs(b"ftp://nope/"),
+        bs(b""),
+        bs(b"HTTP://b/"),
+        bs(b"https://a/"),
+    ]);
+    assert_eq!(
+        with_url_list(list_of).web_seeds,
+        vec!["https://a/".to_string(), "HTTP://b/".to_string()]
+    );
+    assert!(with_url_list(int(1)).web_seeds.is_empty());
+    let bytes = dict(&[("info", single_info("a", 16384, 10, 1))]);
+    assert!(Metainfo::from_bytes(&bytes).unwrap().web_seeds.is_empty());
+}
+
+#[test]
+fn url_list_is_capped() {
+    let many: Vec<Vec<u8>> = (0..100)
+        .map(|i| bs(format!("http://w/{i}").as_bytes()))
+        .collect();
+    assert_eq!(with_url_list(list(&many)).web_seeds.len(), MAX_WEB_SEEDS);
+}

@@ -694,6 +694,7 @@ impl Sim {
                             allowed_fast: Vec::new(),
                             addr: None,
                             outgoing: node == a,
+                            web_seed: false,
                         },
                     );
                     self.service(node, link);

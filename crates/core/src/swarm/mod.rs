@@ -338,6 +338,7 @@ impl Swarm {
         let mut peer = PeerState::new(now, self.geo.piece_count, &self.config);
         peer.fast = features.fast;
         peer.outgoing = features.outgoing;
+        peer.web_seed = features.web_seed;
         // A peer we dialled accepts connections where we reached it; an incoming one says
         // where in its extension handshake.
         peer.pex_addr = features.addr.filter(|_| features.outgoing);
@@ -490,12 +491,14 @@ impl Swarm {
                 }
             }
             peer.sample_rates(now, &self.config);
-            reclaimed |= Scheduler::reclaim_lost(
-                now,
-                self.config.lost_request_timeout,
-                &mut self.assembly,
-                peer,
-            );
+            // A web seed fetches requests in order and rejects those it gives up.
+            reclaimed |= !peer.web_seed
+                && Scheduler::reclaim_lost(
+                    now,
+                    self.config.lost_request_timeout,
+                    &mut self.assembly,
+                    peer,
+                );
             if now.saturating_duration_since(peer.last_received) >= self.config.idle_timeout {
                 timed_out.push((key, "nothing received"));
                 continue;

@@ -36,6 +36,9 @@ pub struct PeerFeatures {
     pub addr: Option<SocketAddr>,
     /// We dialled it (as opposed to it connecting to us).
     pub outgoing: bool,
+    /// A BEP 19 web seed behind [`crate::webseed::WebSeed`]: it gets neighbouring pieces
+    /// (they merge into one HTTP range) and serves requests in order, rejecting what it drops.
+    pub web_seed: bool,
 }
 
 #[derive(Debug)]
@@ -100,6 +103,10 @@ pub(super) struct PeerState {
     /// It shared a piece that failed: the pieces it starts are its alone until one passes, so
     /// that their failure is surely its own.
     pub(super) on_parole: bool,
+    /// A web seed (see [`PeerFeatures::web_seed`]).
+    pub(super) web_seed: bool,
+    /// The last piece it started (web seeds prefer the next one).
+    pub(super) last_started: Option<u32>,
 }
 
 /// Requests we keep outstanding at a peer that did not tell us its `reqq`.
@@ -143,6 +150,8 @@ impl PeerState {
             delivered: false,
             last_unchoked: None,
             on_parole: false,
+            web_seed: false,
+            last_started: None,
         }
     }
 

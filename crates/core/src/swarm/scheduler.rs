@@ -5,8 +5,11 @@
 //! order: pieces this peer already works on (whole-piece affinity keeps pieces from being
 //! spread over many slow peers), then a new piece by rarest first if the memory budget allows,
 //! then blocks of other open pieces it has, then, in endgame (nothing left unrequested),
-//! duplicates of blocks other peers owe. The pieces a peer on parole starts are its alone
-//! (nobody helps, and it asks for no duplicates), so that their hash check judges it alone.
+//! duplicates of blocks other peers owe. A web seed gets the piece after the last one it
+//! started when that one is free, else the first of the free pieces just before the picker's
+//! choice (contiguous pieces make one HTTP range). The pieces a peer on parole starts are its
+//! alone (nobody helps, and it asks for no duplicates), so that their hash check judges it
+//! alone.
 //!
 //! Invariants: a block is requested from a peer at most once at a time; a new piece is started
 //! only within the memory budget; when the budget stops a peer, `memory_starved` is set so the
@@ -19,6 +22,9 @@ use super::peer::PeerState;
 use super::picker::PiecePicker;
 use super::{Geometry, PeerKey};
 use crate::wire::{BlockRef, Message};
+
+/// Most pieces a web seed's new stretch starts before the picker's choice.
+const WEB_SEED_LOOK_BACK: u32 = 256;
 
 /// Most requests held back to be sent together when a peer's pipeline is nearly full.
 const REQUEST_BATCH: usize = 32;
@@ -99,12 +105,32 @@ impl Scheduler {
                 peer.allowed_in.iter().copied().find(pickable)
             } else {
                 let suggested = peer.suggested.iter().rev().copied().find(pickable);
-                suggested.or_else(|| self.picker.pick(&peer.has))
+                let picked = suggested.or_else(|| self.picker.pick(&peer.has));
+                if peer.web_seed {
+                    // Neighbours merge into one HTTP range: a web seed takes the piece after
+                    // its last one when it can, else the start of the free stretch around the
+                    // picker's choice (looking back a bounded way).
+                    let next = peer.last_started.and_then(|i| i.checked_add(1));
+                    next.filter(pickable).or_else(|| {
+                        picked.map(|p| {
+                            let mut first = p;
+                            while p - first < WEB_SEED_LOOK_BACK
+                                && first.checked_sub(1).is_some_and(|i| pickable(&i))
+                            {
+                                first -= 1;
+                            }
+                            first
+                        })
+                    })
+                } else {
+                    picked
+                }
             };
             if let Some(index) = chosen {
                 self.picker.take(index);
                 assembly.start(geo, index, peer.on_parole.then_some(key));
                 peer.current.push(index);
+                peer.last_started = Some(index);
                 return assembly.request_missing(geo, index, key);
             }
         } else if self.picker.has_pickable() {
