@@ -4,6 +4,7 @@
 //! is what moves its bytes and timers:
 //! - [`disk`]: the torrent's files, with positioned, synchronous reads and writes;
 //! - [`create`]: making `.torrent` files from a file or folder on disk;
+//! - [`daemon`]: many torrents in one session, driven over HTTP (REST and Transmission RPC);
 //! - [`engine`]: the tokio driver that owns sockets, timers and threads and feeds the state
 //!   machines.
 
@@ -13,5 +14,6 @@ pub use bitrush_core::{
 };
 
 pub mod create;
+pub mod daemon;
 pub mod disk;
 pub mod engine;

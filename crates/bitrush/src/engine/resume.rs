@@ -27,17 +27,26 @@ pub fn load(
     storage: &Storage,
     piece_count: u32,
 ) -> Option<Bitfield> {
-    let path = path_for(output);
+    load_from(&path_for(output), info_hash, storage, piece_count)
+}
+
+/// [`load`] from the state at `path` (a daemon keeps its torrents' states in its own folder).
+pub fn load_from(
+    path: &Path,
+    info_hash: &InfoHash,
+    storage: &Storage,
+    piece_count: u32,
+) -> Option<Bitfield> {
     let file_count = storage.layout().file_count();
     // Bitfield, per-file stamps (three integers of at most 20 digits and their framing) and the
     // fixed keys: anything longer was not written by us for this torrent.
     let bound = u64::from(piece_count).div_ceil(8) + 80 * file_count as u64 + 256;
-    let len = std::fs::metadata(&path).ok()?.len();
+    let len = std::fs::metadata(path).ok()?.len();
     if len > bound {
         tracing::warn!(path = %path.display(), len, "resume state too large; rechecking");
         return None;
     }
-    let bytes = std::fs::read(&path).ok()?;
+    let bytes = std::fs::read(path).ok()?;
     let state = match ResumeState::decode(&bytes) {
         Ok(state) => state,
         Err(e) => {
@@ -61,6 +70,16 @@ pub fn save(
     storage: &Storage,
     have: &Bitfield,
 ) -> Result<(), StorageError> {
+    save_to(&path_for(output), info_hash, storage, have)
+}
+
+/// [`save`] to the state at `path`.
+pub fn save_to(
+    path: &Path,
+    info_hash: &InfoHash,
+    storage: &Storage,
+    have: &Bitfield,
+) -> Result<(), StorageError> {
     storage.sync()?;
     let state = ResumeState {
         info_hash: info_hash.0,
@@ -68,8 +87,7 @@ pub fn save(
         pieces: have.as_bytes().to_vec(),
         files: storage.file_stamps()?,
     };
-    let path = path_for(output);
-    let tmp = super::with_suffix(&path, ".tmp");
+    let tmp = super::with_suffix(path, ".tmp");
     let io = |p: &Path, source| StorageError::Io {
         op: "write the resume state",
         path: p.display().to_string(),
@@ -78,7 +96,7 @@ pub fn save(
     let mut file = std::fs::File::create(&tmp).map_err(|e| io(&tmp, e))?;
     file.write_all(&state.encode()).map_err(|e| io(&tmp, e))?;
     file.sync_all().map_err(|e| io(&tmp, e))?;
-    std::fs::rename(&tmp, &path).map_err(|e| io(&path, e))
+    std::fs::rename(&tmp, path).map_err(|e| io(path, e))
 }
 
 /// Removes the state (a complete download needs none); a missing one is fine.
