@@ -447,3 +447,50 @@ fn a_non_loopback_api_needs_credentials() {
     assert_eq!(curl(&url, &["-u", "me:secret"]).status, 200);
     d.stop();
 }
+
+#[test]
+fn a_queue_of_two_on_one_port_and_a_magnet_added_through_transmission_remote() {
+    require_libtorrent();
+    let first = Swarm::single_file("daemon-queue-a", 2 * MIB, 15, 44, false);
+    let second = Swarm::tree(
+        "daemon-queue-b",
+        "album",
+        &[("a.bin", MIB), ("b/c.bin", 300_000)],
+        15,
+        45,
+    );
+    let _slow = first.lt_seeder_with(&LtSeedOptions::upload_limited(512 * 1024));
+    let _seeder = second.lt_seeder();
+    let state = first.dir.subdir("state");
+    let downloads = first.dir.subdir("downloads");
+    let mut d = start_daemon(&state, &downloads, &["--max-active-downloads", "1"]);
+    let a = d.add_torrent(&first.torrent);
+    let link = magnet_link(
+        &second.info.info_hash,
+        None,
+        &[second.tracker.http_url()],
+        &[],
+    );
+    let added = remote(&d.api, &["-a", &link]);
+    assert!(added.contains("success"), "{added}");
+    let b = a + 1;
+    // One download at a time: the magnet waits for the first to finish.
+    assert_eq!(d.torrent(b)["state"], "queued_download", "{}", d.torrent(b));
+    d.wait_complete(a);
+    d.wait_complete(b);
+    assert_file_eq(&downloaded(&downloads), &first.data, "the first download");
+    assert_tree_eq(&downloads.join("album"), &second.tree);
+    let files = remote(&d.api, &["-t", &b.to_string(), "-f"]);
+    assert!(
+        files.contains("album (2 files)") || files.contains("2 files"),
+        "{files}"
+    );
+    d.stop();
+    // Both come back after a restart, the magnet with its metadata.
+    let mut d = start_daemon(&state, &downloads, &[]);
+    d.wait_for(b, "seeding after a restart", |t| {
+        t["state"] == "seeding" && t["name"] == "album" && t["left_until_done"] == 0
+    });
+    d.wait_for(a, "seeding after a restart", |t| t["state"] == "seeding");
+    d.stop();
+}
