@@ -17,6 +17,8 @@ const DONE_TIMEOUT: Duration = Duration::from_secs(120);
 struct DaemonProc {
     proc: Proc,
     api: String,
+    /// Where peers reach it (TCP and uTP).
+    peer_port: u16,
 }
 
 /// Starts `bitrush daemon` on free ports with `state` and `downloads`, plus `extra` (which
@@ -42,11 +44,13 @@ fn start_daemon(state: &Path, downloads: &Path, extra: &[&str]) -> DaemonProc {
     let line = proc
         .wait_for_stdout_line(|l| l.starts_with("API: "), STARTUP_TIMEOUT)
         .unwrap_or_else(|e| panic!("daemon did not start: {e}\n{}", proc.logs()));
-    proc.wait_for_stdout_line(|l| l.starts_with("Peer port: "), STARTUP_TIMEOUT)
+    let peers = proc
+        .wait_for_stdout_line(|l| l.starts_with("Peer port: "), STARTUP_TIMEOUT)
         .unwrap_or_else(|e| panic!("daemon did not start: {e}\n{}", proc.logs()));
     DaemonProc {
         proc,
         api: line["API: ".len()..].trim().replace("0.0.0.0", "127.0.0.1"),
+        peer_port: peers["Peer port: ".len()..].trim().parse().expect("a port"),
     }
 }
 
@@ -492,5 +496,59 @@ fn a_queue_of_two_on_one_port_and_a_magnet_added_through_transmission_remote() {
         t["state"] == "seeding" && t["name"] == "album" && t["left_until_done"] == 0
     });
     d.wait_for(a, "seeding after a restart", |t| t["state"] == "seeding");
+    d.stop();
+}
+
+#[test]
+fn peers_reaching_the_one_port_are_routed_to_their_torrent() {
+    require_libtorrent();
+    let first = Swarm::single_file("daemon-route-a", MIB, 15, 46, false);
+    let second = Swarm::tree(
+        "daemon-route-b",
+        "tree",
+        &[("x.bin", 700_000), ("y.bin", 5)],
+        15,
+        47,
+    );
+    // The daemon seeds both from data already in its download folder.
+    let state = first.dir.subdir("state");
+    let downloads = first.dir.subdir("downloads");
+    std::fs::copy(
+        first.seed_dir.join("payload.bin"),
+        downloads.join("payload.bin"),
+    )
+    .unwrap();
+    copy_tree(&second.seed_dir.join("tree"), &downloads.join("tree"));
+    let mut d = start_daemon(&state, &downloads, &["--encryption", "prefer"]);
+    let a = d.add_torrent(&first.torrent);
+    let b = d.add_torrent(&second.torrent);
+    d.wait_for(a, "seeding", |t| t["state"] == "seeding");
+    d.wait_for(b, "seeding", |t| t["state"] == "seeding");
+    let daemon = loopback_addr(d.peer_port);
+    // Plain TCP for one torrent, MSE (keyed by the info hash) for the other, and uTP.
+    let plain_dir = first.dir.subdir("plain");
+    let mut plain = LtLeecher::start(&first.torrent, &plain_dir, &[daemon], None);
+    let mse_dir = second.dir.subdir("mse");
+    let forced = LtWire {
+        encryption: LtEncryption::Forced,
+        ..LtWire::default()
+    };
+    let mut mse = LtLeecher::start_with(&second.torrent, &mse_dir, &[daemon], None, forced);
+    let utp_dir = first.dir.subdir("utp");
+    let utp_only = LtWire {
+        transport: LtTransport::Utp,
+        ..LtWire::default()
+    };
+    let mut utp = LtLeecher::start_with(&first.torrent, &utp_dir, &[daemon], None, utp_only);
+    plain.wait_complete();
+    mse.wait_complete();
+    utp.wait_complete();
+    assert_file_eq(
+        &plain_dir.join("payload.bin"),
+        &first.data,
+        "over plain TCP",
+    );
+    assert_file_eq(&utp_dir.join("payload.bin"), &first.data, "over uTP");
+    assert_tree_eq(&mse_dir.join("tree"), &second.tree);
     d.stop();
 }
