@@ -62,6 +62,28 @@ pub fn load_from(
     Bitfield::from_bytes(&state.pieces, piece_count).ok()
 }
 
+/// The pieces a state at `path` still vouches for after an unclean stop of a session that kept
+/// writing after saving it (see `ResumeState::survives_crash`): only the other pieces need
+/// hashing. `None`: no usable state, check everything.
+pub fn load_after_crash(
+    path: &Path,
+    info_hash: &InfoHash,
+    storage: &Storage,
+    piece_count: u32,
+) -> Option<Bitfield> {
+    let bound =
+        u64::from(piece_count).div_ceil(8) + 80 * storage.layout().file_count() as u64 + 256;
+    if std::fs::metadata(path).ok()?.len() > bound {
+        return None;
+    }
+    let state = ResumeState::decode(&std::fs::read(path).ok()?).ok()?;
+    let stamps = storage.file_stamps().ok()?;
+    if !state.survives_crash(&info_hash.0, piece_count, &stamps) {
+        return None;
+    }
+    Bitfield::from_bytes(&state.pieces, piece_count).ok()
+}
+
 /// Flushes the files, then writes the state for `have` atomically (temporary file, fsync,
 /// rename).
 pub fn save(

@@ -342,13 +342,21 @@ async fn open_target(
             let (path, info2) = (path.clone(), info.clone());
             let (info_hash, use_resume) = (params.info_hash, existed && !params.recheck);
             let resume_file = params.hosted.as_ref().map(|h| h.resume_file.clone());
-            let (storage, vouched) = tokio::task::spawn_blocking(move || {
+            let hosted = resume_file.is_some();
+            let (storage, vouched, survived) = tokio::task::spawn_blocking(move || {
                 let storage = Storage::open(&path, &info2)?;
                 let resume_file = resume_file.unwrap_or_else(|| resume::path_for(&path));
                 let vouched = use_resume
                     .then(|| resume::load_from(&resume_file, &info_hash, &storage, piece_count))
                     .flatten();
-                Ok::<_, StorageError>((storage, vouched))
+                // A hosted torrent saves while it runs: after a crash its last state still
+                // vouches for the pieces it lists, and only the others are checked.
+                let survived = (hosted && use_resume && vouched.is_none())
+                    .then(|| {
+                        resume::load_after_crash(&resume_file, &info_hash, &storage, piece_count)
+                    })
+                    .flatten();
+                Ok::<_, StorageError>((storage, vouched, survived))
             })
             .await
             .map_err(TorrentError::Task)??;
@@ -362,8 +370,15 @@ async fn open_target(
                     "resume state accepted; existing data not rechecked"
                 );
                 have
+            } else if let Some(known) = survived {
+                tracing::info!(
+                    known = known.count(),
+                    of = piece_count,
+                    "stopped uncleanly: checking only the pieces written since the last save"
+                );
+                recheck(storage.clone(), info.clone(), Some(known)).await?
             } else if existed {
-                recheck(storage.clone(), info.clone()).await?
+                recheck(storage.clone(), info.clone(), None).await?
             } else {
                 Bitfield::new(piece_count)
             };
@@ -387,7 +402,7 @@ async fn open_target(
             let have = if params.assume_complete {
                 Bitfield::full(piece_count)
             } else {
-                recheck(storage.clone(), info.clone()).await?
+                recheck(storage.clone(), info.clone(), None).await?
             };
             let verified = have.count();
             if verified < piece_count && !(*partial && verified > 0) {
@@ -451,13 +466,19 @@ fn part_path(path: &std::path::Path) -> PathBuf {
     super::with_suffix(path, ".bitrush-part")
 }
 
-/// Hashes every piece already at the output, on all cores; returns the pieces that match.
-async fn recheck(sink: Arc<Sink>, info: Arc<Info>) -> Result<Bitfield, TorrentError> {
+/// Hashes every piece already at the output, on all cores, except those `known` to be good;
+/// returns the pieces that match (with the known ones).
+async fn recheck(
+    sink: Arc<Sink>,
+    info: Arc<Info>,
+    known: Option<Bitfield>,
+) -> Result<Bitfield, TorrentError> {
     let count = info.piece_count();
+    let known = Arc::new(known.unwrap_or_else(|| Bitfield::new(count)));
     let threads = std::thread::available_parallelism().map_or(2, |n| n.get()) as u32;
     let mut jobs = JoinSet::new();
     for t in 0..threads {
-        let (sink, info) = (sink.clone(), info.clone());
+        let (sink, info, known) = (sink.clone(), info.clone(), known.clone());
         jobs.spawn_blocking(move || -> Result<Vec<u32>, StorageError> {
             let Sink::Files(storage) = &*sink else {
                 return Ok(Vec::new());
@@ -465,6 +486,10 @@ async fn recheck(sink: Arc<Sink>, info: Arc<Info>) -> Result<Bitfield, TorrentEr
             let mut good = Vec::new();
             let mut scratch = Vec::new();
             for index in (t..count).step_by(threads as usize) {
+                if known.get(index) {
+                    good.push(index);
+                    continue;
+                }
                 if let Some(hash) = info.pieces.get(index as usize) {
                     if storage.piece_matches(index, hash, &mut scratch)? {
                         good.push(index);
