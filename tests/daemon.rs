@@ -374,6 +374,51 @@ fn hostile_api_input_gets_clear_errors() {
         let r = d.post("/api/v1/torrents", "application/json", &body);
         assert_eq!(r.status, 400, "{bad}: {}", r.body);
     }
+    // Path traversal in the torrent's own names: they are made safe, and the torrent stays
+    // inside the download folder.
+    let data = vec![7u8; 1000];
+    let evil = bencode(&dict(&[(
+        "info",
+        dict(&[
+            (
+                "files",
+                Bv::List(vec![dict(&[
+                    ("length", Bv::Int(1000)),
+                    (
+                        "path",
+                        Bv::List(vec![bstr(".."), bstr(".."), bstr("escaped.bin")]),
+                    ),
+                ])]),
+            ),
+            ("name", bstr("../../outside")),
+            ("piece length", Bv::Int(16384)),
+            ("pieces", Bv::Bytes(sha1_pieces(&data, 16384))),
+        ]),
+    )]));
+    let evil_path = dir.join("evil.torrent");
+    std::fs::write(&evil_path, evil).unwrap();
+    let r = d.post(
+        "/api/v1/torrents",
+        "application/x-bittorrent",
+        &format!("@{}", evil_path.display()),
+    );
+    if r.status == 201 {
+        let t = r.json();
+        let name = t["name"].as_str().unwrap();
+        assert!(!name.contains('/') && name != "..", "{name}");
+        let files = d.get(&format!("/api/v1/torrents/{}/files", t["id"])).json();
+        let path = files[0]["path"].as_str().unwrap();
+        assert!(!path.split('/').any(|c| c == ".."), "{path}");
+        assert_eq!(d.get(&format!("/api/v1/torrents/{}", t["id"])).status, 200);
+        let r = curl(
+            &format!("{}/api/v1/torrents/{}", d.api, t["id"]),
+            &["-X", "DELETE"],
+        );
+        assert_eq!(r.status, 204, "{}", r.body);
+    } else {
+        assert_eq!(r.status, 400, "{}", r.body);
+    }
+    assert!(!dir.join("outside").exists() && !state.join("escaped.bin").exists());
     // Unknown ids and routes, bad ids, wrong methods.
     assert_eq!(d.get("/api/v1/torrents/99").status, 404);
     assert_eq!(d.get("/api/v1/torrents/x").status, 400);
@@ -579,5 +624,57 @@ fn peers_reaching_the_one_port_are_routed_to_their_torrent() {
     );
     assert_file_eq(&utp_dir.join("payload.bin"), &first.data, "over uTP");
     assert_tree_eq(&mse_dir.join("tree"), &second.tree);
+    d.stop();
+}
+
+#[test]
+fn skipped_files_are_not_fetched_until_wanted() {
+    require_libtorrent();
+    let swarm = Swarm::tree(
+        "daemon-files",
+        "set",
+        &[("a.bin", MIB), ("b/c.bin", 300_000)],
+        15,
+        48,
+    );
+    let _seeder = swarm.lt_seeder();
+    let state = swarm.dir.subdir("state");
+    let downloads = swarm.dir.subdir("downloads");
+    let mut d = start_daemon(&state, &downloads, &[]);
+    let r = d.post(
+        "/api/v1/torrents?paused=true",
+        "application/x-bittorrent",
+        &format!("@{}", swarm.torrent.display()),
+    );
+    assert_eq!(r.status, 201, "{}", r.body);
+    let id = r.json()["id"].as_u64().unwrap();
+    assert_eq!(d.torrent(id)["state"], "paused");
+    let r = curl(
+        &format!("{}/api/v1/torrents/{id}/files", d.api),
+        &["-X", "PUT", "--data-binary", "{\"wanted\": [true, false]}"],
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.json()[1]["wanted"], false, "{}", r.body);
+    d.post(
+        &format!("/api/v1/torrents/{id}/resume"),
+        "application/json",
+        "",
+    );
+    d.wait_complete(id);
+    let t = d.torrent(id);
+    assert_eq!(t["size_when_done"], MIB as u64, "{t}");
+    let set = downloads.join("set");
+    assert_file_eq(&set.join("a.bin"), &swarm.tree["a.bin"], "the wanted file");
+    let skipped = std::fs::read(set.join("b/c.bin")).unwrap_or_default();
+    assert_ne!(
+        skipped, swarm.tree["b/c.bin"],
+        "the skipped file was not fetched"
+    );
+    // Wanted after all, through Transmission RPC's files-wanted.
+    remote(&d.api, &["-t", &id.to_string(), "-g", "1"]);
+    d.wait_for(id, "complete with both files", |t| {
+        t["left_until_done"] == 0 && t["size_when_done"].as_u64() > Some(MIB as u64)
+    });
+    assert_tree_eq(&set, &swarm.tree);
     d.stop();
 }

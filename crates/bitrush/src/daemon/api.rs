@@ -463,3 +463,37 @@ async fn metrics(State(api): State<Api>) -> Response {
     }
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out).into_response()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_loopback_is_open_without_credentials() {
+        let local: SocketAddr = "127.0.0.1:9091".parse().unwrap();
+        let local6: SocketAddr = "[::1]:9091".parse().unwrap();
+        let any: SocketAddr = "0.0.0.0:9091".parse().unwrap();
+        assert!(matches!(Access::for_bind(local, None), Access::Open));
+        assert!(matches!(Access::for_bind(local6, None), Access::Open));
+        assert!(matches!(Access::for_bind(any, None), Access::Refused));
+        let c = Credentials {
+            user: "u".into(),
+            password: "p".into(),
+        };
+        assert!(matches!(Access::for_bind(any, Some(c)), Access::Basic(_)));
+    }
+
+    #[test]
+    fn basic_credentials_are_read_and_garbage_is_not() {
+        let mut h = HeaderMap::new();
+        h.insert(header::AUTHORIZATION, "Basic bWU6czpl".parse().unwrap()); // me:s:e
+        assert_eq!(
+            basic_credentials(&h),
+            Some(("me".to_string(), "s:e".to_string()))
+        );
+        for bad in ["Basic !!!", "Bearer bWU6c2U=", "Basic bWU=", "Basic //79"] {
+            h.insert(header::AUTHORIZATION, bad.parse().unwrap());
+            assert_eq!(basic_credentials(&h), None, "{bad}");
+        }
+    }
+}

@@ -1266,3 +1266,54 @@ impl Job {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bitrush_core::testing::info_with;
+
+    #[test]
+    fn download_dirs_must_be_absolute_without_parent_steps() {
+        assert!(check_download_dir(Path::new("/srv/torrents")).is_ok());
+        for bad in ["relative", "../x", "/srv/../etc", "/srv/a/.."] {
+            assert!(check_download_dir(Path::new(bad)).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn wanted_files_want_the_pieces_they_overlap() {
+        // Files of 10, 6 and 16 bytes in pieces of 8: [0..10) [10..16) [16..32).
+        let info = info_with(&[10, 6, 16], 8);
+        let set = |files: &[bool]| -> Vec<u32> { wanted_pieces(&info, files).iter_set().collect() };
+        assert_eq!(set(&[true, false, false]), vec![0, 1]);
+        assert_eq!(set(&[false, true, false]), vec![1]);
+        assert_eq!(set(&[false, false, true]), vec![2, 3]);
+        assert_eq!(
+            set(&[false, false]),
+            vec![2, 3],
+            "files past the list are wanted"
+        );
+        assert_eq!(set(&[false, false, false]), Vec::<u32>::new());
+    }
+
+    #[test]
+    fn files_and_progress_from_verified_pieces() {
+        let info = info_with(&[10, 6, 16], 8);
+        let mut have = Bitfield::new(4);
+        have.set(1);
+        have.set(3);
+        let files = file_views(&info, Some(&have), Some(&[true, true, false]));
+        let done: Vec<u64> = files.iter().map(|f| f.done_bytes).collect();
+        // Piece 1 is [8..16): 2 bytes of f0, all 6 of f1; piece 3 is the last 8 of f2.
+        assert_eq!(done, vec![2, 6, 8]);
+        assert_eq!(
+            files.iter().map(|f| f.wanted).collect::<Vec<_>>(),
+            vec![true, true, false]
+        );
+        let p = progress_from_have(&info, &have, Some(&[true, true, false]));
+        assert_eq!((p.done_bytes, p.total_bytes), (8, 16));
+        assert!(!p.seeding);
+        let all = progress_from_have(&info, &Bitfield::full(4), None);
+        assert!(all.seeding && all.done_bytes == 32);
+    }
+}
