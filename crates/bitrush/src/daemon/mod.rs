@@ -173,6 +173,8 @@ struct Inner {
     dht: Option<DhtHandle>,
     transports: Transports,
     slots: Arc<Semaphore>,
+    /// Incoming connections in their handshake.
+    handshaking: Arc<Semaphore>,
     started: std::time::Instant,
     /// The listener tasks, stopped at shutdown.
     tasks: Mutex<Vec<JoinHandle<()>>>,
@@ -243,6 +245,7 @@ impl Daemon {
         };
         let daemon = Daemon(Arc::new(Inner {
             slots: Arc::new(Semaphore::new(config.max_connections)),
+            handshaking: Arc::new(Semaphore::new(MAX_HANDSHAKING)),
             state: Mutex::new(State {
                 queue: TorrentQueue::new(config.limits),
                 torrents: BTreeMap::new(),
@@ -586,12 +589,18 @@ impl Daemon {
         }
     }
 
-    /// Routes an incoming connection to its torrent once its handshake is read.
+    /// Routes an incoming connection to its torrent once its handshake is read; at most
+    /// [`MAX_HANDSHAKING`] at once (the others are closed).
     fn route(&self, stream: crate::engine::transport::BoxStream, addr: SocketAddr) {
+        let Ok(permit) = self.0.handshaking.clone().try_acquire_owned() else {
+            tracing::debug!(%addr, "too many incoming handshakes; closing");
+            return;
+        };
         let known: Vec<InfoHash> = self.state().routes.keys().copied().collect();
         let d = self.clone();
         let encryption = self.0.transports.encryption;
         tokio::spawn(async move {
+            let _permit = permit;
             let (conn, theirs) =
                 match connection::accept_unanswered(stream, addr, &known, encryption).await {
                     Ok(accepted) => accepted,
@@ -612,11 +621,10 @@ impl Daemon {
     }
 
     async fn accept_tcp(&self, listener: tokio::net::TcpListener) {
-        let handshaking = Arc::new(Semaphore::new(MAX_HANDSHAKING));
         loop {
             match listener.accept().await {
                 Ok((stream, addr)) => {
-                    if !self.0.transports.tcp || handshaking.available_permits() == 0 {
+                    if !self.0.transports.tcp {
                         continue;
                     }
                     let _ = stream.set_nodelay(true);
