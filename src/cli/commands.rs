@@ -351,6 +351,7 @@ pub(super) async fn run_session(
         private: torrent.private,
         pex: opts.pex,
         transports: transports.clone(),
+        hosted: None,
     };
     let result = engine::run_torrent(params).await;
     if let Some(dht) = &dht {
@@ -382,7 +383,7 @@ fn interrupted(target: &Target, last: &Progress) -> String {
 }
 
 /// Resolves on Ctrl-C (SIGINT) or SIGTERM.
-async fn wait_for_signal() {
+pub(super) async fn wait_for_signal() {
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
     let term = async {
         match term.as_mut() {

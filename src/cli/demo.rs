@@ -114,6 +114,7 @@ pub async fn demo(size_mib: u64, seeders: usize, quiet: bool) -> anyhow::Result<
             private: false,
             pex: false,
             transports: Default::default(),
+            hosted: None,
         }));
     }
     if !quiet {

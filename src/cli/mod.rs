@@ -4,6 +4,7 @@
 
 mod commands;
 mod create;
+mod daemon;
 mod demo;
 mod magnet;
 mod progress;
@@ -237,6 +238,57 @@ enum Command {
         /// Leave out the creation date, so the same data always gives the same file.
         #[arg(long)]
         no_date: bool,
+    },
+    /// Run as a service: many torrents in one session, driven over HTTP (a JSON REST API,
+    /// Transmission RPC at /transmission/rpc for transmission-remote and the tools that speak
+    /// it, and Prometheus metrics at /metrics; see docs/api.md). Torrents, their settings and
+    /// progress are kept in the state directory and come back after a restart. Stops cleanly
+    /// on Ctrl-C or SIGTERM.
+    #[command(after_help = "Examples:\n  \
+        bitrush daemon --download-dir ~/Downloads\n  \
+        bitrush daemon --state-dir /var/lib/bitrush --download-dir /srv/torrents --port 6881 --api 0.0.0.0:9091 --api-user me --api-password secret")]
+    Daemon {
+        /// Where downloads go unless a torrent says otherwise (created if missing).
+        #[arg(long, value_name = "DIR", default_value = ".")]
+        download_dir: PathBuf,
+        /// Address of the HTTP API. Any address but loopback requires --api-user and
+        /// --api-password (else every request gets 401).
+        #[arg(long, value_name = "IP:PORT", default_value = "127.0.0.1:9091")]
+        api: std::net::SocketAddr,
+        /// The API's user name (HTTP basic authentication).
+        #[arg(
+            long,
+            value_name = "NAME",
+            requires = "api_password",
+            env = "BITRUSH_API_USER"
+        )]
+        api_user: Option<String>,
+        /// The API's password.
+        #[arg(
+            long,
+            value_name = "PASSWORD",
+            requires = "api_user",
+            env = "BITRUSH_API_PASSWORD"
+        )]
+        api_password: Option<String>,
+        /// Peer connections open at once across all torrents.
+        #[arg(long, default_value_t = 500)]
+        max_connections: usize,
+        /// Peer connections a torrent dials at once, at most.
+        #[arg(long, default_value_t = 50)]
+        max_peers: usize,
+        /// Torrents downloading at once (the others wait in the queue).
+        #[arg(long, default_value_t = 5)]
+        max_active_downloads: usize,
+        /// Torrents seeding at once (the others wait in the queue).
+        #[arg(long, default_value_t = 100)]
+        max_active_seeds: usize,
+        /// How often progress is saved while torrents run, in seconds (after a crash, pieces
+        /// verified since are checked again).
+        #[arg(long, value_name = "SECONDS", default_value_t = 15, value_parser = clap::value_parser!(u64).range(1..))]
+        save_interval: u64,
+        #[command(flatten)]
+        network: NetworkArgs,
     },
     /// Seed existing data: verify it, announce, and serve peers until a limit or Ctrl-C.
     /// The data is only read, never written: data that does not match the torrent is an error.
@@ -542,6 +594,42 @@ fn run(command: Command, quiet: bool) -> anyhow::Result<()> {
             no_date,
             quiet,
         }),
+        Command::Daemon {
+            download_dir,
+            api,
+            api_user,
+            api_password,
+            max_connections,
+            max_peers,
+            max_active_downloads,
+            max_active_seeds,
+            save_interval,
+            network,
+        } => {
+            let state_dir = network
+                .dht
+                .state_dir
+                .clone()
+                .or_else(default_state_dir)
+                .ok_or_else(|| anyhow::anyhow!("no state directory: give --state-dir"))?;
+            let credentials = api_user
+                .zip(api_password)
+                .map(|(user, password)| bitrush::daemon::api::Credentials { user, password });
+            runtime()?.block_on(daemon::daemon(daemon::DaemonArgs {
+                state_dir,
+                download_dir,
+                api,
+                credentials,
+                max_connections,
+                max_peers,
+                limits: bitrush::queue::QueueLimits {
+                    max_active_downloads,
+                    max_active_seeds,
+                },
+                save_every: std::time::Duration::from_secs(save_interval),
+                session: network.options(quiet),
+            }))
+        }
         Command::Seed {
             torrent,
             path,

@@ -15,6 +15,7 @@
 //! - [`session`]: the rules around it: announces, whom to dial, give-up, seed limits.
 //! - [`storage`]: pieces mapped onto files, and the fast-resume format.
 //! - [`utp`]: the Micro Transport Protocol (BEP 29) over a UDP socket.
+//! - [`queue`]: the daemon's queue: which of many torrents run at once.
 //! - [`merkle`]: BitTorrent v2 merkle trees (piece layers, roots, proofs).
 //! - [`webseed`]: BEP 19 web seeds: swarm requests as HTTP range requests.
 
@@ -24,6 +25,7 @@ pub mod merkle;
 pub mod metadata;
 pub mod metainfo;
 pub mod mse;
+pub mod queue;
 pub mod session;
 #[cfg(test)]
 mod sim;

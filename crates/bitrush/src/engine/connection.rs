@@ -370,9 +370,27 @@ async fn handshake_over(
 /// encryption policy, reads the peer's handshake (refusing other torrents than `ours`), and
 /// answers it.
 pub async fn accept(
-    mut stream: BoxStream,
+    stream: BoxStream,
     addr: SocketAddr,
     ours: &Handshake,
+    encryption: Encryption,
+) -> Result<(PeerStream, Handshake), ConnectionError> {
+    let (mut conn, theirs) = accept_unanswered(stream, addr, &[ours.info_hash], encryption).await?;
+    if theirs.info_hash != ours.info_hash {
+        return Err(ConnectionError::WrongInfoHash(addr));
+    }
+    conn.answer_handshake(ours).await?;
+    Ok((conn, theirs))
+}
+
+/// The first half of [`accept`] for a listener shared by several torrents: sniffs plain or
+/// encrypted, applies the policy (an MSE peer must name one of `known`), and reads the peer's
+/// handshake without answering it, so the caller can route the connection by the info hash
+/// it names and the torrent answers with [`PeerStream::answer_handshake`].
+pub async fn accept_unanswered(
+    mut stream: BoxStream,
+    addr: SocketAddr,
+    known: &[crate::types::InfoHash],
     encryption: Encryption,
 ) -> Result<(PeerStream, Handshake), ConnectionError> {
     let sniffed = tokio::time::timeout(HANDSHAKE_TIMEOUT, transport::sniff(&mut stream))
@@ -382,28 +400,31 @@ pub async fn accept(
     let Some((opening, first)) = sniffed else {
         return Err(ConnectionError::Closed(addr));
     };
-    let (stream, received) = match opening {
+    let (stream, received, found) = match opening {
         Opening::Plain if !encryption.allows_plaintext_handshake() => {
             tracing::warn!(%addr, "refusing a plaintext connection from the peer: encryption is required");
             return Err(ConnectionError::PlaintextRefused(addr));
         }
-        Opening::Plain => (stream, first),
+        Opening::Plain => (stream, first, None),
         Opening::Encrypted if encryption == Encryption::Disable => {
             return Err(ConnectionError::EncryptionRefused(addr));
         }
         Opening::Encrypted => {
             let (stream, found, received) =
-                transport::mse_accept(stream, &first, &[ours.info_hash], encryption)
+                transport::mse_accept(stream, &first, known, encryption)
                     .await
                     .map_err(|source| ConnectionError::Encryption { addr, source })?;
-            if found != ours.info_hash {
-                return Err(ConnectionError::WrongInfoHash(addr));
-            }
-            (stream, received)
+            (stream, received, Some(found))
         }
     };
     let mut conn = PeerStream::with_received(stream, addr, &received);
-    let theirs = conn.handshake_incoming(ours).await?;
+    let theirs = tokio::time::timeout(HANDSHAKE_TIMEOUT, conn.read_handshake())
+        .await
+        .map_err(|_| ConnectionError::HandshakeTimeout(addr))??;
+    // Inside MSE the handshake must name the torrent the encryption was keyed with.
+    if found.is_some_and(|found| found != theirs.info_hash) {
+        return Err(ConnectionError::WrongInfoHash(addr));
+    }
     Ok((conn, theirs))
 }
 
@@ -502,27 +523,17 @@ impl<S: AsyncRead + AsyncWrite + Unpin> PeerStream<S> {
         Ok(theirs)
     }
 
-    /// Reads the handshake of a peer that connected to us; refuses another torrent's info
-    /// hash (closing without answering), then sends `ours`.
-    pub async fn handshake_incoming(
-        &mut self,
-        ours: &Handshake,
-    ) -> Result<Handshake, ConnectionError> {
+    /// Answers the handshake of a peer that connected to us (read by
+    /// [`accept_unanswered`]) with `ours`.
+    pub async fn answer_handshake(&mut self, ours: &Handshake) -> Result<(), ConnectionError> {
         let addr = self.addr;
-        let exchange = async {
-            let theirs = self.read_handshake().await?;
-            if theirs.info_hash != ours.info_hash {
-                return Err(ConnectionError::WrongInfoHash(addr));
-            }
-            self.stream
-                .write_all(&ours.encode())
-                .await
-                .map_err(|e| self.io(e))?;
-            Ok(theirs)
-        };
-        tokio::time::timeout(HANDSHAKE_TIMEOUT, exchange)
-            .await
-            .map_err(|_| ConnectionError::HandshakeTimeout(addr))?
+        let bytes = ours.encode();
+        let write = self.stream.write_all(&bytes);
+        match tokio::time::timeout(HANDSHAKE_TIMEOUT, write).await {
+            Err(_) => Err(ConnectionError::HandshakeTimeout(addr)),
+            Ok(Err(e)) => Err(self.io(e)),
+            Ok(Ok(())) => Ok(()),
+        }
     }
 
     /// Waits for bytes, then appends every whole message received to `out` (at least one

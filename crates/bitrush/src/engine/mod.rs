@@ -58,5 +58,6 @@ pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
 }
 
 pub use torrent::{
-    run_torrent, Outcome, Progress, SeedLimits, Target, TorrentError, TorrentParams,
+    run_torrent, ConnectedPeer, Hosted, Outcome, Progress, SeedLimits, Target, TorrentError,
+    TorrentParams,
 };

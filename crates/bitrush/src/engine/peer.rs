@@ -72,6 +72,11 @@ pub(super) struct SwarmState {
 const MAX_DISCOVERED: usize = 1000;
 
 impl SwarmState {
+    /// Whether the connection `key` completed its handshake and is known to the swarm.
+    pub(super) fn is_connected(&self, key: PeerKey) -> bool {
+        self.peers.contains_key(&key)
+    }
+
     pub(super) fn new(swarm: Swarm) -> SwarmState {
         SwarmState {
             swarm,

@@ -27,17 +27,26 @@ pub fn load(
     storage: &Storage,
     piece_count: u32,
 ) -> Option<Bitfield> {
-    let path = path_for(output);
+    load_from(&path_for(output), info_hash, storage, piece_count)
+}
+
+/// [`load`] from the state at `path` (a daemon keeps its torrents' states in its own folder).
+pub fn load_from(
+    path: &Path,
+    info_hash: &InfoHash,
+    storage: &Storage,
+    piece_count: u32,
+) -> Option<Bitfield> {
     let file_count = storage.layout().file_count();
     // Bitfield, per-file stamps (three integers of at most 20 digits and their framing) and the
     // fixed keys: anything longer was not written by us for this torrent.
     let bound = u64::from(piece_count).div_ceil(8) + 80 * file_count as u64 + 256;
-    let len = std::fs::metadata(&path).ok()?.len();
+    let len = std::fs::metadata(path).ok()?.len();
     if len > bound {
         tracing::warn!(path = %path.display(), len, "resume state too large; rechecking");
         return None;
     }
-    let bytes = std::fs::read(&path).ok()?;
+    let bytes = std::fs::read(path).ok()?;
     let state = match ResumeState::decode(&bytes) {
         Ok(state) => state,
         Err(e) => {
@@ -53,10 +62,42 @@ pub fn load(
     Bitfield::from_bytes(&state.pieces, piece_count).ok()
 }
 
+/// The pieces a state at `path` still vouches for after an unclean stop of a session that kept
+/// writing after saving it (see `ResumeState::survives_crash`): only the other pieces need
+/// hashing. `None`: no usable state, check everything.
+pub fn load_after_crash(
+    path: &Path,
+    info_hash: &InfoHash,
+    storage: &Storage,
+    piece_count: u32,
+) -> Option<Bitfield> {
+    let bound =
+        u64::from(piece_count).div_ceil(8) + 80 * storage.layout().file_count() as u64 + 256;
+    if std::fs::metadata(path).ok()?.len() > bound {
+        return None;
+    }
+    let state = ResumeState::decode(&std::fs::read(path).ok()?).ok()?;
+    let stamps = storage.file_stamps().ok()?;
+    if !state.survives_crash(&info_hash.0, piece_count, &stamps) {
+        return None;
+    }
+    Bitfield::from_bytes(&state.pieces, piece_count).ok()
+}
+
 /// Flushes the files, then writes the state for `have` atomically (temporary file, fsync,
 /// rename).
 pub fn save(
     output: &Path,
+    info_hash: &InfoHash,
+    storage: &Storage,
+    have: &Bitfield,
+) -> Result<(), StorageError> {
+    save_to(&path_for(output), info_hash, storage, have)
+}
+
+/// [`save`] to the state at `path`.
+pub fn save_to(
+    path: &Path,
     info_hash: &InfoHash,
     storage: &Storage,
     have: &Bitfield,
@@ -68,8 +109,7 @@ pub fn save(
         pieces: have.as_bytes().to_vec(),
         files: storage.file_stamps()?,
     };
-    let path = path_for(output);
-    let tmp = super::with_suffix(&path, ".tmp");
+    let tmp = super::with_suffix(path, ".tmp");
     let io = |p: &Path, source| StorageError::Io {
         op: "write the resume state",
         path: p.display().to_string(),
@@ -78,7 +118,7 @@ pub fn save(
     let mut file = std::fs::File::create(&tmp).map_err(|e| io(&tmp, e))?;
     file.write_all(&state.encode()).map_err(|e| io(&tmp, e))?;
     file.sync_all().map_err(|e| io(&tmp, e))?;
-    std::fs::rename(&tmp, &path).map_err(|e| io(&path, e))
+    std::fs::rename(&tmp, path).map_err(|e| io(path, e))
 }
 
 /// Removes the state (a complete download needs none); a missing one is fine.

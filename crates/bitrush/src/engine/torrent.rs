@@ -18,10 +18,10 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tokio::net::TcpListener;
-use tokio::sync::{mpsc, watch, Notify};
+use tokio::sync::{mpsc, watch, Notify, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 
-use super::connection::{self, Transports};
+use super::connection::{self, PeerStream, Transports};
 use super::dht::{DhtHandle, LookupReply};
 use super::hasher::{self, Verdict};
 use super::peer::{self, PeerTaskError, Shared, SwarmState};
@@ -102,6 +102,37 @@ pub struct TorrentParams {
     pub pex: bool,
     /// How peers are reached: TCP, uTP, encryption.
     pub transports: Transports,
+    /// Set when a daemon hosts this torrent among others.
+    pub hosted: Option<Hosted>,
+}
+
+/// What a torrent gets from a daemon hosting many: the connections its shared listener routed
+/// here, the daemon-wide connection limit, a resume state kept in the daemon's state directory
+/// and saved periodically, and the files to fetch.
+pub struct Hosted {
+    /// Incoming connections for this torrent, their handshake read but not yet answered
+    /// ([`connection::accept_unanswered`]).
+    pub incoming: mpsc::Receiver<(PeerStream, Handshake)>,
+    /// Connections open at once across the daemon: each connection task holds a permit, and a
+    /// dial or an incoming connection without one is given up.
+    pub connection_slots: Arc<Semaphore>,
+    /// Where the resume state lives (instead of beside the output). It is kept once the
+    /// download is complete, so a restart seeds without hashing everything again.
+    pub resume_file: PathBuf,
+    /// How often the resume state is saved while the torrent runs (a `kill -9` loses at most
+    /// this much progress: the pieces written since are hashed again).
+    pub save_every: Duration,
+    /// Which files to fetch, by index in `info.files` (`None`: all). The pieces overlapping a
+    /// wanted file are wanted.
+    pub wanted_files: Option<Vec<bool>>,
+}
+
+/// A connected peer, as the progress snapshot shows it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConnectedPeer {
+    pub addr: SocketAddr,
+    /// We dialled it (rather than it us).
+    pub outgoing: bool,
 }
 
 /// A snapshot of a running torrent.
@@ -136,6 +167,10 @@ pub struct Progress {
     pub upload_rate: f64,
     /// The download is complete and the torrent is seeding.
     pub seeding: bool,
+    /// The verified pieces (hosted torrents only: a daemon shows them file by file).
+    pub have: Option<Arc<Bitfield>>,
+    /// The connected peers (hosted torrents only).
+    pub connected: Vec<ConnectedPeer>,
 }
 
 /// How a torrent ended without error.
@@ -182,9 +217,11 @@ pub async fn run_torrent(mut params: TorrentParams) -> Result<Outcome, TorrentEr
             params.port = addr.port();
         }
     }
+    // A hosted torrent is reached through its daemon's listener, on `port`.
+    let listening = params.listener.is_some() || params.hosted.is_some();
     let config = Config {
         pex: params.pex && !params.private,
-        listen_port: params.listener.as_ref().map(|_| params.port),
+        listen_port: listening.then_some(params.port),
         ..params.config.clone()
     };
     let wanted_bytes: u64 = wanted
@@ -236,7 +273,7 @@ pub async fn run_torrent(mut params: TorrentParams) -> Result<Outcome, TorrentEr
                 max_incoming: params.max_peers,
                 seed: params.seed,
                 dht: params.dht.is_some() && !params.private,
-                dht_announce: params.listener.is_some(),
+                dht_announce: listening,
                 ..SessionConfig::default()
             },
         },
@@ -246,7 +283,20 @@ pub async fn run_torrent(mut params: TorrentParams) -> Result<Outcome, TorrentEr
         Target::Files(_) | Target::Existing { .. } => None,
     };
     let (dht_tx, dht_rx) = mpsc::channel(64);
+    let (incoming, connection_slots) = match params.hosted.as_mut() {
+        Some(hosted) => {
+            let (_, closed) = mpsc::channel(1);
+            (
+                Some(std::mem::replace(&mut hosted.incoming, closed)),
+                Some(hosted.connection_slots.clone()),
+            )
+        }
+        None => (None, None),
+    };
     let mut manager = Manager {
+        incoming,
+        connection_slots,
+        last_have: None,
         dht_tx,
         dht_rx,
         listener: params.listener.take(),
@@ -295,12 +345,22 @@ async fn open_target(
             let existed = path.exists();
             let (path, info2) = (path.clone(), info.clone());
             let (info_hash, use_resume) = (params.info_hash, existed && !params.recheck);
-            let (storage, vouched) = tokio::task::spawn_blocking(move || {
+            let resume_file = params.hosted.as_ref().map(|h| h.resume_file.clone());
+            let hosted = resume_file.is_some();
+            let (storage, vouched, survived) = tokio::task::spawn_blocking(move || {
                 let storage = Storage::open(&path, &info2)?;
+                let resume_file = resume_file.unwrap_or_else(|| resume::path_for(&path));
                 let vouched = use_resume
-                    .then(|| resume::load(&path, &info_hash, &storage, piece_count))
+                    .then(|| resume::load_from(&resume_file, &info_hash, &storage, piece_count))
                     .flatten();
-                Ok::<_, StorageError>((storage, vouched))
+                // A hosted torrent saves while it runs: after a crash its last state still
+                // vouches for the pieces it lists, and only the others are checked.
+                let survived = (hosted && use_resume && vouched.is_none())
+                    .then(|| {
+                        resume::load_after_crash(&resume_file, &info_hash, &storage, piece_count)
+                    })
+                    .flatten();
+                Ok::<_, StorageError>((storage, vouched, survived))
             })
             .await
             .map_err(TorrentError::Task)??;
@@ -314,12 +374,24 @@ async fn open_target(
                     "resume state accepted; existing data not rechecked"
                 );
                 have
+            } else if let Some(known) = survived {
+                tracing::info!(
+                    known = known.count(),
+                    of = piece_count,
+                    "stopped uncleanly: checking only the pieces written since the last save"
+                );
+                recheck(storage.clone(), info.clone(), Some(known)).await?
             } else if existed {
-                recheck(storage.clone(), info.clone()).await?
+                recheck(storage.clone(), info.clone(), None).await?
             } else {
                 Bitfield::new(piece_count)
             };
-            Ok((storage, Bitfield::full(piece_count), have))
+            let wanted_files = params.hosted.as_ref().and_then(|h| h.wanted_files.as_ref());
+            let wanted = match wanted_files {
+                Some(files) => wanted_pieces(&info, files),
+                None => Bitfield::full(piece_count),
+            };
+            Ok((storage, wanted, have))
         }
         Target::Existing { path, partial } => {
             if std::fs::symlink_metadata(path).is_err() {
@@ -334,7 +406,7 @@ async fn open_target(
             let have = if params.assume_complete {
                 Bitfield::full(piece_count)
             } else {
-                recheck(storage.clone(), info.clone()).await?
+                recheck(storage.clone(), info.clone(), None).await?
             };
             let verified = have.count();
             if verified < piece_count && !(*partial && verified > 0) {
@@ -373,18 +445,44 @@ async fn open_target(
     }
 }
 
+/// The pieces overlapping the files marked wanted (by index in `info.files`; files past the
+/// end of `files` are wanted).
+pub fn wanted_pieces(info: &Info, files: &[bool]) -> Bitfield {
+    let count = info.piece_count();
+    let mut wanted = Bitfield::new(count);
+    let piece_length = u64::from(info.piece_length.max(1));
+    for (i, file) in info.files.iter().enumerate() {
+        if file.length == 0 || file.attr.pad || !files.get(i).copied().unwrap_or(true) {
+            continue;
+        }
+        let first = file.offset / piece_length;
+        let last = (file.offset + file.length - 1) / piece_length;
+        for index in first..=last.min(u64::from(count).saturating_sub(1)) {
+            // `index` < `count`, a u32.
+            wanted.set(index as u32);
+        }
+    }
+    wanted
+}
+
 /// `<path>.bitrush-part`: where a single piece is written until it is verified.
 fn part_path(path: &std::path::Path) -> PathBuf {
     super::with_suffix(path, ".bitrush-part")
 }
 
-/// Hashes every piece already at the output, on all cores; returns the pieces that match.
-async fn recheck(sink: Arc<Sink>, info: Arc<Info>) -> Result<Bitfield, TorrentError> {
+/// Hashes every piece already at the output, on all cores, except those `known` to be good;
+/// returns the pieces that match (with the known ones).
+async fn recheck(
+    sink: Arc<Sink>,
+    info: Arc<Info>,
+    known: Option<Bitfield>,
+) -> Result<Bitfield, TorrentError> {
     let count = info.piece_count();
+    let known = Arc::new(known.unwrap_or_else(|| Bitfield::new(count)));
     let threads = std::thread::available_parallelism().map_or(2, |n| n.get()) as u32;
     let mut jobs = JoinSet::new();
     for t in 0..threads {
-        let (sink, info) = (sink.clone(), info.clone());
+        let (sink, info, known) = (sink.clone(), info.clone(), known.clone());
         jobs.spawn_blocking(move || -> Result<Vec<u32>, StorageError> {
             let Sink::Files(storage) = &*sink else {
                 return Ok(Vec::new());
@@ -392,6 +490,10 @@ async fn recheck(sink: Arc<Sink>, info: Arc<Info>) -> Result<Bitfield, TorrentEr
             let mut good = Vec::new();
             let mut scratch = Vec::new();
             for index in (t..count).step_by(threads as usize) {
+                if known.get(index) {
+                    good.push(index);
+                    continue;
+                }
                 if let Some(hash) = info.pieces.get(index as usize) {
                     if storage.piece_matches(index, hash, &mut scratch)? {
                         good.push(index);
@@ -420,6 +522,16 @@ fn max_message_len(piece_count: u32) -> u32 {
 
 /// A connection task's identity, whether its handshake completed, and how it ended.
 type PeerResult = (PeerKey, bool, Result<(), PeerTaskError>);
+
+/// How a connection task gets its peer.
+enum PeerSource {
+    /// We dial it.
+    Dial,
+    /// It connected to our own listener.
+    Accepted(BoxStream),
+    /// It connected to a daemon's shared listener, which read its handshake.
+    Routed(PeerStream, Handshake),
+}
 
 /// What the manager knows of a connection task.
 struct Conn {
@@ -478,6 +590,12 @@ enum DhtResult {
 }
 
 struct Manager {
+    /// Connections routed here by a daemon's shared listener.
+    incoming: Option<mpsc::Receiver<(PeerStream, Handshake)>>,
+    /// The daemon-wide connection limit.
+    connection_slots: Option<Arc<Semaphore>>,
+    /// The last `have` snapshot shown (shared until a piece is added).
+    last_have: Option<Arc<Bitfield>>,
     dht_tx: mpsc::Sender<DhtResult>,
     dht_rx: mpsc::Receiver<DhtResult>,
     params: TorrentParams,
@@ -541,6 +659,16 @@ fn canonical(addr: SocketAddr) -> SocketAddr {
     SocketAddr::new(addr.ip().to_canonical(), addr.port())
 }
 
+/// The next connection a daemon routed here, or never without a daemon.
+async fn recv_routed(
+    rx: &mut Option<mpsc::Receiver<(PeerStream, Handshake)>>,
+) -> Option<(PeerStream, Handshake)> {
+    match rx {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
 async fn sleep_until(at: Option<Instant>) {
     match at {
         Some(at) => tokio::time::sleep_until(tokio::time::Instant::from_std(at)).await,
@@ -586,14 +714,36 @@ impl Manager {
     }
 
     fn progress(&mut self, now: Instant) -> Progress {
-        let (stats, done, have) = {
+        let hosted = self.params.hosted.is_some();
+        let shown = self.last_have.as_ref().map(|h| h.count());
+        let (stats, done, have, connected, new_have) = {
             let st = self.lock();
+            let have = st.swarm.have().count();
+            let new_have =
+                (hosted && shown != Some(have)).then(|| Arc::new(st.swarm.have().clone()));
+            let connected: Vec<ConnectedPeer> = if hosted {
+                self.conns
+                    .iter()
+                    .filter(|(key, _)| st.is_connected(**key))
+                    .map(|(_, c)| ConnectedPeer {
+                        addr: c.addr,
+                        outgoing: c.outgoing,
+                    })
+                    .collect()
+            } else {
+                Vec::new()
+            };
             (
                 st.swarm.stats(),
                 st.swarm.is_done(),
-                st.swarm.have().count(),
+                have,
+                connected,
+                new_have,
             )
         };
+        if new_have.is_some() {
+            self.last_have = new_have;
+        }
         let done_bytes = self.total_bytes.saturating_sub(stats.bytes_left);
         let total_pieces = match &self.params.target {
             Target::Piece { .. } => 1,
@@ -616,6 +766,8 @@ impl Manager {
             rate,
             upload_rate,
             seeding: done,
+            have: self.last_have.clone(),
+            connected,
         }
     }
 
@@ -637,13 +789,31 @@ impl Manager {
         }
     }
 
-    /// Starts a connection task: dialled (`outgoing`) or accepted.
-    fn spawn_peer(&mut self, addr: SocketAddr, stream: Option<BoxStream>) {
+    /// Starts a connection task: dialled (`outgoing`) or accepted. Under a daemon-wide
+    /// connection limit without a free slot, a dial counts as failed in transit (the session
+    /// tries the address again later) and an incoming connection is closed.
+    fn spawn_peer(&mut self, addr: SocketAddr, source: PeerSource) {
+        let outgoing = matches!(source, PeerSource::Dial);
+        let permit: Option<OwnedSemaphorePermit> = match &self.connection_slots {
+            Some(slots) => match slots.clone().try_acquire_owned() {
+                Ok(permit) => Some(permit),
+                Err(_) => {
+                    tracing::debug!(%addr, "no connection slot free");
+                    self.session.handle_connection_closed(
+                        Instant::now(),
+                        addr,
+                        outgoing,
+                        CloseKind::Transient,
+                    );
+                    return;
+                }
+            },
+            None => None,
+        };
         let key = self.next_key;
         self.next_key += 1;
         let shared = self.shared.clone();
         let ours = self.handshake;
-        let outgoing = stream.is_none();
         let transports = self.params.transports.clone();
         // BEP 6: the pieces this peer may have while we choke it (IPv4 peers only, as BEP 6
         // defines the set).
@@ -658,11 +828,16 @@ impl Manager {
         };
         self.peers.spawn(async move {
             let mut established = false;
+            let _permit = permit;
             let result = async {
-                let (conn, theirs) = match stream {
-                    None => connection::dial(addr, &ours, &transports).await?,
-                    Some(stream) => {
+                let (conn, theirs) = match source {
+                    PeerSource::Dial => connection::dial(addr, &ours, &transports).await?,
+                    PeerSource::Accepted(stream) => {
                         connection::accept(stream, addr, &ours, transports.encryption).await?
+                    }
+                    PeerSource::Routed(mut conn, theirs) => {
+                        conn.answer_handshake(&ours).await?;
+                        (conn, theirs)
                     }
                 };
                 let features = PeerFeatures {
@@ -775,7 +950,7 @@ impl Manager {
                         (url, result)
                     });
                 }
-                SessionEvent::Connect(addr) => self.spawn_peer(addr, None),
+                SessionEvent::Connect(addr) => self.spawn_peer(addr, PeerSource::Dial),
                 SessionEvent::DhtLookup { announce } => self.spawn_dht_lookup(announce),
                 SessionEvent::Seeding => tracing::info!("download complete; seeding"),
                 SessionEvent::Stalled(why) => tracing::warn!("no progress: {why}"),
@@ -787,6 +962,10 @@ impl Manager {
 
     async fn run(&mut self) -> Result<Outcome, TorrentError> {
         let mut progress_tick = tokio::time::interval(PROGRESS_INTERVAL);
+        let save_every = self.params.hosted.as_ref().map(|h| h.save_every);
+        let mut save_tick = tokio::time::interval(save_every.unwrap_or(Duration::from_secs(3600)));
+        // The first tick is immediate: nothing to save yet.
+        save_tick.tick().await;
         let mut shutdown = self.shutdown.take();
         self.spawn_web_seeds();
         let finish = loop {
@@ -853,16 +1032,25 @@ impl Manager {
                             let _ = stream.set_nodelay(true);
                             let addr = canonical(addr);
                             if self.session.handle_incoming(addr) {
-                                self.spawn_peer(addr, Some(Box::new(stream)));
+                                self.spawn_peer(addr, PeerSource::Accepted(Box::new(stream)));
                             }
                         }
                         Err(e) => tracing::warn!(error = %e, "accepting a connection failed"),
                     }
                 }
+                Some((conn, theirs)) = recv_routed(&mut self.incoming) => {
+                    let addr = canonical(conn.addr());
+                    if self.session.handle_incoming(addr) {
+                        self.spawn_peer(addr, PeerSource::Routed(conn, theirs));
+                    }
+                }
+                _ = save_tick.tick(), if save_every.is_some() => {
+                    self.save_resume(None).await;
+                }
                 accepted = accept_utp(self.params.transports.utp.as_ref()) => {
                     if let Some((stream, addr)) = accepted {
                         if self.session.handle_incoming(addr) {
-                            self.spawn_peer(addr, Some(Box::new(stream)));
+                            self.spawn_peer(addr, PeerSource::Accepted(Box::new(stream)));
                         }
                     }
                 }
@@ -908,11 +1096,11 @@ impl Manager {
         }
         match finish {
             Finish::Complete => {
-                self.save_resume(Outcome::Complete).await;
+                self.save_resume(Some(Outcome::Complete)).await;
                 Ok(Outcome::Complete)
             }
             Finish::Interrupted => {
-                self.save_resume(Outcome::Interrupted).await;
+                self.save_resume(Some(Outcome::Interrupted)).await;
                 Ok(Outcome::Interrupted)
             }
             Finish::GaveUp(GiveUp::NoTrackerAnswered) => {
@@ -925,29 +1113,35 @@ impl Manager {
     }
 
     /// Leaves a resume state beside an interrupted download's output (so the next run need not
-    /// hash everything again) and removes a stale one once the download is complete. Best
-    /// effort: without the state the next run rechecks, which is always safe.
-    async fn save_resume(&self, outcome: Outcome) {
+    /// hash everything again) and removes a stale one once the download is complete. A hosted
+    /// torrent keeps its state in the daemon's folder, saves it while running (`outcome` is
+    /// `None` then) and keeps it once complete. Best effort: without the state the next run
+    /// rechecks, which is always safe.
+    async fn save_resume(&self, outcome: Option<Outcome>) {
         let Target::Files(output) = &self.params.target else {
             return;
         };
         if self.params.assume_complete {
             return;
         }
-        let output = output.clone();
-        if outcome == Outcome::Complete {
-            let _ = tokio::task::spawn_blocking(move || resume::remove(&output)).await;
-            return;
-        }
+        let path = match &self.params.hosted {
+            Some(hosted) => hosted.resume_file.clone(),
+            None if outcome == Some(Outcome::Complete) => {
+                let output = output.clone();
+                let _ = tokio::task::spawn_blocking(move || resume::remove(&output)).await;
+                return;
+            }
+            None => resume::path_for(output),
+        };
         let have = self.lock().swarm.have().clone();
         let (sink, info_hash) = (self.shared.sink.clone(), self.params.info_hash);
         let saved = tokio::task::spawn_blocking(move || match &*sink {
-            Sink::Files(storage) => resume::save(&output, &info_hash, storage, &have),
+            Sink::Files(storage) => resume::save_to(&path, &info_hash, storage, &have),
             Sink::Piece { .. } => Ok(()),
         })
         .await;
         match saved {
-            Ok(Ok(())) => tracing::info!("resume state saved"),
+            Ok(Ok(())) => tracing::debug!("resume state saved"),
             Ok(Err(e)) => {
                 tracing::warn!(error = %super::error_chain(&e), "cannot save the resume state")
             }

@@ -124,6 +124,32 @@ impl ResumeState {
     ) -> bool {
         &self.info_hash == info_hash && self.piece_count == piece_count && self.files == files
     }
+
+    /// True if this state still vouches for its pieces after an unclean stop (a crash, `kill
+    /// -9`) of a session that went on writing after saving it: same torrent and piece count,
+    /// and every file the state saw still exists, at least as long as it was. Writes after the
+    /// save only add pieces (a verified piece is never written again), so the pieces recorded
+    /// stand and only the others need checking. A file that shrank or vanished means someone
+    /// else touched the data: no trust.
+    pub fn survives_crash(
+        &self,
+        info_hash: &[u8; 20],
+        piece_count: u32,
+        files: &[Option<FileStamp>],
+    ) -> bool {
+        &self.info_hash == info_hash
+            && self.piece_count == piece_count
+            && self.files.len() == files.len()
+            && self
+                .files
+                .iter()
+                .zip(files)
+                .all(|(then, now)| match (then, now) {
+                    (None, _) => true,
+                    (Some(then), Some(now)) => now.length >= then.length,
+                    (Some(_), None) => false,
+                })
+    }
 }
 
 fn decode_stamp(v: &Value) -> Result<Option<FileStamp>, ResumeError> {
@@ -185,6 +211,27 @@ mod tests {
         }
         assert!(!back.matches(&[7; 20], 10, &touched));
         assert!(!back.matches(&[7; 20], 10, &s.files[..1]));
+    }
+
+    #[test]
+    fn a_crash_keeps_the_recorded_pieces_unless_a_file_shrank_or_vanished() {
+        let s = sample();
+        let stamp = |length, secs| {
+            Some(FileStamp {
+                length,
+                mtime_secs: secs,
+                mtime_nanos: 0,
+            })
+        };
+        // Written to since (new time, longer, a file that appeared): still vouched for.
+        assert!(s.survives_crash(&[7; 20], 10, &[stamp(5, 1_800_000_000), None]));
+        assert!(s.survives_crash(&[7; 20], 10, &[stamp(9, 1), stamp(3, 1)]));
+        // Shrunk, vanished, another torrent or shape: not.
+        assert!(!s.survives_crash(&[7; 20], 10, &[stamp(4, 1), None]));
+        assert!(!s.survives_crash(&[7; 20], 10, &[None, None]));
+        assert!(!s.survives_crash(&[8; 20], 10, &s.files));
+        assert!(!s.survives_crash(&[7; 20], 11, &s.files));
+        assert!(!s.survives_crash(&[7; 20], 10, &s.files[..1]));
     }
 
     /// `bytes` with the one occurrence of `from` replaced by `to`.

@@ -1,0 +1,252 @@
+//! The daemon's state directory: `<state-dir>/torrents/<info hash>.{torrent,json,resume}`.
+//!
+//! The `.torrent` holds the metainfo (for a magnet link, written once its metadata is fetched:
+//! the info dictionary exactly as fetched, with the link's trackers); the `.json` the
+//! torrent's settings and counters ([`Saved`]); the `.resume` the engine's fast-resume state
+//! (`crate::engine::resume`). Every write goes to a temporary file that is synced, then
+//! renamed over the old one, so a crash leaves either the old or the new file, never a torn
+//! one. Reading is bounded: at most [`MAX_TORRENTS`] settings files of at most
+//! [`MAX_SETTINGS_LEN`] bytes, torrents of at most [`MAX_TORRENT_LEN`] bytes.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use crate::metainfo::Metainfo;
+use crate::queue::{TorrentId, MAX_TORRENTS};
+use crate::storage::resume::ResumeState;
+use crate::swarm::Bitfield;
+use crate::types::InfoHash;
+
+/// Largest settings file read.
+pub const MAX_SETTINGS_LEN: u64 = 1 << 20;
+/// Largest `.torrent` read.
+pub const MAX_TORRENT_LEN: u64 = 64 << 20;
+
+/// A torrent's settings and counters, as saved.
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+pub struct Saved {
+    pub id: TorrentId,
+    /// 40 hex digits.
+    pub info_hash: String,
+    pub name: String,
+    /// The link it was added by, until its metadata is known.
+    pub magnet: Option<String>,
+    pub download_dir: PathBuf,
+    pub paused: bool,
+    /// Which files to fetch, by index (`None`: all).
+    pub wanted_files: Option<Vec<bool>>,
+    /// Seconds since the Unix epoch.
+    pub added_date: u64,
+    /// When the download completed (0: not yet).
+    pub done_date: u64,
+    /// Payload bytes sent and received over every run.
+    pub uploaded: u64,
+    pub downloaded: u64,
+}
+
+/// The state directory.
+pub struct Store {
+    dir: PathBuf,
+}
+
+/// A saved torrent: its settings, its metainfo if known, and the pieces its resume state
+/// lists (not yet checked against the files; the engine does that when it runs).
+pub type Loaded = (Saved, Option<Metainfo>, Option<Bitfield>);
+
+impl Store {
+    /// Opens (creating) `<state_dir>/torrents`.
+    pub fn open(state_dir: &Path) -> std::io::Result<Store> {
+        let dir = state_dir.join("torrents");
+        std::fs::create_dir_all(&dir)?;
+        Ok(Store { dir })
+    }
+
+    fn path(&self, info_hash: &InfoHash, ext: &str) -> PathBuf {
+        self.dir.join(format!("{info_hash}.{ext}"))
+    }
+
+    /// Where the engine keeps this torrent's resume state.
+    pub fn resume_path(&self, info_hash: &InfoHash) -> PathBuf {
+        self.path(info_hash, "resume")
+    }
+
+    /// Saves the settings.
+    pub fn save(&self, saved: &Saved) -> std::io::Result<()> {
+        let Some(hash) = crate::types::from_hex20(&saved.info_hash) else {
+            return Err(std::io::ErrorKind::InvalidInput.into());
+        };
+        let json = serde_json::to_vec_pretty(saved).map_err(std::io::Error::other)?;
+        write_atomically(&self.path(&InfoHash(hash), "json"), &json)
+    }
+
+    /// Saves the metainfo.
+    pub fn save_torrent(&self, info_hash: &InfoHash, bytes: &[u8]) -> std::io::Result<()> {
+        write_atomically(&self.path(info_hash, "torrent"), bytes)
+    }
+
+    /// Deletes every file of a torrent; missing ones are fine.
+    pub fn remove(&self, info_hash: &InfoHash) {
+        for ext in ["json", "torrent", "resume"] {
+            let path = self.path(info_hash, ext);
+            if let Err(e) = std::fs::remove_file(&path) {
+                if e.kind() != std::io::ErrorKind::NotFound {
+                    tracing::warn!(path = %path.display(), error = %e, "cannot delete");
+                }
+            }
+        }
+    }
+
+    /// Every saved torrent, by id; unreadable ones are skipped with a warning.
+    pub fn load_all(&self) -> Vec<Loaded> {
+        let Ok(entries) = std::fs::read_dir(&self.dir) else {
+            return Vec::new();
+        };
+        let mut loaded = Vec::new();
+        for entry in entries.flatten() {
+            let path = entry.path();
+            if path.extension().and_then(|e| e.to_str()) != Some("json") {
+                continue;
+            }
+            if loaded.len() >= MAX_TORRENTS {
+                tracing::warn!("too many saved torrents; the rest are not loaded");
+                break;
+            }
+            match self.load_one(&path) {
+                Ok(one) => loaded.push(one),
+                Err(e) => {
+                    tracing::warn!(path = %path.display(), error = %e, "skipping saved torrent")
+                }
+            }
+        }
+        loaded.sort_by_key(|(s, _, _)| s.id);
+        loaded
+    }
+
+    fn load_one(&self, path: &Path) -> std::io::Result<Loaded> {
+        let bytes = read_bounded(path, MAX_SETTINGS_LEN)?;
+        let saved: Saved = serde_json::from_slice(&bytes).map_err(std::io::Error::other)?;
+        let hash = crate::types::from_hex20(&saved.info_hash)
+            .map(InfoHash)
+            .ok_or_else(|| std::io::Error::other("bad info hash"))?;
+        let torrent_path = self.path(&hash, "torrent");
+        let metainfo = match read_bounded(&torrent_path, MAX_TORRENT_LEN) {
+            Ok(bytes) => match Metainfo::from_bytes(&bytes) {
+                Ok(m) if m.info_hash == hash => Some(m),
+                _ => {
+                    tracing::warn!(path = %torrent_path.display(), "ignoring a bad saved torrent");
+                    None
+                }
+            },
+            Err(_) => None,
+        };
+        let have = metainfo.as_ref().and_then(|m| {
+            let count = m.info.piece_count();
+            let bound = u64::from(count).div_ceil(8) + 80 * m.info.files.len() as u64 + 256;
+            let bytes = read_bounded(&self.resume_path(&hash), bound).ok()?;
+            let state = ResumeState::decode(&bytes).ok()?;
+            (state.info_hash == hash.0 && state.piece_count == count)
+                .then(|| Bitfield::from_bytes(&state.pieces, count).ok())
+                .flatten()
+        });
+        Ok((saved, metainfo, have))
+    }
+}
+
+/// Reads a file of at most `max` bytes.
+fn read_bounded(path: &Path, max: u64) -> std::io::Result<Vec<u8>> {
+    let len = std::fs::metadata(path)?.len();
+    if len > max {
+        return Err(std::io::Error::other(format!("larger than {max} bytes")));
+    }
+    std::fs::read(path)
+}
+
+/// Writes `bytes` to `path` through a synced temporary file renamed over it.
+pub fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let mut tmp = path.as_os_str().to_os_string();
+    tmp.push(".tmp");
+    let tmp = PathBuf::from(tmp);
+    let mut file = std::fs::File::create(&tmp)?;
+    file.write_all(bytes)?;
+    file.sync_all()?;
+    std::fs::rename(&tmp, path)
+}
+
+/// A `.torrent` for fetched metadata: `announce-list` (when there are trackers) and the info
+/// dictionary's bytes exactly as fetched (so the info hash is unchanged).
+pub fn metainfo_bytes(trackers: &[Vec<String>], info_bytes: &[u8]) -> Vec<u8> {
+    fn string(out: &mut Vec<u8>, s: &[u8]) {
+        out.extend_from_slice(s.len().to_string().as_bytes());
+        out.push(b':');
+        out.extend_from_slice(s);
+    }
+    let mut out = b"d".to_vec();
+    let tiers: Vec<&Vec<String>> = trackers.iter().filter(|t| !t.is_empty()).collect();
+    if let Some(first) = tiers.first().and_then(|t| t.first()) {
+        string(&mut out, b"announce");
+        string(&mut out, first.as_bytes());
+        string(&mut out, b"announce-list");
+        out.push(b'l');
+        for tier in tiers {
+            out.push(b'l');
+            for url in tier {
+                string(&mut out, url.as_bytes());
+            }
+            out.push(b'e');
+        }
+        out.push(b'e');
+    }
+    string(&mut out, b"info");
+    out.extend_from_slice(info_bytes);
+    out.push(b'e');
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fetched_metadata_becomes_a_torrent_with_the_same_info_hash() {
+        let info = b"d6:lengthi5e4:name1:a12:piece lengthi16384e6:pieces20:aaaaaaaaaaaaaaaaaaaae";
+        let bytes = metainfo_bytes(&[vec!["http://t/announce".into()], vec![]], info);
+        let m = Metainfo::from_bytes(&bytes).unwrap();
+        assert_eq!(m.info_bytes, info.to_vec());
+        assert_eq!(
+            m.tracker_tiers(),
+            vec![vec!["http://t/announce".to_string()]]
+        );
+        let bare = Metainfo::from_bytes(&metainfo_bytes(&[], info)).unwrap();
+        assert_eq!(bare.info_hash, m.info_hash);
+    }
+
+    #[test]
+    fn settings_round_trip_and_bad_files_are_skipped() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let saved = Saved {
+            id: 7,
+            info_hash: "0123456789abcdef0123456789abcdef01234567".into(),
+            name: "x".into(),
+            magnet: Some("magnet:?xt=urn:btih:0123456789abcdef0123456789abcdef01234567".into()),
+            download_dir: "/tmp".into(),
+            paused: true,
+            wanted_files: Some(vec![true, false]),
+            added_date: 1,
+            done_date: 0,
+            uploaded: 3,
+            downloaded: 4,
+        };
+        store.save(&saved).unwrap();
+        std::fs::write(dir.path().join("torrents/garbage.json"), b"{").unwrap();
+        let loaded = store.load_all();
+        assert_eq!(loaded.len(), 1);
+        assert_eq!(loaded[0].0.id, 7);
+        assert_eq!(loaded[0].0.wanted_files, Some(vec![true, false]));
+        assert!(loaded[0].1.is_none());
+        store.remove(&InfoHash(
+            crate::types::from_hex20(&saved.info_hash).unwrap(),
+        ));
+        assert!(store.load_all().is_empty());
+    }
+}

@@ -1,0 +1,680 @@
+//! `bitrush daemon` end to end: the real binary on free loopback ports, driven through its
+//! REST API (with curl) and through Debian's `transmission-remote`, downloading from
+//! libtorrent seeders; restarts after a clean stop and after `kill -9`; hostile API input.
+
+mod common;
+
+use common::*;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+const MIB: usize = 1024 * 1024;
+/// How long a download in these tests may take (only against a hang).
+const DONE_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// A daemon under test: its process and where its API listens.
+struct DaemonProc {
+    proc: Proc,
+    api: String,
+    /// Where peers reach it (TCP and uTP).
+    peer_port: u16,
+}
+
+/// Starts `bitrush daemon` on free ports with `state` and `downloads`, plus `extra` (which
+/// may name its own `--api`).
+fn start_daemon(state: &Path, downloads: &Path, extra: &[&str]) -> DaemonProc {
+    start_daemon_logging(state, downloads, extra, None)
+}
+
+/// [`start_daemon`] with `RUST_LOG` set to `log`, if given.
+fn start_daemon_logging(
+    state: &Path,
+    downloads: &Path,
+    extra: &[&str],
+    log: Option<&str>,
+) -> DaemonProc {
+    let mut args: Vec<String> = vec![
+        "daemon".into(),
+        "--state-dir".into(),
+        state.display().to_string(),
+        "--download-dir".into(),
+        downloads.display().to_string(),
+        "--port".into(),
+        free_port().to_string(),
+        "--save-interval".into(),
+        "1".into(),
+    ];
+    if !extra.contains(&"--api") {
+        args.push("--api".into());
+        args.push(format!("127.0.0.1:{}", free_port()));
+    }
+    args.extend(extra.iter().map(|s| s.to_string()));
+    let mut cmd = bitrush_with(&args);
+    if let Some(log) = log {
+        cmd.env("RUST_LOG", log);
+    }
+    let proc = Proc::spawn("bitrush", cmd);
+    let line = proc
+        .wait_for_stdout_line(|l| l.starts_with("API: "), STARTUP_TIMEOUT)
+        .unwrap_or_else(|e| panic!("daemon did not start: {e}\n{}", proc.logs()));
+    let peers = proc
+        .wait_for_stdout_line(|l| l.starts_with("Peer port: "), STARTUP_TIMEOUT)
+        .unwrap_or_else(|e| panic!("daemon did not start: {e}\n{}", proc.logs()));
+    DaemonProc {
+        proc,
+        api: line["API: ".len()..].trim().replace("0.0.0.0", "127.0.0.1"),
+        peer_port: peers["Peer port: ".len()..].trim().parse().expect("a port"),
+    }
+}
+
+/// An HTTP response: status and body.
+struct Resp {
+    status: u16,
+    body: String,
+}
+
+impl Resp {
+    fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.body)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {:?}", self.body))
+    }
+}
+
+/// Runs curl with `args` against `url`.
+fn curl(url: &str, args: &[&str]) -> Resp {
+    let mut cmd = Command::new(require_tool("curl"));
+    cmd.args([
+        "-s",
+        "-S",
+        "-o",
+        "-",
+        "-w",
+        "\n%{http_code}",
+        "--max-time",
+        "30",
+    ])
+    .args(args)
+    .arg(url);
+    let out = run_checked("curl", cmd, Duration::from_secs(60));
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (body, code) = text.rsplit_once('\n').unwrap_or(("", &text));
+    Resp {
+        status: code.trim().parse().unwrap_or(0),
+        body: body.to_string(),
+    }
+}
+
+impl DaemonProc {
+    fn get(&self, path: &str) -> Resp {
+        curl(&format!("{}{path}", self.api), &[])
+    }
+
+    fn post(&self, path: &str, content_type: &str, body: &str) -> Resp {
+        curl(
+            &format!("{}{path}", self.api),
+            &[
+                "-X",
+                "POST",
+                "-H",
+                &format!("Content-Type: {content_type}"),
+                "--data-binary",
+                body,
+            ],
+        )
+    }
+
+    /// Adds a `.torrent` by upload; returns its id.
+    fn add_torrent(&self, torrent: &Path) -> u64 {
+        let r = self.post(
+            "/api/v1/torrents",
+            "application/x-bittorrent",
+            &format!("@{}", torrent.display()),
+        );
+        assert_eq!(r.status, 201, "add: {}", r.body);
+        r.json()["id"].as_u64().expect("an id")
+    }
+
+    fn torrent(&self, id: u64) -> serde_json::Value {
+        let r = self.get(&format!("/api/v1/torrents/{id}"));
+        assert_eq!(r.status, 200, "get {id}: {}", r.body);
+        r.json()
+    }
+
+    /// Waits until torrent `id` satisfies `cond`.
+    fn wait_for(&mut self, id: u64, what: &str, cond: impl Fn(&serde_json::Value) -> bool) {
+        let api = self.api.clone();
+        let mut last = String::new();
+        let waited = self.proc.wait_until(DONE_TIMEOUT, |_| {
+            let r = curl(&format!("{api}/api/v1/torrents/{id}"), &[]);
+            last = r.body.clone();
+            r.status == 200 && cond(&r.json())
+        });
+        if let Err(e) = waited {
+            panic!(
+                "torrent {id} never {what}: {e}\nlast: {last}\n{}",
+                self.proc.logs()
+            );
+        }
+    }
+
+    fn wait_complete(&mut self, id: u64) {
+        self.wait_for(id, "completed", |t| {
+            t["left_until_done"] == 0 && t["size_when_done"].as_u64() > Some(0)
+        });
+    }
+
+    /// SIGINT, then waits for a clean exit.
+    fn stop(mut self) {
+        send_signal(self.proc.pid(), "INT");
+        let status = self.proc.wait_exit(Duration::from_secs(30));
+        assert!(
+            status.is_some_and(|s| s.success()),
+            "daemon did not stop cleanly: {status:?}\n{}",
+            self.proc.logs()
+        );
+    }
+}
+
+/// `transmission-remote` against the daemon at `api` with `args`; returns stdout.
+fn remote(api: &str, args: &[&str]) -> String {
+    let host = api.trim_start_matches("http://");
+    let mut cmd = Command::new(require_tool("transmission-remote"));
+    cmd.arg(host).args(args);
+    let out = run_checked("transmission-remote", cmd, Duration::from_secs(60));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn downloaded(dir: &Path) -> PathBuf {
+    dir.join("payload.bin")
+}
+
+#[test]
+fn rest_add_download_pause_resume_and_restart() {
+    require_libtorrent();
+    let swarm = Swarm::single_file("daemon-rest", 3 * MIB, 16, 41, false);
+    let _seeder = swarm.lt_seeder();
+    let state = swarm.dir.subdir("state");
+    let downloads = swarm.dir.subdir("downloads");
+    let mut d = start_daemon(&state, &downloads, &[]);
+    let id = d.add_torrent(&swarm.torrent);
+    d.wait_complete(id);
+    assert_file_eq(
+        &downloaded(&downloads),
+        &swarm.data,
+        "the daemon's download",
+    );
+    d.wait_for(id, "seeding", |t| t["state"] == "seeding");
+    let files = d.get(&format!("/api/v1/torrents/{id}/files")).json();
+    assert_eq!(files[0]["done_bytes"], swarm.data.len() as u64, "{files}");
+    // Pause and resume.
+    let r = d.post(
+        &format!("/api/v1/torrents/{id}/pause"),
+        "application/json",
+        "",
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    d.wait_for(id, "paused", |t| t["state"] == "paused");
+    let r = d.post(
+        &format!("/api/v1/torrents/{id}/resume"),
+        "application/json",
+        "",
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    d.wait_for(id, "seeding again", |t| t["state"] == "seeding");
+    let stats = d.get("/api/v1/stats").json();
+    assert_eq!(stats["torrents"], 1, "{stats}");
+    let metrics = d.get("/metrics").body;
+    assert!(
+        metrics.contains("bitrush_torrents{state=\"seeding\"} 1"),
+        "{metrics}"
+    );
+    d.stop();
+    // A restart brings it back, complete, without fetching anything.
+    let mut d = start_daemon(&state, &downloads, &[]);
+    d.wait_for(id, "seeding after a restart", |t| {
+        t["state"] == "seeding" && t["left_until_done"] == 0
+    });
+    assert_eq!(d.torrent(id)["name"], "payload.bin");
+    d.stop();
+}
+
+#[test]
+fn transmission_remote_adds_lists_stops_starts_and_removes_with_data() {
+    require_libtorrent();
+    let swarm = Swarm::single_file("daemon-remote", 2 * MIB, 15, 42, false);
+    let _seeder = swarm.lt_seeder();
+    let state = swarm.dir.subdir("state");
+    let downloads = swarm.dir.subdir("downloads");
+    let mut d = start_daemon(&state, &downloads, &[]);
+    let added = remote(&d.api, &["-a", &swarm.torrent.display().to_string()]);
+    assert!(added.contains("success"), "{added}");
+    d.wait_complete(1);
+    assert_file_eq(
+        &downloaded(&downloads),
+        &swarm.data,
+        "the daemon's download",
+    );
+    let list = remote(&d.api, &["-l"]);
+    assert!(
+        list.contains("payload.bin") && list.contains("100%"),
+        "{list}"
+    );
+    let info = remote(&d.api, &["-t", "1", "-i"]);
+    assert!(info.contains("Percent Done: 100%"), "{info}");
+    assert!(info.contains(&swarm.info.info_hash), "{info}");
+    remote(&d.api, &["-t", "1", "-S"]);
+    d.wait_for(1, "stopped", |t| t["state"] == "paused");
+    let list = remote(&d.api, &["-l"]);
+    assert!(list.contains("Stopped"), "{list}");
+    remote(&d.api, &["-t", "1", "-s"]);
+    d.wait_for(1, "started", |t| t["state"] == "seeding");
+    let stats = remote(&d.api, &["-st"]);
+    assert!(stats.contains("CURRENT SESSION"), "{stats}");
+    let session = remote(&d.api, &["-si"]);
+    assert!(
+        session.contains(&downloads.display().to_string()) || session.contains("downloads"),
+        "{session}"
+    );
+    let removed = remote(&d.api, &["-t", "1", "--remove-and-delete"]);
+    assert!(removed.contains("success"), "{removed}");
+    assert!(!downloaded(&downloads).exists(), "the data was deleted");
+    assert_eq!(d.get("/api/v1/torrents").json(), serde_json::json!([]));
+    d.stop();
+}
+
+#[test]
+fn kill_9_mid_download_keeps_the_progress() {
+    require_libtorrent();
+    let swarm = Swarm::single_file("daemon-kill", 4 * MIB, 16, 43, false);
+    let mut slow = swarm.lt_seeder_with(&LtSeedOptions::upload_limited(256 * 1024));
+    let state = swarm.dir.subdir("state");
+    let downloads = swarm.dir.subdir("downloads");
+    let mut d = start_daemon(&state, &downloads, &[]);
+    let id = d.add_torrent(&swarm.torrent);
+    // Some pieces, and a save since (every second).
+    d.wait_for(id, "a quarter done", |t| {
+        t["done_bytes"].as_u64() >= Some(MIB as u64)
+    });
+    std::thread::sleep(Duration::from_millis(1500));
+    d.proc.kill();
+    slow.kill();
+    let before = verified_pieces(&downloaded(&downloads), &swarm.info)
+        .iter()
+        .filter(|&&v| v)
+        .count();
+    assert!(before > 0);
+    // Whether or not a piece was written after the last save, make it so for the file's
+    // stamp (the state then no longer matches exactly, as after most crashes).
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .open(downloaded(&downloads))
+        .unwrap();
+    file.set_modified(std::time::SystemTime::now() + Duration::from_secs(5))
+        .unwrap();
+    drop(file);
+    // Back without any seeder: what it shows can only come from the disk. The last saved
+    // state still vouches for its pieces: only those written since are hashed.
+    let mut d = start_daemon_logging(&state, &downloads, &[], Some("bitrush=info"));
+    let piece = 1u64 << 16;
+    d.wait_for(id, "its verified pieces back", |t| {
+        t["done_bytes"].as_u64() >= Some(before as u64 * piece - piece)
+            && t["state"] == "downloading"
+    });
+    let logs = d.proc.logs();
+    assert!(
+        logs.contains("checking only the pieces written since the last save"),
+        "{logs}"
+    );
+    let _seeder = swarm.lt_seeder();
+    d.wait_complete(id);
+    assert_file_eq(&downloaded(&downloads), &swarm.data, "the resumed download");
+    d.stop();
+}
+
+#[test]
+fn hostile_api_input_gets_clear_errors() {
+    let dir = TestDir::new("daemon-hostile");
+    let state = dir.subdir("state");
+    let downloads = dir.subdir("downloads");
+    let d = start_daemon(&state, &downloads, &[]);
+    // Oversized body.
+    let big = dir.join("big.bin");
+    std::fs::write(&big, vec![b'x'; 17 * MIB]).unwrap();
+    let r = d.post(
+        "/api/v1/torrents",
+        "application/x-bittorrent",
+        &format!("@{}", big.display()),
+    );
+    assert_eq!(r.status, 413, "{}", r.body);
+    assert!(r.json()["error"].is_string());
+    // Not a torrent.
+    let r = d.post("/api/v1/torrents", "application/x-bittorrent", "hello");
+    assert_eq!(r.status, 400, "{}", r.body);
+    assert!(
+        r.json()["error"].as_str().unwrap().contains("torrent"),
+        "{}",
+        r.body
+    );
+    // Malformed JSON, unknown fields, bad magnet.
+    for body in [
+        "{",
+        "{\"magnet\": 5}",
+        "{\"nope\": 1}",
+        "{\"magnet\": \"magnet:?xt=bad\"}",
+    ] {
+        let r = d.post("/api/v1/torrents", "application/json", body);
+        assert_eq!(r.status, 400, "{body}: {}", r.body);
+        assert!(r.json()["error"].is_string());
+    }
+    // Path traversal in the download folder.
+    let link = "magnet:?xt=urn:btih:0123456789abcdef0123456789abcdef01234567";
+    for bad in ["../../etc", "/tmp/../etc", "relative"] {
+        let body = serde_json::json!({"magnet": link, "download_dir": bad}).to_string();
+        let r = d.post("/api/v1/torrents", "application/json", &body);
+        assert_eq!(r.status, 400, "{bad}: {}", r.body);
+    }
+    // Path traversal in the torrent's own names: they are made safe, and the torrent stays
+    // inside the download folder.
+    let data = vec![7u8; 1000];
+    let evil = bencode(&dict(&[(
+        "info",
+        dict(&[
+            (
+                "files",
+                Bv::List(vec![dict(&[
+                    ("length", Bv::Int(1000)),
+                    (
+                        "path",
+                        Bv::List(vec![bstr(".."), bstr(".."), bstr("escaped.bin")]),
+                    ),
+                ])]),
+            ),
+            ("name", bstr("../../outside")),
+            ("piece length", Bv::Int(16384)),
+            ("pieces", Bv::Bytes(sha1_pieces(&data, 16384))),
+        ]),
+    )]));
+    let evil_path = dir.join("evil.torrent");
+    std::fs::write(&evil_path, evil).unwrap();
+    let r = d.post(
+        "/api/v1/torrents",
+        "application/x-bittorrent",
+        &format!("@{}", evil_path.display()),
+    );
+    if r.status == 201 {
+        let t = r.json();
+        let name = t["name"].as_str().unwrap();
+        assert!(!name.contains('/') && name != "..", "{name}");
+        let files = d.get(&format!("/api/v1/torrents/{}/files", t["id"])).json();
+        let path = files[0]["path"].as_str().unwrap();
+        assert!(!path.split('/').any(|c| c == ".."), "{path}");
+        assert_eq!(d.get(&format!("/api/v1/torrents/{}", t["id"])).status, 200);
+        let r = curl(
+            &format!("{}/api/v1/torrents/{}", d.api, t["id"]),
+            &["-X", "DELETE"],
+        );
+        assert_eq!(r.status, 204, "{}", r.body);
+    } else {
+        assert_eq!(r.status, 400, "{}", r.body);
+    }
+    assert!(!dir.join("outside").exists() && !state.join("escaped.bin").exists());
+    // Unknown ids and routes, bad ids, wrong methods.
+    assert_eq!(d.get("/api/v1/torrents/99").status, 404);
+    assert_eq!(d.get("/api/v1/torrents/x").status, 400);
+    assert_eq!(d.get("/nope").status, 404);
+    let r = curl(&format!("{}/api/v1/stats", d.api), &["-X", "DELETE"]);
+    assert_eq!(r.status, 405, "{}", r.body);
+    // Transmission RPC: the 409 handshake, then malformed and unknown requests.
+    let r = curl(
+        &format!("{}/transmission/rpc", d.api),
+        &["-X", "POST", "-D", "-"],
+    );
+    assert!(r.body.starts_with("HTTP/1.1 409"), "{}", r.body);
+    let sid = r
+        .body
+        .lines()
+        .find_map(|l| {
+            l.to_ascii_lowercase()
+                .strip_prefix("x-transmission-session-id:")
+                .map(|v| v.trim().to_string())
+        })
+        .expect("a session id");
+    let rpc = |body: &str| {
+        curl(
+            &format!("{}/transmission/rpc", d.api),
+            &[
+                "-X",
+                "POST",
+                "-H",
+                &format!("X-Transmission-Session-Id: {sid}"),
+                "--data-binary",
+                body,
+            ],
+        )
+    };
+    let r = rpc("{\"method\": \"no-such-method\"}");
+    assert_eq!(r.status, 200);
+    assert!(
+        r.json()["result"]
+            .as_str()
+            .unwrap()
+            .contains("not recognized"),
+        "{}",
+        r.body
+    );
+    assert_eq!(rpc("not json").status, 400);
+    assert_eq!(rpc("{\"method\": 3}").status, 400);
+    let r = rpc("{\"method\": \"torrent-add\", \"arguments\": {\"metainfo\": \"aGVsbG8=\"}}");
+    assert!(
+        r.json()["result"].as_str().unwrap().contains("invalid"),
+        "{}",
+        r.body
+    );
+    let r = rpc(&serde_json::json!({"method": "torrent-add", "arguments": {"filename": link, "download-dir": "../x"}}).to_string());
+    assert!(
+        r.json()["result"]
+            .as_str()
+            .unwrap()
+            .contains("download directory"),
+        "{}",
+        r.body
+    );
+    let r =
+        rpc("{\"method\": \"torrent-get\", \"arguments\": {\"fields\": [\"id\"], \"ids\": [{}]}}");
+    assert_eq!(
+        r.json()["arguments"]["torrents"],
+        serde_json::json!([]),
+        "{}",
+        r.body
+    );
+    // Nothing was added, and the daemon still answers.
+    assert_eq!(d.get("/api/v1/torrents").json(), serde_json::json!([]));
+    d.stop();
+}
+
+#[test]
+fn a_non_loopback_api_needs_credentials() {
+    let dir = TestDir::new("daemon-auth");
+    let state = dir.subdir("state");
+    let downloads = dir.subdir("downloads");
+    let port = free_port();
+    let bind = format!("0.0.0.0:{port}");
+    let url = format!("http://127.0.0.1:{port}/api/v1/torrents");
+    // Without credentials configured: nobody gets in.
+    let d = start_daemon(&state, &downloads, &["--api", &bind]);
+    let r = curl(&url, &[]);
+    assert_eq!(r.status, 401, "{}", r.body);
+    assert!(r.json()["error"].is_string());
+    d.stop();
+    // With credentials: only requests carrying them.
+    let d = start_daemon(
+        &state,
+        &downloads,
+        &[
+            "--api",
+            &bind,
+            "--api-user",
+            "me",
+            "--api-password",
+            "secret",
+        ],
+    );
+    assert_eq!(curl(&url, &[]).status, 401);
+    assert_eq!(curl(&url, &["-u", "me:wrong"]).status, 401);
+    assert_eq!(curl(&url, &["-u", "me:secret"]).status, 200);
+    d.stop();
+}
+
+#[test]
+fn a_queue_of_two_on_one_port_and_a_magnet_added_through_transmission_remote() {
+    require_libtorrent();
+    let first = Swarm::single_file("daemon-queue-a", 2 * MIB, 15, 44, false);
+    let second = Swarm::tree(
+        "daemon-queue-b",
+        "album",
+        &[("a.bin", MIB), ("b/c.bin", 300_000)],
+        15,
+        45,
+    );
+    let _slow = first.lt_seeder_with(&LtSeedOptions::upload_limited(512 * 1024));
+    let _seeder = second.lt_seeder();
+    let state = first.dir.subdir("state");
+    let downloads = first.dir.subdir("downloads");
+    let mut d = start_daemon(&state, &downloads, &["--max-active-downloads", "1"]);
+    let a = d.add_torrent(&first.torrent);
+    let link = magnet_link(
+        &second.info.info_hash,
+        None,
+        &[second.tracker.http_url()],
+        &[],
+    );
+    let added = remote(&d.api, &["-a", &link]);
+    assert!(added.contains("success"), "{added}");
+    let b = a + 1;
+    // One download at a time: the magnet waits for the first to finish.
+    assert_eq!(d.torrent(b)["state"], "queued_download", "{}", d.torrent(b));
+    d.wait_complete(a);
+    d.wait_complete(b);
+    assert_file_eq(&downloaded(&downloads), &first.data, "the first download");
+    assert_tree_eq(&downloads.join("album"), &second.tree);
+    let files = remote(&d.api, &["-t", &b.to_string(), "-f"]);
+    assert!(
+        files.contains("album (2 files)") || files.contains("2 files"),
+        "{files}"
+    );
+    d.stop();
+    // Both come back after a restart, the magnet with its metadata.
+    let mut d = start_daemon(&state, &downloads, &[]);
+    d.wait_for(b, "seeding after a restart", |t| {
+        t["state"] == "seeding" && t["name"] == "album" && t["left_until_done"] == 0
+    });
+    d.wait_for(a, "seeding after a restart", |t| t["state"] == "seeding");
+    d.stop();
+}
+
+#[test]
+fn peers_reaching_the_one_port_are_routed_to_their_torrent() {
+    require_libtorrent();
+    let first = Swarm::single_file("daemon-route-a", MIB, 15, 46, false);
+    let second = Swarm::tree(
+        "daemon-route-b",
+        "tree",
+        &[("x.bin", 700_000), ("y.bin", 5)],
+        15,
+        47,
+    );
+    // The daemon seeds both from data already in its download folder.
+    let state = first.dir.subdir("state");
+    let downloads = first.dir.subdir("downloads");
+    std::fs::copy(
+        first.seed_dir.join("payload.bin"),
+        downloads.join("payload.bin"),
+    )
+    .unwrap();
+    copy_tree(&second.seed_dir.join("tree"), &downloads.join("tree"));
+    let mut d = start_daemon(&state, &downloads, &["--encryption", "prefer"]);
+    let a = d.add_torrent(&first.torrent);
+    let b = d.add_torrent(&second.torrent);
+    d.wait_for(a, "seeding", |t| t["state"] == "seeding");
+    d.wait_for(b, "seeding", |t| t["state"] == "seeding");
+    let daemon = loopback_addr(d.peer_port);
+    // Plain TCP for one torrent, MSE (keyed by the info hash) for the other, and uTP.
+    let plain_dir = first.dir.subdir("plain");
+    let mut plain = LtLeecher::start(&first.torrent, &plain_dir, &[daemon], None);
+    let mse_dir = second.dir.subdir("mse");
+    let forced = LtWire {
+        encryption: LtEncryption::Forced,
+        ..LtWire::default()
+    };
+    let mut mse = LtLeecher::start_with(&second.torrent, &mse_dir, &[daemon], None, forced);
+    let utp_dir = first.dir.subdir("utp");
+    let utp_only = LtWire {
+        transport: LtTransport::Utp,
+        ..LtWire::default()
+    };
+    let mut utp = LtLeecher::start_with(&first.torrent, &utp_dir, &[daemon], None, utp_only);
+    plain.wait_complete();
+    mse.wait_complete();
+    utp.wait_complete();
+    assert_file_eq(
+        &plain_dir.join("payload.bin"),
+        &first.data,
+        "over plain TCP",
+    );
+    assert_file_eq(&utp_dir.join("payload.bin"), &first.data, "over uTP");
+    assert_tree_eq(&mse_dir.join("tree"), &second.tree);
+    d.stop();
+}
+
+#[test]
+fn skipped_files_are_not_fetched_until_wanted() {
+    require_libtorrent();
+    let swarm = Swarm::tree(
+        "daemon-files",
+        "set",
+        &[("a.bin", MIB), ("b/c.bin", 300_000)],
+        15,
+        48,
+    );
+    let _seeder = swarm.lt_seeder();
+    let state = swarm.dir.subdir("state");
+    let downloads = swarm.dir.subdir("downloads");
+    let mut d = start_daemon(&state, &downloads, &[]);
+    let r = d.post(
+        "/api/v1/torrents?paused=true",
+        "application/x-bittorrent",
+        &format!("@{}", swarm.torrent.display()),
+    );
+    assert_eq!(r.status, 201, "{}", r.body);
+    let id = r.json()["id"].as_u64().unwrap();
+    assert_eq!(d.torrent(id)["state"], "paused");
+    let r = curl(
+        &format!("{}/api/v1/torrents/{id}/files", d.api),
+        &["-X", "PUT", "--data-binary", "{\"wanted\": [true, false]}"],
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.json()[1]["wanted"], false, "{}", r.body);
+    d.post(
+        &format!("/api/v1/torrents/{id}/resume"),
+        "application/json",
+        "",
+    );
+    d.wait_complete(id);
+    let t = d.torrent(id);
+    assert_eq!(t["size_when_done"], MIB as u64, "{t}");
+    let set = downloads.join("set");
+    assert_file_eq(&set.join("a.bin"), &swarm.tree["a.bin"], "the wanted file");
+    let skipped = std::fs::read(set.join("b/c.bin")).unwrap_or_default();
+    assert_ne!(
+        skipped, swarm.tree["b/c.bin"],
+        "the skipped file was not fetched"
+    );
+    // Wanted after all, through Transmission RPC's files-wanted.
+    remote(&d.api, &["-t", &id.to_string(), "-g", "1"]);
+    d.wait_for(id, "complete with both files", |t| {
+        t["left_until_done"] == 0 && t["size_when_done"].as_u64() > Some(MIB as u64)
+    });
+    assert_tree_eq(&set, &swarm.tree);
+    d.stop();
+}
