@@ -90,3 +90,30 @@ def leecher_settings(lt, wire="tcp"):
     s = loopback_settings(lt, None, wire)
     s.update({"request_queue_time": 10, "max_out_request_queue": 5000})
     return s
+
+
+def dht_settings(lt):
+    """Settings that turn libtorrent's DHT on for a node on 127.0.0.1: no default routers, and
+    the rules meant for the internet (one node per IP, node ids derived from the address, a
+    per-IP flood ban) off, and announces every 3 s."""
+    return {
+        "enable_dht": True,
+        "dht_bootstrap_nodes": "",
+        "dht_restrict_routing_ips": False,
+        "dht_restrict_search_ips": False,
+        "dht_enforce_node_id": False,
+        "dht_prefer_verified_node_ids": False,
+        "dht_announce_interval": 3,
+        # libtorrent drops every DHT packet (queries and replies alike) from an IP that sent 10 x
+        # dht_block_ratelimit (default 5) of them within 10 s, for dht_block_timeout (default
+        # 300 s). On loopback all nodes share 127.0.0.1, so a node that announces or is
+        # announced to soon bans them all, its lookups time out and its routing table empties.
+        "dht_block_ratelimit": 1000000,
+        "dht_block_timeout": 1,
+        # The default 8000 B/s is meant for a home uplink; nothing is gained by queueing here.
+        "dht_upload_rate_limit": 1 << 20,
+        "alert_mask": lt.alert.category_t.error_notification
+        | lt.alert.category_t.status_notification
+        | lt.alert.category_t.dht_notification
+        | lt.alert.category_t.dht_operation_notification,
+    }
