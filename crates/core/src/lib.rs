@@ -15,6 +15,7 @@
 //! - [`session`]: the rules around it: announces, whom to dial, give-up, seed limits.
 //! - [`storage`]: pieces mapped onto files, and the fast-resume format.
 //! - [`utp`]: the Micro Transport Protocol (BEP 29) over a UDP socket.
+//! - [`rate`]: the token bucket behind rate limits.
 //! - [`merkle`]: BitTorrent v2 merkle trees (piece layers, roots, proofs).
 
 pub mod bencode;
@@ -23,6 +24,7 @@ pub mod merkle;
 pub mod metadata;
 pub mod metainfo;
 pub mod mse;
+pub mod rate;
 pub mod session;
 #[cfg(test)]
 mod sim;
