@@ -27,6 +27,7 @@ use super::hasher::{self, Verdict};
 use super::peer::{self, PeerTaskError, Shared, SwarmState};
 use super::resume;
 use super::sink::Sink;
+use super::stream::{self, Stream, StreamEvent};
 use super::tracker::{self, AnnounceError, AnnounceFailures, NoTrackerAnswered};
 use super::transport::BoxStream;
 use super::utp::{UtpHandle, UtpStream};
@@ -58,6 +59,9 @@ pub enum Target {
     /// it is verified and served but never written, created, cut or given a resume file. Data
     /// that does not fully verify is an error, unless `partial`, which seeds the pieces that do.
     Existing { path: PathBuf, partial: bool },
+    /// One file's verified bytes, in order, to a writer (see [`super::stream`]); pieces are
+    /// staged in the stream's folder and nothing is kept or resumed.
+    Stream(Stream),
 }
 
 /// Everything a torrent needs.
@@ -97,8 +101,12 @@ pub struct TorrentParams {
     pub private: bool,
     /// Exchange peers with peers (BEP 11; never for private torrents).
     pub pex: bool,
-    /// How peers are reached: TCP, uTP, encryption.
+    /// How peers are reached: TCP, uTP, encryption (and the rate limits).
     pub transports: Transports,
+    /// For [`Target::Files`]: download only the pieces of these files (indices into
+    /// `Info::files`; `None`: all). Pieces shared with other files are written whole, so
+    /// neighbouring files may get those bytes.
+    pub files: Option<Vec<usize>>,
 }
 
 /// A snapshot of a running torrent.
@@ -161,6 +169,8 @@ pub enum TorrentError {
     Task(#[source] tokio::task::JoinError),
     #[error("{0} does not exist: there is nothing to seed")]
     NoData(String),
+    #[error("cannot write the stream")]
+    Stream(#[source] std::io::Error),
     #[error("{path} does not match the torrent: {verified} of {total} pieces verified")]
     DataMismatch {
         path: String,
@@ -188,6 +198,7 @@ pub async fn run_torrent(mut params: TorrentParams) -> Result<Outcome, TorrentEr
         .iter_set()
         .map(|i| u64::from(info.piece_len(i)))
         .sum();
+    let total_pieces = wanted.count();
     let mut swarm = Swarm::new(
         info.piece_length,
         info.total_length,
@@ -210,6 +221,7 @@ pub async fn run_torrent(mut params: TorrentParams) -> Result<Outcome, TorrentEr
         max_message_len: max_message_len(piece_count),
         sink: sink.clone(),
         timer: Notify::new(),
+        limits: params.transports.limits.clone(),
     });
     let now = Instant::now();
     let session = Session::new(
@@ -240,7 +252,24 @@ pub async fn run_torrent(mut params: TorrentParams) -> Result<Outcome, TorrentEr
     );
     let piece_file = match &params.target {
         Target::Piece { path, .. } => Some((part_path(path), path.clone())),
-        Target::Files(_) | Target::Existing { .. } => None,
+        Target::Files(_) | Target::Existing { .. } | Target::Stream(_) => None,
+    };
+    let (stream_tx, stream_rx) = mpsc::unbounded_channel();
+    let streaming = match &params.target {
+        Target::Stream(s) => {
+            let out = s.output.take().ok_or_else(|| {
+                TorrentError::Stream(std::io::Error::other("the stream output was already used"))
+            })?;
+            let verified = stream::spawn(sink.clone(), &info, s.file, out, stream_tx)
+                .map_err(TorrentError::HashThreads)?;
+            Some(Streaming {
+                verified,
+                events: stream_rx,
+                window: stream::window_pieces(info.piece_length),
+                done: false,
+            })
+        }
+        _ => None,
     };
     let (dht_tx, dht_rx) = mpsc::channel(64);
     let mut manager = Manager {
@@ -262,6 +291,8 @@ pub async fn run_torrent(mut params: TorrentParams) -> Result<Outcome, TorrentEr
         last_peer_error: None,
         files_finished: false,
         rate: RateMeter::default(),
+        total_pieces,
+        streaming,
     };
     let result = manager.run().await;
     drop(manager);
@@ -315,7 +346,23 @@ async fn open_target(
             } else {
                 Bitfield::new(piece_count)
             };
-            Ok((storage, Bitfield::full(piece_count), have))
+            let wanted = match &params.files {
+                Some(files) => files_wanted(&info, files),
+                None => Bitfield::full(piece_count),
+            };
+            Ok((storage, wanted, have))
+        }
+        Target::Stream(s) => {
+            let (root, info2) = (s.dir.join("data"), info.clone());
+            let storage = tokio::task::spawn_blocking(move || Storage::open(&root, &info2))
+                .await
+                .map_err(TorrentError::Task)??;
+            let wanted = files_wanted(&info, &[s.file]);
+            Ok((
+                Arc::new(Sink::Files(storage)),
+                wanted,
+                Bitfield::new(piece_count),
+            ))
         }
         Target::Existing { path, partial } => {
             if std::fs::symlink_metadata(path).is_err() {
@@ -366,6 +413,39 @@ async fn open_target(
             };
             Ok((Arc::new(sink), wanted, Bitfield::new(piece_count)))
         }
+    }
+}
+
+/// The pieces holding any byte of `files` (indices into `Info::files`; unknown ones are
+/// ignored).
+fn files_wanted(info: &Info, files: &[usize]) -> Bitfield {
+    let mut wanted = Bitfield::new(info.piece_count());
+    for &f in files {
+        if let Some(pieces) = stream::file_pieces(info, f) {
+            for i in pieces {
+                wanted.set(i);
+            }
+        }
+    }
+    wanted
+}
+
+/// The writer of a streaming download, as the manager sees it.
+struct Streaming {
+    /// Tells the writer each piece verified and stored.
+    verified: stream::Verified,
+    events: mpsc::UnboundedReceiver<StreamEvent>,
+    /// Pieces in the priority window.
+    window: u32,
+    /// The whole file was written.
+    done: bool,
+}
+
+/// The next event of the stream writer, or never without one.
+async fn stream_event(streaming: &mut Option<Streaming>) -> Option<StreamEvent> {
+    match streaming {
+        Some(s) if !s.done => s.events.recv().await,
+        _ => std::future::pending().await,
     }
 }
 
@@ -495,6 +575,10 @@ struct Manager {
     /// What only complete files get (executable bits, symlinks) was done.
     files_finished: bool,
     rate: RateMeter,
+    /// Wanted pieces.
+    total_pieces: u32,
+    /// The writer of a streaming download.
+    streaming: Option<Streaming>,
 }
 
 /// Waits for the shutdown signal, or forever without one.
@@ -587,12 +671,7 @@ impl Manager {
             )
         };
         let done_bytes = self.total_bytes.saturating_sub(stats.bytes_left);
-        let total_pieces = match &self.params.target {
-            Target::Piece { .. } => 1,
-            Target::Files(_) => self.params.info.piece_count(),
-            // Exactly the pieces that verified at start are wanted.
-            Target::Existing { .. } => have,
-        };
+        let total_pieces = self.total_pieces;
         let (rate, upload_rate) = self.rate.sample(now, &stats);
         Progress {
             done_bytes,
@@ -701,6 +780,10 @@ impl Manager {
     /// Gives a completed download what only complete files get (executable bits, symlinks;
     /// see `Storage::finish`).
     async fn finish_files(&self) -> Result<(), TorrentError> {
+        if self.params.files.is_some() || matches!(self.params.target, Target::Stream(_)) {
+            // Part of the torrent: files outside the selection may be partial or missing.
+            return Ok(());
+        }
         let sink = self.shared.sink.clone();
         tokio::task::spawn_blocking(move || match &*sink {
             Sink::Files(storage) => storage.finish(),
@@ -806,10 +889,28 @@ impl Manager {
                     if !good {
                         tracing::warn!(piece = index, "piece failed its hash check; fetching it again");
                     }
+                    if let (true, Some(s)) = (good, &self.streaming) {
+                        // The writer ends only when done or failing; its event says which.
+                        let _ = s.verified.send(index);
+                    }
                     let mut st = self.lock();
                     st.swarm.handle_verdict(Instant::now(), index, good, verdict.buf);
                     st.dispatch(&self.shared, None);
                 }
+                Some(event) = stream_event(&mut self.streaming) => match event {
+                    StreamEvent::Next(next) => {
+                        let window = self.streaming.as_ref().map_or(1, |s| s.window);
+                        let mut st = self.lock();
+                        st.swarm.set_window(Some(next..next.saturating_add(window)));
+                        st.dispatch(&self.shared, None);
+                    }
+                    StreamEvent::Done => {
+                        if let Some(s) = &mut self.streaming {
+                            s.done = true;
+                        }
+                    }
+                    StreamEvent::Failed(e) => return Err(TorrentError::Stream(e)),
+                },
                 Some(joined) = self.peers.join_next() => {
                     match joined {
                         Ok((key, established, result)) => self.on_peer_ended(key, established, result),
@@ -876,6 +977,7 @@ impl Manager {
         }
         match finish {
             Finish::Complete => {
+                self.finish_stream().await?;
                 self.save_resume(Outcome::Complete).await;
                 Ok(Outcome::Complete)
             }
@@ -890,6 +992,26 @@ impl Manager {
                 Err(TorrentError::NoPeers(self.last_peer_error.take()))
             }
         }
+    }
+
+    /// Waits for the stream writer (if streaming) to write out the last pieces.
+    async fn finish_stream(&mut self) -> Result<(), TorrentError> {
+        let Some(s) = &mut self.streaming else {
+            return Ok(());
+        };
+        while !s.done {
+            match s.events.recv().await {
+                Some(StreamEvent::Done) => s.done = true,
+                Some(StreamEvent::Next(_)) => {}
+                Some(StreamEvent::Failed(e)) => return Err(TorrentError::Stream(e)),
+                None => {
+                    return Err(TorrentError::Stream(std::io::Error::other(
+                        "the stream writer stopped",
+                    )))
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Leaves a resume state beside an interrupted download's output (so the next run need not
