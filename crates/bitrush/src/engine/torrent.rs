@@ -977,7 +977,9 @@ impl Manager {
         }
         match finish {
             Finish::Complete => {
-                self.finish_stream().await?;
+                if !self.finish_stream(&mut shutdown).await? {
+                    return Ok(Outcome::Interrupted);
+                }
                 self.save_resume(Outcome::Complete).await;
                 Ok(Outcome::Complete)
             }
@@ -994,13 +996,21 @@ impl Manager {
         }
     }
 
-    /// Waits for the stream writer (if streaming) to write out the last pieces.
-    async fn finish_stream(&mut self) -> Result<(), TorrentError> {
+    /// Waits for the stream writer (if streaming) to write out the last pieces, which takes
+    /// as long as the reader wants. Returns `false` if the shutdown signal came first.
+    async fn finish_stream(
+        &mut self,
+        shutdown: &mut Option<watch::Receiver<bool>>,
+    ) -> Result<bool, TorrentError> {
         let Some(s) = &mut self.streaming else {
-            return Ok(());
+            return Ok(true);
         };
         while !s.done {
-            match s.events.recv().await {
+            let event = tokio::select! {
+                event = s.events.recv() => event,
+                () = shutdown_signal(shutdown) => return Ok(false),
+            };
+            match event {
                 Some(StreamEvent::Done) => s.done = true,
                 Some(StreamEvent::Next(_)) => {}
                 Some(StreamEvent::Failed(e)) => return Err(TorrentError::Stream(e)),
@@ -1011,7 +1021,7 @@ impl Manager {
                 }
             }
         }
-        Ok(())
+        Ok(true)
     }
 
     /// Leaves a resume state beside an interrupted download's output (so the next run need not

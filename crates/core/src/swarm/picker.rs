@@ -173,6 +173,12 @@ impl PiecePicker {
         }
     }
 
+    /// Whether the order allows starting `piece` now: inside the window, if there is one.
+    /// Pieces a peer suggests or allows while choking us are started only if so.
+    pub fn admits(&self, piece: u32) -> bool {
+        self.window.as_ref().is_none_or(|w| w.contains(&piece))
+    }
+
     /// Marks `piece` as taken (we have it or are downloading it): it is no longer picked.
     pub fn take(&mut self, piece: u32) {
         if (piece as usize) < self.taken.len() && !self.taken[piece as usize] {

@@ -1045,3 +1045,24 @@ fn sequential_starts_pieces_in_index_order() {
     let pieces: Vec<u32> = reqs.iter().map(|b| b.index).collect();
     assert_eq!(pieces, vec![0, 1, 2, 3]);
 }
+
+#[test]
+fn a_suggestion_outside_the_streaming_window_is_not_started() {
+    let t = now();
+    let mut d = swarm(BLOCK_LEN, u64::from(BLOCK_LEN) * 16);
+    d.set_window(Some(0..2));
+    d.handle_connected(t, 1, plain());
+    let full = Bitfield::full(16);
+    d.handle_message(
+        t,
+        1,
+        Message::Bitfield(Bytes::copy_from_slice(full.as_bytes())),
+    );
+    d.handle_message(t, 1, Message::Suggest(9));
+    d.handle_message(t, 1, Message::Unchoke);
+    let pieces: BTreeSet<u32> = requests(&transmit(&mut d, 1, t))
+        .iter()
+        .map(|b| b.index)
+        .collect();
+    assert_eq!(pieces, BTreeSet::from([0, 1]));
+}
