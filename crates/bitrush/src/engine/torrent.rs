@@ -266,6 +266,8 @@ pub async fn run_torrent(mut params: TorrentParams) -> Result<Outcome, TorrentEr
                 verified,
                 events: stream_rx,
                 window: stream::window_pieces(info.piece_length),
+                current: 0..0,
+                end: stream::file_pieces(&info, s.file).map_or(0, |p| p.end().saturating_add(1)),
                 done: false,
             })
         }
@@ -437,6 +439,10 @@ struct Streaming {
     events: mpsc::UnboundedReceiver<StreamEvent>,
     /// Pieces in the priority window.
     window: u32,
+    /// The window in force (never past `end`).
+    current: std::ops::Range<u32>,
+    /// One past the file's last piece.
+    end: u32,
     /// The whole file was written.
     done: bool,
 }
@@ -821,6 +827,17 @@ impl Manager {
         });
     }
 
+    /// Whether a streaming download waits for its reader: every piece of the window is had,
+    /// so nothing progresses by design (no stall to report).
+    fn reader_holds_back(&self) -> bool {
+        let Some(s) = &self.streaming else {
+            return false;
+        };
+        let st = self.lock();
+        let have = st.swarm.have();
+        s.current.clone().all(|i| have.get(i))
+    }
+
     /// Carries out the session's events; returns how it finished, once it has.
     fn apply_session(&mut self) -> Option<Finish> {
         while let Some(event) = self.session.poll_event() {
@@ -834,6 +851,7 @@ impl Manager {
                 SessionEvent::Connect(addr) => self.spawn_peer(addr, None),
                 SessionEvent::DhtLookup { announce } => self.spawn_dht_lookup(announce),
                 SessionEvent::Seeding => tracing::info!("download complete; seeding"),
+                SessionEvent::Stalled(_) if self.reader_holds_back() => {}
                 SessionEvent::Stalled(why) => tracing::warn!("no progress: {why}"),
                 SessionEvent::Finished(finish) => return Some(finish),
             }
@@ -899,10 +917,12 @@ impl Manager {
                 }
                 Some(event) = stream_event(&mut self.streaming) => match event {
                     StreamEvent::Next(next) => {
-                        let window = self.streaming.as_ref().map_or(1, |s| s.window);
-                        let mut st = self.lock();
-                        st.swarm.set_window(Some(next..next.saturating_add(window)));
-                        st.dispatch(&self.shared, None);
+                        if let Some(s) = &mut self.streaming {
+                            s.current = next..next.saturating_add(s.window).min(s.end);
+                            let mut st = peer::lock(&self.shared);
+                            st.swarm.set_window(Some(s.current.clone()));
+                            st.dispatch(&self.shared, None);
+                        }
                     }
                     StreamEvent::Done => {
                         if let Some(s) = &mut self.streaming {
