@@ -74,6 +74,20 @@ fn streams_one_file_of_a_tree_chosen_by_index_or_path() {
             stderr_of(&out)
         );
     }
+    // A magnet link streams too (the metadata comes from the seeder first).
+    let link = magnet_link(
+        &swarm.info.info_hash,
+        None,
+        &[swarm.tracker.http_url()],
+        &[],
+    );
+    let out = run_bitrush(["download", "-o", "-", "--file", "sub/b.bin", &link]);
+    assert_success(&out);
+    assert_eq!(
+        sha1_hex(&out.stdout),
+        sha1_hex(&swarm.tree["sub/b.bin"]),
+        "magnet stream"
+    );
     // A tree without --file: which file is not guessed.
     let out = run_stream(&swarm.torrent, &[]);
     assert!(assert_cli_error(&out).contains("--file"));
