@@ -240,7 +240,10 @@ async fn show(
                 out.say(&download_summary(&last, now.duration_since(started)));
             }
         }
-        out.update(&last, seeding_since.is_some(), now);
+        // A download that does not seed shows no seeding state while it finishes (a stream
+        // may take a while to drain to its reader).
+        let seeds = !matches!(kind, Kind::Download { seed_after: false });
+        out.update(&last, seeding_since.is_some() && seeds, now);
     }
     out.clear();
     let seeded = matches!(kind, Kind::Seed | Kind::Download { seed_after: true });
