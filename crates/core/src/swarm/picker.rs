@@ -229,8 +229,14 @@ impl PiecePicker {
             .find(|&p| peer_has.get(p))
     }
 
-    /// Whether any pickable piece is left.
+    /// Whether any pickable piece is left (inside the window, if there is one: a stream's
+    /// endgame is its window's, so the piece the reader waits for gets duplicate requests
+    /// rather than waiting on one slow peer).
     pub fn has_pickable(&self) -> bool {
+        if let Some(w) = &self.window {
+            let end = w.end.min(self.order.len() as u32);
+            return (w.start.max(self.first_untaken)..end).any(|p| !self.taken[p as usize]);
+        }
         (self.starts.get(1).copied().unwrap_or(0) as usize) < self.order.len()
     }
 
@@ -344,7 +350,9 @@ mod tests {
             None,
             "back-pressure: nothing past it"
         );
+        assert!(!p.has_pickable(), "nothing left in the window");
         p.set_window(Some(5..20));
+        assert!(p.has_pickable());
         assert_eq!(p.pick(&bf(10, &[9])), Some(9));
         p.set_window(None);
         assert!(p.pick(&Bitfield::full(10)).is_some());
@@ -376,6 +384,8 @@ mod tests {
             let range = range.unwrap_or(0..n);
             let expected = (range.start..range.end.min(n)).find(|&i| !p.is_taken(i) && has_bf.get(i));
             prop_assert_eq!(p.pick(&has_bf), expected);
+            let any_left = (range.start..range.end.min(n)).any(|i| !p.is_taken(i));
+            prop_assert_eq!(p.has_pickable(), any_left);
             check_invariants(&p);
         }
 

@@ -1066,3 +1066,33 @@ fn a_suggestion_outside_the_streaming_window_is_not_started() {
         .collect();
     assert_eq!(pieces, BTreeSet::from([0, 1]));
 }
+
+#[test]
+fn a_streaming_window_has_its_own_endgame() {
+    // Peer 1 took both pieces of the window; peer 2 is asked for duplicates of their blocks
+    // (the reader waits on them) rather than for nothing, although pieces past the window
+    // are still unrequested.
+    let t = now();
+    let config = Config {
+        min_requests: 4,
+        max_requests: 4,
+        ..Config::default()
+    };
+    let mut d = swarm_with(BLOCK_LEN, u64::from(BLOCK_LEN) * 16, config);
+    d.set_window(Some(0..2));
+    let first: BTreeSet<u32> = requests(&seeder_joins(&mut d, 1, t))
+        .iter()
+        .map(|b| b.index)
+        .collect();
+    assert_eq!(first, BTreeSet::from([0, 1]));
+    let second: BTreeSet<u32> = requests(&seeder_joins(&mut d, 2, t))
+        .iter()
+        .map(|b| b.index)
+        .collect();
+    assert_eq!(
+        second,
+        BTreeSet::from([0, 1]),
+        "duplicates inside the window"
+    );
+    d.check_invariants().unwrap();
+}
