@@ -534,6 +534,35 @@ mod tests {
     }
 
     #[test]
+    fn json_objects_carry_bytes_rates_peers_and_eta() {
+        let p = Progress {
+            done_bytes: MIB,
+            total_bytes: 4 * MIB,
+            rate: 1024.0 * 1024.0,
+            peers: 2,
+            ..Progress::default()
+        };
+        let v = progress_json(&p, false);
+        assert_eq!(v["event"], "progress");
+        assert_eq!(v["downloaded_bytes"], MIB);
+        assert_eq!(v["download_rate"], 1_048_576);
+        assert_eq!(v["eta_seconds"], 3);
+        assert_eq!(v["peers"], 2);
+        let stalled = Progress {
+            rate: 0.0,
+            ..p.clone()
+        };
+        assert!(progress_json(&stalled, false)["eta_seconds"].is_null());
+        let s = summary_json(&p, Duration::from_secs(2), std::path::Path::new("out"));
+        assert_eq!(s["event"], "summary");
+        assert_eq!(s["complete"], true, "0 of 0 pieces is complete");
+        assert_eq!(s["average_rate"], 524_288);
+        assert_eq!(s["output"], "out");
+        // One line each: JSON lines never break.
+        assert!(!v.to_string().contains('\n') && !s.to_string().contains('\n'));
+    }
+
+    #[test]
     fn summaries() {
         let done = Progress {
             done_bytes: 10 * MIB,

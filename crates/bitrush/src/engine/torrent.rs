@@ -8,6 +8,10 @@
 //! [`super::hasher`] threads, so SHA-1 and disk never stall a socket. No protocol rule lives
 //! here: timing, retries, give-up and seed limits are the session's and the swarm's.
 //!
+//! A download may be limited to some files ([`TorrentParams::files`]), or stream one file in
+//! order to a writer ([`Target::Stream`]): the manager then moves the swarm's priority window
+//! as the writer reports its position (see [`super::stream`]).
+//!
 //! Existing data at the output is vouched for by the resume state an interrupted session left
 //! ([`super::resume`]) or else checked piece by piece first, on all cores.
 
@@ -171,6 +175,8 @@ pub enum TorrentError {
     NoData(String),
     #[error("cannot write the stream")]
     Stream(#[source] std::io::Error),
+    #[error("cannot start the stream writer")]
+    StreamThread(#[source] std::io::Error),
     #[error("{path} does not match the torrent: {verified} of {total} pieces verified")]
     DataMismatch {
         path: String,
@@ -261,7 +267,7 @@ pub async fn run_torrent(mut params: TorrentParams) -> Result<Outcome, TorrentEr
                 TorrentError::Stream(std::io::Error::other("the stream output was already used"))
             })?;
             let verified = stream::spawn(sink.clone(), &info, s.file, out, stream_tx)
-                .map_err(TorrentError::HashThreads)?;
+                .map_err(TorrentError::StreamThread)?;
             Some(Streaming {
                 verified,
                 events: stream_rx,
