@@ -91,6 +91,8 @@ fn streams_one_file_of_a_tree_chosen_by_index_or_path() {
     // A tree without --file: which file is not guessed.
     let out = run_stream(&swarm.torrent, &[]);
     assert!(assert_cli_error(&out).contains("--file"));
+    let out = run_stream(&swarm.torrent, &["--only", "1"]);
+    assert!(assert_cli_error(&out).contains("--file"));
     let out = run_stream(&swarm.torrent, &["--file", "9"]);
     assert!(assert_cli_error(&out).contains("no file 9"));
 }
@@ -231,6 +233,17 @@ fn list_prints_the_files_with_index_and_length() {
     ]);
     assert_success(&out);
     assert_eq!(stdout_of(&out), "0 1000 a.bin\n1 20000 sub/b.bin\n2 3 z\n");
+    let out = run_bitrush([
+        "download".as_ref(),
+        "--list".as_ref(),
+        "--json".as_ref(),
+        swarm.torrent.as_os_str(),
+    ]);
+    assert_success(&out);
+    let files = &json_lines(&out)[0]["files"];
+    assert_eq!(files[1]["path"], "sub/b.bin");
+    assert_eq!(files[1]["length"], 20_000);
+    assert_eq!(files[2]["index"], 2);
 }
 
 /// Sorted indices as `--only` text, runs as ranges: `[0, 1, 2, 5]` -> `0-2,5`.

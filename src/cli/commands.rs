@@ -83,13 +83,6 @@ fn info_json(
             .map(|h| bitrush::types::to_hex(h))
             .collect()
     };
-    let files: Vec<serde_json::Value> = info
-        .real_files()
-        .enumerate()
-        .map(|(n, (_, f))| {
-            serde_json::json!({"index": n, "length": f.length, "path": f.path.join("/")})
-        })
-        .collect();
     serde_json::json!({
         "name": info.name,
         "tracker": tracker,
@@ -99,7 +92,7 @@ fn info_json(
         "piece_length": info.piece_length,
         "piece_hashes": pieces,
         "multi_file": info.multi_file,
-        "files": files,
+        "files": super::select::list_json(info)["files"],
     })
 }
 
@@ -528,6 +521,9 @@ pub async fn download(
             "-o - streams the data and keeps nothing to seed: leave out --seed and the seed limits"
         );
     }
+    if stream && choice.only.is_some() {
+        bail!("-o - streams one file: choose it with --file, not --only");
+    }
     if choice.file.is_some() && !stream {
         bail!("--file chooses the file to stream: use it with -o -");
     }
@@ -535,7 +531,11 @@ pub async fn download(
     let torrent = torrent_from(path, &network).await?;
     let info = &torrent.info;
     if choice.list {
-        print!("{}", super::select::list_lines(info));
+        if choice.json {
+            println!("{}", super::select::list_json(info));
+        } else {
+            print!("{}", super::select::list_lines(info));
+        }
         return Ok(());
     }
     let Some(output) = output else {

@@ -117,6 +117,18 @@ pub fn list_lines(info: &Info) -> String {
     out
 }
 
+/// `--list --json`: `{"files": [{"index", "length", "path"}, ...]}`.
+pub fn list_json(info: &Info) -> serde_json::Value {
+    let files: Vec<serde_json::Value> = info
+        .real_files()
+        .enumerate()
+        .map(|(n, (_, f))| {
+            serde_json::json!({"index": n, "length": f.length, "path": f.path.join("/")})
+        })
+        .collect();
+    serde_json::json!({ "files": files })
+}
+
 /// Parses a rate in bytes per second: a positive number with an optional `K`, `M` or `G`
 /// suffix (powers of 1024, either case, an optional `B` or `iB` after it): `500K`, `2M`,
 /// `1.5M`, `65536`.
@@ -245,6 +257,10 @@ mod tests {
         let mut i = info(&["a", ".pad/6", "d/b"]);
         i.files[1].attr.pad = true;
         assert_eq!(list_lines(&i), "0 10 a\n1 10 d/b\n");
+        assert_eq!(
+            list_json(&i).to_string(),
+            r#"{"files":[{"index":0,"length":10,"path":"a"},{"index":1,"length":10,"path":"d/b"}]}"#
+        );
     }
 
     #[test]
