@@ -1,13 +1,16 @@
 //! One function per command: parse arguments into library types, call the library, print.
 
 use std::net::SocketAddr;
+use std::os::fd::AsFd;
 use std::path::Path;
 use std::sync::Arc;
 
 use anyhow::{anyhow, bail, Context};
 use bitrush::engine::connection::Transports;
 use bitrush::engine::dht::{DhtHandle, DhtOptions};
+use bitrush::engine::limits::RateLimits;
 use bitrush::engine::probe::{self, probe_announcer};
+use bitrush::engine::stream::{Stream, StreamOutput};
 use bitrush::engine::udp::{Udp, UdpOptions};
 use bitrush::engine::{self, Outcome, Progress, SeedLimits, Target, TorrentParams};
 use bitrush::metainfo::Metainfo;
@@ -38,7 +41,7 @@ fn load_torrent(path: &Path) -> anyhow::Result<Metainfo> {
     Metainfo::from_bytes(&bytes).with_context(|| format!("invalid torrent: {shown}"))
 }
 
-pub fn info(path: &Path) -> anyhow::Result<()> {
+pub fn info(path: &Path, json: bool) -> anyhow::Result<()> {
     let meta = load_torrent(path)?;
     let tracker = meta
         .tracker_tiers()
@@ -54,8 +57,43 @@ pub fn info(path: &Path) -> anyhow::Result<()> {
         v1: meta.info_hash_v1(),
         v2: meta.info_hash_v2,
     };
-    print_info(&tracker, &meta.info, hashes, &v2_hashes);
+    if json {
+        println!("{}", info_json(&tracker, &meta.info, &hashes, &v2_hashes));
+    } else {
+        print_info(&tracker, &meta.info, hashes, &v2_hashes);
+    }
     Ok(())
+}
+
+/// `info --json`: the same facts as the text block, as one object.
+fn info_json(
+    tracker: &str,
+    info: &bitrush::metainfo::Info,
+    hashes: &InfoHashes,
+    v2_hashes: &[[u8; 32]],
+) -> serde_json::Value {
+    let pieces: Vec<String> = if info.version.has_v1() {
+        info.pieces
+            .iter()
+            .map(|h| bitrush::types::to_hex(h))
+            .collect()
+    } else {
+        v2_hashes
+            .iter()
+            .map(|h| bitrush::types::to_hex(h))
+            .collect()
+    };
+    serde_json::json!({
+        "name": info.name,
+        "tracker": tracker,
+        "length": info.content_length(),
+        "info_hash": hashes.v1.map(|h| h.to_string()),
+        "info_hash_v2": hashes.v2.map(|h| h.to_string()),
+        "piece_length": info.piece_length,
+        "piece_hashes": pieces,
+        "multi_file": info.multi_file,
+        "files": super::select::list_json(info)["files"],
+    })
 }
 
 /// The info hashes a torrent is shown with.
@@ -106,7 +144,7 @@ pub(super) fn print_info(
     print!("{out}");
 }
 
-pub async fn peers(path: &Path) -> anyhow::Result<()> {
+pub async fn peers(path: &Path, json: bool) -> anyhow::Result<()> {
     let meta = load_torrent(path)?;
     let tiers = meta.tracker_tiers();
     if tiers.is_empty() {
@@ -116,8 +154,13 @@ pub async fn peers(path: &Path) -> anyhow::Result<()> {
     let req = announcer.request(Event::Started, 0, 0, meta.info.total_length);
     let resp = engine::tracker::announce_all(&tiers, &req).await?;
     let mut out = String::new();
-    for peer in resp.peers {
-        out.push_str(&format!("{peer}\n"));
+    if json {
+        let peers: Vec<String> = resp.peers.iter().map(ToString::to_string).collect();
+        out = format!("{}\n", serde_json::json!({ "peers": peers }));
+    } else {
+        for peer in resp.peers {
+            out.push_str(&format!("{peer}\n"));
+        }
     }
     print!("{out}");
     // We do not listen on the port we announced: take ourselves off the trackers' lists.
@@ -206,6 +249,16 @@ pub(super) struct SessionOptions {
     pub quiet: bool,
     /// When the command started, the summary's clock (`None`: when the session starts).
     pub started: Option<std::time::Instant>,
+    /// Most connections we open.
+    pub max_peers: usize,
+    /// Download and upload rate limits (shared by every connection of the session).
+    pub rate_limits: RateLimits,
+    /// Fetch pieces in index order.
+    pub sequential: bool,
+    /// Only these files (indices into `Info::files`; `None`: all).
+    pub files: Option<Vec<usize>>,
+    /// Progress as JSON lines on stdout.
+    pub json: bool,
 }
 
 /// The sockets of a session: the TCP listener for peers and the DHT node on the same port
@@ -232,6 +285,11 @@ impl Default for SessionOptions {
             recheck: false,
             quiet: false,
             started: None,
+            max_peers: 50,
+            rate_limits: RateLimits::default(),
+            sequential: false,
+            files: None,
+            json: false,
         }
     }
 }
@@ -253,6 +311,7 @@ impl Network {
                 utp: udp.utp,
                 encryption: opts.encryption,
                 memory: Default::default(),
+                limits: opts.rate_limits.clone(),
             },
         })
     }
@@ -293,13 +352,14 @@ async fn torrent_from(path: &Path, network: &Network) -> anyhow::Result<Torrent>
     }
 }
 
-/// Runs a session (download, then seeding if asked) until done or Ctrl-C/SIGTERM.
+/// Runs a session (download, then seeding if asked) until done or Ctrl-C/SIGTERM; returns the
+/// last progress snapshot.
 pub(super) async fn run_session(
     torrent: Torrent,
     target: Target,
     opts: &SessionOptions,
     network: Network,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<Progress> {
     // Pieces are verified with the v1 SHA-1 hashes for now; a v2-only torrent has none.
     if !torrent.info.version.has_v1() {
         bail!("this is a BitTorrent v2-only torrent: bitrush can show it (`info`) but not download or seed it yet");
@@ -313,12 +373,17 @@ pub(super) async fn run_session(
     let (tx, rx) = tokio::sync::watch::channel(Default::default());
     let kind = match target {
         Target::Existing { .. } => Kind::Seed,
-        Target::Files(_) | Target::Piece { .. } => Kind::Download {
+        Target::Files(_) | Target::Piece { .. } | Target::Stream(_) => Kind::Download {
             seed_after: opts.seed.is_some(),
         },
     };
     let started = opts.started.unwrap_or_else(std::time::Instant::now);
-    let display = Display::start(rx, Style::detect(opts.quiet), kind, started);
+    let style = if opts.json {
+        Style::Json
+    } else {
+        Style::detect(opts.quiet)
+    };
+    let display = Display::start(rx, style, kind, started);
     let shown_target = target.clone();
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     tokio::spawn(async move {
@@ -340,8 +405,11 @@ pub(super) async fn run_session(
         peer_id: engine::new_peer_id(),
         listener: Some(listener),
         port,
-        max_peers: 50,
-        config: Default::default(),
+        max_peers: opts.max_peers,
+        config: bitrush::swarm::Config {
+            sequential: opts.sequential,
+            ..Default::default()
+        },
         seed: opts.seed,
         assume_complete: false,
         recheck: opts.recheck,
@@ -352,6 +420,7 @@ pub(super) async fn run_session(
         pex: opts.pex,
         transports: transports.clone(),
         hosted: None,
+        files: opts.files.clone(),
     };
     let result = engine::run_torrent(params).await;
     if let Some(dht) = &dht {
@@ -359,7 +428,7 @@ pub(super) async fn run_session(
     }
     let last = display.finish().await;
     match result? {
-        Outcome::Complete => Ok(()),
+        Outcome::Complete => Ok(last),
         Outcome::Interrupted => Err(anyhow!(interrupted(&shown_target, &last))),
     }
 }
@@ -370,6 +439,10 @@ fn interrupted(target: &Target, last: &Progress) -> String {
         Target::Piece { index, .. } => {
             format!("interrupted before piece {index} was complete; nothing was written")
         }
+        Target::Stream(_) => format!(
+            "interrupted: {} of {} pieces were verified; nothing is kept",
+            last.done_pieces, last.total_pieces
+        ),
         Target::Files(path) | Target::Existing { path, .. } => format!(
             "interrupted: {} of {} pieces ({} of {}) are verified and kept in {}; \
              run the same command again to resume",
@@ -420,11 +493,112 @@ pub async fn download_piece(
     Ok(())
 }
 
-pub async fn download(path: &Path, output: &Path, opts: &SessionOptions) -> anyhow::Result<()> {
-    let network = Network::start(opts).await?;
+/// What to download of a torrent, and how to report it (`download`'s choices).
+#[derive(Clone, Debug, Default)]
+pub(super) struct Choice {
+    /// Print the files and exit.
+    pub list: bool,
+    /// Only these files.
+    pub only: Option<super::select::OnlyFiles>,
+    /// The file to stream (`-o -`).
+    pub file: Option<String>,
+    /// Fetch pieces in order.
+    pub sequential: bool,
+    /// JSON lines on stdout.
+    pub json: bool,
+}
+
+/// `-o -`: stream to stdout.
+fn is_stdout(output: &Path) -> bool {
+    output.as_os_str() == "-"
+}
+
+pub async fn download(
+    path: &Path,
+    output: Option<&Path>,
+    opts: &SessionOptions,
+    choice: &Choice,
+) -> anyhow::Result<()> {
+    let mut opts = SessionOptions {
+        sequential: choice.sequential,
+        json: choice.json,
+        ..opts.clone()
+    };
+    let stream = output.is_some_and(is_stdout);
+    if stream && choice.json {
+        bail!("--json cannot be used with -o -: stdout carries the data");
+    }
+    if stream && opts.seed.is_some() {
+        bail!(
+            "-o - streams the data and keeps nothing to seed: leave out --seed and the seed limits"
+        );
+    }
+    if stream && choice.only.is_some() {
+        bail!("-o - streams one file: choose it with --file, not --only");
+    }
+    if choice.file.is_some() && !stream {
+        bail!("--file chooses the file to stream: use it with -o -");
+    }
+    let network = Network::start(&opts).await?;
     let torrent = torrent_from(path, &network).await?;
-    run_session(torrent, Target::Files(output.to_path_buf()), opts, network).await?;
-    println!("Downloaded {} to {}.", path.display(), output.display());
+    let info = &torrent.info;
+    if choice.list {
+        if choice.json {
+            println!("{}", super::select::list_json(info));
+        } else {
+            print!("{}", super::select::list_lines(info));
+        }
+        return Ok(());
+    }
+    let Some(output) = output else {
+        bail!("-o PATH is needed (or --list)");
+    };
+    if let Some(only) = &choice.only {
+        opts.files = Some(only.resolve(info).map_err(|e| anyhow!(e))?);
+    }
+    let staging;
+    let target = if stream {
+        let file = match &choice.file {
+            Some(which) => super::select::resolve_file(info, which).map_err(|e| anyhow!(e))?,
+            None => {
+                let mut real = info.real_files();
+                match (real.next(), real.next()) {
+                    (Some((i, _)), None) => i,
+                    _ => bail!(
+                        "-o - streams one file: choose it with --file INDEX|PATH (see --list)"
+                    ),
+                }
+            }
+        };
+        staging = tempfile::Builder::new()
+            .prefix("bitrush-stream-")
+            .tempdir()
+            .context("cannot create a temporary folder for the stream")?;
+        let stdout = std::io::stdout()
+            .as_fd()
+            .try_clone_to_owned()
+            .context("cannot write to stdout")?;
+        Target::Stream(Stream {
+            dir: staging.path().to_path_buf(),
+            file,
+            output: StreamOutput::new(std::fs::File::from(stdout)),
+        })
+    } else {
+        Target::Files(output.to_path_buf())
+    };
+    let started = opts.started.unwrap_or_else(std::time::Instant::now);
+    let last = run_session(torrent, target, &opts, network).await?;
+    let line = format!("Downloaded {} to {}.", path.display(), output.display());
+    if opts.json {
+        println!(
+            "{}",
+            super::progress::summary_json(&last, started.elapsed(), output)
+        );
+    } else if stream {
+        eprintln!("{line}");
+    } else {
+        println!("{line}");
+    }
     Ok(())
 }
 
@@ -445,5 +619,6 @@ pub async fn seed(
         partial,
     };
     let network = Network::start(&opts).await?;
-    run_session(meta.into(), target, &opts, network).await
+    run_session(meta.into(), target, &opts, network).await?;
+    Ok(())
 }

@@ -115,6 +115,7 @@ pub async fn demo(size_mib: u64, seeders: usize, quiet: bool) -> anyhow::Result<
             pex: false,
             transports: Default::default(),
             hosted: None,
+            files: None,
         }));
     }
     if !quiet {

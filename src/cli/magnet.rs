@@ -32,8 +32,20 @@ fn first_tracker(magnet: &Magnet) -> &str {
 
 /// Prints the first tracker and the info hash (`Info Hash v2` too when the link has one, in
 /// place of `Info Hash` when it has only that); contacts nothing.
-pub fn magnet_parse(link: &str) -> anyhow::Result<()> {
+pub fn magnet_parse(link: &str, json: bool) -> anyhow::Result<()> {
     let magnet = Magnet::parse(link)?;
+    if json {
+        let value = serde_json::json!({
+            "tracker": first_tracker(&magnet),
+            "trackers": magnet.trackers,
+            "name": magnet.name,
+            "info_hash": magnet.info_hash_v1().map(|h| h.to_string()),
+            "info_hash_v2": magnet.info_hash_v2.map(|h| h.to_string()),
+            "peers": magnet.peers.iter().map(ToString::to_string).collect::<Vec<_>>(),
+        });
+        println!("{value}");
+        return Ok(());
+    }
     let mut out = format!("Tracker URL: {}\n", first_tracker(&magnet));
     if let Some(v1) = magnet.info_hash_v1() {
         out.push_str(&format!("Info Hash: {v1}\n"));

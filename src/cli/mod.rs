@@ -8,6 +8,7 @@ mod daemon;
 mod demo;
 mod magnet;
 mod progress;
+mod select;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -49,12 +50,18 @@ enum Command {
     Info {
         /// The .torrent file.
         torrent: PathBuf,
+        /// Print one JSON object instead of the text block.
+        #[arg(long)]
+        json: bool,
     },
     /// Ask the torrent's trackers for peers; one ip:port per line.
     #[command(after_help = "Example:\n  bitrush peers ubuntu.torrent")]
     Peers {
         /// The .torrent file.
         torrent: PathBuf,
+        /// Print one JSON object (`{"peers": ["ip:port", ...]}`) instead of lines.
+        #[arg(long)]
+        json: bool,
     },
     /// Handshake with one peer and print its peer id.
     #[command(after_help = "Example:\n  bitrush handshake ubuntu.torrent 203.0.113.7:6881")]
@@ -86,12 +93,15 @@ enum Command {
     #[command(after_help = "Examples:\n  \
         bitrush download -o ubuntu.iso ubuntu.torrent\n  \
         bitrush download -o ubuntu.iso 'magnet:?xt=urn:btih:3b245504cf5f11bbdbe1201cea6a6bf45aee1bc0'\n  \
-        bitrush download --seed-ratio 2 -o ubuntu.iso ubuntu.torrent   # then seed to ratio 2")]
+        bitrush download --seed-ratio 2 -o ubuntu.iso ubuntu.torrent   # then seed to ratio 2\n  \
+        bitrush download -o - movie.torrent | mpv -                # stream to stdout, in order\n  \
+        bitrush download --list photos.torrent                     # the files, with indices\n  \
+        bitrush download --only 0,3-5 -o photos photos.torrent     # only those files")]
     Download {
         /// Where to put the data: the file itself (single-file torrent) or the directory that
-        /// becomes the torrent's folder (multi-file).
-        #[arg(short, long, value_name = "PATH")]
-        output: PathBuf,
+        /// becomes the torrent's folder (multi-file); `-` streams it to stdout, in order.
+        #[arg(short, long, value_name = "PATH", required_unless_present = "list")]
+        output: Option<PathBuf>,
         /// The .torrent file, or a magnet link (quoted).
         torrent: PathBuf,
         #[command(flatten)]
@@ -99,6 +109,8 @@ enum Command {
         /// Keep seeding after the download completes (until a limit or Ctrl-C).
         #[arg(long)]
         seed: bool,
+        #[command(flatten)]
+        select: SelectArgs,
     },
     /// Print a magnet link's first tracker and info hash (contacts nothing).
     #[command(
@@ -109,6 +121,9 @@ enum Command {
     MagnetParse {
         /// The magnet link (quote it: it holds `&`).
         link: String,
+        /// Print one JSON object instead of lines.
+        #[arg(long)]
+        json: bool,
     },
     /// Handshake with a peer of a magnet link; print its peer id and ut_metadata id.
     #[command(
@@ -159,9 +174,9 @@ enum Command {
     )]
     MagnetDownload {
         /// Where to put the data: the file itself (single-file torrent) or the directory that
-        /// becomes the torrent's folder (multi-file).
-        #[arg(short, long, value_name = "PATH")]
-        output: PathBuf,
+        /// becomes the torrent's folder (multi-file); `-` streams it to stdout, in order.
+        #[arg(short, long, value_name = "PATH", required_unless_present = "list")]
+        output: Option<PathBuf>,
         /// The magnet link (quote it: it holds `&`).
         link: String,
         #[command(flatten)]
@@ -169,6 +184,8 @@ enum Command {
         /// Keep seeding after the download completes (until a limit or Ctrl-C).
         #[arg(long)]
         seed: bool,
+        #[command(flatten)]
+        select: SelectArgs,
     },
     /// Build a swarm of local seeders on loopback with a generated payload and download it with
     /// the full client (works offline).
@@ -290,6 +307,18 @@ enum Command {
         #[command(flatten)]
         network: NetworkArgs,
     },
+    /// Print a shell completion script (bash, zsh or fish) to stdout.
+    #[command(after_help = "Examples:\n  \
+        bitrush completions bash > ~/.local/share/bash-completion/completions/bitrush\n  \
+        bitrush completions zsh > ~/.zfunc/_bitrush\n  \
+        bitrush completions fish > ~/.config/fish/completions/bitrush.fish")]
+    Completions {
+        /// The shell.
+        shell: ShellArg,
+    },
+    /// Print the manual page (roff) to stdout.
+    #[command(after_help = "Example:\n  bitrush man > bitrush.1 && man ./bitrush.1")]
+    Man,
     /// Seed existing data: verify it, announce, and serve peers until a limit or Ctrl-C.
     /// The data is only read, never written: data that does not match the torrent is an error.
     #[command(after_help = "Examples:\n  \
@@ -409,10 +438,54 @@ impl From<EncryptionArg> for bitrush::mse::Encryption {
     }
 }
 
+/// The shells `completions` writes for.
+#[derive(clap::ValueEnum, Clone, Copy, Debug)]
+enum ShellArg {
+    Bash,
+    Zsh,
+    Fish,
+}
+
+/// What to download of a torrent, and how to report it.
+#[derive(clap::Args, Clone, Debug, Default)]
+struct SelectArgs {
+    /// Print the torrent's files (`<index> <length> <path>`, one per line) and exit.
+    #[arg(long, conflicts_with_all = ["only", "file", "seed"])]
+    list: bool,
+    /// Download only these files: indices as `--list` shows them, e.g. `0,3-5`.
+    #[arg(long, value_name = "LIST", value_parser = select::parse_only)]
+    only: Option<select::OnlyFiles>,
+    /// With `-o -`: the file of a multi-file torrent to stream, by index (see `--list`) or path.
+    #[arg(long, value_name = "INDEX|PATH", conflicts_with = "only")]
+    file: Option<String>,
+    /// Fetch pieces in order (rather than rarest first).
+    #[arg(long)]
+    sequential: bool,
+    /// Print progress as JSON objects, one per line, on stdout, and a final summary object.
+    #[arg(long)]
+    json: bool,
+}
+
+/// Rate and connection limits.
+#[derive(clap::Args, Clone, Debug)]
+struct LimitArgs {
+    /// Most download bytes per second, e.g. 500K or 2M (K, M, G: powers of 1024).
+    #[arg(long, value_name = "RATE", value_parser = select::parse_rate)]
+    max_download_rate: Option<u64>,
+    /// Most upload bytes per second, e.g. 500K or 2M (K, M, G: powers of 1024).
+    #[arg(long, value_name = "RATE", value_parser = select::parse_rate)]
+    max_upload_rate: Option<u64>,
+    /// Most peer connections we open (incoming ones may add as many again).
+    #[arg(long, value_name = "N", default_value_t = 50, value_parser = clap::value_parser!(u16).range(1..))]
+    max_peers: u16,
+}
+
 #[derive(clap::Args, Clone, Debug)]
 struct SessionArgs {
     #[command(flatten)]
     network: NetworkArgs,
+    #[command(flatten)]
+    limits: LimitArgs,
     /// Seed until uploaded bytes reach this multiple of the torrent's size (after a download:
     /// implies --seed).
     #[arg(long, value_name = "RATIO", value_parser = parse_seed_ratio)]
@@ -458,11 +531,17 @@ impl SessionArgs {
             time: self.seed_time.map(std::time::Duration::from_secs),
         };
         let seed = seed || limits.ratio.is_some() || limits.time.is_some();
-        commands::SessionOptions {
+        let mut opts = commands::SessionOptions {
             seed: seed.then_some(limits),
             recheck: self.recheck,
+            max_peers: usize::from(self.limits.max_peers),
             ..self.network.options(quiet)
-        }
+        };
+        opts.rate_limits = bitrush::engine::limits::RateLimits::new(
+            self.limits.max_download_rate,
+            self.limits.max_upload_rate,
+        );
+        opts
     }
 }
 
@@ -509,8 +588,8 @@ fn error_line(e: &anyhow::Error) -> String {
 fn run(command: Command, quiet: bool) -> anyhow::Result<()> {
     match command {
         Command::Decode { value } => commands::decode(&value),
-        Command::Info { torrent } => commands::info(&torrent),
-        Command::Peers { torrent } => runtime()?.block_on(commands::peers(&torrent)),
+        Command::Info { torrent, json } => commands::info(&torrent, json),
+        Command::Peers { torrent, json } => runtime()?.block_on(commands::peers(&torrent, json)),
         Command::Handshake { torrent, peer } => {
             runtime()?.block_on(commands::handshake(&torrent, &peer))
         }
@@ -530,12 +609,14 @@ fn run(command: Command, quiet: bool) -> anyhow::Result<()> {
             torrent,
             session,
             seed,
+            select,
         } => runtime()?.block_on(commands::download(
             &torrent,
-            &output,
+            output.as_deref(),
             &session.options(seed, quiet),
+            &select.choice(),
         )),
-        Command::MagnetParse { link } => magnet::magnet_parse(&link),
+        Command::MagnetParse { link, json } => magnet::magnet_parse(&link, json),
         Command::MagnetHandshake { link } => runtime()?.block_on(magnet::magnet_handshake(&link)),
         Command::MagnetInfo { link, dht } => {
             runtime()?.block_on(magnet::magnet_info(&link, dht.options()))
@@ -556,11 +637,40 @@ fn run(command: Command, quiet: bool) -> anyhow::Result<()> {
             link,
             session,
             seed,
+            select,
         } => runtime()?.block_on(commands::download(
             Path::new(&link),
-            &output,
+            output.as_deref(),
             &session.options(seed, quiet),
+            &select.choice(),
         )),
+        Command::Completions { shell } => {
+            let shell = match shell {
+                ShellArg::Bash => clap_complete::Shell::Bash,
+                ShellArg::Zsh => clap_complete::Shell::Zsh,
+                ShellArg::Fish => clap_complete::Shell::Fish,
+            };
+            let mut cli = <Cli as clap::CommandFactory>::command();
+            clap_complete::generate(shell, &mut cli, "bitrush", &mut std::io::stdout());
+            Ok(())
+        }
+        Command::Man => {
+            let cli = <Cli as clap::CommandFactory>::command();
+            let mut out = Vec::new();
+            clap_mangen::Man::new(cli.clone()).render(&mut out)?;
+            // Then each command's own options, one section per command.
+            for sub in cli.get_subcommands().filter(|c| c.get_name() != "help") {
+                out.extend_from_slice(
+                    format!(".SH \"BITRUSH {}\"\n", sub.get_name().to_uppercase()).as_bytes(),
+                );
+                let page = clap_mangen::Man::new(sub.clone());
+                page.render_description_section(&mut out)?;
+                page.render_synopsis_section(&mut out)?;
+                page.render_options_section(&mut out)?;
+            }
+            std::io::Write::write_all(&mut std::io::stdout(), &out)?;
+            Ok(())
+        }
         Command::Demo { size_mib, seeders } => {
             runtime()?.block_on(demo::demo(size_mib, seeders, quiet))
         }
@@ -641,6 +751,18 @@ fn run(command: Command, quiet: bool) -> anyhow::Result<()> {
             partial,
             &session.options(true, quiet),
         )),
+    }
+}
+
+impl SelectArgs {
+    fn choice(self) -> commands::Choice {
+        commands::Choice {
+            list: self.list,
+            only: self.only,
+            file: self.file,
+            sequential: self.sequential,
+            json: self.json,
+        }
     }
 }
 

@@ -3,6 +3,9 @@
 //! and a summary line when the download completes and when seeding ends. `-q` silences all of
 //! it (errors and warnings still print). Colour only on a terminal, never with `NO_COLOR`.
 //!
+//! With `--json`, progress goes to stdout instead, as one JSON object per line every second
+//! ([`progress_json`]), and the command ends with a summary object ([`summary_json`]).
+//!
 //! Rates are the engine's (bytes moved in this session over the last seconds), so pieces
 //! present at start never show as speed, and the ETA is computed from them, not guessed by the
 //! bar from jumps in position.
@@ -19,6 +22,8 @@ use tokio::sync::watch;
 const LINE_INTERVAL: Duration = Duration::from_secs(5);
 /// How often a plain line is printed while seeding (a seed runs for hours).
 const SEED_LINE_INTERVAL: Duration = Duration::from_secs(60);
+/// How often a JSON progress object is printed.
+const JSON_INTERVAL: Duration = Duration::from_secs(1);
 
 /// How progress is shown.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -29,6 +34,8 @@ pub enum Style {
     Lines,
     /// Nothing but errors and warnings (`-q`).
     Quiet,
+    /// JSON progress objects on stdout (`--json`).
+    Json,
 }
 
 impl Style {
@@ -100,6 +107,9 @@ enum Out {
         next: Instant,
     },
     Quiet,
+    Json {
+        next: Instant,
+    },
 }
 
 impl Out {
@@ -119,6 +129,9 @@ impl Out {
                 next: Instant::now() + LINE_INTERVAL,
             },
             Style::Quiet => Out::Quiet,
+            Style::Json => Out::Json {
+                next: Instant::now(),
+            },
         }
     }
 
@@ -127,7 +140,8 @@ impl Out {
         match self {
             Out::Bar { bar, .. } => bar.println(line),
             Out::Lines { .. } => eprintln!("{line}"),
-            Out::Quiet => {}
+            // The command prints the summary object itself.
+            Out::Quiet | Out::Json { .. } => {}
         }
     }
 
@@ -162,6 +176,12 @@ impl Out {
                         };
                 }
             }
+            Out::Json { next } => {
+                if now >= *next {
+                    println!("{}", progress_json(p, seeding));
+                    *next = now + JSON_INTERVAL;
+                }
+            }
             Out::Quiet => {}
         }
     }
@@ -175,7 +195,7 @@ impl Out {
     /// When the next plain line is due (`None`: never by the clock).
     fn next_line(&self) -> Option<Instant> {
         match self {
-            Out::Lines { next } => Some(*next),
+            Out::Lines { next } | Out::Json { next } => Some(*next),
             _ => None,
         }
     }
@@ -191,6 +211,8 @@ async fn show(
     let mut last = rx.borrow().clone();
     // When the download completed (or seeding began): shown once.
     let mut seeding_since: Option<Instant> = None;
+    // JSON objects report the engine's numbers only, never the empty snapshot before its first.
+    let mut engine_reported = style != Style::Json;
     loop {
         let line_due = async {
             match out.next_line() {
@@ -204,8 +226,12 @@ async fn show(
                     break;
                 }
                 last = rx.borrow_and_update().clone();
+                engine_reported = true;
             }
             () = line_due => {}
+        }
+        if !engine_reported {
+            continue;
         }
         let now = Instant::now();
         if last.seeding && seeding_since.is_none() {
@@ -214,7 +240,10 @@ async fn show(
                 out.say(&download_summary(&last, now.duration_since(started)));
             }
         }
-        out.update(&last, seeding_since.is_some(), now);
+        // A download that does not seed shows no seeding state while it finishes (a stream
+        // may take a while to drain to its reader).
+        let seeds = !matches!(kind, Kind::Download { seed_after: false });
+        out.update(&last, seeding_since.is_some() && seeds, now);
     }
     out.clear();
     let seeded = matches!(kind, Kind::Seed | Kind::Download { seed_after: true });
@@ -265,6 +294,49 @@ fn status(p: &Progress, seeding: bool, sep: &str) -> String {
         eta,
     ]
     .join(sep)
+}
+
+/// A `--json` progress object: bytes, rates, peers and ETA (`null` when unknown).
+pub fn progress_json(p: &Progress, seeding: bool) -> serde_json::Value {
+    serde_json::json!({
+        "event": "progress",
+        "state": if seeding { "seeding" } else { "downloading" },
+        "downloaded_bytes": p.done_bytes,
+        "total_bytes": p.total_bytes,
+        "pieces": p.done_pieces,
+        "total_pieces": p.total_pieces,
+        "received_bytes": p.received_bytes,
+        "uploaded_bytes": p.uploaded_bytes,
+        "download_rate": p.rate.round() as u64,
+        "upload_rate": p.upload_rate.round() as u64,
+        "peers": p.peers,
+        "eta_seconds": if seeding { None } else { remaining(p).map(|d| d.as_secs()) },
+    })
+}
+
+/// The `--json` summary object printed when a download ends.
+pub fn summary_json(
+    p: &Progress,
+    elapsed: Duration,
+    output: &std::path::Path,
+) -> serde_json::Value {
+    let fetched = p.done_bytes.saturating_sub(p.present_bytes);
+    serde_json::json!({
+        "event": "summary",
+        "complete": p.done_pieces == p.total_pieces,
+        "output": output.display().to_string(),
+        "downloaded_bytes": p.done_bytes,
+        "total_bytes": p.total_bytes,
+        "fetched_bytes": fetched,
+        "present_bytes": p.present_bytes,
+        "pieces": p.done_pieces,
+        "total_pieces": p.total_pieces,
+        "uploaded_bytes": p.uploaded_bytes,
+        "wasted_bytes": p.wasted_bytes,
+        "peers_used": p.peers_used,
+        "elapsed_seconds": elapsed.as_secs_f64(),
+        "average_rate": (fetched as f64 / elapsed.as_secs_f64().max(1e-3)).round() as u64,
+    })
 }
 
 /// Time left at the current rate, if anything moves.
@@ -459,6 +531,35 @@ mod tests {
         let line = status(&seeding, true, ", ");
         assert_eq!(line, "5.0 MiB uploaded, 2.0 KiB/s up, 2 peers");
         assert!(!line.contains("ETA"));
+    }
+
+    #[test]
+    fn json_objects_carry_bytes_rates_peers_and_eta() {
+        let p = Progress {
+            done_bytes: MIB,
+            total_bytes: 4 * MIB,
+            rate: 1024.0 * 1024.0,
+            peers: 2,
+            ..Progress::default()
+        };
+        let v = progress_json(&p, false);
+        assert_eq!(v["event"], "progress");
+        assert_eq!(v["downloaded_bytes"], MIB);
+        assert_eq!(v["download_rate"], 1_048_576);
+        assert_eq!(v["eta_seconds"], 3);
+        assert_eq!(v["peers"], 2);
+        let stalled = Progress {
+            rate: 0.0,
+            ..p.clone()
+        };
+        assert!(progress_json(&stalled, false)["eta_seconds"].is_null());
+        let s = summary_json(&p, Duration::from_secs(2), std::path::Path::new("out"));
+        assert_eq!(s["event"], "summary");
+        assert_eq!(s["complete"], true, "0 of 0 pieces is complete");
+        assert_eq!(s["average_rate"], 524_288);
+        assert_eq!(s["output"], "out");
+        // One line each: JSON lines never break.
+        assert!(!v.to_string().contains('\n') && !s.to_string().contains('\n'));
     }
 
     #[test]

@@ -16,6 +16,7 @@
 //! - [`storage`]: pieces mapped onto files, and the fast-resume format.
 //! - [`utp`]: the Micro Transport Protocol (BEP 29) over a UDP socket.
 //! - [`queue`]: the daemon's queue: which of many torrents run at once.
+//! - [`rate`]: the token bucket behind rate limits.
 //! - [`merkle`]: BitTorrent v2 merkle trees (piece layers, roots, proofs).
 //! - [`webseed`]: BEP 19 web seeds: swarm requests as HTTP range requests.
 
@@ -26,6 +27,7 @@ pub mod metadata;
 pub mod metainfo;
 pub mod mse;
 pub mod queue;
+pub mod rate;
 pub mod session;
 #[cfg(test)]
 mod sim;

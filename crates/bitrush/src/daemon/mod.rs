@@ -244,6 +244,7 @@ impl Daemon {
             utp: udp.utp,
             encryption: config.encryption,
             memory: Default::default(),
+            limits: Default::default(),
         };
         let daemon = Daemon(Arc::new(Inner {
             slots: Arc::new(Semaphore::new(config.max_connections)),
@@ -1232,6 +1233,7 @@ impl Job {
             info: meta.info.clone(),
             info_bytes: Some(meta.info_bytes.clone()),
             web_seeds: meta.web_seeds.clone(),
+            files: None,
             info_hash: self.info_hash,
             trackers: self.trackers.clone(),
             peers: self.peers.clone(),

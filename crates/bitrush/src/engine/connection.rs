@@ -195,6 +195,8 @@ pub struct Transports {
     pub encryption: Encryption,
     /// What worked with each peer before.
     pub memory: Arc<TransportMemory>,
+    /// Download and upload rate limits shared by every connection made with these transports.
+    pub limits: super::limits::RateLimits,
 }
 
 impl Default for Transports {
@@ -205,6 +207,7 @@ impl Default for Transports {
             utp: None,
             encryption: Encryption::Disable,
             memory: Arc::default(),
+            limits: Default::default(),
         }
     }
 }

@@ -13,16 +13,19 @@
 //! - [`tracker`]: HTTP(S) and UDP tracker clients; [`tls`]: the trusted authorities for HTTPS.
 //! - [`webseed`]: one BEP 19 web seed's task (HTTP range requests into the swarm).
 //! - [`hasher`], [`sink`], [`resume`]: piece verification threads, where pieces are stored, and
-//!   the fast-resume file beside the output.
+//!   the fast-resume file beside the output; [`stream`]: verified data to a writer, in order.
+//! - [`limits`]: download and upload rate limits shared by connections.
 
 pub mod connection;
 pub mod dht;
 pub mod hasher;
+pub mod limits;
 pub mod metadata;
 pub mod peer;
 pub mod probe;
 pub mod resume;
 pub mod sink;
+pub mod stream;
 pub mod tls;
 pub mod torrent;
 pub mod tracker;

@@ -7,6 +7,10 @@
 //! upload are read from disk on the blocking pool, never under the lock. Another peer's event
 //! (a `have` to announce, an endgame `cancel`, a disconnection) wakes the task through its
 //! [`Notify`].
+//!
+//! Rate limits ([`super::limits`]): block data read is taken from the download bucket, and
+//! while it is in debt the socket is not read; blocks sent are taken from the upload bucket,
+//! and while it is in debt no request is served.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -16,11 +20,12 @@ use std::time::Instant;
 use tokio::sync::Notify;
 
 use super::connection::{ConnectionError, PeerStream};
+use super::limits::wait_until;
 use super::sink::Sink;
 use crate::disk::StorageError;
 use crate::swarm::{CompletedPiece, PeerError, PeerFeatures, PeerKey, Swarm, SwarmEvent};
 use crate::wire::message::encode_piece_header;
-use crate::wire::BlockRef;
+use crate::wire::{BlockRef, Message};
 
 /// Most block data read from disk for one peer in one go (bounds upload memory per peer).
 const UPLOAD_BATCH_BYTES: u64 = 256 * 1024;
@@ -56,6 +61,8 @@ pub(super) struct Shared {
     pub(super) sink: Arc<Sink>,
     /// Wakes the manager when the swarm's next deadline moved earlier than it sleeps.
     pub(super) timer: Notify,
+    /// Download and upload rate limits.
+    pub(super) limits: super::limits::RateLimits,
 }
 
 /// The swarm and the way to reach each connection, under one lock.
@@ -226,15 +233,28 @@ async fn message_loop(
     let mut incoming = Vec::new();
     let mut outgoing = Vec::new();
     let mut uploads = Vec::new();
+    let limits = &shared.limits;
     loop {
+        let now = Instant::now();
+        let received: u64 = incoming
+            .iter()
+            .map(|m| match m {
+                Message::Piece { data, .. } => data.len() as u64,
+                _ => 0,
+            })
+            .sum();
+        if let Some(l) = &limits.download {
+            l.consume(now, received);
+        }
+        let upload_wait = wait_until(limits.upload.as_ref(), now);
         let more_uploads = {
             let mut st = lock(shared);
-            let now = Instant::now();
             for msg in incoming.drain(..) {
                 st.swarm.handle_message(now, key, msg);
             }
             st.swarm.poll_transmit(now, key, &mut outgoing);
-            let more = st.swarm.poll_upload(key, UPLOAD_BATCH_BYTES, &mut uploads);
+            let more = upload_wait.is_none()
+                && st.swarm.poll_upload(key, UPLOAD_BATCH_BYTES, &mut uploads);
             let closed = st.peers.get_mut(&key).and_then(|slot| slot.close.take());
             if let Some(source) = st.dispatch(shared, Some(key)).or(closed) {
                 return Err(PeerTaskError::Dropped { addr, source });
@@ -259,17 +279,30 @@ async fn message_loop(
             uploads = blocks;
             uploads.clear();
             let sent = sent?;
+            if let Some(l) = &limits.upload {
+                l.consume(Instant::now(), sent);
+            }
             let mut st = lock(shared);
             st.swarm.handle_uploaded(Instant::now(), key, sent);
             st.dispatch(shared, Some(key));
         }
         conn.flush().await?;
+        let read_wait = wait_until(limits.download.as_ref(), Instant::now());
         tokio::select! {
             // Incoming messages first; then, while requests wait, straight on to the next batch.
             biased;
-            read = conn.read_messages(&mut incoming) => read?,
+            read = conn.read_messages(&mut incoming), if read_wait.is_none() => read?,
             _ = notify.notified() => {}
             () = std::future::ready(()), if more_uploads => {}
+            () = sleep_until(read_wait.or(upload_wait)), if read_wait.or(upload_wait).is_some() => {}
         }
+    }
+}
+
+/// Sleeps until `at` (never resolves for `None`).
+async fn sleep_until(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(tokio::time::Instant::from_std(at)).await,
+        None => std::future::pending().await,
     }
 }

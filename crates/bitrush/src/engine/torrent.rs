@@ -8,6 +8,10 @@
 //! [`super::hasher`] threads, so SHA-1 and disk never stall a socket. No protocol rule lives
 //! here: timing, retries, give-up and seed limits are the session's and the swarm's.
 //!
+//! A download may be limited to some files ([`TorrentParams::files`]), or stream one file in
+//! order to a writer ([`Target::Stream`]): the manager then moves the swarm's priority window
+//! as the writer reports its position (see [`super::stream`]).
+//!
 //! Existing data at the output is vouched for by the resume state an interrupted session left
 //! ([`super::resume`]) or else checked piece by piece first, on all cores.
 
@@ -27,6 +31,7 @@ use super::hasher::{self, Verdict};
 use super::peer::{self, PeerTaskError, Shared, SwarmState};
 use super::resume;
 use super::sink::Sink;
+use super::stream::{self, Stream, StreamEvent};
 use super::tracker::{self, AnnounceError, AnnounceFailures, NoTrackerAnswered};
 use super::transport::BoxStream;
 use super::utp::{UtpHandle, UtpStream};
@@ -59,6 +64,9 @@ pub enum Target {
     /// it is verified and served but never written, created, cut or given a resume file. Data
     /// that does not fully verify is an error, unless `partial`, which seeds the pieces that do.
     Existing { path: PathBuf, partial: bool },
+    /// One file's verified bytes, in order, to a writer (see [`super::stream`]); pieces are
+    /// staged in the stream's folder and nothing is kept or resumed.
+    Stream(Stream),
 }
 
 /// Everything a torrent needs.
@@ -100,8 +108,12 @@ pub struct TorrentParams {
     pub private: bool,
     /// Exchange peers with peers (BEP 11; never for private torrents).
     pub pex: bool,
-    /// How peers are reached: TCP, uTP, encryption.
+    /// How peers are reached: TCP, uTP, encryption (and the rate limits).
     pub transports: Transports,
+    /// For [`Target::Files`]: download only the pieces of these files (indices into
+    /// `Info::files`; `None`: all). Pieces shared with other files are written whole, so
+    /// neighbouring files may get those bytes.
+    pub files: Option<Vec<usize>>,
     /// Set when a daemon hosts this torrent among others.
     pub hosted: Option<Hosted>,
 }
@@ -199,6 +211,10 @@ pub enum TorrentError {
     Task(#[source] tokio::task::JoinError),
     #[error("{0} does not exist: there is nothing to seed")]
     NoData(String),
+    #[error("cannot write the stream")]
+    Stream(#[source] std::io::Error),
+    #[error("cannot start the stream writer")]
+    StreamThread(#[source] std::io::Error),
     #[error("{path} does not match the torrent: {verified} of {total} pieces verified")]
     DataMismatch {
         path: String,
@@ -228,6 +244,7 @@ pub async fn run_torrent(mut params: TorrentParams) -> Result<Outcome, TorrentEr
         .iter_set()
         .map(|i| u64::from(info.piece_len(i)))
         .sum();
+    let total_pieces = wanted.count();
     let mut swarm = Swarm::new(
         info.piece_length,
         info.total_length,
@@ -250,6 +267,7 @@ pub async fn run_torrent(mut params: TorrentParams) -> Result<Outcome, TorrentEr
         max_message_len: max_message_len(piece_count),
         sink: sink.clone(),
         timer: Notify::new(),
+        limits: params.transports.limits.clone(),
     });
     let now = Instant::now();
     let session = Session::new(
@@ -280,7 +298,26 @@ pub async fn run_torrent(mut params: TorrentParams) -> Result<Outcome, TorrentEr
     );
     let piece_file = match &params.target {
         Target::Piece { path, .. } => Some((part_path(path), path.clone())),
-        Target::Files(_) | Target::Existing { .. } => None,
+        Target::Files(_) | Target::Existing { .. } | Target::Stream(_) => None,
+    };
+    let (stream_tx, stream_rx) = mpsc::unbounded_channel();
+    let streaming = match &params.target {
+        Target::Stream(s) => {
+            let out = s.output.take().ok_or_else(|| {
+                TorrentError::Stream(std::io::Error::other("the stream output was already used"))
+            })?;
+            let verified = stream::spawn(sink.clone(), &info, s.file, out, stream_tx)
+                .map_err(TorrentError::StreamThread)?;
+            Some(Streaming {
+                verified,
+                events: stream_rx,
+                window: stream::window_pieces(info.piece_length),
+                current: 0..0,
+                end: stream::file_pieces(&info, s.file).map_or(0, |p| p.end().saturating_add(1)),
+                done: false,
+            })
+        }
+        _ => None,
     };
     let (dht_tx, dht_rx) = mpsc::channel(64);
     let (incoming, connection_slots) = match params.hosted.as_mut() {
@@ -316,6 +353,8 @@ pub async fn run_torrent(mut params: TorrentParams) -> Result<Outcome, TorrentEr
         last_peer_error: None,
         files_finished: false,
         rate: RateMeter::default(),
+        total_pieces,
+        streaming,
     };
     let result = manager.run().await;
     drop(manager);
@@ -386,12 +425,25 @@ async fn open_target(
             } else {
                 Bitfield::new(piece_count)
             };
-            let wanted_files = params.hosted.as_ref().and_then(|h| h.wanted_files.as_ref());
-            let wanted = match wanted_files {
-                Some(files) => wanted_pieces(&info, files),
-                None => Bitfield::full(piece_count),
+            let hosted_files = params.hosted.as_ref().and_then(|h| h.wanted_files.as_ref());
+            let wanted = match (&params.files, hosted_files) {
+                (Some(files), _) => files_wanted(&info, files),
+                (None, Some(files)) => wanted_pieces(&info, files),
+                (None, None) => Bitfield::full(piece_count),
             };
             Ok((storage, wanted, have))
+        }
+        Target::Stream(s) => {
+            let (root, info2) = (s.dir.join("data"), info.clone());
+            let storage = tokio::task::spawn_blocking(move || Storage::open(&root, &info2))
+                .await
+                .map_err(TorrentError::Task)??;
+            let wanted = files_wanted(&info, &[s.file]);
+            Ok((
+                Arc::new(Sink::Files(storage)),
+                wanted,
+                Bitfield::new(piece_count),
+            ))
         }
         Target::Existing { path, partial } => {
             if std::fs::symlink_metadata(path).is_err() {
@@ -448,21 +500,48 @@ async fn open_target(
 /// The pieces overlapping the files marked wanted (by index in `info.files`; files past the
 /// end of `files` are wanted).
 pub fn wanted_pieces(info: &Info, files: &[bool]) -> Bitfield {
-    let count = info.piece_count();
-    let mut wanted = Bitfield::new(count);
-    let piece_length = u64::from(info.piece_length.max(1));
-    for (i, file) in info.files.iter().enumerate() {
-        if file.length == 0 || file.attr.pad || !files.get(i).copied().unwrap_or(true) {
-            continue;
-        }
-        let first = file.offset / piece_length;
-        let last = (file.offset + file.length - 1) / piece_length;
-        for index in first..=last.min(u64::from(count).saturating_sub(1)) {
-            // `index` < `count`, a u32.
-            wanted.set(index as u32);
+    let indices: Vec<usize> = (info.files.iter().enumerate())
+        .filter(|(i, f)| !f.attr.pad && files.get(*i).copied().unwrap_or(true))
+        .map(|(i, _)| i)
+        .collect();
+    files_wanted(info, &indices)
+}
+
+/// The pieces holding any byte of `files` (indices into `Info::files`; unknown ones are
+/// ignored).
+fn files_wanted(info: &Info, files: &[usize]) -> Bitfield {
+    let mut wanted = Bitfield::new(info.piece_count());
+    for &f in files {
+        if let Some(pieces) = stream::file_pieces(info, f) {
+            for i in pieces {
+                wanted.set(i);
+            }
         }
     }
     wanted
+}
+
+/// The writer of a streaming download, as the manager sees it.
+struct Streaming {
+    /// Tells the writer each piece verified and stored.
+    verified: stream::Verified,
+    events: mpsc::UnboundedReceiver<StreamEvent>,
+    /// Pieces in the priority window.
+    window: u32,
+    /// The window in force (never past `end`).
+    current: std::ops::Range<u32>,
+    /// One past the file's last piece.
+    end: u32,
+    /// The whole file was written.
+    done: bool,
+}
+
+/// The next event of the stream writer, or never without one.
+async fn stream_event(streaming: &mut Option<Streaming>) -> Option<StreamEvent> {
+    match streaming {
+        Some(s) if !s.done => s.events.recv().await,
+        _ => std::future::pending().await,
+    }
 }
 
 /// `<path>.bitrush-part`: where a single piece is written until it is verified.
@@ -619,6 +698,10 @@ struct Manager {
     /// What only complete files get (executable bits, symlinks) was done.
     files_finished: bool,
     rate: RateMeter,
+    /// Wanted pieces.
+    total_pieces: u32,
+    /// The writer of a streaming download.
+    streaming: Option<Streaming>,
 }
 
 /// Waits for the shutdown signal, or forever without one.
@@ -745,12 +828,7 @@ impl Manager {
             self.last_have = new_have;
         }
         let done_bytes = self.total_bytes.saturating_sub(stats.bytes_left);
-        let total_pieces = match &self.params.target {
-            Target::Piece { .. } => 1,
-            Target::Files(_) => self.params.info.piece_count(),
-            // Exactly the pieces that verified at start are wanted.
-            Target::Existing { .. } => have,
-        };
+        let total_pieces = self.total_pieces;
         let (rate, upload_rate) = self.rate.sample(now, &stats);
         Progress {
             done_bytes,
@@ -903,6 +981,10 @@ impl Manager {
     /// Gives a completed download what only complete files get (executable bits, symlinks;
     /// see `Storage::finish`).
     async fn finish_files(&self) -> Result<(), TorrentError> {
+        if self.params.files.is_some() || matches!(self.params.target, Target::Stream(_)) {
+            // Part of the torrent: files outside the selection may be partial or missing.
+            return Ok(());
+        }
         let sink = self.shared.sink.clone();
         tokio::task::spawn_blocking(move || match &*sink {
             Sink::Files(storage) => storage.finish(),
@@ -940,6 +1022,17 @@ impl Manager {
         });
     }
 
+    /// Whether a streaming download waits for its reader: every piece of the window is had,
+    /// so nothing progresses by design (no stall to report).
+    fn reader_holds_back(&self) -> bool {
+        let Some(s) = &self.streaming else {
+            return false;
+        };
+        let st = self.lock();
+        let have = st.swarm.have();
+        s.current.clone().all(|i| have.get(i))
+    }
+
     /// Carries out the session's events; returns how it finished, once it has.
     fn apply_session(&mut self) -> Option<Finish> {
         while let Some(event) = self.session.poll_event() {
@@ -953,6 +1046,7 @@ impl Manager {
                 SessionEvent::Connect(addr) => self.spawn_peer(addr, PeerSource::Dial),
                 SessionEvent::DhtLookup { announce } => self.spawn_dht_lookup(announce),
                 SessionEvent::Seeding => tracing::info!("download complete; seeding"),
+                SessionEvent::Stalled(_) if self.reader_holds_back() => {}
                 SessionEvent::Stalled(why) => tracing::warn!("no progress: {why}"),
                 SessionEvent::Finished(finish) => return Some(finish),
             }
@@ -1015,11 +1109,31 @@ impl Manager {
                     if !good {
                         tracing::warn!(piece = index, "piece failed its hash check; fetching it again");
                     }
+                    if let (true, Some(s)) = (good, &self.streaming) {
+                        // The writer ends only when done or failing; its event says which.
+                        let _ = s.verified.send(index);
+                    }
                     let mut st = self.lock();
                     st.swarm.handle_verdict(Instant::now(), index, good, verdict.buf);
                     st.dispatch(&self.shared, None);
                 }
                 Some(_) = self.web_seeds.join_next() => {}
+                Some(event) = stream_event(&mut self.streaming) => match event {
+                    StreamEvent::Next(next) => {
+                        if let Some(s) = &mut self.streaming {
+                            s.current = next..next.saturating_add(s.window).min(s.end);
+                            let mut st = peer::lock(&self.shared);
+                            st.swarm.set_window(Some(s.current.clone()));
+                            st.dispatch(&self.shared, None);
+                        }
+                    }
+                    StreamEvent::Done => {
+                        if let Some(s) = &mut self.streaming {
+                            s.done = true;
+                        }
+                    }
+                    StreamEvent::Failed(e) => return Err(TorrentError::Stream(e)),
+                },
                 Some(joined) = self.peers.join_next() => {
                     match joined {
                         Ok((key, established, result)) => self.on_peer_ended(key, established, result),
@@ -1096,6 +1210,9 @@ impl Manager {
         }
         match finish {
             Finish::Complete => {
+                if !self.finish_stream(&mut shutdown).await? {
+                    return Ok(Outcome::Interrupted);
+                }
                 self.save_resume(Some(Outcome::Complete)).await;
                 Ok(Outcome::Complete)
             }
@@ -1110,6 +1227,34 @@ impl Manager {
                 Err(TorrentError::NoPeers(self.last_peer_error.take()))
             }
         }
+    }
+
+    /// Waits for the stream writer (if streaming) to write out the last pieces, which takes
+    /// as long as the reader wants. Returns `false` if the shutdown signal came first.
+    async fn finish_stream(
+        &mut self,
+        shutdown: &mut Option<watch::Receiver<bool>>,
+    ) -> Result<bool, TorrentError> {
+        let Some(s) = &mut self.streaming else {
+            return Ok(true);
+        };
+        while !s.done {
+            let event = tokio::select! {
+                event = s.events.recv() => event,
+                () = shutdown_signal(shutdown) => return Ok(false),
+            };
+            match event {
+                Some(StreamEvent::Done) => s.done = true,
+                Some(StreamEvent::Next(_)) => {}
+                Some(StreamEvent::Failed(e)) => return Err(TorrentError::Stream(e)),
+                None => {
+                    return Err(TorrentError::Stream(std::io::Error::other(
+                        "the stream writer stopped",
+                    )))
+                }
+            }
+        }
+        Ok(true)
     }
 
     /// Leaves a resume state beside an interrupted download's output (so the next run need not

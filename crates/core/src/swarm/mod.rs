@@ -109,6 +109,8 @@ pub struct Config {
     pub pex: bool,
     /// The port we accept peers on, told to peers in our extension handshake.
     pub listen_port: Option<u16>,
+    /// Start pieces in index order rather than rarest first.
+    pub sequential: bool,
 }
 
 impl Default for Config {
@@ -128,6 +130,7 @@ impl Default for Config {
             max_upload_queue: OUR_REQQ as usize,
             pex: true,
             listen_port: None,
+            sequential: false,
         }
     }
 }
@@ -265,6 +268,7 @@ impl Swarm {
         };
         let mut rng = StdRng::seed_from_u64(seed);
         let mut picker = PiecePicker::new(piece_count, &mut rng);
+        picker.set_sequential(config.sequential);
         let mut wanted_left = 0;
         let mut bytes_left = 0;
         for i in 0..piece_count {
@@ -302,6 +306,15 @@ impl Swarm {
     /// The raw info dictionary, served to peers that ask for it (BEP 9).
     pub fn set_metadata(&mut self, info_bytes: Arc<[u8]>) {
         self.info_bytes = Some(info_bytes);
+    }
+
+    /// Sets the priority window for streaming: new pieces are started only inside `window`,
+    /// lowest index first (pieces already started finish wherever they are), so a reader
+    /// that falls behind stops new requests. `None` lifts it. Peers are woken to ask for the
+    /// pieces a moved window opened.
+    pub fn set_window(&mut self, window: Option<core::ops::Range<u32>>) {
+        self.scheduler.picker.set_window(window);
+        self.to_wake.extend(self.peers.keys().copied());
     }
 
     // ---- queries ----

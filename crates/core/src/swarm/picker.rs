@@ -1,4 +1,4 @@
-//! Rarest-first piece picker.
+//! The piece picker: rarest first, or in index order (sequential downloads and streaming).
 //!
 //! Pieces are kept in one array ordered by availability (how many connected peers have them),
 //! split into buckets by boundaries, as libtorrent does: `[taken | avail 0 | avail 1 | ...]`.
@@ -10,6 +10,12 @@
 //! Invariants: `order` is a permutation of `0..piece_count`; `pos[order[i]] == i`; bucket `b`
 //! spans `starts[b]..starts[b + 1]` (the last bucket ends at `order.len()`); a piece sits in
 //! bucket 0 iff it is taken, else in bucket `availability + 1`.
+//!
+//! Two orders override rarest first: [`PiecePicker::set_sequential`] picks the lowest pickable
+//! index, and a priority window ([`PiecePicker::set_window`], for streaming) picks the lowest
+//! pickable index inside the window and nothing past it, so a reader that falls behind stops
+//! new requests instead of growing buffers. `first_untaken` is at most the lowest untaken
+//! piece, so sequential picks scan only from there.
 
 use rand::seq::SliceRandom;
 use rand::Rng;
@@ -24,6 +30,12 @@ pub struct PiecePicker {
     taken: Vec<bool>,
     /// `starts[b]` is the first index of bucket `b`; bucket 0 is "taken".
     starts: Vec<u32>,
+    /// Pick in index order rather than rarest first.
+    sequential: bool,
+    /// Only pieces in this range are picked, lowest first.
+    window: Option<std::ops::Range<u32>>,
+    /// No piece below this index is untaken.
+    first_untaken: u32,
 }
 
 impl PiecePicker {
@@ -42,7 +54,21 @@ impl PiecePicker {
             taken: vec![false; piece_count as usize],
             // bucket 0 (taken) is empty, bucket 1 (availability 0) holds everything.
             starts: vec![0, 0],
+            sequential: false,
+            window: None,
+            first_untaken: 0,
         }
+    }
+
+    /// Picks in index order (lowest first) when `on`, rarest first otherwise.
+    pub fn set_sequential(&mut self, on: bool) {
+        self.sequential = on;
+    }
+
+    /// Restricts picks to `window` (lowest index first; nothing outside it is picked), or lifts
+    /// the restriction with `None`.
+    pub fn set_window(&mut self, window: Option<std::ops::Range<u32>>) {
+        self.window = window;
     }
 
     fn bucket_of(&self, piece: u32) -> usize {
@@ -147,11 +173,24 @@ impl PiecePicker {
         }
     }
 
+    /// Whether the order allows starting `piece` now: inside the window, if there is one.
+    /// Pieces a peer suggests or allows while choking us are started only if so.
+    pub fn admits(&self, piece: u32) -> bool {
+        self.window.as_ref().is_none_or(|w| w.contains(&piece))
+    }
+
     /// Marks `piece` as taken (we have it or are downloading it): it is no longer picked.
     pub fn take(&mut self, piece: u32) {
         if (piece as usize) < self.taken.len() && !self.taken[piece as usize] {
             self.taken[piece as usize] = true;
             self.move_to_bucket(piece, 0);
+            while self
+                .taken
+                .get(self.first_untaken as usize)
+                .is_some_and(|&t| t)
+            {
+                self.first_untaken += 1;
+            }
         }
     }
 
@@ -159,6 +198,7 @@ impl PiecePicker {
     pub fn release(&mut self, piece: u32) {
         if (piece as usize) < self.taken.len() && self.taken[piece as usize] {
             self.taken[piece as usize] = false;
+            self.first_untaken = self.first_untaken.min(piece);
             let target = self.bucket_of(piece);
             self.move_to_bucket(piece, target);
         }
@@ -168,8 +208,20 @@ impl PiecePicker {
         self.taken.get(piece as usize).copied().unwrap_or(true)
     }
 
-    /// The rarest pickable piece the peer has, without taking it.
+    /// The next piece to start among those the peer has, without taking it: the lowest one in
+    /// the window if there is a window, else the lowest one if sequential, else the rarest.
     pub fn pick(&self, peer_has: &Bitfield) -> Option<u32> {
+        let in_order = |range: std::ops::Range<u32>| {
+            let start = range.start.max(self.first_untaken);
+            let end = range.end.min(self.order.len() as u32);
+            (start..end).find(|&p| !self.taken[p as usize] && peer_has.get(p))
+        };
+        if let Some(window) = &self.window {
+            return in_order(window.clone());
+        }
+        if self.sequential {
+            return in_order(0..self.order.len() as u32);
+        }
         let first = self.starts.get(1).copied().unwrap_or(0) as usize;
         self.order[first..]
             .iter()
@@ -177,8 +229,14 @@ impl PiecePicker {
             .find(|&p| peer_has.get(p))
     }
 
-    /// Whether any pickable piece is left.
+    /// Whether any pickable piece is left (inside the window, if there is one: a stream's
+    /// endgame is its window's, so the piece the reader waits for gets duplicate requests
+    /// rather than waiting on one slow peer).
     pub fn has_pickable(&self) -> bool {
+        if let Some(w) = &self.window {
+            let end = w.end.min(self.order.len() as u32);
+            return (w.start.max(self.first_untaken)..end).any(|p| !self.taken[p as usize]);
+        }
         (self.starts.get(1).copied().unwrap_or(0) as usize) < self.order.len()
     }
 
@@ -215,6 +273,7 @@ mod tests {
         for w in p.starts.windows(2) {
             assert!(w[0] <= w[1]);
         }
+        assert!((0..p.first_untaken).all(|i| p.taken[i as usize]));
     }
 
     fn bf(len: u32, set: &[u32]) -> Bitfield {
@@ -256,7 +315,80 @@ mod tests {
         assert_eq!(p.pick(&Bitfield::full(3)), None);
     }
 
+    #[test]
+    fn sequential_picks_the_lowest_piece_the_peer_has() {
+        let mut rng = StdRng::seed_from_u64(3);
+        let mut p = PiecePicker::new(8, &mut rng);
+        p.set_sequential(true);
+        p.add_peer(&Bitfield::full(8));
+        p.add_peer(&bf(8, &[5]));
+        assert_eq!(p.pick(&Bitfield::full(8)), Some(0));
+        p.take(0);
+        p.take(1);
+        assert_eq!(p.pick(&Bitfield::full(8)), Some(2));
+        assert_eq!(p.pick(&bf(8, &[1, 6, 7])), Some(6));
+        p.release(0);
+        assert_eq!(p.pick(&Bitfield::full(8)), Some(0));
+        p.set_sequential(false);
+        // Rarest first again: 5 is the only piece two peers have; any other is rarer.
+        assert_ne!(p.pick(&Bitfield::full(8)), Some(5));
+    }
+
+    #[test]
+    fn a_window_picks_in_order_inside_it_and_nothing_past_it() {
+        let mut rng = StdRng::seed_from_u64(4);
+        let mut p = PiecePicker::new(10, &mut rng);
+        p.add_peer(&Bitfield::full(10));
+        p.set_window(Some(2..5));
+        assert_eq!(p.pick(&Bitfield::full(10)), Some(2));
+        p.take(2);
+        p.take(4);
+        assert_eq!(p.pick(&Bitfield::full(10)), Some(3));
+        p.take(3);
+        assert_eq!(
+            p.pick(&Bitfield::full(10)),
+            None,
+            "back-pressure: nothing past it"
+        );
+        assert!(!p.has_pickable(), "nothing left in the window");
+        p.set_window(Some(5..20));
+        assert!(p.has_pickable());
+        assert_eq!(p.pick(&bf(10, &[9])), Some(9));
+        p.set_window(None);
+        assert!(p.pick(&Bitfield::full(10)).is_some());
+    }
+
     proptest! {
+        #[test]
+        fn ordered_picks_are_the_lowest_untaken_piece_the_peer_has(
+            n in 1u32..60,
+            taken in proptest::collection::vec(any::<bool>(), 60),
+            released in proptest::collection::vec(0u32..60, 0..10),
+            has in proptest::collection::vec(any::<bool>(), 60),
+            window in proptest::option::of((0u32..70, 0u32..70)),
+        ) {
+            let mut rng = StdRng::seed_from_u64(5);
+            let mut p = PiecePicker::new(n, &mut rng);
+            p.set_sequential(true);
+            for i in 0..n {
+                if taken[i as usize] {
+                    p.take(i);
+                }
+            }
+            for r in released {
+                p.release(r % n);
+            }
+            let has_bf = bf(n, &(0..n).filter(|&i| has[i as usize]).collect::<Vec<_>>());
+            let range = window.map(|(a, b)| a.min(b)..a.max(b));
+            p.set_window(range.clone());
+            let range = range.unwrap_or(0..n);
+            let expected = (range.start..range.end.min(n)).find(|&i| !p.is_taken(i) && has_bf.get(i));
+            prop_assert_eq!(p.pick(&has_bf), expected);
+            let any_left = (range.start..range.end.min(n)).any(|i| !p.is_taken(i));
+            prop_assert_eq!(p.has_pickable(), any_left);
+            check_invariants(&p);
+        }
+
         #[test]
         fn random_operations_keep_invariants_and_pick_a_rarest(
             n in 1u32..40,

@@ -100,7 +100,8 @@ impl Scheduler {
         // 2. A new piece, if memory allows: an allowed-fast one while choked, else one the peer
         // suggested, else the rarest.
         if assembly.has_room(geo.piece_length) {
-            let pickable = |i: &u32| peer.has.get(*i) && !self.picker.is_taken(*i);
+            let pickable =
+                |i: &u32| peer.has.get(*i) && !self.picker.is_taken(*i) && self.picker.admits(*i);
             let chosen = if choked {
                 peer.allowed_in.iter().copied().find(pickable)
             } else {

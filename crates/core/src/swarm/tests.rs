@@ -1003,3 +1003,96 @@ fn received_bytes_and_peers_used_count_this_session_only() {
     assert_eq!(stats.peers_used, 1);
     assert_eq!(stats.verified_bytes, 0, "not verified yet");
 }
+
+#[test]
+fn a_streaming_window_requests_only_inside_it_and_moving_it_wakes_peers() {
+    // 16 pieces of one block each: the window admits 2 at a time.
+    let payload: Vec<u8> = (0..16 * BLOCK_LEN).map(|i| (i % 253) as u8).collect();
+    let t = now();
+    let mut d = swarm(BLOCK_LEN, payload.len() as u64);
+    d.set_window(Some(0..2));
+    let reqs = requests(&seeder_joins(&mut d, 1, t));
+    let pieces: BTreeSet<u32> = reqs.iter().map(|b| b.index).collect();
+    assert_eq!(pieces, BTreeSet::from([0, 1]), "only the window, in order");
+    serve(&mut d, 1, &reqs, &payload, t);
+    for piece in drain(&mut d).verify {
+        d.handle_verdict(t, piece.index, true, piece.data);
+    }
+    drain(&mut d);
+    // The reader has not moved: nothing more is asked for (back-pressure).
+    assert!(requests(&transmit(&mut d, 1, t)).is_empty());
+    d.set_window(Some(2..4));
+    assert!(drain(&mut d).wake.contains(&1));
+    let pieces: BTreeSet<u32> = requests(&transmit(&mut d, 1, t))
+        .iter()
+        .map(|b| b.index)
+        .collect();
+    assert_eq!(pieces, BTreeSet::from([2, 3]));
+    d.check_invariants().unwrap();
+}
+
+#[test]
+fn sequential_starts_pieces_in_index_order() {
+    let t = now();
+    let config = Config {
+        sequential: true,
+        min_requests: 4,
+        max_requests: 4,
+        ..Config::default()
+    };
+    let mut d = swarm_with(BLOCK_LEN, u64::from(BLOCK_LEN) * 32, config);
+    let reqs = requests(&seeder_joins(&mut d, 1, t));
+    let pieces: Vec<u32> = reqs.iter().map(|b| b.index).collect();
+    assert_eq!(pieces, vec![0, 1, 2, 3]);
+}
+
+#[test]
+fn a_suggestion_outside_the_streaming_window_is_not_started() {
+    let t = now();
+    let mut d = swarm(BLOCK_LEN, u64::from(BLOCK_LEN) * 16);
+    d.set_window(Some(0..2));
+    d.handle_connected(t, 1, plain());
+    let full = Bitfield::full(16);
+    d.handle_message(
+        t,
+        1,
+        Message::Bitfield(Bytes::copy_from_slice(full.as_bytes())),
+    );
+    d.handle_message(t, 1, Message::Suggest(9));
+    d.handle_message(t, 1, Message::Unchoke);
+    let pieces: BTreeSet<u32> = requests(&transmit(&mut d, 1, t))
+        .iter()
+        .map(|b| b.index)
+        .collect();
+    assert_eq!(pieces, BTreeSet::from([0, 1]));
+}
+
+#[test]
+fn a_streaming_window_has_its_own_endgame() {
+    // Peer 1 took both pieces of the window; peer 2 is asked for duplicates of their blocks
+    // (the reader waits on them) rather than for nothing, although pieces past the window
+    // are still unrequested.
+    let t = now();
+    let config = Config {
+        min_requests: 4,
+        max_requests: 4,
+        ..Config::default()
+    };
+    let mut d = swarm_with(BLOCK_LEN, u64::from(BLOCK_LEN) * 16, config);
+    d.set_window(Some(0..2));
+    let first: BTreeSet<u32> = requests(&seeder_joins(&mut d, 1, t))
+        .iter()
+        .map(|b| b.index)
+        .collect();
+    assert_eq!(first, BTreeSet::from([0, 1]));
+    let second: BTreeSet<u32> = requests(&seeder_joins(&mut d, 2, t))
+        .iter()
+        .map(|b| b.index)
+        .collect();
+    assert_eq!(
+        second,
+        BTreeSet::from([0, 1]),
+        "duplicates inside the window"
+    );
+    d.check_invariants().unwrap();
+}
