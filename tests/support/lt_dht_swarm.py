@@ -42,6 +42,11 @@ def settings():
         "dht_enforce_node_id": False,
         "dht_prefer_verified_node_ids": False,
         "dht_announce_interval": 3,
+        # libtorrent drops every DHT packet from an IP that sent more than 10 x
+        # dht_block_ratelimit in 10 s, for dht_block_timeout s; every node here shares
+        # 127.0.0.1, so a busy one would cut all the others off.
+        "dht_block_ratelimit": 1000000,
+        "dht_block_timeout": 1,
         "allow_multiple_connections_per_ip": True,
         "enable_outgoing_utp": False,
         "enable_incoming_utp": False,
