@@ -16,9 +16,11 @@
 //! - [`storage`]: pieces mapped onto files, and the fast-resume format.
 //! - [`utp`]: the Micro Transport Protocol (BEP 29) over a UDP socket.
 //! - [`merkle`]: BitTorrent v2 merkle trees (piece layers, roots, proofs).
+//! - [`hashes`]: checking pieces (v1 SHA-1 or v2 merkle), BEP 52 hash requests and answers.
 
 pub mod bencode;
 pub mod dht;
+pub mod hashes;
 pub mod merkle;
 pub mod metadata;
 pub mod metainfo;

@@ -48,6 +48,7 @@ use self::assembly::{Assembly, Received};
 use self::choker::Choker;
 use self::peer::PeerState;
 use self::scheduler::Scheduler;
+use crate::hashes::PieceHashes;
 use crate::wire::extension::{answer_metadata, OUR_REQQ, OUR_UT_METADATA_ID, OUR_UT_PEX_ID};
 use crate::wire::pex::{PexFlags, PexMessage, PexPeer};
 use crate::wire::{BlockRef, ExtHandshake, Message, MetadataMsg};
@@ -244,6 +245,9 @@ pub struct Swarm {
     rng: StdRng,
     /// The raw info dictionary, served to peers that ask for it with `ut_metadata`.
     info_bytes: Option<Arc<[u8]>>,
+    /// The v2 hashes that answer peers' BEP 52 hash requests (none: every request is
+    /// rejected).
+    piece_hashes: Option<Arc<PieceHashes>>,
 }
 
 impl Swarm {
@@ -296,12 +300,18 @@ impl Swarm {
             next_tick: None,
             rng,
             info_bytes: None,
+            piece_hashes: None,
         }
     }
 
     /// The raw info dictionary, served to peers that ask for it (BEP 9).
     pub fn set_metadata(&mut self, info_bytes: Arc<[u8]>) {
         self.info_bytes = Some(info_bytes);
+    }
+
+    /// The hashes that answer peers' BEP 52 hash requests (a v2 or hybrid torrent).
+    pub fn set_piece_hashes(&mut self, hashes: Arc<PieceHashes>) {
+        self.piece_hashes = Some(hashes);
     }
 
     // ---- queries ----
@@ -708,6 +718,13 @@ impl Swarm {
         peer.last_received = now;
         match msg {
             Message::KeepAlive | Message::Port(_) | Message::Unknown { .. } => {}
+            // BEP 52: we only ask for hashes before the swarm starts (see `hashes::fetch`), so
+            // answers are stray and ignored.
+            Message::Hashes { .. } | Message::HashReject(_) => {}
+            Message::HashRequest(request) => peer.outbox.push(match &self.piece_hashes {
+                Some(hashes) => hashes.answer(&request),
+                None => Message::HashReject(request),
+            }),
             Message::Extended { id, payload } => self.on_extended(now, peer, id, &payload),
             Message::Choke => {
                 peer.peer_choking = true;
