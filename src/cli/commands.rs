@@ -154,6 +154,8 @@ pub(super) struct Torrent {
     pub peers: Vec<SocketAddr>,
     /// BEP 27: trackers only (no DHT, no peer exchange).
     pub private: bool,
+    /// v2 piece layers by file index (from the file, or fetched from peers).
+    pub piece_layers: std::collections::BTreeMap<usize, bitrush::metainfo::PieceLayer>,
 }
 
 impl From<Metainfo> for Torrent {
@@ -165,6 +167,7 @@ impl From<Metainfo> for Torrent {
             info_bytes: meta.info_bytes,
             info_hash: meta.info_hash,
             peers: Vec::new(),
+            piece_layers: meta.piece_layers,
         }
     }
 }
@@ -294,10 +297,6 @@ pub(super) async fn run_session(
     opts: &SessionOptions,
     network: Network,
 ) -> anyhow::Result<()> {
-    // Pieces are verified with the v1 SHA-1 hashes for now; a v2-only torrent has none.
-    if !torrent.info.version.has_v1() {
-        bail!("this is a BitTorrent v2-only torrent: bitrush can show it (`info`) but not download or seed it yet");
-    }
     let Network {
         listener,
         port,
@@ -340,6 +339,7 @@ pub(super) async fn run_session(
         private: torrent.private,
         pex: opts.pex,
         transports: transports.clone(),
+        piece_layers: torrent.piece_layers,
     };
     let result = engine::run_torrent(params).await;
     if let Some(dht) = &dht {

@@ -113,6 +113,7 @@ pub async fn demo(size_mib: u64, seeders: usize, quiet: bool) -> anyhow::Result<
             private: false,
             pex: false,
             transports: Default::default(),
+            piece_layers: Default::default(),
         }));
     }
     if !quiet {

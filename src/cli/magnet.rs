@@ -100,7 +100,7 @@ pub(super) async fn torrent_from_magnet(
 ) -> anyhow::Result<Torrent> {
     let magnet = Magnet::parse(link)?;
     let trackers = tiers(&magnet);
-    let (info, info_bytes) = metadata::fetch_metadata(
+    let fetched = metadata::fetch_torrent_metadata(
         magnet.info_hash,
         &trackers,
         &magnet.peers,
@@ -109,13 +109,21 @@ pub(super) async fn torrent_from_magnet(
         transports,
     )
     .await?;
+    // The peers proved 20 bytes of the hash; a link with the whole v2 hash gets all 32 checked.
+    let v2 = bitrush::metainfo::info_hashes(&fetched.info_bytes, fetched.info.version).1;
+    if let (Some(want), Some(got)) = (magnet.info_hash_v2, v2) {
+        if want != got {
+            anyhow::bail!("the metadata peers sent has v2 info hash {got}, not the link's {want}");
+        }
+    }
     Ok(Torrent {
-        private: info.private,
-        info,
-        info_bytes,
+        private: fetched.info.private,
+        info: fetched.info,
+        info_bytes: fetched.info_bytes,
         info_hash: magnet.info_hash,
         trackers,
         peers: magnet.peers,
+        piece_layers: fetched.piece_layers,
     })
 }
 

@@ -8,8 +8,8 @@
 //!   machines.
 
 pub use bitrush_core::{
-    bencode, dht, merkle, metadata, metainfo, mse, session, storage, swarm, tracker, types, utp,
-    wire,
+    bencode, dht, hashes, merkle, metadata, metainfo, mse, session, storage, swarm, tracker, types,
+    utp, wire,
 };
 
 pub mod create;

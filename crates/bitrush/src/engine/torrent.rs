@@ -11,7 +11,7 @@
 //! Existing data at the output is vouched for by the resume state an interrupted session left
 //! ([`super::resume`]) or else checked piece by piece first, on all cores.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -31,7 +31,8 @@ use super::tracker::{self, AnnounceError, AnnounceFailures, NoTrackerAnswered};
 use super::transport::BoxStream;
 use super::utp::{UtpHandle, UtpStream};
 use crate::disk::{Storage, StorageError};
-use crate::metainfo::Info;
+use crate::hashes::{LayerError, PieceHashes};
+use crate::metainfo::{Info, PieceLayer};
 use crate::session::{
     CloseKind, Finish, GiveUp, Session, SessionConfig, SessionEvent, SessionParams, Transfer,
 };
@@ -99,6 +100,10 @@ pub struct TorrentParams {
     pub pex: bool,
     /// How peers are reached: TCP, uTP, encryption.
     pub transports: Transports,
+    /// The v2 piece layers by file index (`Metainfo::piece_layers`, or fetched from peers
+    /// for a magnet link): a v2-only torrent's pieces are checked against them, and peers'
+    /// hash requests answered from them.
+    pub piece_layers: BTreeMap<usize, PieceLayer>,
 }
 
 /// A snapshot of a running torrent.
@@ -161,6 +166,12 @@ pub enum TorrentError {
     Task(#[source] tokio::task::JoinError),
     #[error("{0} does not exist: there is nothing to seed")]
     NoData(String),
+    #[error("the torrent's piece layers are unusable")]
+    PieceLayers(#[from] LayerError),
+    #[error(
+        "the v2 torrent lacks the piece layers of {0} files (the .torrent file should carry them)"
+    )]
+    MissingPieceLayers(usize),
     #[error("{path} does not match the torrent: {verified} of {total} pieces verified")]
     DataMismatch {
         path: String,
@@ -173,7 +184,13 @@ pub enum TorrentError {
 pub async fn run_torrent(mut params: TorrentParams) -> Result<Outcome, TorrentError> {
     let info = params.info.clone();
     let piece_count = info.piece_count();
-    let (sink, wanted, have) = open_target(&params).await?;
+    let hashes = Arc::new(PieceHashes::new(info.clone(), &params.piece_layers)?);
+    if hashes.is_v2() && !hashes.missing_layers().is_empty() {
+        return Err(TorrentError::MissingPieceLayers(
+            hashes.missing_layers().len(),
+        ));
+    }
+    let (sink, wanted, have) = open_target(&params, &hashes).await?;
     if let Some(listener) = &params.listener {
         if let Ok(addr) = listener.local_addr() {
             params.port = addr.port();
@@ -199,10 +216,13 @@ pub async fn run_torrent(mut params: TorrentParams) -> Result<Outcome, TorrentEr
     if let Some(info_bytes) = &params.info_bytes {
         swarm.set_metadata(info_bytes.clone());
     }
+    if info.version.has_v2() {
+        swarm.set_piece_hashes(hashes.clone());
+    }
     let total_bytes = wanted_bytes;
     let (verdict_tx, verdict_rx) = mpsc::unbounded_channel();
     let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
-    let verify_tx = hasher::spawn(info.clone(), sink.clone(), threads, verdict_tx)
+    let verify_tx = hasher::spawn(hashes, sink.clone(), threads, verdict_tx)
         .map_err(TorrentError::HashThreads)?;
     let shared = Arc::new(Shared {
         state: Mutex::new(SwarmState::new(swarm)),
@@ -283,6 +303,7 @@ pub async fn run_torrent(mut params: TorrentParams) -> Result<Outcome, TorrentEr
 /// Opens what the target names; returns where pieces go, the wanted pieces and those had.
 async fn open_target(
     params: &TorrentParams,
+    hashes: &Arc<PieceHashes>,
 ) -> Result<(Arc<Sink>, Bitfield, Bitfield), TorrentError> {
     let info = params.info.clone();
     let piece_count = info.piece_count();
@@ -311,7 +332,7 @@ async fn open_target(
                 );
                 have
             } else if existed {
-                recheck(storage.clone(), info.clone()).await?
+                recheck(storage.clone(), hashes.clone()).await?
             } else {
                 Bitfield::new(piece_count)
             };
@@ -330,7 +351,7 @@ async fn open_target(
             let have = if params.assume_complete {
                 Bitfield::full(piece_count)
             } else {
-                recheck(storage.clone(), info.clone()).await?
+                recheck(storage.clone(), hashes.clone()).await?
             };
             let verified = have.count();
             if verified < piece_count && !(*partial && verified > 0) {
@@ -375,12 +396,12 @@ fn part_path(path: &std::path::Path) -> PathBuf {
 }
 
 /// Hashes every piece already at the output, on all cores; returns the pieces that match.
-async fn recheck(sink: Arc<Sink>, info: Arc<Info>) -> Result<Bitfield, TorrentError> {
-    let count = info.piece_count();
+async fn recheck(sink: Arc<Sink>, hashes: Arc<PieceHashes>) -> Result<Bitfield, TorrentError> {
+    let count = hashes.piece_count();
     let threads = std::thread::available_parallelism().map_or(2, |n| n.get()) as u32;
     let mut jobs = JoinSet::new();
     for t in 0..threads {
-        let (sink, info) = (sink.clone(), info.clone());
+        let (sink, hashes) = (sink.clone(), hashes.clone());
         jobs.spawn_blocking(move || -> Result<Vec<u32>, StorageError> {
             let Sink::Files(storage) = &*sink else {
                 return Ok(Vec::new());
@@ -388,10 +409,8 @@ async fn recheck(sink: Arc<Sink>, info: Arc<Info>) -> Result<Bitfield, TorrentEr
             let mut good = Vec::new();
             let mut scratch = Vec::new();
             for index in (t..count).step_by(threads as usize) {
-                if let Some(hash) = info.pieces.get(index as usize) {
-                    if storage.piece_matches(index, hash, &mut scratch)? {
-                        good.push(index);
-                    }
+                if storage.piece_passes(index, &mut scratch, |data| hashes.check(index, data))? {
+                    good.push(index);
                 }
             }
             Ok(good)

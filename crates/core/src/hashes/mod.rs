@@ -174,6 +174,11 @@ impl PieceHashes {
             .collect()
     }
 
+    /// Pieces in the torrent.
+    pub fn piece_count(&self) -> u32 {
+        self.info.piece_count()
+    }
+
     /// Whether pieces are checked with the v2 merkle trees (a v2-only torrent).
     pub fn is_v2(&self) -> bool {
         !self.info.version.has_v1()
