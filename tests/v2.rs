@@ -41,6 +41,18 @@ struct V2Swarm {
 
 impl V2Swarm {
     fn new(label: &str, version: &str, tree: Option<&[(&str, usize)]>) -> V2Swarm {
+        Self::with(label, version, tree, 400_000 + 77, PIECE)
+    }
+
+    /// [`V2Swarm::new`] with a single file of `len` bytes (unless `tree`) and pieces of
+    /// `piece` bytes.
+    fn with(
+        label: &str,
+        version: &str,
+        tree: Option<&[(&str, usize)]>,
+        len: usize,
+        piece: u32,
+    ) -> V2Swarm {
         let dir = TestDir::new(label);
         let seed_dir = dir.subdir("seed");
         let (src, data, files) = match tree {
@@ -51,14 +63,14 @@ impl V2Swarm {
             }
             None => {
                 let src = seed_dir.join("payload.bin");
-                let data = write_payload(&src, 400_000 + 77, 52);
+                let data = write_payload(&src, len, 52);
                 (src, data, BTreeMap::new())
             }
         };
         // The info hash does not depend on the trackers: make the torrent once to learn it,
         // then again announcing to the tracker that whitelists it.
         let probe = dir.join("probe.torrent");
-        lt_make_torrent_version(&src, &probe, PIECE, &[], version);
+        lt_make_torrent_version(&src, &probe, piece, &[], version);
         let probed = lt_info(&probe);
         let hash = probed.info_hash;
         // A hybrid is announced under both hashes (bitrush uses the v1 one, libtorrent both).
@@ -66,7 +78,7 @@ impl V2Swarm {
         hashes.extend(probed.info_hash_v1.as_deref());
         let tracker = Tracker::start(&hashes);
         let torrent = dir.join("v2.torrent");
-        lt_make_torrent_version(&src, &torrent, PIECE, &[&tracker.http_url()], version);
+        lt_make_torrent_version(&src, &torrent, piece, &[&tracker.http_url()], version);
         let info = lt_info(&torrent);
         assert_eq!(info.info_hash, hash);
         V2Swarm {
@@ -189,8 +201,7 @@ fn v2_magnet(info: &LtInfo, with_v1: bool, peer: std::net::SocketAddr) -> String
     link
 }
 
-fn magnet_download(version: &str, with_v1: bool, label: &str) {
-    let swarm = V2Swarm::new(label, version, Some(TREE));
+fn magnet_download(swarm: V2Swarm, with_v1: bool) {
     let opts = LtSeedOptions {
         no_announce: true,
         ..LtSeedOptions::default()
@@ -205,12 +216,27 @@ fn magnet_download(version: &str, with_v1: bool, label: &str) {
 
 #[test]
 fn v2_magnet_metadata_and_piece_layers_from_libtorrent() {
-    magnet_download("v2", false, "v2-magnet");
+    magnet_download(V2Swarm::new("v2-magnet", "v2", Some(TREE)), false);
 }
 
 #[test]
 fn hybrid_magnet_with_both_hashes_from_libtorrent() {
-    magnet_download("hybrid", true, "hybrid-magnet");
+    magnet_download(V2Swarm::new("hybrid-magnet", "hybrid", Some(TREE)), true);
+}
+
+/// A piece layer of more than 512 hashes comes in several hash requests, each proven by the
+/// uncle hashes up to the file's root.
+#[test]
+fn v2_magnet_with_a_large_piece_layer_from_libtorrent() {
+    let swarm = V2Swarm::with(
+        "v2-magnet-large",
+        "v2",
+        None,
+        1300 * 16 * 1024 + 9,
+        16 * 1024,
+    );
+    assert_eq!(swarm.info.num_pieces, 1301);
+    magnet_download(swarm, false);
 }
 
 #[test]
@@ -230,4 +256,27 @@ fn v2_magnet_info_from_libtorrent() {
         "{}",
         dump(&out)
     );
+}
+
+/// A v2 torrent file without its `piece layers` (BEP 52 allows leaving them to peers) is
+/// refused with a clear error, not downloaded into pieces that can never verify.
+#[test]
+fn v2_torrent_without_piece_layers_is_a_clear_error() {
+    let swarm = V2Swarm::new("v2-no-layers", "v2", Some(TREE));
+    let stripped = swarm.dir.join("stripped.torrent");
+    let mut cmd = lt_python(
+        "import libtorrent as lt, sys\n\
+         t = lt.bdecode(open(sys.argv[1], 'rb').read())\n\
+         del t[b'piece layers']\n\
+         open(sys.argv[2], 'wb').write(lt.bencode(t))",
+    );
+    cmd.arg(&swarm.torrent).arg(&stripped);
+    run_checked(
+        "strip piece layers",
+        cmd,
+        std::time::Duration::from_secs(60),
+    );
+    let out = run_download(&stripped, &swarm.dir.join("out"), &[]);
+    let line = assert_one_line_error(&out);
+    assert!(line.contains("lacks the piece layers of 2 files"), "{line}");
 }

@@ -439,3 +439,58 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn a_seeding_swarm_answers_hash_requests() {
+    use crate::swarm::{Bitfield, Config, PeerFeatures, Swarm};
+    let (meta, _) = made(&[("big", 37 * 16 * 1024 + 3)], 16 * 1024, MetaVersion::V2);
+    let count = meta.info.piece_count();
+    let new_swarm = || {
+        let have = Bitfield::full(count);
+        let info = &meta.info;
+        Swarm::new(
+            info.piece_length,
+            info.total_length,
+            have.clone(),
+            have,
+            Config::default(),
+            1,
+        )
+    };
+    let root = meta.info.files[0].pieces_root.unwrap();
+    let good = request(root, 0, 32, 32, 5);
+    let out_of_range = request(root, 0, 64, 32, 5);
+    let t = Instant::now();
+    let answers = |swarm: &mut Swarm| {
+        swarm.handle_connected(t, 1, PeerFeatures::default());
+        swarm.handle_message(t, 1, Message::HashRequest(good));
+        swarm.handle_message(t, 1, Message::HashRequest(out_of_range));
+        // Stray answers are ignored, not fatal.
+        swarm.handle_message(t, 1, Message::HashReject(good));
+        let mut out = Vec::new();
+        swarm.poll_transmit(t, 1, &mut out);
+        out.retain(|m| {
+            matches!(
+                m,
+                Message::Hashes { .. } | Message::HashReject(_) | Message::HashRequest(_)
+            )
+        });
+        assert!(swarm.poll_event().is_none(), "the peer was not dropped");
+        out
+    };
+    let mut seeding = new_swarm();
+    seeding.set_piece_hashes(Arc::new(full(&meta)));
+    let out = answers(&mut seeding);
+    assert!(
+        matches!(&out[..], [Message::Hashes { request, hashes }, Message::HashReject(r)]
+            if *request == good && *r == out_of_range
+                && root_of_answer(&good, &split_hashes(hashes)) == Some(root)),
+        "{out:?}"
+    );
+    // Without hashes every request is rejected.
+    let out = answers(&mut new_swarm());
+    assert_eq!(
+        out,
+        [Message::HashReject(good), Message::HashReject(out_of_range)]
+    );
+}
