@@ -239,9 +239,11 @@ fn v2_magnet_with_a_large_piece_layer_from_libtorrent() {
     magnet_download(swarm, false);
 }
 
+/// `magnet_info` on a v2-only link prints the piece-layer hashes, as `info` does: the layers
+/// come from the seeder by hash request.
 #[test]
 fn v2_magnet_info_from_libtorrent() {
-    let swarm = V2Swarm::new("v2-magnet-info", "v2", None);
+    let swarm = V2Swarm::new("v2-magnet-info", "v2", Some(TREE));
     let opts = LtSeedOptions {
         no_announce: true,
         ..LtSeedOptions::default()
@@ -256,6 +258,13 @@ fn v2_magnet_info_from_libtorrent() {
         "{}",
         dump(&out)
     );
+    let shown: Vec<&str> = stdout
+        .lines()
+        .skip_while(|l| *l != "Piece Hashes:")
+        .skip(1)
+        .take_while(|l| l.len() == 64)
+        .collect();
+    assert_eq!(shown, swarm.info.piece_hashes_v2, "{}", dump(&out));
 }
 
 /// A v2 torrent file without its `piece layers` (BEP 52 allows leaving them to peers) is
