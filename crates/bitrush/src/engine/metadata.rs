@@ -402,6 +402,11 @@ impl Fetcher {
         }
         let done = layers.is_done();
         for (peer, fault) in dropped {
+            // One that only refused may serve another time; one that lied never will.
+            let kind = match &fault {
+                Some(f) if !f.is_retryable() => CloseKind::Banned,
+                _ => CloseKind::Transient,
+            };
             if let Some(conn) = self.handles.get(&peer) {
                 self.last_problem = Some(match fault {
                     Some(source) => PeerProblem::Layers {
@@ -411,7 +416,7 @@ impl Fetcher {
                     None => PeerProblem::Stuck(conn.addr),
                 });
             }
-            self.close(peer, CloseKind::Banned);
+            self.close(peer, kind);
             self.machine.handle_disconnected(Instant::now(), peer);
         }
         if done {

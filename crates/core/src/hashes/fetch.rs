@@ -9,9 +9,9 @@
 //! out until `None`; the layers with [`LayerFetch::poll_layers`] once [`LayerFetch::is_done`].
 //!
 //! Policy: one request per peer at a time, spread over the peers; a request unanswered within
-//! the timeout, or rejected, goes to another peer (the peer is not asked for it again); an
-//! answer that does not prove its hashes up to the root, or that we did not ask for, drops the
-//! peer. Invariants: at most [`MAX_LAYER_PEERS`] peers are tracked; every hash kept was proven
+//! the timeout, or rejected, goes to another peer (the peer is not asked for it again), and a
+//! peer left with nothing it would serve is dropped so the driver can try others; an answer
+//! that does not prove its hashes up to the root, or that we did not ask for, drops the peer. Invariants: at most [`MAX_LAYER_PEERS`] peers are tracked; every hash kept was proven
 //! against the file's root; the layers handed out were checked once more as whole layers.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
@@ -40,6 +40,17 @@ pub enum LayerFault {
     /// Hashes we did not ask it for.
     #[error("sent hashes we did not ask for")]
     Unsolicited,
+    /// It rejected or let time out requests we still need, and nobody is left to ask it for.
+    #[error("does not serve the piece layers we need")]
+    Refused,
+}
+
+impl LayerFault {
+    /// Whether the peer may be worth asking again later (it only refused), as opposed to
+    /// having sent wrong hashes.
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, LayerFault::Refused)
+    }
 }
 
 /// What the driver must do.
@@ -272,6 +283,21 @@ impl LayerFetch {
                 peer,
                 msg: Message::HashRequest(chunk.request),
             });
+        }
+        let useless: Vec<PeerKey> = self
+            .peers
+            .iter()
+            .filter(|(p, busy)| {
+                let refused_needed = self
+                    .chunks
+                    .iter()
+                    .any(|c| !matches!(c.state, ChunkState::Done(_)) && c.refused.contains(p));
+                !**busy && refused_needed
+            })
+            .map(|(p, _)| *p)
+            .collect();
+        for peer in useless {
+            self.drop_peer(peer, LayerFault::Refused);
         }
     }
 
