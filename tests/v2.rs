@@ -289,3 +289,22 @@ fn v2_torrent_without_piece_layers_is_a_clear_error() {
     let line = assert_one_line_error(&out);
     assert!(line.contains("lacks the piece layers of 2 files"), "{line}");
 }
+
+/// libtorrent given only a v2 magnet link fetches the metadata from `bitrush seed`, then the
+/// piece layers by hash request (which bitrush answers), then the data.
+#[test]
+fn libtorrent_gets_a_v2_magnet_from_bitrush() {
+    let swarm = V2Swarm::new("v2-magnet-seed", "v2", Some(TREE));
+    let seeder = BitrushSeeder::start(
+        &swarm.torrent,
+        &swarm.seed_dir.join("payload"),
+        &swarm.tracker,
+        &swarm.info.info_hash,
+        1,
+        &[],
+    );
+    let link = v2_magnet(&swarm.info, false, seeder.addr());
+    let save = swarm.dir.subdir("lt");
+    lt_download(&link, &save, &[seeder.addr()]);
+    assert_tree_eq(&save.join("payload"), &swarm.tree);
+}
