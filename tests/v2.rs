@@ -308,3 +308,89 @@ fn libtorrent_gets_a_v2_magnet_from_bitrush() {
     lt_download(&link, &save, &[seeder.addr()]);
     assert_tree_eq(&save.join("payload"), &swarm.tree);
 }
+
+/// tests/support/hostile_hash_peer.py: serves the metadata, then misbehaves in the hash
+/// exchange.
+struct HostileHashPeer {
+    port: u16,
+    proc: Proc,
+}
+
+impl HostileHashPeer {
+    fn addr(&self) -> std::net::SocketAddr {
+        loopback_addr(self.port)
+    }
+
+    fn start(mode: &str, torrent: &Path) -> HostileHashPeer {
+        let mut cmd = support_script("hostile_hash_peer.py");
+        cmd.arg(mode).arg(torrent);
+        let proc = Proc::spawn(&format!("hostile hash peer ({mode})"), cmd);
+        let port = proc.ready_port("hostile hash peer not ready");
+        HostileHashPeer { port, proc }
+    }
+
+    fn hash_requests(&self) -> usize {
+        self.proc
+            .stdout_lines()
+            .iter()
+            .filter(|l| l.starts_with("HASH_REQUEST "))
+            .count()
+    }
+}
+
+/// One hostile peer alone: after the metadata, the download fails with a clear error naming
+/// its fault.
+fn hostile_hashes_alone(mode: &str, expected: &str) {
+    let swarm = V2Swarm::new(&format!("v2-hostile-{mode}"), "v2", Some(TREE));
+    let hostile = HostileHashPeer::start(mode, &swarm.torrent);
+    let link = v2_magnet(&swarm.info, false, hostile.addr());
+    let out = run_download(&link, &swarm.dir.join("out"), &[]);
+    let line = assert_one_line_error(&out);
+    assert!(
+        line.contains("no peer sent the piece layers") && line.contains(expected),
+        "expected {expected:?} in {line:?}"
+    );
+    assert!(hostile.hash_requests() > 0, "{}", hostile.proc.logs());
+}
+
+#[test]
+fn hashes_that_do_not_prove_are_a_clean_error() {
+    hostile_hashes_alone("bad-proof", "do not match its pieces root");
+}
+
+#[test]
+fn rejected_hash_requests_are_a_clean_error() {
+    hostile_hashes_alone("reject", "does not serve the piece layers");
+}
+
+#[test]
+fn hashes_for_out_of_range_indices_are_a_clean_error() {
+    hostile_hashes_alone("out-of-range", "hashes we did not ask for");
+}
+
+/// Hostile hash peers named first do not keep an honest seeder from serving the layers.
+#[test]
+fn hostile_hash_peers_do_not_stop_an_honest_seeder() {
+    let swarm = V2Swarm::new("v2-hostile-swarm", "v2", Some(TREE));
+    let hostiles: Vec<HostileHashPeer> = ["bad-proof", "reject", "out-of-range"]
+        .iter()
+        .map(|mode| HostileHashPeer::start(mode, &swarm.torrent))
+        .collect();
+    let opts = LtSeedOptions {
+        no_announce: true,
+        ..LtSeedOptions::default()
+    };
+    let seeder = LtSeeder::start_with(&swarm.torrent, &swarm.seed_dir, &opts);
+    let mut link = String::from("magnet:?");
+    link.push_str(&format!(
+        "xt=urn:btmh:1220{}",
+        swarm.info.info_hash_v2.as_deref().unwrap()
+    ));
+    for h in &hostiles {
+        link.push_str(&format!("&x.pe={}", h.addr()));
+    }
+    link.push_str(&format!("&x.pe={}", seeder.addr()));
+    let out = swarm.dir.join("out");
+    assert_success(&run_download(&link, &out, &[]));
+    swarm.assert_downloaded(&out);
+}

@@ -402,12 +402,13 @@ impl Fetcher {
         }
         let done = layers.is_done();
         for (peer, fault) in dropped {
-            // One that only refused may serve another time; one that lied never will.
-            let kind = match &fault {
-                Some(f) if !f.is_retryable() => CloseKind::Banned,
-                _ => CloseKind::Transient,
+            // A peer without the layers will not have them on a second try either.
+            let kind = match fault {
+                Some(_) => CloseKind::Banned,
+                None => CloseKind::Transient,
             };
             if let Some(conn) = self.handles.get(&peer) {
+                tracing::debug!(addr = %conn.addr, ?fault, "dropping peer");
                 self.last_problem = Some(match fault {
                     Some(source) => PeerProblem::Layers {
                         addr: conn.addr,

@@ -45,14 +45,6 @@ pub enum LayerFault {
     Refused,
 }
 
-impl LayerFault {
-    /// Whether the peer may be worth asking again later (it only refused), as opposed to
-    /// having sent wrong hashes.
-    pub fn is_retryable(&self) -> bool {
-        matches!(self, LayerFault::Refused)
-    }
-}
-
 /// What the driver must do.
 #[derive(Debug, PartialEq, Eq)]
 pub enum LayerEvent {
