@@ -168,8 +168,9 @@ impl LayerFetch {
                     let mut kept = hashes;
                     kept.truncate(real.min(u64::from(request.length)) as usize);
                     chunk.state = ChunkState::Done(kept);
+                    let file = chunk.file;
                     self.peers.insert(peer, false);
-                    self.finish_layers();
+                    self.finish_layer(file);
                 }
             }
             Message::HashReject(request) => {
@@ -293,27 +294,18 @@ impl LayerFetch {
         }
     }
 
-    /// Moves every file whose chunks are all in into the hashes.
-    fn finish_layers(&mut self) {
-        let files: BTreeSet<usize> = self.chunks.iter().map(|c| c.file).collect();
-        for file in files {
-            let mut layer = Vec::new();
-            for chunk in self.chunks.iter().filter(|c| c.file == file) {
-                match &chunk.state {
-                    ChunkState::Done(hashes) => layer.extend_from_slice(hashes),
-                    _ => {
-                        layer.clear();
-                        break;
-                    }
-                }
+    /// Moves the layer of `file` into the hashes once all its chunks are in.
+    fn finish_layer(&mut self, file: usize) {
+        let mut layer = Vec::new();
+        for chunk in self.chunks.iter().filter(|c| c.file == file) {
+            match &chunk.state {
+                ChunkState::Done(hashes) => layer.extend_from_slice(hashes),
+                _ => return,
             }
-            if layer.is_empty() {
-                continue;
-            }
-            if let Err(e) = self.hashes.add_layer(file, &layer) {
-                self.failed = Some(e);
-            }
-            self.chunks.retain(|c| c.file != file);
         }
+        if let Err(e) = self.hashes.add_layer(file, &layer) {
+            self.failed = Some(e);
+        }
+        self.chunks.retain(|c| c.file != file);
     }
 }
