@@ -224,6 +224,15 @@ fn hybrid_magnet_with_both_hashes_from_libtorrent() {
     magnet_download(V2Swarm::new("hybrid-magnet", "hybrid", Some(TREE)), true);
 }
 
+/// A hybrid named by its v2 hash alone: the truncated v2 hash on the wire, SHA-1 pieces.
+#[test]
+fn hybrid_magnet_with_only_the_v2_hash_from_libtorrent() {
+    magnet_download(
+        V2Swarm::new("hybrid-magnet-btmh", "hybrid", Some(TREE)),
+        false,
+    );
+}
+
 /// A piece layer of more than 512 hashes comes in several hash requests, each proven by the
 /// uncle hashes up to the file's root.
 #[test]
