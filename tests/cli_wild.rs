@@ -321,12 +321,7 @@ fn v2_and_hybrid_torrents_from_libtorrent() {
         lt_make_torrent_version(&single, &t, 16_384, &[ANNOUNCE], version);
         agree(&t, None);
     }
-    // v2-only torrents are shown, not downloaded (yet): one clean error, nothing written.
-    let out_path = dir.join("never");
-    let out = download(&dir.join("single-v2.torrent"), &out_path);
-    let line = assert_one_line_error(&out);
-    assert!(line.contains("v2-only"), "{line}");
-    assert!(!out_path.exists());
+    // Downloading v2-only and hybrid torrents is tested against libtorrent in tests/v2.rs.
 }
 
 /// A v2 file-tree leaf of `length` bytes (a made-up root: nothing is downloaded).

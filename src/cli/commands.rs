@@ -199,6 +199,8 @@ pub(super) struct Torrent {
     pub web_seeds: Vec<String>,
     /// BEP 27: trackers only (no DHT, no peer exchange).
     pub private: bool,
+    /// v2 piece layers by file index (from the file, or fetched from peers).
+    pub piece_layers: std::collections::BTreeMap<usize, bitrush::metainfo::PieceLayer>,
 }
 
 impl From<Metainfo> for Torrent {
@@ -211,6 +213,7 @@ impl From<Metainfo> for Torrent {
             info_hash: meta.info_hash,
             peers: Vec::new(),
             web_seeds: meta.web_seeds,
+            piece_layers: meta.piece_layers,
         }
     }
 }
@@ -360,10 +363,6 @@ pub(super) async fn run_session(
     opts: &SessionOptions,
     network: Network,
 ) -> anyhow::Result<Progress> {
-    // Pieces are verified with the v1 SHA-1 hashes for now; a v2-only torrent has none.
-    if !torrent.info.version.has_v1() {
-        bail!("this is a BitTorrent v2-only torrent: bitrush can show it (`info`) but not download or seed it yet");
-    }
     let Network {
         listener,
         port,
@@ -421,6 +420,7 @@ pub(super) async fn run_session(
         transports: transports.clone(),
         hosted: None,
         files: opts.files.clone(),
+        piece_layers: torrent.piece_layers,
     };
     let result = engine::run_torrent(params).await;
     if let Some(dht) = &dht {

@@ -116,6 +116,7 @@ pub async fn demo(size_mib: u64, seeders: usize, quiet: bool) -> anyhow::Result<
             transports: Default::default(),
             hosted: None,
             files: None,
+            piece_layers: Default::default(),
         }));
     }
     if !quiet {

@@ -82,7 +82,8 @@ pub async fn magnet_info(link: &str, dht: Option<DhtSettings>) -> anyhow::Result
     // The DHT only: the metadata comes over plain TCP, as the handshake commands' does.
     let udp = commands::start_udp(0, dht.as_ref(), false).await;
     let dht = udp.dht;
-    let fetched = metadata::fetch_metadata(
+    // A v2-only torrent's piece hashes are its piece layers, fetched from the peers too.
+    let fetched = metadata::fetch_torrent_metadata(
         magnet.info_hash,
         &tiers(&magnet),
         &magnet.peers,
@@ -94,12 +95,27 @@ pub async fn magnet_info(link: &str, dht: Option<DhtSettings>) -> anyhow::Result
     if let Some(dht) = dht {
         dht.shutdown().await;
     }
-    let (info, info_bytes) = fetched?;
+    let fetched = fetched?;
+    let info = &fetched.info;
     let hashes = commands::InfoHashes {
         v1: magnet.info_hash_v1(),
-        v2: bitrush::metainfo::info_hashes(&info_bytes, info.version).1,
+        v2: bitrush::metainfo::info_hashes(&fetched.info_bytes, info.version).1,
     };
-    commands::print_info(first_tracker(&magnet), &info, hashes, &[]);
+    // As `Metainfo::piece_hashes_v2`: a file's layer, or its root for a file of one piece.
+    let v2_hashes: Vec<[u8; 32]> = info
+        .files
+        .iter()
+        .enumerate()
+        .filter(|(_, f)| !f.attr.pad)
+        .flat_map(|(i, f)| {
+            if f.length > u64::from(info.piece_length) {
+                fetched.piece_layers.get(&i).cloned().unwrap_or_default()
+            } else {
+                f.pieces_root.into_iter().collect()
+            }
+        })
+        .collect();
+    commands::print_info(first_tracker(&magnet), info, hashes, &v2_hashes);
     Ok(())
 }
 
@@ -112,7 +128,7 @@ pub(super) async fn torrent_from_magnet(
 ) -> anyhow::Result<Torrent> {
     let magnet = Magnet::parse(link)?;
     let trackers = tiers(&magnet);
-    let (info, info_bytes) = metadata::fetch_metadata(
+    let fetched = metadata::fetch_torrent_metadata(
         magnet.info_hash,
         &trackers,
         &magnet.peers,
@@ -121,14 +137,22 @@ pub(super) async fn torrent_from_magnet(
         transports,
     )
     .await?;
+    // The peers proved 20 bytes of the hash; a link with the whole v2 hash gets all 32 checked.
+    let v2 = bitrush::metainfo::info_hashes(&fetched.info_bytes, fetched.info.version).1;
+    if let (Some(want), Some(got)) = (magnet.info_hash_v2, v2) {
+        if want != got {
+            anyhow::bail!("the metadata peers sent has v2 info hash {got}, not the link's {want}");
+        }
+    }
     Ok(Torrent {
-        private: info.private,
-        info,
-        info_bytes,
+        private: fetched.info.private,
+        info: fetched.info,
+        info_bytes: fetched.info_bytes,
         info_hash: magnet.info_hash,
         trackers,
         peers: magnet.peers,
         web_seeds: magnet.web_seeds,
+        piece_layers: fetched.piece_layers,
     })
 }
 

@@ -9,8 +9,8 @@
 //!   machines.
 
 pub use bitrush_core::{
-    bencode, dht, merkle, metadata, metainfo, mse, queue, rate, session, storage, swarm, tracker,
-    types, utp, webseed, wire,
+    bencode, dht, hashes, merkle, metadata, metainfo, mse, queue, rate, session, storage, swarm,
+    tracker, types, utp, webseed, wire,
 };
 
 pub mod create;

@@ -19,9 +19,11 @@
 //! - [`rate`]: the token bucket behind rate limits.
 //! - [`merkle`]: BitTorrent v2 merkle trees (piece layers, roots, proofs).
 //! - [`webseed`]: BEP 19 web seeds: swarm requests as HTTP range requests.
+//! - [`hashes`]: checking pieces (v1 SHA-1 or v2 merkle), BEP 52 hash requests and answers.
 
 pub mod bencode;
 pub mod dht;
+pub mod hashes;
 pub mod merkle;
 pub mod metadata;
 pub mod metainfo;

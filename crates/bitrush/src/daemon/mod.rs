@@ -1234,6 +1234,8 @@ impl Job {
             info_bytes: Some(meta.info_bytes.clone()),
             web_seeds: meta.web_seeds.clone(),
             files: None,
+            // v2-only torrents are refused above; hybrids are checked with their SHA-1 hashes.
+            piece_layers: Default::default(),
             info_hash: self.info_hash,
             trackers: self.trackers.clone(),
             peers: self.peers.clone(),

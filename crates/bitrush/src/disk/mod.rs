@@ -338,11 +338,24 @@ impl Storage {
         expected: &[u8; 20],
         scratch: &mut Vec<u8>,
     ) -> Result<bool, StorageError> {
+        self.piece_passes(index, scratch, |data| {
+            Sha1::digest(data).as_slice() == expected.as_slice()
+        })
+    }
+
+    /// Reads piece `index` into `scratch` and tells whether `check` accepts it (a v2 piece's
+    /// merkle check, say); missing data counts as a failure, as in [`Storage::piece_matches`].
+    pub fn piece_passes(
+        &self,
+        index: u32,
+        scratch: &mut Vec<u8>,
+        check: impl FnOnce(&[u8]) -> bool,
+    ) -> Result<bool, StorageError> {
         let len = self.layout.piece_len(index)?;
         scratch.clear();
         scratch.resize(len as usize, 0);
         match self.read(index, 0, scratch) {
-            Ok(()) => Ok(Sha1::digest(scratch.as_slice()).as_slice() == expected.as_slice()),
+            Ok(()) => Ok(check(scratch.as_slice())),
             Err(StorageError::Io { source, .. })
                 if matches!(
                     source.kind(),
@@ -464,11 +477,14 @@ fn is_safe_component(c: &str) -> bool {
 
 /// The slot of a single-file torrent: `output` itself.
 fn single_file_slot(output: &Path, info: &Info) -> Result<Vec<Slot>, StorageError> {
+    let regular = |f: &crate::metainfo::FileEntry| Slot::Regular {
+        path: output.to_path_buf(),
+        executable: f.attr.executable,
+    };
     match info.files.as_slice() {
-        [f] => Ok(vec![Slot::Regular {
-            path: output.to_path_buf(),
-            executable: f.attr.executable,
-        }]),
+        [f] => Ok(vec![regular(f)]),
+        // A v2 single-file torrent is padded to a whole piece.
+        [f, pad] if pad.attr.pad && !f.attr.pad => Ok(vec![regular(f), Slot::Pad]),
         files => Err(invalid_info(format!(
             "single-file torrent with {} file entries",
             files.len()

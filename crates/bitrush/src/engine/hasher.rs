@@ -10,11 +10,9 @@
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 
-use sha1::{Digest, Sha1};
-
 use super::sink::Sink;
 use crate::disk::StorageError;
-use crate::metainfo::Info;
+use crate::hashes::PieceHashes;
 use crate::swarm::CompletedPiece;
 
 /// Bytes handed to the kernel per write call.
@@ -31,7 +29,7 @@ pub struct Verdict {
 
 /// Starts `threads` hashing threads; they end when every sender of the returned channel is gone.
 pub fn spawn(
-    info: Arc<Info>,
+    hashes: Arc<PieceHashes>,
     sink: Arc<Sink>,
     threads: usize,
     verdicts: tokio::sync::mpsc::UnboundedSender<Verdict>,
@@ -40,7 +38,7 @@ pub fn spawn(
     let rx = Arc::new(Mutex::new(rx));
     let write_lock = Arc::new(Mutex::new(()));
     for i in 0..threads.max(1) {
-        let (rx, info, sink) = (rx.clone(), info.clone(), sink.clone());
+        let (rx, hashes, sink) = (rx.clone(), hashes.clone(), sink.clone());
         let (verdicts, write_lock) = (verdicts.clone(), write_lock.clone());
         std::thread::Builder::new()
             .name(format!("bitrush-hash-{i}"))
@@ -49,7 +47,7 @@ pub fn spawn(
                 let Ok(piece) = next else {
                     return;
                 };
-                let result = check_and_store(&info, &sink, &write_lock, &piece);
+                let result = check_and_store(&hashes, &sink, &write_lock, &piece);
                 let verdict = Verdict {
                     index: piece.index,
                     result,
@@ -64,16 +62,12 @@ pub fn spawn(
 }
 
 fn check_and_store(
-    info: &Info,
+    hashes: &PieceHashes,
     sink: &Sink,
     write_lock: &Mutex<()>,
     piece: &CompletedPiece,
 ) -> Result<bool, StorageError> {
-    let good = info
-        .pieces
-        .get(piece.index as usize)
-        .is_some_and(|h| Sha1::digest(&piece.data).as_slice() == h);
-    if !good {
+    if !hashes.check(piece.index, &piece.data) {
         return Ok(false);
     }
     let _writing = write_lock.lock().unwrap_or_else(|e| e.into_inner());

@@ -8,12 +8,16 @@
 //! again; slow ones may be tried again later. Once a tracker has taken our announce, the fetch
 //! ends with a `stopped`: we announced a port nobody listens on.
 //!
+//! A v2-only torrent's info dictionary carries no piece layers (BEP 52), so when they are asked
+//! for ([`fetch_torrent_metadata`]) the same connections then fetch them with hash requests
+//! (a core [`LayerFetch`]) before the fetch ends.
+//!
 //! Invariants: every wait is bounded (connects, handshakes, each metadata request, announces)
 //! and the session gives up after [`MAX_ANNOUNCE_ROUNDS`] answered announces with nobody left
 //! to try, so the fetch ends by itself; at most [`MAX_CONNECTIONS`] connections are open; the
 //! bytes returned hash to the info hash and parse as an [`Info`].
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::SocketAddr;
 use std::time::Instant;
 
@@ -24,8 +28,10 @@ use super::connection::{self, ConnectionError, Transports};
 use super::dht::{DhtHandle, LookupReply};
 use super::probe::probe_announcer;
 use super::tracker::{self, AnnounceError, AnnounceFailures, NoTrackerAnswered};
+use crate::hashes::fetch::{LayerEvent, LayerFault, LayerFetch};
+use crate::hashes::PieceHashes;
 use crate::metadata::{FetchConfig, FetchEvent, MetadataFetch, PeerFault};
-use crate::metainfo::{Info, MetainfoError};
+use crate::metainfo::{Info, MetainfoError, PieceLayer};
 use crate::session::{
     CloseKind, Finish, GiveUp, Session, SessionConfig, SessionEvent, SessionParams,
 };
@@ -49,6 +55,11 @@ pub enum PeerProblem {
     Connection(#[from] ConnectionError),
     #[error("{0} does not read what we send")]
     Stuck(SocketAddr),
+    #[error("{addr} was dropped")]
+    Layers {
+        addr: SocketAddr,
+        source: LayerFault,
+    },
 }
 
 /// Why the metadata could not be fetched.
@@ -75,6 +86,13 @@ pub enum MetadataError {
         info_hash: InfoHash,
         source: MetainfoError,
     },
+    /// The info dictionary came, but no peer sent the piece layers it lacks.
+    #[error("no peer sent the piece layers of v2 torrent {info_hash}")]
+    NoPieceLayers {
+        info_hash: InfoHash,
+        #[source]
+        source: Option<PeerProblem>,
+    },
     /// A task of the fetch failed.
     #[error("a metadata fetch task failed")]
     Task(#[source] tokio::task::JoinError),
@@ -85,7 +103,8 @@ fn has_trackers(trackers: &[Vec<String>]) -> bool {
 }
 
 /// Fetches and verifies the info dictionary of `info_hash` from peers found through `trackers`
-/// (BEP 12 tiers) and `peers`. Returns it parsed and as raw bytes (whose SHA-1 is `info_hash`).
+/// (BEP 12 tiers) and `peers`. Returns it parsed and as raw bytes (whose SHA-1 is `info_hash`,
+/// or whose SHA-256 starts with it).
 pub async fn fetch_metadata(
     info_hash: InfoHash,
     trackers: &[Vec<String>],
@@ -94,6 +113,68 @@ pub async fn fetch_metadata(
     dht: Option<DhtHandle>,
     transports: Transports,
 ) -> Result<(Info, Vec<u8>), MetadataError> {
+    let source = Sources {
+        info_hash,
+        trackers,
+        peers,
+        peer_id,
+        dht,
+        transports,
+    };
+    fetch(source, false)
+        .await
+        .map(|fetched| (fetched.info, fetched.info_bytes))
+}
+
+/// A torrent's metadata from peers: the info dictionary and, for a v2-only torrent, the piece
+/// layers.
+pub struct Fetched {
+    pub info: Info,
+    pub info_bytes: Vec<u8>,
+    /// By file index, each checked against its file's root (empty unless v2-only).
+    pub piece_layers: BTreeMap<usize, PieceLayer>,
+}
+
+/// As [`fetch_metadata`], and for a v2-only torrent also its piece layers (BEP 52 hash
+/// requests on the same connections).
+pub async fn fetch_torrent_metadata(
+    info_hash: InfoHash,
+    trackers: &[Vec<String>],
+    peers: &[SocketAddr],
+    peer_id: PeerId,
+    dht: Option<DhtHandle>,
+    transports: Transports,
+) -> Result<Fetched, MetadataError> {
+    let source = Sources {
+        info_hash,
+        trackers,
+        peers,
+        peer_id,
+        dht,
+        transports,
+    };
+    fetch(source, true).await
+}
+
+/// Where the metadata is looked for.
+struct Sources<'a> {
+    info_hash: InfoHash,
+    trackers: &'a [Vec<String>],
+    peers: &'a [SocketAddr],
+    peer_id: PeerId,
+    dht: Option<DhtHandle>,
+    transports: Transports,
+}
+
+async fn fetch(source: Sources<'_>, want_layers: bool) -> Result<Fetched, MetadataError> {
+    let Sources {
+        info_hash,
+        trackers,
+        peers,
+        peer_id,
+        dht,
+        transports,
+    } = source;
     if !has_trackers(trackers) && peers.is_empty() && dht.is_none() {
         return Err(MetadataError::NoSources);
     }
@@ -137,11 +218,19 @@ pub async fn fetch_metadata(
         last_problem: None,
         metadata: None,
         dht_found: 0,
+        want_layers,
+        layers: None,
+        connected: BTreeSet::new(),
+        piece_layers: BTreeMap::new(),
     };
     let bytes = fetcher.run().await?;
     let info =
         Info::from_bytes(&bytes).map_err(|source| MetadataError::Invalid { info_hash, source })?;
-    Ok((info, bytes))
+    Ok(Fetched {
+        info,
+        info_bytes: bytes,
+        piece_layers: std::mem::take(&mut fetcher.piece_layers),
+    })
 }
 
 /// What a connection task tells the fetch loop.
@@ -181,6 +270,14 @@ struct Fetcher {
     metadata: Option<Vec<u8>>,
     /// Peers the running DHT lookup found so far.
     dht_found: usize,
+    /// Fetch a v2-only torrent's piece layers after its info dictionary.
+    want_layers: bool,
+    /// The layer fetch, with the info dictionary it is for, once that came.
+    layers: Option<(LayerFetch, Vec<u8>)>,
+    /// Connections whose handshake is done.
+    connected: BTreeSet<u64>,
+    /// The layers fetched.
+    piece_layers: BTreeMap<usize, PieceLayer>,
 }
 
 async fn sleep_until(at: Option<Instant>) {
@@ -193,6 +290,10 @@ async fn sleep_until(at: Option<Instant>) {
 impl Fetcher {
     /// Closes a connection and tells the session how it ended.
     fn close(&mut self, key: u64, kind: CloseKind) {
+        self.connected.remove(&key);
+        if let Some((layers, _)) = &mut self.layers {
+            layers.handle_disconnected(Instant::now(), key);
+        }
         if let Some(conn) = self.handles.remove(&key) {
             conn.abort.abort();
             self.session
@@ -250,10 +351,83 @@ impl Fetcher {
                 }
             }
         }
-        if self.metadata.is_none() {
+        if self.metadata.is_none() && self.layers.is_none() {
             if let Some(bytes) = self.machine.poll_metadata() {
+                match self.layer_fetch(&bytes) {
+                    Some(mut fetch) => {
+                        for &key in &self.connected {
+                            fetch.handle_connected(now, key);
+                        }
+                        self.layers = Some((fetch, bytes));
+                    }
+                    None => {
+                        self.metadata = Some(bytes);
+                        self.session.handle_shutdown(now);
+                    }
+                }
+            }
+        }
+        self.apply_layers();
+    }
+
+    /// The fetch of the piece layers `info_bytes` lacks, if asked for and it lacks some.
+    fn layer_fetch(&self, info_bytes: &[u8]) -> Option<LayerFetch> {
+        if !self.want_layers {
+            return None;
+        }
+        let info = Info::from_bytes(info_bytes).ok()?;
+        let hashes = PieceHashes::new(info.into(), &BTreeMap::new()).ok()?;
+        (hashes.is_v2() && !hashes.missing_layers().is_empty()).then(|| LayerFetch::new(hashes))
+    }
+
+    /// Carries out what the layer fetch asked for; ends the fetch once it has every layer.
+    fn apply_layers(&mut self) {
+        let Some((layers, _)) = &mut self.layers else {
+            return;
+        };
+        let mut dropped = Vec::new();
+        while let Some(event) = layers.poll_event() {
+            match event {
+                LayerEvent::Send { peer, msg } => {
+                    let sent = self
+                        .handles
+                        .get(&peer)
+                        .is_some_and(|c| c.tx.try_send(msg).is_ok());
+                    if !sent {
+                        dropped.push((peer, None));
+                    }
+                }
+                LayerEvent::Drop { peer, fault } => dropped.push((peer, Some(fault))),
+            }
+        }
+        let done = layers.is_done();
+        for (peer, fault) in dropped {
+            // A peer without the layers will not have them on a second try either.
+            let kind = match fault {
+                Some(_) => CloseKind::Banned,
+                None => CloseKind::Transient,
+            };
+            if let Some(conn) = self.handles.get(&peer) {
+                tracing::debug!(addr = %conn.addr, ?fault, "dropping peer");
+                self.last_problem = Some(match fault {
+                    Some(source) => PeerProblem::Layers {
+                        addr: conn.addr,
+                        source,
+                    },
+                    None => PeerProblem::Stuck(conn.addr),
+                });
+            }
+            self.close(peer, kind);
+            self.machine.handle_disconnected(Instant::now(), peer);
+        }
+        if done {
+            if let Some((layers, bytes)) = self.layers.take() {
+                if let Some(e) = layers.failure() {
+                    tracing::warn!(error = %e, "fetched piece layers do not check out");
+                }
+                self.piece_layers = layers.poll_layers().unwrap_or_default();
                 self.metadata = Some(bytes);
-                self.session.handle_shutdown(now);
+                self.session.handle_shutdown(Instant::now());
             }
         }
     }
@@ -300,6 +474,11 @@ impl Fetcher {
             if self.machine.poll_timeout().is_some_and(|t| t <= now) {
                 self.machine.handle_timeout(now);
             }
+            if let Some((layers, _)) = &mut self.layers {
+                if layers.poll_timeout().is_some_and(|t| t <= now) {
+                    layers.handle_timeout(now);
+                }
+            }
             self.apply_machine();
             if self.session.poll_timeout().is_some_and(|t| t <= now) {
                 self.session.handle_timeout(now);
@@ -307,22 +486,36 @@ impl Fetcher {
             if let Some(finish) = self.apply_session() {
                 break finish;
             }
-            let deadline = match (self.machine.poll_timeout(), self.session.poll_timeout()) {
-                (Some(a), Some(b)) => Some(a.min(b)),
-                (a, b) => a.or(b),
-            };
+            let layers_deadline = self.layers.as_ref().and_then(|(l, _)| l.poll_timeout());
+            let deadline = [
+                self.machine.poll_timeout(),
+                self.session.poll_timeout(),
+                layers_deadline,
+            ]
+            .into_iter()
+            .flatten()
+            .min();
             tokio::select! {
                 Some(event) = self.events_rx.recv() => {
                     let now = Instant::now();
                     match event {
                         PeerEvent::Connected { key, supports_extensions } => {
                             if self.handles.contains_key(&key) {
+                                self.connected.insert(key);
                                 self.machine.handle_connected(now, key, supports_extensions);
+                                if let Some((layers, _)) = &mut self.layers {
+                                    layers.handle_connected(now, key);
+                                }
                             }
                         }
                         PeerEvent::Message { key, msg } => {
                             if self.handles.contains_key(&key) {
-                                self.machine.handle_message(now, key, &msg);
+                                match &mut self.layers {
+                                    Some((layers, _)) if !matches!(msg, Message::Extended { .. }) => {
+                                        layers.handle_message(now, key, &msg);
+                                    }
+                                    _ => self.machine.handle_message(now, key, &msg),
+                                }
                             }
                         }
                     }
@@ -379,6 +572,12 @@ impl Fetcher {
         if let Some(bytes) = self.metadata.take() {
             return Ok(bytes);
         }
+        if self.layers.is_some() {
+            return Err(MetadataError::NoPieceLayers {
+                info_hash: self.info_hash,
+                source: self.last_problem.take(),
+            });
+        }
         Err(match (finish, self.last_problem.take()) {
             (Finish::GaveUp(GiveUp::NoTrackerAnswered), _) => {
                 NoTrackerAnswered(std::mem::take(&mut self.announce_failures)).into()
@@ -425,7 +624,8 @@ async fn connection_task(
             read = conn.read_messages(&mut incoming) => {
                 read?;
                 for msg in incoming.drain(..) {
-                    if let Message::Extended { .. } = msg {
+                    // Extension messages carry the metadata; BEP 52 hash messages the layers.
+                    if let Message::Extended { .. } | Message::Hashes { .. } | Message::HashReject(_) = msg {
                         if events.send(PeerEvent::Message { key, msg }).await.is_err() {
                             return Ok(());
                         }

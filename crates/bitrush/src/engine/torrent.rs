@@ -15,7 +15,7 @@
 //! Existing data at the output is vouched for by the resume state an interrupted session left
 //! ([`super::resume`]) or else checked piece by piece first, on all cores.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -37,7 +37,8 @@ use super::transport::BoxStream;
 use super::utp::{UtpHandle, UtpStream};
 use super::webseed;
 use crate::disk::{Storage, StorageError};
-use crate::metainfo::Info;
+use crate::hashes::{LayerError, PieceHashes};
+use crate::metainfo::{Info, PieceLayer};
 use crate::session::{
     CloseKind, Finish, GiveUp, Session, SessionConfig, SessionEvent, SessionParams, Transfer,
 };
@@ -110,6 +111,10 @@ pub struct TorrentParams {
     pub pex: bool,
     /// How peers are reached: TCP, uTP, encryption (and the rate limits).
     pub transports: Transports,
+    /// The v2 piece layers by file index (`Metainfo::piece_layers`, or fetched from peers
+    /// for a magnet link): a v2-only torrent's pieces are checked against them, and peers'
+    /// hash requests answered from them.
+    pub piece_layers: BTreeMap<usize, PieceLayer>,
     /// For [`Target::Files`]: download only the pieces of these files (indices into
     /// `Info::files`; `None`: all). Pieces shared with other files are written whole, so
     /// neighbouring files may get those bytes.
@@ -215,6 +220,12 @@ pub enum TorrentError {
     Stream(#[source] std::io::Error),
     #[error("cannot start the stream writer")]
     StreamThread(#[source] std::io::Error),
+    #[error("the torrent's piece layers are unusable")]
+    PieceLayers(#[from] LayerError),
+    #[error(
+        "the v2 torrent lacks the piece layers of {0} files (the .torrent file should carry them)"
+    )]
+    MissingPieceLayers(usize),
     #[error("{path} does not match the torrent: {verified} of {total} pieces verified")]
     DataMismatch {
         path: String,
@@ -227,7 +238,13 @@ pub enum TorrentError {
 pub async fn run_torrent(mut params: TorrentParams) -> Result<Outcome, TorrentError> {
     let info = params.info.clone();
     let piece_count = info.piece_count();
-    let (sink, wanted, have) = open_target(&params).await?;
+    let hashes = Arc::new(PieceHashes::new(info.clone(), &params.piece_layers)?);
+    if hashes.is_v2() && !hashes.missing_layers().is_empty() {
+        return Err(TorrentError::MissingPieceLayers(
+            hashes.missing_layers().len(),
+        ));
+    }
+    let (sink, wanted, have) = open_target(&params, &hashes).await?;
     if let Some(listener) = &params.listener {
         if let Ok(addr) = listener.local_addr() {
             params.port = addr.port();
@@ -256,10 +273,13 @@ pub async fn run_torrent(mut params: TorrentParams) -> Result<Outcome, TorrentEr
     if let Some(info_bytes) = &params.info_bytes {
         swarm.set_metadata(info_bytes.clone());
     }
+    if info.version.has_v2() {
+        swarm.set_piece_hashes(hashes.clone());
+    }
     let total_bytes = wanted_bytes;
     let (verdict_tx, verdict_rx) = mpsc::unbounded_channel();
     let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
-    let verify_tx = hasher::spawn(info.clone(), sink.clone(), threads, verdict_tx)
+    let verify_tx = hasher::spawn(hashes, sink.clone(), threads, verdict_tx)
         .map_err(TorrentError::HashThreads)?;
     let shared = Arc::new(Shared {
         state: Mutex::new(SwarmState::new(swarm)),
@@ -376,6 +396,7 @@ pub async fn run_torrent(mut params: TorrentParams) -> Result<Outcome, TorrentEr
 /// Opens what the target names; returns where pieces go, the wanted pieces and those had.
 async fn open_target(
     params: &TorrentParams,
+    hashes: &Arc<PieceHashes>,
 ) -> Result<(Arc<Sink>, Bitfield, Bitfield), TorrentError> {
     let info = params.info.clone();
     let piece_count = info.piece_count();
@@ -419,9 +440,9 @@ async fn open_target(
                     of = piece_count,
                     "stopped uncleanly: checking only the pieces written since the last save"
                 );
-                recheck(storage.clone(), info.clone(), Some(known)).await?
+                recheck(storage.clone(), hashes.clone(), Some(known)).await?
             } else if existed {
-                recheck(storage.clone(), info.clone(), None).await?
+                recheck(storage.clone(), hashes.clone(), None).await?
             } else {
                 Bitfield::new(piece_count)
             };
@@ -458,7 +479,7 @@ async fn open_target(
             let have = if params.assume_complete {
                 Bitfield::full(piece_count)
             } else {
-                recheck(storage.clone(), info.clone(), None).await?
+                recheck(storage.clone(), hashes.clone(), None).await?
             };
             let verified = have.count();
             if verified < piece_count && !(*partial && verified > 0) {
@@ -553,15 +574,15 @@ fn part_path(path: &std::path::Path) -> PathBuf {
 /// returns the pieces that match (with the known ones).
 async fn recheck(
     sink: Arc<Sink>,
-    info: Arc<Info>,
+    hashes: Arc<PieceHashes>,
     known: Option<Bitfield>,
 ) -> Result<Bitfield, TorrentError> {
-    let count = info.piece_count();
+    let count = hashes.piece_count();
     let known = Arc::new(known.unwrap_or_else(|| Bitfield::new(count)));
     let threads = std::thread::available_parallelism().map_or(2, |n| n.get()) as u32;
     let mut jobs = JoinSet::new();
     for t in 0..threads {
-        let (sink, info, known) = (sink.clone(), info.clone(), known.clone());
+        let (sink, hashes, known) = (sink.clone(), hashes.clone(), known.clone());
         jobs.spawn_blocking(move || -> Result<Vec<u32>, StorageError> {
             let Sink::Files(storage) = &*sink else {
                 return Ok(Vec::new());
@@ -573,10 +594,8 @@ async fn recheck(
                     good.push(index);
                     continue;
                 }
-                if let Some(hash) = info.pieces.get(index as usize) {
-                    if storage.piece_matches(index, hash, &mut scratch)? {
-                        good.push(index);
-                    }
+                if storage.piece_passes(index, &mut scratch, |data| hashes.check(index, data))? {
+                    good.push(index);
                 }
             }
             Ok(good)

@@ -13,9 +13,9 @@
 //!   are not pad files have paths equal ignoring ASCII case, nor is one's path a directory of
 //!   another's;
 //! - with v2 metadata every non-empty regular file has its `pieces root` and starts on a piece
-//!   boundary (a v2-only torrent gets pad entries between files, as if it were a hybrid, so
-//!   piece indices mean the same thing in both); a hybrid's v1 and v2 halves describe the same
-//!   files, lengths and offsets.
+//!   boundary (a v2-only torrent gets a pad entry after each file that does not end on one,
+//!   the last included, as libtorrent lays it out, so piece indices and lengths mean the same
+//!   thing to both); a hybrid's v1 and v2 halves describe the same files, lengths and offsets.
 //!
 //! The info hashes are taken over the info dictionary's raw bytes as they appear in the file,
 //! never over a re-encoding: SHA-1 for v1, SHA-256 for v2.

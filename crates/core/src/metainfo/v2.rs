@@ -182,14 +182,14 @@ fn padding_after(end: u64, piece_length: u32) -> u64 {
 }
 
 /// The tree's files laid out in one payload: offsets set and a pad entry after every file
-/// that does not end on a piece boundary, up to the last file with data (a v2 torrent's
-/// pieces never span files).
+/// that does not end on a piece boundary, the last one included (a v2 torrent's pieces never
+/// span files). This is libtorrent's layout: its peers count the last piece of a v2-only
+/// torrent as a whole piece and may ask for the padding's blocks.
 pub(super) fn with_pad_files(
     files: Vec<FileEntry>,
     piece_length: u32,
 ) -> Result<Vec<FileEntry>, MetainfoError> {
-    let last_with_data = files.iter().rposition(|f| f.length > 0);
-    lay_out(files, piece_length, |i| Some(i) < last_with_data)
+    lay_out(files, piece_length, |_| true)
 }
 
 /// Offsets and pads for `files`; `pad_after(i)` says whether file `i` may be followed by a pad.

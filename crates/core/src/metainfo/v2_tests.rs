@@ -133,13 +133,15 @@ fn v2_only_torrents_parse() {
         (".pad/16374", 49_162, 16_374, true),
         ("d/e", 65_536, 0, false),
         ("z", 65_536, 1, false),
+        (".pad/16383", 65_537, 16_383, true),
     ]
     .iter()
     .map(|(p, o, l, pad)| (p.to_string(), *o, *l, *pad))
     .collect();
     assert_eq!(layout, want);
     assert_eq!(m.info.piece_count(), 5);
-    assert_eq!(m.info.piece_len(4), 1);
+    // The last piece is whole: libtorrent's peers ask for its padding too.
+    assert_eq!(m.info.piece_len(4), 16_384);
     assert_eq!(m.info.content_length(), 40_011);
     // The 3-piece file has its layer; the small ones use their root.
     assert_eq!(m.piece_hashes_v2(0).map(<[_]>::len), Some(3));
@@ -155,8 +157,10 @@ fn v2_only_torrents_parse() {
 
     let single = Metainfo::from_bytes(&made(&[("s.bin", 20_000)], true, MetaVersion::V2)).unwrap();
     assert!(!single.info.multi_file);
-    assert_eq!(single.info.files.len(), 1);
+    assert_eq!(single.info.files.len(), 2);
     assert_eq!(single.info.files[0].path, ["s.bin"]);
+    assert!(single.info.files[1].attr.pad);
+    assert_eq!(single.info.total_length, 32_768);
 }
 
 #[test]

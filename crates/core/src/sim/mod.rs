@@ -1065,6 +1065,8 @@ fn wire_len(msg: &Message) -> u64 {
         Message::Suggest(_) | Message::AllowedFast(_) => 5,
         Message::Reject(_) => 13,
         Message::Extended { payload, .. } => 2 + payload.len() as u64,
+        Message::HashRequest(_) | Message::HashReject(_) => 49,
+        Message::Hashes { hashes, .. } => 49 + hashes.len() as u64,
     }
 }
 
@@ -1089,5 +1091,8 @@ fn msg_digest(msg: &Message) -> (u8, u32, u32, u64) {
         Message::AllowedFast(i) => (0x11, *i, 0, 0),
         Message::Extended { id, payload } => (20, u32::from(*id), 0, payload.len() as u64),
         Message::Unknown { id } => (254, u32::from(*id), 0, 0),
+        Message::HashRequest(r) => (21, r.index, r.length, u64::from(r.base_layer)),
+        Message::Hashes { request, hashes } => (22, request.index, 0, hashes.len() as u64),
+        Message::HashReject(r) => (23, r.index, r.length, u64::from(r.base_layer)),
     }
 }

@@ -48,6 +48,7 @@ use self::assembly::{Assembly, Received};
 use self::choker::Choker;
 use self::peer::PeerState;
 use self::scheduler::Scheduler;
+use crate::hashes::PieceHashes;
 use crate::wire::extension::{answer_metadata, OUR_REQQ, OUR_UT_METADATA_ID, OUR_UT_PEX_ID};
 use crate::wire::pex::{PexFlags, PexMessage, PexPeer};
 use crate::wire::{BlockRef, ExtHandshake, Message, MetadataMsg};
@@ -247,6 +248,9 @@ pub struct Swarm {
     rng: StdRng,
     /// The raw info dictionary, served to peers that ask for it with `ut_metadata`.
     info_bytes: Option<Arc<[u8]>>,
+    /// The v2 hashes that answer peers' BEP 52 hash requests (none: every request is
+    /// rejected).
+    piece_hashes: Option<Arc<PieceHashes>>,
 }
 
 impl Swarm {
@@ -300,6 +304,7 @@ impl Swarm {
             next_tick: None,
             rng,
             info_bytes: None,
+            piece_hashes: None,
         }
     }
 
@@ -315,6 +320,11 @@ impl Swarm {
     pub fn set_window(&mut self, window: Option<core::ops::Range<u32>>) {
         self.scheduler.picker.set_window(window);
         self.to_wake.extend(self.peers.keys().copied());
+    }
+
+    /// The hashes that answer peers' BEP 52 hash requests (a v2 or hybrid torrent).
+    pub fn set_piece_hashes(&mut self, hashes: Arc<PieceHashes>) {
+        self.piece_hashes = Some(hashes);
     }
 
     // ---- queries ----
@@ -724,6 +734,13 @@ impl Swarm {
         peer.last_received = now;
         match msg {
             Message::KeepAlive | Message::Port(_) | Message::Unknown { .. } => {}
+            // BEP 52: we only ask for hashes before the swarm starts (see `hashes::fetch`), so
+            // answers are stray and ignored.
+            Message::Hashes { .. } | Message::HashReject(_) => {}
+            Message::HashRequest(request) => peer.outbox.push(match &self.piece_hashes {
+                Some(hashes) => hashes.answer(&request),
+                None => Message::HashReject(request),
+            }),
             Message::Extended { id, payload } => self.on_extended(now, peer, id, &payload),
             Message::Choke => {
                 peer.peer_choking = true;

@@ -405,8 +405,9 @@ impl MetadataAssembler {
         self.received == self.pieces.len()
     }
 
-    /// The assembled metadata if its SHA-1 equals `expected`. On a mismatch every piece is
-    /// discarded so the download can start over.
+    /// The assembled metadata if its SHA-1 equals `expected`, or its SHA-256 truncated to 20
+    /// bytes does (how a v2 magnet link's info hash stands on the wire, BEP 52). On a mismatch
+    /// every piece is discarded so the download can start over.
     pub fn finish(&mut self, expected: InfoHash) -> Result<Vec<u8>, MetadataError> {
         if !self.is_complete() {
             return Err(MetadataError::Incomplete);
@@ -416,7 +417,7 @@ impl MetadataAssembler {
             out.extend_from_slice(piece);
         }
         let digest: [u8; 20] = Sha1::digest(&out).into();
-        if digest != expected.0 {
+        if digest != expected.0 && sha2::Sha256::digest(&out).get(..20) != Some(&expected.0[..]) {
             self.pieces.iter_mut().for_each(|p| *p = None);
             self.received = 0;
             return Err(MetadataError::HashMismatch);
@@ -612,6 +613,26 @@ mod tests {
         );
         assert!(!asm.is_complete(), "pieces discarded after mismatch");
         assert_eq!(asm.next_missing(0), Some(0));
+    }
+
+    #[test]
+    fn metadata_matches_a_truncated_v2_info_hash() {
+        let bytes = b"d4:infoi1ee".to_vec();
+        let v2: [u8; 32] = sha2::Sha256::digest(&bytes).into();
+        let mut truncated = [0; 20];
+        truncated.copy_from_slice(&v2[..20]);
+        for expected in [truncated, Sha1::digest(&bytes).into()] {
+            let mut asm = MetadataAssembler::new(bytes.len() as u64).unwrap();
+            asm.insert(0, Bytes::from(bytes.clone())).unwrap();
+            assert_eq!(asm.finish(InfoHash(expected)), Ok(bytes.clone()));
+        }
+        let mut asm = MetadataAssembler::new(bytes.len() as u64).unwrap();
+        asm.insert(0, Bytes::from(bytes.clone())).unwrap();
+        truncated[0] ^= 1;
+        assert_eq!(
+            asm.finish(InfoHash(truncated)),
+            Err(MetadataError::HashMismatch)
+        );
     }
 
     proptest! {

@@ -1,5 +1,5 @@
-//! Length-prefixed peer messages (BEP 3, the BEP 6 fast extension, BEP 10 `extended` and the
-//! DHT `port` message): incremental framing, decoding and encoding.
+//! Length-prefixed peer messages (BEP 3, the BEP 6 fast extension, BEP 10 `extended`, the
+//! DHT `port` message and the BEP 52 hash messages): incremental framing, decoding and encoding.
 //!
 //! Invariants: the 4-byte length prefix is compared with the decoder's limit before anything is
 //! reserved or allocated for it; every fixed-size message has its exact size checked; `Piece`
@@ -46,6 +46,54 @@ pub mod id {
     pub const ALLOWED_FAST: u8 = 17;
     /// `extended` (BEP 10)
     pub const EXTENDED: u8 = 20;
+    /// `hash request` (BEP 52)
+    pub const HASH_REQUEST: u8 = 21;
+    /// `hashes` (BEP 52)
+    pub const HASHES: u8 = 22;
+    /// `hash reject` (BEP 52)
+    pub const HASH_REJECT: u8 = 23;
+}
+
+/// Bytes of a BEP 52 hash request after the message id: pieces root, base layer, index,
+/// length, proof layers.
+const HASH_REQUEST_LEN: usize = 32 + 4 * 4;
+
+/// A BEP 52 `hash request` (also the header of `hashes` and `hash reject`): `length` hashes
+/// of the layer `base_layer` levels above the 16 KiB leaves of the file whose merkle root is
+/// `pieces_root`, from `index` on, with the uncle hashes of `proof_layers` layers above them.
+/// Nothing is checked here beyond the sizes; see [`crate::hashes`] for the bounds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct HashRequest {
+    pub pieces_root: [u8; 32],
+    pub base_layer: u32,
+    pub index: u32,
+    pub length: u32,
+    pub proof_layers: u32,
+}
+
+impl HashRequest {
+    /// Reads the 48 bytes after the message id (`b` must hold at least that many).
+    fn read(b: &[u8]) -> Option<HashRequest> {
+        let root = b.get(..32)?;
+        let word = |at: usize| b.get(at..at + 4).map(be_u32);
+        let mut pieces_root = [0; 32];
+        pieces_root.copy_from_slice(root);
+        Some(HashRequest {
+            pieces_root,
+            base_layer: word(32)?,
+            index: word(36)?,
+            length: word(40)?,
+            proof_layers: word(44)?,
+        })
+    }
+
+    fn put(&self, out: &mut BytesMut) {
+        out.put_slice(&self.pieces_root);
+        out.put_u32(self.base_layer);
+        out.put_u32(self.index);
+        out.put_u32(self.length);
+        out.put_u32(self.proof_layers);
+    }
 }
 
 /// A block within a piece.
@@ -108,6 +156,19 @@ pub enum Message {
         /// Payload after the extended id.
         payload: Bytes,
     },
+    /// BEP 52: the sender asks for merkle tree hashes.
+    HashRequest(HashRequest),
+    /// BEP 52: the hashes asked for by `request` (the requested ones, then the proof's uncle
+    /// hashes), 32 bytes each; the length is a multiple of 32, not checked against `request`
+    /// here.
+    Hashes {
+        /// The request answered.
+        request: HashRequest,
+        /// The hashes, concatenated.
+        hashes: Bytes,
+    },
+    /// BEP 52: the sender will not answer this hash request.
+    HashReject(HashRequest),
     /// A message id we do not know; ignored by the caller.
     Unknown {
         /// The unknown message id.
@@ -265,6 +326,36 @@ fn decode_body(mut body: BytesMut) -> Result<Message, WireError> {
                 payload: body.freeze(),
             }
         }
+        id::HASH_REQUEST | id::HASH_REJECT => {
+            exact(1 + HASH_REQUEST_LEN, "hash request/reject must be 49 bytes")?;
+            let request =
+                body.get(1..)
+                    .and_then(HashRequest::read)
+                    .ok_or(WireError::Malformed {
+                        id: msg_id,
+                        what: "hash request/reject must be 49 bytes",
+                    })?;
+            if msg_id == id::HASH_REQUEST {
+                Message::HashRequest(request)
+            } else {
+                Message::HashReject(request)
+            }
+        }
+        id::HASHES => {
+            let malformed = WireError::Malformed {
+                id: msg_id,
+                what: "hashes must be a 49-byte header and whole 32-byte hashes",
+            };
+            if len < 1 + HASH_REQUEST_LEN || !(len - 1 - HASH_REQUEST_LEN).is_multiple_of(32) {
+                return Err(malformed);
+            }
+            let request = body.get(1..).and_then(HashRequest::read).ok_or(malformed)?;
+            body.advance(1 + HASH_REQUEST_LEN);
+            Message::Hashes {
+                request,
+                hashes: body.freeze(),
+            }
+        }
         other => Message::Unknown { id: other },
     };
     Ok(msg)
@@ -343,6 +434,23 @@ impl Message {
                 out.put_u32(3);
                 out.put_u8(id::PORT);
                 out.put_u16(*port);
+            }
+            Message::HashRequest(request) | Message::HashReject(request) => {
+                let msg_id = match self {
+                    Message::HashRequest(_) => id::HASH_REQUEST,
+                    _ => id::HASH_REJECT,
+                };
+                out.reserve(5 + HASH_REQUEST_LEN);
+                out.put_u32(frame_len(1, HASH_REQUEST_LEN));
+                out.put_u8(msg_id);
+                request.put(out);
+            }
+            Message::Hashes { request, hashes } => {
+                out.reserve(5 + HASH_REQUEST_LEN + hashes.len());
+                out.put_u32(frame_len(1 + HASH_REQUEST_LEN, hashes.len()));
+                out.put_u8(id::HASHES);
+                request.put(out);
+                out.put_slice(hashes);
             }
             Message::Extended { id: ext, payload } => {
                 out.reserve(6 + payload.len());
@@ -539,11 +647,11 @@ pub(crate) mod tests {
 
     #[test]
     fn unknown_ids_are_consumed() {
-        let mut buf = BytesMut::from(&[0u8, 0, 0, 3, 21, 1, 2, 0, 0, 0, 1, 1][..]);
+        let mut buf = BytesMut::from(&[0u8, 0, 0, 3, 24, 1, 2, 0, 0, 0, 1, 1][..]);
         let mut dec = MessageDecoder::new(MAX_MESSAGE_LEN);
         assert_eq!(
             decode_all(&mut dec, &mut buf),
-            vec![Message::Unknown { id: 21 }, Message::Unchoke]
+            vec![Message::Unknown { id: 24 }, Message::Unchoke]
         );
     }
 
@@ -604,8 +712,79 @@ pub(crate) mod tests {
             arb_block().prop_map(Message::Reject),
             any::<u32>().prop_map(Message::AllowedFast),
             (any::<u8>(), extended).prop_map(|(id, payload)| Message::Extended { id, payload }),
-            prop_oneof![10u8..=12, 18u8..=19, 21u8..=255].prop_map(|id| Message::Unknown { id }),
+            arb_hash_request().prop_map(Message::HashRequest),
+            arb_hash_request().prop_map(Message::HashReject),
+            (arb_hash_request(), 0usize..4).prop_map(|(request, n)| Message::Hashes {
+                request,
+                hashes: Bytes::from(vec![request.pieces_root[0]; 32 * n]),
+            }),
+            prop_oneof![10u8..=12, 18u8..=19, 24u8..=255].prop_map(|id| Message::Unknown { id }),
         ]
+    }
+
+    /// Any hash request (fields unchecked).
+    pub(crate) fn arb_hash_request() -> impl Strategy<Value = HashRequest> {
+        (any::<[u8; 32]>(), any::<[u32; 4]>()).prop_map(|(pieces_root, w)| HashRequest {
+            pieces_root,
+            base_layer: w[0],
+            index: w[1],
+            length: w[2],
+            proof_layers: w[3],
+        })
+    }
+
+    #[test]
+    fn hash_messages_have_bep52_layouts() {
+        let request = HashRequest {
+            pieces_root: [7; 32],
+            base_layer: 1,
+            index: 2,
+            length: 3,
+            proof_layers: 4,
+        };
+        let body: Vec<u8> = [7u8; 32]
+            .iter()
+            .copied()
+            .chain([0, 0, 0, 1, 0, 0, 0, 2, 0, 0, 0, 3, 0, 0, 0, 4])
+            .collect();
+        let mut want = vec![0, 0, 0, 49, 21];
+        want.extend_from_slice(&body);
+        assert_eq!(&enc(&Message::HashRequest(request))[..], &want[..]);
+        want[4] = 23;
+        assert_eq!(&enc(&Message::HashReject(request))[..], &want[..]);
+        let hashes = Message::Hashes {
+            request,
+            hashes: Bytes::from(vec![9u8; 64]),
+        };
+        let mut want = vec![0, 0, 0, 113, 22];
+        want.extend_from_slice(&body);
+        want.extend_from_slice(&[9; 64]);
+        assert_eq!(&enc(&hashes)[..], &want[..]);
+        let mut dec = MessageDecoder::new(MAX_MESSAGE_LEN);
+        let mut buf = BytesMut::from(&want[..]);
+        assert_eq!(dec.decode(&mut buf).unwrap(), Some(hashes));
+    }
+
+    #[test]
+    fn hash_messages_of_wrong_sizes_are_malformed() {
+        let mut dec = MessageDecoder::new(MAX_MESSAGE_LEN);
+        for (id, body_len) in [
+            (21u8, 47usize),
+            (21, 49),
+            (23, 0),
+            (22, 47),
+            (22, 48 + 31),
+            (22, 48 + 33),
+        ] {
+            let mut frame = BytesMut::new();
+            frame.put_u32(1 + body_len as u32);
+            frame.put_u8(id);
+            frame.put_slice(&vec![0; body_len]);
+            assert!(
+                matches!(dec.decode(&mut frame), Err(WireError::Malformed { .. })),
+                "id {id} with {body_len} bytes"
+            );
+        }
     }
 
     fn arb_message() -> impl Strategy<Value = Message> {

@@ -12,7 +12,7 @@ pub mod pex;
 
 pub use extension::{ExtHandshake, MetadataAssembler, MetadataError, MetadataMsg};
 pub use handshake::Handshake;
-pub use message::{encode_request, BlockRef, Message, MessageDecoder, WireError};
+pub use message::{encode_request, BlockRef, HashRequest, Message, MessageDecoder, WireError};
 pub use pex::{PexError, PexFlags, PexMessage, PexPeer};
 
 #[cfg(test)]

@@ -1,0 +1,364 @@
+//! Checking pieces against a torrent's hashes, and the BitTorrent v2 hash exchange (BEP 52).
+//!
+//! [`PieceHashes`] says whether an assembled piece is good: by its v1 SHA-1 when the torrent
+//! has v1 metadata (v1 and hybrid torrents), else by the v2 merkle tree of the file the piece
+//! belongs to (a v2 piece never spans files: the metainfo lays files out on piece boundaries).
+//! The piece at the end of a file holds only the file's bytes in its subtree; the pad bytes
+//! that follow it in the payload are not hashed. The same value answers peers' `hash request`s
+//! from the piece layers it knows, and tells which layers are still missing (a magnet link's
+//! info dictionary carries no `piece layers`: [`fetch`] gets them from peers).
+//!
+//! Invariants: every layer held has one hash per piece of its file and hashes to the file's
+//! `pieces root` (checked on the way in, whatever the source); an answer never holds more than
+//! [`MAX_HASHES`] hashes plus one uncle per tree level; nothing panics on any request.
+
+pub mod fetch;
+#[cfg(test)]
+mod tests;
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use sha1::{Digest, Sha1};
+
+use crate::merkle::{self, Hash};
+use crate::metainfo::{Info, PieceLayer};
+use crate::wire::{HashRequest, Message};
+
+/// Most hashes one `hash request` may ask for (as libtorrent: 8192 piece hashes cover a
+/// file of 128 GiB at 16 MiB pieces; larger files are asked for in several requests).
+pub const MAX_HASHES: u32 = 8192;
+/// Hashes we ask for in one request when a piece layer is larger than that.
+pub const REQUEST_CHUNK: u32 = 512;
+
+/// Why a piece layer was refused.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum LayerError {
+    /// No file of the torrent has this index, or it has no layer (one piece or less, empty,
+    /// a pad file).
+    #[error("file {0} has no piece layer")]
+    NoSuchLayer(usize),
+    /// The layer has the wrong number of hashes.
+    #[error("the piece layer of file {file} has {got} hashes, not {want}")]
+    WrongSize { file: usize, got: usize, want: u64 },
+    /// The layer does not hash to the file's `pieces root`.
+    #[error("the piece layer of file {0} does not hash to its pieces root")]
+    WrongRoot(usize),
+}
+
+/// One file with v2 data: where its pieces are and its hashes.
+#[derive(Clone, Debug)]
+struct V2File {
+    /// Index in `Info::files`.
+    file: usize,
+    /// Global index of its first piece.
+    first_piece: u32,
+    length: u64,
+    root: Hash,
+    /// The tree above the piece layer, bottom (the piece layer itself) first, each level
+    /// without its padding; `None` while the layer is unknown. Files of one piece have the
+    /// root alone.
+    levels: Option<Arc<Vec<Vec<Hash>>>>,
+}
+
+impl V2File {
+    fn pieces(&self, piece_length: u32) -> u64 {
+        self.length.div_ceil(u64::from(piece_length))
+    }
+}
+
+/// The expected hashes of a torrent's pieces (see the module doc).
+#[derive(Clone, Debug)]
+pub struct PieceHashes {
+    info: Arc<Info>,
+    /// v2 files with data, by first piece (empty for torrents verified by SHA-1).
+    files: Vec<V2File>,
+    /// Position in `files` of each distinct `pieces root`.
+    by_root: HashMap<Hash, usize>,
+}
+
+impl PieceHashes {
+    /// The hashes of `info`'s pieces, with the v2 `layers` known so far (by file index, as
+    /// `Metainfo::piece_layers`). Each layer is checked against its file's root.
+    pub fn new(
+        info: Arc<Info>,
+        layers: &BTreeMap<usize, PieceLayer>,
+    ) -> Result<PieceHashes, LayerError> {
+        let piece_length = u64::from(info.piece_length);
+        let mut files = Vec::new();
+        let mut by_root = HashMap::new();
+        if info.version.has_v2() {
+            for (file, entry) in info.files.iter().enumerate() {
+                let Some(root) = entry.pieces_root.filter(|_| entry.length > 0) else {
+                    continue;
+                };
+                if entry.attr.pad || !entry.offset.is_multiple_of(piece_length) {
+                    continue;
+                }
+                let Ok(first_piece) = u32::try_from(entry.offset / piece_length) else {
+                    continue;
+                };
+                let single = entry.length <= piece_length;
+                by_root.entry(root).or_insert(files.len());
+                files.push(V2File {
+                    file,
+                    first_piece,
+                    length: entry.length,
+                    root,
+                    levels: single.then(|| Arc::new(vec![vec![root]])),
+                });
+            }
+        }
+        let mut hashes = PieceHashes {
+            info,
+            files,
+            by_root,
+        };
+        for (file, layer) in layers {
+            hashes.add_layer(*file, layer)?;
+        }
+        Ok(hashes)
+    }
+
+    /// Adds the piece layer of file `file` (an index into `Info::files`) after checking it
+    /// against the file's root.
+    pub fn add_layer(&mut self, file: usize, layer: &[Hash]) -> Result<(), LayerError> {
+        let piece_length = self.info.piece_length;
+        let Some(pos) = self.files.iter().position(|f| f.file == file) else {
+            return Err(LayerError::NoSuchLayer(file));
+        };
+        let entry = &self.files[pos];
+        let want = entry.pieces(piece_length);
+        if want <= 1 {
+            return Err(LayerError::NoSuchLayer(file));
+        }
+        if layer.len() as u64 != want {
+            return Err(LayerError::WrongSize {
+                file,
+                got: layer.len(),
+                want,
+            });
+        }
+        let per_piece = merkle::blocks_per_piece(piece_length);
+        if merkle::root_from_piece_layer(layer, per_piece) != entry.root {
+            return Err(LayerError::WrongRoot(file));
+        }
+        let levels = Arc::new(tree_levels(layer, pad_level(piece_length)));
+        let root = entry.root;
+        // Files with the same content share a root and so a layer.
+        for f in self.files.iter_mut().filter(|f| f.root == root) {
+            f.levels = Some(levels.clone());
+        }
+        Ok(())
+    }
+
+    /// Files (indices into `Info::files`) whose piece layer is still unknown, with their root
+    /// and piece count; one per distinct root.
+    pub fn missing_layers(&self) -> Vec<(usize, Hash, u64)> {
+        let mut seen = std::collections::HashSet::new();
+        self.files
+            .iter()
+            .filter(|f| f.levels.is_none() && seen.insert(f.root))
+            .map(|f| (f.file, f.root, f.pieces(self.info.piece_length)))
+            .collect()
+    }
+
+    /// Every piece layer known, by file index (files of more than one piece only).
+    pub fn layers(&self) -> BTreeMap<usize, PieceLayer> {
+        let piece_length = self.info.piece_length;
+        self.files
+            .iter()
+            .filter(|f| f.pieces(piece_length) > 1)
+            .filter_map(|f| Some((f.file, f.levels.as_ref()?.first()?.clone())))
+            .collect()
+    }
+
+    /// Pieces in the torrent.
+    pub fn piece_count(&self) -> u32 {
+        self.info.piece_count()
+    }
+
+    /// Whether pieces are checked with the v2 merkle trees (a v2-only torrent).
+    pub fn is_v2(&self) -> bool {
+        !self.info.version.has_v1()
+    }
+
+    /// Whether `data` is piece `index` of the torrent. False for an unknown index, a piece of
+    /// the wrong length, or a v2 piece whose file's layer is still unknown.
+    pub fn check(&self, index: u32, data: &[u8]) -> bool {
+        if index >= self.info.piece_count() || data.len() != self.info.piece_len(index) as usize {
+            return false;
+        }
+        if !self.is_v2() {
+            return self
+                .info
+                .pieces
+                .get(index as usize)
+                .is_some_and(|h| Sha1::digest(data).as_slice() == h);
+        }
+        let piece_length = self.info.piece_length;
+        let at = self.files.partition_point(|f| f.first_piece <= index);
+        let Some(file) = at.checked_sub(1).and_then(|i| self.files.get(i)) else {
+            return false;
+        };
+        let within = u64::from(index - file.first_piece);
+        if within >= file.pieces(piece_length) {
+            return false;
+        }
+        let Some(expected) = file
+            .levels
+            .as_ref()
+            .and_then(|l| l.first())
+            .and_then(|layer| layer.get(within as usize))
+        else {
+            return false;
+        };
+        // Only the file's bytes are hashed; what follows it in the last piece is padding.
+        let file_bytes = file.length - within * u64::from(piece_length);
+        let data = data
+            .get(..file_bytes.min(data.len() as u64) as usize)
+            .unwrap_or(data);
+        let width = merkle::piece_width(file.length, piece_length);
+        merkle::piece_root(data, width) == *expected
+    }
+
+    /// Our answer to a peer's `hash request`: the hashes, or a `hash reject` when the request
+    /// is out of bounds (see [`check_request`]), names a file we do not know, or asks for a
+    /// layer below the piece layer (we keep no block hashes).
+    pub fn answer(&self, request: &HashRequest) -> Message {
+        self.hashes_for(request)
+            .map(|hashes| Message::Hashes {
+                request: *request,
+                hashes: Bytes::from(hashes.concat()),
+            })
+            .unwrap_or(Message::HashReject(*request))
+    }
+
+    fn hashes_for(&self, request: &HashRequest) -> Option<Vec<Hash>> {
+        let file = self.files.get(*self.by_root.get(&request.pieces_root)?)?;
+        let levels = file.levels.as_ref()?;
+        let piece_length = self.info.piece_length;
+        let tree = Tree::of(file.length, piece_length);
+        check_request(request, &tree)?;
+        let piece_level = pad_level(piece_length);
+        let piece_level = if file.pieces(piece_length) > 1 {
+            piece_level
+        } else {
+            // The lone root stands at the top of a file of one piece.
+            tree.height
+        };
+        // Only the levels from the piece layer up are known.
+        let level = request.base_layer.checked_sub(piece_level)?;
+        let node = |h: u32, j: u64| -> Hash {
+            levels
+                .get(h as usize)
+                .and_then(|l| l.get(usize::try_from(j).ok()?))
+                .copied()
+                .unwrap_or_else(|| merkle::pad_hash(piece_level + h))
+        };
+        let mut out: Vec<Hash> = (0..u64::from(request.length))
+            .map(|i| node(level, u64::from(request.index) + i))
+            .collect();
+        let k = request.length.trailing_zeros();
+        for h in k..=request.proof_layers {
+            let sibling = (u64::from(request.index) >> h) ^ 1;
+            out.push(node(level + h, sibling));
+        }
+        Some(out)
+    }
+}
+
+/// log2 of the leaves under one piece: the level of a file's piece layer.
+fn pad_level(piece_length: u32) -> u32 {
+    merkle::blocks_per_piece(piece_length).trailing_zeros()
+}
+
+/// Every level of the tree above `layer` (itself first), unpadded; the pad of level `h` is
+/// the root of an all-zero subtree `base + h` levels high.
+fn tree_levels(layer: &[Hash], base: u32) -> Vec<Vec<Hash>> {
+    let mut levels = vec![layer.to_vec()];
+    let mut h = 0;
+    while levels.last().is_some_and(|l| l.len() > 1) {
+        let pad = merkle::pad_hash(base + h);
+        let below = levels.last().map(Vec::as_slice).unwrap_or_default();
+        let next = below
+            .chunks(2)
+            .map(|p| merkle::node_hash(p.first().unwrap_or(&pad), p.get(1).unwrap_or(&pad)))
+            .collect();
+        levels.push(next);
+        h += 1;
+    }
+    levels
+}
+
+/// The shape of one file's merkle tree.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Tree {
+    /// Levels above the leaves up to the root (log2 of the padded leaf count).
+    pub height: u32,
+}
+
+impl Tree {
+    /// The tree of a file of `length` bytes (its 16 KiB blocks padded to a power of two; a
+    /// file of more than one piece to whole pieces).
+    pub fn of(length: u64, piece_length: u32) -> Tree {
+        let blocks = length.div_ceil(u64::from(merkle::BLOCK_LEN)).max(1);
+        let per_piece = u64::from(merkle::blocks_per_piece(piece_length));
+        let leaves = if length > u64::from(piece_length) {
+            blocks.div_ceil(per_piece).saturating_mul(per_piece)
+        } else {
+            blocks
+        };
+        let leaves = leaves.checked_next_power_of_two().unwrap_or(1 << 63);
+        Tree {
+            height: leaves.trailing_zeros(),
+        }
+    }
+}
+
+/// Whether `request` is one we answer for a file of tree `tree`: `base_layer` inside the tree,
+/// `length` a power of two from 2 to [`MAX_HASHES`] that `index` is a multiple of,
+/// `[index, index + length)` inside that level, and proofs that stop below the root.
+/// Returns the width of the base level.
+pub fn check_request(request: &HashRequest, tree: &Tree) -> Option<u64> {
+    let base = request.base_layer;
+    if base >= tree.height {
+        return None;
+    }
+    let width = 1u64 << (tree.height - base);
+    let (index, length) = (u64::from(request.index), u64::from(request.length));
+    let ok = (2..=u64::from(MAX_HASHES)).contains(&length)
+        && length.is_power_of_two()
+        && index.is_multiple_of(length)
+        && index + length <= width
+        && request.proof_layers < tree.height - base;
+    ok.then_some(width)
+}
+
+/// The root reached from the hashes of an answer to `request` (the requested hashes, then the
+/// uncles above their subtree), or `None` when their count does not fit the request.
+pub fn root_of_answer(request: &HashRequest, hashes: &[Hash]) -> Option<Hash> {
+    let length = request.length as usize;
+    let k = request.length.trailing_zeros();
+    let uncles = (request.proof_layers + 1).saturating_sub(k) as usize;
+    if hashes.len() != length.checked_add(uncles)? || length == 0 {
+        return None;
+    }
+    let (base, proof) = hashes.split_at(length);
+    let subtree = merkle::merkle_root(base, request.length.into(), merkle::ZERO);
+    merkle::root_from_proof(&subtree, u64::from(request.index) >> k, proof)
+}
+
+/// Splits 32-byte hashes out of a `hashes` message body (whose length the codec made a
+/// multiple of 32).
+pub fn split_hashes(bytes: &[u8]) -> Vec<Hash> {
+    bytes
+        .chunks_exact(32)
+        .map(|c| {
+            let mut h = [0; 32];
+            h.copy_from_slice(c);
+            h
+        })
+        .collect()
+}

@@ -1,0 +1,502 @@
+//! Tests of piece checking, hash answers and the layer fetch, on torrents made by the builder.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use proptest::prelude::*;
+
+use super::fetch::{LayerEvent, LayerFault, LayerFetch, HASH_REQUEST_TIMEOUT};
+use super::*;
+use crate::metainfo::build::{PiecePart, Plan, SourceFile, TorrentOptions};
+use crate::metainfo::{MetaVersion, Metainfo};
+
+fn bytes_of(path: &str, len: u64) -> Vec<u8> {
+    let seed = path.len() as u8;
+    (0..len)
+        .map(|i| (i as u8).wrapping_mul(13).wrapping_add(seed))
+        .collect()
+}
+
+/// A torrent of `files` (path, length) with pieces of `pl` bytes, and its payload (pad bytes
+/// included, as pieces carry it).
+fn made(files: &[(&str, u64)], pl: u32, version: MetaVersion) -> (Metainfo, Vec<u8>) {
+    let sources: Vec<SourceFile> = files
+        .iter()
+        .map(|(p, len)| SourceFile {
+            path: p.split('/').map(String::from).collect(),
+            length: *len,
+            executable: false,
+        })
+        .collect();
+    let single = files.len() == 1;
+    let name = if single { files[0].0 } else { "root" };
+    let plan = Plan::new(name, sources, single, Some(pl), version).unwrap();
+    let mut payload = Vec::new();
+    let contents: Vec<Vec<u8>> = plan
+        .files()
+        .iter()
+        .map(|f| bytes_of(&f.path.join("/"), f.length))
+        .collect();
+    let hashes: Vec<_> = (0..plan.piece_count())
+        .map(|i| {
+            let mut h = plan.piece_hasher(i);
+            for part in plan.piece_parts(i) {
+                match part {
+                    PiecePart::File { file, offset, len } => {
+                        let part = &contents[file][offset as usize..(offset + len) as usize];
+                        h.update(part);
+                        payload.extend_from_slice(part);
+                    }
+                    PiecePart::Zeros(n) => {
+                        h.zeros(n);
+                        payload.extend(std::iter::repeat_n(0, n as usize));
+                    }
+                }
+            }
+            h.finish()
+        })
+        .collect();
+    let built = plan.finish(&hashes, &TorrentOptions::default()).unwrap();
+    let meta = Metainfo::from_bytes(&built.bytes).unwrap();
+    // A v2-only torrent's last file is padded to a whole piece too.
+    assert!(payload.len() as u64 <= meta.info.total_length);
+    payload.resize(meta.info.total_length as usize, 0);
+    (meta, payload)
+}
+
+fn piece<'a>(meta: &Metainfo, payload: &'a [u8], i: u32) -> &'a [u8] {
+    let start = i as usize * meta.info.piece_length as usize;
+    &payload[start..start + meta.info.piece_len(i) as usize]
+}
+
+const PL: u32 = 32 * 1024;
+/// Files of 0, 1/2, 1, 1 1/2 and 5 1/4 pieces, and one of a single short block.
+const FILES: &[(&str, u64)] = &[
+    ("a/empty", 0),
+    ("a/half", 16 * 1024),
+    ("a/one", 32 * 1024),
+    ("b", 48 * 1024 + 5),
+    ("c/big", 5 * 32 * 1024 + 8 * 1024),
+    ("d", 100),
+];
+
+fn full(meta: &Metainfo) -> PieceHashes {
+    PieceHashes::new(Arc::new(meta.info.clone()), &meta.piece_layers).unwrap()
+}
+
+#[test]
+fn v2_pieces_check_against_the_file_trees() {
+    let (meta, payload) = made(FILES, PL, MetaVersion::V2);
+    let hashes = full(&meta);
+    assert!(hashes.is_v2());
+    assert!(hashes.missing_layers().is_empty());
+    for i in 0..meta.info.piece_count() {
+        let data = piece(&meta, &payload, i);
+        assert!(hashes.check(i, data), "piece {i}");
+        let mut bad = data.to_vec();
+        bad[0] ^= 1;
+        assert!(!hashes.check(i, &bad), "piece {i} altered");
+        assert!(!hashes.check(i, &data[1..]), "piece {i} short");
+    }
+    assert!(!hashes.check(meta.info.piece_count(), &[]));
+}
+
+#[test]
+fn v1_and_hybrid_pieces_check_by_sha1() {
+    for version in [MetaVersion::V1, MetaVersion::Hybrid] {
+        let (meta, payload) = made(FILES, PL, version);
+        let hashes = full(&meta);
+        assert!(!hashes.is_v2());
+        for i in 0..meta.info.piece_count() {
+            assert!(
+                hashes.check(i, piece(&meta, &payload, i)),
+                "{version:?} {i}"
+            );
+        }
+        let mut bad = piece(&meta, &payload, 0).to_vec();
+        bad[0] ^= 1;
+        assert!(!hashes.check(0, &bad));
+    }
+}
+
+#[test]
+fn missing_layers_are_listed_and_their_pieces_never_pass() {
+    let (meta, payload) = made(FILES, PL, MetaVersion::V2);
+    let info = Arc::new(meta.info.clone());
+    let mut hashes = PieceHashes::new(info, &BTreeMap::new()).unwrap();
+    let missing = hashes.missing_layers();
+    let names: Vec<String> = missing
+        .iter()
+        .map(|(f, _, _)| meta.info.files[*f].path.join("/"))
+        .collect();
+    assert_eq!(names, ["b", "c/big"]);
+    assert_eq!(missing[1].2, 6);
+    for i in 0..meta.info.piece_count() {
+        let single = meta.info.files.iter().any(|f| {
+            f.offset == u64::from(i) * u64::from(PL)
+                && f.length > 0
+                && f.length <= 32768
+                && !f.attr.pad
+        });
+        assert_eq!(
+            hashes.check(i, piece(&meta, &payload, i)),
+            single,
+            "piece {i}"
+        );
+    }
+    // Layers are checked on the way in.
+    let (big, layer) = meta.piece_layers.iter().nth(1).unwrap();
+    assert_eq!(
+        hashes.add_layer(*big, &layer[1..]),
+        Err(LayerError::WrongSize {
+            file: *big,
+            got: 5,
+            want: 6
+        })
+    );
+    let mut wrong = layer.clone();
+    wrong[5][0] ^= 1;
+    assert_eq!(
+        hashes.add_layer(*big, &wrong),
+        Err(LayerError::WrongRoot(*big))
+    );
+    assert_eq!(hashes.add_layer(1, &[]), Err(LayerError::NoSuchLayer(1)));
+    assert_eq!(
+        hashes.add_layer(999, &[]),
+        Err(LayerError::NoSuchLayer(999))
+    );
+    hashes.add_layer(*big, layer).unwrap();
+    assert_eq!(hashes.missing_layers().len(), 1);
+    assert_eq!(hashes.layers().len(), 1);
+}
+
+fn request(root: Hash, base: u32, index: u32, length: u32, proof: u32) -> HashRequest {
+    HashRequest {
+        pieces_root: root,
+        base_layer: base,
+        index,
+        length,
+        proof_layers: proof,
+    }
+}
+
+#[test]
+fn answers_prove_up_to_the_root() {
+    let (meta, _) = made(&[("big", 37 * 16 * 1024 + 3)], 16 * 1024, MetaVersion::V2);
+    let hashes = full(&meta);
+    let root = meta.info.files[0].pieces_root.unwrap();
+    // 38 pieces of one block: a tree of 64 leaves, 6 levels.
+    for (index, length, proof) in [(0, 64, 5), (0, 2, 5), (32, 32, 5), (36, 4, 5), (0, 64, 0)] {
+        let req = request(root, 0, index, length, proof);
+        let Message::Hashes {
+            request: r,
+            hashes: h,
+        } = hashes.answer(&req)
+        else {
+            panic!("{req:?} rejected")
+        };
+        assert_eq!(r, req);
+        let h = split_hashes(&h);
+        assert_eq!(root_of_answer(&req, &h), Some(root), "{req:?}");
+        assert_eq!(
+            &h[..2.min(length as usize)],
+            &meta.piece_layers[&0][index as usize..][..2.min(length as usize)]
+        );
+    }
+    // A higher base layer: nodes of two pieces each.
+    let req = request(root, 1, 0, 32, 4);
+    let Message::Hashes { hashes: h, .. } = hashes.answer(&req) else {
+        panic!("rejected")
+    };
+    assert_eq!(root_of_answer(&req, &split_hashes(&h)), Some(root));
+}
+
+#[test]
+fn hostile_requests_are_rejected() {
+    let (meta, _) = made(&[("big", 37 * 16 * 1024 + 3)], 16 * 1024, MetaVersion::V2);
+    let hashes = full(&meta);
+    let root = meta.info.files[0].pieces_root.unwrap();
+    for req in [
+        request(root, 0, 64, 2, 5),       // beyond the level
+        request(root, 0, 62, 4, 5),       // runs past it
+        request(root, 0, 1, 2, 5),        // unaligned
+        request(root, 0, 0, 3, 5),        // not a power of two
+        request(root, 0, 0, 1, 5),        // fewer than two
+        request(root, 0, 0, 0, 0),        // none
+        request(root, 0, 0, 16384, 5),    // too many
+        request(root, 0, 0, 2, 6),        // proofs past the root
+        request(root, 6, 0, 2, 0),        // the root's own level
+        request(root, u32::MAX, 0, 2, 0), // absurd layer
+        request(root, 0, u32::MAX, u32::MAX, u32::MAX),
+        request([1; 32], 0, 0, 2, 0), // unknown file
+    ] {
+        assert_eq!(hashes.answer(&req), Message::HashReject(req), "{req:?}");
+    }
+    // Below the piece layer we keep nothing.
+    let (meta, _) = made(&[("big", 5 * 32 * 1024)], PL, MetaVersion::V2);
+    let root = meta.info.files[0].pieces_root.unwrap();
+    let req = request(root, 0, 0, 2, 0);
+    assert_eq!(full(&meta).answer(&req), Message::HashReject(req));
+    // Nor do we answer for a file whose layer we lack.
+    let without = PieceHashes::new(Arc::new(meta.info.clone()), &BTreeMap::new()).unwrap();
+    let req = request(root, 1, 0, 8, 2);
+    assert!(matches!(full(&meta).answer(&req), Message::Hashes { .. }));
+    assert_eq!(without.answer(&req), Message::HashReject(req));
+}
+
+/// A peer that answers from `hashes`, altering the first hash when `liar`.
+fn serve(hashes: &PieceHashes, msg: &Message, liar: bool) -> Message {
+    let Message::HashRequest(req) = msg else {
+        panic!("not a request: {msg:?}")
+    };
+    match hashes.answer(req) {
+        Message::Hashes { request, hashes } if liar => {
+            let mut h = hashes.to_vec();
+            h[0] ^= 1;
+            Message::Hashes {
+                request,
+                hashes: Bytes::from(h),
+            }
+        }
+        other => other,
+    }
+}
+
+fn fetch_for(meta: &Metainfo) -> LayerFetch {
+    LayerFetch::new(PieceHashes::new(Arc::new(meta.info.clone()), &BTreeMap::new()).unwrap())
+}
+
+#[test]
+fn layers_are_fetched_past_liars_rejects_and_timeouts() {
+    // 600 pieces: two requests of 512 hashes.
+    let (meta, _) = made(
+        &[("x", 600 * 16 * 1024 + 1), ("y", 3 * 16 * 1024)],
+        16 * 1024,
+        MetaVersion::V2,
+    );
+    let seed = full(&meta);
+    let t0 = Instant::now();
+    let mut fetch = fetch_for(&meta);
+    assert!(!fetch.is_done());
+    // Peer 1 lies, 2 rejects, 3 never answers, 4 is honest (and joins last).
+    for peer in 1..=3 {
+        fetch.handle_connected(t0, peer);
+    }
+    let mut now = t0;
+    let mut dropped = Vec::new();
+    for _ in 0..20 {
+        let mut answers = Vec::new();
+        while let Some(ev) = fetch.poll_event() {
+            match ev {
+                LayerEvent::Send { peer, msg } => match peer {
+                    1 => answers.push((peer, serve(&seed, &msg, true))),
+                    2 => {
+                        let Message::HashRequest(r) = msg else {
+                            panic!()
+                        };
+                        answers.push((peer, Message::HashReject(r)));
+                    }
+                    3 => {}
+                    _ => answers.push((peer, serve(&seed, &msg, false))),
+                },
+                LayerEvent::Drop { peer, fault } => dropped.push((peer, fault)),
+            }
+        }
+        if fetch.is_done() {
+            break;
+        }
+        if answers.is_empty() {
+            // Only the silent peer holds a request: it times out, and an honest peer comes.
+            assert!(fetch.poll_timeout().is_some());
+            now += HASH_REQUEST_TIMEOUT + Duration::from_millis(1);
+            fetch.handle_timeout(now);
+            fetch.handle_connected(now, 4);
+        }
+        for (peer, msg) in answers {
+            fetch.handle_message(now, peer, &msg);
+        }
+    }
+    assert!(fetch.is_done());
+    assert_eq!(fetch.failure(), None);
+    let want: BTreeMap<usize, Vec<Hash>> = meta.piece_layers.clone();
+    assert_eq!(fetch.poll_layers(), Some(want));
+    // The liar is dropped for its hashes; the peers that refused, once nothing else is left
+    // for them, so that others can be tried.
+    assert_eq!(
+        dropped,
+        [
+            (1, LayerFault::BadHashes { file: 0 }),
+            (2, LayerFault::Refused),
+            (3, LayerFault::Refused)
+        ]
+    );
+}
+
+#[test]
+fn stray_and_unsolicited_hashes() {
+    let (meta, _) = made(&[("x", 5 * 16 * 1024)], 16 * 1024, MetaVersion::V2);
+    let seed = full(&meta);
+    let t0 = Instant::now();
+    let mut fetch = fetch_for(&meta);
+    fetch.handle_connected(t0, 1);
+    let Some(LayerEvent::Send { msg, .. }) = fetch.poll_event() else {
+        panic!("no request")
+    };
+    // Messages from peers it does not know are ignored.
+    fetch.handle_message(t0, 9, &serve(&seed, &msg, false));
+    assert!(!fetch.is_done());
+    // Hashes nobody asked for drop the sender.
+    let bogus = Message::Hashes {
+        request: request([3; 32], 0, 0, 2, 0),
+        hashes: Bytes::from(vec![0; 64]),
+    };
+    fetch.handle_message(t0, 1, &bogus);
+    assert_eq!(
+        fetch.poll_event(),
+        Some(LayerEvent::Drop {
+            peer: 1,
+            fault: LayerFault::Unsolicited
+        })
+    );
+    // The request goes to the next peer, whose answer completes the fetch.
+    fetch.handle_connected(t0, 2);
+    let Some(LayerEvent::Send { peer: 2, msg }) = fetch.poll_event() else {
+        panic!("not re-asked")
+    };
+    // The wrong number of hashes is a bad answer.
+    let Message::Hashes { request, hashes } = serve(&seed, &msg, false) else {
+        panic!()
+    };
+    let short = Message::Hashes {
+        request,
+        hashes: hashes.slice(32..),
+    };
+    fetch.handle_message(t0, 2, &short);
+    assert!(matches!(
+        fetch.poll_event(),
+        Some(LayerEvent::Drop { peer: 2, .. })
+    ));
+    fetch.handle_connected(t0, 3);
+    let Some(LayerEvent::Send { peer: 3, msg }) = fetch.poll_event() else {
+        panic!("not re-asked")
+    };
+    fetch.handle_message(t0, 3, &serve(&seed, &msg, false));
+    assert!(fetch.is_done());
+    assert_eq!(fetch.poll_layers(), Some(meta.piece_layers.clone()));
+}
+
+/// The torrent the request property test asks about, made once.
+fn thirty_eight_pieces() -> &'static (Metainfo, PieceHashes) {
+    static MADE: std::sync::OnceLock<(Metainfo, PieceHashes)> = std::sync::OnceLock::new();
+    MADE.get_or_init(|| {
+        let (meta, _) = made(&[("x", 37 * 16 * 1024 + 3)], 16 * 1024, MetaVersion::V2);
+        let hashes = full(&meta);
+        (meta, hashes)
+    })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(64))]
+
+    #[test]
+    fn any_request_is_answered_or_rejected_without_panic(
+        base in prop_oneof![0u32..8, any::<u32>()],
+        index in prop_oneof![0u32..80, any::<u32>()],
+        length in prop_oneof![0u32..80, any::<u32>()],
+        proof in prop_oneof![0u32..8, any::<u32>()],
+    ) {
+        let (meta, hashes) = thirty_eight_pieces();
+        let root = meta.info.files[0].pieces_root.unwrap();
+        let req = request(root, base, index, length, proof);
+        match hashes.answer(&req) {
+            Message::Hashes { request, hashes } => {
+                prop_assert_eq!(request, req);
+                prop_assert_eq!(root_of_answer(&req, &split_hashes(&hashes)), Some(root));
+            }
+            other => prop_assert_eq!(other, Message::HashReject(req)),
+        }
+    }
+
+    #[test]
+    fn layer_fetches_round_trip(
+        lengths in proptest::collection::vec(0u64..40 * 16 * 1024, 1..4),
+        pl_shift in 0u32..3,
+    ) {
+        let names = ["p", "q", "r", "s"];
+        let files: Vec<(&str, u64)> = names.iter().copied().zip(lengths.iter().copied()).collect();
+        prop_assume!(lengths.iter().any(|&l| l > 0));
+        let pl = (16 * 1024) << pl_shift;
+        let (meta, payload) = made(&files, pl, MetaVersion::V2);
+        let seed = full(&meta);
+        let mut fetch = fetch_for(&meta);
+        let t0 = Instant::now();
+        fetch.handle_connected(t0, 1);
+        while let Some(LayerEvent::Send { peer, msg }) = fetch.poll_event() {
+            fetch.handle_message(t0, peer, &serve(&seed, &msg, false));
+        }
+        prop_assert!(fetch.is_done());
+        let layers = fetch.poll_layers().unwrap();
+        prop_assert_eq!(&layers, &meta.piece_layers);
+        let fetched = PieceHashes::new(Arc::new(meta.info.clone()), &layers).unwrap();
+        for i in 0..meta.info.piece_count() {
+            prop_assert!(fetched.check(i, piece(&meta, &payload, i)));
+        }
+    }
+}
+
+#[test]
+fn a_seeding_swarm_answers_hash_requests() {
+    use crate::swarm::{Bitfield, Config, PeerFeatures, Swarm};
+    let (meta, _) = made(&[("big", 37 * 16 * 1024 + 3)], 16 * 1024, MetaVersion::V2);
+    let count = meta.info.piece_count();
+    let new_swarm = || {
+        let have = Bitfield::full(count);
+        let info = &meta.info;
+        Swarm::new(
+            info.piece_length,
+            info.total_length,
+            have.clone(),
+            have,
+            Config::default(),
+            1,
+        )
+    };
+    let root = meta.info.files[0].pieces_root.unwrap();
+    let good = request(root, 0, 32, 32, 5);
+    let out_of_range = request(root, 0, 64, 32, 5);
+    let t = Instant::now();
+    let answers = |swarm: &mut Swarm| {
+        swarm.handle_connected(t, 1, PeerFeatures::default());
+        swarm.handle_message(t, 1, Message::HashRequest(good));
+        swarm.handle_message(t, 1, Message::HashRequest(out_of_range));
+        // Stray answers are ignored, not fatal.
+        swarm.handle_message(t, 1, Message::HashReject(good));
+        let mut out = Vec::new();
+        swarm.poll_transmit(t, 1, &mut out);
+        out.retain(|m| {
+            matches!(
+                m,
+                Message::Hashes { .. } | Message::HashReject(_) | Message::HashRequest(_)
+            )
+        });
+        assert!(swarm.poll_event().is_none(), "the peer was not dropped");
+        out
+    };
+    let mut seeding = new_swarm();
+    seeding.set_piece_hashes(Arc::new(full(&meta)));
+    let out = answers(&mut seeding);
+    assert!(
+        matches!(&out[..], [Message::Hashes { request, hashes }, Message::HashReject(r)]
+            if *request == good && *r == out_of_range
+                && root_of_answer(&good, &split_hashes(hashes)) == Some(root)),
+        "{out:?}"
+    );
+    // Without hashes every request is rejected.
+    let out = answers(&mut new_swarm());
+    assert_eq!(
+        out,
+        [Message::HashReject(good), Message::HashReject(out_of_range)]
+    );
+}

@@ -1,0 +1,405 @@
+//! BitTorrent v2 and hybrid torrents (BEP 52) on the wire, against libtorrent 2.0: downloads
+//! of v2-only and hybrid torrents (one file, and trees whose files need pad files) from
+//! libtorrent seeders, a v2 torrent seeded to a libtorrent leecher, and v2 magnet links whose
+//! metadata and piece layers come from a libtorrent seeder.
+//!
+//! The torrents are libtorrent's (`lt_tool.py make-torrent --version`), the expected bytes the
+//! payload the test wrote.
+
+mod common;
+
+use common::*;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+/// Piece length of the test torrents: 32 KiB, two merkle blocks per piece, so the last piece
+/// of a file is often shorter than a piece and its subtree padded.
+const PIECE: u32 = 32 * 1024;
+
+/// Files that exercise pad files: lengths off piece and block boundaries, one below a block,
+/// one of exactly one piece, one of many.
+const TREE: &[(&str, usize)] = &[
+    ("a.bin", 70_000),
+    ("sub/b.bin", 32 * 1024),
+    ("sub/c.bin", 5),
+    ("sub/deep/d.bin", 300_001),
+    ("z.bin", 16_384 + 1),
+];
+
+/// A payload, libtorrent's torrent of it (`version`: `v2` or `hybrid`) announcing to a
+/// tracker that whitelists it, and what libtorrent says about the torrent.
+struct V2Swarm {
+    tracker: Tracker,
+    torrent: PathBuf,
+    info: LtInfo,
+    /// Single file: its bytes; else empty.
+    data: Vec<u8>,
+    tree: BTreeMap<String, Vec<u8>>,
+    seed_dir: PathBuf,
+    dir: TestDir,
+}
+
+impl V2Swarm {
+    fn new(label: &str, version: &str, tree: Option<&[(&str, usize)]>) -> V2Swarm {
+        Self::with(label, version, tree, 400_000 + 77, PIECE)
+    }
+
+    /// [`V2Swarm::new`] with a single file of `len` bytes (unless `tree`) and pieces of
+    /// `piece` bytes.
+    fn with(
+        label: &str,
+        version: &str,
+        tree: Option<&[(&str, usize)]>,
+        len: usize,
+        piece: u32,
+    ) -> V2Swarm {
+        let dir = TestDir::new(label);
+        let seed_dir = dir.subdir("seed");
+        let (src, data, files) = match tree {
+            Some(files) => {
+                let root = seed_dir.join("payload");
+                let tree = write_tree(&root, files, 52);
+                (root, Vec::new(), tree)
+            }
+            None => {
+                let src = seed_dir.join("payload.bin");
+                let data = write_payload(&src, len, 52);
+                (src, data, BTreeMap::new())
+            }
+        };
+        // The info hash does not depend on the trackers: make the torrent once to learn it,
+        // then again announcing to the tracker that whitelists it.
+        let probe = dir.join("probe.torrent");
+        lt_make_torrent_version(&src, &probe, piece, &[], version);
+        let probed = lt_info(&probe);
+        let hash = probed.info_hash;
+        // A hybrid is announced under both hashes (bitrush uses the v1 one, libtorrent both).
+        let mut hashes = vec![hash.as_str()];
+        hashes.extend(probed.info_hash_v1.as_deref());
+        let tracker = Tracker::start(&hashes);
+        let torrent = dir.join("v2.torrent");
+        lt_make_torrent_version(&src, &torrent, piece, &[&tracker.http_url()], version);
+        let info = lt_info(&torrent);
+        assert_eq!(info.info_hash, hash);
+        V2Swarm {
+            tracker,
+            torrent,
+            info,
+            data,
+            tree: files,
+            seed_dir,
+            dir,
+        }
+    }
+
+    /// Checks what bitrush wrote at `out` byte for byte.
+    fn assert_downloaded(&self, out: &Path) {
+        if self.tree.is_empty() {
+            assert_file_eq(out, &self.data, "v2 download");
+        } else {
+            assert_tree_eq(out, &self.tree);
+        }
+    }
+}
+
+fn download_from_lt(version: &str, tree: Option<&[(&str, usize)]>, label: &str) {
+    let swarm = V2Swarm::new(label, version, tree);
+    match version {
+        "v2" => assert!(swarm.info.info_hash_v1.is_none(), "not v2-only"),
+        _ => assert!(swarm.info.info_hash_v1.is_some() && swarm.info.info_hash_v2.is_some()),
+    }
+    if tree.is_some() {
+        assert!(swarm.info.files.iter().any(|f| f.pad), "no pad files");
+    }
+    let _seeder = LtSeeder::start(&swarm.torrent, &swarm.seed_dir);
+    let out = swarm.dir.join("out");
+    let result = run_download(&swarm.torrent, &out, &[]);
+    assert_success(&result);
+    swarm.assert_downloaded(&out);
+}
+
+#[test]
+fn v2_single_file_from_libtorrent() {
+    download_from_lt("v2", None, "v2-single");
+}
+
+#[test]
+fn v2_tree_with_pad_files_from_libtorrent() {
+    download_from_lt("v2", Some(TREE), "v2-tree");
+}
+
+#[test]
+fn hybrid_single_file_from_libtorrent() {
+    download_from_lt("hybrid", None, "hybrid-single");
+}
+
+#[test]
+fn hybrid_tree_with_pad_files_from_libtorrent() {
+    download_from_lt("hybrid", Some(TREE), "hybrid-tree");
+}
+
+/// `bitrush seed` of a libtorrent-made torrent, downloaded by a libtorrent leecher.
+fn seed_to_lt(version: &str, tree: Option<&[(&str, usize)]>, label: &str) {
+    let swarm = V2Swarm::new(label, version, tree);
+    let name = if tree.is_some() {
+        "payload"
+    } else {
+        "payload.bin"
+    };
+    let seeder = BitrushSeeder::start(
+        &swarm.torrent,
+        &swarm.seed_dir.join(name),
+        &swarm.tracker,
+        // bitrush announces a hybrid under its v1 hash.
+        swarm
+            .info
+            .info_hash_v1
+            .as_deref()
+            .unwrap_or(&swarm.info.info_hash),
+        1,
+        &[],
+    );
+    let leech_dir = swarm.dir.subdir("leech");
+    let mut leecher = LtLeecher::start(&swarm.torrent, &leech_dir, &[seeder.addr()], None);
+    let status = leecher.proc.wait_exit(PROCESS_TIMEOUT);
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "lt_leech did not complete ({status:?})\n{}\n--- bitrush seed ---\n{}",
+        leecher.proc.logs(),
+        seeder.logs()
+    );
+    swarm.assert_downloaded(&leech_dir.join(name));
+}
+
+#[test]
+fn v2_tree_seeded_to_a_libtorrent_leecher() {
+    seed_to_lt("v2", Some(TREE), "v2-seed-tree");
+}
+
+#[test]
+fn v2_single_file_seeded_to_a_libtorrent_leecher() {
+    seed_to_lt("v2", None, "v2-seed-single");
+}
+
+#[test]
+fn hybrid_tree_seeded_to_a_libtorrent_leecher() {
+    seed_to_lt("hybrid", Some(TREE), "hybrid-seed-tree");
+}
+
+/// `magnet:?xt=urn:btmh:1220<v2>` (and `xt=urn:btih:<v1>` first when `with_v1`), naming the
+/// seeder as a peer.
+fn v2_magnet(info: &LtInfo, with_v1: bool, peer: std::net::SocketAddr) -> String {
+    let v2 = info.info_hash_v2.as_deref().expect("v2 hash");
+    let mut link = String::from("magnet:?");
+    if with_v1 {
+        link.push_str(&format!(
+            "xt=urn:btih:{}&",
+            info.info_hash_v1.as_deref().expect("v1 hash")
+        ));
+    }
+    link.push_str(&format!("xt=urn:btmh:1220{v2}&dn=payload&x.pe={peer}"));
+    link
+}
+
+fn magnet_download(swarm: V2Swarm, with_v1: bool) {
+    let opts = LtSeedOptions {
+        no_announce: true,
+        ..LtSeedOptions::default()
+    };
+    let seeder = LtSeeder::start_with(&swarm.torrent, &swarm.seed_dir, &opts);
+    let link = v2_magnet(&swarm.info, with_v1, seeder.addr());
+    let out = swarm.dir.join("out");
+    let result = run_download(&link, &out, &[]);
+    assert_success(&result);
+    swarm.assert_downloaded(&out);
+}
+
+#[test]
+fn v2_magnet_metadata_and_piece_layers_from_libtorrent() {
+    magnet_download(V2Swarm::new("v2-magnet", "v2", Some(TREE)), false);
+}
+
+#[test]
+fn hybrid_magnet_with_both_hashes_from_libtorrent() {
+    magnet_download(V2Swarm::new("hybrid-magnet", "hybrid", Some(TREE)), true);
+}
+
+/// A hybrid named by its v2 hash alone: the truncated v2 hash on the wire, SHA-1 pieces.
+#[test]
+fn hybrid_magnet_with_only_the_v2_hash_from_libtorrent() {
+    magnet_download(
+        V2Swarm::new("hybrid-magnet-btmh", "hybrid", Some(TREE)),
+        false,
+    );
+}
+
+/// A piece layer of more than 512 hashes comes in several hash requests, each proven by the
+/// uncle hashes up to the file's root.
+#[test]
+fn v2_magnet_with_a_large_piece_layer_from_libtorrent() {
+    let swarm = V2Swarm::with(
+        "v2-magnet-large",
+        "v2",
+        None,
+        1300 * 16 * 1024 + 9,
+        16 * 1024,
+    );
+    assert_eq!(swarm.info.num_pieces, 1301);
+    magnet_download(swarm, false);
+}
+
+/// `magnet_info` on a v2-only link prints the piece-layer hashes, as `info` does: the layers
+/// come from the seeder by hash request.
+#[test]
+fn v2_magnet_info_from_libtorrent() {
+    let swarm = V2Swarm::new("v2-magnet-info", "v2", Some(TREE));
+    let opts = LtSeedOptions {
+        no_announce: true,
+        ..LtSeedOptions::default()
+    };
+    let seeder = LtSeeder::start_with(&swarm.torrent, &swarm.seed_dir, &opts);
+    let out = run_bitrush(["magnet_info", &v2_magnet(&swarm.info, false, seeder.addr())]);
+    assert_success(&out);
+    let stdout = stdout_of(&out);
+    let v2 = swarm.info.info_hash_v2.as_deref().unwrap();
+    assert!(
+        stdout.contains(&format!("Info Hash v2: {v2}")),
+        "{}",
+        dump(&out)
+    );
+    let shown: Vec<&str> = stdout
+        .lines()
+        .skip_while(|l| *l != "Piece Hashes:")
+        .skip(1)
+        .take_while(|l| l.len() == 64)
+        .collect();
+    assert_eq!(shown, swarm.info.piece_hashes_v2, "{}", dump(&out));
+}
+
+/// A v2 torrent file without its `piece layers` (BEP 52 allows leaving them to peers) is
+/// refused with a clear error, not downloaded into pieces that can never verify.
+#[test]
+fn v2_torrent_without_piece_layers_is_a_clear_error() {
+    let swarm = V2Swarm::new("v2-no-layers", "v2", Some(TREE));
+    let stripped = swarm.dir.join("stripped.torrent");
+    let mut cmd = lt_python(
+        "import libtorrent as lt, sys\n\
+         t = lt.bdecode(open(sys.argv[1], 'rb').read())\n\
+         del t[b'piece layers']\n\
+         open(sys.argv[2], 'wb').write(lt.bencode(t))",
+    );
+    cmd.arg(&swarm.torrent).arg(&stripped);
+    run_checked(
+        "strip piece layers",
+        cmd,
+        std::time::Duration::from_secs(60),
+    );
+    let out = run_download(&stripped, &swarm.dir.join("out"), &[]);
+    let line = assert_one_line_error(&out);
+    assert!(line.contains("lacks the piece layers of 2 files"), "{line}");
+}
+
+/// libtorrent given only a v2 magnet link fetches the metadata from `bitrush seed`, then the
+/// piece layers by hash request (which bitrush answers), then the data.
+#[test]
+fn libtorrent_gets_a_v2_magnet_from_bitrush() {
+    let swarm = V2Swarm::new("v2-magnet-seed", "v2", Some(TREE));
+    let seeder = BitrushSeeder::start(
+        &swarm.torrent,
+        &swarm.seed_dir.join("payload"),
+        &swarm.tracker,
+        &swarm.info.info_hash,
+        1,
+        &[],
+    );
+    let link = v2_magnet(&swarm.info, false, seeder.addr());
+    let save = swarm.dir.subdir("lt");
+    lt_download(&link, &save, &[seeder.addr()]);
+    assert_tree_eq(&save.join("payload"), &swarm.tree);
+}
+
+/// tests/support/hostile_hash_peer.py: serves the metadata, then misbehaves in the hash
+/// exchange.
+struct HostileHashPeer {
+    port: u16,
+    proc: Proc,
+}
+
+impl HostileHashPeer {
+    fn addr(&self) -> std::net::SocketAddr {
+        loopback_addr(self.port)
+    }
+
+    fn start(mode: &str, torrent: &Path) -> HostileHashPeer {
+        let mut cmd = support_script("hostile_hash_peer.py");
+        cmd.arg(mode).arg(torrent);
+        let proc = Proc::spawn(&format!("hostile hash peer ({mode})"), cmd);
+        let port = proc.ready_port("hostile hash peer not ready");
+        HostileHashPeer { port, proc }
+    }
+
+    fn hash_requests(&self) -> usize {
+        self.proc
+            .stdout_lines()
+            .iter()
+            .filter(|l| l.starts_with("HASH_REQUEST "))
+            .count()
+    }
+}
+
+/// One hostile peer alone: after the metadata, the download fails with a clear error naming
+/// its fault.
+fn hostile_hashes_alone(mode: &str, expected: &str) {
+    let swarm = V2Swarm::new(&format!("v2-hostile-{mode}"), "v2", Some(TREE));
+    let hostile = HostileHashPeer::start(mode, &swarm.torrent);
+    let link = v2_magnet(&swarm.info, false, hostile.addr());
+    let out = run_download(&link, &swarm.dir.join("out"), &[]);
+    let line = assert_one_line_error(&out);
+    assert!(
+        line.contains("no peer sent the piece layers") && line.contains(expected),
+        "expected {expected:?} in {line:?}"
+    );
+    assert!(hostile.hash_requests() > 0, "{}", hostile.proc.logs());
+}
+
+#[test]
+fn hashes_that_do_not_prove_are_a_clean_error() {
+    hostile_hashes_alone("bad-proof", "do not match its pieces root");
+}
+
+#[test]
+fn rejected_hash_requests_are_a_clean_error() {
+    hostile_hashes_alone("reject", "does not serve the piece layers");
+}
+
+#[test]
+fn hashes_for_out_of_range_indices_are_a_clean_error() {
+    hostile_hashes_alone("out-of-range", "hashes we did not ask for");
+}
+
+/// Hostile hash peers named first do not keep an honest seeder from serving the layers.
+#[test]
+fn hostile_hash_peers_do_not_stop_an_honest_seeder() {
+    let swarm = V2Swarm::new("v2-hostile-swarm", "v2", Some(TREE));
+    let hostiles: Vec<HostileHashPeer> = ["bad-proof", "reject", "out-of-range"]
+        .iter()
+        .map(|mode| HostileHashPeer::start(mode, &swarm.torrent))
+        .collect();
+    let opts = LtSeedOptions {
+        no_announce: true,
+        ..LtSeedOptions::default()
+    };
+    let seeder = LtSeeder::start_with(&swarm.torrent, &swarm.seed_dir, &opts);
+    let mut link = String::from("magnet:?");
+    link.push_str(&format!(
+        "xt=urn:btmh:1220{}",
+        swarm.info.info_hash_v2.as_deref().unwrap()
+    ));
+    for h in &hostiles {
+        link.push_str(&format!("&x.pe={}", h.addr()));
+    }
+    link.push_str(&format!("&x.pe={}", seeder.addr()));
+    let out = swarm.dir.join("out");
+    assert_success(&run_download(&link, &out, &[]));
+    swarm.assert_downloaded(&out);
+}
