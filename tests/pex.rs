@@ -23,6 +23,7 @@ fn bitrush_downloads_from_peers_known_only_through_peer_exchange() {
             PROCESS_TIMEOUT,
         )
         .unwrap_or_else(|e| panic!("{e}\n{}", lt.logs()));
+    assert!(line.starts_with("READY"), "{line}\n{}", lt.logs());
     let ports: Vec<u16> = line
         .split_whitespace()
         .skip(1)

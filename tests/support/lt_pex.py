@@ -53,7 +53,7 @@ def add(ses, torrent, save_dir, announce, seed):
     return ses.add_torrent(atp)
 
 
-def wait_ready(handles, timeout=30):
+def wait_ready(handles, timeout=90):
     deadline = time.monotonic() + timeout
     while not all(seeding_and_accepting(h.status()) for h in handles):
         if time.monotonic() > deadline:
@@ -69,7 +69,7 @@ def hidden(args):
     hs = [add(s, args.torrent, args.save_dir, False, True) for s in sessions]
     wait_ready(hs)
     # A must take peers before it dials (a torrent still checking drops its connections).
-    deadline = time.monotonic() + 30
+    deadline = time.monotonic() + 60
     while a.status().state not in ACCEPTS_PEERS:
         if time.monotonic() > deadline:
             say("ERROR the announcer never got ready")
@@ -79,10 +79,13 @@ def hidden(args):
     # which its peer exchange passes on).
     for h in hs:
         h.connect_peer(("127.0.0.1", a_ses.listen_port()))
-    # A announces once it is connected to every hidden seeder.
+    # A announces once it is connected to every hidden seeder (generous: CI machines are slow).
+    deadline = time.monotonic() + 60
     while sum(1 for p in a.get_peer_info() if p.seed) < len(hs):
         if time.monotonic() > deadline:
-            say("ERROR the announcer did not reach the hidden seeders")
+            say("ERROR the announcer did not reach the hidden seeders (its peers: %s; theirs: %s)"
+                % ([(p.ip, p.seed) for p in a.get_peer_info()],
+                   [(str(h.status().state), h.status().num_peers) for h in hs]))
             os._exit(1)
         time.sleep(0.05)
     a.force_reannounce()
