@@ -1,8 +1,8 @@
 //! The web UI in a real browser: Debian's headless Chromium, driven through chromedriver
 //! (WebDriver) with fantoccini, against the real daemon (with HTTP basic credentials, as on a
 //! server) and libtorrent seeders on free loopback ports. In the page: add a magnet link and
-//! watch it reach 100 %, upload a `.torrent`, skip and want a file, pause, resume, remove with
-//! its data. Screenshots at desktop (1280x800) and phone (390x844) widths, light and dark, are
+//! watch it reach 100 %, upload a `.torrent` (file picker) and drop one, skip a file, pause,
+//! resume, remove with its data. Screenshots at desktop (1280x800) and phone (390x844) widths, light and dark, are
 //! kept under `target/webui-screenshots/`.
 //!
 //! Chromium and chromedriver are required: without them the test fails, naming them.
@@ -204,6 +204,15 @@ fn the_page_adds_a_magnet_downloads_it_and_pauses_resumes_and_removes_it() {
         62,
     );
     let _second_seeder = second.lt_seeder();
+    // Dropped on the page; slow, so it is still downloading in the screenshots.
+    let third = Swarm::tree(
+        "webui-c",
+        "video-collection",
+        &[("episode-01.mkv", 8 * MIB), ("episode-02.mkv", 8 * MIB)],
+        16,
+        63,
+    );
+    let _third_seeder = third.lt_seeder_with(&LtSeedOptions::upload_limited(96 * 1024));
     let state = first.dir.subdir("state");
     let downloads = first.dir.subdir("downloads");
     let (daemon, api) = start_daemon(&state, &downloads);
@@ -339,6 +348,25 @@ fn the_page_adds_a_magnet_downloads_it_and_pauses_resumes_and_removes_it() {
                     != Some(&second.tree["one.flac"][..]),
             "a skipped file was downloaded"
         );
+
+        // A .torrent dropped on the page (a drop event carrying the file, as a drag from a
+        // file manager delivers it).
+        let torrent = std::fs::read(&third.torrent).expect("read the torrent");
+        let drop = r#"
+            const file = new File([new Uint8Array(arguments[0])], "video.torrent");
+            const data = new DataTransfer();
+            data.items.add(file);
+            for (const type of ["dragenter", "dragover", "drop"]) {
+                const event = new DragEvent(type, { bubbles: true, cancelable: true, dataTransfer: data });
+                document.querySelector("main").dispatchEvent(event);
+            }"#;
+        c.execute(drop, vec![json!(torrent)])
+            .await
+            .expect("drop the file");
+        wait_row(&c, &daemon, "video-collection", "downloading", |r| {
+            r["state"] == "Downloading" && r["percent"] != "0.0 %"
+        })
+        .await;
 
         screenshots(&c, "light", second_id).await;
         let dark = browser(&webdriver, true).await;
