@@ -157,6 +157,16 @@ async fn wait_row(
     .await
 }
 
+/// Waits until the element `css` selects shows `text`.
+async fn wait_text(c: &Client, daemon: &Proc, css: &str, text: &str) {
+    wait_for(daemon, &format!("{text:?} in {css}"), || async {
+        let el = c.find(Locator::Css(css)).await.ok()?;
+        let shown = el.text().await.ok()?;
+        shown.contains(text).then_some(())
+    })
+    .await
+}
+
 /// Clicks what `css` selects.
 async fn click(c: &Client, css: &str) {
     c.find(Locator::Css(css))
@@ -367,6 +377,22 @@ fn the_page_adds_a_magnet_downloads_it_and_pauses_resumes_and_removes_it() {
             r["state"] == "Downloading" && r["percent"] != "0.0 %"
         })
         .await;
+
+        // Its details: overview, trackers and the seeder among its peers.
+        let third_id = rows(&c)
+            .await
+            .iter()
+            .find(|r| r["name"] == "video-collection")
+            .and_then(|r| r["id"].as_u64())
+            .expect("the dropped torrent's row");
+        click(&c, &format!("tr[data-id='{third_id}'] .name-button")).await;
+        wait_text(&c, &daemon, "#overview", &third.info.info_hash).await;
+        click(&c, "#tab-trackers").await;
+        wait_text(&c, &daemon, "#trackers", &third.tracker.http_url()).await;
+        click(&c, "#tab-peers").await;
+        wait_text(&c, &daemon, "#peers", "127.0.0.1:").await;
+        screenshot(&c, "desktop-light-peers", 1280, 800).await;
+        click(&c, "#detail-close").await;
 
         screenshots(&c, "light", second_id).await;
         let dark = browser(&webdriver, true).await;
