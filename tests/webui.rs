@@ -244,7 +244,7 @@ fn the_page_adds_a_magnet_downloads_it_and_pauses_resumes_and_removes_it() {
         .enable_all()
         .build()
         .expect("a runtime");
-    rt.block_on(async {
+    let second_id = rt.block_on(async {
         let c = browser(&webdriver, false).await;
         c.set_window_size(1280, 800).await.expect("resize");
         c.goto(&page).await.expect("open the page");
@@ -415,6 +415,27 @@ fn the_page_adds_a_magnet_downloads_it_and_pauses_resumes_and_removes_it() {
         })
         .await;
 
+        // Escape cancels a removal (checked at the end: the album is still there).
+        click(
+            &c,
+            &format!("tr[data-id='{second_id}'] button[data-action='remove']"),
+        )
+        .await;
+        c.active_element()
+            .await
+            .expect("the focused button")
+            .send_keys(&fantoccini::key::Key::Escape.to_string())
+            .await
+            .expect("press Escape");
+        wait_for(&daemon, "the dialog closed", || async {
+            let open = c
+                .execute("return document.getElementById('remove-dialog').open", vec![])
+                .await
+                .ok()?;
+            (open == Value::Bool(false)).then_some(())
+        })
+        .await;
+
         // Remove with its data, confirmed in the dialog.
         click(&c, &format!("{row_css} button[data-action='remove']")).await;
         click(&c, "#remove-data").await;
@@ -430,7 +451,16 @@ fn the_page_adds_a_magnet_downloads_it_and_pauses_resumes_and_removes_it() {
         })
         .await;
         c.close().await.expect("close the session");
+        second_id
     });
+    assert_eq!(
+        http_status(
+            &format!("http://{api}/api/v1/torrents/{second_id}"),
+            Some(&format!("{USER}:{PASSWORD}"))
+        ),
+        "200 application/json",
+        "the removal cancelled with Escape happened"
+    );
     drop(daemon);
 }
 

@@ -72,7 +72,9 @@ async function api(method, path, body, contentType) {
     // A body that is not JSON: the status says enough.
   }
   if (!resp.ok) {
-    throw new Error((data && data.error) || resp.status + " " + resp.statusText);
+    const err = new Error((data && data.error) || resp.status + " " + resp.statusText);
+    err.status = resp.status;
+    throw err;
   }
   return data;
 }
@@ -246,6 +248,10 @@ async function poll() {
     renderTotals(stats);
     if (detailId !== null) await refreshDetail();
   } catch (e) {
+    $("offline").textContent =
+      e.status === 401
+        ? "The daemon asks for its user name and password: reload the page to sign in."
+        : "Cannot reach the bitrush daemon. Retrying…";
     $("offline").hidden = false;
   }
   setTimeout(poll, POLL_MS);
