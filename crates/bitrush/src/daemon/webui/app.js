@@ -158,34 +158,42 @@ function makeRow(t) {
   return { tr, c };
 }
 
+// Writes only what changed: with hundreds of rows, a refresh then costs little layout work.
+function setText(e, text) {
+  if (e.textContent !== text) e.textContent = text;
+}
+
+function setAttr(e, name, value) {
+  if (e.getAttribute(name) !== value) e.setAttribute(name, value);
+}
+
 function updateRow(row, t) {
   const c = row.c;
-  row.tr.dataset.state = t.state;
-  c.name.textContent = t.name;
-  c.name.title = t.name;
-  c.name.setAttribute("aria-label", "Details of " + t.name);
+  setAttr(row.tr, "data-state", t.state);
+  setText(c.name, t.name);
+  setAttr(c.name, "title", t.name);
+  setAttr(c.name, "aria-label", "Details of " + t.name);
   const pct = Math.max(0, Math.min(1, t.percent_done));
-  c.fill.style.width = pct * 100 + "%";
-  c.bar.setAttribute("aria-valuenow", String(Math.floor(pct * 100)));
-  c.bar.setAttribute("aria-label", "Progress of " + t.name);
-  c.percent.textContent = t.metadata_known ? percent(pct) : "—";
-  c.error.textContent = t.error || "";
+  const width = pct * 100 + "%";
+  if (c.fill.style.width !== width) c.fill.style.width = width;
+  setAttr(c.bar, "aria-valuenow", String(Math.floor(pct * 100)));
+  setAttr(c.bar, "aria-label", "Progress of " + t.name);
+  setText(c.percent, t.metadata_known ? percent(pct) : "—");
+  setText(c.error, t.error || "");
   c.error.hidden = !t.error;
-  c.size.textContent = t.metadata_known ? bytes(t.size_when_done) : "—";
-  c.down.textContent = rate(t.rate_download);
-  c.up.textContent = rate(t.rate_upload);
-  c.eta.textContent = t.state === "downloading" ? duration(t.eta) : "—";
-  c.peers.textContent = String(t.peers);
-  c.state.textContent = STATES[t.state] || t.state;
-  c.state.dataset.state = t.state;
+  setText(c.size, t.metadata_known ? bytes(t.size_when_done) : "—");
+  setText(c.down, rate(t.rate_download));
+  setText(c.up, rate(t.rate_upload));
+  setText(c.eta, t.state === "downloading" ? duration(t.eta) : "—");
+  setText(c.peers, String(t.peers));
+  setText(c.state, STATES[t.state] || t.state);
+  setAttr(c.state, "data-state", t.state);
   const stopped = t.state === "paused" || t.state === "failed";
   const label = stopped ? "Resume" : "Pause";
-  if (c.toggle.textContent !== label) {
-    c.toggle.textContent = label;
-    c.toggle.dataset.action = label.toLowerCase();
-  }
-  c.toggle.setAttribute("aria-label", label + " " + t.name);
-  c.remove.setAttribute("aria-label", "Remove " + t.name);
+  setText(c.toggle, label);
+  setAttr(c.toggle, "data-action", label.toLowerCase());
+  setAttr(c.toggle, "aria-label", label + " " + t.name);
+  setAttr(c.remove, "aria-label", "Remove " + t.name);
 }
 
 function matchesFilter(t) {
