@@ -35,7 +35,8 @@ const CHROMIUM_ARGS: [&str; 4] = [
 fn start_chromedriver() -> (Proc, String) {
     let driver = require_tool("chromedriver");
     let port = free_port();
-    let mut cmd = Command::new(driver);
+    // Tethered: it goes when the test process goes, however that ends.
+    let mut cmd = tethered(&driver);
     cmd.arg(format!("--port={port}"));
     let proc = Proc::spawn("chromedriver", cmd);
     proc.wait_for_stdout_line(|l| l.contains("started successfully"), STARTUP_TIMEOUT)
@@ -83,7 +84,17 @@ fn start_daemon(state: &Path, downloads: &Path) -> (Proc, String) {
         "--api-password".into(),
         PASSWORD.into(),
     ];
-    let proc = Proc::spawn("bitrush", bitrush_with(&args));
+    // Tethered too, with bitrush's test environment: the daemon does not watch its stdin.
+    let plain = bitrush();
+    let mut cmd = tethered(Path::new(plain.get_program()));
+    cmd.args(&args);
+    for (key, value) in plain.get_envs() {
+        match value {
+            Some(v) => cmd.env(key, v),
+            None => cmd.env_remove(key),
+        };
+    }
+    let proc = Proc::spawn("bitrush", cmd);
     let line = proc
         .wait_for_stdout_line(|l| l.starts_with("API: "), STARTUP_TIMEOUT)
         .unwrap_or_else(|e| panic!("daemon did not start: {e}\n{}", proc.logs()));
