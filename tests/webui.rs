@@ -274,6 +274,9 @@ fn the_page_adds_a_magnet_downloads_it_and_pauses_resumes_and_removes_it() {
         })
         .await;
 
+        screenshot(&c, "phone-light-empty", 390, 844).await;
+        c.set_window_size(1280, 800).await.expect("resize");
+
         // A magnet link, typed and added with the keyboard.
         let link = magnet_link(
             &first.info.info_hash,
