@@ -25,6 +25,10 @@ def main():
     child = subprocess.Popen(sys.argv[1:], stdin=subprocess.DEVNULL)
 
     def kill_child():
+        # As a process group's leader (as the tests start us), the whole group: the
+        # command's own children too (chromedriver's browser).
+        if os.getpgid(0) == os.getpid():
+            os.killpg(0, signal.SIGKILL)
         child.kill()
         child.wait()
 

@@ -1,6 +1,6 @@
 //! The daemon's HTTP API (axum): the JSON REST API under `/api/v1` (documented in
-//! `docs/api.md`), Transmission RPC at `/transmission/rpc` ([`super::rpc`]) and Prometheus
-//! metrics at `/metrics`.
+//! `docs/api.md`), Transmission RPC at `/transmission/rpc` ([`super::rpc`]), Prometheus
+//! metrics at `/metrics` and the web UI at `/` ([`super::webui`]).
 //!
 //! Invariants: a request body is read up to [`MAX_BODY`] bytes (past that: 413); every
 //! failure is a JSON `{"error": "..."}` with a 4xx status, never a panic; with credentials
@@ -100,6 +100,7 @@ pub fn router(daemon: Daemon, access: Access) -> Router {
             "/transmission/rpc/",
             post(super::rpc::handle).get(super::rpc::handle),
         )
+        .merge(super::webui::routes())
         .fallback(|| async { error(StatusCode::NOT_FOUND, "no such endpoint") })
         .method_not_allowed_fallback(|| async {
             error(StatusCode::METHOD_NOT_ALLOWED, "method not allowed here")

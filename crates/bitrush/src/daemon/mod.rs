@@ -21,6 +21,7 @@
 pub mod api;
 mod rpc;
 pub mod store;
+mod webui;
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
