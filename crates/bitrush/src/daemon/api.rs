@@ -122,6 +122,9 @@ pub async fn serve(
 }
 
 async fn authenticate(State(api): State<Api>, req: Request, next: Next) -> Response {
+    if let Some(why) = foreign_request(req.method(), req.headers(), &api.access) {
+        return error(StatusCode::FORBIDDEN, why);
+    }
     let allowed = match &api.access {
         Access::Open => true,
         Access::Refused => false,
@@ -139,6 +142,55 @@ async fn authenticate(State(api): State<Api>, req: Request, next: Next) -> Respo
         );
     }
     resp
+}
+
+/// Why a request that a web page elsewhere could have made the user's browser send is refused,
+/// if it is one. Any other site may make a browser POST to the API (a "simple" cross-origin
+/// request needs no preflight), so a state-changing request whose `Origin` is not the API's
+/// own host is refused. And a page on a name that resolves to 127.0.0.1 (DNS rebinding) would
+/// be same-origin: without credentials, only loopback addresses and `localhost` are accepted
+/// as the `Host`.
+fn foreign_request(
+    method: &axum::http::Method,
+    headers: &HeaderMap,
+    access: &Access,
+) -> Option<&'static str> {
+    let host = headers.get(header::HOST).and_then(|h| h.to_str().ok());
+    if matches!(access, Access::Open) && !host.is_none_or(is_local_host) {
+        return Some("the API answers only to a loopback address or localhost in Host");
+    }
+    let reads = [
+        axum::http::Method::GET,
+        axum::http::Method::HEAD,
+        axum::http::Method::OPTIONS,
+    ];
+    if reads.contains(method) {
+        return None;
+    }
+    let origin = headers.get(header::ORIGIN)?.to_str().ok();
+    let same = match (origin, host) {
+        (Some(origin), Some(host)) => origin
+            .split_once("://")
+            .is_some_and(|(_, authority)| authority.eq_ignore_ascii_case(host)),
+        _ => false,
+    };
+    (!same).then_some("cross-origin request refused")
+}
+
+/// Whether a `Host` header names this machine: a loopback IP or `localhost`, with any port.
+fn is_local_host(host: &str) -> bool {
+    let name = match host.rsplit_once(':') {
+        // `[::1]:9091`, `127.0.0.1:9091`, `localhost:9091`; a bare IPv6 address has no port.
+        Some((name, port)) if port.bytes().all(|b| b.is_ascii_digit()) && !name.ends_with(':') => {
+            name
+        }
+        _ => host,
+    };
+    let name = name.trim_start_matches('[').trim_end_matches(']');
+    name.eq_ignore_ascii_case("localhost")
+        || name
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
 }
 
 /// The user and password of an `Authorization: Basic` header.
@@ -482,6 +534,49 @@ mod tests {
             password: "p".into(),
         };
         assert!(matches!(Access::for_bind(any, Some(c)), Access::Basic(_)));
+    }
+
+    #[test]
+    fn requests_another_site_could_forge_are_refused() {
+        use axum::http::Method;
+        let headers = |pairs: &[(header::HeaderName, &str)]| {
+            let mut h = HeaderMap::new();
+            for (k, v) in pairs {
+                h.insert(k.clone(), v.parse().unwrap());
+            }
+            h
+        };
+        let open = Access::Open;
+        let local = headers(&[(header::HOST, "127.0.0.1:9091")]);
+        assert_eq!(foreign_request(&Method::GET, &local, &open), None);
+        assert_eq!(foreign_request(&Method::POST, &local, &open), None); // curl: no Origin
+        let same = headers(&[
+            (header::HOST, "localhost:9091"),
+            (header::ORIGIN, "http://localhost:9091"),
+        ]);
+        assert_eq!(foreign_request(&Method::POST, &same, &open), None);
+        let six = headers(&[
+            (header::HOST, "[::1]:9091"),
+            (header::ORIGIN, "http://[::1]:9091"),
+        ]);
+        assert_eq!(foreign_request(&Method::DELETE, &six, &open), None);
+        let forged = headers(&[
+            (header::HOST, "127.0.0.1:9091"),
+            (header::ORIGIN, "https://evil.example"),
+        ]);
+        assert!(foreign_request(&Method::POST, &forged, &open).is_some());
+        assert_eq!(foreign_request(&Method::GET, &forged, &open), None);
+        let opaque = headers(&[(header::HOST, "127.0.0.1:9091"), (header::ORIGIN, "null")]);
+        assert!(foreign_request(&Method::POST, &opaque, &open).is_some());
+        let rebound = headers(&[(header::HOST, "evil.example:9091")]);
+        assert!(foreign_request(&Method::GET, &rebound, &open).is_some());
+        // With credentials the Host may be any name (a server behind a proxy); Origin still counts.
+        let basic = Access::Basic(Credentials {
+            user: "u".into(),
+            password: "p".into(),
+        });
+        assert_eq!(foreign_request(&Method::GET, &rebound, &basic), None);
+        assert!(foreign_request(&Method::POST, &forged, &basic).is_some());
     }
 
     #[test]
