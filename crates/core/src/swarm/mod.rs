@@ -86,7 +86,11 @@ pub struct Config {
     pub min_requests: u32,
     /// Ceiling of requests in flight per peer.
     pub max_requests: u32,
-    /// The pipeline holds this much of the peer's measured rate (bandwidth-delay product).
+    /// The pipeline holds this much of the peer's measured rate (bandwidth-delay product). The
+    /// rate is itself bounded by the pipeline (at most a full pipeline per round trip), so this
+    /// must exceed the round trips of real peers, or the rate measured with `n` requests out
+    /// asks for fewer than `n`: a fixed point below what the peer can send. Transmission 3.00
+    /// over TCP answers in more than 500 ms; libtorrent's default, 3 s, covers it.
     pub request_queue_time: Duration,
     /// A keep-alive is sent after this long without sending anything.
     pub keepalive_interval: Duration,
@@ -117,7 +121,7 @@ impl Default for Config {
             max_piece_memory: 32 * 1024 * 1024,
             min_requests: 64,
             max_requests: 1024,
-            request_queue_time: Duration::from_millis(500),
+            request_queue_time: Duration::from_secs(3),
             keepalive_interval: Duration::from_secs(60),
             idle_timeout: Duration::from_secs(150),
             request_timeout: Duration::from_secs(20),
@@ -924,7 +928,9 @@ impl Swarm {
             if let Ok(hs) = ExtHandshake::decode(payload) {
                 peer.ut_metadata = hs.ut_metadata.filter(|&i| i != 0);
                 if let Some(n) = hs.reqq {
-                    peer.max_outstanding = n.max(1);
+                    // Transmission rejects the request that would fill its queue: it holds at
+                    // most `reqq - 1`.
+                    peer.max_outstanding = n.saturating_sub(1).max(1);
                 }
                 if let (Some(port), Some(remote), false) =
                     (hs.listen_port, peer.remote, peer.outgoing)
