@@ -386,9 +386,15 @@ impl Swarm {
         let Some(mut peer) = self.peers.remove(&key) else {
             return;
         };
+        // A peer we upload to that loses interest gives up its slot.
+        let slot_given_up = msg == Message::NotInterested && !peer.am_choking;
         let result = self.on_message(now, key, &mut peer, msg);
         let active = peer.is_active();
         self.peers.insert(key, peer);
+        if slot_given_up {
+            self.choker
+                .fill_free_slots(now, &mut self.peers, &mut self.to_wake);
+        }
         match result {
             Ok(()) if active => self.arm_tick(now + RATE_WINDOW),
             Ok(()) => {}
