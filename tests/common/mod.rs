@@ -20,7 +20,7 @@
 //! authority and stunnel4 for HTTPS trackers), [`bitrush`] (the binary under
 //! test), [`swarm`] (the usual fixture tying them together), [`netns`] (network namespaces
 //! for peers that refuse loopback, with a tracker inside) and [`transmission`] (Transmission
-//! 3.00 in one of them).
+//! 3.00 in one of them) and [`qbittorrent`] (qbittorrent-nox and its Web API).
 
 // Each test binary compiles this module on its own and uses only part of it.
 #![allow(dead_code)]
@@ -35,6 +35,7 @@ mod libtorrent;
 mod netns;
 mod payload;
 mod procs;
+mod qbittorrent;
 mod scripted;
 mod swarm;
 mod tls;
@@ -46,6 +47,6 @@ mod transmission;
 // Each test binary uses only some of the parts, so some globs go unused.
 #[allow(unused_imports)]
 pub use self::{
-    aria2::*, bitrush::*, libtorrent::*, net::*, netns::*, payload::*, procs::*, scripted::*,
-    swarm::*, tls::*, tools::*, torrents::*, tracker::*, transmission::*,
+    aria2::*, bitrush::*, libtorrent::*, net::*, netns::*, payload::*, procs::*, qbittorrent::*,
+    scripted::*, swarm::*, tls::*, tools::*, torrents::*, tracker::*, transmission::*,
 };
