@@ -7,8 +7,8 @@
 //! slot least recently goes first, newcomers before all, so that peers that say they are
 //! interested and then ask for nothing cannot keep the slots from those that would. Between
 //! rechokes, a peer that becomes interested while a slot is free is unchoked at once, and a
-//! slot given up (its peer lost interest) goes at once to the interested peer that waited
-//! longest, rather than at the next rechoke.
+//! slot given up (its peer lost interest or left) goes at once to the interested peer that
+//! waited longest, rather than at the next rechoke.
 //!
 //! Invariants: a rechoke leaves at most `upload_slots` interested peers unchoked; the timer
 //! runs only while some peer is interested.
@@ -77,7 +77,7 @@ impl Choker {
         false
     }
 
-    /// A peer lost interest between rechokes: the slots now free go to the choked interested
+    /// A peer lost interest or left between rechokes: the slots now free go to the choked interested
     /// peers that held one least recently (newcomers first), who are added to `woken`.
     pub(super) fn fill_free_slots(
         &mut self,

@@ -690,6 +690,13 @@ impl Swarm {
         Scheduler::release_all(&mut self.assembly, key, &mut peer);
         self.choker.remove_peer(key);
         self.to_wake.remove(&key);
+        if !peer.am_choking && peer.peer_interested {
+            // Its upload slot is free. No input time comes with a disconnection: the last
+            // exchange with it stands in (it only orders who waited longest).
+            let at = peer.last_received.max(peer.last_sent);
+            self.choker
+                .fill_free_slots(at, &mut self.peers, &mut self.to_wake);
+        }
         if self.peers.is_empty() {
             self.next_tick = None;
         }

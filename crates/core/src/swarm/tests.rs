@@ -423,6 +423,20 @@ fn a_slot_given_up_goes_at_once_to_a_waiting_peer() {
     assert!(out.contains(&Message::Unchoke), "{out:?}");
 }
 
+/// The same when the peer holding the slot leaves.
+#[test]
+fn a_slot_left_free_by_a_departing_peer_goes_at_once_to_a_waiting_peer() {
+    let t = now();
+    let mut d = seeding(32 * 1024, 40 * 1024);
+    for k in 1..=3 {
+        leecher_joins(&mut d, k, t);
+    }
+    while d.poll_event().is_some() {}
+    d.handle_disconnected(2);
+    let out = transmit(&mut d, 3, t + Duration::from_secs(1));
+    assert!(out.contains(&Message::Unchoke), "{out:?}");
+}
+
 #[test]
 fn invalid_requests_close_the_connection() {
     let t = now();
