@@ -47,7 +47,8 @@ def loopback_settings(lt, base=None, wire="tcp"):
     "tcp" (TCP only: aria2 speaks nothing else, and libtorrent would otherwise
     try uTP first between its own seeders and downloader), "utp" (uTP only:
     enable_outgoing_tcp and enable_incoming_tcp off) or "encrypted" (TCP with
-    Message Stream Encryption forced both ways, RC4 only)."""
+    Message Stream Encryption forced both ways, RC4 only); "transmission" (TCP, across the
+    veth pair to the bench's Transmission seeder)."""
     s = dict(base or {})
     s.update(
         {
@@ -79,6 +80,13 @@ def loopback_settings(lt, base=None, wire="tcp"):
                   "in_enc_policy": lt.enc_policy.pe_forced,
                   "allowed_enc_level": lt.enc_level.pe_rc4,
                   "prefer_rc4": True})
+    elif wire == "transmission":
+        # Downloading from Transmission across the bench's veth pair (it refuses loopback
+        # peers): this side's address. TCP only: over uTP, libtorrent 2.0.8 stalled against
+        # Transmission 3.00 at about 30% in this bench (Transmission unchoked it and sent
+        # nothing, then dropped it).
+        s.update({"listen_interfaces": "10.77.0.2:0", "outgoing_interfaces": "10.77.0.2",
+                  "announce_ip": "10.77.0.2"})
     elif wire != "tcp":
         raise ValueError("unknown wire %r" % wire)
     return s

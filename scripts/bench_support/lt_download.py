@@ -1,7 +1,7 @@
 #!/usr/bin/python3
 """Download one torrent with libtorrent into SAVE_DIR; exit 0 once it is complete.
 
-Usage: lt_download.py [--wire tcp|utp|encrypted] TORRENT SAVE_DIR   (timed by scripts/bench)
+Usage: lt_download.py [--wire tcp|utp|encrypted|transmission] TORRENT SAVE_DIR   (timed by scripts/bench)
        lt_download.py --dht-bootstrap HOST:PORT MAGNET SAVE_DIR  (peers from the DHT only)
        lt_download.py --startup-only            (just interpreter + session start-up)
 

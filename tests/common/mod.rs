@@ -18,7 +18,9 @@
 //! [`libtorrent`] and [`aria2`] (the reference clients as peers),
 //! [`scripted`] (scripted honest and hostile peers), [`tls`] (a certificate
 //! authority and stunnel4 for HTTPS trackers), [`bitrush`] (the binary under
-//! test) and [`swarm`] (the usual fixture tying them together).
+//! test), [`swarm`] (the usual fixture tying them together), [`netns`] (network namespaces
+//! for peers that refuse loopback, with a tracker inside) and [`transmission`] (Transmission
+//! 3.00 in one of them) and [`qbittorrent`] (qbittorrent-nox and its Web API).
 
 // Each test binary compiles this module on its own and uses only part of it.
 #![allow(dead_code)]
@@ -30,18 +32,21 @@ mod net;
 mod aria2;
 mod bitrush;
 mod libtorrent;
+mod netns;
 mod payload;
 mod procs;
+mod qbittorrent;
 mod scripted;
 mod swarm;
 mod tls;
 mod tools;
 mod torrents;
 mod tracker;
+mod transmission;
 
 // Each test binary uses only some of the parts, so some globs go unused.
 #[allow(unused_imports)]
 pub use self::{
-    aria2::*, bitrush::*, libtorrent::*, net::*, payload::*, procs::*, scripted::*, swarm::*,
-    tls::*, tools::*, torrents::*, tracker::*,
+    aria2::*, bitrush::*, libtorrent::*, net::*, netns::*, payload::*, procs::*, qbittorrent::*,
+    scripted::*, swarm::*, tls::*, tools::*, torrents::*, tracker::*, transmission::*,
 };

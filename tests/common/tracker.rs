@@ -23,7 +23,8 @@ pub struct Tracker {
     _dir: TestDir,
 }
 
-fn percent_encode_bytes(bytes: &[u8]) -> String {
+/// Every byte as `%XX` (query values such as info hashes and peer ids).
+pub fn percent_encode_bytes(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("%{b:02X}")).collect()
 }
 

@@ -134,3 +134,28 @@ fn interested_idlers_do_not_keep_the_upload_slots() {
     assert!(sim.run_to_completion(rechoke * turns).unwrap());
     assert!(sim.is_complete(d));
 }
+
+/// Bug: a peer's request pipeline held `request_queue_time` (500 ms) worth of its measured
+/// rate, and that rate was itself bounded by the pipeline: at most `min_requests` blocks per
+/// round trip. Against a peer that answers more slowly than 500 ms (Transmission 3.00 over
+/// TCP, a long link) the rate measured with 64 requests out asked for 64 requests again, a
+/// fixed point far below what the peer could send (from Transmission: 1.7 MiB/s where aria2
+/// took 5.7). Here an 800 ms round trip at 8 MiB/s: 64 requests a round trip would make
+/// 1.25 MiB/s (20 s for 24 MiB); the link's bandwidth allows 3 s.
+#[test]
+fn the_pipeline_grows_to_fill_a_long_round_trip() {
+    let mut sim = sim(7, 256 * KIB as u32, 24 * 1024 * KIB);
+    let d = sim.add_downloader(config());
+    let s = sim.add_seeder(config());
+    let link = LinkSpec {
+        latency: Duration::from_millis(400),
+        bandwidth: Some(8 * 1024 * KIB as u64),
+    };
+    sim.connect(d, s, link);
+    assert!(sim.run_to_completion(Duration::from_secs(600)).unwrap());
+    assert!(
+        sim.elapsed() < Duration::from_secs(8),
+        "24 MiB took {:?} of virtual time",
+        sim.elapsed()
+    );
+}

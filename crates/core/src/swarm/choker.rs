@@ -6,8 +6,9 @@
 //! [`OPTIMISTIC_INTERVAL`]. Among equals (most often peers at rate zero) the one that held a
 //! slot least recently goes first, newcomers before all, so that peers that say they are
 //! interested and then ask for nothing cannot keep the slots from those that would. Between
-//! rechokes, a peer that becomes interested while a slot is free is unchoked at once rather
-//! than at the next rechoke.
+//! rechokes, a peer that becomes interested while a slot is free is unchoked at once, and a
+//! slot given up (its peer lost interest or left) goes at once to the interested peer that
+//! waited longest, rather than at the next rechoke.
 //!
 //! Invariants: a rechoke leaves at most `upload_slots` interested peers unchoked; the timer
 //! runs only while some peer is interested.
@@ -74,6 +75,39 @@ impl Choker {
             return true;
         }
         false
+    }
+
+    /// A peer lost interest or left between rechokes: the slots now free go to the choked interested
+    /// peers that held one least recently (newcomers first), who are added to `woken`.
+    pub(super) fn fill_free_slots(
+        &mut self,
+        now: Instant,
+        peers: &mut BTreeMap<PeerKey, PeerState>,
+        woken: &mut BTreeSet<PeerKey>,
+    ) {
+        let busy = peers
+            .values()
+            .filter(|p| !p.am_choking && p.peer_interested)
+            .count();
+        let free = self.slots.saturating_sub(busy);
+        if free == 0 {
+            return;
+        }
+        let mut waiting: Vec<(Option<Instant>, PeerKey)> = peers
+            .iter()
+            .filter(|(_, p)| p.am_choking && p.peer_interested)
+            .map(|(&k, p)| (p.last_unchoked, k))
+            .collect();
+        // `None` (never held a slot) sorts first, then the longest wait, then the key.
+        waiting.sort_unstable();
+        for (_, k) in waiting.into_iter().take(free) {
+            if let Some(peer) = peers.get_mut(&k) {
+                peer.am_choking = false;
+                peer.last_unchoked = Some(now);
+                peer.outbox.push(Message::Unchoke);
+                woken.insert(k);
+            }
+        }
     }
 
     /// The peer holding the optimistic slot.

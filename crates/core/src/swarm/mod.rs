@@ -87,7 +87,11 @@ pub struct Config {
     pub min_requests: u32,
     /// Ceiling of requests in flight per peer.
     pub max_requests: u32,
-    /// The pipeline holds this much of the peer's measured rate (bandwidth-delay product).
+    /// The pipeline holds this much of the peer's measured rate (bandwidth-delay product). The
+    /// rate is itself bounded by the pipeline (at most a full pipeline per round trip), so this
+    /// must exceed the round trips of real peers, or the rate measured with `n` requests out
+    /// asks for fewer than `n`: a fixed point below what the peer can send. Transmission 3.00
+    /// over TCP answers in more than 500 ms; libtorrent's default, 3 s, covers it.
     pub request_queue_time: Duration,
     /// A keep-alive is sent after this long without sending anything.
     pub keepalive_interval: Duration,
@@ -120,7 +124,7 @@ impl Default for Config {
             max_piece_memory: 32 * 1024 * 1024,
             min_requests: 64,
             max_requests: 1024,
-            request_queue_time: Duration::from_millis(500),
+            request_queue_time: Duration::from_secs(3),
             keepalive_interval: Duration::from_secs(60),
             idle_timeout: Duration::from_secs(150),
             request_timeout: Duration::from_secs(20),
@@ -406,9 +410,15 @@ impl Swarm {
         let Some(mut peer) = self.peers.remove(&key) else {
             return;
         };
+        // A peer we upload to that loses interest gives up its slot.
+        let slot_given_up = msg == Message::NotInterested && !peer.am_choking;
         let result = self.on_message(now, key, &mut peer, msg);
         let active = peer.is_active();
         self.peers.insert(key, peer);
+        if slot_given_up {
+            self.choker
+                .fill_free_slots(now, &mut self.peers, &mut self.to_wake);
+        }
         match result {
             Ok(()) if active => self.arm_tick(now + RATE_WINDOW),
             Ok(()) => {}
@@ -706,6 +716,13 @@ impl Swarm {
         Scheduler::release_all(&mut self.assembly, key, &mut peer);
         self.choker.remove_peer(key);
         self.to_wake.remove(&key);
+        if !peer.am_choking && peer.peer_interested {
+            // Its upload slot is free. No input time comes with a disconnection: the last
+            // exchange with it stands in (it only orders who waited longest).
+            let at = peer.last_received.max(peer.last_sent);
+            self.choker
+                .fill_free_slots(at, &mut self.peers, &mut self.to_wake);
+        }
         if self.peers.is_empty() {
             self.next_tick = None;
         }
@@ -957,7 +974,9 @@ impl Swarm {
             if let Ok(hs) = ExtHandshake::decode(payload) {
                 peer.ut_metadata = hs.ut_metadata.filter(|&i| i != 0);
                 if let Some(n) = hs.reqq {
-                    peer.max_outstanding = n.max(1);
+                    // Transmission rejects the request that would fill its queue: it holds at
+                    // most `reqq - 1`.
+                    peer.max_outstanding = n.saturating_sub(1).max(1);
                 }
                 if let (Some(port), Some(remote), false) =
                     (hs.listen_port, peer.remote, peer.outgoing)
