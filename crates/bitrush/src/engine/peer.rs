@@ -20,7 +20,6 @@ use std::time::Instant;
 use tokio::sync::Notify;
 
 use super::connection::{ConnectionError, PeerStream};
-use super::limits::wait_until;
 use super::sink::Sink;
 use crate::disk::StorageError;
 use crate::swarm::{CompletedPiece, PeerError, PeerFeatures, PeerKey, Swarm, SwarmEvent};
@@ -61,8 +60,8 @@ pub(super) struct Shared {
     pub(super) sink: Arc<Sink>,
     /// Wakes the manager when the swarm's next deadline moved earlier than it sleeps.
     pub(super) timer: Notify,
-    /// Download and upload rate limits.
-    pub(super) limits: super::limits::RateLimits,
+    /// Download and upload rate limits (the session's and the torrent's).
+    pub(super) limits: super::limits::ConnectionLimits,
 }
 
 /// The swarm and the way to reach each connection, under one lock.
@@ -243,10 +242,8 @@ async fn message_loop(
                 _ => 0,
             })
             .sum();
-        if let Some(l) = &limits.download {
-            l.consume(now, received);
-        }
-        let upload_wait = wait_until(limits.upload.as_ref(), now);
+        limits.consume_download(now, received);
+        let upload_wait = limits.upload_wait(now);
         let more_uploads = {
             let mut st = lock(shared);
             for msg in incoming.drain(..) {
@@ -279,15 +276,13 @@ async fn message_loop(
             uploads = blocks;
             uploads.clear();
             let sent = sent?;
-            if let Some(l) = &limits.upload {
-                l.consume(Instant::now(), sent);
-            }
+            limits.consume_upload(Instant::now(), sent);
             let mut st = lock(shared);
             st.swarm.handle_uploaded(Instant::now(), key, sent);
             st.dispatch(shared, Some(key));
         }
         conn.flush().await?;
-        let read_wait = wait_until(limits.download.as_ref(), Instant::now());
+        let read_wait = limits.download_wait(Instant::now());
         tokio::select! {
             // Incoming messages first; then, while requests wait, straight on to the next batch.
             biased;

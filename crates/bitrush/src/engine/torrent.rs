@@ -28,6 +28,7 @@ use tokio::task::JoinSet;
 use super::connection::{self, PeerStream, Transports};
 use super::dht::{DhtHandle, LookupReply};
 use super::hasher::{self, Verdict};
+use super::limits::{ConnectionLimits, RateLimits};
 use super::peer::{self, PeerTaskError, Shared, SwarmState};
 use super::resume;
 use super::sink::Sink;
@@ -137,6 +138,13 @@ pub struct Hosted {
     /// Which files to fetch, by index in `info.files` (`None`: all). The pieces overlapping a
     /// wanted file are wanted.
     pub wanted_files: Option<Vec<bool>>,
+    /// This torrent's own download and upload limits, obeyed together with the session's
+    /// ([`Transports::limits`]).
+    pub limits: RateLimits,
+    /// The priority window an HTTP stream asks for ([`crate::swarm::Swarm::set_window`]:
+    /// pieces are started only inside it; `None`: anywhere). Applied at start and on every
+    /// change.
+    pub window: watch::Receiver<Option<std::ops::Range<u32>>>,
 }
 
 /// A connected peer, as the progress snapshot shows it.
@@ -267,7 +275,14 @@ pub async fn run_torrent(mut params: TorrentParams) -> Result<Outcome, TorrentEr
         max_message_len: max_message_len(piece_count),
         sink: sink.clone(),
         timer: Notify::new(),
-        limits: params.transports.limits.clone(),
+        limits: ConnectionLimits {
+            session: params.transports.limits.clone(),
+            torrent: params
+                .hosted
+                .as_ref()
+                .map(|h| h.limits.clone())
+                .unwrap_or_default(),
+        },
     });
     let now = Instant::now();
     let session = Session::new(
@@ -320,15 +335,19 @@ pub async fn run_torrent(mut params: TorrentParams) -> Result<Outcome, TorrentEr
         _ => None,
     };
     let (dht_tx, dht_rx) = mpsc::channel(64);
-    let (incoming, connection_slots) = match params.hosted.as_mut() {
+    let (incoming, connection_slots, window) = match params.hosted.as_mut() {
         Some(hosted) => {
             let (_, closed) = mpsc::channel(1);
+            let mut window = hosted.window.clone();
+            // Apply the window in force when the run starts.
+            window.mark_changed();
             (
                 Some(std::mem::replace(&mut hosted.incoming, closed)),
                 Some(hosted.connection_slots.clone()),
+                Some(window),
             )
         }
-        None => (None, None),
+        None => (None, None, None),
     };
     let mut manager = Manager {
         incoming,
@@ -355,6 +374,7 @@ pub async fn run_torrent(mut params: TorrentParams) -> Result<Outcome, TorrentEr
         rate: RateMeter::default(),
         total_pieces,
         streaming,
+        window,
     };
     let result = manager.run().await;
     drop(manager);
@@ -702,6 +722,22 @@ struct Manager {
     total_pieces: u32,
     /// The writer of a streaming download.
     streaming: Option<Streaming>,
+    /// A hosted torrent's priority window, set by its daemon's HTTP streams.
+    window: Option<watch::Receiver<Option<std::ops::Range<u32>>>>,
+}
+
+/// The next priority window a daemon asks for, or never (none, or the daemon dropped it).
+async fn window_change(
+    rx: &mut Option<watch::Receiver<Option<std::ops::Range<u32>>>>,
+) -> Option<std::ops::Range<u32>> {
+    let Some(r) = rx else {
+        return std::future::pending().await;
+    };
+    if r.changed().await.is_err() {
+        *rx = None;
+        return std::future::pending().await;
+    }
+    r.borrow_and_update().clone()
 }
 
 /// Waits for the shutdown signal, or forever without one.
@@ -1118,6 +1154,11 @@ impl Manager {
                     st.dispatch(&self.shared, None);
                 }
                 Some(_) = self.web_seeds.join_next() => {}
+                window = window_change(&mut self.window) => {
+                    let mut st = peer::lock(&self.shared);
+                    st.swarm.set_window(window);
+                    st.dispatch(&self.shared, None);
+                }
                 Some(event) = stream_event(&mut self.streaming) => match event {
                     StreamEvent::Next(next) => {
                         if let Some(s) = &mut self.streaming {
