@@ -1060,23 +1060,38 @@ impl Daemon {
         Some((had, progress))
     }
 
-    /// Reader `reader` wants `window` fetched first (the latest reader's window is in force);
-    /// `None` lifts the window if it is still this reader's.
-    fn set_window(&self, id: TorrentId, reader: u64, window: Option<std::ops::Range<u32>>) {
+    /// Reader `reader` is at piece `from` and wants the pieces `from..end` fetched first: they
+    /// become the torrent's window (the latest reader's wins), unless all are verified, when
+    /// the window is lifted so the rest of the torrent downloads meanwhile.
+    fn steer_window(&self, id: TorrentId, reader: u64, from: u32, end: u32) {
         let mut st = self.state();
         let Some(e) = st.torrents.get_mut(&id) else {
             return;
         };
-        if window.is_some() {
-            e.window_reader = reader;
-        } else if e.window_reader != reader {
-            return;
-        }
+        let (p, _) = current(e);
+        let all_had = p
+            .have
+            .as_ref()
+            .is_some_and(|h| (from..end).all(|i| h.get(i)));
+        e.window_reader = reader;
+        let window = (!all_had).then_some(from..end);
         e.window.send_if_modified(|w| {
             let changed = *w != window;
             *w = window;
             changed
         });
+    }
+
+    /// Lifts the window if reader `reader` set the one in force (its response ended).
+    fn release_window(&self, id: TorrentId, reader: u64) {
+        let mut st = self.state();
+        let Some(e) = st.torrents.get_mut(&id) else {
+            return;
+        };
+        if e.window_reader != reader {
+            return;
+        }
+        e.window.send_if_modified(|w| w.take().is_some());
     }
 }
 

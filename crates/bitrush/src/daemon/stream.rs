@@ -3,12 +3,13 @@
 //! `Content-Range`, `416` for a range outside the file).
 //!
 //! The response is read from disk piece by piece, and a piece is read only once it is verified
-//! (the run's progress lists it), so unverified bytes are never served. While the reader waits
-//! for a piece it sets its torrent's priority window ([`crate::swarm::Swarm::set_window`]) to
-//! the [`window_pieces`] pieces from there, up to the end of its range: the pieces it needs
-//! next are fetched first, and nothing past the window is started meanwhile. One window per
-//! torrent: the latest reader's; it is lifted when that reader goes (its response ends or the
-//! client hangs up), so the rest of the torrent downloads again.
+//! (the run's progress lists it), so unverified bytes are never served. Each time the reader
+//! reaches a new piece it sets its torrent's priority window
+//! ([`crate::swarm::Swarm::set_window`]) to the [`window_pieces`] pieces from there, up to the
+//! end of its range: the pieces it needs next are fetched first, and nothing past the window
+//! is started meanwhile (a window already verified is lifted instead, so the rest of the
+//! torrent downloads while the reader catches up). One window per torrent: the latest
+//! reader's; it is lifted when that reader goes (its response ends or the client hangs up).
 //!
 //! Memory is bounded: one [`CHUNK`] buffer per response, and the body is pulled by the
 //! connection only as fast as the client reads it.
@@ -154,6 +155,7 @@ pub(super) async fn stream(
         pos: start,
         end,
         storage: None,
+        steered: None,
         source,
     };
     let body = Body::from_stream(futures_util::stream::unfold(reader, |mut r| async move {
@@ -188,11 +190,13 @@ struct Reader {
     end: u64,
     /// The torrent's files, opened read-only once the first piece is verified.
     storage: Option<Arc<Storage>>,
+    /// The piece the window was last steered from.
+    steered: Option<u32>,
 }
 
 impl Drop for Reader {
     fn drop(&mut self) {
-        self.daemon.set_window(self.id, self.reader, None);
+        self.daemon.release_window(self.id, self.reader);
     }
 }
 
@@ -212,7 +216,15 @@ impl Reader {
         ) else {
             return Some(Err(std::io::Error::other("piece index out of range")));
         };
-        if let Err(e) = self.wait_for(piece, last_piece, info.piece_length).await {
+        if self.steered != Some(piece) {
+            // The window follows the reader: the pieces just ahead of it, up to its range's end.
+            let end = piece
+                .saturating_add(window_pieces(info.piece_length))
+                .min(last_piece.saturating_add(1));
+            self.daemon.steer_window(self.id, self.reader, piece, end);
+            self.steered = Some(piece);
+        }
+        if let Err(e) = self.wait_for(piece).await {
             return Some(Err(e));
         }
         let storage = match &self.storage {
@@ -250,24 +262,14 @@ impl Reader {
         }
     }
 
-    /// Waits until `piece` is verified, asking for the pieces from it to `last` (at most a
-    /// window's worth) first.
-    async fn wait_for(&self, piece: u32, last: u32, piece_length: u32) -> std::io::Result<()> {
-        let mut asked = false;
+    /// Waits until `piece` is verified.
+    async fn wait_for(&self, piece: u32) -> std::io::Result<()> {
         loop {
             let Some((verified, progress)) = self.daemon.piece_verified(self.id, piece) else {
                 return Err(std::io::Error::other("the torrent was removed"));
             };
             if verified {
                 return Ok(());
-            }
-            if !asked {
-                let end = piece
-                    .saturating_add(window_pieces(piece_length))
-                    .min(last.saturating_add(1));
-                self.daemon
-                    .set_window(self.id, self.reader, Some(piece..end));
-                asked = true;
             }
             match progress {
                 Some(mut rx) => {
