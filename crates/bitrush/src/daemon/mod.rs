@@ -702,23 +702,27 @@ impl Daemon {
         }
     }
 
-    /// Saves every running torrent's settings (its counters move) every `save_every`.
+    /// Saves every running torrent's settings whose counters moved, every `save_every`.
     async fn save_periodically(&self) {
         let mut tick = tokio::time::interval(self.0.config.save_every);
         tick.tick().await;
+        // The counters last saved, per torrent (an idle torrent is not written again).
+        let mut written: HashMap<TorrentId, (u64, u64)> = HashMap::new();
         loop {
             tick.tick().await;
             let saved: Vec<Saved> = {
                 let st = self.state();
+                written.retain(|id, _| st.torrents.contains_key(id));
                 st.torrents
-                    .values()
-                    .filter_map(|e| {
+                    .iter()
+                    .filter_map(|(id, e)| {
                         let run = e.run.as_ref()?;
                         let p = run.progress.borrow();
                         let mut saved = e.saved.clone();
                         saved.uploaded += p.uploaded_bytes;
                         saved.downloaded += p.received_bytes;
-                        Some(saved)
+                        let counters = (saved.uploaded, saved.downloaded);
+                        (written.insert(*id, counters) != Some(counters)).then_some(saved)
                     })
                     .collect()
             };

@@ -22,7 +22,7 @@ use tokio::sync::Notify;
 use super::connection::{ConnectionError, PeerStream};
 use super::sink::Sink;
 use crate::disk::StorageError;
-use crate::swarm::{CompletedPiece, PeerError, PeerFeatures, PeerKey, Swarm, SwarmEvent};
+use crate::swarm::{PeerError, PeerFeatures, PeerKey, Swarm, SwarmEvent};
 use crate::wire::message::encode_piece_header;
 use crate::wire::{BlockRef, Message};
 
@@ -53,7 +53,7 @@ struct PeerSlot {
 pub(super) struct Shared {
     pub(super) state: Mutex<SwarmState>,
     /// Where assembled pieces go to be verified.
-    pub(super) verify_tx: std::sync::mpsc::Sender<CompletedPiece>,
+    pub(super) verify_tx: super::hasher::Hashers,
     /// Largest message accepted from a peer.
     pub(super) max_message_len: u32,
     /// Where pieces are stored; uploads are read from it.
@@ -120,8 +120,7 @@ impl SwarmState {
         while let Some(event) = self.swarm.poll_event() {
             match event {
                 SwarmEvent::Verify(piece) => {
-                    // The receiver lives as long as the torrent; a send error means it ends.
-                    let _ = shared.verify_tx.send(piece);
+                    shared.verify_tx.send(piece);
                 }
                 SwarmEvent::Wake(key) if Some(key) != me => {
                     if let Some(slot) = self.peers.get(&key) {

@@ -213,8 +213,6 @@ pub enum TorrentError {
     NoTrackerAnswered(#[from] NoTrackerAnswered),
     #[error("no peer could be reached")]
     NoPeers(#[source] Option<PeerTaskError>),
-    #[error("cannot start the hashing threads")]
-    HashThreads(#[source] std::io::Error),
     #[error("an internal task failed")]
     Task(#[source] tokio::task::JoinError),
     #[error("{0} does not exist: there is nothing to seed")]
@@ -267,8 +265,7 @@ pub async fn run_torrent(mut params: TorrentParams) -> Result<Outcome, TorrentEr
     let total_bytes = wanted_bytes;
     let (verdict_tx, verdict_rx) = mpsc::unbounded_channel();
     let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
-    let verify_tx = hasher::spawn(info.clone(), sink.clone(), threads, verdict_tx)
-        .map_err(TorrentError::HashThreads)?;
+    let verify_tx = hasher::Hashers::new(info.clone(), sink.clone(), threads, verdict_tx);
     let shared = Arc::new(Shared {
         state: Mutex::new(SwarmState::new(swarm)),
         verify_tx,
@@ -372,6 +369,8 @@ pub async fn run_torrent(mut params: TorrentParams) -> Result<Outcome, TorrentEr
         last_peer_error: None,
         files_finished: false,
         rate: RateMeter::default(),
+        progress_idle: false,
+        saved_have: None,
         total_pieces,
         streaming,
         window,
@@ -718,6 +717,12 @@ struct Manager {
     /// What only complete files get (executable bits, symlinks) was done.
     files_finished: bool,
     rate: RateMeter,
+    /// A hosted torrent's last progress report showed nothing moving (no peer, no rate): its
+    /// reports pause until something happens, so a thousand idle torrents cost no wake-ups.
+    progress_idle: bool,
+    /// Verified pieces when the resume state was last saved (periodic saves of a hosted
+    /// torrent are skipped while it is unchanged).
+    saved_have: Option<u32>,
     /// Wanted pieces.
     total_pieces: u32,
     /// The writer of a streaming download.
@@ -1092,6 +1097,8 @@ impl Manager {
 
     async fn run(&mut self) -> Result<Outcome, TorrentError> {
         let mut progress_tick = tokio::time::interval(PROGRESS_INTERVAL);
+        // Paused while idle: no burst of missed ticks when reports resume.
+        progress_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
         let save_every = self.params.hosted.as_ref().map(|h| h.save_every);
         let mut save_tick = tokio::time::interval(save_every.unwrap_or(Duration::from_secs(3600)));
         // The first tick is immediate: nothing to save yet.
@@ -1134,6 +1141,9 @@ impl Manager {
                 st.armed = deadline;
                 deadline
             };
+            let report =
+                self.params.progress.is_some() && !(self.progress_idle && self.conns.is_empty());
+            let mut ticked = false;
             tokio::select! {
                 () = shutdown_signal(&mut shutdown) => {
                     shutdown = None;
@@ -1200,7 +1210,11 @@ impl Manager {
                     }
                 }
                 _ = save_tick.tick(), if save_every.is_some() => {
-                    self.save_resume(None).await;
+                    let have = self.lock().swarm.have().count();
+                    if self.saved_have != Some(have) {
+                        self.save_resume(None).await;
+                        self.saved_have = Some(have);
+                    }
                 }
                 accepted = accept_utp(self.params.transports.utp.as_ref()) => {
                     if let Some((stream, addr)) = accepted {
@@ -1222,12 +1236,21 @@ impl Manager {
                 },
                 () = sleep_until(deadline) => {}
                 () = self.shared.timer.notified() => {}
-                _ = progress_tick.tick(), if self.params.progress.is_some() => {
+                _ = progress_tick.tick(), if report => {
+                    ticked = true;
                     let p = self.progress(Instant::now());
+                    self.progress_idle = self.params.hosted.is_some()
+                        && p.peers == 0
+                        && p.rate == 0.0
+                        && p.upload_rate == 0.0;
                     if let Some(tx) = &self.params.progress {
                         let _ = tx.send(p);
                     }
                 }
+            }
+            if !ticked {
+                // Something happened: report again until it is idle once more.
+                self.progress_idle = false;
             }
         };
         self.peers.abort_all();
