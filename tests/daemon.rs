@@ -678,3 +678,216 @@ fn skipped_files_are_not_fetched_until_wanted() {
     assert_tree_eq(&set, &swarm.tree);
     d.stop();
 }
+
+/// A raw HTTP response from curl: status, the headers' text and the body's bytes.
+struct RawResp {
+    status: u16,
+    headers: String,
+    body: Vec<u8>,
+}
+
+/// Runs curl with `args` against `url`, keeping the body's bytes and the headers.
+fn curl_raw(dir: &Path, url: &str, args: &[&str]) -> RawResp {
+    let (body_file, header_file) = (dir.join("curl-body"), dir.join("curl-headers"));
+    let mut cmd = Command::new(require_tool("curl"));
+    cmd.args(["-s", "-S", "-w", "%{http_code}", "--max-time", "100", "-o"])
+        .arg(&body_file)
+        .arg("-D")
+        .arg(&header_file)
+        .args(args)
+        .arg(url);
+    let out = run_checked("curl", cmd, Duration::from_secs(120));
+    RawResp {
+        status: String::from_utf8_lossy(&out.stdout)
+            .trim()
+            .parse()
+            .unwrap_or(0),
+        headers: std::fs::read_to_string(&header_file).unwrap_or_default(),
+        body: std::fs::read(&body_file).unwrap_or_default(),
+    }
+}
+
+/// The lines of `text` that start (after spaces) with `prefix`.
+fn line_with<'a>(text: &'a str, prefix: &str) -> &'a str {
+    text.lines()
+        .map(str::trim)
+        .find(|l| l.starts_with(prefix))
+        .unwrap_or_else(|| panic!("no `{prefix}` line in:\n{text}"))
+}
+
+#[test]
+fn rate_limits_set_through_transmission_remote_and_rest_are_kept_across_a_restart() {
+    require_libtorrent();
+    let swarm = Swarm::single_file("daemon-limits", MIB, 15, 44, false);
+    let _seeder = swarm.lt_seeder();
+    let state = swarm.dir.subdir("state");
+    let downloads = swarm.dir.subdir("downloads");
+    let mut d = start_daemon(&state, &downloads, &["--max-download-rate", "2M"]);
+    let limits = d.get("/api/v1/limits").json();
+    assert_eq!(
+        limits,
+        serde_json::json!({"download": 2 * MIB, "upload": null})
+    );
+    let session = remote(&d.api, &["-si"]);
+    assert!(
+        line_with(&session, "Download speed limit:").contains("(Enabled limit: 2.10 MB/s"),
+        "{session}"
+    );
+    assert!(
+        line_with(&session, "Upload speed limit:").starts_with("Upload speed limit: Unlimited"),
+        "{session}"
+    );
+    // Global limits as transmission-remote sets them: kB/s of 1000 bytes.
+    let set = remote(&d.api, &["-d", "300", "-u", "40"]);
+    assert!(set.contains("success"), "{set}");
+    assert_eq!(
+        d.get("/api/v1/limits").json(),
+        serde_json::json!({"download": 300_000, "upload": 40_000})
+    );
+    let session = remote(&d.api, &["-si"]);
+    assert!(
+        line_with(&session, "Download speed limit:").starts_with("Download speed limit: 300"),
+        "{session}"
+    );
+    assert!(
+        line_with(&session, "Upload speed limit:").starts_with("Upload speed limit: 40"),
+        "{session}"
+    );
+    // A torrent's own limits.
+    let added = remote(&d.api, &["-a", &swarm.torrent.display().to_string()]);
+    assert!(added.contains("success"), "{added}");
+    let set = remote(&d.api, &["-t", "1", "-d", "100"]);
+    assert!(set.contains("success"), "{set}");
+    let info = remote(&d.api, &["-t", "1", "-i"]);
+    assert!(
+        line_with(&info, "Download Limit:").starts_with("Download Limit: 100"),
+        "{info}"
+    );
+    assert_eq!(line_with(&info, "Upload Limit:"), "Upload Limit: Unlimited");
+    assert_eq!(
+        d.get("/api/v1/torrents/1/limits").json(),
+        serde_json::json!({"download": 100_000, "upload": null})
+    );
+    // Through REST: the body replaces both (absent: unlimited).
+    let r = curl(
+        &format!("{}/api/v1/torrents/1/limits", d.api),
+        &[
+            "-X",
+            "PUT",
+            "-H",
+            "Content-Type: application/json",
+            "--data-binary",
+            r#"{"upload": 5000}"#,
+        ],
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    let info = remote(&d.api, &["-t", "1", "-i"]);
+    assert_eq!(
+        line_with(&info, "Download Limit:"),
+        "Download Limit: Unlimited"
+    );
+    assert!(
+        line_with(&info, "Upload Limit:").starts_with("Upload Limit: 5"),
+        "{info}"
+    );
+    let bad = curl(
+        &format!("{}/api/v1/limits", d.api),
+        &["-X", "PUT", "--data-binary", r#"{"down": 5}"#],
+    );
+    assert_eq!(bad.status, 400, "{}", bad.body);
+    let missing = curl(
+        &format!("{}/api/v1/torrents/9/limits", d.api),
+        &["-X", "PUT", "--data-binary", "{}"],
+    );
+    assert_eq!(missing.status, 404, "{}", missing.body);
+    d.wait_complete(1);
+    assert_file_eq(&downloaded(&downloads), &swarm.data, "the limited download");
+    d.stop();
+    // Both kinds are saved: a restart without flags keeps them.
+    let d = start_daemon(&state, &downloads, &[]);
+    assert_eq!(
+        d.get("/api/v1/limits").json(),
+        serde_json::json!({"download": 300_000, "upload": 40_000})
+    );
+    assert_eq!(
+        d.get("/api/v1/torrents/1/limits").json(),
+        serde_json::json!({"download": null, "upload": 5000})
+    );
+    // -D and -U lift the global limits.
+    remote(&d.api, &["-D", "-U"]);
+    assert_eq!(
+        d.get("/api/v1/limits").json(),
+        serde_json::json!({"download": null, "upload": null})
+    );
+    let session = remote(&d.api, &["-si"]);
+    assert!(
+        line_with(&session, "Download speed limit:").starts_with("Download speed limit: Unlimited"),
+        "{session}"
+    );
+    d.stop();
+}
+
+#[test]
+fn a_file_streams_over_http_with_ranges_while_it_downloads() {
+    require_libtorrent();
+    // 8 MiB in 64 KiB pieces from a seeder sending 512 KiB/s: the whole takes ~16 s.
+    let swarm = Swarm::single_file("daemon-stream", 8 * MIB, 16, 45, false);
+    let _seeder = swarm.lt_seeder_with(&LtSeedOptions::upload_limited(512 * 1024));
+    let state = swarm.dir.subdir("state");
+    let downloads = swarm.dir.subdir("downloads");
+    let scratch = swarm.dir.subdir("scratch");
+    let mut d = start_daemon(&state, &downloads, &[]);
+    let id = d.add_torrent(&swarm.torrent);
+    let url = format!("{}/api/v1/torrents/{id}/files/0/stream", d.api);
+    // A range in the middle, asked for at once: its pieces are fetched first.
+    let (first, last) = (5 * MIB + 12_345, 5 * MIB + 12_345 + 300_000);
+    let r = curl_raw(&scratch, &url, &["-r", &format!("{first}-{last}")]);
+    let left = d.torrent(id)["left_until_done"].as_u64().unwrap_or(0);
+    eprintln!("range served with {left} bytes still to download");
+    assert_eq!(r.status, 206, "{}", r.headers);
+    assert!(
+        r.headers
+            .to_ascii_lowercase()
+            .contains(&format!("content-range: bytes {first}-{last}/{}", 8 * MIB)),
+        "{}",
+        r.headers
+    );
+    assert_bytes_eq(&r.body, &swarm.data[first..=last], "the streamed range");
+    // A suffix range and an unsatisfiable one.
+    let r = curl_raw(&scratch, &url, &["-r", "-1000"]);
+    assert_eq!(r.status, 206, "{}", r.headers);
+    assert_bytes_eq(
+        &r.body,
+        &swarm.data[8 * MIB - 1000..],
+        "the last 1000 bytes",
+    );
+    let r = curl_raw(&scratch, &url, &["-r", &format!("{}-", 8 * MIB)]);
+    assert_eq!(r.status, 416, "{}", r.headers);
+    assert!(
+        r.headers
+            .to_ascii_lowercase()
+            .contains(&format!("content-range: bytes */{}", 8 * MIB)),
+        "{}",
+        r.headers
+    );
+    // The whole file, read while the rest downloads, is the payload.
+    let r = curl_raw(&scratch, &url, &[]);
+    assert_eq!(r.status, 200, "{}", r.headers);
+    assert_bytes_eq(&r.body, &swarm.data, "the streamed file");
+    d.wait_complete(id);
+    assert_file_eq(&downloaded(&downloads), &swarm.data, "the download");
+    // No such file, no such torrent.
+    let r = curl_raw(
+        &scratch,
+        &format!("{}/api/v1/torrents/{id}/files/1/stream", d.api),
+        &[],
+    );
+    assert_eq!(r.status, 404);
+    let r = curl_raw(
+        &scratch,
+        &format!("{}/api/v1/torrents/77/files/0/stream", d.api),
+        &[],
+    );
+    assert_eq!(r.status, 404);
+    d.stop();
+}

@@ -23,6 +23,9 @@ pub struct DaemonArgs {
     pub max_peers: usize,
     pub limits: QueueLimits,
     pub save_every: Duration,
+    /// Global rate limits, bytes per second (`None`: the saved ones).
+    pub max_download_rate: Option<u64>,
+    pub max_upload_rate: Option<u64>,
     pub session: SessionOptions,
 }
 
@@ -47,6 +50,8 @@ pub async fn daemon(args: DaemonArgs) -> anyhow::Result<()> {
         utp: opts.utp,
         encryption: opts.encryption,
         save_every: args.save_every,
+        max_download_rate: args.max_download_rate,
+        max_upload_rate: args.max_upload_rate,
     };
     let listener = tokio::net::TcpListener::bind(args.api)
         .await

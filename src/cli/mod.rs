@@ -304,6 +304,14 @@ enum Command {
         /// verified since are checked again).
         #[arg(long, value_name = "SECONDS", default_value_t = 15, value_parser = clap::value_parser!(u64).range(1..))]
         save_interval: u64,
+        /// Most download bytes per second across all torrents, e.g. 500K or 2M (K, M, G:
+        /// powers of 1024); replaces the limit saved in the state directory.
+        #[arg(long, value_name = "RATE", value_parser = select::parse_rate)]
+        max_download_rate: Option<u64>,
+        /// Most upload bytes per second across all torrents, e.g. 500K or 2M; replaces the
+        /// limit saved in the state directory.
+        #[arg(long, value_name = "RATE", value_parser = select::parse_rate)]
+        max_upload_rate: Option<u64>,
         #[command(flatten)]
         network: NetworkArgs,
     },
@@ -714,6 +722,8 @@ fn run(command: Command, quiet: bool) -> anyhow::Result<()> {
             max_active_downloads,
             max_active_seeds,
             save_interval,
+            max_download_rate,
+            max_upload_rate,
             network,
         } => {
             let state_dir = network
@@ -737,6 +747,8 @@ fn run(command: Command, quiet: bool) -> anyhow::Result<()> {
                     max_active_seeds,
                 },
                 save_every: std::time::Duration::from_secs(save_interval),
+                max_download_rate,
+                max_upload_rate,
                 session: network.options(quiet),
             }))
         }

@@ -21,7 +21,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use base64::Engine;
 
-use super::{AddError, AddRequest, AddSource, Daemon};
+use super::{AddError, AddRequest, AddSource, Daemon, SpeedLimits};
 use crate::queue::TorrentId;
 
 /// Largest request body accepted (a `.torrent` upload, base64 included).
@@ -89,6 +89,15 @@ pub fn router(daemon: Daemon, access: Access) -> Router {
         .route("/api/v1/torrents/{id}/files", get(files).put(set_files))
         .route("/api/v1/torrents/{id}/peers", get(peers))
         .route("/api/v1/torrents/{id}/trackers", get(trackers))
+        .route(
+            "/api/v1/torrents/{id}/files/{index}/stream",
+            get(super::stream::stream),
+        )
+        .route(
+            "/api/v1/torrents/{id}/limits",
+            get(torrent_limits).put(set_torrent_limits),
+        )
+        .route("/api/v1/limits", get(speed_limits).put(set_speed_limits))
         .route("/api/v1/stats", get(stats))
         .route("/metrics", get(metrics))
         .route(
@@ -458,6 +467,60 @@ async fn trackers(State(api): State<Api>, Path(id): Path<String>) -> Response {
             Json(list).into_response()
         }
         None => not_found(id),
+    }
+}
+
+/// A JSON [`SpeedLimits`] body (absent or `null` fields: unlimited).
+async fn limits_body(body: Body) -> Result<SpeedLimits, Response> {
+    let bytes = read_body(body).await.map_err(IntoResponse::into_response)?;
+    serde_json::from_slice(&bytes)
+        .map_err(|e| error(StatusCode::BAD_REQUEST, format!("malformed JSON: {e}")))
+}
+
+async fn speed_limits(State(api): State<Api>) -> Response {
+    Json(api.daemon.speed_limits()).into_response()
+}
+
+async fn set_speed_limits(State(api): State<Api>, body: Body) -> Response {
+    let limits = match limits_body(body).await {
+        Ok(l) => l,
+        Err(r) => return r,
+    };
+    if let Err(e) = api.daemon.set_speed_limits(limits) {
+        // In force now; only saving failed.
+        tracing::warn!(error = %e, "cannot save the rate limits");
+    }
+    Json(api.daemon.speed_limits()).into_response()
+}
+
+async fn torrent_limits(State(api): State<Api>, Path(id): Path<String>) -> Response {
+    let id = match parse_id(&id) {
+        Ok(id) => id,
+        Err(r) => return r.into_response(),
+    };
+    match api.daemon.torrent_speed_limits(id) {
+        Some(l) => Json(l).into_response(),
+        None => not_found(id),
+    }
+}
+
+async fn set_torrent_limits(
+    State(api): State<Api>,
+    Path(id): Path<String>,
+    body: Body,
+) -> Response {
+    let id = match parse_id(&id) {
+        Ok(id) => id,
+        Err(r) => return r.into_response(),
+    };
+    let limits = match limits_body(body).await {
+        Ok(l) => l,
+        Err(r) => return r,
+    };
+    if api.daemon.set_torrent_speed_limits(id, limits) {
+        Json(limits).into_response()
+    } else {
+        not_found(id)
     }
 }
 

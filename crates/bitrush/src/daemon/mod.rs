@@ -14,6 +14,12 @@
 //! written atomically (temporary file, fsync, rename); settings on every change and
 //! periodically, so a restart after a clean stop or `kill -9` brings every torrent back.
 //!
+//! Rate limits: one pair of global buckets shared by every connection (through
+//! [`Transports::limits`]) and one pair per torrent ([`Hosted::limits`](crate::engine::Hosted));
+//! both may change while torrents run. HTTP streams ([`stream`]) read verified pieces from
+//! disk and move their torrent's priority window (the latest reader's wins; it is lifted when
+//! that reader goes).
+//!
 //! Invariants: the state lock is never held across an await; a torrent's next run starts only
 //! once its previous run ended (so two runs never share files); a removed torrent's files are
 //! deleted only after its run ended.
@@ -21,6 +27,7 @@
 pub mod api;
 mod rpc;
 pub mod store;
+mod stream;
 mod webui;
 
 use std::collections::{BTreeMap, HashMap};
@@ -34,6 +41,7 @@ use tokio::task::JoinHandle;
 
 use crate::engine::connection::{self, PeerStream, Transports};
 use crate::engine::dht::{DhtHandle, DhtOptions};
+use crate::engine::limits::RateLimits;
 use crate::engine::metadata::fetch_metadata;
 use crate::engine::torrent::wanted_pieces;
 use crate::engine::udp::{self, UdpOptions};
@@ -48,7 +56,7 @@ use crate::swarm::Bitfield;
 use crate::types::{InfoHash, PeerId};
 use crate::wire::Handshake;
 
-use store::{Saved, Store};
+use store::{Saved, SessionSettings, Store};
 
 /// How a daemon runs.
 #[derive(Clone, Debug)]
@@ -72,6 +80,20 @@ pub struct DaemonConfig {
     pub encryption: Encryption,
     /// How often settings and resume states are saved while torrents run.
     pub save_every: Duration,
+    /// Global rate limits given at start, bytes per second: each replaces the saved one
+    /// (`None`: keep the saved one).
+    pub max_download_rate: Option<u64>,
+    pub max_upload_rate: Option<u64>,
+}
+
+/// Download and upload rate limits in bytes per second (`None`: unlimited).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SpeedLimits {
+    #[serde(default)]
+    pub download: Option<u64>,
+    #[serde(default)]
+    pub upload: Option<u64>,
 }
 
 /// Why a torrent could not be added.
@@ -156,6 +178,39 @@ struct Entry {
     /// Hash everything on the next start.
     recheck: bool,
     error: Option<String>,
+    /// This torrent's own rate limits (kept across runs; `saved` holds their values).
+    limits: RateLimits,
+    /// The priority window HTTP streams ask for (kept across runs).
+    window: watch::Sender<Option<std::ops::Range<u32>>>,
+    /// The stream reader whose window is in force.
+    window_reader: u64,
+}
+
+impl Entry {
+    fn new(
+        saved: Saved,
+        info_hash: InfoHash,
+        meta: Option<Meta>,
+        trackers: Vec<Vec<String>>,
+        peers: Vec<SocketAddr>,
+        last: Progress,
+    ) -> Entry {
+        let limits = RateLimits::adjustable(saved.download_limit, saved.upload_limit);
+        Entry {
+            saved,
+            info_hash,
+            meta,
+            trackers,
+            peers,
+            run: None,
+            last,
+            recheck: false,
+            error: None,
+            limits,
+            window: watch::channel(None).0,
+            window_reader: 0,
+        }
+    }
 }
 
 struct State {
@@ -175,6 +230,10 @@ struct Inner {
     port: u16,
     dht: Option<DhtHandle>,
     transports: Transports,
+    /// The global rate limits (also in `transports`).
+    rate_limits: RateLimits,
+    /// Numbers stream readers.
+    next_reader: std::sync::atomic::AtomicU64,
     slots: Arc<Semaphore>,
     /// Incoming connections in their handshake.
     handshaking: Arc<Semaphore>,
@@ -240,12 +299,25 @@ impl Daemon {
                 udp::Udp::default()
             }
         };
+        let mut settings = store.load_session();
+        if let Some(rate) = config.max_download_rate {
+            settings.download_limit = Some(rate);
+        }
+        if let Some(rate) = config.max_upload_rate {
+            settings.upload_limit = Some(rate);
+        }
+        if config.max_download_rate.is_some() || config.max_upload_rate.is_some() {
+            if let Err(e) = store.save_session(&settings) {
+                tracing::warn!(error = %e, "cannot save the rate limits");
+            }
+        }
+        let rate_limits = RateLimits::adjustable(settings.download_limit, settings.upload_limit);
         let transports = Transports {
             tcp: config.tcp,
             utp: udp.utp,
             encryption: config.encryption,
             memory: Default::default(),
-            limits: Default::default(),
+            limits: rate_limits.clone(),
         };
         let daemon = Daemon(Arc::new(Inner {
             slots: Arc::new(Semaphore::new(config.max_connections)),
@@ -263,6 +335,8 @@ impl Daemon {
             port,
             dht: udp.dht,
             transports,
+            rate_limits,
+            next_reader: std::sync::atomic::AtomicU64::new(1),
             started: std::time::Instant::now(),
             tasks: Mutex::new(Vec::new()),
         }));
@@ -345,17 +419,7 @@ impl Daemon {
             st.next_id = st.next_id.max(id + 1);
             st.torrents.insert(
                 id,
-                Entry {
-                    saved,
-                    info_hash,
-                    meta,
-                    trackers,
-                    peers,
-                    run: None,
-                    last,
-                    recheck: false,
-                    error: None,
-                },
+                Entry::new(saved, info_hash, meta, trackers, peers, last),
             );
         }
         tracing::info!(torrents = st.torrents.len(), "loaded saved torrents");
@@ -426,6 +490,8 @@ impl Daemon {
             done_date: 0,
             uploaded: 0,
             downloaded: 0,
+            download_limit: None,
+            upload_limit: None,
         };
         if let Some(bytes) = &torrent_bytes {
             self.0
@@ -440,17 +506,7 @@ impl Daemon {
         st.next_id += 1;
         st.torrents.insert(
             id,
-            Entry {
-                saved,
-                info_hash,
-                meta,
-                trackers,
-                peers,
-                run: None,
-                last: Progress::default(),
-                recheck: false,
-                error: None,
-            },
+            Entry::new(saved, info_hash, meta, trackers, peers, Progress::default()),
         );
         self.apply_queue(&mut st);
         Ok(id)
@@ -501,6 +557,8 @@ impl Daemon {
             progress: progress_tx,
             incoming: route_rx,
             fetching: fetching.clone(),
+            limits: entry.limits.clone(),
+            window: entry.window.subscribe(),
         };
         let info_hash = entry.info_hash;
         let task = tokio::spawn(job.run());
@@ -645,23 +703,27 @@ impl Daemon {
         }
     }
 
-    /// Saves every running torrent's settings (its counters move) every `save_every`.
+    /// Saves every running torrent's settings whose counters moved, every `save_every`.
     async fn save_periodically(&self) {
         let mut tick = tokio::time::interval(self.0.config.save_every);
         tick.tick().await;
+        // The counters last saved, per torrent (an idle torrent is not written again).
+        let mut written: HashMap<TorrentId, (u64, u64)> = HashMap::new();
         loop {
             tick.tick().await;
             let saved: Vec<Saved> = {
                 let st = self.state();
+                written.retain(|id, _| st.torrents.contains_key(id));
                 st.torrents
-                    .values()
-                    .filter_map(|e| {
+                    .iter()
+                    .filter_map(|(id, e)| {
                         let run = e.run.as_ref()?;
                         let p = run.progress.borrow();
                         let mut saved = e.saved.clone();
                         saved.uploaded += p.uploaded_bytes;
                         saved.downloaded += p.received_bytes;
-                        Some(saved)
+                        let counters = (saved.uploaded, saved.downloaded);
+                        (written.insert(*id, counters) != Some(counters)).then_some(saved)
                     })
                     .collect()
             };
@@ -914,6 +976,127 @@ impl Daemon {
     /// The queue's limits.
     pub fn limits(&self) -> QueueLimits {
         self.state().queue.limits()
+    }
+
+    /// The global rate limits.
+    pub fn speed_limits(&self) -> SpeedLimits {
+        let (download, upload) = self.0.rate_limits.rates();
+        SpeedLimits { download, upload }
+    }
+
+    /// Changes the global rate limits (at once, for every connection) and saves them.
+    pub fn set_speed_limits(&self, limits: SpeedLimits) -> std::io::Result<()> {
+        self.0.rate_limits.set(limits.download, limits.upload);
+        self.0.store.save_session(&SessionSettings {
+            download_limit: limits.download,
+            upload_limit: limits.upload,
+        })
+    }
+
+    /// A torrent's own rate limits (`None`: no such torrent).
+    pub fn torrent_speed_limits(&self, id: TorrentId) -> Option<SpeedLimits> {
+        let st = self.state();
+        let e = st.torrents.get(&id)?;
+        Some(SpeedLimits {
+            download: e.saved.download_limit,
+            upload: e.saved.upload_limit,
+        })
+    }
+
+    /// Changes a torrent's own rate limits (at once, for its connections) and saves them;
+    /// `false` if there is no such torrent.
+    pub fn set_torrent_speed_limits(&self, id: TorrentId, limits: SpeedLimits) -> bool {
+        let mut st = self.state();
+        let Some(e) = st.torrents.get_mut(&id) else {
+            return false;
+        };
+        e.saved.download_limit = limits.download;
+        e.saved.upload_limit = limits.upload;
+        e.limits.set(limits.download, limits.upload);
+        if let Err(e) = self.0.store.save(&e.saved) {
+            tracing::warn!(error = %e, "cannot save torrent settings");
+        }
+        true
+    }
+
+    /// A torrent's file to stream: its metadata, where its data lives, and the file's place
+    /// (`None`: no such torrent or file, or the metadata is not known yet).
+    fn stream_source(&self, id: TorrentId, index: usize) -> Option<stream::Source> {
+        let st = self.state();
+        let e = st.torrents.get(&id)?;
+        let meta = e.meta.as_ref()?;
+        let file = meta.info.files.get(index)?;
+        if file.attr.pad {
+            return None;
+        }
+        Some(stream::Source {
+            info: meta.info.clone(),
+            output: e.saved.download_dir.join(&meta.info.name),
+            offset: file.offset,
+            length: file.length,
+        })
+    }
+
+    /// A new stream reader's number.
+    fn new_reader(&self) -> u64 {
+        self.0
+            .next_reader
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Whether piece `piece` of torrent `id` is verified, and the progress of its run to wait
+    /// on for more (`None`: the torrent is gone).
+    fn piece_verified(
+        &self,
+        id: TorrentId,
+        piece: u32,
+    ) -> Option<(bool, Option<watch::Receiver<Progress>>)> {
+        let st = self.state();
+        let e = st.torrents.get(&id)?;
+        // Marked seen before the progress is read: a report sent after it wakes the waiter.
+        let progress = e.run.as_ref().map(|r| {
+            let mut rx = r.progress.clone();
+            rx.mark_unchanged();
+            rx
+        });
+        let (p, _) = current(e);
+        let had = p.have.as_ref().is_some_and(|h| h.get(piece))
+            || (p.seeding && p.total_bytes > 0 && e.saved.wanted_files.is_none());
+        Some((had, progress))
+    }
+
+    /// Reader `reader` is at piece `from` and wants the pieces `from..end` fetched first: they
+    /// become the torrent's window (the latest reader's wins), unless all are verified, when
+    /// the window is lifted so the rest of the torrent downloads meanwhile.
+    fn steer_window(&self, id: TorrentId, reader: u64, from: u32, end: u32) {
+        let mut st = self.state();
+        let Some(e) = st.torrents.get_mut(&id) else {
+            return;
+        };
+        let (p, _) = current(e);
+        let all_had = p
+            .have
+            .as_ref()
+            .is_some_and(|h| (from..end).all(|i| h.get(i)));
+        e.window_reader = reader;
+        let window = (!all_had).then_some(from..end);
+        e.window.send_if_modified(|w| {
+            let changed = *w != window;
+            *w = window;
+            changed
+        });
+    }
+
+    /// Lifts the window if reader `reader` set the one in force (its response ended).
+    fn release_window(&self, id: TorrentId, reader: u64) {
+        let mut st = self.state();
+        let Some(e) = st.torrents.get_mut(&id) else {
+            return;
+        };
+        if e.window_reader != reader {
+            return;
+        }
+        e.window.send_if_modified(|w| w.take().is_some());
     }
 }
 
@@ -1178,6 +1361,8 @@ struct Job {
     progress: watch::Sender<Progress>,
     incoming: mpsc::Receiver<(PeerStream, Handshake)>,
     fetching: Arc<std::sync::atomic::AtomicBool>,
+    limits: RateLimits,
+    window: watch::Receiver<Option<std::ops::Range<u32>>>,
 }
 
 /// Waits until `rx` says stop.
@@ -1261,6 +1446,8 @@ impl Job {
                 resume_file: inner.store.resume_path(&self.info_hash),
                 save_every: inner.config.save_every,
                 wanted_files: self.wanted_files.clone(),
+                limits: self.limits.clone(),
+                window: self.window.clone(),
             }),
         };
         let mut watch = self.progress.subscribe();

@@ -6,10 +6,14 @@
 //! Methods: `torrent-add` (`filename` as a path on the daemon's machine, an http(s) URL or a
 //! magnet link; or `metainfo` in base64), `torrent-get`, `torrent-start`,
 //! `torrent-start-now`, `torrent-stop`, `torrent-remove` (`delete-local-data`),
-//! `torrent-verify`, `torrent-set` (`files-wanted`, `files-unwanted`), `session-get`,
+//! `torrent-verify`, `torrent-set` (`files-wanted`, `files-unwanted`, `downloadLimit`,
+//! `downloadLimited`, `uploadLimit`, `uploadLimited`), `session-get`,
 //! `session-set`, `session-stats`, `free-space`. An unknown method is answered with a result
 //! naming it, as Transmission does. Torrent ids are the daemon's; `ids` may also name info
 //! hashes.
+//!
+//! Speed limits are in kB/s of 1000 bytes, as Transmission counts them; "enabled" flags map
+//! to a limit being set (a disabled limit is not remembered).
 
 use axum::body::Body;
 use axum::extract::State;
@@ -20,13 +24,58 @@ use base64::Engine;
 use serde_json::{json, Map, Value};
 
 use super::api::{error, read_body, Api, MAX_BODY};
-use super::{AddError, AddRequest, AddSource, Daemon, TorrentStatus, TorrentView};
+use super::{AddError, AddRequest, AddSource, Daemon, SpeedLimits, TorrentStatus, TorrentView};
 use crate::queue::{QueueLimits, TorrentId};
 
 const SESSION_HEADER: &str = "x-transmission-session-id";
 
 /// The RPC version we answer as (Transmission 3.00's).
 const RPC_VERSION: u64 = 16;
+
+/// Bytes in Transmission's kB (its speeds are in kB/s).
+const SPEED_K: u64 = 1000;
+
+/// The limit Transmission shows while none is set (its default, in kB/s).
+const DEFAULT_SPEED_KBPS: u64 = 100;
+
+/// A limit in bytes per second as Transmission's value (kB/s) and enabled flag.
+fn speed_kbps(limit: Option<u64>) -> (u64, bool) {
+    match limit {
+        Some(bytes) => (bytes / SPEED_K, true),
+        None => (DEFAULT_SPEED_KBPS, false),
+    }
+}
+
+/// Applies Transmission's `<value>` (kB/s) and `<enabled>` keys to a limit in bytes per
+/// second: a value alone changes an enabled limit, `enabled` alone turns it on (at the
+/// default) or off.
+fn apply_speed(
+    limit: &mut Option<u64>,
+    args: &Map<String, Value>,
+    value: &str,
+    enabled: &str,
+) -> Result<(), String> {
+    let kbps = match args.get(value) {
+        None => None,
+        Some(v) => Some(
+            v.as_u64()
+                .ok_or(format!("`{value}` is not a number of kB/s"))?,
+        ),
+    };
+    let on = match args.get(enabled) {
+        None => None,
+        Some(v) => Some(v.as_bool().ok_or(format!("`{enabled}` is not a boolean"))?),
+    };
+    let bytes = |k: u64| k.saturating_mul(SPEED_K);
+    *limit = match (kbps, on) {
+        (_, Some(false)) => None,
+        (Some(k), Some(true)) => Some(bytes(k)),
+        (None, Some(true)) => limit.or(Some(bytes(DEFAULT_SPEED_KBPS))),
+        (Some(k), None) => limit.map(|_| bytes(k)),
+        (None, None) => *limit,
+    };
+    Ok(())
+}
 
 pub(super) async fn handle(
     State(api): State<Api>,
@@ -338,6 +387,19 @@ fn torrent_fields(daemon: &Daemon, t: &TorrentView, fields: &[&str]) -> Value {
                 )
                 .collect::<Vec<_>>()),
             "webseeds" | "labels" => json!([]),
+            "downloadLimit" | "downloadLimited" | "uploadLimit" | "uploadLimited" => {
+                let limits = daemon.torrent_speed_limits(t.id).unwrap_or_default();
+                let (down, down_on) = speed_kbps(limits.download);
+                let (up, up_on) = speed_kbps(limits.upload);
+                match field {
+                    "downloadLimit" => json!(down),
+                    "downloadLimited" => json!(down_on),
+                    "uploadLimit" => json!(up),
+                    _ => json!(up_on),
+                }
+            }
+            "honorsSessionLimits" => json!(true),
+            "peer-limit" => json!(daemon.config().max_peers_per_torrent),
             _ => continue,
         };
         out.insert(field.to_string(), value);
@@ -358,10 +420,32 @@ fn torrent_set(daemon: &Daemon, args: &Map<String, Value>) -> Result<Value, Stri
             .unwrap_or_default()
     };
     let (want, skip) = (indices("files-wanted"), indices("files-unwanted"));
+    let ids = ids(daemon, args);
+    let speed_keys = [
+        "downloadLimit",
+        "downloadLimited",
+        "uploadLimit",
+        "uploadLimited",
+    ];
+    if speed_keys.iter().any(|k| args.contains_key(*k)) {
+        for &id in &ids {
+            let Some(mut limits) = daemon.torrent_speed_limits(id) else {
+                continue;
+            };
+            apply_speed(
+                &mut limits.download,
+                args,
+                "downloadLimit",
+                "downloadLimited",
+            )?;
+            apply_speed(&mut limits.upload, args, "uploadLimit", "uploadLimited")?;
+            daemon.set_torrent_speed_limits(id, limits);
+        }
+    }
     if want.is_empty() && skip.is_empty() {
         return Ok(json!({}));
     }
-    for id in ids(daemon, args) {
+    for id in ids {
         let Some(files) = daemon.files(id) else {
             continue;
         };
@@ -388,6 +472,9 @@ fn torrent_set(daemon: &Daemon, args: &Map<String, Value>) -> Result<Value, Stri
 fn session_get(daemon: &Daemon) -> Value {
     let config = daemon.config();
     let limits = daemon.limits();
+    let speed = daemon.speed_limits();
+    let (down, down_on) = speed_kbps(speed.download);
+    let (up, up_on) = speed_kbps(speed.upload);
     json!({
         "version": format!("bitrush {}", env!("CARGO_PKG_VERSION")),
         "rpc-version": RPC_VERSION,
@@ -408,11 +495,25 @@ fn session_get(daemon: &Daemon) -> Value {
         "download-queue-size": limits.max_active_downloads,
         "seed-queue-enabled": true,
         "seed-queue-size": limits.max_active_seeds,
-        "speed-limit-down-enabled": false,
-        "speed-limit-up-enabled": false,
-        "speed-limit-down": 0,
-        "speed-limit-up": 0,
+        "speed-limit-down-enabled": down_on,
+        "speed-limit-up-enabled": up_on,
+        "speed-limit-down": down,
+        "speed-limit-up": up,
         "alt-speed-enabled": false,
+        "alt-speed-down": 50,
+        "alt-speed-up": 50,
+        "alt-speed-time-enabled": false,
+        "alt-speed-time-begin": 540,
+        "alt-speed-time-end": 1020,
+        "alt-speed-time-day": 127,
+        "units": {
+            "speed-units": ["kB/s", "MB/s", "GB/s", "TB/s"],
+            "speed-bytes": SPEED_K,
+            "size-units": ["kB", "MB", "GB", "TB"],
+            "size-bytes": 1000,
+            "memory-units": ["KiB", "MiB", "GiB", "TiB"],
+            "memory-bytes": 1024,
+        },
         "seedRatioLimited": false,
         "seedRatioLimit": 0.0,
         "start-added-torrents": true,
@@ -431,6 +532,24 @@ fn session_set(daemon: &Daemon, args: &Map<String, Value>) -> Result<Value, Stri
         limits.max_active_seeds = n;
     }
     daemon.set_limits(limits);
+    let mut speed: SpeedLimits = daemon.speed_limits();
+    apply_speed(
+        &mut speed.download,
+        args,
+        "speed-limit-down",
+        "speed-limit-down-enabled",
+    )?;
+    apply_speed(
+        &mut speed.upload,
+        args,
+        "speed-limit-up",
+        "speed-limit-up-enabled",
+    )?;
+    if speed != daemon.speed_limits() {
+        if let Err(e) = daemon.set_speed_limits(speed) {
+            tracing::warn!(error = %e, "cannot save the rate limits");
+        }
+    }
     Ok(json!({}))
 }
 
@@ -480,4 +599,38 @@ fn free_bytes(path: &std::path::Path) -> std::io::Result<u64> {
         .and_then(|l| l.trim().parse::<u64>().ok())
         .map(|k| k * 1024)
         .ok_or_else(|| std::io::Error::other("cannot tell the free space"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(v: Value) -> Map<String, Value> {
+        v.as_object().cloned().unwrap()
+    }
+
+    #[test]
+    fn transmission_speed_keys_map_to_limits_in_bytes() {
+        let mut limit = None;
+        let set = |limit: &mut Option<u64>, v: Value| apply_speed(limit, &args(v), "d", "e");
+        set(&mut limit, json!({"d": 100, "e": true})).unwrap();
+        assert_eq!(limit, Some(100_000));
+        assert_eq!(speed_kbps(limit), (100, true));
+        set(&mut limit, json!({"d": 250})).unwrap();
+        assert_eq!(
+            limit,
+            Some(250_000),
+            "a value alone changes an enabled limit"
+        );
+        set(&mut limit, json!({"e": false})).unwrap();
+        assert_eq!(limit, None);
+        set(&mut limit, json!({"d": 7})).unwrap();
+        assert_eq!(limit, None, "a value alone leaves a disabled limit off");
+        set(&mut limit, json!({"e": true})).unwrap();
+        assert_eq!(limit, Some(DEFAULT_SPEED_KBPS * SPEED_K));
+        assert_eq!(speed_kbps(None), (DEFAULT_SPEED_KBPS, false));
+        assert!(set(&mut limit, json!({"d": "fast"})).is_err());
+        assert!(set(&mut limit, json!({"e": 1})).is_err());
+        assert!(set(&mut limit, json!({"d": -1})).is_err());
+    }
 }

@@ -42,11 +42,28 @@ pub struct Saved {
     /// Payload bytes sent and received over every run.
     pub uploaded: u64,
     pub downloaded: u64,
+    /// This torrent's own rate limits, bytes per second (`None`: unlimited).
+    #[serde(default)]
+    pub download_limit: Option<u64>,
+    #[serde(default)]
+    pub upload_limit: Option<u64>,
+}
+
+/// The daemon's own settings, as saved in `<state-dir>/session.json`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct SessionSettings {
+    /// The global rate limits, bytes per second (`None`: unlimited).
+    #[serde(default)]
+    pub download_limit: Option<u64>,
+    #[serde(default)]
+    pub upload_limit: Option<u64>,
 }
 
 /// The state directory.
 pub struct Store {
     dir: PathBuf,
+    /// `<state-dir>/session.json`.
+    session: PathBuf,
 }
 
 /// A saved torrent: its settings, its metainfo if known, and the pieces its resume state
@@ -58,7 +75,24 @@ impl Store {
     pub fn open(state_dir: &Path) -> std::io::Result<Store> {
         let dir = state_dir.join("torrents");
         std::fs::create_dir_all(&dir)?;
-        Ok(Store { dir })
+        Ok(Store {
+            dir,
+            session: state_dir.join("session.json"),
+        })
+    }
+
+    /// Saves the daemon's own settings.
+    pub fn save_session(&self, settings: &SessionSettings) -> std::io::Result<()> {
+        let json = serde_json::to_vec_pretty(settings).map_err(std::io::Error::other)?;
+        write_atomically(&self.session, &json)
+    }
+
+    /// The daemon's saved settings (defaults when none were saved or the file is unreadable).
+    pub fn load_session(&self) -> SessionSettings {
+        read_bounded(&self.session, MAX_SETTINGS_LEN)
+            .ok()
+            .and_then(|bytes| serde_json::from_slice(&bytes).ok())
+            .unwrap_or_default()
     }
 
     fn path(&self, info_hash: &InfoHash, ext: &str) -> PathBuf {
@@ -236,6 +270,8 @@ mod tests {
             done_date: 0,
             uploaded: 3,
             downloaded: 4,
+            download_limit: Some(1000),
+            upload_limit: None,
         };
         store.save(&saved).unwrap();
         std::fs::write(dir.path().join("torrents/garbage.json"), b"{").unwrap();
@@ -243,10 +279,26 @@ mod tests {
         assert_eq!(loaded.len(), 1);
         assert_eq!(loaded[0].0.id, 7);
         assert_eq!(loaded[0].0.wanted_files, Some(vec![true, false]));
+        assert_eq!(loaded[0].0.download_limit, Some(1000));
         assert!(loaded[0].1.is_none());
         store.remove(&InfoHash(
             crate::types::from_hex20(&saved.info_hash).unwrap(),
         ));
         assert!(store.load_all().is_empty());
+    }
+
+    #[test]
+    fn session_settings_round_trip_and_default_when_missing_or_bad() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        assert_eq!(store.load_session(), SessionSettings::default());
+        let settings = SessionSettings {
+            download_limit: Some(5),
+            upload_limit: Some(6),
+        };
+        store.save_session(&settings).unwrap();
+        assert_eq!(store.load_session(), settings);
+        std::fs::write(dir.path().join("session.json"), b"[").unwrap();
+        assert_eq!(store.load_session(), SessionSettings::default());
     }
 }

@@ -6,9 +6,13 @@
 //! one file only contend for its inode lock in the kernel, and go out in 256 KiB chunks, which
 //! this kernel's page cache takes more cheaply than whole large pieces. Each verdict carries the
 //! piece buffer back so the download can reuse it.
+//!
+//! The threads start with the first piece to verify ([`Hashers`]): a daemon's complete
+//! torrents, seeding, never need them, and a thousand of them must not hold two thousand
+//! threads.
 
 use std::sync::mpsc;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use super::sink::Sink;
 use crate::disk::StorageError;
@@ -27,8 +31,82 @@ pub struct Verdict {
     pub buf: Vec<u8>,
 }
 
+/// One torrent's hashing threads, started by the first piece sent; they end with this.
+pub struct Hashers {
+    /// What starting them takes (taken when they start).
+    start: Mutex<Option<Start>>,
+    /// Their channel, once started.
+    tx: OnceLock<mpsc::Sender<CompletedPiece>>,
+}
+
+struct Start {
+    hashes: Arc<PieceHashes>,
+    /// The torrent's name, for the error if the threads cannot start.
+    name: String,
+    sink: Arc<Sink>,
+    threads: usize,
+    verdicts: tokio::sync::mpsc::UnboundedSender<Verdict>,
+}
+
+impl Hashers {
+    /// `threads` hashing threads for this torrent, started when needed.
+    pub fn new(
+        hashes: Arc<PieceHashes>,
+        name: String,
+        sink: Arc<Sink>,
+        threads: usize,
+        verdicts: tokio::sync::mpsc::UnboundedSender<Verdict>,
+    ) -> Hashers {
+        Hashers {
+            start: Mutex::new(Some(Start {
+                hashes,
+                name,
+                sink,
+                threads,
+                verdicts,
+            })),
+            tx: OnceLock::new(),
+        }
+    }
+
+    /// Queues `piece` to be verified (and stored if good), starting the threads first if need
+    /// be. If they cannot start, the piece's verdict is that error.
+    pub fn send(&self, piece: CompletedPiece) {
+        if let Some(tx) = self.tx.get() {
+            // The threads live as long as this; a send error means the torrent ends.
+            let _ = tx.send(piece);
+            return;
+        }
+        let mut start = self.start.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(tx) = self.tx.get() {
+            let _ = tx.send(piece);
+            return;
+        }
+        let Some(s) = start.take() else {
+            return;
+        };
+        match spawn(s.hashes, s.sink, s.threads, s.verdicts.clone()) {
+            Ok(tx) => {
+                let _ = tx.send(piece);
+                let _ = self.tx.set(tx);
+            }
+            Err(source) => {
+                let _ = s.verdicts.send(Verdict {
+                    index: piece.index,
+                    result: Err(crate::disk::StorageError::Io {
+                        op: "start the hashing threads for",
+                        path: s.name,
+                        source,
+                    }),
+                    buf: piece.data,
+                });
+            }
+        }
+    }
+}
+
 /// Starts `threads` hashing threads; they end when every sender of the returned channel is gone.
-pub fn spawn(
+fn spawn(
     hashes: Arc<PieceHashes>,
     sink: Arc<Sink>,
     threads: usize,

@@ -20,10 +20,9 @@ use std::time::Instant;
 use tokio::sync::Notify;
 
 use super::connection::{ConnectionError, PeerStream};
-use super::limits::wait_until;
 use super::sink::Sink;
 use crate::disk::StorageError;
-use crate::swarm::{CompletedPiece, PeerError, PeerFeatures, PeerKey, Swarm, SwarmEvent};
+use crate::swarm::{PeerError, PeerFeatures, PeerKey, Swarm, SwarmEvent};
 use crate::wire::message::encode_piece_header;
 use crate::wire::{BlockRef, Message};
 
@@ -54,15 +53,15 @@ struct PeerSlot {
 pub(super) struct Shared {
     pub(super) state: Mutex<SwarmState>,
     /// Where assembled pieces go to be verified.
-    pub(super) verify_tx: std::sync::mpsc::Sender<CompletedPiece>,
+    pub(super) verify_tx: super::hasher::Hashers,
     /// Largest message accepted from a peer.
     pub(super) max_message_len: u32,
     /// Where pieces are stored; uploads are read from it.
     pub(super) sink: Arc<Sink>,
     /// Wakes the manager when the swarm's next deadline moved earlier than it sleeps.
     pub(super) timer: Notify,
-    /// Download and upload rate limits.
-    pub(super) limits: super::limits::RateLimits,
+    /// Download and upload rate limits (the session's and the torrent's).
+    pub(super) limits: super::limits::ConnectionLimits,
 }
 
 /// The swarm and the way to reach each connection, under one lock.
@@ -121,8 +120,7 @@ impl SwarmState {
         while let Some(event) = self.swarm.poll_event() {
             match event {
                 SwarmEvent::Verify(piece) => {
-                    // The receiver lives as long as the torrent; a send error means it ends.
-                    let _ = shared.verify_tx.send(piece);
+                    shared.verify_tx.send(piece);
                 }
                 SwarmEvent::Wake(key) if Some(key) != me => {
                     if let Some(slot) = self.peers.get(&key) {
@@ -243,10 +241,8 @@ async fn message_loop(
                 _ => 0,
             })
             .sum();
-        if let Some(l) = &limits.download {
-            l.consume(now, received);
-        }
-        let upload_wait = wait_until(limits.upload.as_ref(), now);
+        limits.consume_download(now, received);
+        let upload_wait = limits.upload_wait(now);
         let more_uploads = {
             let mut st = lock(shared);
             for msg in incoming.drain(..) {
@@ -279,15 +275,13 @@ async fn message_loop(
             uploads = blocks;
             uploads.clear();
             let sent = sent?;
-            if let Some(l) = &limits.upload {
-                l.consume(Instant::now(), sent);
-            }
+            limits.consume_upload(Instant::now(), sent);
             let mut st = lock(shared);
             st.swarm.handle_uploaded(Instant::now(), key, sent);
             st.dispatch(shared, Some(key));
         }
         conn.flush().await?;
-        let read_wait = wait_until(limits.download.as_ref(), Instant::now());
+        let read_wait = limits.download_wait(Instant::now());
         tokio::select! {
             // Incoming messages first; then, while requests wait, straight on to the next batch.
             biased;

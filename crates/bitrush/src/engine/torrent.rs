@@ -28,6 +28,7 @@ use tokio::task::JoinSet;
 use super::connection::{self, PeerStream, Transports};
 use super::dht::{DhtHandle, LookupReply};
 use super::hasher::{self, Verdict};
+use super::limits::{ConnectionLimits, RateLimits};
 use super::peer::{self, PeerTaskError, Shared, SwarmState};
 use super::resume;
 use super::sink::Sink;
@@ -142,6 +143,13 @@ pub struct Hosted {
     /// Which files to fetch, by index in `info.files` (`None`: all). The pieces overlapping a
     /// wanted file are wanted.
     pub wanted_files: Option<Vec<bool>>,
+    /// This torrent's own download and upload limits, obeyed together with the session's
+    /// ([`Transports::limits`]).
+    pub limits: RateLimits,
+    /// The priority window an HTTP stream asks for ([`crate::swarm::Swarm::set_window`]:
+    /// pieces are started only inside it; `None`: anywhere). Applied at start and on every
+    /// change.
+    pub window: watch::Receiver<Option<std::ops::Range<u32>>>,
 }
 
 /// A connected peer, as the progress snapshot shows it.
@@ -210,8 +218,6 @@ pub enum TorrentError {
     NoTrackerAnswered(#[from] NoTrackerAnswered),
     #[error("no peer could be reached")]
     NoPeers(#[source] Option<PeerTaskError>),
-    #[error("cannot start the hashing threads")]
-    HashThreads(#[source] std::io::Error),
     #[error("an internal task failed")]
     Task(#[source] tokio::task::JoinError),
     #[error("{0} does not exist: there is nothing to seed")]
@@ -279,15 +285,22 @@ pub async fn run_torrent(mut params: TorrentParams) -> Result<Outcome, TorrentEr
     let total_bytes = wanted_bytes;
     let (verdict_tx, verdict_rx) = mpsc::unbounded_channel();
     let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
-    let verify_tx = hasher::spawn(hashes, sink.clone(), threads, verdict_tx)
-        .map_err(TorrentError::HashThreads)?;
+    let verify_tx =
+        hasher::Hashers::new(hashes, info.name.clone(), sink.clone(), threads, verdict_tx);
     let shared = Arc::new(Shared {
         state: Mutex::new(SwarmState::new(swarm)),
         verify_tx,
         max_message_len: max_message_len(piece_count),
         sink: sink.clone(),
         timer: Notify::new(),
-        limits: params.transports.limits.clone(),
+        limits: ConnectionLimits {
+            session: params.transports.limits.clone(),
+            torrent: params
+                .hosted
+                .as_ref()
+                .map(|h| h.limits.clone())
+                .unwrap_or_default(),
+        },
     });
     let now = Instant::now();
     let session = Session::new(
@@ -340,15 +353,19 @@ pub async fn run_torrent(mut params: TorrentParams) -> Result<Outcome, TorrentEr
         _ => None,
     };
     let (dht_tx, dht_rx) = mpsc::channel(64);
-    let (incoming, connection_slots) = match params.hosted.as_mut() {
+    let (incoming, connection_slots, window) = match params.hosted.as_mut() {
         Some(hosted) => {
             let (_, closed) = mpsc::channel(1);
+            let mut window = hosted.window.clone();
+            // Apply the window in force when the run starts.
+            window.mark_changed();
             (
                 Some(std::mem::replace(&mut hosted.incoming, closed)),
                 Some(hosted.connection_slots.clone()),
+                Some(window),
             )
         }
-        None => (None, None),
+        None => (None, None, None),
     };
     let mut manager = Manager {
         incoming,
@@ -373,8 +390,11 @@ pub async fn run_torrent(mut params: TorrentParams) -> Result<Outcome, TorrentEr
         last_peer_error: None,
         files_finished: false,
         rate: RateMeter::default(),
+        progress_idle: false,
+        saved_have: None,
         total_pieces,
         streaming,
+        window,
     };
     let result = manager.run().await;
     drop(manager);
@@ -717,10 +737,32 @@ struct Manager {
     /// What only complete files get (executable bits, symlinks) was done.
     files_finished: bool,
     rate: RateMeter,
+    /// A hosted torrent's last progress report showed nothing moving (no peer, no rate): its
+    /// reports pause until something happens, so a thousand idle torrents cost no wake-ups.
+    progress_idle: bool,
+    /// Verified pieces when the resume state was last saved (periodic saves of a hosted
+    /// torrent are skipped while it is unchanged).
+    saved_have: Option<u32>,
     /// Wanted pieces.
     total_pieces: u32,
     /// The writer of a streaming download.
     streaming: Option<Streaming>,
+    /// A hosted torrent's priority window, set by its daemon's HTTP streams.
+    window: Option<watch::Receiver<Option<std::ops::Range<u32>>>>,
+}
+
+/// The next priority window a daemon asks for, or never (none, or the daemon dropped it).
+async fn window_change(
+    rx: &mut Option<watch::Receiver<Option<std::ops::Range<u32>>>>,
+) -> Option<std::ops::Range<u32>> {
+    let Some(r) = rx else {
+        return std::future::pending().await;
+    };
+    if r.changed().await.is_err() {
+        *rx = None;
+        return std::future::pending().await;
+    }
+    r.borrow_and_update().clone()
 }
 
 /// Waits for the shutdown signal, or forever without one.
@@ -1075,6 +1117,8 @@ impl Manager {
 
     async fn run(&mut self) -> Result<Outcome, TorrentError> {
         let mut progress_tick = tokio::time::interval(PROGRESS_INTERVAL);
+        // Paused while idle: no burst of missed ticks when reports resume.
+        progress_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
         let save_every = self.params.hosted.as_ref().map(|h| h.save_every);
         let mut save_tick = tokio::time::interval(save_every.unwrap_or(Duration::from_secs(3600)));
         // The first tick is immediate: nothing to save yet.
@@ -1117,6 +1161,9 @@ impl Manager {
                 st.armed = deadline;
                 deadline
             };
+            let report =
+                self.params.progress.is_some() && !(self.progress_idle && self.conns.is_empty());
+            let mut ticked = false;
             tokio::select! {
                 () = shutdown_signal(&mut shutdown) => {
                     shutdown = None;
@@ -1137,6 +1184,11 @@ impl Manager {
                     st.dispatch(&self.shared, None);
                 }
                 Some(_) = self.web_seeds.join_next() => {}
+                window = window_change(&mut self.window) => {
+                    let mut st = peer::lock(&self.shared);
+                    st.swarm.set_window(window);
+                    st.dispatch(&self.shared, None);
+                }
                 Some(event) = stream_event(&mut self.streaming) => match event {
                     StreamEvent::Next(next) => {
                         if let Some(s) = &mut self.streaming {
@@ -1178,7 +1230,11 @@ impl Manager {
                     }
                 }
                 _ = save_tick.tick(), if save_every.is_some() => {
-                    self.save_resume(None).await;
+                    let have = self.lock().swarm.have().count();
+                    if self.saved_have != Some(have) {
+                        self.save_resume(None).await;
+                        self.saved_have = Some(have);
+                    }
                 }
                 accepted = accept_utp(self.params.transports.utp.as_ref()) => {
                     if let Some((stream, addr)) = accepted {
@@ -1200,12 +1256,21 @@ impl Manager {
                 },
                 () = sleep_until(deadline) => {}
                 () = self.shared.timer.notified() => {}
-                _ = progress_tick.tick(), if self.params.progress.is_some() => {
+                _ = progress_tick.tick(), if report => {
+                    ticked = true;
                     let p = self.progress(Instant::now());
+                    self.progress_idle = self.params.hosted.is_some()
+                        && p.peers == 0
+                        && p.rate == 0.0
+                        && p.upload_rate == 0.0;
                     if let Some(tx) = &self.params.progress {
                         let _ = tx.send(p);
                     }
                 }
+            }
+            if !ticked {
+                // Something happened: report again until it is idle once more.
+                self.progress_idle = false;
             }
         };
         self.peers.abort_all();
