@@ -21,8 +21,8 @@ use std::time::{Duration, Instant};
 use bitrush::create::create_torrent;
 use bitrush_core::metainfo::Metainfo;
 use bitrush_core::mse::{
-    is_plaintext_handshake, CryptoMethod, Encryption, Established, MseEvent, MseInitiator,
-    MseResponder, StreamCipher,
+    is_plaintext_handshake, CryptoMethod, Encryption, Established, MseEvent, MseHandshake,
+    MseInitiator, MseResponder, StreamCipher,
 };
 use bitrush_core::types::{InfoHash, PeerId};
 use bitrush_core::wire::Handshake;
@@ -185,49 +185,16 @@ impl Drop for Helper {
     }
 }
 
-/// Either MSE role, for [`drive`].
-trait Machine {
-    fn input(&mut self, now: Instant, data: &[u8]);
-    fn timeout(&mut self, now: Instant);
-    fn deadline(&self) -> Option<Instant>;
-    fn transmit(&mut self) -> Option<Vec<u8>>;
-    fn event(&mut self) -> Option<MseEvent>;
-}
-
-macro_rules! machine {
-    ($t:ty) => {
-        impl Machine for $t {
-            fn input(&mut self, now: Instant, data: &[u8]) {
-                self.handle_input(now, data)
-            }
-            fn timeout(&mut self, now: Instant) {
-                self.handle_timeout(now)
-            }
-            fn deadline(&self) -> Option<Instant> {
-                self.poll_timeout()
-            }
-            fn transmit(&mut self) -> Option<Vec<u8>> {
-                self.poll_transmit()
-            }
-            fn event(&mut self) -> Option<MseEvent> {
-                self.poll_event()
-            }
-        }
-    };
-}
-machine!(MseInitiator);
-machine!(MseResponder);
-
 /// Runs an MSE machine over `stream` until it reports; sends what it queued with the outcome.
-fn drive(m: &mut impl Machine, stream: &mut TcpStream) -> Established {
+fn drive(m: &mut MseHandshake, stream: &mut TcpStream) -> Established {
     let mut buf = vec![0u8; 64 * 1024];
     loop {
-        while let Some(bytes) = m.transmit() {
+        while let Some(bytes) = m.poll_transmit() {
             stream.write_all(&bytes).expect("send handshake bytes");
         }
-        match m.event() {
+        match m.poll_event() {
             Some(MseEvent::Established(est)) => {
-                while let Some(bytes) = m.transmit() {
+                while let Some(bytes) = m.poll_transmit() {
                     stream.write_all(&bytes).expect("send handshake bytes");
                 }
                 return *est;
@@ -236,16 +203,18 @@ fn drive(m: &mut impl Machine, stream: &mut TcpStream) -> Established {
             None => {}
         }
         let now = Instant::now();
-        let deadline = m.deadline().expect("a running handshake has a deadline");
+        let deadline = m
+            .poll_timeout()
+            .expect("a running handshake has a deadline");
         let wait = deadline
             .saturating_duration_since(now)
             .clamp(Duration::from_millis(1), Duration::from_millis(200));
         stream.set_read_timeout(Some(wait)).unwrap();
         match stream.read(&mut buf) {
             Ok(0) => panic!("peer closed the connection during MSE"),
-            Ok(n) => m.input(Instant::now(), &buf[..n]),
+            Ok(n) => m.handle_input(Instant::now(), &buf[..n]),
             Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
-                m.timeout(Instant::now())
+                m.handle_timeout(Instant::now())
             }
             Err(e) => panic!("read during MSE: {e}"),
         }
@@ -345,7 +314,7 @@ fn download_one_block(fixture: &Fixture, port: u16, seed: u64) {
     let mut rng = StdRng::seed_from_u64(seed);
     let ours = Handshake::new(fixture.info_hash, PeerId::generate(&mut rng));
     let mut stream = connect(port);
-    let mut init = MseInitiator::new(
+    let init = MseInitiator::new(
         Instant::now(),
         fixture.info_hash,
         &ours.encode(),
@@ -354,7 +323,7 @@ fn download_one_block(fixture: &Fixture, port: u16, seed: u64) {
     )
     .expect("initiator")
     .with_timeout(STEP_TIMEOUT);
-    let est = drive(&mut init, &mut stream);
+    let est = drive(&mut MseHandshake::Initiator(init), &mut stream);
     assert_eq!(est.method, CryptoMethod::Rc4);
     assert_eq!(est.info_hash, fixture.info_hash);
     let mut peer = Peer::new(stream, est);
@@ -453,7 +422,7 @@ fn accept_mse(listener: &TcpListener, info_hash: InfoHash, seed: u64) -> (Peer, 
     .expect("responder")
     .with_timeout(STEP_TIMEOUT);
     resp.handle_input(Instant::now(), &first);
-    let mut est = drive(&mut resp, &mut stream);
+    let mut est = drive(&mut MseHandshake::Responder(resp), &mut stream);
     assert_eq!(est.method, CryptoMethod::Rc4);
     assert_eq!(est.info_hash, info_hash);
 

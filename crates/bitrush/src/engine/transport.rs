@@ -20,8 +20,8 @@ use std::time::Instant;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 
 use crate::mse::{
-    is_plaintext_handshake, Encryption, MseError, MseEvent, MseInitiator, MseResponder,
-    StreamCipher,
+    is_plaintext_handshake, Encryption, MseError, MseEvent, MseHandshake, MseInitiator,
+    MseResponder, StreamCipher,
 };
 use crate::types::InfoHash;
 
@@ -145,57 +145,24 @@ pub enum MseFailure {
     Closed,
 }
 
-/// What an MSE machine looks like to the driver below.
-trait Machine {
-    fn input(&mut self, now: Instant, data: &[u8]);
-    fn timeout(&mut self, now: Instant);
-    fn deadline(&self) -> Option<Instant>;
-    fn transmit(&mut self) -> Option<Vec<u8>>;
-    fn event(&mut self) -> Option<MseEvent>;
-}
-
-macro_rules! machine {
-    ($t:ty) => {
-        impl Machine for $t {
-            fn input(&mut self, now: Instant, data: &[u8]) {
-                self.handle_input(now, data)
-            }
-            fn timeout(&mut self, now: Instant) {
-                self.handle_timeout(now)
-            }
-            fn deadline(&self) -> Option<Instant> {
-                self.poll_timeout()
-            }
-            fn transmit(&mut self) -> Option<Vec<u8>> {
-                self.poll_transmit()
-            }
-            fn event(&mut self) -> Option<MseEvent> {
-                self.poll_event()
-            }
-        }
-    };
-}
-machine!(MseInitiator);
-machine!(MseResponder);
-
 /// Runs a handshake over `stream` to its end; returns the established session.
 async fn drive(
-    machine: &mut impl Machine,
+    machine: &mut MseHandshake,
     stream: &mut BoxStream,
     first: &[u8],
 ) -> Result<crate::mse::Established, MseFailure> {
     if !first.is_empty() {
-        machine.input(Instant::now(), first);
+        machine.handle_input(Instant::now(), first);
     }
     let mut buf = vec![0u8; 4096];
     loop {
-        while let Some(bytes) = machine.transmit() {
+        while let Some(bytes) = machine.poll_transmit() {
             stream.write_all(&bytes).await.map_err(MseFailure::Io)?;
         }
-        match machine.event() {
+        match machine.poll_event() {
             Some(MseEvent::Established(est)) => {
                 // The responder's last message is queued with the event: it goes first.
-                while let Some(bytes) = machine.transmit() {
+                while let Some(bytes) = machine.poll_transmit() {
                     stream.write_all(&bytes).await.map_err(MseFailure::Io)?;
                 }
                 return Ok(*est);
@@ -203,7 +170,7 @@ async fn drive(
             Some(MseEvent::Failed(e)) => return Err(MseFailure::Handshake(e)),
             None => {}
         }
-        let Some(deadline) = machine.deadline() else {
+        let Some(deadline) = machine.poll_timeout() else {
             return Err(MseFailure::Handshake(MseError::Timeout));
         };
         let read = tokio::time::timeout_at(
@@ -213,9 +180,9 @@ async fn drive(
         .await;
         match read {
             Ok(Ok(0)) => return Err(MseFailure::Closed),
-            Ok(Ok(n)) => machine.input(Instant::now(), buf.get(..n).unwrap_or(&buf)),
+            Ok(Ok(n)) => machine.handle_input(Instant::now(), buf.get(..n).unwrap_or(&buf)),
             Ok(Err(e)) => return Err(MseFailure::Io(e)),
-            Err(_) => machine.timeout(Instant::now()),
+            Err(_) => machine.handle_timeout(Instant::now()),
         }
     }
 }
@@ -229,14 +196,16 @@ pub async fn mse_initiate(
     initial_payload: &[u8],
     policy: Encryption,
 ) -> Result<(BoxStream, Vec<u8>), MseFailure> {
-    let mut machine = MseInitiator::new(
-        Instant::now(),
-        info_hash,
-        initial_payload,
-        policy,
-        &mut rand::thread_rng(),
-    )
-    .map_err(MseFailure::Handshake)?;
+    let mut machine = MseHandshake::Initiator(
+        MseInitiator::new(
+            Instant::now(),
+            info_hash,
+            initial_payload,
+            policy,
+            &mut rand::thread_rng(),
+        )
+        .map_err(MseFailure::Handshake)?,
+    );
     let est = drive(&mut machine, &mut stream, &[]).await?;
     let stream: BoxStream = Box::new(MseStream::new(stream, est.send_cipher, est.recv_cipher));
     Ok((stream, est.received))
@@ -252,8 +221,10 @@ pub async fn mse_accept(
     served: &[InfoHash],
     policy: Encryption,
 ) -> Result<(BoxStream, InfoHash, Vec<u8>), MseFailure> {
-    let mut machine = MseResponder::new(Instant::now(), served, policy, &mut rand::thread_rng())
-        .map_err(MseFailure::Handshake)?;
+    let mut machine = MseHandshake::Responder(
+        MseResponder::new(Instant::now(), served, policy, &mut rand::thread_rng())
+            .map_err(MseFailure::Handshake)?,
+    );
     let est = drive(&mut machine, &mut stream, first).await?;
     let mut received = est.initial_payload;
     received.extend_from_slice(&est.received);

@@ -46,6 +46,54 @@ pub use cipher::{StreamCipher, RC4_DISCARD};
 pub use initiator::MseInitiator;
 pub use responder::MseResponder;
 
+/// Either side of a handshake, driven alike: for drivers that serve both roles.
+pub enum MseHandshake {
+    Initiator(MseInitiator),
+    Responder(MseResponder),
+}
+
+impl MseHandshake {
+    /// See [`MseInitiator::handle_input`].
+    pub fn handle_input(&mut self, now: Instant, data: &[u8]) {
+        match self {
+            Self::Initiator(m) => m.handle_input(now, data),
+            Self::Responder(m) => m.handle_input(now, data),
+        }
+    }
+
+    /// See [`MseInitiator::handle_timeout`].
+    pub fn handle_timeout(&mut self, now: Instant) {
+        match self {
+            Self::Initiator(m) => m.handle_timeout(now),
+            Self::Responder(m) => m.handle_timeout(now),
+        }
+    }
+
+    /// See [`MseInitiator::poll_timeout`].
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        match self {
+            Self::Initiator(m) => m.poll_timeout(),
+            Self::Responder(m) => m.poll_timeout(),
+        }
+    }
+
+    /// See [`MseInitiator::poll_transmit`].
+    pub fn poll_transmit(&mut self) -> Option<Vec<u8>> {
+        match self {
+            Self::Initiator(m) => m.poll_transmit(),
+            Self::Responder(m) => m.poll_transmit(),
+        }
+    }
+
+    /// See [`MseInitiator::poll_event`].
+    pub fn poll_event(&mut self) -> Option<MseEvent> {
+        match self {
+            Self::Initiator(m) => m.poll_event(),
+            Self::Responder(m) => m.poll_event(),
+        }
+    }
+}
+
 use crate::types::InfoHash;
 
 /// Length of a Diffie-Hellman public key and of the shared secret on the wire.
