@@ -65,13 +65,7 @@ pub fn merkle_root(nodes: &[Hash], width: u64, pad: Hash) -> Hash {
         layer.push(pad);
     }
     while span > 1 {
-        let mut next = Vec::with_capacity(layer.len().div_ceil(2));
-        for pair in layer.chunks(2) {
-            let left = pair.first().copied().unwrap_or(pad);
-            let right = pair.get(1).copied().unwrap_or(pad);
-            next.push(node_hash(&left, &right));
-        }
-        layer = next;
+        layer = parent_layer(&layer, &pad);
         pad = node_hash(&pad, &pad);
         span /= 2;
     }
@@ -153,13 +147,7 @@ pub fn merkle_proof(nodes: &[Hash], width: u64, pad: Hash, index: u64) -> Option
     while span > 1 {
         let sibling = usize::try_from(index ^ 1).ok();
         proof.push(sibling.and_then(|s| layer.get(s)).copied().unwrap_or(pad));
-        let mut next = Vec::with_capacity(layer.len().div_ceil(2));
-        for pair in layer.chunks(2) {
-            let left = pair.first().copied().unwrap_or(pad);
-            let right = pair.get(1).copied().unwrap_or(pad);
-            next.push(node_hash(&left, &right));
-        }
-        layer = next;
+        layer = parent_layer(&layer, &pad);
         pad = node_hash(&pad, &pad);
         index /= 2;
         span /= 2;
@@ -210,6 +198,17 @@ pub fn verify_piece(
         return false;
     }
     root_from_proof(&piece_root(data, width), index, proof).as_ref() == Some(root)
+}
+
+/// The layer above `layer`: each pair hashed, a missing right sibling being `pad`.
+fn parent_layer(layer: &[Hash], pad: &Hash) -> Vec<Hash> {
+    layer
+        .chunks(2)
+        .map(|pair| {
+            let left = pair.first().unwrap_or(pad);
+            node_hash(left, pair.get(1).unwrap_or(pad))
+        })
+        .collect()
 }
 
 #[cfg(test)]
