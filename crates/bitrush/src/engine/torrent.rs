@@ -1236,7 +1236,10 @@ impl Manager {
                         self.saved_have = Some(have);
                     }
                 }
-                accepted = accept_utp(self.params.transports.utp.as_ref()) => {
+                // A daemon accepts uTP itself and routes each connection to its torrent.
+                accepted = accept_utp(
+                    self.params.transports.utp.as_ref().filter(|_| self.params.hosted.is_none())
+                ) => {
                     if let Some((stream, addr)) = accepted {
                         if self.session.handle_incoming(addr) {
                             self.spawn_peer(addr, PeerSource::Accepted(Box::new(stream)));

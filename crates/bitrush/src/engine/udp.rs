@@ -165,6 +165,9 @@ impl Endpoint {
         let Some(shared) = self.utp.clone() else {
             return;
         };
+        // Streams nobody took: dropped only once the lock is released, since dropping a stream
+        // takes the same lock to close its connection.
+        let mut refused = Vec::new();
         let mut st = shared.lock();
         if st.socket.poll_timeout().is_some_and(|t| t <= now) {
             st.socket.handle_timeout(now);
@@ -181,18 +184,21 @@ impl Endpoint {
                 UtpEvent::Incoming { conn, from } => {
                     st.conns.insert(conn, Waiters::default());
                     let stream = UtpStream::accepted(shared.clone(), conn);
-                    let accepted = self
-                        .accept_tx
-                        .as_ref()
-                        .is_some_and(|tx| tx.try_send((stream, from)).is_ok());
-                    if !accepted {
-                        // Nobody takes connections now (or too many wait): the stream was
-                        // dropped, which closed the connection.
+                    let sent = match &self.accept_tx {
+                        Some(tx) => tx.try_send((stream, from)).map_err(|e| e.into_inner().0),
+                        None => Err(stream),
+                    };
+                    if let Err(stream) = sent {
+                        // Nobody takes connections now (or too many wait): dropping the stream
+                        // closes the connection.
                         tracing::debug!(%from, "uTP connection refused: accept queue full");
+                        refused.push(stream);
                     }
                 }
             }
         }
+        drop(st);
+        drop(refused);
     }
 
     /// Runs the DHT's timers and routes its events; queues its datagrams.
