@@ -282,13 +282,19 @@ async fn message_loop(
         }
         conn.flush().await?;
         let read_wait = limits.download_wait(Instant::now());
+        // Whichever budget reopens first wakes the loop (an upload must not wait out the
+        // download's debt).
+        let wake = match (read_wait, upload_wait) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
         tokio::select! {
             // Incoming messages first; then, while requests wait, straight on to the next batch.
             biased;
             read = conn.read_messages(&mut incoming), if read_wait.is_none() => read?,
             _ = notify.notified() => {}
             () = std::future::ready(()), if more_uploads => {}
-            () = sleep_until(read_wait.or(upload_wait)), if read_wait.or(upload_wait).is_some() => {}
+            () = sleep_until(wake), if wake.is_some() => {}
         }
     }
 }
