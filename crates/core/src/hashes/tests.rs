@@ -500,3 +500,38 @@ fn a_seeding_swarm_answers_hash_requests() {
         [Message::HashReject(good), Message::HashReject(out_of_range)]
     );
 }
+
+#[test]
+fn a_peer_asking_faster_than_it_reads_gets_rejects_not_answers() {
+    use crate::swarm::{Bitfield, Config, PeerFeatures, Swarm};
+    let (meta, _) = made(&[("big", 37 * 16 * 1024 + 3)], 16 * 1024, MetaVersion::V2);
+    let have = Bitfield::full(meta.info.piece_count());
+    let info = &meta.info;
+    let mut swarm = Swarm::new(
+        info.piece_length,
+        info.total_length,
+        have.clone(),
+        have,
+        Config::default(),
+        1,
+    );
+    swarm.set_piece_hashes(Arc::new(full(&meta)));
+    let root = meta.info.files[0].pieces_root.unwrap();
+    let good = request(root, 0, 32, 32, 5);
+    let t = Instant::now();
+    swarm.handle_connected(t, 1, PeerFeatures::default());
+    for _ in 0..100 {
+        swarm.handle_message(t, 1, Message::HashRequest(good));
+    }
+    let mut out = Vec::new();
+    swarm.poll_transmit(t, 1, &mut out);
+    let answers = out
+        .iter()
+        .filter(|m| matches!(m, Message::Hashes { .. }))
+        .count();
+    let rejects = out
+        .iter()
+        .filter(|m| matches!(m, Message::HashReject(_)))
+        .count();
+    assert_eq!((answers, rejects), (4, 96), "{out:?}");
+}

@@ -257,6 +257,9 @@ pub struct Swarm {
     piece_hashes: Option<Arc<PieceHashes>>,
 }
 
+/// `hashes` answers (BEP 52) queued for one peer at most; further requests are rejected.
+const MAX_QUEUED_HASH_ANSWERS: usize = 4;
+
 impl Swarm {
     /// A swarm for the `wanted` pieces of a torrent, of which `have` are present and verified.
     /// `seed` fixes every random choice (piece order, optimistic unchokes).
@@ -754,10 +757,18 @@ impl Swarm {
             // BEP 52: we only ask for hashes before the swarm starts (see `hashes::fetch`), so
             // answers are stray and ignored.
             Message::Hashes { .. } | Message::HashReject(_) => {}
-            Message::HashRequest(request) => peer.outbox.push(match &self.piece_hashes {
-                Some(hashes) => hashes.answer(&request),
-                None => Message::HashReject(request),
-            }),
+            Message::HashRequest(request) => {
+                // An answer can be 256 KiB for a 49-byte request: a peer that asks faster than
+                // it reads is refused past a few queued answers, as reject_request refuses
+                // blocks (a reject is no larger than its request).
+                let queued = (peer.outbox.iter())
+                    .filter(|m| matches!(m, Message::Hashes { .. }))
+                    .count();
+                peer.outbox.push(match &self.piece_hashes {
+                    Some(hashes) if queued < MAX_QUEUED_HASH_ANSWERS => hashes.answer(&request),
+                    _ => Message::HashReject(request),
+                });
+            }
             Message::Extended { id, payload } => self.on_extended(now, peer, id, &payload),
             Message::Choke => {
                 peer.peer_choking = true;
