@@ -821,15 +821,13 @@ impl Daemon {
         if delete_data {
             if let Some(meta) = &entry.meta {
                 let path = entry.saved.download_dir.join(&meta.info.name);
-                let removed = if meta.info.multi_file {
-                    tokio::fs::remove_dir_all(&path).await
-                } else {
-                    tokio::fs::remove_file(&path).await
-                };
+                let (out, info) = (path.clone(), meta.info.clone());
+                let removed =
+                    tokio::task::spawn_blocking(move || crate::disk::delete_data(&out, &info))
+                        .await
+                        .unwrap_or_else(|e| Err(std::io::Error::other(e)));
                 if let Err(e) = removed {
-                    if e.kind() != std::io::ErrorKind::NotFound {
-                        tracing::warn!(path = %path.display(), error = %e, "cannot delete data");
-                    }
+                    tracing::warn!(path = %path.display(), error = %e, "cannot delete data");
                 }
             }
         }

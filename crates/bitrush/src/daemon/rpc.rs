@@ -27,6 +27,12 @@ use super::api::{error, read_body, Api, MAX_BODY};
 use super::{AddError, AddRequest, AddSource, Daemon, SpeedLimits, TorrentStatus, TorrentView};
 use crate::queue::{QueueLimits, TorrentId};
 
+/// Whether Transmission's `filename` is a magnet link (any case, as Transmission accepts it).
+fn is_magnet_link(name: &str) -> bool {
+    name.get(..7)
+        .is_some_and(|p| p.eq_ignore_ascii_case("magnet:"))
+}
+
 const SESSION_HEADER: &str = "x-transmission-session-id";
 
 /// The RPC version we answer as (Transmission 3.00's).
@@ -206,23 +212,17 @@ async fn torrent_add(daemon: &Daemon, args: &Map<String, Value>) -> Result<Value
             .map_err(|_| "invalid or corrupt torrent file (metainfo is not base64)".to_string())?;
         AddSource::Torrent(bytes)
     } else if let Some(name) = args.get("filename").and_then(Value::as_str) {
-        if name.len() >= 7 && name[..7].eq_ignore_ascii_case("magnet:") {
+        if is_magnet_link(name) {
             AddSource::Magnet(name.to_string())
         } else if name.starts_with("http://") || name.starts_with("https://") {
             AddSource::Torrent(fetch_url(name).await?)
         } else {
-            let len = tokio::fs::metadata(name)
-                .await
-                .map_err(|e| format!("cannot read {name}: {e}"))?
-                .len();
-            if len > MAX_TORRENT {
-                return Err("invalid or corrupt torrent file (too large)".into());
-            }
-            AddSource::Torrent(
-                tokio::fs::read(name)
+            let path = std::path::PathBuf::from(name);
+            let read =
+                tokio::task::spawn_blocking(move || super::store::read_bounded(&path, MAX_TORRENT))
                     .await
-                    .map_err(|e| format!("cannot read {name}: {e}"))?,
-            )
+                    .map_err(|e| format!("cannot read {name}: {e}"))?;
+            AddSource::Torrent(read.map_err(|e| format!("cannot read {name}: {e}"))?)
         }
     } else {
         return Err("no filename or metainfo specified".into());
@@ -604,6 +604,14 @@ fn free_bytes(path: &std::path::Path) -> std::io::Result<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn magnet_links_are_told_from_paths_without_slicing_inside_a_character() {
+        assert!(is_magnet_link("MAGNET:?xt=urn:btih:00"));
+        assert!(!is_magnet_link("ééééé"));
+        assert!(!is_magnet_link("magnet"));
+        assert!(!is_magnet_link("/tmp/x.torrent"));
+    }
 
     fn args(v: Value) -> Map<String, Value> {
         v.as_object().cloned().unwrap()

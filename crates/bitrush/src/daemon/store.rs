@@ -186,24 +186,33 @@ impl Store {
     }
 }
 
-/// Reads a file of at most `max` bytes.
-fn read_bounded(path: &Path, max: u64) -> std::io::Result<Vec<u8>> {
-    let len = std::fs::metadata(path)?.len();
-    if len > max {
+/// Reads a regular file of at most `max` bytes. The length is checked while reading, not only
+/// before: a device such as /dev/zero says 0 and never ends, a file may grow meanwhile, and a
+/// FIFO would block.
+pub(super) fn read_bounded(path: &Path, max: u64) -> std::io::Result<Vec<u8>> {
+    use std::io::Read;
+    let file = std::fs::File::open(path)?;
+    if !file.metadata()?.is_file() {
+        return Err(std::io::Error::other("not a regular file"));
+    }
+    let mut bytes = Vec::new();
+    file.take(max.saturating_add(1)).read_to_end(&mut bytes)?;
+    if bytes.len() as u64 > max {
         return Err(std::io::Error::other(format!("larger than {max} bytes")));
     }
-    std::fs::read(path)
+    Ok(bytes)
 }
 
 /// Writes `bytes` to `path` through a synced temporary file renamed over it.
+///
+/// The temporary file has a name of its own, so two writers of one path never write into each
+/// other's file (the last rename wins whole).
 pub fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let mut tmp = path.as_os_str().to_os_string();
-    tmp.push(".tmp");
-    let tmp = PathBuf::from(tmp);
-    let mut file = std::fs::File::create(&tmp)?;
-    file.write_all(bytes)?;
-    file.sync_all()?;
-    std::fs::rename(&tmp, path)
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let mut tmp = tempfile::NamedTempFile::new_in(dir)?;
+    tmp.write_all(bytes)?;
+    tmp.as_file().sync_all()?;
+    tmp.persist(path).map(drop).map_err(|e| e.error)
 }
 
 /// A `.torrent` for fetched metadata: `announce-list` (when there are trackers) and the info
@@ -239,6 +248,18 @@ pub fn metainfo_bytes(trackers: &[Vec<String>], info_bytes: &[u8]) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn bounded_reads_refuse_devices_and_long_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.torrent");
+        std::fs::write(&path, [7u8; 10]).unwrap();
+        assert_eq!(read_bounded(&path, 10).unwrap(), vec![7u8; 10]);
+        assert!(read_bounded(&path, 9).is_err());
+        // It says 0 bytes and never ends.
+        assert!(read_bounded(Path::new("/dev/zero"), 10).is_err());
+        assert!(read_bounded(dir.path(), 10).is_err());
+    }
 
     #[test]
     fn fetched_metadata_becomes_a_torrent_with_the_same_info_hash() {

@@ -595,6 +595,36 @@ fn prepare_file(path: &Path, length: u64) -> Result<(), StorageError> {
     Ok(())
 }
 
+/// Deletes a torrent's data at `output` (its file, or its folder for a multi-file torrent):
+/// exactly the torrent's files and symlinks, then the folders among them left empty, deepest
+/// first. Anything else in those folders (a user's own files) stays. Missing files are fine.
+pub fn delete_data(output: &Path, info: &Info) -> std::io::Result<()> {
+    let gone = |r: std::io::Result<()>| match r {
+        Err(e) if e.kind() != ErrorKind::NotFound => Err(e),
+        _ => Ok(()),
+    };
+    if !info.multi_file {
+        return gone(std::fs::remove_file(output));
+    }
+    let mut dirs: Vec<PathBuf> = vec![output.to_path_buf()];
+    for (_, f) in info.real_files() {
+        let path = output.join(f.path.iter().collect::<PathBuf>());
+        gone(std::fs::remove_file(&path))?;
+        let mut dir = path.parent();
+        while let Some(d) = dir.filter(|d| d.starts_with(output) && *d != output) {
+            dirs.push(d.to_path_buf());
+            dir = d.parent();
+        }
+    }
+    dirs.sort_by_key(|d| std::cmp::Reverse(d.components().count()));
+    dirs.dedup();
+    for d in dirs {
+        // Not empty: something else lives there, and it stays.
+        let _ = std::fs::remove_dir(&d);
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -602,6 +632,32 @@ mod tests {
     use bitrush_core::testing::info_with;
     use proptest::prelude::*;
     use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn deleting_data_removes_the_torrents_files_and_nothing_else() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("t");
+        let mut info = info_with(&[3, 4, 5], 16);
+        info.files[1].path = vec!["sub".into(), "f1".into()];
+        info.files[2].path = vec!["own".into(), "f2".into()];
+        for f in &info.files {
+            let p = out.join(f.path.iter().collect::<PathBuf>());
+            std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+            std::fs::write(p, b"x").unwrap();
+        }
+        // The user's file in one of the torrent's folders.
+        std::fs::write(out.join("own").join("mine.txt"), b"keep").unwrap();
+        delete_data(&out, &info).unwrap();
+        assert!(!out.join("f0").exists());
+        assert!(!out.join("sub").exists(), "an emptied folder goes");
+        assert!(!out.join("own").join("f2").exists());
+        assert_eq!(
+            std::fs::read(out.join("own").join("mine.txt")).unwrap(),
+            b"keep"
+        );
+        // Again: nothing left to delete is not an error.
+        delete_data(&out, &info).unwrap();
+    }
 
     fn payload(n: u64) -> Vec<u8> {
         (0..n).map(|i| (i * 31 % 251) as u8).collect()
