@@ -187,17 +187,31 @@ impl Drop for Helper {
 
 /// Runs an MSE machine over `stream` until it reports; sends what it queued with the outcome.
 fn drive(m: &mut MseHandshake, stream: &mut TcpStream) -> Established {
+    match try_drive(m, stream) {
+        Ok(est) => est,
+        Err(e) => panic!("{e}"),
+    }
+}
+
+/// Drives `m` over `stream` until it is established; a failed handshake panics, while a
+/// connection the peer closed or reset is returned as an error (a peer that listens before
+/// it knows its torrent does that, and the caller may dial again).
+fn try_drive(m: &mut MseHandshake, stream: &mut TcpStream) -> Result<Established, String> {
     let mut buf = vec![0u8; 64 * 1024];
     loop {
         while let Some(bytes) = m.poll_transmit() {
-            stream.write_all(&bytes).expect("send handshake bytes");
+            stream
+                .write_all(&bytes)
+                .map_err(|e| format!("send handshake bytes: {e}"))?;
         }
         match m.poll_event() {
             Some(MseEvent::Established(est)) => {
                 while let Some(bytes) = m.poll_transmit() {
-                    stream.write_all(&bytes).expect("send handshake bytes");
+                    stream
+                        .write_all(&bytes)
+                        .map_err(|e| format!("send handshake bytes: {e}"))?;
                 }
-                return *est;
+                return Ok(*est);
             }
             Some(MseEvent::Failed(e)) => panic!("MSE handshake failed: {e}"),
             None => {}
@@ -211,12 +225,12 @@ fn drive(m: &mut MseHandshake, stream: &mut TcpStream) -> Established {
             .clamp(Duration::from_millis(1), Duration::from_millis(200));
         stream.set_read_timeout(Some(wait)).unwrap();
         match stream.read(&mut buf) {
-            Ok(0) => panic!("peer closed the connection during MSE"),
+            Ok(0) => return Err("peer closed the connection during MSE".into()),
             Ok(n) => m.handle_input(Instant::now(), &buf[..n]),
             Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
                 m.handle_timeout(Instant::now())
             }
-            Err(e) => panic!("read during MSE: {e}"),
+            Err(e) => return Err(format!("read during MSE: {e}")),
         }
     }
 }
@@ -313,17 +327,29 @@ fn connect(port: u16) -> TcpStream {
 fn download_one_block(fixture: &Fixture, port: u16, seed: u64) {
     let mut rng = StdRng::seed_from_u64(seed);
     let ours = Handshake::new(fixture.info_hash, PeerId::generate(&mut rng));
-    let mut stream = connect(port);
-    let init = MseInitiator::new(
-        Instant::now(),
-        fixture.info_hash,
-        &ours.encode(),
-        Encryption::Require,
-        &mut rng,
-    )
-    .expect("initiator")
-    .with_timeout(STEP_TIMEOUT);
-    let est = drive(&mut MseHandshake::Initiator(init), &mut stream);
+    // aria2 listens before it has loaded its torrent and closes connections for it until
+    // then: dial again on a closed connection, within the step's time.
+    let deadline = Instant::now() + STEP_TIMEOUT;
+    let (stream, est) = loop {
+        let mut stream = connect(port);
+        let init = MseInitiator::new(
+            Instant::now(),
+            fixture.info_hash,
+            &ours.encode(),
+            Encryption::Require,
+            &mut rng,
+        )
+        .expect("initiator")
+        .with_timeout(STEP_TIMEOUT);
+        match try_drive(&mut MseHandshake::Initiator(init), &mut stream) {
+            Ok(est) => break (stream, est),
+            Err(e) if Instant::now() < deadline => {
+                eprintln!("{e}; dialling again");
+                std::thread::sleep(Duration::from_millis(200));
+            }
+            Err(e) => panic!("{e}"),
+        }
+    };
     assert_eq!(est.method, CryptoMethod::Rc4);
     assert_eq!(est.info_hash, fixture.info_hash);
     let mut peer = Peer::new(stream, est);
@@ -449,7 +475,6 @@ fn expect_extension_handshake(peer: &mut Peer) {
 fn initiator_downloads_a_block_from_aria2_with_required_rc4() {
     let fixture = Fixture::new();
     // aria2 takes a port, not 0: take a free one and hand it over.
-    // aria2 takes a port, not 0.
     let port = free_port();
     let _aria2 = aria2(
         &fixture.seed_dir(),
