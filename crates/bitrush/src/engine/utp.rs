@@ -186,7 +186,10 @@ impl AsyncRead for UtpStream {
     ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
         let mut st = this.shared.lock();
-        let n = st.socket.read(this.conn, buf.initialize_unfilled());
+        // Initialise only what can be filled: a fresh buffer's whole spare capacity (often
+        // 64 KiB or more) would otherwise be zeroed on every read, under the endpoint's lock.
+        let want = st.socket.readable_len(this.conn).min(buf.remaining());
+        let n = st.socket.read(this.conn, buf.initialize_unfilled_to(want));
         if n > 0 {
             buf.advance(n);
             drop(st);

@@ -689,6 +689,15 @@ impl Connection {
         n
     }
 
+    /// In-order bytes the application may read now.
+    pub fn readable_len(&self) -> usize {
+        if self.is_open() {
+            self.recv.ready_len()
+        } else {
+            0
+        }
+    }
+
     /// Application read: moves in-order bytes into `buf`.
     pub fn read(&mut self, buf: &mut [u8], ev: &mut Events) -> usize {
         if !self.is_open() {

@@ -357,6 +357,15 @@ impl UtpSocket {
         n
     }
 
+    /// In-order bytes waiting to be read (0 for an unknown connection), so a reader can size
+    /// its buffer to what is there.
+    pub fn readable_len(&self, conn: ConnectionId) -> usize {
+        self.index_of(conn)
+            .and_then(|i| self.slots.get(i))
+            .and_then(|slot| slot.conn.as_deref())
+            .map_or(0, Connection::readable_len)
+    }
+
     /// Moves received in-order bytes into `buf`; returns how many (0: nothing buffered, or an
     /// unknown or closed connection).
     pub fn read(&mut self, conn: ConnectionId, buf: &mut [u8]) -> usize {

@@ -479,6 +479,7 @@ fn data_beyond_the_reorder_span_or_the_fin_is_dropped() {
     let far = peer.packet(PacketType::Data, b"far");
     let _ = s.handle_datagram(now, peer.addr, &far);
     assert!(drain(&mut s, now).is_empty(), "not even acked");
+    assert_eq!(s.readable_len(conn), 0, "dropped bytes are not readable");
     peer.seq_nr = start;
     let data = peer.packet(PacketType::Data, b"abc");
     let fin = peer.packet(PacketType::Fin, &[]);
@@ -492,9 +493,11 @@ fn data_beyond_the_reorder_span_or_the_fin_is_dropped() {
         start.wrapping_add(1),
         "FIN acked"
     );
+    assert_eq!(s.readable_len(conn), 3, "in-order bytes up to the FIN");
     let mut buf = [0u8; 64];
     assert_eq!(s.read(conn, &mut buf), 3);
     assert_eq!(&buf[..3], b"abc");
+    assert_eq!(s.readable_len(conn), 0);
     assert_eq!(
         events(&mut s).last(),
         Some(&UtpEvent::Closed {
