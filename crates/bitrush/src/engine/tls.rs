@@ -1,5 +1,6 @@
-//! TLS for HTTPS trackers (rustls with ring, through reqwest): the certificate authorities we
-//! trust, and the certificate failures users meet, in plain words.
+//! TLS for HTTPS trackers and web seeds (rustls with ring, through reqwest): one client
+//! configuration trusting the certificate authorities, and the certificate failures users meet,
+//! in plain words.
 //!
 //! Invariants: the authorities are loaded once per process, from `SSL_CERT_FILE` and/or
 //! `SSL_CERT_DIR` when either is set, else from the system's store (on Debian the
@@ -52,13 +53,32 @@ fn store_problem(e: rustls_native_certs::Error) -> (String, Arc<dyn StdError + S
     }
 }
 
-/// The trusted certificate authorities, loaded on first use (a few milliseconds, once).
-pub fn trust_roots() -> Result<&'static [reqwest::Certificate], TrustRootsError> {
-    static ROOTS: OnceLock<Result<Vec<reqwest::Certificate>, TrustRootsError>> = OnceLock::new();
-    match ROOTS.get_or_init(load_trust_roots) {
-        Ok(roots) => Ok(roots),
-        Err(e) => Err(e.clone()),
+/// A client builder for HTTP(S) requests to trackers and web seeds, trusting the authorities
+/// (loaded once, the TLS configuration shared by every client: building one per announce
+/// parsed every authority each time). Without them only `https` requests fail here; a plain
+/// HTTP request that redirects to HTTPS then fails its certificate check.
+pub fn client_builder(https: bool) -> Result<reqwest::ClientBuilder, TrustRootsError> {
+    static CONFIG: OnceLock<Result<Arc<rustls::ClientConfig>, TrustRootsError>> = OnceLock::new();
+    match CONFIG.get_or_init(client_config) {
+        Ok(config) => Ok(reqwest::Client::builder().use_preconfigured_tls((**config).clone())),
+        Err(e) if https => Err(e.clone()),
+        Err(_) => Ok(reqwest::Client::builder()),
     }
+}
+
+fn client_config() -> Result<Arc<rustls::ClientConfig>, TrustRootsError> {
+    let roots = load_trust_roots()?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| TrustRootsError {
+            origin: roots_origin(),
+            problem: "no TLS version to offer".to_string(),
+            source: Some(Arc::new(e)),
+        })?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(Arc::new(config))
 }
 
 /// Where the authorities come from, as the environment says.
@@ -76,19 +96,11 @@ fn roots_origin() -> String {
     }
 }
 
-fn load_trust_roots() -> Result<Vec<reqwest::Certificate>, TrustRootsError> {
+fn load_trust_roots() -> Result<rustls::RootCertStore, TrustRootsError> {
     let found = rustls_native_certs::load_native_certs();
-    let mut anchors = rustls::RootCertStore::empty();
-    let mut roots = Vec::with_capacity(found.certs.len());
-    for der in found.certs {
-        // The same check reqwest makes when it builds a client: a certificate that passes it
-        // here cannot fail the client's construction later.
-        if anchors.add(der.clone()).is_ok() {
-            if let Ok(cert) = reqwest::Certificate::from_der(&der) {
-                roots.push(cert);
-            }
-        }
-    }
+    let mut roots = rustls::RootCertStore::empty();
+    // Certificates rustls cannot use as trust anchors are skipped (system stores hold a few).
+    let (_added, _skipped) = roots.add_parsable_certificates(found.certs);
     for e in &found.errors {
         tracing::debug!(error = %e, "skipped part of the certificate store");
     }

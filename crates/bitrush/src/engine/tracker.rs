@@ -288,18 +288,12 @@ async fn announce_http(
     req: &AnnounceRequest,
     opts: &AnnounceOptions,
 ) -> Result<AnnounceResponse, AnnounceError> {
-    // A client per announce: announces are rare, and a shared client would outlive the
-    // runtime it was first used on.
-    let mut builder = reqwest::Client::builder().timeout(opts.http_timeout);
-    let roots = match tls::trust_roots() {
-        Ok(roots) => roots,
-        Err(e) if https => return Err(e.into()),
-        // A plain HTTP tracker needs them only if it redirects to HTTPS.
-        Err(_) => &[],
+    // A client per announce (a shared one would outlive the runtime it was first used on);
+    // the TLS configuration behind it is built once.
+    let builder = match tls::client_builder(https) {
+        Ok(builder) => builder.timeout(opts.http_timeout),
+        Err(e) => return Err(e.into()),
     };
-    for root in roots {
-        builder = builder.add_root_certificate(root.clone());
-    }
     let client = builder.build().map_err(AnnounceError::Http)?;
     let http = |e: reqwest::Error| {
         if e.is_timeout() {

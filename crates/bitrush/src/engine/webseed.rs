@@ -62,19 +62,12 @@ impl Drop for Membership<'_> {
 
 /// The HTTP client for web seeds: bounded redirects, the trusted authorities for HTTPS.
 fn client(https: bool) -> Result<reqwest::Client, String> {
-    let mut builder = reqwest::Client::builder()
+    tls::client_builder(https)
+        .map_err(|e| super::error_chain(&e))?
         .connect_timeout(CONNECT_TIMEOUT)
-        .redirect(reqwest::redirect::Policy::limited(MAX_REDIRECTS));
-    let roots = match tls::trust_roots() {
-        Ok(roots) => roots,
-        Err(e) if https => return Err(super::error_chain(&e)),
-        // A plain HTTP seed needs them only if it redirects to HTTPS.
-        Err(_) => &[],
-    };
-    for root in roots {
-        builder = builder.add_root_certificate(root.clone());
-    }
-    builder.build().map_err(|e| super::error_chain(&e))
+        .redirect(reqwest::redirect::Policy::limited(MAX_REDIRECTS))
+        .build()
+        .map_err(|e| super::error_chain(&e))
 }
 
 /// Performs one request, reporting the head, the body in chunks and the end (or the failure).
