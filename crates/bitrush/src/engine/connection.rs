@@ -27,6 +27,7 @@ use tokio::net::TcpStream;
 use super::transport::{self, BoxStream, MseFailure, Opening};
 use super::utp::{UtpConnectError, UtpHandle};
 use crate::mse::Encryption;
+use crate::session::CloseKind;
 
 use crate::wire::handshake::HANDSHAKE_LEN;
 use crate::wire::message::MAX_MESSAGE_LEN;
@@ -94,6 +95,18 @@ impl ConnectionError {
                 | ConnectionError::EncryptionRefused(_)
                 | ConnectionError::NoTransport(_)
         )
+    }
+
+    /// How this end of a connection counts in the session's dial queue, the same for downloads
+    /// and metadata fetches: in transit it may be dialled again after a backoff; a peer that
+    /// does not speak the protocol or serve the torrent is not worth trying soon (bans are for
+    /// bad data only).
+    pub fn close_kind(&self) -> CloseKind {
+        if self.is_transient() {
+            CloseKind::Transient
+        } else {
+            CloseKind::Protocol
+        }
     }
 }
 
@@ -654,6 +667,30 @@ pub async fn connect_and_handshake(
 mod tests {
     use super::*;
     use crate::types::{InfoHash, PeerId};
+
+    /// Downloads and metadata fetches count a connection's end alike: a peer of another
+    /// torrent is set aside, not banned (the metadata fetch banned it), and a reset is retried.
+    #[test]
+    fn close_kinds_leave_bans_to_bad_data() {
+        let addr: SocketAddr = "127.0.0.1:6881".parse().unwrap();
+        assert_eq!(
+            ConnectionError::WrongInfoHash(addr).close_kind(),
+            CloseKind::Protocol
+        );
+        assert_eq!(
+            ConnectionError::PlaintextRefused(addr).close_kind(),
+            CloseKind::Protocol
+        );
+        let reset = ConnectionError::Io {
+            addr,
+            source: std::io::ErrorKind::ConnectionReset.into(),
+        };
+        assert_eq!(reset.close_kind(), CloseKind::Transient);
+        assert_eq!(
+            ConnectionError::Closed(addr).close_kind(),
+            CloseKind::Transient
+        );
+    }
 
     /// A peer that sends its handshake and first messages in one burst, then waits for us:
     /// the messages that came with the handshake must be handed out without another read

@@ -528,7 +528,7 @@ impl Fetcher {
                         Err(e) => return Err(MetadataError::Task(e)),
                     };
                     if let Err(e) = result {
-                        let kind = if e.is_transient() { CloseKind::Transient } else { CloseKind::Banned };
+                        let kind = e.close_kind();
                         tracing::debug!(error = %super::error_chain(&e), "connection ended");
                         self.last_problem = Some(e.into());
                         self.close(key, kind);

@@ -832,7 +832,7 @@ fn close_kind(result: &Result<(), PeerTaskError>) -> CloseKind {
             source: PeerError::Protocol(_),
             ..
         }) => CloseKind::Protocol,
-        Err(PeerTaskError::Connection(e)) if !e.is_transient() => CloseKind::Protocol,
+        Err(PeerTaskError::Connection(e)) => e.close_kind(),
         Err(_) => CloseKind::Transient,
     }
 }
