@@ -48,7 +48,6 @@ use crate::swarm::{
 };
 use crate::tracker::{AnnounceResponse, Announcer, NUMWANT};
 use crate::types::{InfoHash, PeerId};
-use crate::wire::fast::{allowed_fast_set, ALLOWED_FAST_COUNT};
 use crate::wire::Handshake;
 
 pub use crate::session::SeedLimits;
@@ -954,17 +953,7 @@ impl Manager {
         let shared = self.shared.clone();
         let ours = self.handshake;
         let transports = self.params.transports.clone();
-        // BEP 6: the pieces this peer may have while we choke it (IPv4 peers only, as BEP 6
-        // defines the set).
-        let allowed_fast = match addr.ip() {
-            std::net::IpAddr::V4(ip) => allowed_fast_set(
-                ip,
-                &self.params.info_hash,
-                self.params.info.piece_count(),
-                ALLOWED_FAST_COUNT,
-            ),
-            std::net::IpAddr::V6(_) => Vec::new(),
-        };
+        let piece_count = self.params.info.piece_count();
         self.peers.spawn(async move {
             let mut established = false;
             let _permit = permit;
@@ -979,14 +968,7 @@ impl Manager {
                         (conn, theirs)
                     }
                 };
-                let features = PeerFeatures {
-                    extensions: theirs.supports_extensions(),
-                    fast: theirs.supports_fast() && ours.supports_fast(),
-                    allowed_fast,
-                    addr: Some(addr),
-                    outgoing,
-                    web_seed: false,
-                };
+                let features = PeerFeatures::negotiate(&ours, &theirs, addr, outgoing, piece_count);
                 established = true;
                 peer::run(shared, key, conn, features).await
             }

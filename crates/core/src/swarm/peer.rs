@@ -5,12 +5,13 @@
 //! at most `Config::max_upload_queue` blocks; rates are bytes per second smoothed over
 //! [`RATE_WINDOW`] samples.
 
-use core::net::SocketAddr;
+use core::net::{IpAddr, SocketAddr};
 use std::collections::{BTreeSet, VecDeque};
 use std::time::{Duration, Instant};
 
 use super::{Bitfield, Config, BLOCK_LEN};
-use crate::wire::{BlockRef, Message};
+use crate::wire::fast::{allowed_fast_set, ALLOWED_FAST_COUNT};
+use crate::wire::{BlockRef, Handshake, Message};
 
 /// How often rates are sampled (and request pipelines resized) while a peer is active.
 pub const RATE_WINDOW: Duration = Duration::from_millis(500);
@@ -39,6 +40,36 @@ pub struct PeerFeatures {
     /// A BEP 19 web seed behind [`crate::webseed::WebSeed`]: it gets neighbouring pieces
     /// (they merge into one HTTP range) and serves requests in order, rejecting what it drops.
     pub web_seed: bool,
+}
+
+impl PeerFeatures {
+    /// What a peer at `addr` and we agreed on in the handshakes (`ours` names the torrent):
+    /// the extension protocol if it offers it, the fast extension (BEP 6) only if both sides
+    /// set the bit, and then its canonical allowed-fast set (IPv4 peers only, as BEP 6 defines
+    /// the set).
+    pub fn negotiate(
+        ours: &Handshake,
+        theirs: &Handshake,
+        addr: SocketAddr,
+        outgoing: bool,
+        piece_count: u32,
+    ) -> PeerFeatures {
+        let fast = theirs.supports_fast() && ours.supports_fast();
+        let allowed_fast = match addr.ip() {
+            IpAddr::V4(ip) if fast => {
+                allowed_fast_set(ip, &ours.info_hash, piece_count, ALLOWED_FAST_COUNT)
+            }
+            _ => Vec::new(),
+        };
+        PeerFeatures {
+            extensions: theirs.supports_extensions(),
+            fast,
+            allowed_fast,
+            addr: Some(addr),
+            outgoing,
+            web_seed: false,
+        }
+    }
 }
 
 #[derive(Debug)]

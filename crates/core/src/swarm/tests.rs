@@ -1138,3 +1138,31 @@ fn a_streaming_window_has_its_own_endgame() {
     );
     d.check_invariants().unwrap();
 }
+
+/// BEP 6 is agreed only when both handshakes set the bit; the allowed-fast set is the
+/// canonical one for an IPv4 peer and empty for an IPv6 one.
+#[test]
+fn features_are_negotiated_from_both_handshakes() {
+    use crate::types::{InfoHash, PeerId};
+    use crate::wire::fast::{allowed_fast_set, ALLOWED_FAST_COUNT};
+    use crate::wire::Handshake;
+    let hash = InfoHash([7; 20]);
+    let ours = Handshake::session(hash, PeerId([1; 20]));
+    let mut theirs = Handshake::new(hash, PeerId([2; 20]));
+    theirs.reserved[7] |= 0x04;
+    let v4: SocketAddr = "10.1.2.3:6881".parse().unwrap();
+    let f = PeerFeatures::negotiate(&ours, &theirs, v4, true, 1000);
+    assert!(f.fast && f.extensions && f.outgoing && !f.web_seed);
+    assert_eq!(f.addr, Some(v4));
+    let expected = allowed_fast_set([10, 1, 2, 3].into(), &hash, 1000, ALLOWED_FAST_COUNT);
+    assert_eq!(f.allowed_fast, expected);
+    assert_eq!(f.allowed_fast.len(), ALLOWED_FAST_COUNT);
+
+    let v6: SocketAddr = "[::1]:6881".parse().unwrap();
+    let f = PeerFeatures::negotiate(&ours, &theirs, v6, false, 1000);
+    assert!(f.fast && f.allowed_fast.is_empty());
+
+    theirs.reserved[7] &= !0x04;
+    let f = PeerFeatures::negotiate(&ours, &theirs, v4, false, 1000);
+    assert!(!f.fast && f.allowed_fast.is_empty());
+}
