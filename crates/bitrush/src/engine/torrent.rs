@@ -659,7 +659,8 @@ struct Conn {
 /// The recent download and upload rates, for the progress snapshot: the bytes moved over the
 /// last [`RATE_SPAN`] of samples (or since the first sample, early on), so a rate shows from
 /// the second snapshot on and only counters of this session (bytes received and sent) count.
-/// At most `RATE_SPAN / PROGRESS_INTERVAL + 2` samples are kept.
+/// At most `RATE_SPAN / PROGRESS_INTERVAL + 3` samples are kept (one more for the report made
+/// at completion).
 #[derive(Default)]
 struct RateMeter {
     /// (when, bytes received, bytes uploaded), oldest first.
@@ -1126,6 +1127,13 @@ impl Manager {
                 // Web seeds only download.
                 self.web_seeds.abort_all();
                 self.finish_files().await?;
+                // Completion is news at once (a daemon's API shows it), not at the next tick.
+                if self.params.progress.is_some() {
+                    let p = self.progress(now);
+                    if let Some(tx) = &self.params.progress {
+                        let _ = tx.send(p);
+                    }
+                }
             }
             self.session.handle_transfer(now, transfer);
             if self.session.poll_timeout().is_some_and(|t| t <= now) {
