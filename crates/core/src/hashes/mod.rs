@@ -1,10 +1,14 @@
 //! Checking pieces against a torrent's hashes, and the BitTorrent v2 hash exchange (BEP 52).
 //!
 //! [`PieceHashes`] says whether an assembled piece is good: by its v1 SHA-1 when the torrent
-//! has v1 metadata (v1 and hybrid torrents), else by the v2 merkle tree of the file the piece
-//! belongs to (a v2 piece never spans files: the metainfo lays files out on piece boundaries).
-//! The piece at the end of a file holds only the file's bytes in its subtree; the pad bytes
-//! that follow it in the payload are not hashed. The same value answers peers' `hash request`s
+//! has v1 metadata, and by the v2 merkle tree of the file the piece belongs to when it has v2
+//! metadata (a v2 piece never spans files: the metainfo lays files out on piece boundaries).
+//! A hybrid's piece must pass both, so a hybrid whose halves disagree cannot slip a piece
+//! through the weaker hash; where a hybrid's layer is not known (yet) its SHA-1 alone decides.
+//! Checking both costs one SHA-1 and one SHA-256 pass over the piece, plus a hash per level of
+//! the piece's subtree: no more than the two passes. The piece at the end of a file holds only
+//! the file's bytes in its subtree; the pad bytes that follow it in the payload are not
+//! hashed. The same value answers peers' `hash request`s
 //! from the piece layers it knows, and tells which layers are still missing (a magnet link's
 //! info dictionary carries no `piece layers`: [`fetch`] gets them from peers).
 //!
@@ -184,48 +188,48 @@ impl PieceHashes {
         !self.info.version.has_v1()
     }
 
-    /// Whether `data` is piece `index` of the torrent. False for an unknown index, a piece of
-    /// the wrong length, or a v2 piece whose file's layer is still unknown.
+    /// Whether `data` is piece `index` of the torrent: its SHA-1 matches (v1 and hybrid
+    /// torrents) and its subtree root matches its file's piece layer (v2 and hybrid; a
+    /// hybrid's piece whose layer is unknown is judged by its SHA-1 alone). False for an
+    /// unknown index, a piece of the wrong length, or a v2-only piece whose layer is unknown.
     pub fn check(&self, index: u32, data: &[u8]) -> bool {
         if index >= self.info.piece_count() || data.len() != self.info.piece_len(index) as usize {
             return false;
         }
-        if !self.is_v2() {
-            return self
-                .info
-                .pieces
-                .get(index as usize)
-                .is_some_and(|h| Sha1::digest(data).as_slice() == h);
+        let has_v1 = self.info.version.has_v1();
+        let sha1_matches = || {
+            let expected = self.info.pieces.get(index as usize);
+            expected.is_some_and(|h| Sha1::digest(data).as_slice() == h)
+        };
+        if has_v1 && !sha1_matches() {
+            return false;
         }
+        self.check_v2(index, data).unwrap_or(has_v1)
+    }
+
+    /// The v2 verdict on piece `index`, or `None` when no file's known layer covers it.
+    fn check_v2(&self, index: u32, data: &[u8]) -> Option<bool> {
         let piece_length = self.info.piece_length;
         let at = self.files.partition_point(|f| f.first_piece <= index);
-        let Some(file) = at.checked_sub(1).and_then(|i| self.files.get(i)) else {
-            return false;
-        };
+        let file = self.files.get(at.checked_sub(1)?)?;
         let within = u64::from(index - file.first_piece);
         if within >= file.pieces(piece_length) {
-            return false;
+            return None;
         }
-        let Some(expected) = file
-            .levels
-            .as_ref()
-            .and_then(|l| l.first())
-            .and_then(|layer| layer.get(within as usize))
-        else {
-            return false;
-        };
+        let expected = file.levels.as_ref()?.first()?.get(within as usize)?;
         // Only the file's bytes are hashed; what follows it in the last piece is padding.
         let file_bytes = file.length - within * u64::from(piece_length);
         let data = data
             .get(..file_bytes.min(data.len() as u64) as usize)
             .unwrap_or(data);
         let width = merkle::piece_width(file.length, piece_length);
-        merkle::piece_root(data, width) == *expected
+        Some(merkle::piece_root(data, width) == *expected)
     }
 
-    /// Our answer to a peer's `hash request`: the hashes, or a `hash reject` when the request
-    /// is out of bounds (see [`check_request`]), names a file we do not know, or asks for a
-    /// layer below the piece layer (we keep no block hashes).
+    /// Our answer to a peer's `hash request` from the hashes we keep: the hashes, or a `hash
+    /// reject` when the request is out of bounds (see [`check_request`]), names a file whose
+    /// layer we do not know, or asks for a layer below the piece layer (those are answered
+    /// from the data: [`PieceHashes::block_job`]).
     pub fn answer(&self, request: &HashRequest) -> Message {
         self.hashes_for(request)
             .map(|hashes| Message::Hashes {

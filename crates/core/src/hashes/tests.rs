@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use proptest::prelude::*;
+use sha1::{Digest, Sha1};
 
 use super::fetch::{LayerEvent, LayerFault, LayerFetch, HASH_REQUEST_TIMEOUT};
 use super::*;
@@ -22,6 +23,17 @@ fn bytes_of(path: &str, len: u64) -> Vec<u8> {
 /// A torrent of `files` (path, length) with pieces of `pl` bytes, and its payload (pad bytes
 /// included, as pieces carry it).
 fn made(files: &[(&str, u64)], pl: u32, version: MetaVersion) -> (Metainfo, Vec<u8>) {
+    made_lying(files, pl, version, None)
+}
+
+/// As [`made`], but the v1 hash of piece `v1_lie` (if any) is that of the piece with its first
+/// byte flipped: a hybrid whose halves disagree on that piece.
+fn made_lying(
+    files: &[(&str, u64)],
+    pl: u32,
+    version: MetaVersion,
+    v1_lie: Option<u32>,
+) -> (Metainfo, Vec<u8>) {
     let sources: Vec<SourceFile> = files
         .iter()
         .map(|(p, len)| SourceFile {
@@ -42,6 +54,7 @@ fn made(files: &[(&str, u64)], pl: u32, version: MetaVersion) -> (Metainfo, Vec<
     let hashes: Vec<_> = (0..plan.piece_count())
         .map(|i| {
             let mut h = plan.piece_hasher(i);
+            let start = payload.len();
             for part in plan.piece_parts(i) {
                 match part {
                     PiecePart::File { file, offset, len } => {
@@ -55,7 +68,13 @@ fn made(files: &[(&str, u64)], pl: u32, version: MetaVersion) -> (Metainfo, Vec<
                     }
                 }
             }
-            h.finish()
+            let mut hashes = h.finish();
+            if v1_lie == Some(i) {
+                let mut altered = payload[start..].to_vec();
+                altered[0] ^= 1;
+                hashes.v1 = Some(Sha1::digest(&altered).into());
+            }
+            hashes
         })
         .collect();
     let built = plan.finish(&hashes, &TorrentOptions::default()).unwrap();
@@ -119,6 +138,35 @@ fn v1_and_hybrid_pieces_check_by_sha1() {
         bad[0] ^= 1;
         assert!(!hashes.check(0, &bad));
     }
+}
+
+/// A hybrid's pieces must pass both halves: where they disagree, neither version of the piece
+/// is good (the one matching the SHA-1 fails the merkle tree, and the other the SHA-1).
+#[test]
+fn hybrid_pieces_must_pass_both_hashes() {
+    let lie = 4;
+    let (meta, payload) = made_lying(FILES, PL, MetaVersion::Hybrid, Some(lie));
+    let hashes = full(&meta);
+    assert!(!hashes.is_v2());
+    for i in 0..meta.info.piece_count() {
+        assert_eq!(hashes.check(i, piece(&meta, &payload, i)), i != lie, "{i}");
+    }
+    let mut sha1_twin = piece(&meta, &payload, lie).to_vec();
+    sha1_twin[0] ^= 1;
+    assert_eq!(
+        Sha1::digest(&sha1_twin).as_slice(),
+        &meta.info.pieces[lie as usize][..],
+        "the piece passes SHA-1"
+    );
+    assert!(!hashes.check(lie, &sha1_twin), "but not its merkle tree");
+    // Without the v2 layers, SHA-1 alone decides (files of one piece keep their root, which
+    // the info dictionary carries).
+    let sha1_only = PieceHashes::new(Arc::new(meta.info.clone()), &BTreeMap::new()).unwrap();
+    let big = meta.info.files.iter().position(|f| f.path == ["c", "big"]);
+    let big = &meta.info.files[big.unwrap()];
+    assert!(big.offset / u64::from(PL) <= u64::from(lie));
+    assert!((big.offset + big.length).div_ceil(u64::from(PL)) > u64::from(lie));
+    assert!(sha1_only.check(lie, &sha1_twin));
 }
 
 #[test]
