@@ -276,27 +276,61 @@ fn v2_magnet_info_from_libtorrent() {
     assert_eq!(shown, swarm.info.piece_hashes_v2, "{}", dump(&out));
 }
 
-/// A v2 torrent file without its `piece layers` (BEP 52 allows leaving them to peers) is
-/// refused with a clear error, not downloaded into pieces that can never verify.
-#[test]
-fn v2_torrent_without_piece_layers_is_a_clear_error() {
-    let swarm = V2Swarm::new("v2-no-layers", "v2", Some(TREE));
+/// `torrent` with its `piece layers` removed (`keep`: all but the first entry kept, for a
+/// torrent lacking the layer of one file only), written beside it.
+fn strip_piece_layers(swarm: &V2Swarm, keep: bool) -> PathBuf {
     let stripped = swarm.dir.join("stripped.torrent");
     let mut cmd = lt_python(
         "import libtorrent as lt, sys\n\
          t = lt.bdecode(open(sys.argv[1], 'rb').read())\n\
-         del t[b'piece layers']\n\
+         layers = t[b'piece layers']\n\
+         if sys.argv[3] == 'keep':\n\
+         \x20   del layers[sorted(layers)[0]]\n\
+         else:\n\
+         \x20   del t[b'piece layers']\n\
          open(sys.argv[2], 'wb').write(lt.bencode(t))",
     );
-    cmd.arg(&swarm.torrent).arg(&stripped);
+    cmd.arg(&swarm.torrent)
+        .arg(&stripped)
+        .arg(if keep { "keep" } else { "all" });
     run_checked(
         "strip piece layers",
         cmd,
         std::time::Duration::from_secs(60),
     );
-    let out = run_download(&stripped, &swarm.dir.join("out"), &[]);
-    let line = assert_one_line_error(&out);
-    assert!(line.contains("lacks the piece layers of 2 files"), "{line}");
+    stripped
+}
+
+/// A v2 torrent file without its `piece layers` (BEP 52 allows leaving them to peers), as
+/// libtorrent takes it: the layers come from the seeder by hash request, then the data.
+#[test]
+fn v2_torrent_without_piece_layers_from_libtorrent() {
+    let swarm = V2Swarm::new("v2-no-layers", "v2", Some(TREE));
+    let stripped = strip_piece_layers(&swarm, false);
+    let _seeder = LtSeeder::start(&swarm.torrent, &swarm.seed_dir);
+    let out = swarm.dir.join("out");
+    let result = run_download(&stripped, &out, &[]);
+    assert_success(&result);
+    swarm.assert_downloaded(&out);
+}
+
+/// A hybrid torrent file lacking one file's piece layer: that layer comes from the seeder,
+/// and every piece is checked against both halves.
+#[test]
+fn hybrid_torrent_lacking_a_piece_layer_from_libtorrent() {
+    let swarm = V2Swarm::new("hybrid-one-layer", "hybrid", Some(TREE));
+    let stripped = strip_piece_layers(&swarm, true);
+    let _seeder = LtSeeder::start(&swarm.torrent, &swarm.seed_dir);
+    let out = swarm.dir.join("out");
+    let result = run_download(&stripped, &out, &[]);
+    assert_success(&result);
+    // The layer came: no fallback to SHA-1 alone.
+    assert!(
+        !stderr_of(&result).contains("SHA-1 alone"),
+        "{}",
+        dump(&result)
+    );
+    swarm.assert_downloaded(&out);
 }
 
 /// libtorrent given only a v2 magnet link fetches the metadata from `bitrush seed`, then the
