@@ -352,6 +352,54 @@ fn libtorrent_gets_a_v2_magnet_from_bitrush() {
     assert_tree_eq(&save.join("payload"), &swarm.tree);
 }
 
+/// Runs tests/support/block_hash_probe.py against `peer` (or its own libtorrent when `None`)
+/// for the single-file torrent of `swarm`; returns its lines.
+fn probe_block_hashes(swarm: &V2Swarm, peer: Option<std::net::SocketAddr>) -> Vec<String> {
+    let mut cmd = support_script("block_hash_probe.py");
+    let target = peer.map_or("127.0.0.1:0".to_string(), |p| p.to_string());
+    cmd.arg(target)
+        .arg(&swarm.torrent)
+        .arg(swarm.seed_dir.join("payload.bin"));
+    if peer.is_none() {
+        cmd.arg("--libtorrent");
+    }
+    let out = run_checked("block hash probe", cmd, PROCESS_TIMEOUT);
+    stdout_of(&out).lines().map(String::from).collect()
+}
+
+/// Block hashes (hash requests at base layer 0 with proofs, as libtorrent sends after a hash
+/// failure to find the bad block): `bitrush seed` answers them from its data, with the hashes
+/// and uncles libtorrent answers with for the same requests, all proving up to the file's root.
+#[test]
+fn block_hash_requests_are_answered_as_libtorrent_answers_them() {
+    for version in ["v2", "hybrid"] {
+        let swarm = V2Swarm::with(
+            &format!("{version}-block-hashes"),
+            version,
+            None,
+            40 * 64 * 1024 + 1234,
+            64 * 1024,
+        );
+        let seeder = BitrushSeeder::start(
+            &swarm.torrent,
+            &swarm.seed_dir.join("payload.bin"),
+            &swarm.tracker,
+            swarm
+                .info
+                .info_hash_v1
+                .as_deref()
+                .unwrap_or(&swarm.info.info_hash),
+            1,
+            &[],
+        );
+        let ours = probe_block_hashes(&swarm, Some(seeder.addr()));
+        assert_eq!(ours.len(), 5, "{ours:?}");
+        assert!(ours.iter().all(|l| l.starts_with("VERIFIED ")), "{ours:?}");
+        let theirs = probe_block_hashes(&swarm, None);
+        assert_eq!(ours, theirs, "libtorrent answers otherwise");
+    }
+}
+
 /// tests/support/hostile_hash_peer.py: serves the metadata, then misbehaves in the hash
 /// exchange.
 struct HostileHashPeer {
