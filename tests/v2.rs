@@ -1,7 +1,8 @@
 //! BitTorrent v2 and hybrid torrents (BEP 52) on the wire, against libtorrent 2.0: downloads
 //! of v2-only and hybrid torrents (one file, and trees whose files need pad files) from
-//! libtorrent seeders, a v2 torrent seeded to a libtorrent leecher, and v2 magnet links whose
-//! metadata and piece layers come from a libtorrent seeder.
+//! libtorrent seeders, by the CLI and by the daemon, a v2 torrent seeded to a libtorrent
+//! leecher, v2 magnet links and `.torrent` files without piece layers whose layers come from
+//! a libtorrent seeder, and block hashes answered as libtorrent answers them.
 //!
 //! The torrents are libtorrent's (`lt_tool.py make-torrent --version`), the expected bytes the
 //! payload the test wrote.
@@ -484,4 +485,120 @@ fn hostile_hash_peers_do_not_stop_an_honest_seeder() {
     let out = swarm.dir.join("out");
     assert_success(&run_download(&link, &out, &[]));
     swarm.assert_downloaded(&out);
+}
+
+/// `curl` with `args` against `url`: the status and the body.
+fn curl(url: &str, args: &[&str]) -> (u16, String) {
+    let mut cmd = std::process::Command::new(require_tool("curl"));
+    cmd.args([
+        "-s",
+        "-S",
+        "-o",
+        "-",
+        "-w",
+        "\n%{http_code}",
+        "--max-time",
+        "30",
+    ])
+    .args(args)
+    .arg(url);
+    let out = run_checked("curl", cmd, std::time::Duration::from_secs(60));
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (body, code) = text.rsplit_once('\n').unwrap_or(("", &text));
+    (code.trim().parse().unwrap_or(0), body.to_string())
+}
+
+/// `bitrush daemon` takes v2-only and hybrid torrents over REST and downloads them from
+/// libtorrent seeders (the v2-only one's pieces checked against its merkle trees, the
+/// hybrid's against both halves), and a v2 magnet link, whose piece layers it fetches.
+#[test]
+fn the_daemon_downloads_v2_and_hybrid_torrents_from_libtorrent() {
+    let v2 = V2Swarm::new("v2-daemon", "v2", Some(TREE));
+    let hybrid = V2Swarm::new("hybrid-daemon", "hybrid", None);
+    let magnet = V2Swarm::new("v2-daemon-magnet", "v2", None);
+    let quiet = LtSeedOptions {
+        no_announce: true,
+        ..LtSeedOptions::default()
+    };
+    let magnet_seeder = LtSeeder::start_with(&magnet.torrent, &magnet.seed_dir, &quiet);
+    let _seeders = [
+        LtSeeder::start(&v2.torrent, &v2.seed_dir),
+        LtSeeder::start(&hybrid.torrent, &hybrid.seed_dir),
+    ];
+    let state = v2.dir.subdir("state");
+    let downloads = v2.dir.subdir("downloads");
+    let api = format!("127.0.0.1:{}", free_port());
+    let mut daemon = Proc::spawn(
+        "bitrush daemon",
+        bitrush_with([
+            "daemon",
+            "--state-dir",
+            &state.display().to_string(),
+            "--download-dir",
+            &downloads.display().to_string(),
+            "--port",
+            &free_port().to_string(),
+            "--api",
+            &api,
+        ]),
+    );
+    daemon
+        .wait_for_stdout_line(|l| l.starts_with("API: "), STARTUP_TIMEOUT)
+        .unwrap_or_else(|e| panic!("daemon did not start: {e}\n{}", daemon.logs()));
+    let torrents = format!("http://{api}/api/v1/torrents");
+    let mut ids = Vec::new();
+    for swarm in [&v2, &hybrid] {
+        let upload = format!("@{}", swarm.torrent.display());
+        let (status, body) = curl(
+            &torrents,
+            &[
+                "-X",
+                "POST",
+                "-H",
+                "Content-Type: application/x-bittorrent",
+                "--data-binary",
+                &upload,
+            ],
+        );
+        assert_eq!(status, 201, "add: {body}");
+        let added: serde_json::Value = serde_json::from_str(&body).expect("JSON");
+        ids.push(added["id"].as_u64().expect("an id"));
+    }
+    let magnet_dir = magnet.dir.subdir("downloads");
+    let add = serde_json::json!({
+        "magnet": v2_magnet(&magnet.info, false, magnet_seeder.addr()),
+        "download_dir": magnet_dir,
+    });
+    let (status, body) = curl(
+        &torrents,
+        &[
+            "-X",
+            "POST",
+            "-H",
+            "Content-Type: application/json",
+            "--data-binary",
+            &add.to_string(),
+        ],
+    );
+    assert_eq!(status, 201, "add: {body}");
+    let added: serde_json::Value = serde_json::from_str(&body).expect("JSON");
+    ids.push(added["id"].as_u64().expect("an id"));
+    let mut last = String::new();
+    let done = daemon.wait_until(PROCESS_TIMEOUT, |_| {
+        ids.iter().all(|id| {
+            let (status, body) = curl(&format!("{torrents}/{id}"), &[]);
+            let t: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
+            last = body;
+            status == 200 && t["left_until_done"] == 0 && t["size_when_done"].as_u64() > Some(0)
+        })
+    });
+    if let Err(e) = done {
+        panic!("not downloaded: {e}\nlast: {last}\n{}", daemon.logs());
+    }
+    assert_tree_eq(&downloads.join("payload"), &v2.tree);
+    assert_file_eq(&downloads.join("payload.bin"), &hybrid.data, "hybrid");
+    assert_file_eq(&magnet_dir.join("payload.bin"), &magnet.data, "v2 magnet");
+    send_signal(daemon.pid(), "INT");
+    let status = daemon.wait_exit(std::time::Duration::from_secs(30));
+    assert!(status.is_some_and(|s| s.success()), "{}", daemon.logs());
 }
