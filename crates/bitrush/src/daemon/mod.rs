@@ -49,7 +49,7 @@ use crate::engine::{
     error_chain, new_peer_id, run_torrent, Hosted, Outcome, Progress, SeedLimits, Target,
     TorrentParams,
 };
-use crate::metainfo::{Info, Magnet, Metainfo};
+use crate::metainfo::{Info, Magnet, Metainfo, PieceLayer};
 use crate::mse::Encryption;
 use crate::queue::{QueueEvent, QueueLimits, QueueState, TorrentId, TorrentQueue};
 use crate::swarm::Bitfield;
@@ -105,8 +105,6 @@ pub enum AddError {
     Magnet(#[source] crate::metainfo::MagnetError),
     #[error("this torrent is already added (id {0})")]
     Duplicate(TorrentId),
-    #[error("BitTorrent v2-only torrents cannot be downloaded yet")]
-    V2Only,
     #[error("the download directory must be an absolute path without `..`: {0}")]
     DownloadDir(String),
     #[error("the daemon is full")]
@@ -153,6 +151,9 @@ struct Meta {
     info_bytes: Arc<[u8]>,
     /// The torrent's web seeds (BEP 19; none for metadata fetched through a magnet link).
     web_seeds: Vec<String>,
+    /// The v2 piece layers the `.torrent` carries (those it lacks, and a magnet link's, the
+    /// engine fetches from peers).
+    piece_layers: BTreeMap<usize, PieceLayer>,
 }
 
 /// One run of a torrent.
@@ -392,6 +393,7 @@ impl Daemon {
                         info: Arc::new(m.info.clone()),
                         info_bytes: m.info_bytes.clone().into(),
                         web_seeds: m.web_seeds.clone(),
+                        piece_layers: m.piece_layers.clone(),
                     }),
                     m.tracker_tiers(),
                     Vec::new(),
@@ -438,13 +440,11 @@ impl Daemon {
         let (info_hash, meta, trackers, peers, magnet, name, torrent_bytes) = match req.source {
             AddSource::Torrent(bytes) => {
                 let m = Metainfo::from_bytes(&bytes).map_err(AddError::Torrent)?;
-                if !m.info.version.has_v1() {
-                    return Err(AddError::V2Only);
-                }
                 let meta = Meta {
                     info: Arc::new(m.info.clone()),
                     info_bytes: m.info_bytes.clone().into(),
                     web_seeds: m.web_seeds.clone(),
+                    piece_layers: m.piece_layers.clone(),
                 };
                 (
                     m.info_hash,
@@ -1401,6 +1401,7 @@ impl Job {
                     info: Arc::new(info),
                     info_bytes: info_bytes.into(),
                     web_seeds: Vec::new(),
+                    piece_layers: BTreeMap::new(),
                 };
                 let torrent = store::metainfo_bytes(&self.trackers, &meta.info_bytes);
                 self.daemon.on_metadata(self.id, &meta, &torrent);
@@ -1409,17 +1410,13 @@ impl Job {
                 meta
             }
         };
-        if !meta.info.version.has_v1() {
-            return Err(AddError::V2Only.to_string());
-        }
         let (_, closed) = mpsc::channel(1);
         let params = TorrentParams {
             info: meta.info.clone(),
             info_bytes: Some(meta.info_bytes.clone()),
             web_seeds: meta.web_seeds.clone(),
             files: None,
-            // v2-only torrents are refused above; hybrids are checked with their SHA-1 hashes.
-            piece_layers: Default::default(),
+            piece_layers: meta.piece_layers.clone(),
             info_hash: self.info_hash,
             trackers: self.trackers.clone(),
             peers: self.peers.clone(),

@@ -242,7 +242,7 @@ async fn torrent_add(daemon: &Daemon, args: &Map<String, Value>) -> Result<Value
                 json!({"torrent-duplicate": {"id": t.id, "name": t.name, "hashString": t.info_hash}}),
             )
         }
-        Err(e @ (AddError::Torrent(_) | AddError::Magnet(_) | AddError::V2Only)) => Err(format!(
+        Err(e @ (AddError::Torrent(_) | AddError::Magnet(_))) => Err(format!(
             "invalid or corrupt torrent file: {}",
             crate::engine::error_chain(&e)
         )),

@@ -167,62 +167,8 @@ struct Sources<'a> {
 }
 
 async fn fetch(source: Sources<'_>, want_layers: bool) -> Result<Fetched, MetadataError> {
-    let Sources {
-        info_hash,
-        trackers,
-        peers,
-        peer_id,
-        dht,
-        transports,
-    } = source;
-    if !has_trackers(trackers) && peers.is_empty() && dht.is_none() {
-        return Err(MetadataError::NoSources);
-    }
-    let now = Instant::now();
-    let session = Session::new(
-        now,
-        SessionParams {
-            announcer: probe_announcer(info_hash, peer_id),
-            trackers: trackers.to_vec(),
-            peers: peers.to_vec(),
-            total_length: 0,
-            config: SessionConfig {
-                max_peers: MAX_CONNECTIONS,
-                max_incoming: 0,
-                seed: None,
-                give_up_after_announces: Some(MAX_ANNOUNCE_ROUNDS),
-                dht: dht.is_some(),
-                dht_announce: false,
-                ..SessionConfig::default()
-            },
-        },
-    );
-    let (events_tx, events_rx) = mpsc::channel(256);
-    let (dht_tx, dht_rx) = mpsc::channel(64);
-    let mut fetcher = Fetcher {
-        transports,
-        dht,
-        dht_tx,
-        dht_rx,
-        info_hash,
-        handshake: Handshake::new(info_hash, peer_id),
-        session,
-        machine: MetadataFetch::new(info_hash, FetchConfig::default()),
-        events_tx,
-        events_rx,
-        conns: JoinSet::new(),
-        handles: HashMap::new(),
-        next_key: 0,
-        announces: JoinSet::new(),
-        announce_failures: AnnounceFailures::default(),
-        last_problem: None,
-        metadata: None,
-        dht_found: 0,
-        want_layers,
-        layers: None,
-        connected: BTreeSet::new(),
-        piece_layers: BTreeMap::new(),
-    };
+    let info_hash = source.info_hash;
+    let mut fetcher = Fetcher::new(source, want_layers)?;
     let bytes = fetcher.run().await?;
     let info =
         Info::from_bytes(&bytes).map_err(|source| MetadataError::Invalid { info_hash, source })?;
@@ -231,6 +177,96 @@ async fn fetch(source: Sources<'_>, want_layers: bool) -> Result<Fetched, Metada
         info_bytes: bytes,
         piece_layers: std::mem::take(&mut fetcher.piece_layers),
     })
+}
+
+/// Fetches the piece layers `hashes` lacks (a v2 or hybrid torrent whose `.torrent` file did
+/// not carry them all: BEP 52 lets it leave them to peers) with hash requests to peers found
+/// through `trackers`, `peers` and the DHT. Returns them by file index, each checked against
+/// its file's root; ends with [`MetadataError::NoPieceLayers`] when no peer serves them.
+pub async fn fetch_piece_layers(
+    info_hash: InfoHash,
+    hashes: PieceHashes,
+    trackers: &[Vec<String>],
+    peers: &[SocketAddr],
+    peer_id: PeerId,
+    dht: Option<DhtHandle>,
+    transports: Transports,
+) -> Result<BTreeMap<usize, PieceLayer>, MetadataError> {
+    let source = Sources {
+        info_hash,
+        trackers,
+        peers,
+        peer_id,
+        dht,
+        transports,
+    };
+    let mut fetcher = Fetcher::new(source, true)?;
+    fetcher.layers_only = true;
+    fetcher.layers = Some((LayerFetch::new(hashes), Vec::new()));
+    fetcher.run().await?;
+    Ok(std::mem::take(&mut fetcher.piece_layers))
+}
+
+impl Fetcher {
+    fn new(source: Sources<'_>, want_layers: bool) -> Result<Fetcher, MetadataError> {
+        let Sources {
+            info_hash,
+            trackers,
+            peers,
+            peer_id,
+            dht,
+            transports,
+        } = source;
+        if !has_trackers(trackers) && peers.is_empty() && dht.is_none() {
+            return Err(MetadataError::NoSources);
+        }
+        let now = Instant::now();
+        let session = Session::new(
+            now,
+            SessionParams {
+                announcer: probe_announcer(info_hash, peer_id),
+                trackers: trackers.to_vec(),
+                peers: peers.to_vec(),
+                total_length: 0,
+                config: SessionConfig {
+                    max_peers: MAX_CONNECTIONS,
+                    max_incoming: 0,
+                    seed: None,
+                    give_up_after_announces: Some(MAX_ANNOUNCE_ROUNDS),
+                    dht: dht.is_some(),
+                    dht_announce: false,
+                    ..SessionConfig::default()
+                },
+            },
+        );
+        let (events_tx, events_rx) = mpsc::channel(256);
+        let (dht_tx, dht_rx) = mpsc::channel(64);
+        Ok(Fetcher {
+            transports,
+            dht,
+            dht_tx,
+            dht_rx,
+            info_hash,
+            handshake: Handshake::new(info_hash, peer_id),
+            session,
+            machine: MetadataFetch::new(info_hash, FetchConfig::default()),
+            events_tx,
+            events_rx,
+            conns: JoinSet::new(),
+            handles: HashMap::new(),
+            next_key: 0,
+            announces: JoinSet::new(),
+            announce_failures: AnnounceFailures::default(),
+            last_problem: None,
+            metadata: None,
+            dht_found: 0,
+            want_layers,
+            layers: None,
+            connected: BTreeSet::new(),
+            piece_layers: BTreeMap::new(),
+            layers_only: false,
+        })
+    }
 }
 
 /// What a connection task tells the fetch loop.
@@ -278,6 +314,9 @@ struct Fetcher {
     connected: BTreeSet<u64>,
     /// The layers fetched.
     piece_layers: BTreeMap<usize, PieceLayer>,
+    /// The info dictionary is known: only the layers are fetched, and the metadata fetch
+    /// hears of no peer.
+    layers_only: bool,
 }
 
 async fn sleep_until(at: Option<Instant>) {
@@ -502,7 +541,9 @@ impl Fetcher {
                         PeerEvent::Connected { key, supports_extensions } => {
                             if self.handles.contains_key(&key) {
                                 self.connected.insert(key);
-                                self.machine.handle_connected(now, key, supports_extensions);
+                                if !self.layers_only {
+                                    self.machine.handle_connected(now, key, supports_extensions);
+                                }
                                 if let Some((layers, _)) = &mut self.layers {
                                     layers.handle_connected(now, key);
                                 }
@@ -514,6 +555,7 @@ impl Fetcher {
                                     Some((layers, _)) if !matches!(msg, Message::Extended { .. }) => {
                                         layers.handle_message(now, key, &msg);
                                     }
+                                    _ if self.layers_only => {}
                                     _ => self.machine.handle_message(now, key, &msg),
                                 }
                             }

@@ -29,6 +29,7 @@ use super::connection::{self, PeerStream, Transports};
 use super::dht::{DhtHandle, LookupReply};
 use super::hasher::{self, Verdict};
 use super::limits::{ConnectionLimits, RateLimits};
+use super::metadata::MetadataError;
 use super::peer::{self, PeerTaskError, Shared, SwarmState};
 use super::resume;
 use super::sink::Sink;
@@ -39,7 +40,7 @@ use super::utp::{UtpHandle, UtpStream};
 use super::webseed;
 use crate::disk::{Storage, StorageError};
 use crate::hashes::{LayerError, PieceHashes};
-use crate::metainfo::{Info, PieceLayer};
+use crate::metainfo::{info_hashes, Info, PieceLayer};
 use crate::session::{
     CloseKind, Finish, GiveUp, Session, SessionConfig, SessionEvent, SessionParams, Transfer,
 };
@@ -227,10 +228,12 @@ pub enum TorrentError {
     StreamThread(#[source] std::io::Error),
     #[error("the torrent's piece layers are unusable")]
     PieceLayers(#[from] LayerError),
-    #[error(
-        "the v2 torrent lacks the piece layers of {0} files (the .torrent file should carry them)"
-    )]
-    MissingPieceLayers(usize),
+    #[error("the v2 torrent lacks the piece layers of {missing} files")]
+    MissingPieceLayers {
+        missing: usize,
+        #[source]
+        source: Option<MetadataError>,
+    },
     #[error("{path} does not match the torrent: {verified} of {total} pieces verified")]
     DataMismatch {
         path: String,
@@ -243,12 +246,15 @@ pub enum TorrentError {
 pub async fn run_torrent(mut params: TorrentParams) -> Result<Outcome, TorrentError> {
     let info = params.info.clone();
     let piece_count = info.piece_count();
-    let hashes = Arc::new(PieceHashes::new(info.clone(), &params.piece_layers)?);
-    if hashes.is_v2() && !hashes.missing_layers().is_empty() {
-        return Err(TorrentError::MissingPieceLayers(
-            hashes.missing_layers().len(),
-        ));
-    }
+    let hashes = PieceHashes::new(info.clone(), &params.piece_layers)?;
+    let hashes = if hashes.missing_layers().is_empty() {
+        Arc::new(hashes)
+    } else {
+        match complete_layers(&mut params, hashes).await? {
+            Some(hashes) => Arc::new(hashes),
+            None => return Ok(Outcome::Interrupted),
+        }
+    };
     let (sink, wanted, have) = open_target(&params, &hashes).await?;
     if let Some(listener) = &params.listener {
         if let Ok(addr) = listener.local_addr() {
@@ -410,6 +416,78 @@ pub async fn run_torrent(mut params: TorrentParams) -> Result<Outcome, TorrentEr
         }
     }
     result
+}
+
+/// How long a hybrid torrent waits for the piece layers its metadata lacks before it is
+/// checked with SHA-1 alone (its v1 half vouches for every piece: the layers only add the v2
+/// check, and a swarm of v1 peers never sends them).
+const HYBRID_LAYERS_WAIT: Duration = Duration::from_secs(20);
+
+/// Fetches from peers the piece layers `hashes` lacks (a `.torrent` without them, or a magnet
+/// link's metadata), as libtorrent does, before anything is checked against them. A v2-only
+/// torrent cannot do without them; a hybrid gives up after [`HYBRID_LAYERS_WAIT`] and goes on
+/// with SHA-1 for the files whose layer did not come. `None`: stopped meanwhile.
+async fn complete_layers(
+    params: &mut TorrentParams,
+    mut hashes: PieceHashes,
+) -> Result<Option<PieceHashes>, TorrentError> {
+    let missing = hashes.missing_layers().len();
+    let hybrid = params.info.version.has_v1();
+    tracing::info!(
+        missing,
+        "fetching the piece layers the metadata lacks from peers"
+    );
+    let dht = params.dht.clone().filter(|_| !params.private);
+    // A hybrid's layers are asked for in its v2 swarm, under its v2 hash (truncated): only v2
+    // peers are there, and libtorrent takes hash messages on a connection made with the v1
+    // hash only from a peer that offered to upgrade it to v2.
+    let v2_hash = (params.info_bytes.as_deref())
+        .and_then(|bytes| info_hashes(bytes, params.info.version).1)
+        .map(|v2| v2.truncated());
+    let fetch = super::metadata::fetch_piece_layers(
+        v2_hash.unwrap_or(params.info_hash),
+        hashes.clone(),
+        &params.trackers,
+        &params.peers,
+        params.peer_id,
+        dht,
+        params.transports.clone(),
+    );
+    let wait = if hybrid {
+        HYBRID_LAYERS_WAIT
+    } else {
+        Duration::MAX
+    };
+    let mut shutdown = params.shutdown.clone();
+    let fetched = tokio::select! {
+        fetched = tokio::time::timeout(wait, fetch) => fetched,
+        () = shutdown_signal(&mut shutdown) => return Ok(None),
+    };
+    let problem = match fetched {
+        Ok(Ok(layers)) => {
+            for (file, layer) in &layers {
+                hashes.add_layer(*file, layer)?;
+            }
+            None
+        }
+        Ok(Err(e)) => Some(e),
+        Err(_) => None,
+    };
+    let left = hashes.missing_layers().len();
+    if left == 0 {
+        return Ok(Some(hashes));
+    }
+    if hybrid {
+        tracing::warn!(
+            missing = left,
+            "no peer sent the piece layers of the hybrid torrent; checking those files with SHA-1 alone"
+        );
+        return Ok(Some(hashes));
+    }
+    Err(TorrentError::MissingPieceLayers {
+        missing: left,
+        source: problem,
+    })
 }
 
 /// Opens what the target names; returns where pieces go, the wanted pieces and those had.
