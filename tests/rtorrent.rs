@@ -1,5 +1,6 @@
-//! bitrush against rtorrent 0.9.8 on loopback, both ways, byte for byte: rtorrent seeds to a
-//! downloading bitrush and downloads from a seeding bitrush, with rtorrent's default
+//! bitrush against rtorrent 0.9.8, both ways, byte for byte: rtorrent seeds to a downloading
+//! bitrush on loopback and downloads from a seeding bitrush across a network namespace pair
+//! (it keeps one peer per address: see `common::rtorrent`), with rtorrent's default
 //! encryption policy (plaintext only: bitrush's preferred MSE falls back to plaintext) and
 //! with MSE required on both ends. The rate is logged, never asserted (the benchmark's
 //! `rtorrent` scenario compares it with aria2 and libtorrent).
@@ -43,14 +44,25 @@ fn download_from_rtorrent(label: &str, seed: u64, encryption: RtEncryption, extr
     assert_file_eq(&out_path, &swarm.data, "bitrush's copy");
 }
 
-/// bitrush (with `extra`) seeds a fresh payload; rtorrent (with `encryption`) downloads it.
+/// bitrush (with `extra`) seeds a fresh payload on one side of a namespace pair; rtorrent
+/// (with `encryption`) downloads it on the other (on loopback it would keep either the seeder or
+/// its own tracker entry: one peer per address).
 fn rtorrent_downloads(label: &str, seed: u64, encryption: RtEncryption, extra: &[&str]) {
-    let swarm = Swarm::single_file(label, 8 * MIB + 4321, 18, seed, false);
-    let _seed = swarm.bitrush_seeder_with("payload.bin", extra);
-    let dir = swarm.out_dir("rtorrent");
+    let swarm = NsSwarm::single_file(label, 8 * MIB + 4321, 18, seed);
+    let seed = swarm.bitrush_seeder(Side::B, 1, extra);
+    let dir = swarm.dir.subdir("rtorrent");
     let started = Instant::now();
-    let mut rt = RTorrent::start(&swarm.torrent, &dir, &swarm.info.info_hash, encryption);
-    rt.wait_complete(PROCESS_TIMEOUT);
+    let mut rt = RTorrent::start_in(
+        &swarm.ns,
+        Side::A,
+        &swarm.torrent,
+        &dir,
+        &swarm.info_hash,
+        encryption,
+    );
+    if let Err(e) = rt.try_wait_complete(PROCESS_TIMEOUT) {
+        panic!("{e}\n{}", seed.logs());
+    }
     log_rate(
         &format!("rtorrent from bitrush ({label})"),
         swarm.data.len(),

@@ -3,10 +3,16 @@
 //! session folder and port, and one torrent loaded and started by that configuration. It is
 //! watched over XML-RPC through an SCGI Unix socket in its folder (`d.complete`).
 //!
-//! rtorrent takes peers on loopback (unlike Transmission), so no namespace is needed. The
-//! configuration turns off what reaches beyond the test (DHT, PEX, UDP trackers) and sets the
-//! encryption policy of the test ([`RtEncryption`]); everything else is rtorrent's default.
+//! rtorrent takes peers on loopback (unlike Transmission), but it keeps one peer per IP address
+//! (its peer list is keyed by address alone): on loopback, its own entry in the tracker's answer
+//! and a seeder's are both 127.0.0.1, and if its own comes first it never dials the seeder. A
+//! downloading rtorrent therefore runs in one side of a [`NetnsPair`]
+//! ([`RTorrent::start_in`]); a seeding one, dialled by its peers, runs on loopback
+//! ([`RTorrent::start`]). The configuration turns off what reaches beyond the test (DHT, PEX,
+//! UDP trackers) and sets the encryption policy of the test ([`RtEncryption`]); everything else
+//! is rtorrent's default.
 
+use std::ffi::OsString;
 use std::fs;
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
@@ -15,6 +21,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use super::net::free_port;
+use super::netns::{NetnsPair, Side};
 use super::payload::TestDir;
 use super::procs::{Proc, STARTUP_TIMEOUT};
 use super::tools::{require_tool, tethered};
@@ -40,10 +47,33 @@ pub struct RTorrent {
 }
 
 impl RTorrent {
-    /// Starts it on a free port with `torrent` (info hash `info_hash`), its data in (or to be
-    /// downloaded to) `data_dir`; returns once its XML-RPC interface knows the torrent (it may
-    /// still be checking the data: see [`RTorrent::wait_complete`]).
+    /// Starts it on 127.0.0.1 and a free port with `torrent` (info hash `info_hash`), its data
+    /// in (or to be downloaded to) `data_dir`; returns once its XML-RPC interface knows the
+    /// torrent (it may still be checking the data: see [`RTorrent::wait_complete`]).
     pub fn start(
+        torrent: &Path,
+        data_dir: &Path,
+        info_hash: &str,
+        encryption: RtEncryption,
+    ) -> RTorrent {
+        Self::launch(None, torrent, data_dir, info_hash, encryption)
+    }
+
+    /// [`RTorrent::start`] inside `side` of `ns` (for a torrent announced to the pair's
+    /// tracker).
+    pub fn start_in(
+        ns: &NetnsPair,
+        side: Side,
+        torrent: &Path,
+        data_dir: &Path,
+        info_hash: &str,
+        encryption: RtEncryption,
+    ) -> RTorrent {
+        Self::launch(Some((ns, side)), torrent, data_dir, info_hash, encryption)
+    }
+
+    fn launch(
+        netns: Option<(&NetnsPair, Side)>,
         torrent: &Path,
         data_dir: &Path,
         info_hash: &str,
@@ -70,7 +100,7 @@ impl RTorrent {
              protocol.encryption.set = {encryption}\n\
              system.daemon.set = true\n\
              log.open_file = \"main\", \"{log}\"\n\
-             log.add_output = \"info\", \"main\"\n\
+             log.add_output = \"debug\", \"main\"\n\
              load.start_verbose = \"{torrent}\"\n",
             data = data_dir.display(),
             session = session.display(),
@@ -80,11 +110,20 @@ impl RTorrent {
         );
         let rc_path = dir.join("rtorrent.rc");
         fs::write(&rc_path, rc).expect("write rtorrent.rc");
-        let mut cmd = tethered(&rtorrent);
         // -n: no ~/.rtorrent.rc; the test's own file instead.
-        cmd.arg("-n")
-            .arg("-o")
-            .arg(format!("import={}", rc_path.display()));
+        let args: [OsString; 3] = [
+            "-n".into(),
+            "-o".into(),
+            format!("import={}", rc_path.display()).into(),
+        ];
+        let cmd = match netns {
+            Some((ns, side)) => ns.tethered(side, &rtorrent, &args),
+            None => {
+                let mut cmd = tethered(&rtorrent);
+                cmd.args(&args);
+                cmd
+            }
+        };
         let proc = Proc::spawn("rtorrent", cmd);
         let mut rt = RTorrent {
             port,
@@ -143,26 +182,35 @@ impl RTorrent {
     /// Waits until the torrent is complete (downloaded, or its data checked); panics with
     /// rtorrent's log after `timeout` (only there against a hang).
     pub fn wait_complete(&mut self, timeout: Duration) {
+        if let Err(e) = self.try_wait_complete(timeout) {
+            panic!("{e}");
+        }
+    }
+
+    /// [`RTorrent::wait_complete`] that says why it gave up (rtorrent's log included) instead
+    /// of panicking, for a caller that has more logs to add.
+    pub fn try_wait_complete(&mut self, timeout: Duration) -> Result<(), String> {
         let deadline = Instant::now() + timeout;
         loop {
             let state = self.complete();
             if state == Ok(true) {
-                return;
+                return Ok(());
             }
             if let Some(st) = self.proc.try_status() {
-                panic!("rtorrent ended ({st})\n{}", self.logs());
+                return Err(format!("rtorrent ended ({st})\n{}", self.logs()));
             }
-            assert!(
-                Instant::now() < deadline,
-                "rtorrent did not complete after {timeout:?} ({state:?}, {:?} bytes done)\n{}",
-                self.call("d.bytes_done", &[]),
-                self.logs()
-            );
+            if Instant::now() >= deadline {
+                return Err(format!(
+                    "rtorrent did not complete after {timeout:?} ({state:?}, {:?} bytes done)\n{}",
+                    self.call("d.bytes_done", &[]),
+                    self.logs()
+                ));
+            }
             thread::sleep(Duration::from_millis(200));
         }
     }
 
-    /// The port it listens on (127.0.0.1).
+    /// The port it listens on.
     pub fn port(&self) -> u16 {
         self.port
     }
