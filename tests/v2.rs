@@ -353,6 +353,25 @@ fn libtorrent_gets_a_v2_magnet_from_bitrush() {
     assert_tree_eq(&save.join("payload"), &swarm.tree);
 }
 
+/// libtorrent given a hybrid's v2-only magnet link connects to `bitrush seed` with the
+/// truncated v2 hash (BEP 52's v2 swarm): bitrush answers under that hash and serves it.
+#[test]
+fn libtorrent_reaches_a_hybrid_seed_by_its_v2_hash() {
+    let swarm = V2Swarm::new("hybrid-v2-hash-seed", "hybrid", Some(TREE));
+    let seeder = BitrushSeeder::start(
+        &swarm.torrent,
+        &swarm.seed_dir.join("payload"),
+        &swarm.tracker,
+        swarm.info.info_hash_v1.as_deref().expect("v1 hash"),
+        1,
+        &[],
+    );
+    let link = v2_magnet(&swarm.info, false, seeder.addr());
+    let save = swarm.dir.subdir("lt");
+    lt_download(&link, &save, &[seeder.addr()]);
+    assert_tree_eq(&save.join("payload"), &swarm.tree);
+}
+
 /// Runs tests/support/block_hash_probe.py against `peer` (or its own libtorrent when `None`)
 /// for the single-file torrent of `swarm`; returns its lines.
 fn probe_block_hashes(swarm: &V2Swarm, peer: Option<std::net::SocketAddr>) -> Vec<String> {

@@ -30,6 +30,7 @@ use super::transport::{self, BoxStream, MseFailure, Opening};
 use super::utp::{UtpConnectError, UtpHandle};
 use crate::mse::Encryption;
 use crate::session::CloseKind;
+use crate::types::InfoHash;
 
 use crate::wire::handshake::HANDSHAKE_LEN;
 use crate::wire::message::MAX_MESSAGE_LEN;
@@ -403,17 +404,23 @@ async fn handshake_over(
 /// Takes an incoming connection: tells plain from encrypted by its first bytes, applies the
 /// encryption policy, reads the peer's handshake (refusing other torrents than `ours`), and
 /// answers it.
+///
+/// `v2_alias` is a hybrid torrent's truncated v2 hash: BEP 52 peers of its v2 swarm connect
+/// with it, and are answered with it.
 pub async fn accept(
     stream: BoxStream,
     addr: SocketAddr,
     ours: &Handshake,
+    v2_alias: Option<InfoHash>,
     encryption: Encryption,
 ) -> Result<(PeerStream, Handshake), ConnectionError> {
-    let (mut conn, theirs) = accept_unanswered(stream, addr, &[ours.info_hash], encryption).await?;
-    if theirs.info_hash != ours.info_hash {
+    let known: Vec<InfoHash> = std::iter::once(ours.info_hash).chain(v2_alias).collect();
+    let (mut conn, theirs) = accept_unanswered(stream, addr, &known, encryption).await?;
+    if !known.contains(&theirs.info_hash) {
         return Err(ConnectionError::WrongInfoHash(addr));
     }
-    conn.answer_handshake(ours).await?;
+    conn.answer_handshake(&ours.for_info_hash(theirs.info_hash))
+        .await?;
     Ok((conn, theirs))
 }
 

@@ -381,6 +381,7 @@ pub async fn run_torrent(mut params: TorrentParams) -> Result<Outcome, TorrentEr
         listener: params.listener.take(),
         shutdown: params.shutdown.take(),
         handshake: Handshake::session(params.info_hash, params.peer_id),
+        v2_alias: v2_alias(&params),
         params,
         session,
         shared,
@@ -418,6 +419,18 @@ pub async fn run_torrent(mut params: TorrentParams) -> Result<Outcome, TorrentEr
     result
 }
 
+/// A hybrid torrent's truncated v2 hash (`None` for v1-only and v2-only torrents, whose one
+/// hash is `params.info_hash`, and when the info dictionary's bytes are not at hand).
+fn v2_alias(params: &TorrentParams) -> Option<InfoHash> {
+    if !params.info.version.has_v1() {
+        return None;
+    }
+    let bytes = params.info_bytes.as_deref()?;
+    info_hashes(bytes, params.info.version)
+        .1
+        .map(|v2| v2.truncated())
+}
+
 /// How long a hybrid torrent waits for the piece layers its metadata lacks before it is
 /// checked with SHA-1 alone (its v1 half vouches for every piece: the layers only add the v2
 /// check, and a swarm of v1 peers never sends them).
@@ -441,11 +454,8 @@ async fn complete_layers(
     // A hybrid's layers are asked for in its v2 swarm, under its v2 hash (truncated): only v2
     // peers are there, and libtorrent takes hash messages on a connection made with the v1
     // hash only from a peer that offered to upgrade it to v2.
-    let v2_hash = (params.info_bytes.as_deref())
-        .and_then(|bytes| info_hashes(bytes, params.info.version).1)
-        .map(|v2| v2.truncated());
     let fetch = super::metadata::fetch_piece_layers(
-        v2_hash.unwrap_or(params.info_hash),
+        v2_alias(params).unwrap_or(params.info_hash),
         hashes.clone(),
         &params.trackers,
         &params.peers,
@@ -798,6 +808,8 @@ struct Manager {
     listener: Option<TcpListener>,
     shutdown: Option<watch::Receiver<bool>>,
     handshake: Handshake,
+    /// A hybrid's truncated v2 hash, which peers of its v2 swarm connect with.
+    v2_alias: Option<InfoHash>,
     session: Session,
     shared: Arc<Shared>,
     verdict_rx: mpsc::UnboundedReceiver<Verdict>,
@@ -1032,6 +1044,7 @@ impl Manager {
         let shared = self.shared.clone();
         let ours = self.handshake;
         let transports = self.params.transports.clone();
+        let v2_alias = self.v2_alias;
         let piece_count = self.params.info.piece_count();
         self.peers.spawn(async move {
             let mut established = false;
@@ -1040,10 +1053,13 @@ impl Manager {
                 let (conn, theirs) = match source {
                     PeerSource::Dial => connection::dial(addr, &ours, &transports).await?,
                     PeerSource::Accepted(stream) => {
-                        connection::accept(stream, addr, &ours, transports.encryption).await?
+                        connection::accept(stream, addr, &ours, v2_alias, transports.encryption)
+                            .await?
                     }
                     PeerSource::Routed(mut conn, theirs) => {
-                        conn.answer_handshake(&ours).await?;
+                        // Routed by the hash it named (a hybrid has two): answered with it.
+                        conn.answer_handshake(&ours.for_info_hash(theirs.info_hash))
+                            .await?;
                         (conn, theirs)
                     }
                 };
