@@ -28,6 +28,8 @@ pub mod api;
 mod rpc;
 pub mod store;
 mod stream;
+#[cfg(test)]
+mod testing;
 mod webui;
 
 use std::collections::{BTreeMap, HashMap};
@@ -775,14 +777,17 @@ impl Daemon {
         true
     }
 
-    /// Chooses the files to fetch (by index; `None`: all). A running torrent restarts with
-    /// the new choice.
+    /// Chooses the files to fetch (by index among the user's files, as [`Daemon::files`]
+    /// numbers them; `None`: all). A running torrent restarts with the new choice.
     pub fn set_wanted_files(&self, id: TorrentId, wanted: Option<Vec<bool>>) -> bool {
         let mut st = self.state();
         let Some(e) = st.torrents.get_mut(&id) else {
             return false;
         };
-        e.saved.wanted_files = wanted;
+        e.saved.wanted_files = match (&e.meta, wanted) {
+            (Some(meta), Some(wanted)) => Some(layout_wanted(&meta.info, &wanted)),
+            (_, wanted) => wanted,
+        };
         let _ = self.0.store.save(&e.saved);
         restart(e);
         // Whether it is complete now is known once it runs again.
@@ -1023,10 +1028,7 @@ impl Daemon {
         let st = self.state();
         let e = st.torrents.get(&id)?;
         let meta = e.meta.as_ref()?;
-        let file = meta.info.files.get(index)?;
-        if file.attr.pad {
-            return None;
-        }
+        let (_, file) = meta.info.real_files().nth(index)?;
         Some(stream::Source {
             info: meta.info.clone(),
             output: e.saved.download_dir.join(&meta.info.name),
@@ -1165,6 +1167,8 @@ pub struct TorrentView {
 /// A file of a torrent.
 #[derive(Clone, Debug, serde::Serialize)]
 pub struct FileView {
+    /// Its place among the torrent's files as the user sees them: BEP 47 pad files are left
+    /// out, so the index counts only real files (every API numbers files this way).
     pub index: usize,
     pub path: String,
     pub length: u64,
@@ -1316,11 +1320,27 @@ fn progress_from_have(info: &Info, have: &Bitfield, files: Option<&[bool]>) -> P
     }
 }
 
-/// Each real file with the bytes of it inside verified pieces.
+/// A choice of the user's files (by their index among the real files, pad files left out)
+/// as one flag per file of the layout (pad files included), as the engine and the saved
+/// settings take it. Files past the end of `wanted` are wanted; pad files are never fetched
+/// for themselves, whatever their flag.
+fn layout_wanted(info: &Info, wanted: &[bool]) -> Vec<bool> {
+    let mut layout = vec![true; info.files.len()];
+    for (user, (index, _)) in info.real_files().enumerate() {
+        if let Some(flag) = layout.get_mut(index) {
+            *flag = wanted.get(user).copied().unwrap_or(true);
+        }
+    }
+    layout
+}
+
+/// Each real file (pad files left out, numbered from 0 in that order: the index every API
+/// shows) with the bytes of it inside verified pieces. `wanted` is by layout index.
 fn file_views(info: &Info, have: Option<&Bitfield>, wanted: Option<&[bool]>) -> Vec<FileView> {
     let piece_length = u64::from(info.piece_length.max(1));
     info.real_files()
-        .map(|(index, f)| {
+        .enumerate()
+        .map(|(user, (index, f))| {
             let mut done = 0u64;
             if let (Some(have), true) = (have, f.length > 0) {
                 let (start, end) = (f.offset, f.offset + f.length);
@@ -1334,7 +1354,7 @@ fn file_views(info: &Info, have: Option<&Bitfield>, wanted: Option<&[bool]>) -> 
                 }
             }
             FileView {
-                index,
+                index: user,
                 path: f.path.join("/"),
                 length: f.length,
                 done_bytes: done,
@@ -1519,5 +1539,41 @@ mod tests {
         assert!(!p.seeding);
         let all = progress_from_have(&info, &Bitfield::full(4), None);
         assert!(all.seeding && all.done_bytes == 32);
+    }
+
+    #[tokio::test]
+    async fn file_indices_leave_pad_files_out_everywhere() {
+        let dir = tempfile::tempdir().unwrap();
+        let daemon = testing::start(dir.path()).await;
+        // a: piece 0 (and its pad); b: pieces 1 and 2; c: piece 3.
+        let torrent = testing::torrent(
+            &[
+                ("a.bin", 10, false),
+                (".pad/6", 6, true),
+                ("b.bin", 32, false),
+                ("c.bin", 16, false),
+            ],
+            16,
+        );
+        let id = testing::add_paused(&daemon, torrent).await;
+        let files = daemon.files(id).unwrap();
+        let shown: Vec<(usize, &str)> = files.iter().map(|f| (f.index, f.path.as_str())).collect();
+        assert_eq!(shown, vec![(0, "a.bin"), (1, "b.bin"), (2, "c.bin")]);
+        // Skipping the user's second file skips b, not the pad file.
+        assert!(daemon.set_wanted_files(id, Some(vec![true, false, true])));
+        let wanted: Vec<bool> = daemon.files(id).unwrap().iter().map(|f| f.wanted).collect();
+        assert_eq!(wanted, vec![true, false, true]);
+        assert_eq!(daemon.get(id).unwrap().size_when_done, 32, "pieces 0 and 3");
+        // A list that stops early leaves the files after it wanted.
+        assert!(daemon.set_wanted_files(id, Some(vec![false])));
+        let wanted: Vec<bool> = daemon.files(id).unwrap().iter().map(|f| f.wanted).collect();
+        assert_eq!(wanted, vec![false, true, true]);
+        assert_eq!(daemon.get(id).unwrap().size_when_done, 48, "pieces 1 to 3");
+        // Streams name files the same way.
+        let source = daemon.stream_source(id, 1).unwrap();
+        assert_eq!((source.offset, source.length), (16, 32));
+        assert_eq!(daemon.stream_source(id, 2).unwrap().offset, 48);
+        assert!(daemon.stream_source(id, 3).is_none());
+        daemon.shutdown().await;
     }
 }

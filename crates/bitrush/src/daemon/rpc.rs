@@ -617,6 +617,45 @@ mod tests {
         v.as_object().cloned().unwrap()
     }
 
+    #[tokio::test]
+    async fn file_indices_in_rpc_leave_pad_files_out() {
+        use super::super::testing;
+        let dir = tempfile::tempdir().unwrap();
+        let daemon = testing::start(dir.path()).await;
+        let torrent = testing::torrent(
+            &[
+                ("a.bin", 10, false),
+                (".pad/6", 6, true),
+                ("b.bin", 32, false),
+                ("c.bin", 16, false),
+            ],
+            16,
+        );
+        let id = testing::add_paused(&daemon, torrent).await;
+        torrent_set(&daemon, &args(json!({"ids": [id], "files-unwanted": [1]}))).unwrap();
+        let fields = json!(["files", "fileStats", "wanted", "priorities"]);
+        let got = torrent_get(&daemon, &args(json!({"ids": [id], "fields": fields})));
+        let t = &got["torrents"][0];
+        let names: Vec<&str> = (t["files"].as_array().unwrap().iter())
+            .map(|f| f["name"].as_str().unwrap())
+            .collect();
+        assert_eq!(names, vec!["a.bin", "b.bin", "c.bin"]);
+        assert_eq!(t["wanted"], json!([1, 0, 1]));
+        let stats: Vec<bool> = (t["fileStats"].as_array().unwrap().iter())
+            .map(|f| f["wanted"].as_bool().unwrap())
+            .collect();
+        assert_eq!(stats, vec![true, false, true]);
+        assert_eq!(t["priorities"], json!([0, 0, 0]));
+        torrent_set(
+            &daemon,
+            &args(json!({"ids": [id], "files-wanted": [1], "files-unwanted": [2]})),
+        )
+        .unwrap();
+        let got = torrent_get(&daemon, &args(json!({"ids": [id], "fields": ["wanted"]})));
+        assert_eq!(got["torrents"][0]["wanted"], json!([1, 1, 0]));
+        daemon.shutdown().await;
+    }
+
     #[test]
     fn transmission_speed_keys_map_to_limits_in_bytes() {
         let mut limit = None;
