@@ -340,7 +340,7 @@ async fn add(
             paused,
         }
     };
-    match api.daemon.add(req) {
+    match api.daemon.add(req).await {
         Ok(id) => match api.daemon.get(id) {
             Some(t) => (StatusCode::CREATED, Json(t)).into_response(),
             None => not_found(id),
@@ -486,10 +486,7 @@ async fn set_speed_limits(State(api): State<Api>, body: Body) -> Response {
         Ok(l) => l,
         Err(r) => return r,
     };
-    if let Err(e) = api.daemon.set_speed_limits(limits) {
-        // In force now; only saving failed.
-        tracing::warn!(error = %e, "cannot save the rate limits");
-    }
+    api.daemon.set_speed_limits(limits);
     Json(api.daemon.speed_limits()).into_response()
 }
 

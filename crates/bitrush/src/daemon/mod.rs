@@ -12,7 +12,11 @@
 //! Persistence ([`store`]): every torrent has, in `<state-dir>/torrents/`, its `.torrent`
 //! (once the metadata is known), its settings (`.json`) and its resume state (`.resume`), each
 //! written atomically (temporary file, fsync, rename); settings on every change and
-//! periodically, so a restart after a clean stop or `kill -9` brings every torrent back.
+//! periodically, so a restart after a clean stop or `kill -9` brings every torrent back. One
+//! writer thread ([`store::Writer`]) writes settings and metainfo in the order they are queued,
+//! and they are queued under the state lock: the files follow the state's order (the last
+//! state wins, a removed torrent stays removed). A removal queues the deletion of its files
+//! once its run ended; an addition of the same torrent meanwhile waits for it.
 //!
 //! Rate limits: one pair of global buckets shared by every connection (through
 //! [`Transports::limits`]) and one pair per torrent ([`Hosted::limits`](crate::engine::Hosted));
@@ -20,8 +24,9 @@
 //! disk and move their torrent's priority window (the latest reader's wins; it is lifted when
 //! that reader goes).
 //!
-//! Invariants: the state lock is never held across an await; a torrent's next run starts only
-//! once its previous run ended (so two runs never share files); a removed torrent's files are
+//! Invariants: the state lock is never held across an await, nor while a file is written or
+//! synced; a torrent's next run starts only once its previous run ended (so two runs never
+//! share files), also when it is removed and added again; a removed torrent's files are
 //! deleted only after its run ended.
 
 pub mod api;
@@ -58,7 +63,7 @@ use crate::swarm::Bitfield;
 use crate::types::{InfoHash, PeerId};
 use crate::wire::Handshake;
 
-use store::{Saved, SessionSettings, Store};
+use store::{Saved, SessionSettings, Store, Writer};
 
 /// How a daemon runs.
 #[derive(Clone, Debug)]
@@ -222,11 +227,19 @@ struct State {
     routes: HashMap<InfoHash, (TorrentId, mpsc::Sender<(PeerStream, Handshake)>)>,
     next_id: TorrentId,
     shutting_down: bool,
+    /// Torrents being added: their files are being written, under the id they will have.
+    adding: HashMap<InfoHash, TorrentId>,
+    /// Torrents being removed: their run ends and their files go; an addition of the same
+    /// torrent waits until the sender is dropped (then every trace of the old one is gone).
+    removing: HashMap<InfoHash, watch::Receiver<()>>,
 }
 
 struct Inner {
     config: DaemonConfig,
+    /// The state directory, read at start (and where the engine keeps resume states).
     store: Store,
+    /// Writes every change of the saved state, in order.
+    writer: Writer,
     state: Mutex<State>,
     peer_id: PeerId,
     port: u16,
@@ -278,10 +291,23 @@ impl Daemon {
     /// Binds the peer port, starts the DHT and uTP, loads the saved torrents and starts those
     /// the queue lets run.
     pub async fn start(config: DaemonConfig) -> Result<Daemon, StartError> {
-        let store = Store::open(&config.state_dir).map_err(|source| StartError::StateDir {
+        let state_error = |source| StartError::StateDir {
             path: config.state_dir.display().to_string(),
             source,
-        })?;
+        };
+        // Reading the state directory blocks: off the runtime's threads.
+        let state_dir = config.state_dir.clone();
+        let (store, mut settings, saved) = tokio::task::spawn_blocking(move || {
+            let store = Store::open(&state_dir)?;
+            let settings = store.load_session();
+            let saved = store.load_all();
+            Ok((store, settings, saved))
+        })
+        .await
+        .map_err(std::io::Error::other)
+        .and_then(|r| r)
+        .map_err(state_error)?;
+        let writer = Writer::start(store.clone()).map_err(state_error)?;
         let listener =
             connection::bind_listener(config.port).map_err(|source| StartError::Listen {
                 port: config.port,
@@ -301,7 +327,6 @@ impl Daemon {
                 udp::Udp::default()
             }
         };
-        let mut settings = store.load_session();
         if let Some(rate) = config.max_download_rate {
             settings.download_limit = Some(rate);
         }
@@ -309,9 +334,7 @@ impl Daemon {
             settings.upload_limit = Some(rate);
         }
         if config.max_download_rate.is_some() || config.max_upload_rate.is_some() {
-            if let Err(e) = store.save_session(&settings) {
-                tracing::warn!(error = %e, "cannot save the rate limits");
-            }
+            writer.save_session(settings);
         }
         let rate_limits = RateLimits::adjustable(settings.download_limit, settings.upload_limit);
         let transports = Transports {
@@ -330,8 +353,11 @@ impl Daemon {
                 routes: HashMap::new(),
                 next_id: 1,
                 shutting_down: false,
+                adding: HashMap::new(),
+                removing: HashMap::new(),
             }),
             store,
+            writer,
             config,
             peer_id: new_peer_id(),
             port,
@@ -342,7 +368,7 @@ impl Daemon {
             started: std::time::Instant::now(),
             tasks: Mutex::new(Vec::new()),
         }));
-        daemon.load();
+        daemon.load(saved);
         let mut tasks = Vec::new();
         let d = daemon.clone();
         tasks.push(tokio::spawn(async move { d.accept_tcp(listener).await }));
@@ -380,8 +406,7 @@ impl Daemon {
     }
 
     /// Loads every saved torrent (in id order) into the queue.
-    fn load(&self) {
-        let saved = self.0.store.load_all();
+    fn load(&self, saved: Vec<store::Loaded>) {
         let mut st = self.state();
         for (saved, metainfo, resume) in saved {
             let info_hash = match crate::types::from_hex20(&saved.info_hash).map(InfoHash) {
@@ -428,8 +453,9 @@ impl Daemon {
         self.apply_queue(&mut st);
     }
 
-    /// Adds a torrent; returns its id.
-    pub fn add(&self, req: AddRequest) -> Result<TorrentId, AddError> {
+    /// Adds a torrent once its files are saved; returns its id. The same torrent being
+    /// removed meanwhile is waited for (its files must go before the new ones are written).
+    pub async fn add(&self, req: AddRequest) -> Result<TorrentId, AddError> {
         let download_dir = match req.download_dir {
             Some(dir) => {
                 check_download_dir(&dir)?;
@@ -472,40 +498,65 @@ impl Daemon {
                 )
             }
         };
-        let mut st = self.state();
-        if st.shutting_down {
-            return Err(AddError::ShuttingDown);
-        }
-        if let Some((&id, _)) = st.torrents.iter().find(|(_, e)| e.info_hash == info_hash) {
-            return Err(AddError::Duplicate(id));
-        }
-        let id = st.next_id;
-        let saved = Saved {
-            id,
-            info_hash: info_hash.to_string(),
-            name,
-            magnet,
-            download_dir,
-            paused: req.paused,
-            wanted_files: None,
-            added_date: unix_now(),
-            done_date: 0,
-            uploaded: 0,
-            downloaded: 0,
-            download_limit: None,
-            upload_limit: None,
+        let torrent_bytes: Option<Arc<[u8]>> = torrent_bytes.map(Into::into);
+        let (id, saved, written) = loop {
+            let mut removal = {
+                let mut st = self.state();
+                if st.shutting_down {
+                    return Err(AddError::ShuttingDown);
+                }
+                // The same torrent still being removed: its run and files go first.
+                if let Some(removal) = st.removing.get(&info_hash) {
+                    removal.clone()
+                } else {
+                    if let Some(id) = find_in(&st, &info_hash) {
+                        return Err(AddError::Duplicate(id));
+                    }
+                    if st.queue.len() + st.adding.len() >= crate::queue::MAX_TORRENTS {
+                        return Err(AddError::Full(crate::queue::QueueError::Full));
+                    }
+                    let id = st.next_id;
+                    st.next_id += 1;
+                    st.adding.insert(info_hash, id);
+                    let saved = Saved {
+                        id,
+                        info_hash: info_hash.to_string(),
+                        name,
+                        magnet,
+                        download_dir,
+                        paused: req.paused,
+                        wanted_files: None,
+                        added_date: unix_now(),
+                        done_date: 0,
+                        uploaded: 0,
+                        downloaded: 0,
+                        download_limit: None,
+                        upload_limit: None,
+                    };
+                    if let Some(bytes) = torrent_bytes {
+                        self.0.writer.save_torrent(info_hash, bytes);
+                    }
+                    let (ack, written) = tokio::sync::oneshot::channel();
+                    self.0.writer.save(info_hash, saved.clone(), Some(ack));
+                    break (id, saved, written);
+                }
+            };
+            // Ends (as an error) once the removal is done.
+            let _ = removal.changed().await;
         };
-        if let Some(bytes) = &torrent_bytes {
-            self.0
-                .store
-                .save_torrent(&info_hash, bytes)
-                .map_err(AddError::Store)?;
+        // Its files are on disk before it is shown (a 201 means it survives a restart).
+        let result = written
+            .await
+            .unwrap_or_else(|_| Err(std::io::Error::other("the state writer stopped")));
+        let mut st = self.state();
+        st.adding.remove(&info_hash);
+        let added = result
+            .map_err(AddError::Store)
+            .and_then(|()| st.queue.add(id, false, req.paused).map_err(AddError::Full));
+        if let Err(e) = added {
+            self.0.writer.remove(info_hash, None);
+            return Err(e);
         }
-        self.0.store.save(&saved).map_err(AddError::Store)?;
-        st.queue
-            .add(id, false, req.paused)
-            .map_err(AddError::Full)?;
-        st.next_id += 1;
         st.torrents.insert(
             id,
             Entry::new(saved, info_hash, meta, trackers, peers, Progress::default()),
@@ -582,10 +633,10 @@ impl Daemon {
         };
         entry.meta = Some(meta.clone());
         entry.saved.name = meta.info.name.clone();
-        if let Err(e) = self.0.store.save_torrent(&entry.info_hash, metainfo_bytes) {
-            tracing::warn!(error = %e, "cannot save the fetched metadata");
-        }
-        let _ = self.0.store.save(&entry.saved);
+        self.0
+            .writer
+            .save_torrent(entry.info_hash, metainfo_bytes.into());
+        save(&self.0.writer, entry);
     }
 
     /// A run reports whether the wanted data is complete.
@@ -596,7 +647,7 @@ impl Daemon {
         };
         if complete && entry.saved.done_date == 0 {
             entry.saved.done_date = unix_now();
-            let _ = self.0.store.save(&entry.saved);
+            save(&self.0.writer, entry);
         }
         st.queue.handle_complete(id, complete);
         self.apply_queue(&mut st);
@@ -630,7 +681,7 @@ impl Daemon {
             tracing::warn!(torrent = %entry.saved.name, error = %e, "torrent stopped");
             entry.error = Some(e.clone());
         }
-        let _ = self.0.store.save(&entry.saved);
+        save(&self.0.writer, entry);
         if st
             .routes
             .get(&info_hash)
@@ -650,9 +701,6 @@ impl Daemon {
             self.start_run(&mut st, id);
         }
         self.apply_queue(&mut st);
-        if let Some(entry) = st.torrents.get(&id) {
-            let _ = self.0.store.save(&entry.saved);
-        }
     }
 
     /// Routes an incoming connection to its torrent once its handshake is read; at most
@@ -713,25 +761,23 @@ impl Daemon {
         let mut written: HashMap<TorrentId, (u64, u64)> = HashMap::new();
         loop {
             tick.tick().await;
-            let saved: Vec<Saved> = {
-                let st = self.state();
-                written.retain(|id, _| st.torrents.contains_key(id));
-                st.torrents
-                    .iter()
-                    .filter_map(|(id, e)| {
-                        let run = e.run.as_ref()?;
-                        let p = run.progress.borrow();
-                        let mut saved = e.saved.clone();
-                        saved.uploaded += p.uploaded_bytes;
-                        saved.downloaded += p.received_bytes;
-                        let counters = (saved.uploaded, saved.downloaded);
-                        (written.insert(*id, counters) != Some(counters)).then_some(saved)
-                    })
-                    .collect()
-            };
-            for s in saved {
-                if let Err(e) = self.0.store.save(&s) {
-                    tracing::warn!(error = %e, "cannot save torrent settings");
+            // Queued under the lock, so a change or removal made after this snapshot is
+            // queued after it, and written after it.
+            let st = self.state();
+            written.retain(|id, _| st.torrents.contains_key(id));
+            for (id, e) in &st.torrents {
+                let Some(run) = e.run.as_ref() else {
+                    continue;
+                };
+                let (uploaded, received) = {
+                    let p = run.progress.borrow();
+                    (p.uploaded_bytes, p.received_bytes)
+                };
+                let counters = (e.saved.uploaded + uploaded, e.saved.downloaded + received);
+                if written.insert(*id, counters) != Some(counters) {
+                    let mut saved = e.saved.clone();
+                    (saved.uploaded, saved.downloaded) = counters;
+                    self.0.writer.save(e.info_hash, saved, None);
                 }
             }
         }
@@ -747,7 +793,7 @@ impl Daemon {
         self.apply_queue(&mut st);
         if let Some(e) = st.torrents.get_mut(&id) {
             e.saved.paused = true;
-            let _ = self.0.store.save(&e.saved);
+            save(&self.0.writer, e);
         }
         true
     }
@@ -760,7 +806,7 @@ impl Daemon {
         };
         e.saved.paused = false;
         e.error = None;
-        let _ = self.0.store.save(&e.saved);
+        save(&self.0.writer, e);
         st.queue.resume(id);
         self.apply_queue(&mut st);
         true
@@ -788,7 +834,7 @@ impl Daemon {
             (Some(meta), Some(wanted)) => Some(layout_wanted(&meta.info, &wanted)),
             (_, wanted) => wanted,
         };
-        let _ = self.0.store.save(&e.saved);
+        save(&self.0.writer, e);
         restart(e);
         // Whether it is complete now is known once it runs again.
         st.queue.handle_complete(id, false);
@@ -796,9 +842,11 @@ impl Daemon {
         true
     }
 
-    /// Removes a torrent, and its data if asked, once its run (if any) ended.
+    /// Removes a torrent at once from the session; its files, and its data if asked, once its
+    /// run (if any) ended. Returns when all of it is gone (the removal goes on if the caller
+    /// goes away: a cancelled request never leaves a removed torrent's files behind).
     pub async fn remove(&self, id: TorrentId, delete_data: bool) -> bool {
-        let (entry, task) = {
+        let (entry, task, done) = {
             let mut st = self.state();
             let Some(mut entry) = st.torrents.remove(&id) else {
                 return false;
@@ -816,13 +864,30 @@ impl Daemon {
                 let _ = run.stop.send(true);
                 run.task.take()
             });
+            let (done, removal) = watch::channel(());
+            st.removing.insert(entry.info_hash, removal);
             self.apply_queue(&mut st);
-            (entry, task)
+            (entry, task, done)
         };
+        let daemon = self.clone();
+        let removal = tokio::spawn(async move {
+            daemon.finish_removal(entry, task, delete_data).await;
+            drop(done);
+        });
+        let _ = removal.await;
+        true
+    }
+
+    /// The end of a removal: once the run ended (its last resume state written), the files
+    /// in the state directory go, then the data if asked; then an addition of the same
+    /// torrent may go ahead.
+    async fn finish_removal(&self, entry: Entry, task: Option<JoinHandle<()>>, delete_data: bool) {
         if let Some(task) = task {
             let _ = task.await;
         }
-        self.0.store.remove(&entry.info_hash);
+        let (ack, removed) = tokio::sync::oneshot::channel();
+        self.0.writer.remove(entry.info_hash, Some(ack));
+        let _ = removed.await;
         if delete_data {
             if let Some(meta) = &entry.meta {
                 let path = entry.saved.download_dir.join(&meta.info.name);
@@ -836,7 +901,7 @@ impl Daemon {
                 }
             }
         }
-        true
+        self.state().removing.remove(&entry.info_hash);
     }
 
     /// Stops every torrent (each saves its resume state), saves every setting and stops the
@@ -861,15 +926,15 @@ impl Daemon {
         for task in tasks {
             let _ = task.await;
         }
-        let saved: Vec<Saved> = self
-            .state()
-            .torrents
-            .values()
-            .map(|e| e.saved.clone())
-            .collect();
-        for s in saved {
-            let _ = self.0.store.save(&s);
+        // Removals under way finish (their files must not come back at the next start).
+        let removals: Vec<watch::Receiver<()>> = self.state().removing.values().cloned().collect();
+        for mut removal in removals {
+            let _ = removal.changed().await;
         }
+        for e in self.state().torrents.values() {
+            save(&self.0.writer, e);
+        }
+        self.0.writer.flush().await;
         if let Some(dht) = &self.0.dht {
             dht.shutdown().await;
         }
@@ -892,11 +957,7 @@ impl Daemon {
 
     /// The id of the torrent with this info hash.
     pub fn find(&self, info_hash: &InfoHash) -> Option<TorrentId> {
-        let st = self.state();
-        st.torrents
-            .iter()
-            .find(|(_, e)| e.info_hash == *info_hash)
-            .map(|(&id, _)| id)
+        find_in(&self.state(), info_hash)
     }
 
     /// A torrent's files with their progress.
@@ -988,12 +1049,14 @@ impl Daemon {
     }
 
     /// Changes the global rate limits (at once, for every connection) and saves them.
-    pub fn set_speed_limits(&self, limits: SpeedLimits) -> std::io::Result<()> {
+    pub fn set_speed_limits(&self, limits: SpeedLimits) {
+        // Under the state lock, as every queued write: two changes are saved in their order.
+        let _st = self.state();
         self.0.rate_limits.set(limits.download, limits.upload);
-        self.0.store.save_session(&SessionSettings {
+        self.0.writer.save_session(SessionSettings {
             download_limit: limits.download,
             upload_limit: limits.upload,
-        })
+        });
     }
 
     /// A torrent's own rate limits (`None`: no such torrent).
@@ -1016,9 +1079,7 @@ impl Daemon {
         e.saved.download_limit = limits.download;
         e.saved.upload_limit = limits.upload;
         e.limits.set(limits.download, limits.upload);
-        if let Err(e) = self.0.store.save(&e.saved) {
-            tracing::warn!(error = %e, "cannot save torrent settings");
-        }
+        save(&self.0.writer, e);
         true
     }
 
@@ -1098,6 +1159,20 @@ impl Daemon {
         }
         e.window.send_if_modified(|w| w.take().is_some());
     }
+}
+
+/// Queues a torrent's settings for saving.
+fn save(writer: &Writer, entry: &Entry) {
+    writer.save(entry.info_hash, entry.saved.clone(), None);
+}
+
+/// The id of the torrent with this info hash, or of the one being added with it.
+fn find_in(st: &State, info_hash: &InfoHash) -> Option<TorrentId> {
+    st.torrents
+        .iter()
+        .find(|(_, e)| e.info_hash == *info_hash)
+        .map(|(&id, _)| id)
+        .or_else(|| st.adding.get(info_hash).copied())
 }
 
 /// Asks a running torrent to stop; its end starts it again (the queue still wants it).
@@ -1539,6 +1614,70 @@ mod tests {
         assert!(!p.seeding);
         let all = progress_from_have(&info, &Bitfield::full(4), None);
         assert!(all.seeding && all.done_bytes == 32);
+    }
+
+    #[tokio::test]
+    async fn a_torrent_added_again_while_its_removal_ends_stays_added() {
+        let dir = tempfile::tempdir().unwrap();
+        let daemon = testing::start(dir.path()).await;
+        let torrent = testing::torrent(&[("a.bin", 100_000, false)], 16384);
+        let hash = Metainfo::from_bytes(&torrent)
+            .unwrap()
+            .info_hash
+            .to_string();
+        let id = testing::add(&daemon, torrent.clone(), false).await;
+        assert!(daemon
+            .get(id)
+            .is_some_and(|t| t.state == TorrentStatus::Downloading));
+        let removing = tokio::spawn({
+            let daemon = daemon.clone();
+            async move { daemon.remove(id, false).await }
+        });
+        // Gone from the list while its run still ends: added again at once.
+        while daemon.get(id).is_some() {
+            tokio::task::yield_now().await;
+        }
+        let again = testing::add(&daemon, torrent, false).await;
+        assert!(removing.await.unwrap());
+        assert!(daemon.get(again).is_some());
+        daemon.shutdown().await;
+        assert_eq!(testing::restarted(dir.path()).await, vec![(hash, true)]);
+    }
+
+    #[tokio::test]
+    async fn a_removed_torrent_stays_removed_while_saves_go_on() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = DaemonConfig {
+            save_every: Duration::from_millis(1),
+            ..testing::config(dir.path())
+        };
+        let daemon = Daemon::start(config).await.unwrap();
+        let mut torrents = Vec::new();
+        for n in 0..8u64 {
+            let bytes =
+                testing::torrent_named(&format!("t{n}"), &[("a.bin", 20_000, false)], 16384);
+            torrents.push(testing::add(&daemon, bytes, false).await);
+        }
+        // Paused, resumed and removed while the periodic saves run.
+        for (n, &id) in torrents.iter().enumerate() {
+            tokio::time::sleep(Duration::from_millis(3)).await;
+            if n % 2 == 0 {
+                assert!(daemon.pause(id) && daemon.resume(id));
+            } else {
+                assert!(daemon.remove(id, false).await);
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        let kept: Vec<(String, bool)> = (daemon.list().into_iter())
+            .map(|t| (t.info_hash, true))
+            .collect();
+        assert_eq!(kept.len(), 4);
+        daemon.shutdown().await;
+        let mut found = testing::restarted(dir.path()).await;
+        found.sort();
+        let mut kept = kept;
+        kept.sort();
+        assert_eq!(found, kept);
     }
 
     #[tokio::test]

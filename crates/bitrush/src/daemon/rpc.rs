@@ -227,11 +227,14 @@ async fn torrent_add(daemon: &Daemon, args: &Map<String, Value>) -> Result<Value
     } else {
         return Err("no filename or metainfo specified".into());
     };
-    match daemon.add(AddRequest {
-        source,
-        download_dir,
-        paused,
-    }) {
+    match daemon
+        .add(AddRequest {
+            source,
+            download_dir,
+            paused,
+        })
+        .await
+    {
         Ok(id) => {
             let t = daemon.get(id).ok_or("torrent vanished")?;
             Ok(json!({"torrent-added": {"id": t.id, "name": t.name, "hashString": t.info_hash}}))
@@ -546,9 +549,7 @@ fn session_set(daemon: &Daemon, args: &Map<String, Value>) -> Result<Value, Stri
         "speed-limit-up-enabled",
     )?;
     if speed != daemon.speed_limits() {
-        if let Err(e) = daemon.set_speed_limits(speed) {
-            tracing::warn!(error = %e, "cannot save the rate limits");
-        }
+        daemon.set_speed_limits(speed);
     }
     Ok(json!({}))
 }

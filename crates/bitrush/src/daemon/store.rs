@@ -7,9 +7,23 @@
 //! renamed over the old one, so a crash leaves either the old or the new file, never a torn
 //! one. Reading is bounded: at most [`MAX_TORRENTS`] settings files of at most
 //! [`MAX_SETTINGS_LEN`] bytes, torrents of at most [`MAX_TORRENT_LEN`] bytes.
+//!
+//! One [`Writer`] owns the `.torrent`, `.json` and `session.json` files: a thread of its own
+//! (never a runtime thread, never under the daemon's state lock) writes what the daemon
+//! queues, in the order it was queued. The daemon queues under its state lock, so the files
+//! follow the state's own order: the last state queued is the one left on disk, and a removal
+//! queued after a torrent's last save leaves nothing of it. The queue keeps only the latest
+//! wish per torrent (a newer save replaces an older one not yet written; a removal drops
+//! both), so it holds at most one entry per torrent and never grows with the rate of
+//! changes. The `.resume` is the engine's, written by the torrent's run; a removal is queued
+//! only once that run ended.
 
+use std::collections::HashMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Condvar, Mutex};
+
+use tokio::sync::oneshot;
 
 use crate::metainfo::Metainfo;
 use crate::queue::{TorrentId, MAX_TORRENTS};
@@ -60,6 +74,7 @@ pub struct SessionSettings {
 }
 
 /// The state directory.
+#[derive(Clone)]
 pub struct Store {
     dir: PathBuf,
     /// `<state-dir>/session.json`.
@@ -82,7 +97,7 @@ impl Store {
     }
 
     /// Saves the daemon's own settings.
-    pub fn save_session(&self, settings: &SessionSettings) -> std::io::Result<()> {
+    fn save_session(&self, settings: &SessionSettings) -> std::io::Result<()> {
         let json = serde_json::to_vec_pretty(settings).map_err(std::io::Error::other)?;
         write_atomically(&self.session, &json)
     }
@@ -105,7 +120,7 @@ impl Store {
     }
 
     /// Saves the settings.
-    pub fn save(&self, saved: &Saved) -> std::io::Result<()> {
+    fn save(&self, saved: &Saved) -> std::io::Result<()> {
         let Some(hash) = crate::types::from_hex20(&saved.info_hash) else {
             return Err(std::io::ErrorKind::InvalidInput.into());
         };
@@ -114,12 +129,12 @@ impl Store {
     }
 
     /// Saves the metainfo.
-    pub fn save_torrent(&self, info_hash: &InfoHash, bytes: &[u8]) -> std::io::Result<()> {
+    fn save_torrent(&self, info_hash: &InfoHash, bytes: &[u8]) -> std::io::Result<()> {
         write_atomically(&self.path(info_hash, "torrent"), bytes)
     }
 
     /// Deletes every file of a torrent; missing ones are fine.
-    pub fn remove(&self, info_hash: &InfoHash) {
+    fn remove(&self, info_hash: &InfoHash) {
         for ext in ["json", "torrent", "resume"] {
             let path = self.path(info_hash, ext);
             if let Err(e) = std::fs::remove_file(&path) {
@@ -183,6 +198,181 @@ impl Store {
                 .flatten()
         });
         Ok((saved, metainfo, have))
+    }
+}
+
+/// Tells a caller how its queued write went.
+pub type Ack = oneshot::Sender<std::io::Result<()>>;
+
+/// What the writer is still to do for one torrent, the latest wishes merged.
+#[derive(Default)]
+struct Pending {
+    /// Delete its files first (it was removed; anything after is a new addition).
+    remove: bool,
+    torrent: Option<Arc<[u8]>>,
+    settings: Option<Saved>,
+    acks: Vec<Ack>,
+}
+
+#[derive(Default)]
+struct Queue {
+    torrents: HashMap<InfoHash, Pending>,
+    session: Option<SessionSettings>,
+    /// Answered once everything queued before them is written.
+    flushes: Vec<oneshot::Sender<()>>,
+    /// No more writes: the thread ends once the queue is empty.
+    closed: bool,
+}
+
+impl Queue {
+    fn is_empty(&self) -> bool {
+        self.torrents.is_empty() && self.session.is_none() && self.flushes.is_empty()
+    }
+}
+
+struct Shared {
+    queue: Mutex<Queue>,
+    wake: Condvar,
+}
+
+/// The one writer of the state directory's settings and metainfo files (see the module
+/// documentation); cheap to clone. Its thread ends once every handle is dropped and the
+/// queue is written.
+#[derive(Clone)]
+pub struct Writer(Arc<WriterHandle>);
+
+struct WriterHandle {
+    shared: Arc<Shared>,
+}
+
+impl Drop for WriterHandle {
+    fn drop(&mut self) {
+        lock(&self.shared.queue).closed = true;
+        self.shared.wake.notify_one();
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Writer {
+    /// Starts the writer's thread over `store`.
+    pub fn start(store: Store) -> std::io::Result<Writer> {
+        let shared = Arc::new(Shared {
+            queue: Mutex::new(Queue::default()),
+            wake: Condvar::new(),
+        });
+        let thread_shared = shared.clone();
+        std::thread::Builder::new()
+            .name("bitrush-state".into())
+            .spawn(move || write_loop(&store, &thread_shared))?;
+        Ok(Writer(Arc::new(WriterHandle { shared })))
+    }
+
+    fn queue(&self, f: impl FnOnce(&mut Queue)) {
+        f(&mut lock(&self.0.shared.queue));
+        self.0.shared.wake.notify_one();
+    }
+
+    fn torrent(&self, info_hash: InfoHash, f: impl FnOnce(&mut Pending)) {
+        self.queue(|q| f(q.torrents.entry(info_hash).or_default()));
+    }
+
+    /// Queues a torrent's settings; `ack`, if given, hears how writing them went.
+    pub fn save(&self, info_hash: InfoHash, saved: Saved, ack: Option<Ack>) {
+        self.torrent(info_hash, |p| {
+            p.settings = Some(saved);
+            p.acks.extend(ack);
+        });
+    }
+
+    /// Queues a torrent's metainfo.
+    pub fn save_torrent(&self, info_hash: InfoHash, bytes: Arc<[u8]>) {
+        self.torrent(info_hash, |p| p.torrent = Some(bytes));
+    }
+
+    /// Queues the deletion of every file of a torrent (what was queued for it and not yet
+    /// written is dropped).
+    pub fn remove(&self, info_hash: InfoHash, ack: Option<Ack>) {
+        self.torrent(info_hash, |p| {
+            p.remove = true;
+            p.torrent = None;
+            p.settings = None;
+            p.acks.extend(ack);
+        });
+    }
+
+    /// Queues the daemon's own settings.
+    pub fn save_session(&self, settings: SessionSettings) {
+        self.queue(|q| q.session = Some(settings));
+    }
+
+    /// Waits until everything queued so far is written.
+    pub async fn flush(&self) {
+        let (tx, rx) = oneshot::channel();
+        self.queue(|q| q.flushes.push(tx));
+        let _ = rx.await;
+    }
+}
+
+/// The writer's thread: takes the whole queue, writes it, and again, until closed.
+fn write_loop(store: &Store, shared: &Shared) {
+    loop {
+        let batch = {
+            let mut q = lock(&shared.queue);
+            while q.is_empty() && !q.closed {
+                q = shared.wake.wait(q).unwrap_or_else(|e| e.into_inner());
+            }
+            if q.is_empty() {
+                return;
+            }
+            let closed = q.closed;
+            std::mem::replace(
+                &mut *q,
+                Queue {
+                    closed,
+                    ..Queue::default()
+                },
+            )
+        };
+        for (info_hash, pending) in batch.torrents {
+            let result = write_pending(store, &info_hash, &pending);
+            if let Err(e) = &result {
+                tracing::warn!(torrent = %info_hash, error = %e, "cannot save the torrent's state");
+            }
+            answer(pending.acks, &result);
+        }
+        if let Some(settings) = batch.session {
+            if let Err(e) = store.save_session(&settings) {
+                tracing::warn!(error = %e, "cannot save the daemon's settings");
+            }
+        }
+        for flush in batch.flushes {
+            let _ = flush.send(());
+        }
+    }
+}
+
+fn write_pending(store: &Store, info_hash: &InfoHash, pending: &Pending) -> std::io::Result<()> {
+    if pending.remove {
+        store.remove(info_hash);
+    }
+    if let Some(bytes) = &pending.torrent {
+        store.save_torrent(info_hash, bytes)?;
+    }
+    if let Some(saved) = &pending.settings {
+        store.save(saved)?;
+    }
+    Ok(())
+}
+
+fn answer(acks: Vec<Ack>, result: &std::io::Result<()>) {
+    for ack in acks {
+        let _ = ack.send(match result {
+            Ok(()) => Ok(()),
+            Err(e) => Err(std::io::Error::new(e.kind(), e.to_string())),
+        });
     }
 }
 
@@ -306,6 +496,69 @@ mod tests {
             crate::types::from_hex20(&saved.info_hash).unwrap(),
         ));
         assert!(store.load_all().is_empty());
+    }
+
+    fn saved(hash: &InfoHash, name: &str) -> Saved {
+        Saved {
+            id: 1,
+            info_hash: hash.to_string(),
+            name: name.into(),
+            magnet: None,
+            download_dir: "/tmp".into(),
+            paused: false,
+            wanted_files: None,
+            added_date: 1,
+            done_date: 0,
+            uploaded: 0,
+            downloaded: 0,
+            download_limit: None,
+            upload_limit: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn the_writer_leaves_the_last_state_queued() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let writer = Writer::start(store.clone()).unwrap();
+        let (a, b) = (InfoHash([1; 20]), InfoHash([2; 20]));
+        let names = |store: &Store| -> Vec<String> {
+            store
+                .load_all()
+                .into_iter()
+                .map(|(s, _, _)| s.name)
+                .collect()
+        };
+        // A newer save wins over an older one, whether or not it was written meanwhile.
+        writer.save(a, saved(&a, "old"), None);
+        writer.save(a, saved(&a, "new"), None);
+        writer.flush().await;
+        assert_eq!(names(&store), vec!["new"]);
+        // A removal queued after a save leaves nothing, the engine's resume state included.
+        std::fs::write(store.resume_path(&a), b"resume").unwrap();
+        writer.save(a, saved(&a, "newer"), None);
+        let (ack, removed) = oneshot::channel();
+        writer.remove(a, Some(ack));
+        removed.await.unwrap().unwrap();
+        assert!(names(&store).is_empty());
+        assert!(!store.resume_path(&a).exists());
+        // A save queued after a removal (the torrent added again) is kept.
+        writer.save(b, saved(&b, "b"), None);
+        writer.remove(b, None);
+        writer.save_torrent(b, b"d4:infoi0ee".as_slice().into());
+        let (ack, written) = oneshot::channel();
+        writer.save(b, saved(&b, "b again"), Some(ack));
+        written.await.unwrap().unwrap();
+        assert_eq!(names(&store), vec!["b again"]);
+        assert!(dir.path().join(format!("torrents/{b}.torrent")).exists());
+        // Failures reach the caller.
+        let bad = Saved {
+            info_hash: "not hex".into(),
+            ..saved(&a, "bad")
+        };
+        let (ack, written) = oneshot::channel();
+        writer.save(a, bad, Some(ack));
+        assert!(written.await.unwrap().is_err());
     }
 
     #[test]

@@ -34,6 +34,11 @@ pub(super) async fn start(dir: &Path) -> Daemon {
 /// A v1 multi-file `.torrent` named `t` whose files are `(name, length, pad)` in order, with
 /// all-zero piece hashes (nothing is ever downloaded against them).
 pub(super) fn torrent(files: &[(&str, u64, bool)], piece_length: u32) -> Vec<u8> {
+    torrent_named("t", files, piece_length)
+}
+
+/// [`torrent`] named `name` (its folder in the download directory).
+pub(super) fn torrent_named(name: &str, files: &[(&str, u64, bool)], piece_length: u32) -> Vec<u8> {
     fn string(out: &mut Vec<u8>, s: &[u8]) {
         out.extend_from_slice(s.len().to_string().as_bytes());
         out.push(b':');
@@ -59,7 +64,7 @@ pub(super) fn torrent(files: &[(&str, u64, bool)], piece_length: u32) -> Vec<u8>
     }
     out.push(b'e');
     string(&mut out, b"name");
-    string(&mut out, b"t");
+    string(&mut out, name.as_bytes());
     string(&mut out, b"piece length");
     out.extend_from_slice(format!("i{piece_length}e").as_bytes());
     string(&mut out, b"pieces");
@@ -70,11 +75,28 @@ pub(super) fn torrent(files: &[(&str, u64, bool)], piece_length: u32) -> Vec<u8>
 
 /// Adds `torrent`'s bytes, paused (nothing runs); returns its id.
 pub(super) async fn add_paused(daemon: &Daemon, torrent: Vec<u8>) -> TorrentId {
+    add(daemon, torrent, true).await
+}
+
+/// Adds `torrent`'s bytes; returns its id.
+pub(super) async fn add(daemon: &Daemon, torrent: Vec<u8>, paused: bool) -> TorrentId {
     daemon
         .add(AddRequest {
             source: AddSource::Torrent(torrent),
             download_dir: None,
-            paused: true,
+            paused,
         })
+        .await
         .expect("added")
+}
+
+/// The info hashes of the torrents a daemon restarted on `dir` finds, with whether their
+/// metadata came back too.
+pub(super) async fn restarted(dir: &Path) -> Vec<(String, bool)> {
+    let daemon = start(dir).await;
+    let found = (daemon.list().into_iter())
+        .map(|t| (t.info_hash, t.metadata_known))
+        .collect();
+    daemon.shutdown().await;
+    found
 }
