@@ -223,6 +223,8 @@ impl Entry {
 struct State {
     queue: TorrentQueue,
     torrents: BTreeMap<TorrentId, Entry>,
+    /// The id of each torrent in `torrents`, by info hash.
+    by_hash: HashMap<InfoHash, TorrentId>,
     /// Where the listener sends each running torrent's incoming connections.
     routes: HashMap<InfoHash, (TorrentId, mpsc::Sender<(PeerStream, Handshake)>)>,
     next_id: TorrentId,
@@ -350,6 +352,7 @@ impl Daemon {
             state: Mutex::new(State {
                 queue: TorrentQueue::new(config.limits),
                 torrents: BTreeMap::new(),
+                by_hash: HashMap::new(),
                 routes: HashMap::new(),
                 next_id: 1,
                 shutting_down: false,
@@ -407,47 +410,53 @@ impl Daemon {
 
     /// Loads every saved torrent (in id order) into the queue.
     fn load(&self, saved: Vec<store::Loaded>) {
-        let mut st = self.state();
+        let mut entries = Vec::with_capacity(saved.len());
+        let mut hashes = HashMap::with_capacity(saved.len());
         for (saved, metainfo, resume) in saved {
             let info_hash = match crate::types::from_hex20(&saved.info_hash).map(InfoHash) {
                 Some(h) => h,
                 None => continue,
             };
-            let (meta, trackers, peers) = match (&metainfo, &saved.magnet) {
-                (Some(m), _) => (
-                    Some(Meta {
-                        info: Arc::new(m.info.clone()),
-                        info_bytes: m.info_bytes.clone().into(),
-                        web_seeds: m.web_seeds.clone(),
-                    }),
-                    m.tracker_tiers(),
-                    Vec::new(),
-                ),
+            let (meta, trackers, peers) = match (metainfo, &saved.magnet) {
+                (Some(m), _) => {
+                    let trackers = m.tracker_tiers();
+                    let meta = Meta {
+                        info: Arc::new(m.info),
+                        info_bytes: m.info_bytes.into(),
+                        web_seeds: m.web_seeds,
+                    };
+                    (Some(meta), trackers, Vec::new())
+                }
                 (None, Some(link)) => match Magnet::parse(link) {
                     Ok(m) => (None, magnet_tiers(&m), m.peers),
                     Err(_) => continue,
                 },
                 (None, None) => continue,
             };
-            if st.torrents.values().any(|e| e.info_hash == info_hash) {
+            if hashes.insert(info_hash, saved.id).is_some() {
                 continue;
             }
-            let id = saved.id;
             let last = match (&meta, resume) {
                 (Some(meta), Some(have)) => {
                     progress_from_have(&meta.info, &have, saved.wanted_files.as_deref())
                 }
                 _ => Progress::default(),
             };
-            let complete = meta.is_some() && last.total_bytes > 0 && last.seeding;
-            if st.queue.add(id, complete, saved.paused).is_err() {
+            entries.push(Entry::new(saved, info_hash, meta, trackers, peers, last));
+        }
+        let mut st = self.state();
+        let queued = st.queue.add_all(entries.iter().map(|e| {
+            let complete = e.meta.is_some() && e.last.total_bytes > 0 && e.last.seeding;
+            (e.saved.id, complete, e.saved.paused)
+        }));
+        for (entry, queued) in entries.into_iter().zip(queued) {
+            if queued.is_err() {
                 continue;
             }
-            st.next_id = st.next_id.max(id + 1);
-            st.torrents.insert(
-                id,
-                Entry::new(saved, info_hash, meta, trackers, peers, last),
-            );
+            let id = entry.saved.id;
+            st.next_id = st.next_id.max(id.saturating_add(1));
+            st.by_hash.insert(entry.info_hash, id);
+            st.torrents.insert(id, entry);
         }
         tracing::info!(torrents = st.torrents.len(), "loaded saved torrents");
         self.apply_queue(&mut st);
@@ -557,6 +566,7 @@ impl Daemon {
             self.0.writer.remove(info_hash, None);
             return Err(e);
         }
+        st.by_hash.insert(info_hash, id);
         st.torrents.insert(
             id,
             Entry::new(saved, info_hash, meta, trackers, peers, Progress::default()),
@@ -851,6 +861,7 @@ impl Daemon {
             let Some(mut entry) = st.torrents.remove(&id) else {
                 return false;
             };
+            st.by_hash.remove(&entry.info_hash);
             st.queue.remove(id);
             if st
                 .routes
@@ -1168,11 +1179,9 @@ fn save(writer: &Writer, entry: &Entry) {
 
 /// The id of the torrent with this info hash, or of the one being added with it.
 fn find_in(st: &State, info_hash: &InfoHash) -> Option<TorrentId> {
-    st.torrents
-        .iter()
-        .find(|(_, e)| e.info_hash == *info_hash)
-        .map(|(&id, _)| id)
-        .or_else(|| st.adding.get(info_hash).copied())
+    (st.by_hash.get(info_hash))
+        .or_else(|| st.adding.get(info_hash))
+        .copied()
 }
 
 /// Asks a running torrent to stop; its end starts it again (the queue still wants it).
@@ -1678,6 +1687,52 @@ mod tests {
         let mut kept = kept;
         kept.sort();
         assert_eq!(found, kept);
+    }
+
+    #[tokio::test]
+    async fn torrents_are_found_by_info_hash_through_adds_removals_and_loads() {
+        let dir = tempfile::tempdir().unwrap();
+        let daemon = testing::start(dir.path()).await;
+        let torrents: Vec<Vec<u8>> = (0..3)
+            .map(|n| testing::torrent_named(&format!("t{n}"), &[("a", 100, false)], 16384))
+            .collect();
+        let hash = |t: &[u8]| Metainfo::from_bytes(t).unwrap().info_hash;
+        let mut ids = Vec::new();
+        for t in &torrents {
+            ids.push(testing::add_paused(&daemon, t.clone()).await);
+        }
+        for (t, &id) in torrents.iter().zip(&ids) {
+            assert_eq!(daemon.find(&hash(t)), Some(id));
+        }
+        let again = daemon.add(AddRequest {
+            source: AddSource::Torrent(torrents[1].clone()),
+            download_dir: None,
+            paused: true,
+        });
+        assert!(matches!(again.await, Err(AddError::Duplicate(id)) if id == ids[1]));
+        assert!(daemon.remove(ids[1], false).await);
+        assert_eq!(daemon.find(&hash(&torrents[1])), None);
+        let readded = testing::add_paused(&daemon, torrents[1].clone()).await;
+        assert_eq!(daemon.find(&hash(&torrents[1])), Some(readded));
+        assert!(readded > ids[2], "ids are never reused");
+        daemon.shutdown().await;
+        // A second settings file naming a torrent already loaded is skipped.
+        let json = dir
+            .path()
+            .join(format!("state/torrents/{}.json", hash(&torrents[0])));
+        let mut copy: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+        copy["id"] = serde_json::json!(u64::MAX);
+        std::fs::write(
+            dir.path().join("state/torrents/copy.json"),
+            copy.to_string(),
+        )
+        .unwrap();
+        let daemon = testing::start(dir.path()).await;
+        assert_eq!(daemon.list().len(), 3);
+        assert_eq!(daemon.find(&hash(&torrents[0])), Some(ids[0]));
+        assert_eq!(daemon.find(&hash(&torrents[1])), Some(readded));
+        daemon.shutdown().await;
     }
 
     #[tokio::test]
