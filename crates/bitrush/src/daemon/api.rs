@@ -21,7 +21,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use base64::Engine;
 
-use super::{AddError, AddRequest, AddSource, Daemon, SpeedLimits};
+use super::{AddError, AddRequest, AddSource, Daemon, SpeedLimits, WantedError};
 use crate::queue::TorrentId;
 
 /// Largest request body accepted (a `.torrent` upload, base64 included).
@@ -433,8 +433,13 @@ async fn set_files(State(api): State<Api>, Path(id): Path<String>, body: Body) -
         Ok(p) => p,
         Err(e) => return error(StatusCode::BAD_REQUEST, format!("malformed JSON: {e}")),
     };
-    if !api.daemon.set_wanted_files(id, parsed.wanted) {
-        return not_found(id);
+    if let Err(e) = api.daemon.set_wanted_files(id, parsed.wanted) {
+        let status = match e {
+            WantedError::NoSuchTorrent => return not_found(id),
+            WantedError::NoMetadata => StatusCode::CONFLICT,
+            WantedError::TooMany { .. } => StatusCode::BAD_REQUEST,
+        };
+        return error(status, e);
     }
     match api.daemon.files(id) {
         Some(f) => Json(f).into_response(),

@@ -116,12 +116,30 @@ pub enum AddError {
     V2Only,
     #[error("the download directory must be an absolute path without `..`: {0}")]
     DownloadDir(String),
+    #[error(
+        "the download directory is longer than {} bytes",
+        store::MAX_DOWNLOAD_DIR_LEN
+    )]
+    DownloadDirTooLong,
+    #[error("the magnet link is longer than {} bytes", store::MAX_MAGNET_LEN)]
+    MagnetTooLong,
     #[error("the daemon is full")]
     Full(#[source] crate::queue::QueueError),
     #[error("cannot save the torrent in the state directory")]
     Store(#[source] std::io::Error),
     #[error("the daemon is shutting down")]
     ShuttingDown,
+}
+
+/// Why a file selection was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum WantedError {
+    #[error("no such torrent")]
+    NoSuchTorrent,
+    #[error("the torrent's files are not known until its metadata is fetched")]
+    NoMetadata,
+    #[error("{given} flags for a torrent of {files} files")]
+    TooMany { given: usize, files: usize },
 }
 
 /// Why the daemon could not start.
@@ -276,8 +294,12 @@ fn unix_now() -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
-/// A download directory given over the API: absolute, and no `..` anywhere.
+/// A download directory given over the API: absolute, no `..` anywhere, and at most
+/// [`store::MAX_DOWNLOAD_DIR_LEN`] bytes.
 pub fn check_download_dir(dir: &Path) -> Result<(), AddError> {
+    if dir.as_os_str().len() > store::MAX_DOWNLOAD_DIR_LEN {
+        return Err(AddError::DownloadDirTooLong);
+    }
     let bad = !dir.is_absolute()
         || dir
             .components()
@@ -412,7 +434,7 @@ impl Daemon {
     fn load(&self, saved: Vec<store::Loaded>) {
         let mut entries = Vec::with_capacity(saved.len());
         let mut hashes = HashMap::with_capacity(saved.len());
-        for (saved, metainfo, resume) in saved {
+        for (mut saved, metainfo, resume) in saved {
             let info_hash = match crate::types::from_hex20(&saved.info_hash).map(InfoHash) {
                 Some(h) => h,
                 None => continue,
@@ -435,6 +457,9 @@ impl Daemon {
             };
             if hashes.insert(info_hash, saved.id).is_some() {
                 continue;
+            }
+            if let (Some(meta), Some(wanted)) = (&meta, saved.wanted_files.as_mut()) {
+                wanted.truncate(meta.info.files.len());
             }
             let last = match (&meta, resume) {
                 (Some(meta), Some(have)) => {
@@ -494,6 +519,9 @@ impl Daemon {
                 )
             }
             AddSource::Magnet(link) => {
+                if link.len() > store::MAX_MAGNET_LEN {
+                    return Err(AddError::MagnetTooLong);
+                }
                 let m = Magnet::parse(&link).map_err(AddError::Magnet)?;
                 let name = m.name.clone().unwrap_or_else(|| m.info_hash.to_string());
                 (
@@ -834,22 +862,35 @@ impl Daemon {
     }
 
     /// Chooses the files to fetch (by index among the user's files, as [`Daemon::files`]
-    /// numbers them; `None`: all). A running torrent restarts with the new choice.
-    pub fn set_wanted_files(&self, id: TorrentId, wanted: Option<Vec<bool>>) -> bool {
+    /// numbers them; `None`: all; files past the end of the list are wanted). A running
+    /// torrent restarts with the new choice.
+    pub fn set_wanted_files(
+        &self,
+        id: TorrentId,
+        wanted: Option<Vec<bool>>,
+    ) -> Result<(), WantedError> {
         let mut st = self.state();
-        let Some(e) = st.torrents.get_mut(&id) else {
-            return false;
-        };
+        let e = st.torrents.get_mut(&id).ok_or(WantedError::NoSuchTorrent)?;
         e.saved.wanted_files = match (&e.meta, wanted) {
-            (Some(meta), Some(wanted)) => Some(layout_wanted(&meta.info, &wanted)),
-            (_, wanted) => wanted,
+            (_, None) => None,
+            (None, Some(_)) => return Err(WantedError::NoMetadata),
+            (Some(meta), Some(wanted)) => {
+                let files = meta.info.real_files().count();
+                if wanted.len() > files {
+                    return Err(WantedError::TooMany {
+                        given: wanted.len(),
+                        files,
+                    });
+                }
+                Some(layout_wanted(&meta.info, &wanted))
+            }
         };
         save(&self.0.writer, e);
         restart(e);
         // Whether it is complete now is known once it runs again.
         st.queue.handle_complete(id, false);
         self.apply_queue(&mut st);
-        true
+        Ok(())
     }
 
     /// Removes a torrent at once from the session; its files, and its data if asked, once its
@@ -1736,6 +1777,23 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_selection_of_many_thousand_files_loads_back() {
+        const FILES: usize = 150_000;
+        let dir = tempfile::tempdir().unwrap();
+        let daemon = testing::start(dir.path()).await;
+        let names: Vec<String> = (0..FILES).map(|n| format!("f{n}")).collect();
+        let files: Vec<(&str, u64, bool)> = names.iter().map(|n| (n.as_str(), 1, false)).collect();
+        let id = testing::add_paused(&daemon, testing::torrent(&files, 16384)).await;
+        let wanted: Vec<bool> = (0..FILES).map(|n| n % 3 != 0).collect();
+        daemon.set_wanted_files(id, Some(wanted.clone())).unwrap();
+        daemon.shutdown().await;
+        let daemon = testing::start(dir.path()).await;
+        let shown = daemon.files(id).expect("the torrent is back");
+        assert_eq!(shown.iter().map(|f| f.wanted).collect::<Vec<_>>(), wanted);
+        daemon.shutdown().await;
+    }
+
+    #[tokio::test]
     async fn file_indices_leave_pad_files_out_everywhere() {
         let dir = tempfile::tempdir().unwrap();
         let daemon = testing::start(dir.path()).await;
@@ -1754,12 +1812,19 @@ mod tests {
         let shown: Vec<(usize, &str)> = files.iter().map(|f| (f.index, f.path.as_str())).collect();
         assert_eq!(shown, vec![(0, "a.bin"), (1, "b.bin"), (2, "c.bin")]);
         // Skipping the user's second file skips b, not the pad file.
-        assert!(daemon.set_wanted_files(id, Some(vec![true, false, true])));
+        daemon
+            .set_wanted_files(id, Some(vec![true, false, true]))
+            .unwrap();
         let wanted: Vec<bool> = daemon.files(id).unwrap().iter().map(|f| f.wanted).collect();
         assert_eq!(wanted, vec![true, false, true]);
         assert_eq!(daemon.get(id).unwrap().size_when_done, 32, "pieces 0 and 3");
         // A list that stops early leaves the files after it wanted.
-        assert!(daemon.set_wanted_files(id, Some(vec![false])));
+        daemon.set_wanted_files(id, Some(vec![false])).unwrap();
+        // No more flags than files.
+        assert!(matches!(
+            daemon.set_wanted_files(id, Some(vec![true; 4])),
+            Err(WantedError::TooMany { given: 4, files: 3 })
+        ));
         let wanted: Vec<bool> = daemon.files(id).unwrap().iter().map(|f| f.wanted).collect();
         assert_eq!(wanted, vec![false, true, true]);
         assert_eq!(daemon.get(id).unwrap().size_when_done, 48, "pieces 1 to 3");

@@ -449,14 +449,12 @@ fn torrent_set(daemon: &Daemon, args: &Map<String, Value>) -> Result<Value, Stri
         return Ok(json!({}));
     }
     for id in ids {
-        let Some(files) = daemon.files(id) else {
+        // Unknown torrents and those whose files are not known yet are left alone.
+        let Some(files) = daemon.files(id).filter(|f| !f.is_empty()) else {
             continue;
         };
-        let count = files.iter().map(|f| f.index + 1).max().unwrap_or(0);
-        let mut wanted = vec![true; count];
-        for f in &files {
-            wanted[f.index] = f.wanted;
-        }
+        // Files come in index order, from 0.
+        let mut wanted: Vec<bool> = files.iter().map(|f| f.wanted).collect();
         for &i in &want {
             if let Some(w) = wanted.get_mut(i) {
                 *w = true;
@@ -467,7 +465,8 @@ fn torrent_set(daemon: &Daemon, args: &Map<String, Value>) -> Result<Value, Stri
                 *w = false;
             }
         }
-        daemon.set_wanted_files(id, Some(wanted));
+        // As many flags as files: it cannot be refused.
+        let _ = daemon.set_wanted_files(id, Some(wanted));
     }
     Ok(json!({}))
 }

@@ -25,14 +25,22 @@ use std::sync::{Arc, Condvar, Mutex};
 
 use tokio::sync::oneshot;
 
-use crate::metainfo::Metainfo;
+use crate::metainfo::{Metainfo, MAX_FILES};
 use crate::queue::{TorrentId, MAX_TORRENTS};
 use crate::storage::resume::ResumeState;
 use crate::swarm::Bitfield;
 use crate::types::InfoHash;
 
-/// Largest settings file read.
-pub const MAX_SETTINGS_LEN: u64 = 1 << 20;
+/// Largest settings file read, and written: the file selection (one byte per file, at most
+/// [`MAX_FILES`]) and 1 MiB for the rest, which the daemon keeps well under it (a magnet link
+/// of at most [`MAX_MAGNET_LEN`] bytes, its name taken from it, a download directory of at
+/// most [`MAX_DOWNLOAD_DIR_LEN`] bytes, each escaped at worst to six bytes a byte, and a few
+/// numbers). [`Store::save`] refuses anything longer, so whatever is saved loads back.
+pub const MAX_SETTINGS_LEN: u64 = (1 << 20) + MAX_FILES as u64;
+/// Longest magnet link a torrent is added by (it is saved in its settings).
+pub const MAX_MAGNET_LEN: usize = 64 << 10;
+/// Longest download directory given over the API, in bytes (Linux's `PATH_MAX`).
+pub const MAX_DOWNLOAD_DIR_LEN: usize = 4096;
 /// Largest `.torrent` read.
 pub const MAX_TORRENT_LEN: u64 = 64 << 20;
 
@@ -47,7 +55,10 @@ pub struct Saved {
     pub magnet: Option<String>,
     pub download_dir: PathBuf,
     pub paused: bool,
-    /// Which files to fetch, by index (`None`: all).
+    /// Which files to fetch, one flag per file of the layout, pad files included (`None`:
+    /// all; files past the end are wanted). Saved as a string of `1` and `0`, one byte a file
+    /// (a list of booleans, as older versions wrote, is read too).
+    #[serde(default, with = "file_flags")]
     pub wanted_files: Option<Vec<bool>>,
     /// Seconds since the Unix epoch.
     pub added_date: u64,
@@ -119,12 +130,21 @@ impl Store {
         self.path(info_hash, "resume")
     }
 
-    /// Saves the settings.
+    /// Saves the settings; refuses (`InvalidInput`) settings too long to load back.
     fn save(&self, saved: &Saved) -> std::io::Result<()> {
         let Some(hash) = crate::types::from_hex20(&saved.info_hash) else {
             return Err(std::io::ErrorKind::InvalidInput.into());
         };
         let json = serde_json::to_vec_pretty(saved).map_err(std::io::Error::other)?;
+        if json.len() as u64 > MAX_SETTINGS_LEN {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                format!(
+                    "settings of {} bytes would not load back (at most {MAX_SETTINGS_LEN})",
+                    json.len()
+                ),
+            ));
+        }
         write_atomically(&self.path(&InfoHash(hash), "json"), &json)
     }
 
@@ -405,6 +425,45 @@ pub fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     tmp.persist(path).map(drop).map_err(|e| e.error)
 }
 
+/// The file selection in settings: a string of `1` (wanted) and `0` (skipped), or, as older
+/// versions wrote it, a list of booleans.
+mod file_flags {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Flags {
+        Text(String),
+        List(Vec<bool>),
+    }
+
+    pub fn serialize<S: Serializer>(flags: &Option<Vec<bool>>, s: S) -> Result<S::Ok, S::Error> {
+        match flags {
+            Some(flags) => {
+                let text: String = flags.iter().map(|&w| if w { '1' } else { '0' }).collect();
+                s.serialize_some(&text)
+            }
+            None => s.serialize_none(),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Vec<bool>>, D::Error> {
+        match Option::<Flags>::deserialize(d)? {
+            None => Ok(None),
+            Some(Flags::List(list)) => Ok(Some(list)),
+            Some(Flags::Text(text)) => text
+                .bytes()
+                .map(|b| match b {
+                    b'1' => Ok(true),
+                    b'0' => Ok(false),
+                    _ => Err(serde::de::Error::custom("file flags are `1` or `0`")),
+                })
+                .collect::<Result<Vec<bool>, _>>()
+                .map(Some),
+        }
+    }
+}
+
 /// A `.torrent` for fetched metadata: `announce-list` (when there are trackers) and the info
 /// dictionary's bytes exactly as fetched (so the info hash is unchanged).
 pub fn metainfo_bytes(trackers: &[Vec<String>], info_bytes: &[u8]) -> Vec<u8> {
@@ -559,6 +618,71 @@ mod tests {
         let (ack, written) = oneshot::channel();
         writer.save(a, bad, Some(ack));
         assert!(written.await.unwrap().is_err());
+    }
+
+    #[test]
+    fn the_longest_settings_the_daemon_makes_load_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        // Control characters: escaped to six bytes each.
+        let worst = |len: usize| "\u{1}".repeat(len);
+        let hash = InfoHash([3; 20]);
+        let longest = Saved {
+            id: u64::MAX,
+            name: worst(MAX_MAGNET_LEN),
+            magnet: Some(worst(MAX_MAGNET_LEN)),
+            download_dir: worst(MAX_DOWNLOAD_DIR_LEN).into(),
+            wanted_files: Some(vec![false; MAX_FILES]),
+            added_date: u64::MAX,
+            done_date: u64::MAX,
+            uploaded: u64::MAX,
+            downloaded: u64::MAX,
+            download_limit: Some(u64::MAX),
+            upload_limit: Some(u64::MAX),
+            ..saved(&hash, "")
+        };
+        store.save(&longest).unwrap();
+        let loaded = store.load_all();
+        assert_eq!(loaded.len(), 1);
+        assert_eq!(
+            loaded[0].0.wanted_files.as_ref().map(Vec::len),
+            Some(MAX_FILES)
+        );
+        assert_eq!(loaded[0].0.name, longest.name);
+        // Anything longer is refused rather than written (it would not load back).
+        let longer = Saved {
+            name: worst(MAX_SETTINGS_LEN as usize / 6),
+            ..longest
+        };
+        let refused = store.save(&longer).unwrap_err();
+        assert_eq!(refused.kind(), std::io::ErrorKind::InvalidInput);
+        assert_eq!(store.load_all()[0].0.name, loaded[0].0.name);
+    }
+
+    #[test]
+    fn file_selections_are_saved_compactly_and_read_in_both_forms() {
+        let hash = InfoHash([4; 20]);
+        let selected = Saved {
+            wanted_files: Some(vec![true, false, true]),
+            ..saved(&hash, "x")
+        };
+        let json = serde_json::to_value(&selected).unwrap();
+        assert_eq!(json["wanted_files"], "101");
+        let read: Saved = serde_json::from_value(json.clone()).unwrap();
+        assert_eq!(read.wanted_files, Some(vec![true, false, true]));
+        let mut old = json.clone();
+        old["wanted_files"] = serde_json::json!([false, true]);
+        let read: Saved = serde_json::from_value(old).unwrap();
+        assert_eq!(read.wanted_files, Some(vec![false, true]));
+        let mut none = json.clone();
+        none["wanted_files"] = serde_json::Value::Null;
+        assert_eq!(
+            serde_json::from_value::<Saved>(none).unwrap().wanted_files,
+            None
+        );
+        let mut bad = json;
+        bad["wanted_files"] = serde_json::json!("10x");
+        assert!(serde_json::from_value::<Saved>(bad).is_err());
     }
 
     #[test]
