@@ -25,7 +25,8 @@
 //! that reader goes).
 //!
 //! Invariants: the state lock is never held across an await, nor while a file is written or
-//! synced; a torrent's next run starts only once its previous run ended (so two runs never
+//! synced, nor while answers are built (readers copy a [`Snapshot`] of what they need:
+//! counters and shared pointers, never a copy of a file list); a torrent's next run starts only once its previous run ended (so two runs never
 //! share files), also when it is removed and added again; a removed torrent's files are
 //! deleted only after its run ended.
 
@@ -195,7 +196,7 @@ struct Entry {
     saved: Saved,
     info_hash: InfoHash,
     meta: Option<Meta>,
-    trackers: Vec<Vec<String>>,
+    trackers: Arc<Vec<Vec<String>>>,
     peers: Vec<SocketAddr>,
     run: Option<Run>,
     /// The last snapshot of a run (or what the resume state says, before any).
@@ -225,7 +226,7 @@ impl Entry {
             saved,
             info_hash,
             meta,
-            trackers,
+            trackers: Arc::new(trackers),
             peers,
             run: None,
             last,
@@ -459,7 +460,9 @@ impl Daemon {
                 continue;
             }
             if let (Some(meta), Some(wanted)) = (&meta, saved.wanted_files.as_mut()) {
-                wanted.truncate(meta.info.files.len());
+                if let Some(files) = wanted.get(..meta.info.files.len()) {
+                    *wanted = files.into();
+                }
             }
             let last = match (&meta, resume) {
                 (Some(meta), Some(have)) => {
@@ -639,10 +642,10 @@ impl Daemon {
             id,
             info_hash: entry.info_hash,
             meta: entry.meta.clone(),
-            trackers: entry.trackers.clone(),
+            trackers: entry.trackers.as_ref().clone(),
             peers: entry.peers.clone(),
             output_dir: entry.saved.download_dir.clone(),
-            wanted_files: entry.saved.wanted_files.clone(),
+            wanted_files: entry.saved.wanted_files.as_deref().map(<[bool]>::to_vec),
             recheck: std::mem::take(&mut entry.recheck),
             stop: stop_rx,
             progress: progress_tx,
@@ -882,7 +885,7 @@ impl Daemon {
                         files,
                     });
                 }
-                Some(layout_wanted(&meta.info, &wanted))
+                Some(layout_wanted(&meta.info, &wanted).into())
             }
         };
         save(&self.0.writer, e);
@@ -992,19 +995,38 @@ impl Daemon {
         }
     }
 
+    /// Every torrent's id, in queue order.
+    pub fn ids(&self) -> Vec<TorrentId> {
+        self.state().queue.ids()
+    }
+
+    /// What the API shows of torrents `ids` (unknown ones left out), copied under the state
+    /// lock: counters and shared pointers only, so the work of building views and files
+    /// happens after the lock is released, whatever the size of the torrents.
+    pub fn snapshots(&self, ids: &[TorrentId]) -> Vec<Snapshot> {
+        let st = self.state();
+        ids.iter().filter_map(|&id| snapshot(&st, id)).collect()
+    }
+
     /// Every torrent, in queue order.
     pub fn list(&self) -> Vec<TorrentView> {
-        let st = self.state();
-        st.queue
-            .ids()
-            .into_iter()
-            .filter_map(|id| view(&st, id))
-            .collect()
+        let snapshots = {
+            let st = self.state();
+            let ids = st.queue.ids();
+            ids.into_iter()
+                .filter_map(|id| snapshot(&st, id))
+                .collect::<Vec<_>>()
+        };
+        snapshots.iter().map(Snapshot::view).collect()
     }
 
     /// One torrent.
     pub fn get(&self, id: TorrentId) -> Option<TorrentView> {
-        view(&self.state(), id)
+        self.snapshot(id).map(|s| s.view())
+    }
+
+    fn snapshot(&self, id: TorrentId) -> Option<Snapshot> {
+        snapshot(&self.state(), id)
     }
 
     /// The id of the torrent with this info hash.
@@ -1014,46 +1036,17 @@ impl Daemon {
 
     /// A torrent's files with their progress.
     pub fn files(&self, id: TorrentId) -> Option<Vec<FileView>> {
-        let st = self.state();
-        let entry = st.torrents.get(&id)?;
-        let (progress, _) = current(entry);
-        let Some(meta) = &entry.meta else {
-            return Some(Vec::new());
-        };
-        let wanted = entry.saved.wanted_files.as_deref();
-        Some(file_views(&meta.info, progress.have.as_deref(), wanted))
+        self.snapshot(id).map(|s| s.files())
     }
 
     /// A torrent's connected peers.
     pub fn peers(&self, id: TorrentId) -> Option<Vec<PeerView>> {
-        let st = self.state();
-        let entry = st.torrents.get(&id)?;
-        let (progress, _) = current(entry);
-        Some(
-            progress
-                .connected
-                .iter()
-                .map(|p| PeerView {
-                    address: p.addr.ip().to_string(),
-                    port: p.addr.port(),
-                    outgoing: p.outgoing,
-                })
-                .collect(),
-        )
+        self.snapshot(id).map(|s| s.peers())
     }
 
     /// A torrent's trackers (tier, URL).
     pub fn trackers(&self, id: TorrentId) -> Option<Vec<(usize, String)>> {
-        let st = self.state();
-        let entry = st.torrents.get(&id)?;
-        Some(
-            entry
-                .trackers
-                .iter()
-                .enumerate()
-                .flat_map(|(tier, urls)| urls.iter().map(move |u| (tier, u.clone())))
-                .collect(),
-        )
+        self.snapshot(id).map(|s| s.trackers())
     }
 
     /// Totals across torrents.
@@ -1337,9 +1330,30 @@ fn current(entry: &Entry) -> (Progress, bool) {
     }
 }
 
-fn view(st: &State, id: TorrentId) -> Option<TorrentView> {
+/// A torrent as it stood when the state lock was held: what the API shows of it, to be
+/// worked out once the lock is released.
+pub struct Snapshot {
+    id: TorrentId,
+    info_hash: InfoHash,
+    status: TorrentStatus,
+    progress: Progress,
+    meta: Option<Meta>,
+    name: String,
+    download_dir: PathBuf,
+    added_date: u64,
+    done_date: u64,
+    /// Payload counters of the runs before this one.
+    uploaded: u64,
+    downloaded: u64,
+    wanted_files: Option<Arc<[bool]>>,
+    trackers: Arc<Vec<Vec<String>>>,
+    error: Option<String>,
+    limits: SpeedLimits,
+}
+
+fn snapshot(st: &State, id: TorrentId) -> Option<Snapshot> {
     let entry = st.torrents.get(&id)?;
-    let (p, fetching) = current(entry);
+    let (progress, fetching) = current(entry);
     let status = match st.queue.state(id)? {
         QueueState::Paused => TorrentStatus::Paused,
         QueueState::Failed => TorrentStatus::Failed,
@@ -1349,66 +1363,130 @@ fn view(st: &State, id: TorrentId) -> Option<TorrentView> {
         QueueState::Downloading => TorrentStatus::Downloading,
         QueueState::Seeding => TorrentStatus::Seeding,
     };
-    let (total_size, piece_count, private) = entry.meta.as_ref().map_or((0, 0, false), |m| {
-        (
-            m.info.content_length(),
-            m.info.piece_count(),
-            m.info.private,
-        )
-    });
-    let size_when_done = if p.total_bytes > 0 {
-        p.total_bytes
-    } else {
-        entry.meta.as_ref().map_or(0, |m| {
-            let wanted = wanted_for(&m.info, entry.saved.wanted_files.as_deref());
-            wanted
-                .iter_set()
-                .map(|i| u64::from(m.info.piece_len(i)))
-                .sum()
-        })
-    };
-    let left = size_when_done.saturating_sub(p.done_bytes);
-    let downloaded_ever = entry.saved.downloaded + p.received_bytes;
-    let uploaded_ever = entry.saved.uploaded + p.uploaded_bytes;
-    let rate = p.rate.max(0.0) as u64;
-    Some(TorrentView {
+    let saved = &entry.saved;
+    Some(Snapshot {
         id,
-        info_hash: entry.info_hash.to_string(),
-        name: entry.saved.name.clone(),
-        state: status,
-        download_dir: entry.saved.download_dir.clone(),
-        total_size,
-        size_when_done,
-        done_bytes: p.done_bytes,
-        left_until_done: left,
-        percent_done: if size_when_done == 0 {
-            if entry.meta.is_some() {
-                1.0
-            } else {
-                0.0
-            }
-        } else {
-            p.done_bytes as f64 / size_when_done as f64
-        },
-        pieces_have: p.done_pieces,
-        piece_count,
-        rate_download: rate,
-        rate_upload: p.upload_rate.max(0.0) as u64,
-        downloaded_ever,
-        uploaded_ever,
-        ratio: if downloaded_ever == 0 {
-            0.0
-        } else {
-            uploaded_ever as f64 / downloaded_ever as f64
-        },
-        eta: (left > 0 && rate > 0).then(|| left / rate),
-        peers: p.peers,
-        added_date: entry.saved.added_date,
-        done_date: entry.saved.done_date,
+        info_hash: entry.info_hash,
+        status,
+        progress,
+        meta: entry.meta.clone(),
+        name: saved.name.clone(),
+        download_dir: saved.download_dir.clone(),
+        added_date: saved.added_date,
+        done_date: saved.done_date,
+        uploaded: saved.uploaded,
+        downloaded: saved.downloaded,
+        wanted_files: saved.wanted_files.clone(),
+        trackers: entry.trackers.clone(),
         error: entry.error.clone(),
-        metadata_known: entry.meta.is_some(),
-        private,
+        limits: SpeedLimits {
+            download: saved.download_limit,
+            upload: saved.upload_limit,
+        },
     })
+}
+
+impl Snapshot {
+    pub fn id(&self) -> TorrentId {
+        self.id
+    }
+
+    /// The torrent's own rate limits.
+    pub fn limits(&self) -> SpeedLimits {
+        self.limits
+    }
+
+    /// The torrent as the API shows it.
+    pub fn view(&self) -> TorrentView {
+        let p = &self.progress;
+        let (total_size, piece_count, private) = self.meta.as_ref().map_or((0, 0, false), |m| {
+            (
+                m.info.content_length(),
+                m.info.piece_count(),
+                m.info.private,
+            )
+        });
+        let size_when_done = if p.total_bytes > 0 {
+            p.total_bytes
+        } else {
+            self.meta.as_ref().map_or(0, |m| {
+                let wanted = wanted_for(&m.info, self.wanted_files.as_deref());
+                wanted
+                    .iter_set()
+                    .map(|i| u64::from(m.info.piece_len(i)))
+                    .sum()
+            })
+        };
+        let left = size_when_done.saturating_sub(p.done_bytes);
+        let downloaded_ever = self.downloaded + p.received_bytes;
+        let uploaded_ever = self.uploaded + p.uploaded_bytes;
+        let rate = p.rate.max(0.0) as u64;
+        TorrentView {
+            id: self.id,
+            info_hash: self.info_hash.to_string(),
+            name: self.name.clone(),
+            state: self.status,
+            download_dir: self.download_dir.clone(),
+            total_size,
+            size_when_done,
+            done_bytes: p.done_bytes,
+            left_until_done: left,
+            percent_done: if size_when_done == 0 {
+                if self.meta.is_some() {
+                    1.0
+                } else {
+                    0.0
+                }
+            } else {
+                p.done_bytes as f64 / size_when_done as f64
+            },
+            pieces_have: p.done_pieces,
+            piece_count,
+            rate_download: rate,
+            rate_upload: p.upload_rate.max(0.0) as u64,
+            downloaded_ever,
+            uploaded_ever,
+            ratio: if downloaded_ever == 0 {
+                0.0
+            } else {
+                uploaded_ever as f64 / downloaded_ever as f64
+            },
+            eta: (left > 0 && rate > 0).then(|| left / rate),
+            peers: p.peers,
+            added_date: self.added_date,
+            done_date: self.done_date,
+            error: self.error.clone(),
+            metadata_known: self.meta.is_some(),
+            private,
+        }
+    }
+
+    /// Its files with their progress (none while the metadata is unknown).
+    pub fn files(&self) -> Vec<FileView> {
+        let Some(meta) = &self.meta else {
+            return Vec::new();
+        };
+        let have = self.progress.have.as_deref();
+        file_views(&meta.info, have, self.wanted_files.as_deref())
+    }
+
+    /// Its connected peers.
+    pub fn peers(&self) -> Vec<PeerView> {
+        (self.progress.connected.iter())
+            .map(|p| PeerView {
+                address: p.addr.ip().to_string(),
+                port: p.addr.port(),
+                outgoing: p.outgoing,
+            })
+            .collect()
+    }
+
+    /// Its trackers (tier, URL).
+    pub fn trackers(&self) -> Vec<(usize, String)> {
+        (self.trackers.iter().enumerate())
+            .flat_map(|(tier, urls)| urls.iter().map(move |u| (tier, u.clone())))
+            .collect()
+    }
 }
 
 /// The wanted pieces for a file selection (`None`: all).

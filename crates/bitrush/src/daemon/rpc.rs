@@ -24,7 +24,7 @@ use base64::Engine;
 use serde_json::{json, Map, Value};
 
 use super::api::{error, read_body, Api, MAX_BODY};
-use super::{AddError, AddRequest, AddSource, Daemon, SpeedLimits, TorrentStatus, TorrentView};
+use super::{AddError, AddRequest, AddSource, Daemon, Snapshot, SpeedLimits, TorrentStatus};
 use crate::queue::{QueueLimits, TorrentId};
 
 /// Whether Transmission's `filename` is a magnet link (any case, as Transmission accepts it).
@@ -166,7 +166,7 @@ async fn call(daemon: &Daemon, method: &str, args: &Map<String, Value>) -> Resul
         "session-get" => Ok(session_get(daemon)),
         "session-set" => session_set(daemon, args),
         "session-stats" => Ok(session_stats(daemon)),
-        "free-space" => free_space(args),
+        "free-space" => free_space(args).await,
         other => Err(format!("method name not recognized: {other}")),
     }
 }
@@ -184,10 +184,8 @@ fn ids(daemon: &Daemon, args: &Map<String, Value>) -> Vec<TorrentId> {
         }
     };
     match args.get("ids") {
-        None | Some(Value::Null) => daemon.list().iter().map(|t| t.id).collect(),
-        Some(Value::String(s)) if s == "recently-active" => {
-            daemon.list().iter().map(|t| t.id).collect()
-        }
+        None | Some(Value::Null) => daemon.ids(),
+        Some(Value::String(s)) if s == "recently-active" => daemon.ids(),
         Some(Value::Array(list)) => list.iter().filter_map(one).collect(),
         Some(v) => one(v).into_iter().collect(),
     }
@@ -288,24 +286,27 @@ fn status_code(s: TorrentStatus) -> u64 {
     }
 }
 
+/// The torrents asked for, as they stood at one moment (one snapshot under the state lock),
+/// turned into JSON after the lock is released.
 fn torrent_get(daemon: &Daemon, args: &Map<String, Value>) -> Value {
     let fields: Vec<&str> = args
         .get("fields")
         .and_then(Value::as_array)
         .map(|f| f.iter().filter_map(Value::as_str).collect())
         .unwrap_or_default();
-    let wanted_ids = ids(daemon, args);
-    let torrents: Vec<Value> = wanted_ids
-        .into_iter()
-        .filter_map(|id| daemon.get(id))
-        .map(|t| torrent_fields(daemon, &t, &fields))
+    let snapshots = daemon.snapshots(&ids(daemon, args));
+    let torrents: Vec<Value> = (snapshots.iter())
+        .map(|s| torrent_fields(daemon, s, &fields))
         .collect();
     json!({ "torrents": torrents })
 }
 
-fn torrent_fields(daemon: &Daemon, t: &TorrentView, fields: &[&str]) -> Value {
+fn torrent_fields(daemon: &Daemon, snapshot: &Snapshot, fields: &[&str]) -> Value {
     let mut out = Map::new();
-    let files = || daemon.files(t.id).unwrap_or_default();
+    let t = &snapshot.view();
+    // Worked out once, for the first field that needs them.
+    let files = std::cell::OnceCell::new();
+    let files = || files.get_or_init(|| snapshot.files());
     for &field in fields {
         let value = match field {
             "id" => json!(t.id),
@@ -364,9 +365,8 @@ fn torrent_fields(daemon: &Daemon, t: &TorrentView, fields: &[&str]) -> Value {
                 .map(|f| i64::from(f.wanted))
                 .collect::<Vec<_>>()),
             "priorities" => json!(files().iter().map(|_| 0).collect::<Vec<_>>()),
-            "peers" => json!(daemon
-                .peers(t.id)
-                .unwrap_or_default()
+            "peers" => json!(snapshot
+                .peers()
                 .iter()
                 .map(|p| json!({
                     "address": p.address,
@@ -380,9 +380,8 @@ fn torrent_fields(daemon: &Daemon, t: &TorrentView, fields: &[&str]) -> Value {
                     "rateToPeer": 0,
                 }))
                 .collect::<Vec<_>>()),
-            "trackers" | "trackerStats" => json!(daemon
-                .trackers(t.id)
-                .unwrap_or_default()
+            "trackers" | "trackerStats" => json!(snapshot
+                .trackers()
                 .iter()
                 .enumerate()
                 .map(
@@ -391,7 +390,7 @@ fn torrent_fields(daemon: &Daemon, t: &TorrentView, fields: &[&str]) -> Value {
                 .collect::<Vec<_>>()),
             "webseeds" | "labels" => json!([]),
             "downloadLimit" | "downloadLimited" | "uploadLimit" | "uploadLimited" => {
-                let limits = daemon.torrent_speed_limits(t.id).unwrap_or_default();
+                let limits = snapshot.limits();
                 let (down, down_on) = speed_kbps(limits.download);
                 let (up, up_on) = speed_kbps(limits.upload);
                 match field {
@@ -574,12 +573,22 @@ fn session_stats(daemon: &Daemon) -> Value {
     })
 }
 
-fn free_space(args: &Map<String, Value>) -> Result<Value, String> {
+/// How long `free-space` waits for `df` (a hung network mount must not hang the request).
+const FREE_SPACE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+async fn free_space(args: &Map<String, Value>) -> Result<Value, String> {
     let path = args
         .get("path")
         .and_then(Value::as_str)
         .ok_or("no path given")?;
-    let free = free_bytes(std::path::Path::new(path)).map_err(|e| format!("{path}: {e}"))?;
+    // `df` is a child process waited for: on a blocking thread, never a runtime thread.
+    let folder = std::path::PathBuf::from(path);
+    let asked = tokio::task::spawn_blocking(move || free_bytes(&folder));
+    let free = match tokio::time::timeout(FREE_SPACE_TIMEOUT, asked).await {
+        Ok(Ok(free)) => free.map_err(|e| format!("{path}: {e}"))?,
+        Ok(Err(e)) => return Err(format!("{path}: {e}")),
+        Err(_) => return Err(format!("{path}: no answer from df")),
+    };
     Ok(json!({ "path": path, "size-bytes": free }))
 }
 
@@ -615,6 +624,62 @@ mod tests {
 
     fn args(v: Value) -> Map<String, Value> {
         v.as_object().cloned().unwrap()
+    }
+
+    #[tokio::test]
+    async fn free_space_is_asked_off_the_runtime_and_errors_are_results() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().display().to_string();
+        let got = free_space(&args(json!({ "path": path }))).await.unwrap();
+        assert_eq!(got["path"], json!(path));
+        assert!(got["size-bytes"].as_u64().is_some_and(|n| n > 0), "{got}");
+        let missing = dir.path().join("missing").display().to_string();
+        assert!(free_space(&args(json!({ "path": missing }))).await.is_err());
+        assert!(free_space(&args(json!({}))).await.is_err());
+    }
+
+    #[tokio::test]
+    async fn torrent_get_answers_from_one_snapshot_of_the_torrents_asked() {
+        use super::super::testing;
+        let dir = tempfile::tempdir().unwrap();
+        let daemon = testing::start(dir.path()).await;
+        let names: Vec<String> = (0..20_000).map(|n| format!("f{n}")).collect();
+        let files: Vec<(&str, u64, bool)> = names.iter().map(|n| (n.as_str(), 3, false)).collect();
+        let big = testing::add_paused(&daemon, testing::torrent_named("big", &files, 16384)).await;
+        let small = testing::torrent_named("small", &[("a", 5, false)], 16384);
+        let hash = crate::metainfo::Metainfo::from_bytes(&small)
+            .unwrap()
+            .info_hash;
+        let small = testing::add_paused(&daemon, small).await;
+        daemon.set_wanted_files(big, Some(vec![false; 7])).unwrap();
+        let fields = json!([
+            "id",
+            "name",
+            "files",
+            "wanted",
+            "sizeWhenDone",
+            "downloadLimited"
+        ]);
+        let got = torrent_get(&daemon, &args(json!({ "fields": fields })));
+        let list = got["torrents"].as_array().unwrap();
+        assert_eq!(list.len(), 2);
+        assert_eq!(
+            (list[0]["id"].clone(), list[0]["name"].clone()),
+            (json!(big), json!("big"))
+        );
+        assert_eq!(list[0]["files"].as_array().unwrap().len(), 20_000);
+        let wanted = list[0]["wanted"].as_array().unwrap();
+        assert_eq!(wanted.iter().filter(|w| **w == json!(0)).count(), 7);
+        assert_eq!(
+            list[0]["sizeWhenDone"],
+            json!(daemon.get(big).unwrap().size_when_done)
+        );
+        assert_eq!(list[0]["downloadLimited"], json!(false));
+        // By info hash, and unknown ids left out.
+        let by_hash = json!({ "ids": [hash.to_string(), 99], "fields": ["id"] });
+        let got = torrent_get(&daemon, &args(by_hash));
+        assert_eq!(got["torrents"], json!([{ "id": small }]));
+        daemon.shutdown().await;
     }
 
     #[tokio::test]

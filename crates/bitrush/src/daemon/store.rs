@@ -59,7 +59,7 @@ pub struct Saved {
     /// all; files past the end are wanted). Saved as a string of `1` and `0`, one byte a file
     /// (a list of booleans, as older versions wrote, is read too).
     #[serde(default, with = "file_flags")]
-    pub wanted_files: Option<Vec<bool>>,
+    pub wanted_files: Option<Arc<[bool]>>,
     /// Seconds since the Unix epoch.
     pub added_date: u64,
     /// When the download completed (0: not yet).
@@ -429,6 +429,7 @@ pub fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
 /// versions wrote it, a list of booleans.
 mod file_flags {
     use serde::{Deserialize, Deserializer, Serializer};
+    use std::sync::Arc;
 
     #[derive(Deserialize)]
     #[serde(untagged)]
@@ -437,7 +438,7 @@ mod file_flags {
         List(Vec<bool>),
     }
 
-    pub fn serialize<S: Serializer>(flags: &Option<Vec<bool>>, s: S) -> Result<S::Ok, S::Error> {
+    pub fn serialize<S: Serializer>(flags: &Option<Arc<[bool]>>, s: S) -> Result<S::Ok, S::Error> {
         match flags {
             Some(flags) => {
                 let text: String = flags.iter().map(|&w| if w { '1' } else { '0' }).collect();
@@ -447,10 +448,10 @@ mod file_flags {
         }
     }
 
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Vec<bool>>, D::Error> {
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Arc<[bool]>>, D::Error> {
         match Option::<Flags>::deserialize(d)? {
             None => Ok(None),
-            Some(Flags::List(list)) => Ok(Some(list)),
+            Some(Flags::List(list)) => Ok(Some(list.into())),
             Some(Flags::Text(text)) => text
                 .bytes()
                 .map(|b| match b {
@@ -458,7 +459,7 @@ mod file_flags {
                     b'0' => Ok(false),
                     _ => Err(serde::de::Error::custom("file flags are `1` or `0`")),
                 })
-                .collect::<Result<Vec<bool>, _>>()
+                .collect::<Result<Arc<[bool]>, _>>()
                 .map(Some),
         }
     }
@@ -535,7 +536,7 @@ mod tests {
             magnet: Some("magnet:?xt=urn:btih:0123456789abcdef0123456789abcdef01234567".into()),
             download_dir: "/tmp".into(),
             paused: true,
-            wanted_files: Some(vec![true, false]),
+            wanted_files: Some(vec![true, false].into()),
             added_date: 1,
             done_date: 0,
             uploaded: 3,
@@ -548,7 +549,10 @@ mod tests {
         let loaded = store.load_all();
         assert_eq!(loaded.len(), 1);
         assert_eq!(loaded[0].0.id, 7);
-        assert_eq!(loaded[0].0.wanted_files, Some(vec![true, false]));
+        assert_eq!(
+            loaded[0].0.wanted_files.as_deref(),
+            Some(&[true, false][..])
+        );
         assert_eq!(loaded[0].0.download_limit, Some(1000));
         assert!(loaded[0].1.is_none());
         store.remove(&InfoHash(
@@ -632,7 +636,7 @@ mod tests {
             name: worst(MAX_MAGNET_LEN),
             magnet: Some(worst(MAX_MAGNET_LEN)),
             download_dir: worst(MAX_DOWNLOAD_DIR_LEN).into(),
-            wanted_files: Some(vec![false; MAX_FILES]),
+            wanted_files: Some(vec![false; MAX_FILES].into()),
             added_date: u64::MAX,
             done_date: u64::MAX,
             uploaded: u64::MAX,
@@ -645,7 +649,7 @@ mod tests {
         let loaded = store.load_all();
         assert_eq!(loaded.len(), 1);
         assert_eq!(
-            loaded[0].0.wanted_files.as_ref().map(Vec::len),
+            loaded[0].0.wanted_files.as_deref().map(<[bool]>::len),
             Some(MAX_FILES)
         );
         assert_eq!(loaded[0].0.name, longest.name);
@@ -663,17 +667,17 @@ mod tests {
     fn file_selections_are_saved_compactly_and_read_in_both_forms() {
         let hash = InfoHash([4; 20]);
         let selected = Saved {
-            wanted_files: Some(vec![true, false, true]),
+            wanted_files: Some(vec![true, false, true].into()),
             ..saved(&hash, "x")
         };
         let json = serde_json::to_value(&selected).unwrap();
         assert_eq!(json["wanted_files"], "101");
         let read: Saved = serde_json::from_value(json.clone()).unwrap();
-        assert_eq!(read.wanted_files, Some(vec![true, false, true]));
+        assert_eq!(read.wanted_files.as_deref(), Some(&[true, false, true][..]));
         let mut old = json.clone();
         old["wanted_files"] = serde_json::json!([false, true]);
         let read: Saved = serde_json::from_value(old).unwrap();
-        assert_eq!(read.wanted_files, Some(vec![false, true]));
+        assert_eq!(read.wanted_files.as_deref(), Some(&[false, true][..]));
         let mut none = json.clone();
         none["wanted_files"] = serde_json::Value::Null;
         assert_eq!(
