@@ -13,12 +13,23 @@ const MIB: usize = 1024 * 1024;
 /// How long a download in these tests may take (only against a hang).
 const DONE_TIMEOUT: Duration = Duration::from_secs(120);
 
-/// A daemon under test: its process and where its API listens.
+/// A daemon under test: its process and where its API listens. The daemon runs tethered
+/// (it dies with the test process however that ends), and dropping the guard kills it and
+/// waits for it (a failing test leaves nothing running).
 struct DaemonProc {
+    /// The tether, the daemon's parent, in one process group with it.
     proc: Proc,
+    /// The daemon's own pid, for signals.
+    pid: u32,
     api: String,
     /// Where peers reach it (TCP and uTP).
     peer_port: u16,
+}
+
+impl Drop for DaemonProc {
+    fn drop(&mut self) {
+        self.proc.kill();
+    }
 }
 
 /// Starts `bitrush daemon` on free ports with `state` and `downloads`, plus `extra` (which
@@ -50,11 +61,13 @@ fn start_daemon_logging(
         args.push(format!("127.0.0.1:{}", free_port()));
     }
     args.extend(extra.iter().map(|s| s.to_string()));
-    let mut cmd = bitrush_with(&args);
+    let mut cmd = tethered_bitrush(&args);
     if let Some(log) = log {
         cmd.env("RUST_LOG", log);
     }
     let proc = Proc::spawn("bitrush", cmd);
+    let pid = child_pid(proc.pid(), STARTUP_TIMEOUT)
+        .unwrap_or_else(|| panic!("the tether started no daemon\n{}", proc.logs()));
     let line = proc
         .wait_for_stdout_line(|l| l.starts_with("API: "), STARTUP_TIMEOUT)
         .unwrap_or_else(|e| panic!("daemon did not start: {e}\n{}", proc.logs()));
@@ -63,6 +76,7 @@ fn start_daemon_logging(
         .unwrap_or_else(|e| panic!("daemon did not start: {e}\n{}", proc.logs()));
     DaemonProc {
         proc,
+        pid,
         api: line["API: ".len()..].trim().replace("0.0.0.0", "127.0.0.1"),
         peer_port: peers["Peer port: ".len()..].trim().parse().expect("a port"),
     }
@@ -164,9 +178,9 @@ impl DaemonProc {
         });
     }
 
-    /// SIGINT, then waits for a clean exit.
+    /// SIGINT, then waits for a clean exit (the tether exits with the daemon's status).
     fn stop(mut self) {
-        send_signal(self.proc.pid(), "INT");
+        send_signal(self.pid, "INT");
         let status = self.proc.wait_exit(Duration::from_secs(30));
         assert!(
             status.is_some_and(|s| s.success()),
@@ -174,6 +188,69 @@ impl DaemonProc {
             self.proc.logs()
         );
     }
+}
+
+/// Whether process `pid` is gone (or a zombie nobody reaped: it runs no more).
+fn process_gone(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        // The state follows the command's closing parenthesis.
+        Ok(stat) => stat
+            .rsplit_once(')')
+            .is_some_and(|(_, rest)| rest.trim_start().starts_with('Z')),
+        Err(_) => true,
+    }
+}
+
+/// Where [`a_test_process_that_dies_starts_a_daemon`] writes its daemon's pid: set only when
+/// [`a_daemon_dies_with_the_test_that_started_it`] runs it.
+const ORPHAN_PID_FILE: &str = "BITRUSH_TEST_ORPHAN_PID_FILE";
+
+/// Run by [`a_daemon_dies_with_the_test_that_started_it`] in a test process of its own: starts
+/// a daemon, says its pid, and dies without unwinding (no guard is dropped), as a test process
+/// killed by a timeout or a signal does.
+#[test]
+#[ignore = "run by a_daemon_dies_with_the_test_that_started_it"]
+fn a_test_process_that_dies_starts_a_daemon() {
+    let Some(pid_file) = std::env::var_os(ORPHAN_PID_FILE).map(PathBuf::from) else {
+        return;
+    };
+    // In the starting test's folder, which it removes.
+    let dir = pid_file.parent().unwrap();
+    let (state, downloads) = (dir.join("state"), dir.join("downloads"));
+    std::fs::create_dir_all(&downloads).unwrap();
+    let d = start_daemon(&state, &downloads, &[]);
+    std::fs::write(&pid_file, d.pid.to_string()).unwrap();
+    std::process::abort();
+}
+
+#[test]
+fn a_daemon_dies_with_the_test_that_started_it() {
+    let dir = TestDir::new("daemon-tether");
+    let pid_file = dir.join("daemon.pid");
+    let mut cmd = Command::new(std::env::current_exe().unwrap());
+    cmd.args([
+        "--ignored",
+        "--exact",
+        "a_test_process_that_dies_starts_a_daemon",
+    ])
+    .env(ORPHAN_PID_FILE, &pid_file);
+    let out = run_with_timeout("the dying test", cmd, PROCESS_TIMEOUT);
+    assert!(!out.status.success(), "it was to abort\n{}", dump(&out));
+    let pid: u32 = std::fs::read_to_string(&pid_file)
+        .unwrap_or_else(|e| panic!("no daemon pid ({e})\n{}", dump(&out)))
+        .trim()
+        .parse()
+        .unwrap();
+    // Only against a hang: the daemon goes as soon as its tether sees the test process gone.
+    let deadline = std::time::Instant::now() + STARTUP_TIMEOUT;
+    while !process_gone(pid) && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let gone = process_gone(pid);
+    if !gone {
+        send_signal(pid, "KILL");
+    }
+    assert!(gone, "the daemon outlived the test process that started it");
 }
 
 /// `transmission-remote` against the daemon at `api` with `args`; returns stdout.

@@ -84,17 +84,8 @@ fn start_daemon(state: &Path, downloads: &Path) -> (Proc, String) {
         "--api-password".into(),
         PASSWORD.into(),
     ];
-    // Tethered too, with bitrush's test environment: the daemon does not watch its stdin.
-    let plain = bitrush();
-    let mut cmd = tethered(Path::new(plain.get_program()));
-    cmd.args(&args);
-    for (key, value) in plain.get_envs() {
-        match value {
-            Some(v) => cmd.env(key, v),
-            None => cmd.env_remove(key),
-        };
-    }
-    let proc = Proc::spawn("bitrush", cmd);
+    // Tethered too: the daemon does not watch its stdin.
+    let proc = Proc::spawn("bitrush", tethered_bitrush(&args));
     let line = proc
         .wait_for_stdout_line(|l| l.starts_with("API: "), STARTUP_TIMEOUT)
         .unwrap_or_else(|e| panic!("daemon did not start: {e}\n{}", proc.logs()));
