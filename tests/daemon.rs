@@ -756,6 +756,92 @@ fn skipped_files_are_not_fetched_until_wanted() {
     d.stop();
 }
 
+/// The server-sent events in `lines` (a response as `curl -i` prints it: headers first), as
+/// (event, data) pairs; comments are left out.
+fn sse_events(lines: &[String]) -> Vec<(String, String)> {
+    let body = lines.iter().skip_while(|l| !l.is_empty()).skip(1);
+    let (mut events, mut kind, mut data) = (Vec::new(), String::new(), String::new());
+    for line in body {
+        if line.is_empty() {
+            if !kind.is_empty() || !data.is_empty() {
+                events.push((std::mem::take(&mut kind), std::mem::take(&mut data)));
+            }
+        } else if let Some(k) = line.strip_prefix("event: ") {
+            kind = k.to_string();
+        } else if let Some(d) = line.strip_prefix("data: ") {
+            data.push_str(d);
+        }
+    }
+    events
+}
+
+#[test]
+fn the_event_stream_shows_an_add_its_progress_to_completion_and_a_remove() {
+    require_libtorrent();
+    // 4 MiB at 1 MiB/s: several seconds of progress.
+    let swarm = Swarm::single_file("daemon-events", 4 * MIB, 16, 49, false);
+    let _seeder = swarm.lt_seeder_with(&LtSeedOptions::upload_limited(MIB as u64));
+    let state = swarm.dir.subdir("state");
+    let downloads = swarm.dir.subdir("downloads");
+    let mut d = start_daemon(&state, &downloads, &[]);
+    let mut cmd = Command::new(require_tool("curl"));
+    cmd.args(["-sS", "-N", "-i"])
+        .arg(format!("{}/api/v1/events", d.api));
+    let mut stream = Proc::spawn("curl", cmd);
+    let wait_event = |stream: &Proc, name: &str| {
+        stream
+            .wait_for_stdout_line(|l| l == format!("event: {name}"), DONE_TIMEOUT)
+            .unwrap_or_else(|e| panic!("no {name} event: {e}\n{}", stream.logs()));
+    };
+    wait_event(&stream, "snapshot");
+    let id = d.add_torrent(&swarm.torrent);
+    d.wait_complete(id);
+    let r = curl(
+        &format!("{}/api/v1/torrents/{id}", d.api),
+        &["-X", "DELETE"],
+    );
+    assert_eq!(r.status, 204, "{}", r.body);
+    wait_event(&stream, "removed");
+    let lines = stream.stdout_lines();
+    assert!(
+        (lines.iter()).any(|l| l.eq_ignore_ascii_case("content-type: text/event-stream")),
+        "{lines:?}"
+    );
+    let events = sse_events(&lines);
+    assert_eq!(events[0], ("snapshot".into(), "[]".into()), "{events:?}");
+    // Everything about the torrent, in order: added, progress to completion, removed.
+    let ours: Vec<(String, serde_json::Value)> = (events.iter().skip(1))
+        .map(|(kind, data)| (kind.clone(), serde_json::from_str(data).unwrap()))
+        .filter(|(_, data): &(String, serde_json::Value)| data["id"] == id)
+        .collect();
+    let kinds: Vec<&str> = ours.iter().map(|(k, _)| k.as_str()).collect();
+    eprintln!("events about the torrent: {kinds:?}");
+    assert_eq!(kinds.first(), Some(&"added"), "{kinds:?}");
+    assert_eq!(kinds.last(), Some(&"removed"), "{kinds:?}");
+    assert_eq!(ours[0].1["torrent"]["name"], "payload.bin");
+    let done: Vec<u64> = (ours.iter())
+        .filter_map(|(_, data)| data["torrent"]["done_bytes"].as_u64())
+        .collect();
+    assert!(done.windows(2).all(|w| w[0] <= w[1]), "{done:?}");
+    let size = 4 * MIB as u64;
+    assert!(
+        (ours.iter()).any(|(k, data)| k == "progress"
+            && (1..size).contains(&data["torrent"]["done_bytes"].as_u64().unwrap())),
+        "no progress in between: {kinds:?} {done:?}"
+    );
+    let last = &ours[ours.len() - 2].1["torrent"];
+    assert_eq!(last["left_until_done"], 0, "{last}");
+    assert_eq!(last["state"], "seeding", "{last}");
+    // Stopping the daemon ends the stream.
+    d.stop();
+    let status = stream.wait_exit(Duration::from_secs(30));
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "{status:?}\n{}",
+        stream.logs()
+    );
+}
+
 /// A raw HTTP response from curl: status, the headers' text and the body's bytes.
 struct RawResp {
     status: u16,

@@ -99,6 +99,7 @@ pub fn router(daemon: Daemon, access: Access) -> Router {
         )
         .route("/api/v1/limits", get(speed_limits).put(set_speed_limits))
         .route("/api/v1/stats", get(stats))
+        .route("/api/v1/events", get(super::events::stream))
         .route("/metrics", get(metrics))
         .route(
             "/transmission/rpc",

@@ -31,6 +31,7 @@
 //! deleted only after its run ended.
 
 pub mod api;
+mod events;
 mod rpc;
 pub mod store;
 mod stream;
@@ -261,6 +262,8 @@ struct Inner {
     store: Store,
     /// Writes every change of the saved state, in order.
     writer: Writer,
+    /// The event streams of the REST API.
+    events: events::Hub,
     state: Mutex<State>,
     peer_id: PeerId,
     port: u16,
@@ -384,6 +387,7 @@ impl Daemon {
             }),
             store,
             writer,
+            events: events::Hub::new(),
             config,
             peer_id: new_peer_id(),
             port,
@@ -408,6 +412,8 @@ impl Daemon {
         }
         let d = daemon.clone();
         tasks.push(tokio::spawn(async move { d.save_periodically().await }));
+        let d = daemon.clone();
+        tasks.push(tokio::spawn(async move { d.publish_events().await }));
         *lock(&daemon.0.tasks) = tasks;
         Ok(daemon)
     }
@@ -606,8 +612,10 @@ impl Daemon {
         Ok(id)
     }
 
-    /// Carries out the queue's decisions.
+    /// Carries out the queue's decisions (called after every change of the state: event
+    /// streams look for changes then).
     fn apply_queue(&self, st: &mut State) {
+        self.0.events.poke();
         while let Some(event) = st.queue.poll_event() {
             match event {
                 QueueEvent::Start(id) => self.start_run(st, id),
@@ -650,7 +658,6 @@ impl Daemon {
             stop: stop_rx,
             progress: progress_tx,
             incoming: route_rx,
-            fetching: fetching.clone(),
             limits: entry.limits.clone(),
             window: entry.window.subscribe(),
         };
@@ -674,6 +681,11 @@ impl Daemon {
         };
         entry.meta = Some(meta.clone());
         entry.saved.name = meta.info.name.clone();
+        if let Some(run) = &entry.run {
+            run.fetching
+                .store(false, std::sync::atomic::Ordering::Relaxed);
+        }
+        self.0.events.poke();
         self.0
             .writer
             .save_torrent(entry.info_hash, metainfo_bytes.into());
@@ -962,6 +974,7 @@ impl Daemon {
     /// Stops every torrent (each saves its resume state), saves every setting and stops the
     /// DHT.
     pub async fn shutdown(&self) {
+        self.0.events.close();
         for task in lock(&self.0.tasks).drain(..) {
             task.abort();
         }
@@ -1581,7 +1594,6 @@ struct Job {
     stop: watch::Receiver<bool>,
     progress: watch::Sender<Progress>,
     incoming: mpsc::Receiver<(PeerStream, Handshake)>,
-    fetching: Arc<std::sync::atomic::AtomicBool>,
     limits: RateLimits,
     window: watch::Receiver<Option<std::ops::Range<u32>>>,
 }
@@ -1627,8 +1639,6 @@ impl Job {
                 };
                 let torrent = store::metainfo_bytes(&self.trackers, &meta.info_bytes);
                 self.daemon.on_metadata(self.id, &meta, &torrent);
-                self.fetching
-                    .store(false, std::sync::atomic::Ordering::Relaxed);
                 meta
             }
         };
