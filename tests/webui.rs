@@ -1,9 +1,9 @@
 //! The web UI in a real browser: Debian's headless Chromium, driven through chromedriver
 //! (WebDriver) with fantoccini, against the real daemon (with HTTP basic credentials, as on a
 //! server) and libtorrent seeders on free loopback ports. In the page: add a magnet link and
-//! watch it reach 100 %, upload a `.torrent` (file picker) and drop one, skip a file, pause,
-//! resume, remove with its data. Screenshots at desktop (1280x800) and phone (390x844) widths, light and dark, are
-//! kept under `target/webui-screenshots/`.
+//! watch it reach 100 % (live, from the daemon's event stream), upload a `.torrent` (file
+//! picker) and drop one, skip a file, pause, resume, remove with its data. Screenshots at desktop (1280x800) and phone
+//! (390x844) widths, light and dark, are kept under `target/webui-screenshots/`.
 //!
 //! Chromium and chromedriver are required: without them the test fails, naming them.
 
@@ -262,6 +262,15 @@ fn the_page_adds_a_magnet_downloads_it_and_pauses_resumes_and_removes_it() {
                 .await
                 .expect("script");
             (shown == Value::Bool(true)).then_some(())
+        })
+        .await;
+        // Kept up to date by the daemon's event stream (through the page's credentials).
+        wait_for(&daemon, "the event stream open", || async {
+            let updates = c
+                .execute("return document.body.dataset.updates", vec![])
+                .await
+                .expect("script");
+            (updates == json!("stream")).then_some(())
         })
         .await;
 

@@ -1,7 +1,9 @@
-// The bitrush web UI: polls the daemon's REST API (/api/v1) every second and keeps the
-// torrent list in step. Rows are updated in place (keyed by torrent id) so that keyboard
-// focus and hover survive a refresh; every value goes in through textContent, never as
-// markup. Same-origin requests carry the page's HTTP basic credentials by themselves.
+// The bitrush web UI: keeps the torrent list in step with the daemon's REST API (/api/v1),
+// live from its event stream (/api/v1/events) and, while that is not open, by polling every
+// second (every ten seconds besides it, to catch up on anything missed). Rows are updated in
+// place (keyed by torrent id) so that keyboard focus and hover survive a refresh; every value
+// goes in through textContent, never as markup. Same-origin requests carry the page's HTTP
+// basic credentials by themselves.
 "use strict";
 
 // From the origin, never the page's URL: a page opened with user:password@ in its address
@@ -9,6 +11,8 @@
 // sends them from its authentication cache).
 const API = location.origin + "/api/v1";
 const POLL_MS = 1000;
+// Polling besides an open event stream.
+const RESYNC_MS = 10000;
 
 const STATES = {
   paused: "Paused",
@@ -24,6 +28,7 @@ const $ = (id) => document.getElementById(id);
 const rows = new Map(); // torrent id -> { tr, cells }
 let torrents = [];
 let detailId = null;
+let live = false; // the event stream is open
 let removeId = null;
 
 // ---- formatting ------------------------------------------------------------
@@ -262,7 +267,56 @@ async function poll() {
         : "Cannot reach the bitrush daemon. Retrying…";
     $("offline").hidden = false;
   }
-  setTimeout(poll, POLL_MS);
+  setTimeout(poll, live ? RESYNC_MS : POLL_MS);
+}
+
+// ---- the event stream ------------------------------------------------------
+
+// Totals worked out from the list, as /stats would give them.
+function totalsOf(list) {
+  const sum = (key) => list.reduce((n, t) => n + t[key], 0);
+  return { download_rate: sum("rate_download"), upload_rate: sum("rate_upload"), torrents: list.length };
+}
+
+function changed(id) {
+  $("offline").hidden = true;
+  render();
+  renderTotals(totalsOf(torrents));
+  if (detailId !== null && (id === undefined || id === detailId)) refreshDetail();
+}
+
+function upsert(t) {
+  const i = torrents.findIndex((x) => x.id === t.id);
+  if (i >= 0) torrents[i] = t;
+  else torrents.push(t);
+}
+
+function listen() {
+  if (typeof EventSource === "undefined") return;
+  // The browser reconnects by itself after an error; meanwhile polling takes over.
+  const source = new EventSource(API + "/events");
+  const setLive = (on) => {
+    live = on;
+    document.body.dataset.updates = on ? "stream" : "polling";
+  };
+  source.addEventListener("open", () => setLive(true));
+  source.addEventListener("error", () => setLive(false));
+  source.addEventListener("snapshot", (e) => {
+    torrents = JSON.parse(e.data);
+    changed();
+  });
+  for (const kind of ["added", "state", "progress"]) {
+    source.addEventListener(kind, (e) => {
+      const data = JSON.parse(e.data);
+      upsert(data.torrent);
+      changed(data.id);
+    });
+  }
+  source.addEventListener("removed", (e) => {
+    const id = JSON.parse(e.data).id;
+    torrents = torrents.filter((t) => t.id !== id);
+    changed(id);
+  });
 }
 
 async function refresh() {
@@ -540,7 +594,9 @@ function init() {
     addFiles([...e.dataTransfer.files]);
   });
 
+  document.body.dataset.updates = "polling";
   poll();
+  listen();
 }
 
 init();
