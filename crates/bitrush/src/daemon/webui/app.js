@@ -254,11 +254,16 @@ function renderTotals(stats) {
 
 async function poll() {
   try {
-    const [list, stats] = await Promise.all([api("GET", "/torrents"), api("GET", "/stats")]);
+    const [list, stats, limits] = await Promise.all([
+      api("GET", "/torrents"),
+      api("GET", "/stats"),
+      api("GET", "/limits"),
+    ]);
     torrents = list;
     $("offline").hidden = true;
     render();
     renderTotals(stats);
+    renderLimits(limits);
     if (detailId !== null) await refreshDetail();
   } catch (e) {
     $("offline").textContent =
@@ -399,6 +404,77 @@ async function addFiles(files) {
   await refresh();
 }
 
+// ---- speed limits ----------------------------------------------------------
+
+// The API counts bytes per second; the page shows KiB/s.
+const KIB = 1024;
+
+// A limit as its field shows it (empty: none).
+const limitText = (n) => (n === null || n === undefined ? "" : String(Math.max(1, Math.round(n / KIB))));
+
+// A field's limit in bytes per second (null: none; the field's own check refuses the rest).
+function limitOf(input) {
+  const kib = input.valueAsNumber;
+  return Number.isFinite(kib) && kib > 0 ? Math.round(kib * KIB) : null;
+}
+
+// The global limits beside the session's rates.
+function renderLimits(limits) {
+  const note = (n) => (n === null ? "" : "/ " + bytes(n) + "/s");
+  setText($("total-down-limit"), note(limits.download));
+  setText($("total-up-limit"), note(limits.upload));
+}
+
+async function openLimits() {
+  try {
+    const limits = await api("GET", "/limits");
+    $("limit-down").value = limitText(limits.download);
+    $("limit-up").value = limitText(limits.upload);
+  } catch (e) {
+    toast(e.message, true);
+    return;
+  }
+  $("limits-dialog").returnValue = "";
+  $("limits-dialog").showModal();
+  $("limit-down").focus();
+}
+
+async function saveLimits() {
+  if ($("limits-dialog").returnValue !== "save") return;
+  const body = { download: limitOf($("limit-down")), upload: limitOf($("limit-up")) };
+  try {
+    renderLimits(await api("PUT", "/limits", JSON.stringify(body)));
+    toast("Speed limits saved");
+  } catch (e) {
+    toast(e.message, true);
+  }
+}
+
+async function loadTorrentLimits(id) {
+  try {
+    const limits = await api("GET", "/torrents/" + id + "/limits");
+    if (detailId !== id) return;
+    $("torrent-limit-down").value = limitText(limits.download);
+    $("torrent-limit-up").value = limitText(limits.upload);
+    $("torrent-limits").dataset.loaded = String(id);
+  } catch (_) {
+    // Removed meanwhile: the dialog closes with the next refresh.
+  }
+}
+
+async function saveTorrentLimits(event) {
+  event.preventDefault();
+  const id = detailId;
+  if (id === null) return;
+  const body = { download: limitOf($("torrent-limit-down")), upload: limitOf($("torrent-limit-up")) };
+  try {
+    await api("PUT", "/torrents/" + id + "/limits", JSON.stringify(body));
+    toast("Speed limits of " + (byId(id) ? byId(id).name : "the torrent") + " saved");
+  } catch (e) {
+    toast(e.message, true);
+  }
+}
+
 // ---- detail ----------------------------------------------------------------
 
 function fact(dl, term, value) {
@@ -533,6 +609,10 @@ function selectTab(name, focus) {
 
 function openDetail(id) {
   detailId = id;
+  delete $("torrent-limits").dataset.loaded;
+  $("torrent-limit-down").value = "";
+  $("torrent-limit-up").value = "";
+  loadTorrentLimits(id);
   selectTab("overview", false);
   $("detail-dialog").showModal();
   $("detail-close").focus();
@@ -548,6 +628,9 @@ function init() {
   });
   $("filter").addEventListener("change", render);
   $("remove-dialog").addEventListener("close", doRemove);
+  $("limits-open").addEventListener("click", openLimits);
+  $("limits-dialog").addEventListener("close", saveLimits);
+  $("torrent-limits").addEventListener("submit", saveTorrentLimits);
   $("detail-close").addEventListener("click", () => $("detail-dialog").close());
   $("detail-dialog").addEventListener("close", () => {
     detailId = null;
