@@ -171,8 +171,9 @@ async fn call(daemon: &Daemon, method: &str, args: &Map<String, Value>) -> Resul
     }
 }
 
-/// The torrents `ids` names: absent means all; a number, a hash string, or a list of both.
-/// (`recently-active` is every torrent.)
+/// The torrents `ids` names: absent means all; a number, a hash string, or a list of both
+/// (each torrent once, in queue order: a list naming one torrent a million times costs no
+/// more than the torrents held). `recently-active` is every torrent.
 fn ids(daemon: &Daemon, args: &Map<String, Value>) -> Vec<TorrentId> {
     let one = |v: &Value| -> Option<TorrentId> {
         match v {
@@ -186,7 +187,14 @@ fn ids(daemon: &Daemon, args: &Map<String, Value>) -> Vec<TorrentId> {
     match args.get("ids") {
         None | Some(Value::Null) => daemon.ids(),
         Some(Value::String(s)) if s == "recently-active" => daemon.ids(),
-        Some(Value::Array(list)) => list.iter().filter_map(one).collect(),
+        Some(Value::Array(list)) => {
+            let named: std::collections::HashSet<TorrentId> = list.iter().filter_map(one).collect();
+            daemon
+                .ids()
+                .into_iter()
+                .filter(|id| named.contains(id))
+                .collect()
+        }
         Some(v) => one(v).into_iter().collect(),
     }
 }
@@ -679,6 +687,10 @@ mod tests {
         let by_hash = json!({ "ids": [hash.to_string(), 99], "fields": ["id"] });
         let got = torrent_get(&daemon, &args(by_hash));
         assert_eq!(got["torrents"], json!([{ "id": small }]));
+        // Each torrent once, in queue order.
+        let twice = json!({ "ids": [small, small, big, small], "fields": ["id"] });
+        let got = torrent_get(&daemon, &args(twice));
+        assert_eq!(got["torrents"], json!([{ "id": big }, { "id": small }]));
         daemon.shutdown().await;
     }
 
