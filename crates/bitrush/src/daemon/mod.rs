@@ -590,26 +590,41 @@ impl Daemon {
             // Ends (as an error) once the removal is done.
             let _ = removal.changed().await;
         };
-        // Its files are on disk before it is shown (a 201 means it survives a restart).
+        let entry = Entry::new(saved, info_hash, meta, trackers, peers, Progress::default());
+        // Finished by a task of its own: a caller that goes away (a client hanging up) must
+        // not leave the torrent reserved and never shown.
+        let daemon = self.clone();
+        let finish = tokio::spawn(async move { daemon.finish_add(entry, written).await });
+        finish
+            .await
+            .unwrap_or_else(|e| Err(AddError::Store(std::io::Error::other(e))))?;
+        Ok(id)
+    }
+
+    /// The end of an addition: once its files are on disk it is shown and may run (a 201 means
+    /// it survives a restart); if they could not be written, it is dropped.
+    async fn finish_add(
+        &self,
+        entry: Entry,
+        written: tokio::sync::oneshot::Receiver<std::io::Result<()>>,
+    ) -> Result<(), AddError> {
         let result = written
             .await
             .unwrap_or_else(|_| Err(std::io::Error::other("the state writer stopped")));
+        let (id, info_hash) = (entry.saved.id, entry.info_hash);
         let mut st = self.state();
         st.adding.remove(&info_hash);
         let added = result
             .map_err(AddError::Store)
-            .and_then(|()| st.queue.add(id, false, req.paused).map_err(AddError::Full));
+            .and_then(|()| (st.queue.add(id, false, entry.saved.paused)).map_err(AddError::Full));
         if let Err(e) = added {
             self.0.writer.remove(info_hash, None);
             return Err(e);
         }
         st.by_hash.insert(info_hash, id);
-        st.torrents.insert(
-            id,
-            Entry::new(saved, info_hash, meta, trackers, peers, Progress::default()),
-        );
+        st.torrents.insert(id, entry);
         self.apply_queue(&mut st);
-        Ok(id)
+        Ok(())
     }
 
     /// Carries out the queue's decisions (called after every change of the state: event
@@ -1879,6 +1894,36 @@ mod tests {
         let shown = daemon.files(id).expect("the torrent is back");
         assert_eq!(shown.iter().map(|f| f.wanted).collect::<Vec<_>>(), wanted);
         daemon.shutdown().await;
+    }
+
+    #[tokio::test]
+    async fn an_add_whose_caller_goes_away_still_completes() {
+        let dir = tempfile::tempdir().unwrap();
+        let daemon = testing::start(dir.path()).await;
+        let torrent = testing::torrent(&[("a", 100, false)], 16384);
+        let hash = Metainfo::from_bytes(&torrent).unwrap().info_hash;
+        // Polled once (the torrent is reserved and its files queued), then dropped, as axum
+        // drops a handler whose client hung up.
+        let add = daemon.add(AddRequest {
+            source: AddSource::Torrent(torrent),
+            download_dir: None,
+            paused: true,
+        });
+        let _ = tokio::time::timeout(Duration::ZERO, add).await;
+        let id = daemon.find(&hash).expect("reserved or added");
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while daemon.get(id).is_none() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the add never completed"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        daemon.shutdown().await;
+        assert_eq!(
+            testing::restarted(dir.path()).await,
+            vec![(hash.to_string(), true)]
+        );
     }
 
     #[tokio::test]
