@@ -451,6 +451,33 @@ fn hostile_api_input_gets_clear_errors() {
         let r = d.post("/api/v1/torrents", "application/json", &body);
         assert_eq!(r.status, 400, "{bad}: {}", r.body);
     }
+    // Whatever is saved must load back: an overlong folder or magnet link is refused.
+    let long_dir = format!("/{}", "d".repeat(5000));
+    let long_link = format!("{link}&dn={}", "n".repeat(70_000));
+    for body in [
+        serde_json::json!({"magnet": link, "download_dir": long_dir}),
+        serde_json::json!({"magnet": long_link}),
+    ] {
+        let r = d.post("/api/v1/torrents", "application/json", &body.to_string());
+        assert_eq!(r.status, 400, "{}", r.body);
+        assert!(r.json()["error"].as_str().unwrap().contains("longer than"));
+    }
+    // Files cannot be chosen before a magnet link's metadata is known.
+    let body = serde_json::json!({"magnet": link, "paused": true}).to_string();
+    let r = d.post("/api/v1/torrents", "application/json", &body);
+    assert_eq!(r.status, 201, "{}", r.body);
+    let files = format!("{}/api/v1/torrents/{}/files", d.api, r.json()["id"]);
+    let put = |body: &str| curl(&files, &["-X", "PUT", "--data-binary", body]);
+    let r = put(r#"{"wanted": [true]}"#);
+    assert_eq!(r.status, 409, "{}", r.body);
+    assert!(r.json()["error"].is_string());
+    assert_eq!(put(r#"{"wanted": null}"#).status, 200);
+    let r = curl(&files.replace("/files", ""), &["-X", "DELETE"]);
+    assert_eq!(r.status, 204, "{}", r.body);
+    // The event stream takes GET only.
+    let r = d.post("/api/v1/events", "application/json", "{}");
+    assert_eq!(r.status, 405, "{}", r.body);
+    assert!(r.json()["error"].is_string());
     // Path traversal in the torrent's own names: they are made safe, and the torrent stays
     // inside the download folder.
     let data = vec![7u8; 1000];
