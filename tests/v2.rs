@@ -547,6 +547,7 @@ fn the_daemon_downloads_v2_and_hybrid_torrents_from_libtorrent() {
     let state = v2.dir.subdir("state");
     let downloads = v2.dir.subdir("downloads");
     let api = format!("127.0.0.1:{}", free_port());
+    let peer_port = free_port();
     let mut daemon = Proc::spawn(
         "bitrush daemon",
         bitrush_with([
@@ -556,7 +557,7 @@ fn the_daemon_downloads_v2_and_hybrid_torrents_from_libtorrent() {
             "--download-dir",
             &downloads.display().to_string(),
             "--port",
-            &free_port().to_string(),
+            &peer_port.to_string(),
             "--api",
             &api,
         ]),
@@ -617,6 +618,20 @@ fn the_daemon_downloads_v2_and_hybrid_torrents_from_libtorrent() {
     assert_tree_eq(&downloads.join("payload"), &v2.tree);
     assert_file_eq(&downloads.join("payload.bin"), &hybrid.data, "hybrid");
     assert_file_eq(&magnet_dir.join("payload.bin"), &magnet.data, "v2 magnet");
+    // The seeding hybrid is reached under its v2 hash too: libtorrent given only the v2 half
+    // of its magnet link connects to the daemon with the truncated v2 hash.
+    let daemon_addr: std::net::SocketAddr = ([127, 0, 0, 1], peer_port).into();
+    let save = hybrid.dir.subdir("lt-by-v2-hash");
+    lt_download(
+        &v2_magnet(&hybrid.info, false, daemon_addr),
+        &save,
+        &[daemon_addr],
+    );
+    assert_file_eq(
+        &save.join("payload.bin"),
+        &hybrid.data,
+        "hybrid by its v2 hash",
+    );
     send_signal(daemon.pid(), "INT");
     let status = daemon.wait_exit(std::time::Duration::from_secs(30));
     assert!(status.is_some_and(|s| s.success()), "{}", daemon.logs());

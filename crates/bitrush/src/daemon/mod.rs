@@ -58,7 +58,7 @@ use crate::engine::{
     error_chain, new_peer_id, run_torrent, Hosted, Outcome, Progress, SeedLimits, Target,
     TorrentParams,
 };
-use crate::metainfo::{Info, Magnet, Metainfo, PieceLayer};
+use crate::metainfo::{hybrid_v2_alias, Info, Magnet, Metainfo, PieceLayer};
 use crate::mse::Encryption;
 use crate::queue::{QueueEvent, QueueLimits, QueueState, TorrentId, TorrentQueue};
 use crate::swarm::Bitfield;
@@ -685,6 +685,14 @@ impl Daemon {
             stopping: false,
             fetching,
         });
+        // A hybrid is also reached under its truncated v2 hash (its v2 swarm's name).
+        let alias = entry
+            .meta
+            .as_ref()
+            .and_then(|m| hybrid_v2_alias(&m.info_bytes, m.info.version));
+        if let Some(alias) = alias {
+            st.routes.insert(alias, (id, route_tx.clone()));
+        }
         st.routes.insert(info_hash, (id, route_tx));
     }
 
@@ -705,6 +713,13 @@ impl Daemon {
             .writer
             .save_torrent(entry.info_hash, metainfo_bytes.into());
         save(&self.0.writer, entry);
+        // A hybrid found through a magnet link is reached under its v2 hash from now on too.
+        let info_hash = entry.info_hash;
+        if let Some(alias) = hybrid_v2_alias(&meta.info_bytes, meta.info.version) {
+            if let Some(route) = st.routes.get(&info_hash).cloned() {
+                st.routes.entry(alias).or_insert(route);
+            }
+        }
     }
 
     /// A run reports whether the wanted data is complete.
@@ -743,20 +758,13 @@ impl Daemon {
             connected: Vec::new(),
             ..last
         };
-        let info_hash = entry.info_hash;
         let stopping = run.stopping;
         if let Err(e) = &result {
             tracing::warn!(torrent = %entry.saved.name, error = %e, "torrent stopped");
             entry.error = Some(e.clone());
         }
         save(&self.0.writer, entry);
-        if st
-            .routes
-            .get(&info_hash)
-            .is_some_and(|(owner, _)| *owner == id)
-        {
-            st.routes.remove(&info_hash);
-        }
+        st.routes.retain(|_, (owner, _)| *owner != id);
         if st.shutting_down {
             return;
         }
@@ -934,13 +942,7 @@ impl Daemon {
             };
             st.by_hash.remove(&entry.info_hash);
             st.queue.remove(id);
-            if st
-                .routes
-                .get(&entry.info_hash)
-                .is_some_and(|(owner, _)| *owner == id)
-            {
-                st.routes.remove(&entry.info_hash);
-            }
+            st.routes.retain(|_, (owner, _)| *owner != id);
             let task = entry.run.as_mut().and_then(|run| {
                 run.stopping = true;
                 let _ = run.stop.send(true);

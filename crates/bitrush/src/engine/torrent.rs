@@ -40,7 +40,7 @@ use super::utp::{UtpHandle, UtpStream};
 use super::webseed;
 use crate::disk::{Storage, StorageError};
 use crate::hashes::{LayerError, PieceHashes};
-use crate::metainfo::{info_hashes, Info, PieceLayer};
+use crate::metainfo::{hybrid_v2_alias, Info, PieceLayer};
 use crate::session::{
     CloseKind, Finish, GiveUp, Session, SessionConfig, SessionEvent, SessionParams, Transfer,
 };
@@ -422,13 +422,7 @@ pub async fn run_torrent(mut params: TorrentParams) -> Result<Outcome, TorrentEr
 /// A hybrid torrent's truncated v2 hash (`None` for v1-only and v2-only torrents, whose one
 /// hash is `params.info_hash`, and when the info dictionary's bytes are not at hand).
 fn v2_alias(params: &TorrentParams) -> Option<InfoHash> {
-    if !params.info.version.has_v1() {
-        return None;
-    }
-    let bytes = params.info_bytes.as_deref()?;
-    info_hashes(bytes, params.info.version)
-        .1
-        .map(|v2| v2.truncated())
+    hybrid_v2_alias(params.info_bytes.as_deref()?, params.info.version)
 }
 
 /// How long a hybrid torrent waits for the piece layers its metadata lacks before it is
