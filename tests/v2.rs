@@ -187,6 +187,32 @@ fn hybrid_tree_seeded_to_a_libtorrent_leecher() {
     seed_to_lt("hybrid", Some(TREE), "hybrid-seed-tree");
 }
 
+/// `seed` of a v2 `.torrent` without its piece layers computes them from the data (no peer
+/// has them to send: the seeder is alone), and a libtorrent leecher downloads from it.
+#[test]
+fn seeding_a_v2_torrent_without_piece_layers_computes_them_from_the_data() {
+    let swarm = V2Swarm::new("v2-seed-no-layers", "v2", Some(TREE));
+    let stripped = strip_piece_layers(&swarm, false);
+    let seeder = BitrushSeeder::start(
+        &stripped,
+        &swarm.seed_dir.join("payload"),
+        &swarm.tracker,
+        &swarm.info.info_hash,
+        1,
+        &[],
+    );
+    let leech_dir = swarm.dir.subdir("leech");
+    let mut leecher = LtLeecher::start(&swarm.torrent, &leech_dir, &[seeder.addr()], None);
+    let status = leecher.proc.wait_exit(PROCESS_TIMEOUT);
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "lt_leech did not complete ({status:?})\n{}\n--- bitrush seed ---\n{}",
+        leecher.proc.logs(),
+        seeder.logs()
+    );
+    assert_tree_eq(&leech_dir.join("payload"), &swarm.tree);
+}
+
 /// `magnet:?xt=urn:btmh:1220<v2>` (and `xt=urn:btih:<v1>` first when `with_v1`), naming the
 /// seeder as a peer.
 fn v2_magnet(info: &LtInfo, with_v1: bool, peer: std::net::SocketAddr) -> String {

@@ -40,6 +40,7 @@ use super::utp::{UtpHandle, UtpStream};
 use super::webseed;
 use crate::disk::{Storage, StorageError};
 use crate::hashes::{LayerError, PieceHashes};
+use crate::merkle;
 use crate::metainfo::{hybrid_v2_alias, Info, PieceLayer};
 use crate::session::{
     CloseKind, Finish, GiveUp, Session, SessionConfig, SessionEvent, SessionParams, Transfer,
@@ -246,8 +247,16 @@ pub enum TorrentError {
 pub async fn run_torrent(mut params: TorrentParams) -> Result<Outcome, TorrentError> {
     let info = params.info.clone();
     let piece_count = info.piece_count();
-    let hashes = PieceHashes::new(info.clone(), &params.piece_layers)?;
-    let hashes = if hashes.missing_layers().is_empty() {
+    let mut hashes = PieceHashes::new(info.clone(), &params.piece_layers)?;
+    if let Target::Existing { path, .. } = &params.target {
+        if !hashes.missing_layers().is_empty() {
+            hashes = layers_from_data(path.clone(), info.clone(), hashes).await?;
+        }
+    }
+    // A seed never waits on peers for the hashes of its own data: a layer its data did not
+    // give leaves those pieces unverified, which the check of the data reports.
+    let seeding_existing = matches!(params.target, Target::Existing { .. });
+    let hashes = if hashes.missing_layers().is_empty() || seeding_existing {
         Arc::new(hashes)
     } else {
         match complete_layers(&mut params, hashes).await? {
@@ -417,6 +426,53 @@ pub async fn run_torrent(mut params: TorrentParams) -> Result<Outcome, TorrentEr
         }
     }
     result
+}
+
+/// Computes the piece layers `hashes` lacks from the data to seed at `path` (a v2 `.torrent`
+/// may leave them out): each piece of the file hashed as a merkle subtree, the layer kept only
+/// if it hashes to the file's `pieces root`. A file that cannot be read or does not match is
+/// left without its layer (the check of the data then reports it).
+async fn layers_from_data(
+    path: PathBuf,
+    info: Arc<Info>,
+    mut hashes: PieceHashes,
+) -> Result<PieceHashes, TorrentError> {
+    tokio::task::spawn_blocking(move || {
+        if std::fs::symlink_metadata(&path).is_err() {
+            return hashes;
+        }
+        let Ok(storage) = Storage::open_existing(&path, &info) else {
+            return hashes;
+        };
+        let piece_length = u64::from(info.piece_length);
+        let per_piece = u64::from(merkle::blocks_per_piece(info.piece_length));
+        let mut buf = vec![0u8; info.piece_length as usize];
+        for (file, _root, _pieces) in hashes.missing_layers() {
+            let Some((first, length)) = hashes.file_pieces(file) else {
+                continue;
+            };
+            let mut layer = Vec::new();
+            let (mut offset, mut index) = (0u64, first);
+            while offset < length {
+                // The file's own bytes: the last piece's tail (a pad file, or nothing) is
+                // not part of its tree.
+                let n = (length - offset).min(piece_length) as usize;
+                if storage.read(index, 0, &mut buf[..n]).is_err() {
+                    break;
+                }
+                layer.push(merkle::piece_root(&buf[..n], per_piece));
+                offset += n as u64;
+                index = index.saturating_add(1);
+            }
+            match hashes.add_layer(file, &layer) {
+                Ok(()) => tracing::debug!(file, "piece layer computed from the data"),
+                Err(e) => tracing::warn!(file, error = %e, "the data does not give this file's piece layer"),
+            }
+        }
+        hashes
+    })
+    .await
+    .map_err(TorrentError::Task)
 }
 
 /// A hybrid torrent's truncated v2 hash (`None` for v1-only and v2-only torrents, whose one

@@ -163,6 +163,15 @@ impl PieceHashes {
         Ok(())
     }
 
+    /// Where file `file`'s v2 data lies: its first (global) piece and its length in bytes;
+    /// `None` for a file without v2 data (empty, a pad file, or a v1 torrent).
+    pub fn file_pieces(&self, file: usize) -> Option<(u32, u64)> {
+        self.files
+            .iter()
+            .find(|f| f.file == file)
+            .map(|f| (f.first_piece, f.length))
+    }
+
     /// Files (indices into `Info::files`) whose piece layer is still unknown, with their root
     /// and piece count; one per distinct root.
     pub fn missing_layers(&self) -> Vec<(usize, Hash, u64)> {
