@@ -51,7 +51,7 @@ use tokio::task::JoinHandle;
 use crate::engine::connection::{self, PeerStream, Transports};
 use crate::engine::dht::{DhtHandle, DhtOptions};
 use crate::engine::limits::RateLimits;
-use crate::engine::metadata::fetch_metadata;
+use crate::engine::metadata::{fetch_metadata, Sources};
 use crate::engine::torrent::wanted_pieces;
 use crate::engine::udp::{self, UdpOptions};
 use crate::engine::{
@@ -1636,14 +1636,14 @@ impl Job {
         let meta = match self.meta.clone() {
             Some(meta) => meta,
             None => {
-                let fetch = fetch_metadata(
-                    self.info_hash,
-                    &self.trackers,
-                    &self.peers,
-                    inner.peer_id,
-                    inner.dht.clone(),
-                    inner.transports.clone(),
-                );
+                let fetch = fetch_metadata(Sources {
+                    info_hash: self.info_hash,
+                    trackers: &self.trackers,
+                    peers: &self.peers,
+                    peer_id: inner.peer_id,
+                    dht: inner.dht.clone(),
+                    transports: inner.transports.clone(),
+                });
                 let fetched = tokio::select! {
                     fetched = fetch => fetched,
                     () = stopped(&mut self.stop) => return Ok(Outcome::Interrupted),

@@ -105,22 +105,7 @@ fn has_trackers(trackers: &[Vec<String>]) -> bool {
 /// Fetches and verifies the info dictionary of `info_hash` from peers found through `trackers`
 /// (BEP 12 tiers) and `peers`. Returns it parsed and as raw bytes (whose SHA-1 is `info_hash`,
 /// or whose SHA-256 starts with it).
-pub async fn fetch_metadata(
-    info_hash: InfoHash,
-    trackers: &[Vec<String>],
-    peers: &[SocketAddr],
-    peer_id: PeerId,
-    dht: Option<DhtHandle>,
-    transports: Transports,
-) -> Result<(Info, Vec<u8>), MetadataError> {
-    let source = Sources {
-        info_hash,
-        trackers,
-        peers,
-        peer_id,
-        dht,
-        transports,
-    };
+pub async fn fetch_metadata(source: Sources<'_>) -> Result<(Info, Vec<u8>), MetadataError> {
     fetch(source, false)
         .await
         .map(|fetched| (fetched.info, fetched.info_bytes))
@@ -137,33 +122,21 @@ pub struct Fetched {
 
 /// As [`fetch_metadata`], and for a v2-only torrent also its piece layers (BEP 52 hash
 /// requests on the same connections).
-pub async fn fetch_torrent_metadata(
-    info_hash: InfoHash,
-    trackers: &[Vec<String>],
-    peers: &[SocketAddr],
-    peer_id: PeerId,
-    dht: Option<DhtHandle>,
-    transports: Transports,
-) -> Result<Fetched, MetadataError> {
-    let source = Sources {
-        info_hash,
-        trackers,
-        peers,
-        peer_id,
-        dht,
-        transports,
-    };
+pub async fn fetch_torrent_metadata(source: Sources<'_>) -> Result<Fetched, MetadataError> {
     fetch(source, true).await
 }
 
-/// Where the metadata is looked for.
-struct Sources<'a> {
-    info_hash: InfoHash,
-    trackers: &'a [Vec<String>],
-    peers: &'a [SocketAddr],
-    peer_id: PeerId,
-    dht: Option<DhtHandle>,
-    transports: Transports,
+/// Where a torrent's metadata (or piece layers) is looked for, and how peers are reached.
+pub struct Sources<'a> {
+    /// The torrent's name in the swarm asked (for a hybrid's layers, its truncated v2 hash).
+    pub info_hash: InfoHash,
+    /// Trackers in BEP 12 tiers.
+    pub trackers: &'a [Vec<String>],
+    /// Peers known already (a magnet link's `x.pe`, say).
+    pub peers: &'a [SocketAddr],
+    pub peer_id: PeerId,
+    pub dht: Option<DhtHandle>,
+    pub transports: Transports,
 }
 
 async fn fetch(source: Sources<'_>, want_layers: bool) -> Result<Fetched, MetadataError> {
@@ -184,22 +157,9 @@ async fn fetch(source: Sources<'_>, want_layers: bool) -> Result<Fetched, Metada
 /// through `trackers`, `peers` and the DHT. Returns them by file index, each checked against
 /// its file's root; ends with [`MetadataError::NoPieceLayers`] when no peer serves them.
 pub async fn fetch_piece_layers(
-    info_hash: InfoHash,
+    source: Sources<'_>,
     hashes: PieceHashes,
-    trackers: &[Vec<String>],
-    peers: &[SocketAddr],
-    peer_id: PeerId,
-    dht: Option<DhtHandle>,
-    transports: Transports,
 ) -> Result<BTreeMap<usize, PieceLayer>, MetadataError> {
-    let source = Sources {
-        info_hash,
-        trackers,
-        peers,
-        peer_id,
-        dht,
-        transports,
-    };
     let mut fetcher = Fetcher::new(source, true)?;
     fetcher.layers_only = true;
     fetcher.layers = Some((LayerFetch::new(hashes), Vec::new()));
@@ -317,13 +277,6 @@ struct Fetcher {
     /// The info dictionary is known: only the layers are fetched, and the metadata fetch
     /// hears of no peer.
     layers_only: bool,
-}
-
-async fn sleep_until(at: Option<Instant>) {
-    match at {
-        Some(at) => tokio::time::sleep_until(tokio::time::Instant::from_std(at)).await,
-        None => std::future::pending().await,
-    }
 }
 
 impl Fetcher {
@@ -606,7 +559,7 @@ impl Fetcher {
                         self.session.handle_dht_done(Instant::now(), found);
                     }
                 },
-                () = sleep_until(deadline) => {}
+                () = super::sleep_until(deadline) => {}
             }
         };
         self.conns.abort_all();
@@ -764,28 +717,28 @@ pub(crate) mod tests {
     async fn fetches_multi_piece_metadata_from_a_peer() {
         let (info, hash) = info_dict(40_000);
         let addr = metadata_peer(info.clone(), hash).await;
-        let (parsed, bytes) = fetch_metadata(
-            hash,
-            &[],
-            &[addr],
-            crate::engine::new_peer_id(),
-            None,
-            Transports::default(),
-        )
+        let (parsed, bytes) = fetch_metadata(Sources {
+            info_hash: hash,
+            trackers: &[],
+            peers: &[addr],
+            peer_id: crate::engine::new_peer_id(),
+            dht: None,
+            transports: Transports::default(),
+        })
         .await
         .unwrap();
         assert_eq!(bytes, info);
         assert_eq!(parsed.total_length, 5);
         // The wrong info hash: the peer answers the handshake for the right one only.
         let addr = metadata_peer(info, hash).await;
-        let err = fetch_metadata(
-            InfoHash([9; 20]),
-            &[],
-            &[addr],
-            crate::engine::new_peer_id(),
-            None,
-            Transports::default(),
-        )
+        let err = fetch_metadata(Sources {
+            info_hash: InfoHash([9; 20]),
+            trackers: &[],
+            peers: &[addr],
+            peer_id: crate::engine::new_peer_id(),
+            dht: None,
+            transports: Transports::default(),
+        })
         .await
         .unwrap_err();
         assert!(
@@ -796,14 +749,14 @@ pub(crate) mod tests {
 
     #[tokio::test]
     async fn no_sources_is_an_error() {
-        let err = fetch_metadata(
-            InfoHash([2; 20]),
-            &[],
-            &[],
-            crate::engine::new_peer_id(),
-            None,
-            Transports::default(),
-        )
+        let err = fetch_metadata(Sources {
+            info_hash: InfoHash([2; 20]),
+            trackers: &[],
+            peers: &[],
+            peer_id: crate::engine::new_peer_id(),
+            dht: None,
+            transports: Transports::default(),
+        })
         .await
         .unwrap_err();
         assert!(matches!(err, MetadataError::NoSources), "{err}");

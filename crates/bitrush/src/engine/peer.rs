@@ -343,15 +343,7 @@ async fn message_loop(
             read = conn.read_messages(&mut incoming), if read_wait.is_none() => read?,
             _ = notify.notified() => {}
             () = std::future::ready(()), if more_uploads => {}
-            () = sleep_until(wake), if wake.is_some() => {}
+            () = super::sleep_until(wake), if wake.is_some() => {}
         }
-    }
-}
-
-/// Sleeps until `at` (never resolves for `None`).
-async fn sleep_until(at: Option<Instant>) {
-    match at {
-        Some(at) => tokio::time::sleep_until(tokio::time::Instant::from_std(at)).await,
-        None => std::future::pending().await,
     }
 }

@@ -481,15 +481,11 @@ fn v2_alias(params: &TorrentParams) -> Option<InfoHash> {
     hybrid_v2_alias(params.info_bytes.as_deref()?, params.info.version)
 }
 
-/// How long a hybrid torrent waits for the piece layers its metadata lacks before it is
-/// checked with SHA-1 alone (its v1 half vouches for every piece: the layers only add the v2
-/// check, and a swarm of v1 peers never sends them).
-const HYBRID_LAYERS_WAIT: Duration = Duration::from_secs(20);
-
 /// Fetches from peers the piece layers `hashes` lacks (a `.torrent` without them, or a magnet
 /// link's metadata), as libtorrent does, before anything is checked against them. A v2-only
-/// torrent cannot do without them; a hybrid gives up after [`HYBRID_LAYERS_WAIT`] and goes on
-/// with SHA-1 for the files whose layer did not come. `None`: stopped meanwhile.
+/// torrent cannot do without them; a hybrid gives up after
+/// [`HYBRID_LAYERS_WAIT`](crate::hashes::fetch::HYBRID_LAYERS_WAIT) and goes on with SHA-1 for
+/// the files whose layer did not come. `None`: stopped meanwhile.
 async fn complete_layers(
     params: &mut TorrentParams,
     mut hashes: PieceHashes,
@@ -504,17 +500,17 @@ async fn complete_layers(
     // A hybrid's layers are asked for in its v2 swarm, under its v2 hash (truncated): only v2
     // peers are there, and libtorrent takes hash messages on a connection made with the v1
     // hash only from a peer that offered to upgrade it to v2.
-    let fetch = super::metadata::fetch_piece_layers(
-        v2_alias(params).unwrap_or(params.info_hash),
-        hashes.clone(),
-        &params.trackers,
-        &params.peers,
-        params.peer_id,
+    let source = super::metadata::Sources {
+        info_hash: v2_alias(params).unwrap_or(params.info_hash),
+        trackers: &params.trackers,
+        peers: &params.peers,
+        peer_id: params.peer_id,
         dht,
-        params.transports.clone(),
-    );
+        transports: params.transports.clone(),
+    };
+    let fetch = super::metadata::fetch_piece_layers(source, hashes.clone());
     let wait = if hybrid {
-        HYBRID_LAYERS_WAIT
+        crate::hashes::fetch::HYBRID_LAYERS_WAIT
     } else {
         Duration::MAX
     };
@@ -953,13 +949,6 @@ async fn recv_routed(
     }
 }
 
-async fn sleep_until(at: Option<Instant>) {
-    match at {
-        Some(at) => tokio::time::sleep_until(tokio::time::Instant::from_std(at)).await,
-        None => std::future::pending().await,
-    }
-}
-
 /// How a connection's end counts for the session's dial queue.
 fn close_kind(result: &Result<(), PeerTaskError>) -> CloseKind {
     match result {
@@ -1391,7 +1380,7 @@ impl Manager {
                         self.session.handle_dht_done(Instant::now(), found);
                     }
                 },
-                () = sleep_until(deadline) => {}
+                () = super::sleep_until(deadline) => {}
                 () = self.shared.timer.notified() => {}
                 _ = progress_tick.tick(), if report => {
                     ticked = true;
