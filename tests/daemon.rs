@@ -97,26 +97,8 @@ impl Resp {
 
 /// Runs curl with `args` against `url`.
 fn curl(url: &str, args: &[&str]) -> Resp {
-    let mut cmd = Command::new(require_tool("curl"));
-    cmd.args([
-        "-s",
-        "-S",
-        "-o",
-        "-",
-        "-w",
-        "\n%{http_code}",
-        "--max-time",
-        "30",
-    ])
-    .args(args)
-    .arg(url);
-    let out = run_checked("curl", cmd, Duration::from_secs(60));
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    let (body, code) = text.rsplit_once('\n').unwrap_or(("", &text));
-    Resp {
-        status: code.trim().parse().unwrap_or(0),
-        body: body.to_string(),
-    }
+    let (status, body) = common::curl(url, args);
+    Resp { status, body }
 }
 
 impl DaemonProc {

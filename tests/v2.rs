@@ -142,13 +142,19 @@ fn hybrid_tree_with_pad_files_from_libtorrent() {
 /// `bitrush seed` of a libtorrent-made torrent, downloaded by a libtorrent leecher.
 fn seed_to_lt(version: &str, tree: Option<&[(&str, usize)]>, label: &str) {
     let swarm = V2Swarm::new(label, version, tree);
-    let name = if tree.is_some() {
-        "payload"
-    } else {
+    lt_leeches_from_bitrush(&swarm, &swarm.torrent);
+}
+
+/// `bitrush seed` of `swarm`'s payload with `torrent` (the swarm's own, or a variant of it),
+/// and a libtorrent leecher given the swarm's torrent that must download it byte for byte.
+fn lt_leeches_from_bitrush(swarm: &V2Swarm, torrent: &Path) {
+    let name = if swarm.tree.is_empty() {
         "payload.bin"
+    } else {
+        "payload"
     };
     let seeder = BitrushSeeder::start(
-        &swarm.torrent,
+        torrent,
         &swarm.seed_dir.join(name),
         &swarm.tracker,
         // bitrush announces a hybrid under its v1 hash.
@@ -193,24 +199,7 @@ fn hybrid_tree_seeded_to_a_libtorrent_leecher() {
 fn seeding_a_v2_torrent_without_piece_layers_computes_them_from_the_data() {
     let swarm = V2Swarm::new("v2-seed-no-layers", "v2", Some(TREE));
     let stripped = strip_piece_layers(&swarm, false);
-    let seeder = BitrushSeeder::start(
-        &stripped,
-        &swarm.seed_dir.join("payload"),
-        &swarm.tracker,
-        &swarm.info.info_hash,
-        1,
-        &[],
-    );
-    let leech_dir = swarm.dir.subdir("leech");
-    let mut leecher = LtLeecher::start(&swarm.torrent, &leech_dir, &[seeder.addr()], None);
-    let status = leecher.proc.wait_exit(PROCESS_TIMEOUT);
-    assert!(
-        status.is_some_and(|s| s.success()),
-        "lt_leech did not complete ({status:?})\n{}\n--- bitrush seed ---\n{}",
-        leecher.proc.logs(),
-        seeder.logs()
-    );
-    assert_tree_eq(&leech_dir.join("payload"), &swarm.tree);
+    lt_leeches_from_bitrush(&swarm, &stripped);
 }
 
 /// `magnet:?xt=urn:btmh:1220<v2>` (and `xt=urn:btih:<v1>` first when `with_v1`), naming the
@@ -530,27 +519,6 @@ fn hostile_hash_peers_do_not_stop_an_honest_seeder() {
     let out = swarm.dir.join("out");
     assert_success(&run_download(&link, &out, &[]));
     swarm.assert_downloaded(&out);
-}
-
-/// `curl` with `args` against `url`: the status and the body.
-fn curl(url: &str, args: &[&str]) -> (u16, String) {
-    let mut cmd = std::process::Command::new(require_tool("curl"));
-    cmd.args([
-        "-s",
-        "-S",
-        "-o",
-        "-",
-        "-w",
-        "\n%{http_code}",
-        "--max-time",
-        "30",
-    ])
-    .args(args)
-    .arg(url);
-    let out = run_checked("curl", cmd, std::time::Duration::from_secs(60));
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    let (body, code) = text.rsplit_once('\n').unwrap_or(("", &text));
-    (code.trim().parse().unwrap_or(0), body.to_string())
 }
 
 /// `bitrush daemon` takes v2-only and hybrid torrents over REST and downloads them from

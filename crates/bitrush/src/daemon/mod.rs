@@ -1929,16 +1929,7 @@ mod tests {
     async fn file_indices_leave_pad_files_out_everywhere() {
         let dir = tempfile::tempdir().unwrap();
         let daemon = testing::start(dir.path()).await;
-        // a: piece 0 (and its pad); b: pieces 1 and 2; c: piece 3.
-        let torrent = testing::torrent(
-            &[
-                ("a.bin", 10, false),
-                (".pad/6", 6, true),
-                ("b.bin", 32, false),
-                ("c.bin", 16, false),
-            ],
-            16,
-        );
+        let torrent = testing::padded_torrent();
         let id = testing::add_paused(&daemon, torrent).await;
         let files = daemon.files(id).unwrap();
         let shown: Vec<(usize, &str)> = files.iter().map(|f| (f.index, f.path.as_str())).collect();

@@ -699,15 +699,7 @@ mod tests {
         use super::super::testing;
         let dir = tempfile::tempdir().unwrap();
         let daemon = testing::start(dir.path()).await;
-        let torrent = testing::torrent(
-            &[
-                ("a.bin", 10, false),
-                (".pad/6", 6, true),
-                ("b.bin", 32, false),
-                ("c.bin", 16, false),
-            ],
-            16,
-        );
+        let torrent = testing::padded_torrent();
         let id = testing::add_paused(&daemon, torrent).await;
         torrent_set(&daemon, &args(json!({"ids": [id], "files-unwanted": [1]}))).unwrap();
         let fields = json!(["files", "fileStats", "wanted", "priorities"]);

@@ -31,6 +31,21 @@ pub(super) async fn start(dir: &Path) -> Daemon {
     Daemon::start(config(dir)).await.expect("the daemon starts")
 }
 
+/// Three files with a BEP 47 pad file after the first, 16-byte pieces: `a.bin` (piece 0 and
+/// its pad), `b.bin` (pieces 1 and 2), `c.bin` (piece 3). The user's files are 0, 1 and 2;
+/// the layout's are 0, 2 and 3.
+pub(super) fn padded_torrent() -> Vec<u8> {
+    torrent(
+        &[
+            ("a.bin", 10, false),
+            (".pad/6", 6, true),
+            ("b.bin", 32, false),
+            ("c.bin", 16, false),
+        ],
+        16,
+    )
+}
+
 /// A v1 multi-file `.torrent` named `t` whose files are `(name, length, pad)` in order, with
 /// all-zero piece hashes (nothing is ever downloaded against them).
 pub(super) fn torrent(files: &[(&str, u64, bool)], piece_length: u32) -> Vec<u8> {

@@ -10,7 +10,7 @@ use sha1::{Digest, Sha1};
 
 use super::fetch::{LayerEvent, LayerFault, LayerFetch, HASH_REQUEST_TIMEOUT};
 use super::*;
-use crate::metainfo::build::{PiecePart, Plan, SourceFile, TorrentOptions};
+use crate::metainfo::build::{PiecePart, Plan, TorrentOptions};
 use crate::metainfo::{MetaVersion, Metainfo};
 
 fn bytes_of(path: &str, len: u64) -> Vec<u8> {
@@ -34,14 +34,7 @@ fn made_lying(
     version: MetaVersion,
     v1_lie: Option<u32>,
 ) -> (Metainfo, Vec<u8>) {
-    let sources: Vec<SourceFile> = files
-        .iter()
-        .map(|(p, len)| SourceFile {
-            path: p.split('/').map(String::from).collect(),
-            length: *len,
-            executable: false,
-        })
-        .collect();
+    let sources = crate::testing::source_files(files);
     let single = files.len() == 1;
     let name = if single { files[0].0 } else { "root" };
     let plan = Plan::new(name, sources, single, Some(pl), version).unwrap();
