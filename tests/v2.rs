@@ -542,20 +542,23 @@ fn the_daemon_downloads_v2_and_hybrid_torrents_from_libtorrent() {
     let downloads = v2.dir.subdir("downloads");
     let api = format!("127.0.0.1:{}", free_port());
     let peer_port = free_port();
-    let mut daemon = Proc::spawn(
-        "bitrush daemon",
-        bitrush_with([
-            "daemon",
-            "--state-dir",
-            &state.display().to_string(),
-            "--download-dir",
-            &downloads.display().to_string(),
-            "--port",
-            &peer_port.to_string(),
-            "--api",
-            &api,
-        ]),
+    let (state_arg, downloads_arg, port_arg) = (
+        state.display().to_string(),
+        downloads.display().to_string(),
+        peer_port.to_string(),
     );
+    let daemon_args = [
+        "daemon",
+        "--state-dir",
+        &state_arg,
+        "--download-dir",
+        &downloads_arg,
+        "--port",
+        &port_arg,
+        "--api",
+        &api,
+    ];
+    let mut daemon = Proc::spawn("bitrush daemon", bitrush_with(daemon_args));
     daemon
         .wait_for_stdout_line(|l| l.starts_with("API: "), STARTUP_TIMEOUT)
         .unwrap_or_else(|e| panic!("daemon did not start: {e}\n{}", daemon.logs()));
@@ -625,6 +628,27 @@ fn the_daemon_downloads_v2_and_hybrid_torrents_from_libtorrent() {
         &save.join("payload.bin"),
         &hybrid.data,
         "hybrid by its v2 hash",
+    );
+    send_signal(daemon.pid(), "INT");
+    let status = daemon.wait_exit(std::time::Duration::from_secs(30));
+    assert!(status.is_some_and(|s| s.success()), "{}", daemon.logs());
+    // The magnet's piece layers came from its seeder, which is gone now: restarted, the
+    // daemon seeds the v2 torrent to libtorrent from what it saved, with no peer to send them.
+    drop(magnet_seeder);
+    let mut daemon = Proc::spawn("bitrush daemon (restarted)", bitrush_with(daemon_args));
+    daemon
+        .wait_for_stdout_line(|l| l.starts_with("API: "), STARTUP_TIMEOUT)
+        .unwrap_or_else(|e| panic!("daemon did not start again: {e}\n{}", daemon.logs()));
+    let save = magnet.dir.subdir("lt-after-restart");
+    lt_download(
+        &v2_magnet(&magnet.info, false, daemon_addr),
+        &save,
+        &[daemon_addr],
+    );
+    assert_file_eq(
+        &save.join("payload.bin"),
+        &magnet.data,
+        "v2 magnet seeded after a restart",
     );
     send_signal(daemon.pid(), "INT");
     let status = daemon.wait_exit(std::time::Duration::from_secs(30));

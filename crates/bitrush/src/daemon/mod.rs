@@ -722,6 +722,21 @@ impl Daemon {
         }
     }
 
+    /// A run got the piece layers its metadata lacked from peers: they join the saved
+    /// `.torrent`, so no later run waits on peers for them.
+    fn on_layers(&self, id: TorrentId, layers: BTreeMap<usize, PieceLayer>) {
+        let mut st = self.state();
+        let Some(entry) = st.torrents.get_mut(&id) else {
+            return;
+        };
+        let Some(meta) = entry.meta.as_mut() else {
+            return;
+        };
+        meta.piece_layers = layers;
+        let torrent = store::metainfo_bytes(&entry.trackers, meta);
+        self.0.writer.save_torrent(entry.info_hash, torrent.into());
+    }
+
     /// A run reports whether the wanted data is complete.
     fn on_complete(&self, id: TorrentId, complete: bool) {
         let mut st = self.state();
@@ -1655,12 +1670,13 @@ impl Job {
                     web_seeds: Vec::new(),
                     piece_layers: BTreeMap::new(),
                 };
-                let torrent = store::metainfo_bytes(&self.trackers, &meta.info_bytes);
+                let torrent = store::metainfo_bytes(&self.trackers, &meta);
                 self.daemon.on_metadata(self.id, &meta, &torrent);
                 meta
             }
         };
         let (_, closed) = mpsc::channel(1);
+        let (layers_tx, mut fetched_layers) = tokio::sync::oneshot::channel();
         let params = TorrentParams {
             info: meta.info.clone(),
             info_bytes: Some(meta.info_bytes.clone()),
@@ -1693,6 +1709,7 @@ impl Job {
                 wanted_files: self.wanted_files.clone(),
                 limits: self.limits.clone(),
                 window: self.window.clone(),
+                fetched_layers: Some(layers_tx),
             }),
         };
         let mut watch = self.progress.subscribe();
@@ -1700,9 +1717,16 @@ impl Job {
         let run = run_torrent(params);
         tokio::pin!(run);
         let mut reported: Option<bool> = None;
+        let mut layers_kept = false;
         loop {
             tokio::select! {
                 result = &mut run => return result.map_err(|e| error_chain(&e)),
+                layers = &mut fetched_layers, if !layers_kept => {
+                    layers_kept = true;
+                    if let Ok(layers) = layers {
+                        self.daemon.on_layers(self.id, layers);
+                    }
+                }
                 changed = watch.changed() => {
                     if changed.is_err() {
                         continue;

@@ -18,14 +18,14 @@
 //! changes. The `.resume` is the engine's, written by the torrent's run; a removal is queued
 //! only once that run ended.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Condvar, Mutex};
 
 use tokio::sync::oneshot;
 
-use crate::metainfo::{Metainfo, MAX_FILES};
+use crate::metainfo::{Metainfo, PieceLayer, MAX_FILES};
 use crate::queue::{TorrentId, MAX_TORRENTS};
 use crate::storage::resume::ResumeState;
 use crate::swarm::Bitfield;
@@ -465,9 +465,11 @@ mod file_flags {
     }
 }
 
-/// A `.torrent` for fetched metadata: `announce-list` (when there are trackers) and the info
-/// dictionary's bytes exactly as fetched (so the info hash is unchanged).
-pub fn metainfo_bytes(trackers: &[Vec<String>], info_bytes: &[u8]) -> Vec<u8> {
+/// A `.torrent` for a torrent's metadata: `announce-list` (when there are trackers), the
+/// info dictionary's bytes exactly as known (so the info hash is unchanged), the v2 `piece
+/// layers` known (those fetched from peers too, so no peer is needed for them again) and the
+/// web seeds (`url-list`). Keys in bencode order.
+pub(super) fn metainfo_bytes(trackers: &[Vec<String>], meta: &super::Meta) -> Vec<u8> {
     fn string(out: &mut Vec<u8>, s: &[u8]) {
         out.extend_from_slice(s.len().to_string().as_bytes());
         out.push(b':');
@@ -490,7 +492,28 @@ pub fn metainfo_bytes(trackers: &[Vec<String>], info_bytes: &[u8]) -> Vec<u8> {
         out.push(b'e');
     }
     string(&mut out, b"info");
-    out.extend_from_slice(info_bytes);
+    out.extend_from_slice(&meta.info_bytes);
+    // Keyed by pieces root, sorted, each once (identical files share a root and a layer).
+    let layers: BTreeMap<[u8; 32], &PieceLayer> = (meta.piece_layers.iter())
+        .filter_map(|(&file, layer)| Some((meta.info.files.get(file)?.pieces_root?, layer)))
+        .collect();
+    if !layers.is_empty() {
+        string(&mut out, b"piece layers");
+        out.push(b'd');
+        for (root, layer) in layers {
+            string(&mut out, &root);
+            string(&mut out, layer.as_flattened());
+        }
+        out.push(b'e');
+    }
+    if !meta.web_seeds.is_empty() {
+        string(&mut out, b"url-list");
+        out.push(b'l');
+        for url in &meta.web_seeds {
+            string(&mut out, url.as_bytes());
+        }
+        out.push(b'e');
+    }
     out.push(b'e');
     out
 }
@@ -511,18 +534,60 @@ mod tests {
         assert!(read_bounded(dir.path(), 10).is_err());
     }
 
+    /// The daemon's metadata of a parsed `.torrent`.
+    fn meta(m: &Metainfo) -> super::super::Meta {
+        super::super::Meta {
+            info: Arc::new(m.info.clone()),
+            info_bytes: m.info_bytes.clone().into(),
+            web_seeds: m.web_seeds.clone(),
+            piece_layers: m.piece_layers.clone(),
+        }
+    }
+
     #[test]
     fn fetched_metadata_becomes_a_torrent_with_the_same_info_hash() {
         let info = b"d6:lengthi5e4:name1:a12:piece lengthi16384e6:pieces20:aaaaaaaaaaaaaaaaaaaae";
-        let bytes = metainfo_bytes(&[vec!["http://t/announce".into()], vec![]], info);
+        let fetched = Metainfo::from_bytes(&[&b"d4:info"[..], info, b"e"].concat()).unwrap();
+        let bytes = metainfo_bytes(&[vec!["http://t/announce".into()], vec![]], &meta(&fetched));
         let m = Metainfo::from_bytes(&bytes).unwrap();
         assert_eq!(m.info_bytes, info.to_vec());
         assert_eq!(
             m.tracker_tiers(),
             vec![vec!["http://t/announce".to_string()]]
         );
-        let bare = Metainfo::from_bytes(&metainfo_bytes(&[], info)).unwrap();
+        let bare = Metainfo::from_bytes(&metainfo_bytes(&[], &meta(&fetched))).unwrap();
         assert_eq!(bare.info_hash, m.info_hash);
+    }
+
+    #[test]
+    fn piece_layers_and_web_seeds_are_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        // Two files of several pieces, one of them twice (one root, one layer).
+        let (a, b) = (vec![1u8; 40_000], vec![2u8; 50_000]);
+        for (name, data) in [("a", &a), ("b", &b), ("c", &a)] {
+            std::fs::write(dir.path().join(name), data).unwrap();
+        }
+        let opts = crate::create::CreateOptions {
+            version: crate::metainfo::MetaVersion::V2,
+            piece_length: Some(16_384),
+            torrent: crate::metainfo::build::TorrentOptions {
+                web_seeds: vec!["http://w/".into()],
+                ..Default::default()
+            },
+            threads: 1,
+        };
+        let source = crate::create::Source::scan(dir.path()).unwrap();
+        let m = source.create(&opts, &|_| {}).unwrap().metainfo;
+        assert_eq!(m.piece_layers.len(), 3);
+        let mut fetched = meta(&m);
+        let again = Metainfo::from_bytes(&metainfo_bytes(&[], &fetched)).unwrap();
+        assert_eq!(again.piece_layers, m.piece_layers);
+        assert_eq!(again.web_seeds, m.web_seeds);
+        assert_eq!(again.info_hash, m.info_hash);
+        fetched.piece_layers.clear();
+        fetched.web_seeds.clear();
+        let bare = Metainfo::from_bytes(&metainfo_bytes(&[], &fetched)).unwrap();
+        assert!(bare.piece_layers.is_empty() && bare.web_seeds.is_empty());
     }
 
     #[test]

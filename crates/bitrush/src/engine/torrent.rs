@@ -22,7 +22,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tokio::net::TcpListener;
-use tokio::sync::{mpsc, watch, Notify, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{mpsc, oneshot, watch, Notify, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 
 use super::connection::{self, PeerStream, Transports};
@@ -151,6 +151,10 @@ pub struct Hosted {
     /// pieces are started only inside it; `None`: anywhere). Applied at start and on every
     /// change.
     pub window: watch::Receiver<Option<std::ops::Range<u32>>>,
+    /// Where the piece layers go once those the metadata lacked came from peers (all the
+    /// torrent's layers known then), for the host to keep: the torrent's next run, a seed's
+    /// above all, must not depend on a peer sending them again.
+    pub fetched_layers: Option<oneshot::Sender<BTreeMap<usize, PieceLayer>>>,
 }
 
 /// A connected peer, as the progress snapshot shows it.
@@ -260,7 +264,13 @@ pub async fn run_torrent(mut params: TorrentParams) -> Result<Outcome, TorrentEr
         Arc::new(hashes)
     } else {
         match complete_layers(&mut params, hashes).await? {
-            Some(hashes) => Arc::new(hashes),
+            Some(hashes) => {
+                let keeper = params.hosted.as_mut().and_then(|h| h.fetched_layers.take());
+                if let Some(keeper) = keeper {
+                    let _ = keeper.send(hashes.layers());
+                }
+                Arc::new(hashes)
+            }
             None => return Ok(Outcome::Interrupted),
         }
     };
