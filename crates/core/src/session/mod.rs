@@ -367,6 +367,14 @@ impl Session {
         self.dormant
     }
 
+    /// Gives back the spare room of its queues and tables (for a session kept long with
+    /// little to do, as a dormant one: each holds only what it uses).
+    pub fn shrink_to_fit(&mut self) {
+        self.events.shrink_to_fit();
+        self.in_flight.shrink_to_fit();
+        self.started.shrink_to_fit();
+    }
+
     // ---- inputs ----
 
     /// The swarm's counters now. Call it before the first [`Session::handle_timeout`]: data
@@ -392,12 +400,16 @@ impl Session {
         self.transfer = transfer;
     }
 
-    /// Peers heard of (from a tracker, the DHT, peer exchange or a magnet link).
+    /// Peers heard of (from a tracker, the DHT, peer exchange or a magnet link). A seed keeps
+    /// none: it dials nobody.
     pub fn handle_peers(&mut self, peers: &[SocketAddr]) {
         self.dirty = true;
+        let seeding = self.seeding_since.is_some();
         for &addr in peers {
             self.heard_of_peers |= addr.port() != 0;
-            self.candidates.add(addr);
+            if !seeding {
+                self.candidates.add(addr);
+            }
         }
     }
 
@@ -542,6 +554,7 @@ impl Session {
         let done = self.is_done();
         if done && self.seeding_since.is_none() {
             self.seeding_since = Some(now);
+            self.candidates.forget_all_but_banned();
             if self.config.seed.is_none() {
                 self.close(now, Finish::Complete);
                 return;

@@ -577,3 +577,38 @@ fn a_seed_is_not_woken_by_addresses_it_will_never_dial() {
     assert!(events(&mut s).contains(&SessionEvent::Seeding));
     assert_eq!(s.poll_timeout(), None);
 }
+
+#[test]
+fn a_seed_keeps_no_addresses_but_its_bans() {
+    let t = Instant::now();
+    let mut s = Session::new(
+        t,
+        params(&[&["a"]], &[addr(1)], Some(SeedLimits::default())),
+    );
+    s.handle_transfer(t, left(1000));
+    s.handle_timeout(t);
+    assert_eq!(connects(&events(&mut s)), vec![addr(1)]);
+    assert!(s.handle_incoming(addr(2)));
+    s.handle_connection_closed(t, addr(2), false, CloseKind::Banned);
+    s.handle_announce_response(t, "a", &response(&[addr(3), addr(4)]));
+    assert_eq!(s.candidate_counts().ready, 2);
+    // Complete: the dial queue is forgotten, the ban kept.
+    s.handle_transfer(
+        t,
+        Transfer {
+            downloaded: 1000,
+            ..left(0)
+        },
+    );
+    s.handle_timeout(t);
+    assert!(events(&mut s).contains(&SessionEvent::Seeding));
+    let counts = s.candidate_counts();
+    assert_eq!((counts.ready, counts.dialled, counts.banned), (0, 0, 1));
+    assert!(!s.handle_incoming(addr(2)), "still banned");
+    // A seed's announces bring peers it never keeps.
+    let peers: Vec<SocketAddr> = (10..200).map(addr).collect();
+    s.handle_announce_response(t, "a", &response(&peers));
+    s.handle_timeout(t);
+    assert_eq!(s.candidate_counts().ready, 0);
+    assert!(connects(&events(&mut s)).is_empty());
+}

@@ -129,11 +129,14 @@ impl TrackerList {
         let tiers = tiers
             .into_iter()
             .map(|tier| {
-                tier.into_iter()
+                let mut tier = (tier.into_iter())
                     .map(|u| u.trim().to_string())
                     .filter(|u| !u.is_empty() && seen.insert(u.clone()))
                     .map(Tracker::new)
-                    .collect::<Vec<_>>()
+                    .collect::<Vec<_>>();
+                // Kept as long as the torrent: no spare room.
+                tier.shrink_to_fit();
+                tier
             })
             .filter(|tier| !tier.is_empty())
             .collect();
