@@ -9,6 +9,12 @@
 //! resume state lives in the state directory, saved periodically. A magnet link's metadata is
 //! fetched first, by the same task.
 //!
+//! A seed nobody is connected to rests: its run ends once its session goes dormant, and a
+//! complete torrent starts at rest without a run at all (nothing is opened or checked until
+//! a peer asks for it). A resting seed is only its session, kept announcing by the engine's
+//! [`DormantSeeds`]; the first peer whose handshake names it starts a run from that session
+//! and is handed to it.
+//!
 //! Persistence ([`store`]): every torrent has, in `<state-dir>/torrents/`, its `.torrent`
 //! (once the metadata is known), its settings (`.json`) and its resume state (`.resume`), each
 //! written atomically (temporary file, fsync, rename); settings on every change and
@@ -22,7 +28,8 @@
 //!
 //! Invariants: the state lock is never held across an await; a torrent's next run starts only
 //! once its previous run ended (so two runs never share files); a removed torrent's files are
-//! deleted only after its run ended.
+//! deleted only after its run ended; a torrent runs or rests, never both; an incoming
+//! connection for a torrent whose run is going to rest is kept and starts the next run.
 
 pub mod api;
 mod rpc;
@@ -41,17 +48,19 @@ use tokio::task::JoinHandle;
 
 use crate::engine::connection::{self, PeerStream, Transports};
 use crate::engine::dht::{DhtHandle, DhtOptions};
+use crate::engine::dormant::DormantSeeds;
 use crate::engine::limits::RateLimits;
 use crate::engine::metadata::fetch_metadata;
 use crate::engine::torrent::wanted_pieces;
 use crate::engine::udp::{self, UdpOptions};
 use crate::engine::{
-    error_chain, new_peer_id, run_torrent, Hosted, Outcome, Progress, SeedLimits, Target,
-    TorrentParams,
+    error_chain, new_peer_id, run_hosted, Dormant, Hosted, HostedEnd, Outcome, Progress,
+    SeedLimits, Target, TorrentParams,
 };
 use crate::metainfo::{Info, Magnet, Metainfo};
 use crate::mse::Encryption;
 use crate::queue::{QueueEvent, QueueLimits, QueueState, TorrentId, TorrentQueue};
+use crate::session::Finish;
 use crate::swarm::Bitfield;
 use crate::types::{InfoHash, PeerId};
 use crate::wire::Handshake;
@@ -173,6 +182,11 @@ struct Entry {
     trackers: Vec<Vec<String>>,
     peers: Vec<SocketAddr>,
     run: Option<Run>,
+    /// The torrent rests: its session is in the daemon's dormant seeds (never with `run`).
+    resting: Option<Resting>,
+    /// Connections that came while its run was going to rest, for the next run (at most
+    /// [`ROUTE_QUEUE`]).
+    waiting: Vec<(PeerStream, Handshake)>,
     /// The last snapshot of a run (or what the resume state says, before any).
     last: Progress,
     /// Hash everything on the next start.
@@ -203,6 +217,8 @@ impl Entry {
             trackers,
             peers,
             run: None,
+            resting: None,
+            waiting: Vec::new(),
             last,
             recheck: false,
             error: None,
@@ -213,11 +229,21 @@ impl Entry {
     }
 }
 
+/// A resting torrent.
+struct Resting {
+    /// We asked it to stop (its closing announces are out).
+    stopping: bool,
+}
+
+/// Where incoming connections for a torrent go: its run's channel, or nowhere yet (it rests,
+/// and the first one starts a run).
+type Route = (TorrentId, Option<mpsc::Sender<(PeerStream, Handshake)>>);
+
 struct State {
     queue: TorrentQueue,
     torrents: BTreeMap<TorrentId, Entry>,
-    /// Where the listener sends each running torrent's incoming connections.
-    routes: HashMap<InfoHash, (TorrentId, mpsc::Sender<(PeerStream, Handshake)>)>,
+    /// Where the listener sends each running or resting torrent's incoming connections.
+    routes: HashMap<InfoHash, Route>,
     next_id: TorrentId,
     shutting_down: bool,
 }
@@ -229,6 +255,10 @@ struct Inner {
     peer_id: PeerId,
     port: u16,
     dht: Option<DhtHandle>,
+    /// The sessions of the resting torrents.
+    dormant: DormantSeeds,
+    /// The task driving them (stopped last at shutdown).
+    dormant_task: Mutex<Option<JoinHandle<()>>>,
     transports: Transports,
     /// The global rate limits (also in `transports`).
     rate_limits: RateLimits,
@@ -319,6 +349,7 @@ impl Daemon {
             memory: Default::default(),
             limits: rate_limits.clone(),
         };
+        let (dormant, dormant_task, mut rested) = DormantSeeds::start(udp.dht.clone());
         let daemon = Daemon(Arc::new(Inner {
             slots: Arc::new(Semaphore::new(config.max_connections)),
             handshaking: Arc::new(Semaphore::new(MAX_HANDSHAKING)),
@@ -334,6 +365,8 @@ impl Daemon {
             peer_id: new_peer_id(),
             port,
             dht: udp.dht,
+            dormant,
+            dormant_task: Mutex::new(Some(dormant_task)),
             transports,
             rate_limits,
             next_reader: std::sync::atomic::AtomicU64::new(1),
@@ -354,6 +387,12 @@ impl Daemon {
         }
         let d = daemon.clone();
         tasks.push(tokio::spawn(async move { d.save_periodically().await }));
+        let d = daemon.clone();
+        tasks.push(tokio::spawn(async move {
+            while let Some((id, finish)) = rested.recv().await {
+                d.on_rest_ended(id, finish);
+            }
+        }));
         *lock(&daemon.0.tasks) = tasks;
         Ok(daemon)
     }
@@ -518,32 +557,44 @@ impl Daemon {
             match event {
                 QueueEvent::Start(id) => self.start_run(st, id),
                 QueueEvent::Stop(id) => {
-                    if let Some(run) = st.torrents.get_mut(&id).and_then(|e| e.run.as_mut()) {
-                        run.stopping = true;
-                        let _ = run.stop.send(true);
+                    if let Some(e) = st.torrents.get_mut(&id) {
+                        self.stop_activity(id, e);
                     }
                 }
             }
         }
     }
 
-    /// Starts a run of `id`, unless one is still ending (its end starts the next).
+    /// Starts `id`, unless its run is still ending (its end starts the next): at rest if it is
+    /// a complete seed with nothing owed (no recheck, no peer waiting), else a run.
     fn start_run(&self, st: &mut State, id: TorrentId) {
+        self.start_torrent(st, id, None);
+    }
+
+    /// [`Daemon::start_run`]; a run goes on with `resumed`, the session `id` rested with.
+    fn start_torrent(&self, st: &mut State, id: TorrentId, resumed: Option<Dormant>) {
         if st.shutting_down {
             return;
         }
+        let seeding = st.queue.state(id) == Some(QueueState::Seeding);
         let Some(entry) = st.torrents.get_mut(&id) else {
             return;
         };
-        if entry.run.is_some() {
+        if entry.run.is_some() || entry.resting.is_some() {
             return;
         }
         entry.error = None;
+        let rest = resumed.is_none()
+            && seeding
+            && !entry.recheck
+            && entry.waiting.is_empty()
+            && entry.last.seeding
+            && entry.last.total_bytes > 0;
         let (stop_tx, stop_rx) = watch::channel(false);
         let (progress_tx, progress_rx) = watch::channel(entry.last.clone());
         let (route_tx, route_rx) = mpsc::channel(ROUTE_QUEUE);
         let fetching = Arc::new(std::sync::atomic::AtomicBool::new(entry.meta.is_none()));
-        let job = Job {
+        let mut job = Job {
             daemon: self.clone(),
             id,
             info_hash: entry.info_hash,
@@ -559,8 +610,20 @@ impl Daemon {
             fetching: fetching.clone(),
             limits: entry.limits.clone(),
             window: entry.window.subscribe(),
+            resumed,
         };
         let info_hash = entry.info_hash;
+        if let (true, Some(meta)) = (rest, entry.meta.clone()) {
+            // Nothing to do until a peer comes: only the session, to announce.
+            let dormant = Dormant::new(&job.params(meta));
+            self.0.dormant.insert(id, dormant);
+            entry.resting = Some(Resting { stopping: false });
+            st.routes.insert(info_hash, (id, None));
+            return;
+        }
+        for waiting in entry.waiting.drain(..) {
+            let _ = route_tx.try_send(waiting);
+        }
         let task = tokio::spawn(job.run());
         entry.run = Some(Run {
             stop: stop_tx,
@@ -569,7 +632,123 @@ impl Daemon {
             stopping: false,
             fetching,
         });
-        st.routes.insert(info_hash, (id, route_tx));
+        st.routes.insert(info_hash, (id, Some(route_tx)));
+    }
+
+    /// A peer wants resting torrent `id`: a run starts from its session, with the connections
+    /// waiting for it.
+    fn wake(&self, st: &mut State, id: TorrentId) {
+        let Some(entry) = st.torrents.get_mut(&id) else {
+            return;
+        };
+        if entry.resting.as_ref().is_none_or(|r| r.stopping) {
+            return;
+        }
+        let Some(dormant) = self.0.dormant.take(id) else {
+            return;
+        };
+        entry.resting = None;
+        tracing::debug!(torrent = %entry.saved.name, "a peer came; running again");
+        self.start_torrent(st, id, Some(dormant));
+    }
+
+    /// Asks whatever runs for `id` to stop: its run, or its resting session (which sends its
+    /// closing announces). Its end is reported to [`Daemon::on_ended`] or
+    /// [`Daemon::on_rest_ended`].
+    fn stop_activity(&self, id: TorrentId, entry: &mut Entry) {
+        if let Some(run) = entry.run.as_mut() {
+            run.stopping = true;
+            let _ = run.stop.send(true);
+        }
+        if let Some(resting) = entry.resting.as_mut() {
+            if !resting.stopping {
+                resting.stopping = true;
+                self.0.dormant.stop(id);
+            }
+        }
+    }
+
+    /// A run ended at rest: its session joins the dormant seeds, unless it was asked to stop
+    /// meanwhile (then it stops from there), and connections that came as it ended start the
+    /// next run at once.
+    fn on_dormant(
+        &self,
+        id: TorrentId,
+        dormant: Box<Dormant>,
+        mut incoming: mpsc::Receiver<(PeerStream, Handshake)>,
+    ) {
+        let mut st = self.state();
+        let shutting_down = st.shutting_down;
+        let Some(entry) = st.torrents.get_mut(&id) else {
+            // Removed meanwhile: it still says `stopped` to its trackers.
+            self.0.dormant.insert(id, *dormant);
+            self.0.dormant.stop(id);
+            return;
+        };
+        let Some(run) = entry.run.take() else {
+            return;
+        };
+        let last = run.progress.borrow().clone();
+        fold_run(entry, last);
+        while let Ok(waiting) = incoming.try_recv() {
+            if entry.waiting.len() < ROUTE_QUEUE {
+                entry.waiting.push(waiting);
+            }
+        }
+        let _ = self.0.store.save(&entry.saved);
+        self.0.dormant.insert(id, *dormant);
+        entry.resting = Some(Resting { stopping: false });
+        let info_hash = entry.info_hash;
+        st.routes.insert(info_hash, (id, None));
+        let Some(entry) = st.torrents.get_mut(&id) else {
+            return;
+        };
+        if run.stopping || shutting_down {
+            self.stop_activity(id, entry);
+        } else if !entry.waiting.is_empty() {
+            self.wake(&mut st, id);
+        } else {
+            tracing::debug!(torrent = %entry.saved.name, "nobody connected; at rest");
+        }
+    }
+
+    /// A resting torrent's session ended (we stopped it): start it again if the queue still
+    /// wants it running (a recheck or a new file selection stops it this way).
+    fn on_rest_ended(&self, id: TorrentId, finish: Finish) {
+        let mut st = self.state();
+        let Some(entry) = st.torrents.get_mut(&id) else {
+            return;
+        };
+        let Some(resting) = entry.resting.take() else {
+            return;
+        };
+        let info_hash = entry.info_hash;
+        if st
+            .routes
+            .get(&info_hash)
+            .is_some_and(|(owner, _)| *owner == id)
+        {
+            st.routes.remove(&info_hash);
+        }
+        if st.shutting_down {
+            return;
+        }
+        if !resting.stopping {
+            // It ended by itself (its seeding limits).
+            st.queue
+                .handle_stopped(id, matches!(finish, Finish::GaveUp(_)));
+        } else if matches!(
+            st.queue.state(id),
+            Some(QueueState::Downloading | QueueState::Seeding)
+        ) {
+            self.start_run(&mut st, id);
+        }
+        self.apply_queue(&mut st);
+        if let Some(entry) = st.torrents.get_mut(&id) {
+            if entry.run.is_none() && entry.resting.is_none() {
+                entry.waiting.clear();
+            }
+        }
     }
 
     /// A run's metadata arrived: keep it.
@@ -611,17 +790,7 @@ impl Daemon {
             return;
         };
         let last = run.progress.borrow().clone();
-        entry.saved.uploaded += last.uploaded_bytes;
-        entry.saved.downloaded += last.received_bytes;
-        entry.last = Progress {
-            uploaded_bytes: 0,
-            received_bytes: 0,
-            rate: 0.0,
-            upload_rate: 0.0,
-            peers: 0,
-            connected: Vec::new(),
-            ..last
-        };
+        fold_run(entry, last);
         let info_hash = entry.info_hash;
         let stopping = run.stopping;
         if let Err(e) = &result {
@@ -648,7 +817,11 @@ impl Daemon {
             self.start_run(&mut st, id);
         }
         self.apply_queue(&mut st);
-        if let Some(entry) = st.torrents.get(&id) {
+        if let Some(entry) = st.torrents.get_mut(&id) {
+            if entry.run.is_none() && entry.resting.is_none() {
+                // Connections for a torrent that does not run are closed.
+                entry.waiting.clear();
+            }
             let _ = self.0.store.save(&entry.saved);
         }
     }
@@ -673,15 +846,35 @@ impl Daemon {
                         return;
                     }
                 };
-            let tx = d
-                .state()
-                .routes
-                .get(&theirs.info_hash)
-                .map(|(_, tx)| tx.clone());
-            if let Some(tx) = tx {
-                let _ = tx.try_send((conn, theirs));
-            }
+            d.deliver(conn, theirs);
         });
+    }
+
+    /// Hands an incoming connection whose handshake was read to its torrent's run, starting
+    /// the run if the torrent rests; a torrent whose run is going to rest keeps it for the
+    /// next run. Beyond [`ROUTE_QUEUE`] waiting, it is closed.
+    fn deliver(&self, conn: PeerStream, theirs: Handshake) {
+        let mut st = self.state();
+        let Some((id, tx)) = st.routes.get(&theirs.info_hash).cloned() else {
+            return;
+        };
+        let waiting = match tx {
+            Some(tx) => match tx.try_send((conn, theirs)) {
+                Err(mpsc::error::TrySendError::Closed(waiting)) => waiting,
+                // Delivered, or too many waiting already.
+                _ => return,
+            },
+            None => (conn, theirs),
+        };
+        let Some(entry) = st.torrents.get_mut(&id) else {
+            return;
+        };
+        if entry.waiting.len() < ROUTE_QUEUE {
+            entry.waiting.push(waiting);
+        }
+        if entry.resting.is_some() {
+            self.wake(&mut st, id);
+        }
     }
 
     async fn accept_tcp(&self, listener: tokio::net::TcpListener) {
@@ -771,7 +964,7 @@ impl Daemon {
             return false;
         };
         e.recheck = true;
-        restart(e);
+        self.stop_activity(id, e);
         true
     }
 
@@ -784,7 +977,9 @@ impl Daemon {
         };
         e.saved.wanted_files = wanted;
         let _ = self.0.store.save(&e.saved);
-        restart(e);
+        // It may not be complete any more: it will not rest before a run says so.
+        e.last.seeding = false;
+        self.stop_activity(id, e);
         // Whether it is complete now is known once it runs again.
         st.queue.handle_complete(id, false);
         self.apply_queue(&mut st);
@@ -806,11 +1001,8 @@ impl Daemon {
             {
                 st.routes.remove(&entry.info_hash);
             }
-            let task = entry.run.as_mut().and_then(|run| {
-                run.stopping = true;
-                let _ = run.stop.send(true);
-                run.task.take()
-            });
+            self.stop_activity(id, &mut entry);
+            let task = entry.run.as_mut().and_then(|run| run.task.take());
             self.apply_queue(&mut st);
             (entry, task)
         };
@@ -844,17 +1036,20 @@ impl Daemon {
             let mut st = self.state();
             st.shutting_down = true;
             st.torrents
-                .values_mut()
-                .filter_map(|e| {
-                    let run = e.run.as_mut()?;
-                    run.stopping = true;
-                    let _ = run.stop.send(true);
-                    run.task.take()
+                .iter_mut()
+                .filter_map(|(&id, e)| {
+                    self.stop_activity(id, e);
+                    e.run.as_mut()?.task.take()
                 })
                 .collect()
         };
         for task in tasks {
             let _ = task.await;
+        }
+        // Resting seeds say `stopped` too (bounded by the session's closing deadline).
+        self.0.dormant.wait_empty().await;
+        if let Some(task) = lock(&self.0.dormant_task).take() {
+            task.abort();
         }
         let saved: Vec<Saved> = self
             .state()
@@ -1098,12 +1293,20 @@ impl Daemon {
     }
 }
 
-/// Asks a running torrent to stop; its end starts it again (the queue still wants it).
-fn restart(entry: &mut Entry) {
-    if let Some(run) = entry.run.as_mut() {
-        run.stopping = true;
-        let _ = run.stop.send(true);
-    }
+/// Folds the last report of a run that ended into the torrent: its counters into the saved
+/// totals, and what it showed (with nothing moving and nobody connected) as its state.
+fn fold_run(entry: &mut Entry, last: Progress) {
+    entry.saved.uploaded += last.uploaded_bytes;
+    entry.saved.downloaded += last.received_bytes;
+    entry.last = Progress {
+        uploaded_bytes: 0,
+        received_bytes: 0,
+        rate: 0.0,
+        upload_rate: 0.0,
+        peers: 0,
+        connected: Vec::new(),
+        ..last
+    };
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -1361,6 +1564,8 @@ struct Job {
     fetching: Arc<std::sync::atomic::AtomicBool>,
     limits: RateLimits,
     window: watch::Receiver<Option<std::ops::Range<u32>>>,
+    /// The session it rested with, to go on with.
+    resumed: Option<Dormant>,
 }
 
 /// Waits until `rx` says stop.
@@ -1375,50 +1580,25 @@ async fn stopped(rx: &mut watch::Receiver<bool>) {
 impl Job {
     async fn run(mut self) {
         let (daemon, id) = (self.daemon.clone(), self.id);
-        let result = self.drive().await;
-        daemon.on_ended(id, result);
+        match self.drive().await {
+            Ok(HostedEnd::Dormant { dormant, incoming }) => {
+                daemon.on_dormant(id, dormant, incoming)
+            }
+            Ok(HostedEnd::Ended(outcome)) => daemon.on_ended(id, Ok(outcome)),
+            Err(e) => daemon.on_ended(id, Err(e)),
+        }
     }
 
-    async fn drive(&mut self) -> Result<Outcome, String> {
-        let inner = self.daemon.0.clone();
-        let meta = match self.meta.clone() {
-            Some(meta) => meta,
-            None => {
-                let fetch = fetch_metadata(
-                    self.info_hash,
-                    &self.trackers,
-                    &self.peers,
-                    inner.peer_id,
-                    inner.dht.clone(),
-                    inner.transports.clone(),
-                );
-                let fetched = tokio::select! {
-                    fetched = fetch => fetched,
-                    () = stopped(&mut self.stop) => return Ok(Outcome::Interrupted),
-                };
-                let (info, info_bytes) = fetched.map_err(|e| error_chain(&e))?;
-                let meta = Meta {
-                    info: Arc::new(info),
-                    info_bytes: info_bytes.into(),
-                    web_seeds: Vec::new(),
-                };
-                let torrent = store::metainfo_bytes(&self.trackers, &meta.info_bytes);
-                self.daemon.on_metadata(self.id, &meta, &torrent);
-                self.fetching
-                    .store(false, std::sync::atomic::Ordering::Relaxed);
-                meta
-            }
-        };
-        if !meta.info.version.has_v1() {
-            return Err(AddError::V2Only.to_string());
-        }
+    /// What the engine needs to run (or rest) this torrent with its metadata `meta`.
+    fn params(&mut self, meta: Meta) -> TorrentParams {
+        let inner = &self.daemon.0;
         let (_, closed) = mpsc::channel(1);
-        let params = TorrentParams {
+        TorrentParams {
             info: meta.info.clone(),
             info_bytes: Some(meta.info_bytes.clone()),
             web_seeds: meta.web_seeds.clone(),
             files: None,
-            // v2-only torrents are refused above; hybrids are checked with their SHA-1 hashes.
+            // v2-only torrents are refused; hybrids are checked with their SHA-1 hashes.
             piece_layers: Default::default(),
             info_hash: self.info_hash,
             trackers: self.trackers.clone(),
@@ -1446,11 +1626,48 @@ impl Job {
                 wanted_files: self.wanted_files.clone(),
                 limits: self.limits.clone(),
                 window: self.window.clone(),
+                resumed: self.resumed.take(),
             }),
+        }
+    }
+
+    async fn drive(&mut self) -> Result<HostedEnd, String> {
+        let inner = self.daemon.0.clone();
+        let meta = match self.meta.clone() {
+            Some(meta) => meta,
+            None => {
+                let fetch = fetch_metadata(
+                    self.info_hash,
+                    &self.trackers,
+                    &self.peers,
+                    inner.peer_id,
+                    inner.dht.clone(),
+                    inner.transports.clone(),
+                );
+                let fetched = tokio::select! {
+                    fetched = fetch => fetched,
+                    () = stopped(&mut self.stop) => return Ok(HostedEnd::Ended(Outcome::Interrupted)),
+                };
+                let (info, info_bytes) = fetched.map_err(|e| error_chain(&e))?;
+                let meta = Meta {
+                    info: Arc::new(info),
+                    info_bytes: info_bytes.into(),
+                    web_seeds: Vec::new(),
+                };
+                let torrent = store::metainfo_bytes(&self.trackers, &meta.info_bytes);
+                self.daemon.on_metadata(self.id, &meta, &torrent);
+                self.fetching
+                    .store(false, std::sync::atomic::Ordering::Relaxed);
+                meta
+            }
         };
+        if !meta.info.version.has_v1() {
+            return Err(AddError::V2Only.to_string());
+        }
+        let params = self.params(meta);
         let mut watch = self.progress.subscribe();
         watch.mark_unchanged();
-        let run = run_torrent(params);
+        let run = run_hosted(params);
         tokio::pin!(run);
         let mut reported: Option<bool> = None;
         loop {

@@ -3,6 +3,8 @@
 //!
 //! - [`torrent`]: one torrent, driving a [`crate::session::Session`] and a
 //!   [`crate::swarm::Swarm`]: announces, the connection set, the listener, hashing, shutdown.
+//! - [`dormant`]: a daemon's seeds nobody is connected to, reduced to their sessions and
+//!   driven together by one task (their announces) until a peer comes.
 //! - [`peer`]: one connection's task over the shared swarm.
 //! - [`connection`]: the framed peer stream every driver uses (connect, handshake, messages).
 //! - [`dht`]: the process's DHT node, shared by its torrents.
@@ -18,6 +20,7 @@
 
 pub mod connection;
 pub mod dht;
+pub mod dormant;
 pub mod hasher;
 pub mod limits;
 pub mod metadata;
@@ -61,6 +64,6 @@ pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
 }
 
 pub use torrent::{
-    run_torrent, ConnectedPeer, Hosted, Outcome, Progress, SeedLimits, Target, TorrentError,
-    TorrentParams,
+    run_hosted, run_torrent, ConnectedPeer, Dormant, Hosted, HostedEnd, Outcome, Progress,
+    SeedLimits, Target, TorrentError, TorrentParams,
 };

@@ -76,6 +76,9 @@ pub enum AnnounceError {
     /// The announce task itself failed.
     #[error("the announce task failed")]
     Task(#[source] tokio::task::JoinError),
+    /// The announce task ended without an answer.
+    #[error("the announce task ended without an answer")]
+    Lost,
 }
 
 /// Every tracker that failed, with why; shown as one line.
