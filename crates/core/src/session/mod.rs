@@ -260,8 +260,6 @@ pub struct Session {
     trackers: TrackerList,
     /// Per tier: the tracker asked and the ones to try next if it fails.
     in_flight: HashMap<usize, (String, VecDeque<String>)>,
-    /// Trackers that took our `started`.
-    started: HashSet<String>,
     candidates: PeerCandidates,
     config: SessionConfig,
     total_length: u64,
@@ -309,7 +307,6 @@ impl Session {
             announcer: params.announcer,
             trackers: TrackerList::new(params.trackers),
             in_flight: HashMap::new(),
-            started: HashSet::new(),
             candidates,
             config: params.config,
             total_length: params.total_length,
@@ -372,7 +369,6 @@ impl Session {
     pub fn shrink_to_fit(&mut self) {
         self.events.shrink_to_fit();
         self.in_flight.shrink_to_fit();
-        self.started.shrink_to_fit();
     }
 
     // ---- inputs ----
@@ -404,7 +400,8 @@ impl Session {
     /// none: it dials nobody.
     pub fn handle_peers(&mut self, peers: &[SocketAddr]) {
         self.dirty = true;
-        let seeding = self.seeding_since.is_some();
+        // (A seed whose data went missing downloads again: it keeps them again.)
+        let seeding = self.seeding_since.is_some() && self.is_done();
         for &addr in peers {
             self.heard_of_peers |= addr.port() != 0;
             if !seeding {
@@ -422,7 +419,6 @@ impl Session {
     ) {
         self.trackers.on_success(url, now, response);
         self.answered_announces = self.answered_announces.saturating_add(1);
-        self.started.insert(url.to_string());
         self.handle_peers(&response.peers);
         self.announce_done(now, url);
     }
@@ -561,8 +557,9 @@ impl Session {
             }
             self.events.push_back(SessionEvent::Seeding);
             if !self.complete_at_start {
-                // Tell the trackers that had our `started` that we completed.
-                for url in self.started.iter().cloned().collect::<Vec<_>>() {
+                // Tell the trackers that had our `started` (those that answered) that we
+                // completed.
+                for url in self.trackers.answered() {
                     let request = self.request(Event::Completed);
                     self.events
                         .push_back(SessionEvent::Announce { url, request });
@@ -668,7 +665,8 @@ impl Session {
 
     /// The regular announce to `url`: `started` the first time it answers.
     fn request_for(&self, url: &str) -> AnnounceRequest {
-        let event = if self.started.contains(url) {
+        // A tracker that answered took our `started`.
+        let event = if self.trackers.has_answered(url) {
             Event::None
         } else {
             Event::Started

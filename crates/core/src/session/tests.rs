@@ -612,3 +612,22 @@ fn a_seed_keeps_no_addresses_but_its_bans() {
     assert_eq!(s.candidate_counts().ready, 0);
     assert!(connects(&events(&mut s)).is_empty());
 }
+
+#[test]
+fn a_resting_seed_whose_data_went_missing_downloads_again() {
+    let t = Instant::now();
+    let after = Duration::from_secs(60);
+    let mut s = resting_seed(t, &[&["a"]], after);
+    drive(&mut s, t + after);
+    assert!(s.is_dormant());
+    // A peer wakes it; its next run finds half the data gone.
+    let t1 = t + Duration::from_secs(100);
+    assert!(s.handle_incoming(addr(1)));
+    s.handle_transfer(t1, left(500));
+    s.handle_timeout(t1);
+    events(&mut s);
+    s.handle_announce_response(t1, "a", &response(&[addr(2)]));
+    s.handle_timeout(t1);
+    assert_eq!(connects(&events(&mut s)), vec![addr(2)]);
+    assert!(!s.is_dormant());
+}

@@ -239,6 +239,20 @@ impl TrackerList {
             .any(|t| t.last_success.is_some())
     }
 
+    /// Whether `url` ever answered.
+    pub fn has_answered(&self, url: &str) -> bool {
+        self.find(url)
+            .is_some_and(|(ti, pos)| self.tiers[ti][pos].last_success.is_some())
+    }
+
+    /// Every tracker that ever answered, in tier order.
+    pub fn answered(&self) -> Vec<String> {
+        (self.tiers.iter().flatten())
+            .filter(|t| t.last_success.is_some())
+            .map(|t| t.url.clone())
+            .collect()
+    }
+
     /// The front tracker (last known to work) of every tier where some tracker answered.
     pub fn working_fronts(&self) -> Vec<String> {
         self.tiers
