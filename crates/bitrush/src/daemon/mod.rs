@@ -194,8 +194,9 @@ struct Entry {
     error: Option<String>,
     /// This torrent's own rate limits (kept across runs; `saved` holds their values).
     limits: RateLimits,
-    /// The priority window HTTP streams ask for (kept across runs).
-    window: watch::Sender<Option<std::ops::Range<u32>>>,
+    /// The priority window HTTP streams ask for (kept across runs; made when first needed,
+    /// dropped while the torrent rests without one).
+    window: Option<watch::Sender<Option<std::ops::Range<u32>>>>,
     /// The stream reader whose window is in force.
     window_reader: u64,
 }
@@ -223,9 +224,14 @@ impl Entry {
             recheck: false,
             error: None,
             limits,
-            window: watch::channel(None).0,
+            window: None,
             window_reader: 0,
         }
+    }
+
+    /// The priority window's channel.
+    fn window(&mut self) -> &watch::Sender<Option<std::ops::Range<u32>>> {
+        self.window.get_or_insert_with(|| watch::channel(None).0)
     }
 }
 
@@ -241,7 +247,8 @@ type Route = (TorrentId, Option<mpsc::Sender<(PeerStream, Handshake)>>);
 
 struct State {
     queue: TorrentQueue,
-    torrents: BTreeMap<TorrentId, Entry>,
+    /// Boxed: the map's spare room holds pointers, not entries.
+    torrents: BTreeMap<TorrentId, Box<Entry>>,
     /// Where the listener sends each running or resting torrent's incoming connections.
     routes: HashMap<InfoHash, Route>,
     next_id: TorrentId,
@@ -425,16 +432,17 @@ impl Daemon {
                 Some(h) => h,
                 None => continue,
             };
-            let (meta, trackers, peers) = match (&metainfo, &saved.magnet) {
-                (Some(m), _) => (
-                    Some(Meta {
-                        info: Arc::new(m.info.clone()),
-                        info_bytes: m.info_bytes.clone().into(),
-                        web_seeds: m.web_seeds.clone(),
-                    }),
-                    m.tracker_tiers(),
-                    Vec::new(),
-                ),
+            let (meta, trackers, peers) = match (metainfo, &saved.magnet) {
+                (Some(m), _) => {
+                    let tiers = m.tracker_tiers();
+                    // Moved, not copied: what a thousand torrents keep is allocated once.
+                    let meta = Meta {
+                        info: Arc::new(m.info),
+                        info_bytes: m.info_bytes.into(),
+                        web_seeds: m.web_seeds,
+                    };
+                    (Some(meta), tiers, Vec::new())
+                }
                 (None, Some(link)) => match Magnet::parse(link) {
                     Ok(m) => (None, magnet_tiers(&m), m.peers),
                     Err(_) => continue,
@@ -458,7 +466,7 @@ impl Daemon {
             st.next_id = st.next_id.max(id + 1);
             st.torrents.insert(
                 id,
-                Entry::new(saved, info_hash, meta, trackers, peers, last),
+                Box::new(Entry::new(saved, info_hash, meta, trackers, peers, last)),
             );
         }
         tracing::info!(torrents = st.torrents.len(), "loaded saved torrents");
@@ -545,7 +553,14 @@ impl Daemon {
         st.next_id += 1;
         st.torrents.insert(
             id,
-            Entry::new(saved, info_hash, meta, trackers, peers, Progress::default()),
+            Box::new(Entry::new(
+                saved,
+                info_hash,
+                meta,
+                trackers,
+                peers,
+                Progress::default(),
+            )),
         );
         self.apply_queue(&mut st);
         Ok(id)
@@ -588,6 +603,7 @@ impl Daemon {
             && seeding
             && !entry.recheck
             && entry.waiting.is_empty()
+            && entry.meta.is_some()
             && entry.last.seeding
             && entry.last.total_bytes > 0;
         let (stop_tx, stop_rx) = watch::channel(false);
@@ -609,7 +625,12 @@ impl Daemon {
             incoming: route_rx,
             fetching: fetching.clone(),
             limits: entry.limits.clone(),
-            window: entry.window.subscribe(),
+            // A resting torrent needs no window (a run subscribes when it starts).
+            window: if rest {
+                watch::channel(None).1
+            } else {
+                entry.window().subscribe()
+            },
             resumed,
         };
         let info_hash = entry.info_hash;
@@ -696,6 +717,9 @@ impl Daemon {
             }
         }
         let _ = self.0.store.save(&entry.saved);
+        if entry.window.as_ref().is_some_and(|w| w.borrow().is_none()) {
+            entry.window = None;
+        }
         self.0.dormant.insert(id, *dormant);
         entry.resting = Some(Resting { stopping: false });
         let info_hash = entry.info_hash;
@@ -1273,7 +1297,7 @@ impl Daemon {
             .is_some_and(|h| (from..end).all(|i| h.get(i)));
         e.window_reader = reader;
         let window = (!all_had).then_some(from..end);
-        e.window.send_if_modified(|w| {
+        e.window().send_if_modified(|w| {
             let changed = *w != window;
             *w = window;
             changed
@@ -1289,7 +1313,9 @@ impl Daemon {
         if e.window_reader != reader {
             return;
         }
-        e.window.send_if_modified(|w| w.take().is_some());
+        if let Some(w) = &e.window {
+            w.send_if_modified(|w| w.take().is_some());
+        }
     }
 }
 

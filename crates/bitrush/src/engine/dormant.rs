@@ -4,32 +4,37 @@
 //! A seed comes here when its run ends dormant ([`HostedEnd::Dormant`](super::HostedEnd)) or
 //! when it starts complete ([`Dormant::new`]). Each session is driven as any driver does:
 //! `handle_timeout` once its `poll_timeout` is reached, its announces and DHT lookups carried
-//! out by short tasks whose answers go back to it. Nothing else runs for a dormant seed: no
-//! swarm, no connection task, no file open, and no timer but its session's next deadline (its
-//! next announce). A peer's handshake for it takes the session out ([`DormantSeeds::take`]) to
+//! out by short tasks whose answers go back to it (announces through one shared HTTP client,
+//! in turns of [`MAX_ANNOUNCING`]). Nothing else runs for a dormant seed: no swarm, no
+//! connection task, no file open, and no timer but its session's next deadline (its next
+//! announce). A peer's handshake for it takes the session out ([`DormantSeeds::take`]) to
 //! start a full run, with the announces still out. [`DormantSeeds::stop`] sends its closing
 //! announces; every session's end is reported on the channel [`DormantSeeds::start`] returns.
 //!
 //! Invariants: the timer set holds one entry per seed whose session has a deadline, and it is
 //! that deadline; a seed being stopped is never taken out; the table's lock is never held
-//! across an await; at most [`MAX_ANNOUNCING`] announces are out at once.
+//! across an await; at most [`MAX_ANNOUNCING`] announces are out at once, besides the closing
+//! ones of seeds being stopped; an announce whose session is gone is never sent.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 
 use tokio::sync::oneshot::error::TryRecvError;
-use tokio::sync::{mpsc, oneshot, Notify, Semaphore};
+use tokio::sync::{mpsc, oneshot, Notify};
 use tokio::task::JoinHandle;
 
 use super::dht::{DhtHandle, LookupReply};
 use super::torrent::Dormant;
-use super::tracker::{self, AnnounceError};
+use super::tracker::{self, AnnounceError, SharedClient};
 use crate::session::{CloseKind, Finish, SessionEvent};
+use crate::tracker::{AnnounceRequest, AnnounceResponse};
 
-/// Most announces of dormant seeds out at once (a daemon starting with thousands of seeds
-/// announces them in waves rather than opening thousands of connections at once).
-pub const MAX_ANNOUNCING: usize = 64;
+/// Most announces of dormant seeds out at once; the others wait their turn (a daemon starting
+/// with thousands of seeds announces them in waves, over one client whose connections to a
+/// tracker are reused, rather than opening thousands at once: the memory a wave takes stays
+/// small). A seed being stopped does not wait: its closing announces have a deadline.
+pub const MAX_ANNOUNCING: usize = 16;
 
 /// A seed's key (the daemon's torrent id).
 pub type SeedKey = u64;
@@ -44,11 +49,22 @@ struct Inner {
     emptied: Notify,
     /// Wakes the driver: a seed came, its deadline moved, or it was stopped.
     poke: Notify,
-    /// A task of this seed ended: its answer is ready for the session.
-    answered: mpsc::UnboundedSender<SeedKey>,
+    /// A task of this seed ended (an announce if `true`, else a DHT lookup): its answer is
+    /// ready for the session.
+    answered: mpsc::UnboundedSender<(SeedKey, bool)>,
     ended: mpsc::UnboundedSender<(SeedKey, Finish)>,
     dht: Option<DhtHandle>,
-    announcing: Arc<Semaphore>,
+    /// The client every announce goes through (`None`: it could not be made; each announce
+    /// then makes its own).
+    http: Option<SharedClient>,
+}
+
+/// An announce waiting for its turn.
+struct Queued {
+    key: SeedKey,
+    url: String,
+    request: AnnounceRequest,
+    answer: oneshot::Sender<Result<AnnounceResponse, AnnounceError>>,
 }
 
 #[derive(Default)]
@@ -59,6 +75,10 @@ struct Table {
     timers: BTreeSet<(Instant, SeedKey)>,
     /// Seeds to look at on the driver's next pass (just inserted).
     fresh: Vec<SeedKey>,
+    /// Announces waiting for one of the [`MAX_ANNOUNCING`] turns, oldest first.
+    queue: VecDeque<Queued>,
+    /// Announces out.
+    announcing: usize,
 }
 
 struct Seed {
@@ -89,7 +109,9 @@ impl DormantSeeds {
             answered,
             ended,
             dht,
-            announcing: Arc::new(Semaphore::new(MAX_ANNOUNCING)),
+            http: SharedClient::new()
+                .inspect_err(|e| tracing::warn!(error = %super::error_chain(e), "no shared HTTP client for announces"))
+                .ok(),
         }));
         let task = tokio::spawn(seeds.clone().drive(answers));
         (seeds, task, ends)
@@ -116,7 +138,7 @@ impl DormantSeeds {
         drop(table);
         if pending {
             // Answers may have come while it moved.
-            let _ = self.0.answered.send(key);
+            let _ = self.0.answered.send((key, false));
         }
         self.0.poke.notify_one();
     }
@@ -174,7 +196,7 @@ impl DormantSeeds {
         }
     }
 
-    async fn drive(self, mut answers: mpsc::UnboundedReceiver<SeedKey>) {
+    async fn drive(self, mut answers: mpsc::UnboundedReceiver<(SeedKey, bool)>) {
         loop {
             let next = {
                 let mut table = self.table();
@@ -198,14 +220,19 @@ impl DormantSeeds {
             tokio::select! {
                 () = sleep_until(next) => {}
                 () = self.0.poke.notified() => {}
-                Some(key) = answers.recv() => self.on_answered(key),
+                Some((key, announce)) = answers.recv() => self.on_answered(key, announce),
             }
         }
     }
 
-    /// Feeds `key`'s session the answers of its tasks that ended.
-    fn on_answered(&self, key: SeedKey) {
+    /// Feeds `key`'s session the answers of its tasks that ended; an announce that ended lets
+    /// the next one waiting go.
+    fn on_answered(&self, key: SeedKey, announce: bool) {
         let mut table = self.table();
+        if announce {
+            table.announcing = table.announcing.saturating_sub(1);
+            self.launch(&mut table);
+        }
         let Some(seed) = table.seeds.get_mut(&key) else {
             return;
         };
@@ -257,17 +284,16 @@ impl DormantSeeds {
             d.session.handle_timeout(now);
         }
         let mut finished = None;
+        let mut queued = Vec::new();
         while let Some(event) = d.session.poll_event() {
             match event {
                 SessionEvent::Announce { url, request } => {
-                    let (answered, permits) = (self.0.answered.clone(), self.0.announcing.clone());
-                    let (tx, rx) = oneshot::channel();
-                    let target = url.clone();
-                    // The answer first, then the word that it is there.
-                    tokio::spawn(async move {
-                        let _permit = permits.acquire_owned().await;
-                        let _ = tx.send(tracker::announce(&target, &request).await);
-                        let _ = answered.send(key);
+                    let (answer, rx) = oneshot::channel();
+                    queued.push(Queued {
+                        key,
+                        url: url.clone(),
+                        request,
+                        answer,
                     });
                     d.announces.push((url, rx));
                 }
@@ -281,7 +307,7 @@ impl DormantSeeds {
                             None => 0,
                         };
                         let _ = tx.send(found);
-                        let _ = answered.send(key);
+                        let _ = answered.send((key, false));
                     });
                     d.lookups.push(rx);
                 }
@@ -302,6 +328,14 @@ impl DormantSeeds {
         }
         let deadline = d.session.poll_timeout();
         seed.deadline = deadline;
+        if seed.stopping {
+            for q in queued {
+                self.spawn_announce(table, q);
+            }
+        } else if !queued.is_empty() {
+            table.queue.extend(queued);
+            self.launch(table);
+        }
         if let Some(finish) = finished {
             table.remove(key);
             let _ = self.0.ended.send((key, finish));
@@ -318,6 +352,36 @@ impl DormantSeeds {
                 table.timers.insert((at, key));
             }
         }
+    }
+}
+
+impl DormantSeeds {
+    /// Starts the announces waiting, as far as turns are free.
+    fn launch(&self, table: &mut Table) {
+        while table.announcing < MAX_ANNOUNCING {
+            let Some(q) = table.queue.pop_front() else {
+                break;
+            };
+            if q.answer.is_closed() {
+                // Its session ended (or was dropped) while it waited: nobody wants it now.
+                continue;
+            }
+            self.spawn_announce(table, q);
+        }
+    }
+
+    fn spawn_announce(&self, table: &mut Table, q: Queued) {
+        table.announcing += 1;
+        let (answered, http) = (self.0.answered.clone(), self.0.http.clone());
+        tokio::spawn(async move {
+            let result = match &http {
+                Some(client) => tracker::announce_shared(client, &q.url, &q.request).await,
+                None => tracker::announce(&q.url, &q.request).await,
+            };
+            // The answer first, then the word that it is there.
+            let _ = q.answer.send(result);
+            let _ = answered.send((q.key, true));
+        });
     }
 }
 
