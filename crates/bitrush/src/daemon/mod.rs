@@ -192,8 +192,9 @@ struct Entry {
     /// Hash everything on the next start.
     recheck: bool,
     error: Option<String>,
-    /// This torrent's own rate limits (kept across runs; `saved` holds their values).
-    limits: RateLimits,
+    /// This torrent's own rate limits, shared with its run's connections (made for a run, and
+    /// dropped while it rests; `saved` holds their values).
+    limits: Option<RateLimits>,
     /// The priority window HTTP streams ask for (kept across runs; made when first needed,
     /// dropped while the torrent rests without one).
     window: Option<watch::Sender<Option<std::ops::Range<u32>>>>,
@@ -210,7 +211,6 @@ impl Entry {
         peers: Vec<SocketAddr>,
         last: Progress,
     ) -> Entry {
-        let limits = RateLimits::adjustable(saved.download_limit, saved.upload_limit);
         Entry {
             saved,
             info_hash,
@@ -223,10 +223,16 @@ impl Entry {
             last,
             recheck: false,
             error: None,
-            limits,
+            limits: None,
             window: None,
             window_reader: 0,
         }
+    }
+
+    /// The torrent's own rate limits.
+    fn limits(&mut self) -> &RateLimits {
+        let (download, upload) = (self.saved.download_limit, self.saved.upload_limit);
+        (self.limits).get_or_insert_with(|| RateLimits::adjustable(download, upload))
     }
 
     /// The priority window's channel.
@@ -624,7 +630,12 @@ impl Daemon {
             progress: progress_tx,
             incoming: route_rx,
             fetching: fetching.clone(),
-            limits: entry.limits.clone(),
+            // A resting torrent has no connections to limit.
+            limits: if rest {
+                RateLimits::default()
+            } else {
+                entry.limits().clone()
+            },
             // A resting torrent needs no window (a run subscribes when it starts).
             window: if rest {
                 watch::channel(None).1
@@ -720,6 +731,7 @@ impl Daemon {
         if entry.window.as_ref().is_some_and(|w| w.borrow().is_none()) {
             entry.window = None;
         }
+        entry.limits = None;
         self.0.dormant.insert(id, *dormant);
         entry.resting = Some(Resting { stopping: false });
         let info_hash = entry.info_hash;
@@ -1229,7 +1241,9 @@ impl Daemon {
         };
         e.saved.download_limit = limits.download;
         e.saved.upload_limit = limits.upload;
-        e.limits.set(limits.download, limits.upload);
+        if let Some(l) = &e.limits {
+            l.set(limits.download, limits.upload);
+        }
         if let Err(e) = self.0.store.save(&e.saved) {
             tracing::warn!(error = %e, "cannot save torrent settings");
         }

@@ -368,6 +368,10 @@ impl DormantSeeds {
             }
             self.spawn_announce(table, q);
         }
+        if table.queue.is_empty() && table.queue.capacity() > MAX_ANNOUNCING {
+            // A wave passed: its room is not kept.
+            table.queue = VecDeque::new();
+        }
     }
 
     fn spawn_announce(&self, table: &mut Table, q: Queued) {
