@@ -54,9 +54,6 @@ struct Inner {
     answered: mpsc::UnboundedSender<(SeedKey, bool)>,
     ended: mpsc::UnboundedSender<(SeedKey, Finish)>,
     dht: Option<DhtHandle>,
-    /// The client every announce goes through (`None`: it could not be made; each announce
-    /// then makes its own).
-    http: Option<SharedClient>,
 }
 
 /// An announce waiting for its turn.
@@ -73,12 +70,16 @@ struct Table {
     seeds: HashMap<SeedKey, Box<Seed>>,
     /// (deadline, seed), earliest first.
     timers: BTreeSet<(Instant, SeedKey)>,
-    /// Seeds to look at on the driver's next pass (just inserted).
-    fresh: Vec<SeedKey>,
+    /// Seeds to look at on the driver's next passes (just inserted), oldest first.
+    fresh: VecDeque<SeedKey>,
     /// Announces waiting for one of the [`MAX_ANNOUNCING`] turns, oldest first.
     queue: VecDeque<Queued>,
     /// Announces out.
     announcing: usize,
+    /// The client the announces of a wave share (their connections to a tracker are reused);
+    /// dropped once the wave is over, so nothing of it (idle connections, their timer) stays
+    /// between waves. `Some(None)`: it could not be made, each announce makes its own.
+    http: Option<Option<SharedClient>>,
 }
 
 struct Seed {
@@ -109,9 +110,6 @@ impl DormantSeeds {
             answered,
             ended,
             dht,
-            http: SharedClient::new()
-                .inspect_err(|e| tracing::warn!(error = %super::error_chain(e), "no shared HTTP client for announces"))
-                .ok(),
         }));
         let task = tokio::spawn(seeds.clone().drive(answers));
         (seeds, task, ends)
@@ -134,7 +132,7 @@ impl DormantSeeds {
                 stopping: false,
             }),
         );
-        table.fresh.push(key);
+        table.fresh.push_back(key);
         drop(table);
         if pending {
             // Answers may have come while it moved.
@@ -201,7 +199,13 @@ impl DormantSeeds {
             let next = {
                 let mut table = self.table();
                 let now = Instant::now();
-                while let Some(&(at, key)) = table.timers.first() {
+                // Seeds are looked at only while announces do not wait beyond a turn's worth:
+                // a wave of thousands due at once (a start) goes by in turns, and what each
+                // announce takes while it waits exists for a few seeds at a time.
+                while table.queue.len() < MAX_ANNOUNCING {
+                    let Some(&(at, key)) = table.timers.first() else {
+                        break;
+                    };
                     if at > now {
                         break;
                     }
@@ -212,10 +216,20 @@ impl DormantSeeds {
                         break;
                     }
                 }
-                for key in std::mem::take(&mut table.fresh) {
+                while table.queue.len() < MAX_ANNOUNCING {
+                    let Some(key) = table.fresh.pop_front() else {
+                        break;
+                    };
                     self.service(&mut table, key, now);
                 }
-                table.timers.first().map(|&(at, _)| at)
+                if table.fresh.is_empty() && table.fresh.capacity() > MAX_ANNOUNCING {
+                    table.fresh = VecDeque::new();
+                }
+                // With announces waiting, their answers wake the driver.
+                let waiting = table.queue.len() >= MAX_ANNOUNCING;
+                (!waiting)
+                    .then(|| table.timers.first().map(|&(at, _)| at))
+                    .flatten()
             };
             tokio::select! {
                 () = sleep_until(next) => {}
@@ -232,6 +246,9 @@ impl DormantSeeds {
         if announce {
             table.announcing = table.announcing.saturating_sub(1);
             self.launch(&mut table);
+            if table.announcing == 0 {
+                table.http = None;
+            }
         }
         let Some(seed) = table.seeds.get_mut(&key) else {
             return;
@@ -376,7 +393,15 @@ impl DormantSeeds {
 
     fn spawn_announce(&self, table: &mut Table, q: Queued) {
         table.announcing += 1;
-        let (answered, http) = (self.0.answered.clone(), self.0.http.clone());
+        let http = table
+            .http
+            .get_or_insert_with(|| {
+                SharedClient::new()
+                    .inspect_err(|e| tracing::warn!(error = %super::error_chain(e), "announcing without a shared HTTP client"))
+                    .ok()
+            })
+            .clone();
+        let answered = self.0.answered.clone();
         tokio::spawn(async move {
             let result = match &http {
                 Some(client) => tracker::announce_shared(client, &q.url, &q.request).await,
