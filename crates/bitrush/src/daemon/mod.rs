@@ -272,6 +272,9 @@ struct Inner {
     dormant: DormantSeeds,
     /// The task driving them (stopped last at shutdown).
     dormant_task: Mutex<Option<JoinHandle<()>>>,
+    /// Runs that ended (at rest or not): the periodic save gives the memory they freed back
+    /// when this moved.
+    runs_ended: std::sync::atomic::AtomicU64,
     transports: Transports,
     /// The global rate limits (also in `transports`).
     rate_limits: RateLimits,
@@ -380,6 +383,7 @@ impl Daemon {
             dht: udp.dht,
             dormant,
             dormant_task: Mutex::new(Some(dormant_task)),
+            runs_ended: std::sync::atomic::AtomicU64::new(0),
             transports,
             rate_limits,
             next_reader: std::sync::atomic::AtomicU64::new(1),
@@ -720,6 +724,9 @@ impl Daemon {
         let Some(run) = entry.run.take() else {
             return;
         };
+        self.0
+            .runs_ended
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let last = run.progress.borrow().clone();
         fold_run(entry, last);
         while let Ok(waiting) = incoming.try_recv() {
@@ -825,6 +832,9 @@ impl Daemon {
         let Some(run) = entry.run.take() else {
             return;
         };
+        self.0
+            .runs_ended
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let last = run.progress.borrow().clone();
         fold_run(entry, last);
         let info_hash = entry.info_hash;
@@ -932,14 +942,23 @@ impl Daemon {
         }
     }
 
-    /// Saves every running torrent's settings whose counters moved, every `save_every`.
+    /// Saves every running torrent's settings whose counters moved, every `save_every`, and
+    /// gives the memory of runs that ended since back to the system.
     async fn save_periodically(&self) {
         let mut tick = tokio::time::interval(self.0.config.save_every);
         tick.tick().await;
         // The counters last saved, per torrent (an idle torrent is not written again).
         let mut written: HashMap<TorrentId, (u64, u64)> = HashMap::new();
+        // Runs ended when free memory was last given back (never yet: the start's announces
+        // leave some too).
+        let mut trimmed = None;
         loop {
             tick.tick().await;
+            let ended = self.0.runs_ended.load(std::sync::atomic::Ordering::Relaxed);
+            if trimmed != Some(ended) {
+                trimmed = Some(ended);
+                crate::engine::release_free_memory();
+            }
             let saved: Vec<Saved> = {
                 let st = self.state();
                 written.retain(|id, _| st.torrents.contains_key(id));

