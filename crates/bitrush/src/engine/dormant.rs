@@ -31,9 +31,9 @@ use crate::session::{CloseKind, Finish, SessionEvent};
 use crate::tracker::{AnnounceRequest, AnnounceResponse};
 
 /// Most announces of dormant seeds out at once; the others wait their turn (a daemon starting
-/// with thousands of seeds announces them in waves, over one client whose connections to a
-/// tracker are reused, rather than opening thousands at once: the memory a wave takes stays
-/// small). A seed being stopped does not wait: its closing announces have a deadline.
+/// with thousands of seeds announces them in waves rather than opening thousands of
+/// connections at once: the memory a wave takes stays small). A seed being stopped does not
+/// wait: its closing announces have a deadline.
 pub const MAX_ANNOUNCING: usize = 16;
 
 /// A seed's key (the daemon's torrent id).
@@ -76,9 +76,9 @@ struct Table {
     queue: VecDeque<Queued>,
     /// Announces out.
     announcing: usize,
-    /// The client the announces of a wave share (their connections to a tracker are reused);
-    /// dropped once the wave is over, so nothing of it (idle connections, their timer) stays
-    /// between waves. `Some(None)`: it could not be made, each announce makes its own.
+    /// The client the announces of a wave share; dropped once the wave is over, so nothing of
+    /// it stays between waves. `Some(None)`: it could not be made, each announce makes its
+    /// own.
     http: Option<Option<SharedClient>>,
 }
 
