@@ -11,10 +11,11 @@
 //! start a full run, with the announces still out. [`DormantSeeds::stop`] sends its closing
 //! announces; every session's end is reported on the channel [`DormantSeeds::start`] returns.
 //!
-//! Invariants: the timer set holds one entry per seed whose session has a deadline, and it is
-//! that deadline; a seed being stopped is never taken out; the table's lock is never held
-//! across an await; at most [`MAX_ANNOUNCING`] announces are out at once, besides the closing
-//! ones of seeds being stopped; an announce whose session is gone is never sent.
+//! Invariants: the timer set holds one entry per seed whose session has a deadline (but for
+//! seeds just inserted, waiting in `fresh` to be looked at), and it is that deadline; a seed
+//! being stopped is never taken out; the table's lock is never held across an await; at most
+//! [`MAX_ANNOUNCING`] announces are out at once, besides the closing ones of seeds being
+//! stopped; an announce whose session is gone is never sent.
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -148,11 +149,6 @@ impl DormantSeeds {
             return None;
         }
         table.remove(key)
-    }
-
-    /// Whether `key` rests here.
-    pub fn contains(&self, key: SeedKey) -> bool {
-        self.table().seeds.contains_key(&key)
     }
 
     /// Stops `key`: its closing announces go out, then its end is reported. Returns whether it
