@@ -13,12 +13,23 @@ const MIB: usize = 1024 * 1024;
 /// How long a download in these tests may take (only against a hang).
 const DONE_TIMEOUT: Duration = Duration::from_secs(120);
 
-/// A daemon under test: its process and where its API listens.
+/// A daemon under test: its process and where its API listens. The daemon runs tethered
+/// (it dies with the test process however that ends), and dropping the guard kills it and
+/// waits for it (a failing test leaves nothing running).
 struct DaemonProc {
+    /// The tether, the daemon's parent, in one process group with it.
     proc: Proc,
+    /// The daemon's own pid, for signals.
+    pid: u32,
     api: String,
     /// Where peers reach it (TCP and uTP).
     peer_port: u16,
+}
+
+impl Drop for DaemonProc {
+    fn drop(&mut self) {
+        self.proc.kill();
+    }
 }
 
 /// Starts `bitrush daemon` on free ports with `state` and `downloads`, plus `extra` (which
@@ -50,11 +61,13 @@ fn start_daemon_logging(
         args.push(format!("127.0.0.1:{}", free_port()));
     }
     args.extend(extra.iter().map(|s| s.to_string()));
-    let mut cmd = bitrush_with(&args);
+    let mut cmd = tethered_bitrush(&args);
     if let Some(log) = log {
         cmd.env("RUST_LOG", log);
     }
     let proc = Proc::spawn("bitrush", cmd);
+    let pid = child_pid(proc.pid(), STARTUP_TIMEOUT)
+        .unwrap_or_else(|| panic!("the tether started no daemon\n{}", proc.logs()));
     let line = proc
         .wait_for_stdout_line(|l| l.starts_with("API: "), STARTUP_TIMEOUT)
         .unwrap_or_else(|e| panic!("daemon did not start: {e}\n{}", proc.logs()));
@@ -63,6 +76,7 @@ fn start_daemon_logging(
         .unwrap_or_else(|e| panic!("daemon did not start: {e}\n{}", proc.logs()));
     DaemonProc {
         proc,
+        pid,
         api: line["API: ".len()..].trim().replace("0.0.0.0", "127.0.0.1"),
         peer_port: peers["Peer port: ".len()..].trim().parse().expect("a port"),
     }
@@ -83,26 +97,8 @@ impl Resp {
 
 /// Runs curl with `args` against `url`.
 fn curl(url: &str, args: &[&str]) -> Resp {
-    let mut cmd = Command::new(require_tool("curl"));
-    cmd.args([
-        "-s",
-        "-S",
-        "-o",
-        "-",
-        "-w",
-        "\n%{http_code}",
-        "--max-time",
-        "30",
-    ])
-    .args(args)
-    .arg(url);
-    let out = run_checked("curl", cmd, Duration::from_secs(60));
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    let (body, code) = text.rsplit_once('\n').unwrap_or(("", &text));
-    Resp {
-        status: code.trim().parse().unwrap_or(0),
-        body: body.to_string(),
-    }
+    let (status, body) = common::curl(url, args);
+    Resp { status, body }
 }
 
 impl DaemonProc {
@@ -164,9 +160,9 @@ impl DaemonProc {
         });
     }
 
-    /// SIGINT, then waits for a clean exit.
+    /// SIGINT, then waits for a clean exit (the tether exits with the daemon's status).
     fn stop(mut self) {
-        send_signal(self.proc.pid(), "INT");
+        send_signal(self.pid, "INT");
         let status = self.proc.wait_exit(Duration::from_secs(30));
         assert!(
             status.is_some_and(|s| s.success()),
@@ -174,6 +170,69 @@ impl DaemonProc {
             self.proc.logs()
         );
     }
+}
+
+/// Whether process `pid` is gone (or a zombie nobody reaped: it runs no more).
+fn process_gone(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        // The state follows the command's closing parenthesis.
+        Ok(stat) => stat
+            .rsplit_once(')')
+            .is_some_and(|(_, rest)| rest.trim_start().starts_with('Z')),
+        Err(_) => true,
+    }
+}
+
+/// Where [`a_test_process_that_dies_starts_a_daemon`] writes its daemon's pid: set only when
+/// [`a_daemon_dies_with_the_test_that_started_it`] runs it.
+const ORPHAN_PID_FILE: &str = "BITRUSH_TEST_ORPHAN_PID_FILE";
+
+/// Run by [`a_daemon_dies_with_the_test_that_started_it`] in a test process of its own: starts
+/// a daemon, says its pid, and dies without unwinding (no guard is dropped), as a test process
+/// killed by a timeout or a signal does.
+#[test]
+#[ignore = "run by a_daemon_dies_with_the_test_that_started_it"]
+fn a_test_process_that_dies_starts_a_daemon() {
+    let Some(pid_file) = std::env::var_os(ORPHAN_PID_FILE).map(PathBuf::from) else {
+        return;
+    };
+    // In the starting test's folder, which it removes.
+    let dir = pid_file.parent().unwrap();
+    let (state, downloads) = (dir.join("state"), dir.join("downloads"));
+    std::fs::create_dir_all(&downloads).unwrap();
+    let d = start_daemon(&state, &downloads, &[]);
+    std::fs::write(&pid_file, d.pid.to_string()).unwrap();
+    std::process::abort();
+}
+
+#[test]
+fn a_daemon_dies_with_the_test_that_started_it() {
+    let dir = TestDir::new("daemon-tether");
+    let pid_file = dir.join("daemon.pid");
+    let mut cmd = Command::new(std::env::current_exe().unwrap());
+    cmd.args([
+        "--ignored",
+        "--exact",
+        "a_test_process_that_dies_starts_a_daemon",
+    ])
+    .env(ORPHAN_PID_FILE, &pid_file);
+    let out = run_with_timeout("the dying test", cmd, PROCESS_TIMEOUT);
+    assert!(!out.status.success(), "it was to abort\n{}", dump(&out));
+    let pid: u32 = std::fs::read_to_string(&pid_file)
+        .unwrap_or_else(|e| panic!("no daemon pid ({e})\n{}", dump(&out)))
+        .trim()
+        .parse()
+        .unwrap();
+    // Only against a hang: the daemon goes as soon as its tether sees the test process gone.
+    let deadline = std::time::Instant::now() + STARTUP_TIMEOUT;
+    while !process_gone(pid) && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let gone = process_gone(pid);
+    if !gone {
+        send_signal(pid, "KILL");
+    }
+    assert!(gone, "the daemon outlived the test process that started it");
 }
 
 /// `transmission-remote` against the daemon at `api` with `args`; returns stdout.
@@ -374,6 +433,33 @@ fn hostile_api_input_gets_clear_errors() {
         let r = d.post("/api/v1/torrents", "application/json", &body);
         assert_eq!(r.status, 400, "{bad}: {}", r.body);
     }
+    // Whatever is saved must load back: an overlong folder or magnet link is refused.
+    let long_dir = format!("/{}", "d".repeat(5000));
+    let long_link = format!("{link}&dn={}", "n".repeat(70_000));
+    for body in [
+        serde_json::json!({"magnet": link, "download_dir": long_dir}),
+        serde_json::json!({"magnet": long_link}),
+    ] {
+        let r = d.post("/api/v1/torrents", "application/json", &body.to_string());
+        assert_eq!(r.status, 400, "{}", r.body);
+        assert!(r.json()["error"].as_str().unwrap().contains("longer than"));
+    }
+    // Files cannot be chosen before a magnet link's metadata is known.
+    let body = serde_json::json!({"magnet": link, "paused": true}).to_string();
+    let r = d.post("/api/v1/torrents", "application/json", &body);
+    assert_eq!(r.status, 201, "{}", r.body);
+    let files = format!("{}/api/v1/torrents/{}/files", d.api, r.json()["id"]);
+    let put = |body: &str| curl(&files, &["-X", "PUT", "--data-binary", body]);
+    let r = put(r#"{"wanted": [true]}"#);
+    assert_eq!(r.status, 409, "{}", r.body);
+    assert!(r.json()["error"].is_string());
+    assert_eq!(put(r#"{"wanted": null}"#).status, 200);
+    let r = curl(&files.replace("/files", ""), &["-X", "DELETE"]);
+    assert_eq!(r.status, 204, "{}", r.body);
+    // The event stream takes GET only.
+    let r = d.post("/api/v1/events", "application/json", "{}");
+    assert_eq!(r.status, 405, "{}", r.body);
+    assert!(r.json()["error"].is_string());
     // Path traversal in the torrent's own names: they are made safe, and the torrent stays
     // inside the download folder.
     let data = vec![7u8; 1000];
@@ -677,6 +763,92 @@ fn skipped_files_are_not_fetched_until_wanted() {
     });
     assert_tree_eq(&set, &swarm.tree);
     d.stop();
+}
+
+/// The server-sent events in `lines` (a response as `curl -i` prints it: headers first), as
+/// (event, data) pairs; comments are left out.
+fn sse_events(lines: &[String]) -> Vec<(String, String)> {
+    let body = lines.iter().skip_while(|l| !l.is_empty()).skip(1);
+    let (mut events, mut kind, mut data) = (Vec::new(), String::new(), String::new());
+    for line in body {
+        if line.is_empty() {
+            if !kind.is_empty() || !data.is_empty() {
+                events.push((std::mem::take(&mut kind), std::mem::take(&mut data)));
+            }
+        } else if let Some(k) = line.strip_prefix("event: ") {
+            kind = k.to_string();
+        } else if let Some(d) = line.strip_prefix("data: ") {
+            data.push_str(d);
+        }
+    }
+    events
+}
+
+#[test]
+fn the_event_stream_shows_an_add_its_progress_to_completion_and_a_remove() {
+    require_libtorrent();
+    // 4 MiB at 1 MiB/s: several seconds of progress.
+    let swarm = Swarm::single_file("daemon-events", 4 * MIB, 16, 49, false);
+    let _seeder = swarm.lt_seeder_with(&LtSeedOptions::upload_limited(MIB as u64));
+    let state = swarm.dir.subdir("state");
+    let downloads = swarm.dir.subdir("downloads");
+    let mut d = start_daemon(&state, &downloads, &[]);
+    let mut cmd = Command::new(require_tool("curl"));
+    cmd.args(["-sS", "-N", "-i"])
+        .arg(format!("{}/api/v1/events", d.api));
+    let mut stream = Proc::spawn("curl", cmd);
+    let wait_event = |stream: &Proc, name: &str| {
+        stream
+            .wait_for_stdout_line(|l| l == format!("event: {name}"), DONE_TIMEOUT)
+            .unwrap_or_else(|e| panic!("no {name} event: {e}\n{}", stream.logs()));
+    };
+    wait_event(&stream, "snapshot");
+    let id = d.add_torrent(&swarm.torrent);
+    d.wait_complete(id);
+    let r = curl(
+        &format!("{}/api/v1/torrents/{id}", d.api),
+        &["-X", "DELETE"],
+    );
+    assert_eq!(r.status, 204, "{}", r.body);
+    wait_event(&stream, "removed");
+    let lines = stream.stdout_lines();
+    assert!(
+        (lines.iter()).any(|l| l.eq_ignore_ascii_case("content-type: text/event-stream")),
+        "{lines:?}"
+    );
+    let events = sse_events(&lines);
+    assert_eq!(events[0], ("snapshot".into(), "[]".into()), "{events:?}");
+    // Everything about the torrent, in order: added, progress to completion, removed.
+    let ours: Vec<(String, serde_json::Value)> = (events.iter().skip(1))
+        .map(|(kind, data)| (kind.clone(), serde_json::from_str(data).unwrap()))
+        .filter(|(_, data): &(String, serde_json::Value)| data["id"] == id)
+        .collect();
+    let kinds: Vec<&str> = ours.iter().map(|(k, _)| k.as_str()).collect();
+    eprintln!("events about the torrent: {kinds:?}");
+    assert_eq!(kinds.first(), Some(&"added"), "{kinds:?}");
+    assert_eq!(kinds.last(), Some(&"removed"), "{kinds:?}");
+    assert_eq!(ours[0].1["torrent"]["name"], "payload.bin");
+    let done: Vec<u64> = (ours.iter())
+        .filter_map(|(_, data)| data["torrent"]["done_bytes"].as_u64())
+        .collect();
+    assert!(done.windows(2).all(|w| w[0] <= w[1]), "{done:?}");
+    let size = 4 * MIB as u64;
+    assert!(
+        (ours.iter()).any(|(k, data)| k == "progress"
+            && (1..size).contains(&data["torrent"]["done_bytes"].as_u64().unwrap())),
+        "no progress in between: {kinds:?} {done:?}"
+    );
+    let last = &ours[ours.len() - 2].1["torrent"];
+    assert_eq!(last["left_until_done"], 0, "{last}");
+    assert_eq!(last["state"], "seeding", "{last}");
+    // Stopping the daemon ends the stream.
+    d.stop();
+    let status = stream.wait_exit(Duration::from_secs(30));
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "{status:?}\n{}",
+        stream.logs()
+    );
 }
 
 /// A raw HTTP response from curl: status, the headers' text and the body's bytes.

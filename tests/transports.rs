@@ -53,7 +53,9 @@ fn lt_leech_checked(swarm: &Swarm, seed: &BitrushSeeder, label: &str, wire: LtWi
 #[test]
 fn downloads_from_utp_only_libtorrent_seeders() {
     let swarm = Swarm::single_file("tp-utp-in", 6 * MIB + 4321, 16, 401, false);
-    // libtorrent accepts TCP connections and closes them at once: only uTP gets data.
+    // libtorrent accepts TCP connections and closes them at once: only uTP gets data. By
+    // default bitrush dials a peer on this host over TCP first, so this also covers falling
+    // back to uTP when a peer drops the TCP connection.
     let _a = lt_seeder(&swarm, UTP_ONLY);
     let _b = lt_seeder(&swarm, UTP_ONLY);
     swarm.tracker.wait_for_seeders(&swarm.info.info_hash, 2);

@@ -1,7 +1,8 @@
 //! BitTorrent v2 and hybrid torrents (BEP 52) on the wire, against libtorrent 2.0: downloads
 //! of v2-only and hybrid torrents (one file, and trees whose files need pad files) from
-//! libtorrent seeders, a v2 torrent seeded to a libtorrent leecher, and v2 magnet links whose
-//! metadata and piece layers come from a libtorrent seeder.
+//! libtorrent seeders, by the CLI and by the daemon, a v2 torrent seeded to a libtorrent
+//! leecher, v2 magnet links and `.torrent` files without piece layers whose layers come from
+//! a libtorrent seeder, and block hashes answered as libtorrent answers them.
 //!
 //! The torrents are libtorrent's (`lt_tool.py make-torrent --version`), the expected bytes the
 //! payload the test wrote.
@@ -141,13 +142,19 @@ fn hybrid_tree_with_pad_files_from_libtorrent() {
 /// `bitrush seed` of a libtorrent-made torrent, downloaded by a libtorrent leecher.
 fn seed_to_lt(version: &str, tree: Option<&[(&str, usize)]>, label: &str) {
     let swarm = V2Swarm::new(label, version, tree);
-    let name = if tree.is_some() {
-        "payload"
-    } else {
+    lt_leeches_from_bitrush(&swarm, &swarm.torrent);
+}
+
+/// `bitrush seed` of `swarm`'s payload with `torrent` (the swarm's own, or a variant of it),
+/// and a libtorrent leecher given the swarm's torrent that must download it byte for byte.
+fn lt_leeches_from_bitrush(swarm: &V2Swarm, torrent: &Path) {
+    let name = if swarm.tree.is_empty() {
         "payload.bin"
+    } else {
+        "payload"
     };
     let seeder = BitrushSeeder::start(
-        &swarm.torrent,
+        torrent,
         &swarm.seed_dir.join(name),
         &swarm.tracker,
         // bitrush announces a hybrid under its v1 hash.
@@ -184,6 +191,15 @@ fn v2_single_file_seeded_to_a_libtorrent_leecher() {
 #[test]
 fn hybrid_tree_seeded_to_a_libtorrent_leecher() {
     seed_to_lt("hybrid", Some(TREE), "hybrid-seed-tree");
+}
+
+/// `seed` of a v2 `.torrent` without its piece layers computes them from the data (no peer
+/// has them to send: the seeder is alone), and a libtorrent leecher downloads from it.
+#[test]
+fn seeding_a_v2_torrent_without_piece_layers_computes_them_from_the_data() {
+    let swarm = V2Swarm::new("v2-seed-no-layers", "v2", Some(TREE));
+    let stripped = strip_piece_layers(&swarm, false);
+    lt_leeches_from_bitrush(&swarm, &stripped);
 }
 
 /// `magnet:?xt=urn:btmh:1220<v2>` (and `xt=urn:btih:<v1>` first when `with_v1`), naming the
@@ -276,27 +292,61 @@ fn v2_magnet_info_from_libtorrent() {
     assert_eq!(shown, swarm.info.piece_hashes_v2, "{}", dump(&out));
 }
 
-/// A v2 torrent file without its `piece layers` (BEP 52 allows leaving them to peers) is
-/// refused with a clear error, not downloaded into pieces that can never verify.
-#[test]
-fn v2_torrent_without_piece_layers_is_a_clear_error() {
-    let swarm = V2Swarm::new("v2-no-layers", "v2", Some(TREE));
+/// `torrent` with its `piece layers` removed (`keep`: all but the first entry kept, for a
+/// torrent lacking the layer of one file only), written beside it.
+fn strip_piece_layers(swarm: &V2Swarm, keep: bool) -> PathBuf {
     let stripped = swarm.dir.join("stripped.torrent");
     let mut cmd = lt_python(
         "import libtorrent as lt, sys\n\
          t = lt.bdecode(open(sys.argv[1], 'rb').read())\n\
-         del t[b'piece layers']\n\
+         layers = t[b'piece layers']\n\
+         if sys.argv[3] == 'keep':\n\
+         \x20   del layers[sorted(layers)[0]]\n\
+         else:\n\
+         \x20   del t[b'piece layers']\n\
          open(sys.argv[2], 'wb').write(lt.bencode(t))",
     );
-    cmd.arg(&swarm.torrent).arg(&stripped);
+    cmd.arg(&swarm.torrent)
+        .arg(&stripped)
+        .arg(if keep { "keep" } else { "all" });
     run_checked(
         "strip piece layers",
         cmd,
         std::time::Duration::from_secs(60),
     );
-    let out = run_download(&stripped, &swarm.dir.join("out"), &[]);
-    let line = assert_one_line_error(&out);
-    assert!(line.contains("lacks the piece layers of 2 files"), "{line}");
+    stripped
+}
+
+/// A v2 torrent file without its `piece layers` (BEP 52 allows leaving them to peers), as
+/// libtorrent takes it: the layers come from the seeder by hash request, then the data.
+#[test]
+fn v2_torrent_without_piece_layers_from_libtorrent() {
+    let swarm = V2Swarm::new("v2-no-layers", "v2", Some(TREE));
+    let stripped = strip_piece_layers(&swarm, false);
+    let _seeder = LtSeeder::start(&swarm.torrent, &swarm.seed_dir);
+    let out = swarm.dir.join("out");
+    let result = run_download(&stripped, &out, &[]);
+    assert_success(&result);
+    swarm.assert_downloaded(&out);
+}
+
+/// A hybrid torrent file lacking one file's piece layer: that layer comes from the seeder,
+/// and every piece is checked against both halves.
+#[test]
+fn hybrid_torrent_lacking_a_piece_layer_from_libtorrent() {
+    let swarm = V2Swarm::new("hybrid-one-layer", "hybrid", Some(TREE));
+    let stripped = strip_piece_layers(&swarm, true);
+    let _seeder = LtSeeder::start(&swarm.torrent, &swarm.seed_dir);
+    let out = swarm.dir.join("out");
+    let result = run_download(&stripped, &out, &[]);
+    assert_success(&result);
+    // The layer came: no fallback to SHA-1 alone.
+    assert!(
+        !stderr_of(&result).contains("SHA-1 alone"),
+        "{}",
+        dump(&result)
+    );
+    swarm.assert_downloaded(&out);
 }
 
 /// libtorrent given only a v2 magnet link fetches the metadata from `bitrush seed`, then the
@@ -316,6 +366,73 @@ fn libtorrent_gets_a_v2_magnet_from_bitrush() {
     let save = swarm.dir.subdir("lt");
     lt_download(&link, &save, &[seeder.addr()]);
     assert_tree_eq(&save.join("payload"), &swarm.tree);
+}
+
+/// libtorrent given a hybrid's v2-only magnet link connects to `bitrush seed` with the
+/// truncated v2 hash (BEP 52's v2 swarm): bitrush answers under that hash and serves it.
+#[test]
+fn libtorrent_reaches_a_hybrid_seed_by_its_v2_hash() {
+    let swarm = V2Swarm::new("hybrid-v2-hash-seed", "hybrid", Some(TREE));
+    let seeder = BitrushSeeder::start(
+        &swarm.torrent,
+        &swarm.seed_dir.join("payload"),
+        &swarm.tracker,
+        swarm.info.info_hash_v1.as_deref().expect("v1 hash"),
+        1,
+        &[],
+    );
+    let link = v2_magnet(&swarm.info, false, seeder.addr());
+    let save = swarm.dir.subdir("lt");
+    lt_download(&link, &save, &[seeder.addr()]);
+    assert_tree_eq(&save.join("payload"), &swarm.tree);
+}
+
+/// Runs tests/support/block_hash_probe.py against `peer` (or its own libtorrent when `None`)
+/// for the single-file torrent of `swarm`; returns its lines.
+fn probe_block_hashes(swarm: &V2Swarm, peer: Option<std::net::SocketAddr>) -> Vec<String> {
+    let mut cmd = support_script("block_hash_probe.py");
+    let target = peer.map_or("127.0.0.1:0".to_string(), |p| p.to_string());
+    cmd.arg(target)
+        .arg(&swarm.torrent)
+        .arg(swarm.seed_dir.join("payload.bin"));
+    if peer.is_none() {
+        cmd.arg("--libtorrent");
+    }
+    let out = run_checked("block hash probe", cmd, PROCESS_TIMEOUT);
+    stdout_of(&out).lines().map(String::from).collect()
+}
+
+/// Block hashes (hash requests at base layer 0 with proofs, as libtorrent sends after a hash
+/// failure to find the bad block): `bitrush seed` answers them from its data, with the hashes
+/// and uncles libtorrent answers with for the same requests, all proving up to the file's root.
+#[test]
+fn block_hash_requests_are_answered_as_libtorrent_answers_them() {
+    for version in ["v2", "hybrid"] {
+        let swarm = V2Swarm::with(
+            &format!("{version}-block-hashes"),
+            version,
+            None,
+            40 * 64 * 1024 + 1234,
+            64 * 1024,
+        );
+        let seeder = BitrushSeeder::start(
+            &swarm.torrent,
+            &swarm.seed_dir.join("payload.bin"),
+            &swarm.tracker,
+            swarm
+                .info
+                .info_hash_v1
+                .as_deref()
+                .unwrap_or(&swarm.info.info_hash),
+            1,
+            &[],
+        );
+        let ours = probe_block_hashes(&swarm, Some(seeder.addr()));
+        assert_eq!(ours.len(), 5, "{ours:?}");
+        assert!(ours.iter().all(|l| l.starts_with("VERIFIED ")), "{ours:?}");
+        let theirs = probe_block_hashes(&swarm, None);
+        assert_eq!(ours, theirs, "libtorrent answers otherwise");
+    }
 }
 
 /// tests/support/hostile_hash_peer.py: serves the metadata, then misbehaves in the hash
@@ -402,4 +519,114 @@ fn hostile_hash_peers_do_not_stop_an_honest_seeder() {
     let out = swarm.dir.join("out");
     assert_success(&run_download(&link, &out, &[]));
     swarm.assert_downloaded(&out);
+}
+
+/// `bitrush daemon` takes v2-only and hybrid torrents over REST and downloads them from
+/// libtorrent seeders (the v2-only one's pieces checked against its merkle trees, the
+/// hybrid's against both halves), and a v2 magnet link, whose piece layers it fetches.
+#[test]
+fn the_daemon_downloads_v2_and_hybrid_torrents_from_libtorrent() {
+    let v2 = V2Swarm::new("v2-daemon", "v2", Some(TREE));
+    let hybrid = V2Swarm::new("hybrid-daemon", "hybrid", None);
+    let magnet = V2Swarm::new("v2-daemon-magnet", "v2", None);
+    let quiet = LtSeedOptions {
+        no_announce: true,
+        ..LtSeedOptions::default()
+    };
+    let magnet_seeder = LtSeeder::start_with(&magnet.torrent, &magnet.seed_dir, &quiet);
+    let _seeders = [
+        LtSeeder::start(&v2.torrent, &v2.seed_dir),
+        LtSeeder::start(&hybrid.torrent, &hybrid.seed_dir),
+    ];
+    let state = v2.dir.subdir("state");
+    let downloads = v2.dir.subdir("downloads");
+    let api = format!("127.0.0.1:{}", free_port());
+    let peer_port = free_port();
+    let mut daemon = Proc::spawn(
+        "bitrush daemon",
+        bitrush_with([
+            "daemon",
+            "--state-dir",
+            &state.display().to_string(),
+            "--download-dir",
+            &downloads.display().to_string(),
+            "--port",
+            &peer_port.to_string(),
+            "--api",
+            &api,
+        ]),
+    );
+    daemon
+        .wait_for_stdout_line(|l| l.starts_with("API: "), STARTUP_TIMEOUT)
+        .unwrap_or_else(|e| panic!("daemon did not start: {e}\n{}", daemon.logs()));
+    let torrents = format!("http://{api}/api/v1/torrents");
+    let mut ids = Vec::new();
+    for swarm in [&v2, &hybrid] {
+        let upload = format!("@{}", swarm.torrent.display());
+        let (status, body) = curl(
+            &torrents,
+            &[
+                "-X",
+                "POST",
+                "-H",
+                "Content-Type: application/x-bittorrent",
+                "--data-binary",
+                &upload,
+            ],
+        );
+        assert_eq!(status, 201, "add: {body}");
+        let added: serde_json::Value = serde_json::from_str(&body).expect("JSON");
+        ids.push(added["id"].as_u64().expect("an id"));
+    }
+    let magnet_dir = magnet.dir.subdir("downloads");
+    let add = serde_json::json!({
+        "magnet": v2_magnet(&magnet.info, false, magnet_seeder.addr()),
+        "download_dir": magnet_dir,
+    });
+    let (status, body) = curl(
+        &torrents,
+        &[
+            "-X",
+            "POST",
+            "-H",
+            "Content-Type: application/json",
+            "--data-binary",
+            &add.to_string(),
+        ],
+    );
+    assert_eq!(status, 201, "add: {body}");
+    let added: serde_json::Value = serde_json::from_str(&body).expect("JSON");
+    ids.push(added["id"].as_u64().expect("an id"));
+    let mut last = String::new();
+    let done = daemon.wait_until(PROCESS_TIMEOUT, |_| {
+        ids.iter().all(|id| {
+            let (status, body) = curl(&format!("{torrents}/{id}"), &[]);
+            let t: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
+            last = body;
+            status == 200 && t["left_until_done"] == 0 && t["size_when_done"].as_u64() > Some(0)
+        })
+    });
+    if let Err(e) = done {
+        panic!("not downloaded: {e}\nlast: {last}\n{}", daemon.logs());
+    }
+    assert_tree_eq(&downloads.join("payload"), &v2.tree);
+    assert_file_eq(&downloads.join("payload.bin"), &hybrid.data, "hybrid");
+    assert_file_eq(&magnet_dir.join("payload.bin"), &magnet.data, "v2 magnet");
+    // The seeding hybrid is reached under its v2 hash too: libtorrent given only the v2 half
+    // of its magnet link connects to the daemon with the truncated v2 hash.
+    let daemon_addr: std::net::SocketAddr = ([127, 0, 0, 1], peer_port).into();
+    let save = hybrid.dir.subdir("lt-by-v2-hash");
+    lt_download(
+        &v2_magnet(&hybrid.info, false, daemon_addr),
+        &save,
+        &[daemon_addr],
+    );
+    assert_file_eq(
+        &save.join("payload.bin"),
+        &hybrid.data,
+        "hybrid by its v2 hash",
+    );
+    send_signal(daemon.pid(), "INT");
+    let status = daemon.wait_exit(std::time::Duration::from_secs(30));
+    assert!(status.is_some_and(|s| s.success()), "{}", daemon.logs());
 }

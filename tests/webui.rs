@@ -1,9 +1,10 @@
 //! The web UI in a real browser: Debian's headless Chromium, driven through chromedriver
 //! (WebDriver) with fantoccini, against the real daemon (with HTTP basic credentials, as on a
 //! server) and libtorrent seeders on free loopback ports. In the page: add a magnet link and
-//! watch it reach 100 %, upload a `.torrent` (file picker) and drop one, skip a file, pause,
-//! resume, remove with its data. Screenshots at desktop (1280x800) and phone (390x844) widths, light and dark, are
-//! kept under `target/webui-screenshots/`.
+//! watch it reach 100 % (live, from the daemon's event stream), upload a `.torrent` (file
+//! picker) and drop one, skip a file, set global and per-torrent speed limits (read back from
+//! the API), pause, resume, remove with its data. Screenshots at desktop (1280x800) and phone
+//! (390x844) widths, light and dark, are kept under `target/webui-screenshots/`.
 //!
 //! Chromium and chromedriver are required: without them the test fails, naming them.
 
@@ -84,17 +85,8 @@ fn start_daemon(state: &Path, downloads: &Path) -> (Proc, String) {
         "--api-password".into(),
         PASSWORD.into(),
     ];
-    // Tethered too, with bitrush's test environment: the daemon does not watch its stdin.
-    let plain = bitrush();
-    let mut cmd = tethered(Path::new(plain.get_program()));
-    cmd.args(&args);
-    for (key, value) in plain.get_envs() {
-        match value {
-            Some(v) => cmd.env(key, v),
-            None => cmd.env_remove(key),
-        };
-    }
-    let proc = Proc::spawn("bitrush", cmd);
+    // Tethered too: the daemon does not watch its stdin.
+    let proc = Proc::spawn("bitrush", tethered_bitrush(&args));
     let line = proc
         .wait_for_stdout_line(|l| l.starts_with("API: "), STARTUP_TIMEOUT)
         .unwrap_or_else(|e| panic!("daemon did not start: {e}\n{}", proc.logs()));
@@ -273,6 +265,15 @@ fn the_page_adds_a_magnet_downloads_it_and_pauses_resumes_and_removes_it() {
             (shown == Value::Bool(true)).then_some(())
         })
         .await;
+        // Kept up to date by the daemon's event stream (through the page's credentials).
+        wait_for(&daemon, "the event stream open", || async {
+            let updates = c
+                .execute("return document.body.dataset.updates", vec![])
+                .await
+                .expect("script");
+            (updates == json!("stream")).then_some(())
+        })
+        .await;
 
         screenshot(&c, "phone-light-empty", 390, 844).await;
         c.set_window_size(1280, 800).await.expect("resize");
@@ -429,6 +430,50 @@ fn the_page_adds_a_magnet_downloads_it_and_pauses_resumes_and_removes_it() {
         })
         .await;
 
+        // Global speed limits, set in the page: the API has them.
+        click(&c, "#limits-open").await;
+        let down = c.find(Locator::Css("#limit-down")).await.expect("the field");
+        down.send_keys("512").await.expect("type a limit");
+        screenshot(&c, "desktop-light-limits", 1280, 800).await;
+        click(&c, "#limits-save").await;
+        let limits = json!({"download": 512 * 1024, "upload": null});
+        wait_for(&daemon, "the global limit in the API", || async {
+            (api_json(&api, "/api/v1/limits") == limits).then_some(())
+        })
+        .await;
+        wait_text(&c, &daemon, "#total-down-limit", "512 KiB/s").await;
+        // A torrent's own limit, in its details.
+        click(&c, &format!("tr[data-id='{second_id}'] .name-button")).await;
+        let loaded = format!("#torrent-limits[data-loaded='{second_id}']");
+        wait_for(&daemon, "the torrent's limits", || async {
+            c.find(Locator::Css(&loaded)).await.ok()
+        })
+        .await;
+        let up = c.find(Locator::Css("#torrent-limit-up")).await.expect("the field");
+        up.send_keys("64").await.expect("type a limit");
+        screenshot(&c, "phone-light-torrent-limits", 390, 844).await;
+        c.set_window_size(1280, 800).await.expect("resize");
+        click(&c, "#torrent-limits-save").await;
+        let own = format!("/api/v1/torrents/{second_id}/limits");
+        let limits = json!({"download": null, "upload": 64 * 1024});
+        wait_for(&daemon, "the torrent's limit in the API", || async {
+            (api_json(&api, &own) == limits).then_some(())
+        })
+        .await;
+        click(&c, "#detail-close").await;
+        // An emptied field lifts the global limit.
+        click(&c, "#limits-open").await;
+        let down = c.find(Locator::Css("#limit-down")).await.expect("the field");
+        assert_eq!(down.prop("value").await.expect("its value").as_deref(), Some("512"));
+        down.clear().await.expect("empty the field");
+        click(&c, "#limits-save").await;
+        let none = json!({"download": null, "upload": null});
+        wait_for(&daemon, "no global limit in the API", || async {
+            (api_json(&api, "/api/v1/limits") == none).then_some(())
+        })
+        .await;
+        assert_eq!(api_json(&api, &own), limits, "the torrent keeps its own");
+
         // Escape cancels a removal (checked at the end: the album is still there).
         click(
             &c,
@@ -481,6 +526,15 @@ fn the_page_adds_a_magnet_downloads_it_and_pauses_resumes_and_removes_it() {
 /// `link` then Enter, as typed keys.
 fn link_keys(link: &str) -> String {
     format!("{link}{}", fantoccini::key::Key::Enter)
+}
+
+/// The JSON at `path` of the API at `api` (`host:port`), with the test's credentials.
+fn api_json(api: &str, path: &str) -> Value {
+    let mut cmd = Command::new(require_tool("curl"));
+    cmd.args(["-s", "-u", &format!("{USER}:{PASSWORD}")])
+        .arg(format!("http://{api}{path}"));
+    let out = run_checked("curl", cmd, Duration::from_secs(30));
+    serde_json::from_slice(&out.stdout).unwrap_or(Value::Null)
 }
 
 /// `curl`'s status code and content type for a GET of `url`, with `user:password` if given.

@@ -83,14 +83,14 @@ pub async fn magnet_info(link: &str, dht: Option<DhtSettings>) -> anyhow::Result
     let udp = commands::start_udp(0, dht.as_ref(), false).await;
     let dht = udp.dht;
     // A v2-only torrent's piece hashes are its piece layers, fetched from the peers too.
-    let fetched = metadata::fetch_torrent_metadata(
-        magnet.info_hash,
-        &tiers(&magnet),
-        &magnet.peers,
-        bitrush::engine::new_peer_id(),
-        dht.clone(),
-        Transports::default(),
-    )
+    let fetched = metadata::fetch_torrent_metadata(metadata::Sources {
+        info_hash: magnet.info_hash,
+        trackers: &tiers(&magnet),
+        peers: &magnet.peers,
+        peer_id: bitrush::engine::new_peer_id(),
+        dht: dht.clone(),
+        transports: Transports::default(),
+    })
     .await;
     if let Some(dht) = dht {
         dht.shutdown().await;
@@ -128,14 +128,14 @@ pub(super) async fn torrent_from_magnet(
 ) -> anyhow::Result<Torrent> {
     let magnet = Magnet::parse(link)?;
     let trackers = tiers(&magnet);
-    let fetched = metadata::fetch_torrent_metadata(
-        magnet.info_hash,
-        &trackers,
-        &magnet.peers,
-        bitrush::engine::new_peer_id(),
+    let fetched = metadata::fetch_torrent_metadata(metadata::Sources {
+        info_hash: magnet.info_hash,
+        trackers: &trackers,
+        peers: &magnet.peers,
+        peer_id: bitrush::engine::new_peer_id(),
         dht,
         transports,
-    )
+    })
     .await?;
     // The peers proved 20 bytes of the hash; a link with the whole v2 hash gets all 32 checked.
     let v2 = bitrush::metainfo::info_hashes(&fetched.info_bytes, fetched.info.version).1;

@@ -8,6 +8,7 @@ use std::process::{Command, Output};
 
 use super::net::free_port;
 use super::procs::{run_with_timeout, Proc, PROCESS_TIMEOUT, STARTUP_TIMEOUT};
+use super::tools::tethered;
 use super::tracker::Tracker;
 
 /// A `Command` for the bitrush binary built by cargo for these tests. The DHT is off (tests
@@ -27,6 +28,23 @@ pub fn bitrush() -> Command {
 pub fn bitrush_with(args: impl IntoIterator<Item = impl AsRef<OsStr>>) -> Command {
     let mut cmd = bitrush();
     cmd.args(args);
+    cmd
+}
+
+/// A [`bitrush`] command with `args`, run through `tests/support/tether.py` with bitrush's
+/// test environment: bitrush does not watch its stdin, and the tether kills it when the test
+/// process goes, however that ends (a panic, a timeout, a signal). Signals meant for bitrush
+/// itself go to the tether's child: see [`child_pid`](super::procs::child_pid).
+pub fn tethered_bitrush(args: impl IntoIterator<Item = impl AsRef<OsStr>>) -> Command {
+    let plain = bitrush();
+    let mut cmd = tethered(Path::new(plain.get_program()));
+    cmd.args(args);
+    for (key, value) in plain.get_envs() {
+        match value {
+            Some(v) => cmd.env(key, v),
+            None => cmd.env_remove(key),
+        };
+    }
     cmd
 }
 

@@ -20,7 +20,8 @@
 //! authority and stunnel4 for HTTPS trackers), [`bitrush`] (the binary under
 //! test), [`swarm`] (the usual fixture tying them together), [`netns`] (network namespaces
 //! for peers that refuse loopback, with a tracker inside) and [`transmission`] (Transmission
-//! 3.00 in one of them) and [`qbittorrent`] (qbittorrent-nox and its Web API).
+//! 3.00 in one of them), [`qbittorrent`] (qbittorrent-nox and its Web API) and [`rtorrent`]
+//! (a headless rtorrent and its XML-RPC over SCGI).
 
 // Each test binary compiles this module on its own and uses only part of it.
 #![allow(dead_code)]
@@ -36,6 +37,7 @@ mod netns;
 mod payload;
 mod procs;
 mod qbittorrent;
+mod rtorrent;
 mod scripted;
 mod swarm;
 mod tls;
@@ -48,5 +50,5 @@ mod transmission;
 #[allow(unused_imports)]
 pub use self::{
     aria2::*, bitrush::*, libtorrent::*, net::*, netns::*, payload::*, procs::*, qbittorrent::*,
-    scripted::*, swarm::*, tls::*, tools::*, torrents::*, tracker::*, transmission::*,
+    rtorrent::*, scripted::*, swarm::*, tls::*, tools::*, torrents::*, tracker::*, transmission::*,
 };

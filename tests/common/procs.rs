@@ -271,6 +271,29 @@ impl Drop for Proc {
     }
 }
 
+/// The pid of `parent`'s child process (the program a tether runs), once it has one; `None`
+/// after `timeout`.
+pub fn child_pid(parent: u32, timeout: Duration) -> Option<u32> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let children = fs::read_dir("/proc").into_iter().flatten().flatten();
+        let child = children
+            .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+            .find(|pid| {
+                fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+                    // `pid (comm) state ppid ...`: the command may hold spaces and parentheses.
+                    stat.rsplit_once(')')
+                        .and_then(|(_, rest)| rest.split_whitespace().nth(1)?.parse().ok())
+                        == Some(parent)
+                })
+            });
+        if child.is_some() || Instant::now() >= deadline {
+            return child;
+        }
+        thread::sleep(Duration::from_millis(20));
+    }
+}
+
 /// Runs `cmd` to completion with stdout/stderr captured, in its own process
 /// group; kills the group and panics if it runs longer than `timeout`.
 pub fn run_with_timeout(name: &str, mut cmd: Command, timeout: Duration) -> Output {

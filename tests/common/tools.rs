@@ -92,3 +92,25 @@ pub fn lt_python(code: &str) -> Command {
     cmd.arg("-c").arg(code);
     cmd
 }
+
+/// `curl` with `args` against `url` (an HTTP API on loopback): the status (0 if curl got
+/// none) and the body.
+pub fn curl(url: &str, args: &[&str]) -> (u16, String) {
+    let mut cmd = Command::new(require_tool("curl"));
+    cmd.args([
+        "-s",
+        "-S",
+        "-o",
+        "-",
+        "-w",
+        "\n%{http_code}",
+        "--max-time",
+        "30",
+    ])
+    .args(args)
+    .arg(url);
+    let out = super::procs::run_checked("curl", cmd, std::time::Duration::from_secs(60));
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (body, code) = text.rsplit_once('\n').unwrap_or(("", &text));
+    (code.trim().parse().unwrap_or(0), body.to_string())
+}

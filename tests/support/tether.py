@@ -6,7 +6,8 @@ Usage: tether.py CMD [ARG ...]
 The test that starts a helper (opentracker, aria2c) through this wrapper keeps
 the write end of our stdin; when the test process goes away for any reason,
 stdin closes and the command is killed, so nothing outlives the test run.
-Exits with the command's exit status when it ends on its own.
+Exits with the command's exit status when it ends on its own (128 + the signal's number when
+a signal ended it).
 """
 
 import os
@@ -44,7 +45,12 @@ def main():
     signal.signal(signal.SIGTERM, on_term)
     signal.signal(signal.SIGINT, on_term)
     rc = child.wait()
-    sys.exit(rc if rc >= 0 else 128 - rc)
+    # os._exit, not sys.exit: the watcher thread blocks reading stdin, and an interpreter
+    # shutting down around it aborts ("could not acquire lock for <stdin>"), which would hide
+    # the command's own exit status.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(rc if rc >= 0 else 128 - rc)
 
 
 if __name__ == "__main__":

@@ -114,6 +114,28 @@ impl TorrentQueue {
 
     /// Adds a torrent at the end of the queue.
     pub fn add(&mut self, id: TorrentId, complete: bool, paused: bool) -> Result<(), QueueError> {
+        self.insert(id, complete, paused)?;
+        self.reconcile();
+        Ok(())
+    }
+
+    /// Adds torrents `(id, complete, paused)` at the end of the queue, in order, and decides
+    /// which run once for all of them (deciding after each one, as [`TorrentQueue::add`]
+    /// does, would make loading `n` torrents take time quadratic in `n`). Returns what
+    /// became of each.
+    pub fn add_all(
+        &mut self,
+        torrents: impl IntoIterator<Item = (TorrentId, bool, bool)>,
+    ) -> Vec<Result<(), QueueError>> {
+        let added = torrents
+            .into_iter()
+            .map(|(id, complete, paused)| self.insert(id, complete, paused))
+            .collect();
+        self.reconcile();
+        added
+    }
+
+    fn insert(&mut self, id: TorrentId, complete: bool, paused: bool) -> Result<(), QueueError> {
         if self.entries.contains_key(&id) {
             return Err(QueueError::Duplicate(id));
         }
@@ -132,7 +154,6 @@ impl TorrentQueue {
                 position,
             },
         );
-        self.reconcile();
         Ok(())
     }
 
@@ -297,6 +318,43 @@ mod tests {
             vec![QueueEvent::Stop(1), QueueEvent::Start(2)]
         );
         assert_eq!(q.state(1), None);
+    }
+
+    #[test]
+    fn adding_many_at_once_decides_as_adding_one_by_one() {
+        let torrents = [
+            (1, false, false),
+            (2, true, false),
+            (3, false, true),
+            (4, false, false),
+            (2, false, false),
+            (5, true, false),
+            (6, false, false),
+        ];
+        let mut one_by_one = TorrentQueue::new(limits(2, 1));
+        let singly: Vec<_> = (torrents.iter())
+            .map(|&(id, complete, paused)| one_by_one.add(id, complete, paused))
+            .collect();
+        let mut at_once = TorrentQueue::new(limits(2, 1));
+        assert_eq!(at_once.add_all(torrents), singly);
+        assert_eq!(singly[4], Err(QueueError::Duplicate(2)));
+        let started = |q: &mut TorrentQueue| {
+            let mut ids: Vec<_> = drain(q)
+                .into_iter()
+                .filter_map(|e| match e {
+                    QueueEvent::Start(id) => Some(id),
+                    QueueEvent::Stop(_) => None,
+                })
+                .collect();
+            ids.sort_unstable();
+            ids
+        };
+        assert_eq!(started(&mut at_once), vec![1, 2, 4]);
+        assert_eq!(started(&mut one_by_one), vec![1, 2, 4]);
+        for id in 1..=6 {
+            assert_eq!(at_once.state(id), one_by_one.state(id), "torrent {id}");
+        }
+        assert_eq!(at_once.ids(), one_by_one.ids());
     }
 
     #[test]

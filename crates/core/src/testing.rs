@@ -1,5 +1,6 @@
 //! Fixtures shared by this crate's tests and the `bitrush` crate's (feature `testing`).
 
+use crate::metainfo::build::SourceFile;
 use crate::metainfo::{FileEntry, Info, MetaVersion};
 
 /// A multi-file `Info` named `t` with the given file lengths (files `f0`, `f1`, ...) and
@@ -26,4 +27,16 @@ pub fn info_with(lengths: &[u64], piece_length: u32) -> Info {
         private: false,
         version: MetaVersion::V1,
     }
+}
+
+/// Files for the torrent builder from `(path, length)` pairs, `/` separating path parts.
+pub fn source_files(files: &[(&str, u64)]) -> Vec<SourceFile> {
+    files
+        .iter()
+        .map(|(p, len)| SourceFile {
+            path: p.split('/').map(String::from).collect(),
+            length: *len,
+            executable: false,
+        })
+        .collect()
 }

@@ -21,7 +21,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use base64::Engine;
 
-use super::{AddError, AddRequest, AddSource, Daemon, SpeedLimits};
+use super::{AddError, AddRequest, AddSource, Daemon, SpeedLimits, WantedError};
 use crate::queue::TorrentId;
 
 /// Largest request body accepted (a `.torrent` upload, base64 included).
@@ -99,6 +99,7 @@ pub fn router(daemon: Daemon, access: Access) -> Router {
         )
         .route("/api/v1/limits", get(speed_limits).put(set_speed_limits))
         .route("/api/v1/stats", get(stats))
+        .route("/api/v1/events", get(super::events::stream))
         .route("/metrics", get(metrics))
         .route(
             "/transmission/rpc",
@@ -340,7 +341,7 @@ async fn add(
             paused,
         }
     };
-    match api.daemon.add(req) {
+    match api.daemon.add(req).await {
         Ok(id) => match api.daemon.get(id) {
             Some(t) => (StatusCode::CREATED, Json(t)).into_response(),
             None => not_found(id),
@@ -433,8 +434,13 @@ async fn set_files(State(api): State<Api>, Path(id): Path<String>, body: Body) -
         Ok(p) => p,
         Err(e) => return error(StatusCode::BAD_REQUEST, format!("malformed JSON: {e}")),
     };
-    if !api.daemon.set_wanted_files(id, parsed.wanted) {
-        return not_found(id);
+    if let Err(e) = api.daemon.set_wanted_files(id, parsed.wanted) {
+        let status = match e {
+            WantedError::NoSuchTorrent => return not_found(id),
+            WantedError::NoMetadata => StatusCode::CONFLICT,
+            WantedError::TooMany { .. } => StatusCode::BAD_REQUEST,
+        };
+        return error(status, e);
     }
     match api.daemon.files(id) {
         Some(f) => Json(f).into_response(),
@@ -486,10 +492,7 @@ async fn set_speed_limits(State(api): State<Api>, body: Body) -> Response {
         Ok(l) => l,
         Err(r) => return r,
     };
-    if let Err(e) = api.daemon.set_speed_limits(limits) {
-        // In force now; only saving failed.
-        tracing::warn!(error = %e, "cannot save the rate limits");
-    }
+    api.daemon.set_speed_limits(limits);
     Json(api.daemon.speed_limits()).into_response()
 }
 

@@ -18,7 +18,11 @@
 //! Persistence ([`store`]): every torrent has, in `<state-dir>/torrents/`, its `.torrent`
 //! (once the metadata is known), its settings (`.json`) and its resume state (`.resume`), each
 //! written atomically (temporary file, fsync, rename); settings on every change and
-//! periodically, so a restart after a clean stop or `kill -9` brings every torrent back.
+//! periodically, so a restart after a clean stop or `kill -9` brings every torrent back. One
+//! writer thread ([`store::Writer`]) writes settings and metainfo in the order they are queued,
+//! and they are queued under the state lock: the files follow the state's order (the last
+//! state wins, a removed torrent stays removed). A removal queues the deletion of its files
+//! once its run ended; an addition of the same torrent meanwhile waits for it.
 //!
 //! Rate limits: one pair of global buckets shared by every connection (through
 //! [`Transports::limits`]) and one pair per torrent ([`Hosted::limits`](crate::engine::Hosted));
@@ -26,15 +30,21 @@
 //! disk and move their torrent's priority window (the latest reader's wins; it is lifted when
 //! that reader goes).
 //!
-//! Invariants: the state lock is never held across an await; a torrent's next run starts only
-//! once its previous run ended (so two runs never share files); a removed torrent's files are
-//! deleted only after its run ended; a torrent runs or rests, never both; an incoming
-//! connection for a torrent whose run is going to rest is kept and starts the next run.
+//! Invariants: the state lock is never held across an await, nor while a file is written or
+//! synced, nor while answers are built (readers copy a [`Snapshot`] of what they need:
+//! counters and shared pointers, never a copy of a file list); a torrent's next run starts
+//! only once its previous run ended (so two runs never share files), also when it is removed
+//! and added again; a removed torrent's files are deleted only after its run ended; a torrent
+//! runs or rests, never both; an incoming connection for a torrent whose run is going to rest
+//! is kept and starts the next run.
 
 pub mod api;
+mod events;
 mod rpc;
 pub mod store;
 mod stream;
+#[cfg(test)]
+mod testing;
 mod webui;
 
 use std::collections::{BTreeMap, HashMap};
@@ -50,14 +60,14 @@ use crate::engine::connection::{self, PeerStream, Transports};
 use crate::engine::dht::{DhtHandle, DhtOptions};
 use crate::engine::dormant::DormantSeeds;
 use crate::engine::limits::RateLimits;
-use crate::engine::metadata::fetch_metadata;
+use crate::engine::metadata::{fetch_metadata, Sources};
 use crate::engine::torrent::wanted_pieces;
 use crate::engine::udp::{self, UdpOptions};
 use crate::engine::{
     error_chain, new_peer_id, run_hosted, Dormant, Hosted, HostedEnd, Outcome, Progress,
     SeedLimits, Target, TorrentParams,
 };
-use crate::metainfo::{Info, Magnet, Metainfo};
+use crate::metainfo::{hybrid_v2_alias, Info, Magnet, Metainfo, PieceLayer};
 use crate::mse::Encryption;
 use crate::queue::{QueueEvent, QueueLimits, QueueState, TorrentId, TorrentQueue};
 use crate::session::Finish;
@@ -65,7 +75,7 @@ use crate::swarm::Bitfield;
 use crate::types::{InfoHash, PeerId};
 use crate::wire::Handshake;
 
-use store::{Saved, SessionSettings, Store};
+use store::{Saved, SessionSettings, Store, Writer};
 
 /// How a daemon runs.
 #[derive(Clone, Debug)]
@@ -114,16 +124,32 @@ pub enum AddError {
     Magnet(#[source] crate::metainfo::MagnetError),
     #[error("this torrent is already added (id {0})")]
     Duplicate(TorrentId),
-    #[error("BitTorrent v2-only torrents cannot be downloaded yet")]
-    V2Only,
     #[error("the download directory must be an absolute path without `..`: {0}")]
     DownloadDir(String),
+    #[error(
+        "the download directory is longer than {} bytes",
+        store::MAX_DOWNLOAD_DIR_LEN
+    )]
+    DownloadDirTooLong,
+    #[error("the magnet link is longer than {} bytes", store::MAX_MAGNET_LEN)]
+    MagnetTooLong,
     #[error("the daemon is full")]
     Full(#[source] crate::queue::QueueError),
     #[error("cannot save the torrent in the state directory")]
     Store(#[source] std::io::Error),
     #[error("the daemon is shutting down")]
     ShuttingDown,
+}
+
+/// Why a file selection was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum WantedError {
+    #[error("no such torrent")]
+    NoSuchTorrent,
+    #[error("the torrent's files are not known until its metadata is fetched")]
+    NoMetadata,
+    #[error("{given} flags for a torrent of {files} files")]
+    TooMany { given: usize, files: usize },
 }
 
 /// Why the daemon could not start.
@@ -162,6 +188,9 @@ struct Meta {
     info_bytes: Arc<[u8]>,
     /// The torrent's web seeds (BEP 19; none for metadata fetched through a magnet link).
     web_seeds: Vec<String>,
+    /// The v2 piece layers the `.torrent` carries (those it lacks, and a magnet link's, the
+    /// engine fetches from peers).
+    piece_layers: BTreeMap<usize, PieceLayer>,
 }
 
 /// One run of a torrent.
@@ -179,7 +208,7 @@ struct Entry {
     saved: Saved,
     info_hash: InfoHash,
     meta: Option<Meta>,
-    trackers: Vec<Vec<String>>,
+    trackers: Arc<Vec<Vec<String>>>,
     peers: Vec<SocketAddr>,
     run: Option<Run>,
     /// The torrent rests: its session is in the daemon's dormant seeds (never with `run`).
@@ -215,7 +244,7 @@ impl Entry {
             saved,
             info_hash,
             meta,
-            trackers,
+            trackers: Arc::new(trackers),
             peers,
             run: None,
             resting: None,
@@ -255,15 +284,28 @@ struct State {
     queue: TorrentQueue,
     /// Boxed: the map's spare room holds pointers, not entries.
     torrents: BTreeMap<TorrentId, Box<Entry>>,
-    /// Where the listener sends each running or resting torrent's incoming connections.
+    /// The id of each torrent in `torrents`, by info hash.
+    by_hash: HashMap<InfoHash, TorrentId>,
+    /// Where the listener sends each running or resting torrent's incoming connections (a
+    /// hybrid's under its truncated v2 hash too).
     routes: HashMap<InfoHash, Route>,
     next_id: TorrentId,
     shutting_down: bool,
+    /// Torrents being added: their files are being written, under the id they will have.
+    adding: HashMap<InfoHash, TorrentId>,
+    /// Torrents being removed: their run ends and their files go; an addition of the same
+    /// torrent waits until the sender is dropped (then every trace of the old one is gone).
+    removing: HashMap<InfoHash, watch::Receiver<()>>,
 }
 
 struct Inner {
     config: DaemonConfig,
+    /// The state directory, read at start (and where the engine keeps resume states).
     store: Store,
+    /// Writes every change of the saved state, in order.
+    writer: Writer,
+    /// The event streams of the REST API.
+    events: events::Hub,
     state: Mutex<State>,
     peer_id: PeerId,
     port: u16,
@@ -305,8 +347,12 @@ fn unix_now() -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
-/// A download directory given over the API: absolute, and no `..` anywhere.
+/// A download directory given over the API: absolute, no `..` anywhere, and at most
+/// [`store::MAX_DOWNLOAD_DIR_LEN`] bytes.
 pub fn check_download_dir(dir: &Path) -> Result<(), AddError> {
+    if dir.as_os_str().len() > store::MAX_DOWNLOAD_DIR_LEN {
+        return Err(AddError::DownloadDirTooLong);
+    }
     let bad = !dir.is_absolute()
         || dir
             .components()
@@ -322,10 +368,23 @@ impl Daemon {
     /// Binds the peer port, starts the DHT and uTP, loads the saved torrents and starts those
     /// the queue lets run.
     pub async fn start(config: DaemonConfig) -> Result<Daemon, StartError> {
-        let store = Store::open(&config.state_dir).map_err(|source| StartError::StateDir {
+        let state_error = |source| StartError::StateDir {
             path: config.state_dir.display().to_string(),
             source,
-        })?;
+        };
+        // Reading the state directory blocks: off the runtime's threads.
+        let state_dir = config.state_dir.clone();
+        let (store, mut settings, saved) = tokio::task::spawn_blocking(move || {
+            let store = Store::open(&state_dir)?;
+            let settings = store.load_session();
+            let saved = store.load_all();
+            Ok((store, settings, saved))
+        })
+        .await
+        .map_err(std::io::Error::other)
+        .and_then(|r| r)
+        .map_err(state_error)?;
+        let writer = Writer::start(store.clone()).map_err(state_error)?;
         let listener =
             connection::bind_listener(config.port).map_err(|source| StartError::Listen {
                 port: config.port,
@@ -345,7 +404,6 @@ impl Daemon {
                 udp::Udp::default()
             }
         };
-        let mut settings = store.load_session();
         if let Some(rate) = config.max_download_rate {
             settings.download_limit = Some(rate);
         }
@@ -353,9 +411,7 @@ impl Daemon {
             settings.upload_limit = Some(rate);
         }
         if config.max_download_rate.is_some() || config.max_upload_rate.is_some() {
-            if let Err(e) = store.save_session(&settings) {
-                tracing::warn!(error = %e, "cannot save the rate limits");
-            }
+            writer.save_session(settings);
         }
         let rate_limits = RateLimits::adjustable(settings.download_limit, settings.upload_limit);
         let transports = Transports {
@@ -372,11 +428,16 @@ impl Daemon {
             state: Mutex::new(State {
                 queue: TorrentQueue::new(config.limits),
                 torrents: BTreeMap::new(),
+                by_hash: HashMap::new(),
                 routes: HashMap::new(),
                 next_id: 1,
                 shutting_down: false,
+                adding: HashMap::new(),
+                removing: HashMap::new(),
             }),
             store,
+            writer,
+            events: events::Hub::new(),
             config,
             peer_id: new_peer_id(),
             port,
@@ -390,7 +451,7 @@ impl Daemon {
             started: std::time::Instant::now(),
             tasks: Mutex::new(Vec::new()),
         }));
-        daemon.load();
+        daemon.load(saved);
         let mut tasks = Vec::new();
         let d = daemon.clone();
         tasks.push(tokio::spawn(async move { d.accept_tcp(listener).await }));
@@ -404,6 +465,8 @@ impl Daemon {
         }
         let d = daemon.clone();
         tasks.push(tokio::spawn(async move { d.save_periodically().await }));
+        let d = daemon.clone();
+        tasks.push(tokio::spawn(async move { d.publish_events().await }));
         let d = daemon.clone();
         tasks.push(tokio::spawn(async move {
             while let Some((id, finish)) = rested.recv().await {
@@ -434,24 +497,25 @@ impl Daemon {
     }
 
     /// Loads every saved torrent (in id order) into the queue.
-    fn load(&self) {
-        let saved = self.0.store.load_all();
-        let mut st = self.state();
-        for (saved, metainfo, resume) in saved {
+    fn load(&self, saved: Vec<store::Loaded>) {
+        let mut entries = Vec::with_capacity(saved.len());
+        let mut hashes = HashMap::with_capacity(saved.len());
+        for (mut saved, metainfo, resume) in saved {
             let info_hash = match crate::types::from_hex20(&saved.info_hash).map(InfoHash) {
                 Some(h) => h,
                 None => continue,
             };
             let (meta, trackers, peers) = match (metainfo, &saved.magnet) {
                 (Some(m), _) => {
-                    let tiers = m.tracker_tiers();
+                    let trackers = m.tracker_tiers();
                     // Moved, not copied: what a thousand torrents keep is allocated once.
                     let meta = Meta {
                         info: Arc::new(m.info),
                         info_bytes: m.info_bytes.into(),
                         web_seeds: m.web_seeds,
+                        piece_layers: m.piece_layers,
                     };
-                    (Some(meta), tiers, Vec::new())
+                    (Some(meta), trackers, Vec::new())
                 }
                 (None, Some(link)) => match Magnet::parse(link) {
                     Ok(m) => (None, magnet_tiers(&m), m.peers),
@@ -459,32 +523,45 @@ impl Daemon {
                 },
                 (None, None) => continue,
             };
-            if st.torrents.values().any(|e| e.info_hash == info_hash) {
+            if hashes.insert(info_hash, saved.id).is_some() {
                 continue;
             }
-            let id = saved.id;
+            if let (Some(meta), Some(wanted)) = (&meta, saved.wanted_files.as_mut()) {
+                if let Some(files) = wanted.get(..meta.info.files.len()) {
+                    *wanted = files.into();
+                }
+            }
             let last = match (&meta, resume) {
                 (Some(meta), Some(have)) => {
                     progress_from_have(&meta.info, &have, saved.wanted_files.as_deref())
                 }
                 _ => Progress::default(),
             };
-            let complete = meta.is_some() && last.total_bytes > 0 && last.seeding;
-            if st.queue.add(id, complete, saved.paused).is_err() {
+            entries.push(Box::new(Entry::new(
+                saved, info_hash, meta, trackers, peers, last,
+            )));
+        }
+        let mut st = self.state();
+        let queued = st.queue.add_all(entries.iter().map(|e| {
+            let complete = e.meta.is_some() && e.last.total_bytes > 0 && e.last.seeding;
+            (e.saved.id, complete, e.saved.paused)
+        }));
+        for (entry, queued) in entries.into_iter().zip(queued) {
+            if queued.is_err() {
                 continue;
             }
-            st.next_id = st.next_id.max(id + 1);
-            st.torrents.insert(
-                id,
-                Box::new(Entry::new(saved, info_hash, meta, trackers, peers, last)),
-            );
+            let id = entry.saved.id;
+            st.next_id = st.next_id.max(id.saturating_add(1));
+            st.by_hash.insert(entry.info_hash, id);
+            st.torrents.insert(id, entry);
         }
         tracing::info!(torrents = st.torrents.len(), "loaded saved torrents");
         self.apply_queue(&mut st);
     }
 
-    /// Adds a torrent; returns its id.
-    pub fn add(&self, req: AddRequest) -> Result<TorrentId, AddError> {
+    /// Adds a torrent once its files are saved; returns its id. The same torrent being
+    /// removed meanwhile is waited for (its files must go before the new ones are written).
+    pub async fn add(&self, req: AddRequest) -> Result<TorrentId, AddError> {
         let download_dir = match req.download_dir {
             Some(dir) => {
                 check_download_dir(&dir)?;
@@ -495,13 +572,11 @@ impl Daemon {
         let (info_hash, meta, trackers, peers, magnet, name, torrent_bytes) = match req.source {
             AddSource::Torrent(bytes) => {
                 let m = Metainfo::from_bytes(&bytes).map_err(AddError::Torrent)?;
-                if !m.info.version.has_v1() {
-                    return Err(AddError::V2Only);
-                }
                 let meta = Meta {
                     info: Arc::new(m.info.clone()),
                     info_bytes: m.info_bytes.clone().into(),
                     web_seeds: m.web_seeds.clone(),
+                    piece_layers: m.piece_layers.clone(),
                 };
                 (
                     m.info_hash,
@@ -514,6 +589,9 @@ impl Daemon {
                 )
             }
             AddSource::Magnet(link) => {
+                if link.len() > store::MAX_MAGNET_LEN {
+                    return Err(AddError::MagnetTooLong);
+                }
                 let m = Magnet::parse(&link).map_err(AddError::Magnet)?;
                 let name = m.name.clone().unwrap_or_else(|| m.info_hash.to_string());
                 (
@@ -527,57 +605,100 @@ impl Daemon {
                 )
             }
         };
-        let mut st = self.state();
-        if st.shutting_down {
-            return Err(AddError::ShuttingDown);
-        }
-        if let Some((&id, _)) = st.torrents.iter().find(|(_, e)| e.info_hash == info_hash) {
-            return Err(AddError::Duplicate(id));
-        }
-        let id = st.next_id;
-        let saved = Saved {
-            id,
-            info_hash: info_hash.to_string(),
-            name,
-            magnet,
-            download_dir,
-            paused: req.paused,
-            wanted_files: None,
-            added_date: unix_now(),
-            done_date: 0,
-            uploaded: 0,
-            downloaded: 0,
-            download_limit: None,
-            upload_limit: None,
+        let torrent_bytes: Option<Arc<[u8]>> = torrent_bytes.map(Into::into);
+        let (id, saved, written) = loop {
+            let mut removal = {
+                let mut st = self.state();
+                if st.shutting_down {
+                    return Err(AddError::ShuttingDown);
+                }
+                // The same torrent still being removed: its run and files go first.
+                if let Some(removal) = st.removing.get(&info_hash) {
+                    removal.clone()
+                } else {
+                    if let Some(id) = find_in(&st, &info_hash) {
+                        return Err(AddError::Duplicate(id));
+                    }
+                    if st.queue.len() + st.adding.len() >= crate::queue::MAX_TORRENTS {
+                        return Err(AddError::Full(crate::queue::QueueError::Full));
+                    }
+                    let id = st.next_id;
+                    st.next_id += 1;
+                    st.adding.insert(info_hash, id);
+                    let saved = Saved {
+                        id,
+                        info_hash: info_hash.to_string(),
+                        name,
+                        magnet,
+                        download_dir,
+                        paused: req.paused,
+                        wanted_files: None,
+                        added_date: unix_now(),
+                        done_date: 0,
+                        uploaded: 0,
+                        downloaded: 0,
+                        download_limit: None,
+                        upload_limit: None,
+                    };
+                    if let Some(bytes) = torrent_bytes {
+                        self.0.writer.save_torrent(info_hash, bytes);
+                    }
+                    let (ack, written) = tokio::sync::oneshot::channel();
+                    self.0.writer.save(info_hash, saved.clone(), Some(ack));
+                    break (id, saved, written);
+                }
+            };
+            // Ends (as an error) once the removal is done.
+            let _ = removal.changed().await;
         };
-        if let Some(bytes) = &torrent_bytes {
-            self.0
-                .store
-                .save_torrent(&info_hash, bytes)
-                .map_err(AddError::Store)?;
-        }
-        self.0.store.save(&saved).map_err(AddError::Store)?;
-        st.queue
-            .add(id, false, req.paused)
-            .map_err(AddError::Full)?;
-        st.next_id += 1;
-        st.torrents.insert(
-            id,
-            Box::new(Entry::new(
-                saved,
-                info_hash,
-                meta,
-                trackers,
-                peers,
-                Progress::default(),
-            )),
-        );
-        self.apply_queue(&mut st);
+        let entry = Box::new(Entry::new(
+            saved,
+            info_hash,
+            meta,
+            trackers,
+            peers,
+            Progress::default(),
+        ));
+        // Finished by a task of its own: a caller that goes away (a client hanging up) must
+        // not leave the torrent reserved and never shown.
+        let daemon = self.clone();
+        let finish = tokio::spawn(async move { daemon.finish_add(entry, written).await });
+        finish
+            .await
+            .unwrap_or_else(|e| Err(AddError::Store(std::io::Error::other(e))))?;
         Ok(id)
     }
 
-    /// Carries out the queue's decisions.
+    /// The end of an addition: once its files are on disk it is shown and may run (a 201 means
+    /// it survives a restart); if they could not be written, it is dropped.
+    async fn finish_add(
+        &self,
+        entry: Box<Entry>,
+        written: tokio::sync::oneshot::Receiver<std::io::Result<()>>,
+    ) -> Result<(), AddError> {
+        let result = written
+            .await
+            .unwrap_or_else(|_| Err(std::io::Error::other("the state writer stopped")));
+        let (id, info_hash) = (entry.saved.id, entry.info_hash);
+        let mut st = self.state();
+        st.adding.remove(&info_hash);
+        let added = result
+            .map_err(AddError::Store)
+            .and_then(|()| (st.queue.add(id, false, entry.saved.paused)).map_err(AddError::Full));
+        if let Err(e) = added {
+            self.0.writer.remove(info_hash, None);
+            return Err(e);
+        }
+        st.by_hash.insert(info_hash, id);
+        st.torrents.insert(id, entry);
+        self.apply_queue(&mut st);
+        Ok(())
+    }
+
+    /// Carries out the queue's decisions (called after every change of the state: event
+    /// streams look for changes then).
     fn apply_queue(&self, st: &mut State) {
+        self.0.events.poke();
         while let Some(event) = st.queue.poll_event() {
             match event {
                 QueueEvent::Start(id) => self.start_run(st, id),
@@ -625,15 +746,14 @@ impl Daemon {
             id,
             info_hash: entry.info_hash,
             meta: entry.meta.clone(),
-            trackers: entry.trackers.clone(),
+            trackers: entry.trackers.as_ref().clone(),
             peers: entry.peers.clone(),
             output_dir: entry.saved.download_dir.clone(),
-            wanted_files: entry.saved.wanted_files.clone(),
+            wanted_files: entry.saved.wanted_files.as_deref().map(<[bool]>::to_vec),
             recheck: std::mem::take(&mut entry.recheck),
             stop: stop_rx,
             progress: progress_tx,
             incoming: route_rx,
-            fetching: fetching.clone(),
             // A resting torrent has no connections to limit.
             limits: if rest {
                 RateLimits::default()
@@ -648,13 +768,12 @@ impl Daemon {
             },
             resumed,
         };
-        let info_hash = entry.info_hash;
         if let (true, Some(meta)) = (rest, entry.meta.clone()) {
             // Nothing to do until a peer comes: only the session, to announce.
             let dormant = Dormant::new(&job.params(meta));
             self.0.dormant.insert(id, dormant);
             entry.resting = Some(Resting { stopping: false });
-            st.routes.insert(info_hash, (id, None));
+            set_routes(st, id, None);
             return;
         }
         for waiting in entry.waiting.drain(..) {
@@ -668,7 +787,7 @@ impl Daemon {
             stopping: false,
             fetching,
         });
-        st.routes.insert(info_hash, (id, Some(route_tx)));
+        set_routes(st, id, Some(route_tx));
     }
 
     /// A peer wants resting torrent `id`: a run starts from its session, with the connections
@@ -734,15 +853,15 @@ impl Daemon {
                 entry.waiting.push(waiting);
             }
         }
-        let _ = self.0.store.save(&entry.saved);
+        save(&self.0.writer, entry);
         if entry.window.as_ref().is_some_and(|w| w.borrow().is_none()) {
             entry.window = None;
         }
         entry.limits = None;
         self.0.dormant.insert(id, *dormant);
         entry.resting = Some(Resting { stopping: false });
-        let info_hash = entry.info_hash;
-        st.routes.insert(info_hash, (id, None));
+        set_routes(&mut st, id, None);
+        self.0.events.poke();
         let Some(entry) = st.torrents.get_mut(&id) else {
             return;
         };
@@ -765,14 +884,7 @@ impl Daemon {
         let Some(resting) = entry.resting.take() else {
             return;
         };
-        let info_hash = entry.info_hash;
-        if st
-            .routes
-            .get(&info_hash)
-            .is_some_and(|(owner, _)| *owner == id)
-        {
-            st.routes.remove(&info_hash);
-        }
+        st.routes.retain(|_, (owner, _)| *owner != id);
         if st.shutting_down {
             return;
         }
@@ -802,10 +914,22 @@ impl Daemon {
         };
         entry.meta = Some(meta.clone());
         entry.saved.name = meta.info.name.clone();
-        if let Err(e) = self.0.store.save_torrent(&entry.info_hash, metainfo_bytes) {
-            tracing::warn!(error = %e, "cannot save the fetched metadata");
+        if let Some(run) = &entry.run {
+            run.fetching
+                .store(false, std::sync::atomic::Ordering::Relaxed);
         }
-        let _ = self.0.store.save(&entry.saved);
+        self.0.events.poke();
+        self.0
+            .writer
+            .save_torrent(entry.info_hash, metainfo_bytes.into());
+        save(&self.0.writer, entry);
+        // A hybrid found through a magnet link is reached under its v2 hash from now on too.
+        let info_hash = entry.info_hash;
+        if let Some(alias) = hybrid_v2_alias(&meta.info_bytes, meta.info.version) {
+            if let Some(route) = st.routes.get(&info_hash).cloned() {
+                st.routes.entry(alias).or_insert(route);
+            }
+        }
     }
 
     /// A run reports whether the wanted data is complete.
@@ -816,7 +940,7 @@ impl Daemon {
         };
         if complete && entry.saved.done_date == 0 {
             entry.saved.done_date = unix_now();
-            let _ = self.0.store.save(&entry.saved);
+            save(&self.0.writer, entry);
         }
         st.queue.handle_complete(id, complete);
         self.apply_queue(&mut st);
@@ -837,20 +961,13 @@ impl Daemon {
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let last = run.progress.borrow().clone();
         fold_run(entry, last);
-        let info_hash = entry.info_hash;
         let stopping = run.stopping;
         if let Err(e) = &result {
             tracing::warn!(torrent = %entry.saved.name, error = %e, "torrent stopped");
             entry.error = Some(e.clone());
         }
-        let _ = self.0.store.save(&entry.saved);
-        if st
-            .routes
-            .get(&info_hash)
-            .is_some_and(|(owner, _)| *owner == id)
-        {
-            st.routes.remove(&info_hash);
-        }
+        save(&self.0.writer, entry);
+        st.routes.retain(|_, (owner, _)| *owner != id);
         if st.shutting_down {
             return;
         }
@@ -868,7 +985,6 @@ impl Daemon {
                 // Connections for a torrent that does not run are closed.
                 entry.waiting.clear();
             }
-            let _ = self.0.store.save(&entry.saved);
         }
     }
 
@@ -959,25 +1075,23 @@ impl Daemon {
                 trimmed = Some(ended);
                 crate::engine::release_free_memory();
             }
-            let saved: Vec<Saved> = {
-                let st = self.state();
-                written.retain(|id, _| st.torrents.contains_key(id));
-                st.torrents
-                    .iter()
-                    .filter_map(|(id, e)| {
-                        let run = e.run.as_ref()?;
-                        let p = run.progress.borrow();
-                        let mut saved = e.saved.clone();
-                        saved.uploaded += p.uploaded_bytes;
-                        saved.downloaded += p.received_bytes;
-                        let counters = (saved.uploaded, saved.downloaded);
-                        (written.insert(*id, counters) != Some(counters)).then_some(saved)
-                    })
-                    .collect()
-            };
-            for s in saved {
-                if let Err(e) = self.0.store.save(&s) {
-                    tracing::warn!(error = %e, "cannot save torrent settings");
+            // Queued under the lock, so a change or removal made after this snapshot is
+            // queued after it, and written after it.
+            let st = self.state();
+            written.retain(|id, _| st.torrents.contains_key(id));
+            for (id, e) in &st.torrents {
+                let Some(run) = e.run.as_ref() else {
+                    continue;
+                };
+                let (uploaded, received) = {
+                    let p = run.progress.borrow();
+                    (p.uploaded_bytes, p.received_bytes)
+                };
+                let counters = (e.saved.uploaded + uploaded, e.saved.downloaded + received);
+                if written.insert(*id, counters) != Some(counters) {
+                    let mut saved = e.saved.clone();
+                    (saved.uploaded, saved.downloaded) = counters;
+                    self.0.writer.save(e.info_hash, saved, None);
                 }
             }
         }
@@ -993,7 +1107,7 @@ impl Daemon {
         self.apply_queue(&mut st);
         if let Some(e) = st.torrents.get_mut(&id) {
             e.saved.paused = true;
-            let _ = self.0.store.save(&e.saved);
+            save(&self.0.writer, e);
         }
         true
     }
@@ -1006,7 +1120,7 @@ impl Daemon {
         };
         e.saved.paused = false;
         e.error = None;
-        let _ = self.0.store.save(&e.saved);
+        save(&self.0.writer, e);
         st.queue.resume(id);
         self.apply_queue(&mut st);
         true
@@ -1023,48 +1137,83 @@ impl Daemon {
         true
     }
 
-    /// Chooses the files to fetch (by index; `None`: all). A running torrent restarts with
-    /// the new choice.
-    pub fn set_wanted_files(&self, id: TorrentId, wanted: Option<Vec<bool>>) -> bool {
+    /// Chooses the files to fetch (by index among the user's files, as [`Daemon::files`]
+    /// numbers them; `None`: all; files past the end of the list are wanted). A running
+    /// torrent restarts with the new choice.
+    pub fn set_wanted_files(
+        &self,
+        id: TorrentId,
+        wanted: Option<Vec<bool>>,
+    ) -> Result<(), WantedError> {
         let mut st = self.state();
-        let Some(e) = st.torrents.get_mut(&id) else {
-            return false;
+        let e = st.torrents.get_mut(&id).ok_or(WantedError::NoSuchTorrent)?;
+        e.saved.wanted_files = match (&e.meta, wanted) {
+            (_, None) => None,
+            (None, Some(_)) => return Err(WantedError::NoMetadata),
+            (Some(meta), Some(wanted)) => {
+                let files = meta.info.real_files().count();
+                if wanted.len() > files {
+                    return Err(WantedError::TooMany {
+                        given: wanted.len(),
+                        files,
+                    });
+                }
+                Some(layout_wanted(&meta.info, &wanted).into())
+            }
         };
-        e.saved.wanted_files = wanted;
-        let _ = self.0.store.save(&e.saved);
+        save(&self.0.writer, e);
         // It may not be complete any more: it will not rest before a run says so.
         e.last.seeding = false;
         self.stop_activity(id, e);
         // Whether it is complete now is known once it runs again.
         st.queue.handle_complete(id, false);
         self.apply_queue(&mut st);
-        true
+        Ok(())
     }
 
-    /// Removes a torrent, and its data if asked, once its run (if any) ended.
+    /// Removes a torrent at once from the session; its files, and its data if asked, once its
+    /// run (if any) ended. Returns when all of it is gone (the removal goes on if the caller
+    /// goes away: a cancelled request never leaves a removed torrent's files behind).
     pub async fn remove(&self, id: TorrentId, delete_data: bool) -> bool {
-        let (entry, task) = {
+        let (entry, task, done) = {
             let mut st = self.state();
             let Some(mut entry) = st.torrents.remove(&id) else {
                 return false;
             };
+            st.by_hash.remove(&entry.info_hash);
             st.queue.remove(id);
-            if st
-                .routes
-                .get(&entry.info_hash)
-                .is_some_and(|(owner, _)| *owner == id)
-            {
-                st.routes.remove(&entry.info_hash);
-            }
+            st.routes.retain(|_, (owner, _)| *owner != id);
             self.stop_activity(id, &mut entry);
             let task = entry.run.as_mut().and_then(|run| run.task.take());
+            let (done, removal) = watch::channel(());
+            st.removing.insert(entry.info_hash, removal);
             self.apply_queue(&mut st);
-            (entry, task)
+            (entry, task, done)
         };
+        let daemon = self.clone();
+        let removal = tokio::spawn(async move {
+            daemon.finish_removal(entry, task, delete_data).await;
+            drop(done);
+        });
+        let _ = removal.await;
+        true
+    }
+
+    /// The end of a removal: once the run ended (its last resume state written), the files
+    /// in the state directory go, then the data if asked; then an addition of the same
+    /// torrent may go ahead.
+    async fn finish_removal(
+        &self,
+        entry: Box<Entry>,
+        task: Option<JoinHandle<()>>,
+        delete_data: bool,
+    ) {
         if let Some(task) = task {
             let _ = task.await;
         }
-        self.0.store.remove(&entry.info_hash);
+        let (ack, removed) = tokio::sync::oneshot::channel();
+        self.0.writer.remove(entry.info_hash, Some(ack));
+        let _ = removed.await;
         if delete_data {
             if let Some(meta) = &entry.meta {
                 let path = entry.saved.download_dir.join(&meta.info.name);
@@ -1078,12 +1227,13 @@ impl Daemon {
                 }
             }
         }
-        true
+        self.state().removing.remove(&entry.info_hash);
     }
 
     /// Stops every torrent (each saves its resume state), saves every setting and stops the
     /// DHT.
     pub async fn shutdown(&self) {
+        self.0.events.close();
         for task in lock(&self.0.tasks).drain(..) {
             task.abort();
         }
@@ -1106,86 +1256,72 @@ impl Daemon {
         if let Some(task) = lock(&self.0.dormant_task).take() {
             task.abort();
         }
-        let saved: Vec<Saved> = self
-            .state()
-            .torrents
-            .values()
-            .map(|e| e.saved.clone())
-            .collect();
-        for s in saved {
-            let _ = self.0.store.save(&s);
+        // Removals under way finish (their files must not come back at the next start).
+        let removals: Vec<watch::Receiver<()>> = self.state().removing.values().cloned().collect();
+        for mut removal in removals {
+            let _ = removal.changed().await;
         }
+        for e in self.state().torrents.values() {
+            save(&self.0.writer, e);
+        }
+        self.0.writer.flush().await;
         if let Some(dht) = &self.0.dht {
             dht.shutdown().await;
         }
     }
 
+    /// Every torrent's id, in queue order.
+    pub fn ids(&self) -> Vec<TorrentId> {
+        self.state().queue.ids()
+    }
+
+    /// What the API shows of torrents `ids` (unknown ones left out), copied under the state
+    /// lock: counters and shared pointers only, so the work of building views and files
+    /// happens after the lock is released, whatever the size of the torrents.
+    pub fn snapshots(&self, ids: &[TorrentId]) -> Vec<Snapshot> {
+        let st = self.state();
+        ids.iter().filter_map(|&id| snapshot(&st, id)).collect()
+    }
+
     /// Every torrent, in queue order.
     pub fn list(&self) -> Vec<TorrentView> {
-        let st = self.state();
-        st.queue
-            .ids()
-            .into_iter()
-            .filter_map(|id| view(&st, id))
-            .collect()
+        let snapshots = {
+            let st = self.state();
+            let ids = st.queue.ids();
+            ids.into_iter()
+                .filter_map(|id| snapshot(&st, id))
+                .collect::<Vec<_>>()
+        };
+        snapshots.iter().map(Snapshot::view).collect()
     }
 
     /// One torrent.
     pub fn get(&self, id: TorrentId) -> Option<TorrentView> {
-        view(&self.state(), id)
+        self.snapshot(id).map(|s| s.view())
+    }
+
+    fn snapshot(&self, id: TorrentId) -> Option<Snapshot> {
+        snapshot(&self.state(), id)
     }
 
     /// The id of the torrent with this info hash.
     pub fn find(&self, info_hash: &InfoHash) -> Option<TorrentId> {
-        let st = self.state();
-        st.torrents
-            .iter()
-            .find(|(_, e)| e.info_hash == *info_hash)
-            .map(|(&id, _)| id)
+        find_in(&self.state(), info_hash)
     }
 
     /// A torrent's files with their progress.
     pub fn files(&self, id: TorrentId) -> Option<Vec<FileView>> {
-        let st = self.state();
-        let entry = st.torrents.get(&id)?;
-        let (progress, _) = current(entry);
-        let Some(meta) = &entry.meta else {
-            return Some(Vec::new());
-        };
-        let wanted = entry.saved.wanted_files.as_deref();
-        Some(file_views(&meta.info, progress.have.as_deref(), wanted))
+        self.snapshot(id).map(|s| s.files())
     }
 
     /// A torrent's connected peers.
     pub fn peers(&self, id: TorrentId) -> Option<Vec<PeerView>> {
-        let st = self.state();
-        let entry = st.torrents.get(&id)?;
-        let (progress, _) = current(entry);
-        Some(
-            progress
-                .connected
-                .iter()
-                .map(|p| PeerView {
-                    address: p.addr.ip().to_string(),
-                    port: p.addr.port(),
-                    outgoing: p.outgoing,
-                })
-                .collect(),
-        )
+        self.snapshot(id).map(|s| s.peers())
     }
 
     /// A torrent's trackers (tier, URL).
     pub fn trackers(&self, id: TorrentId) -> Option<Vec<(usize, String)>> {
-        let st = self.state();
-        let entry = st.torrents.get(&id)?;
-        Some(
-            entry
-                .trackers
-                .iter()
-                .enumerate()
-                .flat_map(|(tier, urls)| urls.iter().map(move |u| (tier, u.clone())))
-                .collect(),
-        )
+        self.snapshot(id).map(|s| s.trackers())
     }
 
     /// Totals across torrents.
@@ -1233,12 +1369,14 @@ impl Daemon {
     }
 
     /// Changes the global rate limits (at once, for every connection) and saves them.
-    pub fn set_speed_limits(&self, limits: SpeedLimits) -> std::io::Result<()> {
+    pub fn set_speed_limits(&self, limits: SpeedLimits) {
+        // Under the state lock, as every queued write: two changes are saved in their order.
+        let _st = self.state();
         self.0.rate_limits.set(limits.download, limits.upload);
-        self.0.store.save_session(&SessionSettings {
+        self.0.writer.save_session(SessionSettings {
             download_limit: limits.download,
             upload_limit: limits.upload,
-        })
+        });
     }
 
     /// A torrent's own rate limits (`None`: no such torrent).
@@ -1263,9 +1401,7 @@ impl Daemon {
         if let Some(l) = &e.limits {
             l.set(limits.download, limits.upload);
         }
-        if let Err(e) = self.0.store.save(&e.saved) {
-            tracing::warn!(error = %e, "cannot save torrent settings");
-        }
+        save(&self.0.writer, e);
         true
     }
 
@@ -1275,10 +1411,7 @@ impl Daemon {
         let st = self.state();
         let e = st.torrents.get(&id)?;
         let meta = e.meta.as_ref()?;
-        let file = meta.info.files.get(index)?;
-        if file.attr.pad {
-            return None;
-        }
+        let (_, file) = meta.info.real_files().nth(index)?;
         Some(stream::Source {
             info: meta.info.clone(),
             output: e.saved.download_dir.join(&meta.info.name),
@@ -1350,6 +1483,33 @@ impl Daemon {
             w.send_if_modified(|w| w.take().is_some());
         }
     }
+}
+
+/// Queues a torrent's settings for saving.
+fn save(writer: &Writer, entry: &Entry) {
+    writer.save(entry.info_hash, entry.saved.clone(), None);
+}
+
+/// The id of the torrent with this info hash, or of the one being added with it.
+fn find_in(st: &State, info_hash: &InfoHash) -> Option<TorrentId> {
+    (st.by_hash.get(info_hash))
+        .or_else(|| st.adding.get(info_hash))
+        .copied()
+}
+
+/// Routes torrent `id`'s incoming connections to `route` (its run's channel, or `None`
+/// while it rests): under its info hash, and a hybrid's under its truncated v2 hash too (its v2
+/// swarm's name).
+fn set_routes(st: &mut State, id: TorrentId, route: Option<mpsc::Sender<(PeerStream, Handshake)>>) {
+    let Some(entry) = st.torrents.get(&id) else {
+        return;
+    };
+    let info_hash = entry.info_hash;
+    let alias = (entry.meta.as_ref()).and_then(|m| hybrid_v2_alias(&m.info_bytes, m.info.version));
+    if let Some(alias) = alias {
+        st.routes.insert(alias, (id, route.clone()));
+    }
+    st.routes.insert(info_hash, (id, route));
 }
 
 /// Folds the last report of a run that ended into the torrent: its counters into the saved
@@ -1427,6 +1587,8 @@ pub struct TorrentView {
 /// A file of a torrent.
 #[derive(Clone, Debug, serde::Serialize)]
 pub struct FileView {
+    /// Its place among the torrent's files as the user sees them: BEP 47 pad files are left
+    /// out, so the index counts only real files (every API numbers files this way).
     pub index: usize,
     pub path: String,
     pub length: u64,
@@ -1470,9 +1632,30 @@ fn current(entry: &Entry) -> (Progress, bool) {
     }
 }
 
-fn view(st: &State, id: TorrentId) -> Option<TorrentView> {
+/// A torrent as it stood when the state lock was held: what the API shows of it, to be
+/// worked out once the lock is released.
+pub struct Snapshot {
+    id: TorrentId,
+    info_hash: InfoHash,
+    status: TorrentStatus,
+    progress: Progress,
+    meta: Option<Meta>,
+    name: String,
+    download_dir: PathBuf,
+    added_date: u64,
+    done_date: u64,
+    /// Payload counters of the runs before this one.
+    uploaded: u64,
+    downloaded: u64,
+    wanted_files: Option<Arc<[bool]>>,
+    trackers: Arc<Vec<Vec<String>>>,
+    error: Option<String>,
+    limits: SpeedLimits,
+}
+
+fn snapshot(st: &State, id: TorrentId) -> Option<Snapshot> {
     let entry = st.torrents.get(&id)?;
-    let (p, fetching) = current(entry);
+    let (progress, fetching) = current(entry);
     let status = match st.queue.state(id)? {
         QueueState::Paused => TorrentStatus::Paused,
         QueueState::Failed => TorrentStatus::Failed,
@@ -1482,66 +1665,130 @@ fn view(st: &State, id: TorrentId) -> Option<TorrentView> {
         QueueState::Downloading => TorrentStatus::Downloading,
         QueueState::Seeding => TorrentStatus::Seeding,
     };
-    let (total_size, piece_count, private) = entry.meta.as_ref().map_or((0, 0, false), |m| {
-        (
-            m.info.content_length(),
-            m.info.piece_count(),
-            m.info.private,
-        )
-    });
-    let size_when_done = if p.total_bytes > 0 {
-        p.total_bytes
-    } else {
-        entry.meta.as_ref().map_or(0, |m| {
-            let wanted = wanted_for(&m.info, entry.saved.wanted_files.as_deref());
-            wanted
-                .iter_set()
-                .map(|i| u64::from(m.info.piece_len(i)))
-                .sum()
-        })
-    };
-    let left = size_when_done.saturating_sub(p.done_bytes);
-    let downloaded_ever = entry.saved.downloaded + p.received_bytes;
-    let uploaded_ever = entry.saved.uploaded + p.uploaded_bytes;
-    let rate = p.rate.max(0.0) as u64;
-    Some(TorrentView {
+    let saved = &entry.saved;
+    Some(Snapshot {
         id,
-        info_hash: entry.info_hash.to_string(),
-        name: entry.saved.name.clone(),
-        state: status,
-        download_dir: entry.saved.download_dir.clone(),
-        total_size,
-        size_when_done,
-        done_bytes: p.done_bytes,
-        left_until_done: left,
-        percent_done: if size_when_done == 0 {
-            if entry.meta.is_some() {
-                1.0
-            } else {
-                0.0
-            }
-        } else {
-            p.done_bytes as f64 / size_when_done as f64
-        },
-        pieces_have: p.done_pieces,
-        piece_count,
-        rate_download: rate,
-        rate_upload: p.upload_rate.max(0.0) as u64,
-        downloaded_ever,
-        uploaded_ever,
-        ratio: if downloaded_ever == 0 {
-            0.0
-        } else {
-            uploaded_ever as f64 / downloaded_ever as f64
-        },
-        eta: (left > 0 && rate > 0).then(|| left / rate),
-        peers: p.peers,
-        added_date: entry.saved.added_date,
-        done_date: entry.saved.done_date,
+        info_hash: entry.info_hash,
+        status,
+        progress,
+        meta: entry.meta.clone(),
+        name: saved.name.clone(),
+        download_dir: saved.download_dir.clone(),
+        added_date: saved.added_date,
+        done_date: saved.done_date,
+        uploaded: saved.uploaded,
+        downloaded: saved.downloaded,
+        wanted_files: saved.wanted_files.clone(),
+        trackers: entry.trackers.clone(),
         error: entry.error.clone(),
-        metadata_known: entry.meta.is_some(),
-        private,
+        limits: SpeedLimits {
+            download: saved.download_limit,
+            upload: saved.upload_limit,
+        },
     })
+}
+
+impl Snapshot {
+    pub fn id(&self) -> TorrentId {
+        self.id
+    }
+
+    /// The torrent's own rate limits.
+    pub fn limits(&self) -> SpeedLimits {
+        self.limits
+    }
+
+    /// The torrent as the API shows it.
+    pub fn view(&self) -> TorrentView {
+        let p = &self.progress;
+        let (total_size, piece_count, private) = self.meta.as_ref().map_or((0, 0, false), |m| {
+            (
+                m.info.content_length(),
+                m.info.piece_count(),
+                m.info.private,
+            )
+        });
+        let size_when_done = if p.total_bytes > 0 {
+            p.total_bytes
+        } else {
+            self.meta.as_ref().map_or(0, |m| {
+                let wanted = wanted_for(&m.info, self.wanted_files.as_deref());
+                wanted
+                    .iter_set()
+                    .map(|i| u64::from(m.info.piece_len(i)))
+                    .sum()
+            })
+        };
+        let left = size_when_done.saturating_sub(p.done_bytes);
+        let downloaded_ever = self.downloaded + p.received_bytes;
+        let uploaded_ever = self.uploaded + p.uploaded_bytes;
+        let rate = p.rate.max(0.0) as u64;
+        TorrentView {
+            id: self.id,
+            info_hash: self.info_hash.to_string(),
+            name: self.name.clone(),
+            state: self.status,
+            download_dir: self.download_dir.clone(),
+            total_size,
+            size_when_done,
+            done_bytes: p.done_bytes,
+            left_until_done: left,
+            percent_done: if size_when_done == 0 {
+                if self.meta.is_some() {
+                    1.0
+                } else {
+                    0.0
+                }
+            } else {
+                p.done_bytes as f64 / size_when_done as f64
+            },
+            pieces_have: p.done_pieces,
+            piece_count,
+            rate_download: rate,
+            rate_upload: p.upload_rate.max(0.0) as u64,
+            downloaded_ever,
+            uploaded_ever,
+            ratio: if downloaded_ever == 0 {
+                0.0
+            } else {
+                uploaded_ever as f64 / downloaded_ever as f64
+            },
+            eta: (left > 0 && rate > 0).then(|| left / rate),
+            peers: p.peers,
+            added_date: self.added_date,
+            done_date: self.done_date,
+            error: self.error.clone(),
+            metadata_known: self.meta.is_some(),
+            private,
+        }
+    }
+
+    /// Its files with their progress (none while the metadata is unknown).
+    pub fn files(&self) -> Vec<FileView> {
+        let Some(meta) = &self.meta else {
+            return Vec::new();
+        };
+        let have = self.progress.have.as_deref();
+        file_views(&meta.info, have, self.wanted_files.as_deref())
+    }
+
+    /// Its connected peers.
+    pub fn peers(&self) -> Vec<PeerView> {
+        (self.progress.connected.iter())
+            .map(|p| PeerView {
+                address: p.addr.ip().to_string(),
+                port: p.addr.port(),
+                outgoing: p.outgoing,
+            })
+            .collect()
+    }
+
+    /// Its trackers (tier, URL).
+    pub fn trackers(&self) -> Vec<(usize, String)> {
+        (self.trackers.iter().enumerate())
+            .flat_map(|(tier, urls)| urls.iter().map(move |u| (tier, u.clone())))
+            .collect()
+    }
 }
 
 /// The wanted pieces for a file selection (`None`: all).
@@ -1578,11 +1825,27 @@ fn progress_from_have(info: &Info, have: &Bitfield, files: Option<&[bool]>) -> P
     }
 }
 
-/// Each real file with the bytes of it inside verified pieces.
+/// A choice of the user's files (by their index among the real files, pad files left out)
+/// as one flag per file of the layout (pad files included), as the engine and the saved
+/// settings take it. Files past the end of `wanted` are wanted; pad files are never fetched
+/// for themselves, whatever their flag.
+fn layout_wanted(info: &Info, wanted: &[bool]) -> Vec<bool> {
+    let mut layout = vec![true; info.files.len()];
+    for (user, (index, _)) in info.real_files().enumerate() {
+        if let Some(flag) = layout.get_mut(index) {
+            *flag = wanted.get(user).copied().unwrap_or(true);
+        }
+    }
+    layout
+}
+
+/// Each real file (pad files left out, numbered from 0 in that order: the index every API
+/// shows) with the bytes of it inside verified pieces. `wanted` is by layout index.
 fn file_views(info: &Info, have: Option<&Bitfield>, wanted: Option<&[bool]>) -> Vec<FileView> {
     let piece_length = u64::from(info.piece_length.max(1));
     info.real_files()
-        .map(|(index, f)| {
+        .enumerate()
+        .map(|(user, (index, f))| {
             let mut done = 0u64;
             if let (Some(have), true) = (have, f.length > 0) {
                 let (start, end) = (f.offset, f.offset + f.length);
@@ -1596,7 +1859,7 @@ fn file_views(info: &Info, have: Option<&Bitfield>, wanted: Option<&[bool]>) -> 
                 }
             }
             FileView {
-                index,
+                index: user,
                 path: f.path.join("/"),
                 length: f.length,
                 done_bytes: done,
@@ -1620,7 +1883,6 @@ struct Job {
     stop: watch::Receiver<bool>,
     progress: watch::Sender<Progress>,
     incoming: mpsc::Receiver<(PeerStream, Handshake)>,
-    fetching: Arc<std::sync::atomic::AtomicBool>,
     limits: RateLimits,
     window: watch::Receiver<Option<std::ops::Range<u32>>>,
     /// The session it rested with, to go on with.
@@ -1657,8 +1919,7 @@ impl Job {
             info_bytes: Some(meta.info_bytes.clone()),
             web_seeds: meta.web_seeds.clone(),
             files: None,
-            // v2-only torrents are refused; hybrids are checked with their SHA-1 hashes.
-            piece_layers: Default::default(),
+            piece_layers: meta.piece_layers.clone(),
             info_hash: self.info_hash,
             trackers: self.trackers.clone(),
             peers: self.peers.clone(),
@@ -1695,34 +1956,32 @@ impl Job {
         let meta = match self.meta.clone() {
             Some(meta) => meta,
             None => {
-                let fetch = fetch_metadata(
-                    self.info_hash,
-                    &self.trackers,
-                    &self.peers,
-                    inner.peer_id,
-                    inner.dht.clone(),
-                    inner.transports.clone(),
-                );
+                let fetch = fetch_metadata(Sources {
+                    info_hash: self.info_hash,
+                    trackers: &self.trackers,
+                    peers: &self.peers,
+                    peer_id: inner.peer_id,
+                    dht: inner.dht.clone(),
+                    transports: inner.transports.clone(),
+                });
                 let fetched = tokio::select! {
                     fetched = fetch => fetched,
-                    () = stopped(&mut self.stop) => return Ok(HostedEnd::Ended(Outcome::Interrupted)),
+                    () = stopped(&mut self.stop) => {
+                        return Ok(HostedEnd::Ended(Outcome::Interrupted));
+                    }
                 };
                 let (info, info_bytes) = fetched.map_err(|e| error_chain(&e))?;
                 let meta = Meta {
                     info: Arc::new(info),
                     info_bytes: info_bytes.into(),
                     web_seeds: Vec::new(),
+                    piece_layers: BTreeMap::new(),
                 };
                 let torrent = store::metainfo_bytes(&self.trackers, &meta.info_bytes);
                 self.daemon.on_metadata(self.id, &meta, &torrent);
-                self.fetching
-                    .store(false, std::sync::atomic::Ordering::Relaxed);
                 meta
             }
         };
-        if !meta.info.version.has_v1() {
-            return Err(AddError::V2Only.to_string());
-        }
         let params = self.params(meta);
         let mut watch = self.progress.subscribe();
         watch.mark_unchanged();
@@ -1795,5 +2054,196 @@ mod tests {
         assert!(!p.seeding);
         let all = progress_from_have(&info, &Bitfield::full(4), None);
         assert!(all.seeding && all.done_bytes == 32);
+    }
+
+    #[tokio::test]
+    async fn a_torrent_added_again_while_its_removal_ends_stays_added() {
+        let dir = tempfile::tempdir().unwrap();
+        let daemon = testing::start(dir.path()).await;
+        let torrent = testing::torrent(&[("a.bin", 100_000, false)], 16384);
+        let hash = Metainfo::from_bytes(&torrent)
+            .unwrap()
+            .info_hash
+            .to_string();
+        let id = testing::add(&daemon, torrent.clone(), false).await;
+        assert!(daemon
+            .get(id)
+            .is_some_and(|t| t.state == TorrentStatus::Downloading));
+        let removing = tokio::spawn({
+            let daemon = daemon.clone();
+            async move { daemon.remove(id, false).await }
+        });
+        // Gone from the list while its run still ends: added again at once.
+        while daemon.get(id).is_some() {
+            tokio::task::yield_now().await;
+        }
+        let again = testing::add(&daemon, torrent, false).await;
+        assert!(removing.await.unwrap());
+        assert!(daemon.get(again).is_some());
+        daemon.shutdown().await;
+        assert_eq!(testing::restarted(dir.path()).await, vec![(hash, true)]);
+    }
+
+    #[tokio::test]
+    async fn a_removed_torrent_stays_removed_while_saves_go_on() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = DaemonConfig {
+            save_every: Duration::from_millis(1),
+            ..testing::config(dir.path())
+        };
+        let daemon = Daemon::start(config).await.unwrap();
+        let mut torrents = Vec::new();
+        for n in 0..8u64 {
+            let bytes =
+                testing::torrent_named(&format!("t{n}"), &[("a.bin", 20_000, false)], 16384);
+            torrents.push(testing::add(&daemon, bytes, false).await);
+        }
+        // Paused, resumed and removed while the periodic saves run.
+        for (n, &id) in torrents.iter().enumerate() {
+            tokio::time::sleep(Duration::from_millis(3)).await;
+            if n % 2 == 0 {
+                assert!(daemon.pause(id) && daemon.resume(id));
+            } else {
+                assert!(daemon.remove(id, false).await);
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        let kept: Vec<(String, bool)> = (daemon.list().into_iter())
+            .map(|t| (t.info_hash, true))
+            .collect();
+        assert_eq!(kept.len(), 4);
+        daemon.shutdown().await;
+        let mut found = testing::restarted(dir.path()).await;
+        found.sort();
+        let mut kept = kept;
+        kept.sort();
+        assert_eq!(found, kept);
+    }
+
+    #[tokio::test]
+    async fn torrents_are_found_by_info_hash_through_adds_removals_and_loads() {
+        let dir = tempfile::tempdir().unwrap();
+        let daemon = testing::start(dir.path()).await;
+        let torrents: Vec<Vec<u8>> = (0..3)
+            .map(|n| testing::torrent_named(&format!("t{n}"), &[("a", 100, false)], 16384))
+            .collect();
+        let hash = |t: &[u8]| Metainfo::from_bytes(t).unwrap().info_hash;
+        let mut ids = Vec::new();
+        for t in &torrents {
+            ids.push(testing::add_paused(&daemon, t.clone()).await);
+        }
+        for (t, &id) in torrents.iter().zip(&ids) {
+            assert_eq!(daemon.find(&hash(t)), Some(id));
+        }
+        let again = daemon.add(AddRequest {
+            source: AddSource::Torrent(torrents[1].clone()),
+            download_dir: None,
+            paused: true,
+        });
+        assert!(matches!(again.await, Err(AddError::Duplicate(id)) if id == ids[1]));
+        assert!(daemon.remove(ids[1], false).await);
+        assert_eq!(daemon.find(&hash(&torrents[1])), None);
+        let readded = testing::add_paused(&daemon, torrents[1].clone()).await;
+        assert_eq!(daemon.find(&hash(&torrents[1])), Some(readded));
+        assert!(readded > ids[2], "ids are never reused");
+        daemon.shutdown().await;
+        // A second settings file naming a torrent already loaded is skipped.
+        let json = dir
+            .path()
+            .join(format!("state/torrents/{}.json", hash(&torrents[0])));
+        let mut copy: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+        copy["id"] = serde_json::json!(u64::MAX);
+        std::fs::write(
+            dir.path().join("state/torrents/copy.json"),
+            copy.to_string(),
+        )
+        .unwrap();
+        let daemon = testing::start(dir.path()).await;
+        assert_eq!(daemon.list().len(), 3);
+        assert_eq!(daemon.find(&hash(&torrents[0])), Some(ids[0]));
+        assert_eq!(daemon.find(&hash(&torrents[1])), Some(readded));
+        daemon.shutdown().await;
+    }
+
+    #[tokio::test]
+    async fn a_selection_of_many_thousand_files_loads_back() {
+        const FILES: usize = 150_000;
+        let dir = tempfile::tempdir().unwrap();
+        let daemon = testing::start(dir.path()).await;
+        let names: Vec<String> = (0..FILES).map(|n| format!("f{n}")).collect();
+        let files: Vec<(&str, u64, bool)> = names.iter().map(|n| (n.as_str(), 1, false)).collect();
+        let id = testing::add_paused(&daemon, testing::torrent(&files, 16384)).await;
+        let wanted: Vec<bool> = (0..FILES).map(|n| n % 3 != 0).collect();
+        daemon.set_wanted_files(id, Some(wanted.clone())).unwrap();
+        daemon.shutdown().await;
+        let daemon = testing::start(dir.path()).await;
+        let shown = daemon.files(id).expect("the torrent is back");
+        assert_eq!(shown.iter().map(|f| f.wanted).collect::<Vec<_>>(), wanted);
+        daemon.shutdown().await;
+    }
+
+    #[tokio::test]
+    async fn an_add_whose_caller_goes_away_still_completes() {
+        let dir = tempfile::tempdir().unwrap();
+        let daemon = testing::start(dir.path()).await;
+        let torrent = testing::torrent(&[("a", 100, false)], 16384);
+        let hash = Metainfo::from_bytes(&torrent).unwrap().info_hash;
+        // Polled once (the torrent is reserved and its files queued), then dropped, as axum
+        // drops a handler whose client hung up.
+        let add = daemon.add(AddRequest {
+            source: AddSource::Torrent(torrent),
+            download_dir: None,
+            paused: true,
+        });
+        let _ = tokio::time::timeout(Duration::ZERO, add).await;
+        let id = daemon.find(&hash).expect("reserved or added");
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while daemon.get(id).is_none() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the add never completed"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        daemon.shutdown().await;
+        assert_eq!(
+            testing::restarted(dir.path()).await,
+            vec![(hash.to_string(), true)]
+        );
+    }
+
+    #[tokio::test]
+    async fn file_indices_leave_pad_files_out_everywhere() {
+        let dir = tempfile::tempdir().unwrap();
+        let daemon = testing::start(dir.path()).await;
+        let torrent = testing::padded_torrent();
+        let id = testing::add_paused(&daemon, torrent).await;
+        let files = daemon.files(id).unwrap();
+        let shown: Vec<(usize, &str)> = files.iter().map(|f| (f.index, f.path.as_str())).collect();
+        assert_eq!(shown, vec![(0, "a.bin"), (1, "b.bin"), (2, "c.bin")]);
+        // Skipping the user's second file skips b, not the pad file.
+        daemon
+            .set_wanted_files(id, Some(vec![true, false, true]))
+            .unwrap();
+        let wanted: Vec<bool> = daemon.files(id).unwrap().iter().map(|f| f.wanted).collect();
+        assert_eq!(wanted, vec![true, false, true]);
+        assert_eq!(daemon.get(id).unwrap().size_when_done, 32, "pieces 0 and 3");
+        // A list that stops early leaves the files after it wanted.
+        daemon.set_wanted_files(id, Some(vec![false])).unwrap();
+        // No more flags than files.
+        assert!(matches!(
+            daemon.set_wanted_files(id, Some(vec![true; 4])),
+            Err(WantedError::TooMany { given: 4, files: 3 })
+        ));
+        let wanted: Vec<bool> = daemon.files(id).unwrap().iter().map(|f| f.wanted).collect();
+        assert_eq!(wanted, vec![false, true, true]);
+        assert_eq!(daemon.get(id).unwrap().size_when_done, 48, "pieces 1 to 3");
+        // Streams name files the same way.
+        let source = daemon.stream_source(id, 1).unwrap();
+        assert_eq!((source.offset, source.length), (16, 32));
+        assert_eq!(daemon.stream_source(id, 2).unwrap().offset, 48);
+        assert!(daemon.stream_source(id, 3).is_none());
+        daemon.shutdown().await;
     }
 }

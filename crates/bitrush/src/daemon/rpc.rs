@@ -24,7 +24,7 @@ use base64::Engine;
 use serde_json::{json, Map, Value};
 
 use super::api::{error, read_body, Api, MAX_BODY};
-use super::{AddError, AddRequest, AddSource, Daemon, SpeedLimits, TorrentStatus, TorrentView};
+use super::{AddError, AddRequest, AddSource, Daemon, Snapshot, SpeedLimits, TorrentStatus};
 use crate::queue::{QueueLimits, TorrentId};
 
 /// Whether Transmission's `filename` is a magnet link (any case, as Transmission accepts it).
@@ -166,13 +166,14 @@ async fn call(daemon: &Daemon, method: &str, args: &Map<String, Value>) -> Resul
         "session-get" => Ok(session_get(daemon)),
         "session-set" => session_set(daemon, args),
         "session-stats" => Ok(session_stats(daemon)),
-        "free-space" => free_space(args),
+        "free-space" => free_space(args).await,
         other => Err(format!("method name not recognized: {other}")),
     }
 }
 
-/// The torrents `ids` names: absent means all; a number, a hash string, or a list of both.
-/// (`recently-active` is every torrent.)
+/// The torrents `ids` names: absent means all; a number, a hash string, or a list of both
+/// (each torrent once, in queue order: a list naming one torrent a million times costs no
+/// more than the torrents held). `recently-active` is every torrent.
 fn ids(daemon: &Daemon, args: &Map<String, Value>) -> Vec<TorrentId> {
     let one = |v: &Value| -> Option<TorrentId> {
         match v {
@@ -184,11 +185,16 @@ fn ids(daemon: &Daemon, args: &Map<String, Value>) -> Vec<TorrentId> {
         }
     };
     match args.get("ids") {
-        None | Some(Value::Null) => daemon.list().iter().map(|t| t.id).collect(),
-        Some(Value::String(s)) if s == "recently-active" => {
-            daemon.list().iter().map(|t| t.id).collect()
+        None | Some(Value::Null) => daemon.ids(),
+        Some(Value::String(s)) if s == "recently-active" => daemon.ids(),
+        Some(Value::Array(list)) => {
+            let named: std::collections::HashSet<TorrentId> = list.iter().filter_map(one).collect();
+            daemon
+                .ids()
+                .into_iter()
+                .filter(|id| named.contains(id))
+                .collect()
         }
-        Some(Value::Array(list)) => list.iter().filter_map(one).collect(),
         Some(v) => one(v).into_iter().collect(),
     }
 }
@@ -227,11 +233,14 @@ async fn torrent_add(daemon: &Daemon, args: &Map<String, Value>) -> Result<Value
     } else {
         return Err("no filename or metainfo specified".into());
     };
-    match daemon.add(AddRequest {
-        source,
-        download_dir,
-        paused,
-    }) {
+    match daemon
+        .add(AddRequest {
+            source,
+            download_dir,
+            paused,
+        })
+        .await
+    {
         Ok(id) => {
             let t = daemon.get(id).ok_or("torrent vanished")?;
             Ok(json!({"torrent-added": {"id": t.id, "name": t.name, "hashString": t.info_hash}}))
@@ -242,7 +251,7 @@ async fn torrent_add(daemon: &Daemon, args: &Map<String, Value>) -> Result<Value
                 json!({"torrent-duplicate": {"id": t.id, "name": t.name, "hashString": t.info_hash}}),
             )
         }
-        Err(e @ (AddError::Torrent(_) | AddError::Magnet(_) | AddError::V2Only)) => Err(format!(
+        Err(e @ (AddError::Torrent(_) | AddError::Magnet(_))) => Err(format!(
             "invalid or corrupt torrent file: {}",
             crate::engine::error_chain(&e)
         )),
@@ -285,24 +294,27 @@ fn status_code(s: TorrentStatus) -> u64 {
     }
 }
 
+/// The torrents asked for, as they stood at one moment (one snapshot under the state lock),
+/// turned into JSON after the lock is released.
 fn torrent_get(daemon: &Daemon, args: &Map<String, Value>) -> Value {
     let fields: Vec<&str> = args
         .get("fields")
         .and_then(Value::as_array)
         .map(|f| f.iter().filter_map(Value::as_str).collect())
         .unwrap_or_default();
-    let wanted_ids = ids(daemon, args);
-    let torrents: Vec<Value> = wanted_ids
-        .into_iter()
-        .filter_map(|id| daemon.get(id))
-        .map(|t| torrent_fields(daemon, &t, &fields))
+    let snapshots = daemon.snapshots(&ids(daemon, args));
+    let torrents: Vec<Value> = (snapshots.iter())
+        .map(|s| torrent_fields(daemon, s, &fields))
         .collect();
     json!({ "torrents": torrents })
 }
 
-fn torrent_fields(daemon: &Daemon, t: &TorrentView, fields: &[&str]) -> Value {
+fn torrent_fields(daemon: &Daemon, snapshot: &Snapshot, fields: &[&str]) -> Value {
     let mut out = Map::new();
-    let files = || daemon.files(t.id).unwrap_or_default();
+    let t = &snapshot.view();
+    // Worked out once, for the first field that needs them.
+    let files = std::cell::OnceCell::new();
+    let files = || files.get_or_init(|| snapshot.files());
     for &field in fields {
         let value = match field {
             "id" => json!(t.id),
@@ -361,9 +373,8 @@ fn torrent_fields(daemon: &Daemon, t: &TorrentView, fields: &[&str]) -> Value {
                 .map(|f| i64::from(f.wanted))
                 .collect::<Vec<_>>()),
             "priorities" => json!(files().iter().map(|_| 0).collect::<Vec<_>>()),
-            "peers" => json!(daemon
-                .peers(t.id)
-                .unwrap_or_default()
+            "peers" => json!(snapshot
+                .peers()
                 .iter()
                 .map(|p| json!({
                     "address": p.address,
@@ -377,9 +388,8 @@ fn torrent_fields(daemon: &Daemon, t: &TorrentView, fields: &[&str]) -> Value {
                     "rateToPeer": 0,
                 }))
                 .collect::<Vec<_>>()),
-            "trackers" | "trackerStats" => json!(daemon
-                .trackers(t.id)
-                .unwrap_or_default()
+            "trackers" | "trackerStats" => json!(snapshot
+                .trackers()
                 .iter()
                 .enumerate()
                 .map(
@@ -388,7 +398,7 @@ fn torrent_fields(daemon: &Daemon, t: &TorrentView, fields: &[&str]) -> Value {
                 .collect::<Vec<_>>()),
             "webseeds" | "labels" => json!([]),
             "downloadLimit" | "downloadLimited" | "uploadLimit" | "uploadLimited" => {
-                let limits = daemon.torrent_speed_limits(t.id).unwrap_or_default();
+                let limits = snapshot.limits();
                 let (down, down_on) = speed_kbps(limits.download);
                 let (up, up_on) = speed_kbps(limits.upload);
                 match field {
@@ -446,14 +456,12 @@ fn torrent_set(daemon: &Daemon, args: &Map<String, Value>) -> Result<Value, Stri
         return Ok(json!({}));
     }
     for id in ids {
-        let Some(files) = daemon.files(id) else {
+        // Unknown torrents and those whose files are not known yet are left alone.
+        let Some(files) = daemon.files(id).filter(|f| !f.is_empty()) else {
             continue;
         };
-        let count = files.iter().map(|f| f.index + 1).max().unwrap_or(0);
-        let mut wanted = vec![true; count];
-        for f in &files {
-            wanted[f.index] = f.wanted;
-        }
+        // Files come in index order, from 0.
+        let mut wanted: Vec<bool> = files.iter().map(|f| f.wanted).collect();
         for &i in &want {
             if let Some(w) = wanted.get_mut(i) {
                 *w = true;
@@ -464,7 +472,8 @@ fn torrent_set(daemon: &Daemon, args: &Map<String, Value>) -> Result<Value, Stri
                 *w = false;
             }
         }
-        daemon.set_wanted_files(id, Some(wanted));
+        // As many flags as files: it cannot be refused.
+        let _ = daemon.set_wanted_files(id, Some(wanted));
     }
     Ok(json!({}))
 }
@@ -546,9 +555,7 @@ fn session_set(daemon: &Daemon, args: &Map<String, Value>) -> Result<Value, Stri
         "speed-limit-up-enabled",
     )?;
     if speed != daemon.speed_limits() {
-        if let Err(e) = daemon.set_speed_limits(speed) {
-            tracing::warn!(error = %e, "cannot save the rate limits");
-        }
+        daemon.set_speed_limits(speed);
     }
     Ok(json!({}))
 }
@@ -574,12 +581,22 @@ fn session_stats(daemon: &Daemon) -> Value {
     })
 }
 
-fn free_space(args: &Map<String, Value>) -> Result<Value, String> {
+/// How long `free-space` waits for `df` (a hung network mount must not hang the request).
+const FREE_SPACE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+async fn free_space(args: &Map<String, Value>) -> Result<Value, String> {
     let path = args
         .get("path")
         .and_then(Value::as_str)
         .ok_or("no path given")?;
-    let free = free_bytes(std::path::Path::new(path)).map_err(|e| format!("{path}: {e}"))?;
+    // `df` is a child process waited for: on a blocking thread, never a runtime thread.
+    let folder = std::path::PathBuf::from(path);
+    let asked = tokio::task::spawn_blocking(move || free_bytes(&folder));
+    let free = match tokio::time::timeout(FREE_SPACE_TIMEOUT, asked).await {
+        Ok(Ok(free)) => free.map_err(|e| format!("{path}: {e}"))?,
+        Ok(Err(e)) => return Err(format!("{path}: {e}")),
+        Err(_) => return Err(format!("{path}: no answer from df")),
+    };
     Ok(json!({ "path": path, "size-bytes": free }))
 }
 
@@ -615,6 +632,97 @@ mod tests {
 
     fn args(v: Value) -> Map<String, Value> {
         v.as_object().cloned().unwrap()
+    }
+
+    #[tokio::test]
+    async fn free_space_is_asked_off_the_runtime_and_errors_are_results() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().display().to_string();
+        let got = free_space(&args(json!({ "path": path }))).await.unwrap();
+        assert_eq!(got["path"], json!(path));
+        assert!(got["size-bytes"].as_u64().is_some_and(|n| n > 0), "{got}");
+        let missing = dir.path().join("missing").display().to_string();
+        assert!(free_space(&args(json!({ "path": missing }))).await.is_err());
+        assert!(free_space(&args(json!({}))).await.is_err());
+    }
+
+    #[tokio::test]
+    async fn torrent_get_answers_from_one_snapshot_of_the_torrents_asked() {
+        use super::super::testing;
+        let dir = tempfile::tempdir().unwrap();
+        let daemon = testing::start(dir.path()).await;
+        let names: Vec<String> = (0..20_000).map(|n| format!("f{n}")).collect();
+        let files: Vec<(&str, u64, bool)> = names.iter().map(|n| (n.as_str(), 3, false)).collect();
+        let big = testing::add_paused(&daemon, testing::torrent_named("big", &files, 16384)).await;
+        let small = testing::torrent_named("small", &[("a", 5, false)], 16384);
+        let hash = crate::metainfo::Metainfo::from_bytes(&small)
+            .unwrap()
+            .info_hash;
+        let small = testing::add_paused(&daemon, small).await;
+        daemon.set_wanted_files(big, Some(vec![false; 7])).unwrap();
+        let fields = json!([
+            "id",
+            "name",
+            "files",
+            "wanted",
+            "sizeWhenDone",
+            "downloadLimited"
+        ]);
+        let got = torrent_get(&daemon, &args(json!({ "fields": fields })));
+        let list = got["torrents"].as_array().unwrap();
+        assert_eq!(list.len(), 2);
+        assert_eq!(
+            (list[0]["id"].clone(), list[0]["name"].clone()),
+            (json!(big), json!("big"))
+        );
+        assert_eq!(list[0]["files"].as_array().unwrap().len(), 20_000);
+        let wanted = list[0]["wanted"].as_array().unwrap();
+        assert_eq!(wanted.iter().filter(|w| **w == json!(0)).count(), 7);
+        assert_eq!(
+            list[0]["sizeWhenDone"],
+            json!(daemon.get(big).unwrap().size_when_done)
+        );
+        assert_eq!(list[0]["downloadLimited"], json!(false));
+        // By info hash, and unknown ids left out.
+        let by_hash = json!({ "ids": [hash.to_string(), 99], "fields": ["id"] });
+        let got = torrent_get(&daemon, &args(by_hash));
+        assert_eq!(got["torrents"], json!([{ "id": small }]));
+        // Each torrent once, in queue order.
+        let twice = json!({ "ids": [small, small, big, small], "fields": ["id"] });
+        let got = torrent_get(&daemon, &args(twice));
+        assert_eq!(got["torrents"], json!([{ "id": big }, { "id": small }]));
+        daemon.shutdown().await;
+    }
+
+    #[tokio::test]
+    async fn file_indices_in_rpc_leave_pad_files_out() {
+        use super::super::testing;
+        let dir = tempfile::tempdir().unwrap();
+        let daemon = testing::start(dir.path()).await;
+        let torrent = testing::padded_torrent();
+        let id = testing::add_paused(&daemon, torrent).await;
+        torrent_set(&daemon, &args(json!({"ids": [id], "files-unwanted": [1]}))).unwrap();
+        let fields = json!(["files", "fileStats", "wanted", "priorities"]);
+        let got = torrent_get(&daemon, &args(json!({"ids": [id], "fields": fields})));
+        let t = &got["torrents"][0];
+        let names: Vec<&str> = (t["files"].as_array().unwrap().iter())
+            .map(|f| f["name"].as_str().unwrap())
+            .collect();
+        assert_eq!(names, vec!["a.bin", "b.bin", "c.bin"]);
+        assert_eq!(t["wanted"], json!([1, 0, 1]));
+        let stats: Vec<bool> = (t["fileStats"].as_array().unwrap().iter())
+            .map(|f| f["wanted"].as_bool().unwrap())
+            .collect();
+        assert_eq!(stats, vec![true, false, true]);
+        assert_eq!(t["priorities"], json!([0, 0, 0]));
+        torrent_set(
+            &daemon,
+            &args(json!({"ids": [id], "files-wanted": [1], "files-unwanted": [2]})),
+        )
+        .unwrap();
+        let got = torrent_get(&daemon, &args(json!({"ids": [id], "fields": ["wanted"]})));
+        assert_eq!(got["torrents"][0]["wanted"], json!([1, 1, 0]));
+        daemon.shutdown().await;
     }
 
     #[test]

@@ -7,18 +7,40 @@
 //! renamed over the old one, so a crash leaves either the old or the new file, never a torn
 //! one. Reading is bounded: at most [`MAX_TORRENTS`] settings files of at most
 //! [`MAX_SETTINGS_LEN`] bytes, torrents of at most [`MAX_TORRENT_LEN`] bytes.
+//!
+//! One [`Writer`] owns the `.torrent`, `.json` and `session.json` files: a thread of its own
+//! (never a runtime thread, never under the daemon's state lock) writes what the daemon
+//! queues, in the order it was queued. The daemon queues under its state lock, so the files
+//! follow the state's own order: the last state queued is the one left on disk, and a removal
+//! queued after a torrent's last save leaves nothing of it. The queue keeps only the latest
+//! wish per torrent (a newer save replaces an older one not yet written; a removal drops
+//! both), so it holds at most one entry per torrent and never grows with the rate of
+//! changes. The `.resume` is the engine's, written by the torrent's run; a removal is queued
+//! only once that run ended.
 
+use std::collections::HashMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Condvar, Mutex};
 
-use crate::metainfo::Metainfo;
+use tokio::sync::oneshot;
+
+use crate::metainfo::{Metainfo, MAX_FILES};
 use crate::queue::{TorrentId, MAX_TORRENTS};
 use crate::storage::resume::ResumeState;
 use crate::swarm::Bitfield;
 use crate::types::InfoHash;
 
-/// Largest settings file read.
-pub const MAX_SETTINGS_LEN: u64 = 1 << 20;
+/// Largest settings file read, and written: the file selection (one byte per file, at most
+/// [`MAX_FILES`]) and 1 MiB for the rest, which the daemon keeps well under it (a magnet link
+/// of at most [`MAX_MAGNET_LEN`] bytes, its name taken from it, a download directory of at
+/// most [`MAX_DOWNLOAD_DIR_LEN`] bytes, each escaped at worst to six bytes a byte, and a few
+/// numbers). [`Store::save`] refuses anything longer, so whatever is saved loads back.
+pub const MAX_SETTINGS_LEN: u64 = (1 << 20) + MAX_FILES as u64;
+/// Longest magnet link a torrent is added by (it is saved in its settings).
+pub const MAX_MAGNET_LEN: usize = 64 << 10;
+/// Longest download directory given over the API, in bytes (Linux's `PATH_MAX`).
+pub const MAX_DOWNLOAD_DIR_LEN: usize = 4096;
 /// Largest `.torrent` read.
 pub const MAX_TORRENT_LEN: u64 = 64 << 20;
 
@@ -33,8 +55,11 @@ pub struct Saved {
     pub magnet: Option<String>,
     pub download_dir: PathBuf,
     pub paused: bool,
-    /// Which files to fetch, by index (`None`: all).
-    pub wanted_files: Option<Vec<bool>>,
+    /// Which files to fetch, one flag per file of the layout, pad files included (`None`:
+    /// all; files past the end are wanted). Saved as a string of `1` and `0`, one byte a file
+    /// (a list of booleans, as older versions wrote, is read too).
+    #[serde(default, with = "file_flags")]
+    pub wanted_files: Option<Arc<[bool]>>,
     /// Seconds since the Unix epoch.
     pub added_date: u64,
     /// When the download completed (0: not yet).
@@ -60,6 +85,7 @@ pub struct SessionSettings {
 }
 
 /// The state directory.
+#[derive(Clone)]
 pub struct Store {
     dir: PathBuf,
     /// `<state-dir>/session.json`.
@@ -82,7 +108,7 @@ impl Store {
     }
 
     /// Saves the daemon's own settings.
-    pub fn save_session(&self, settings: &SessionSettings) -> std::io::Result<()> {
+    fn save_session(&self, settings: &SessionSettings) -> std::io::Result<()> {
         let json = serde_json::to_vec_pretty(settings).map_err(std::io::Error::other)?;
         write_atomically(&self.session, &json)
     }
@@ -104,22 +130,31 @@ impl Store {
         self.path(info_hash, "resume")
     }
 
-    /// Saves the settings.
-    pub fn save(&self, saved: &Saved) -> std::io::Result<()> {
+    /// Saves the settings; refuses (`InvalidInput`) settings too long to load back.
+    fn save(&self, saved: &Saved) -> std::io::Result<()> {
         let Some(hash) = crate::types::from_hex20(&saved.info_hash) else {
             return Err(std::io::ErrorKind::InvalidInput.into());
         };
         let json = serde_json::to_vec_pretty(saved).map_err(std::io::Error::other)?;
+        if json.len() as u64 > MAX_SETTINGS_LEN {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                format!(
+                    "settings of {} bytes would not load back (at most {MAX_SETTINGS_LEN})",
+                    json.len()
+                ),
+            ));
+        }
         write_atomically(&self.path(&InfoHash(hash), "json"), &json)
     }
 
     /// Saves the metainfo.
-    pub fn save_torrent(&self, info_hash: &InfoHash, bytes: &[u8]) -> std::io::Result<()> {
+    fn save_torrent(&self, info_hash: &InfoHash, bytes: &[u8]) -> std::io::Result<()> {
         write_atomically(&self.path(info_hash, "torrent"), bytes)
     }
 
     /// Deletes every file of a torrent; missing ones are fine.
-    pub fn remove(&self, info_hash: &InfoHash) {
+    fn remove(&self, info_hash: &InfoHash) {
         for ext in ["json", "torrent", "resume"] {
             let path = self.path(info_hash, ext);
             if let Err(e) = std::fs::remove_file(&path) {
@@ -186,6 +221,181 @@ impl Store {
     }
 }
 
+/// Tells a caller how its queued write went.
+pub type Ack = oneshot::Sender<std::io::Result<()>>;
+
+/// What the writer is still to do for one torrent, the latest wishes merged.
+#[derive(Default)]
+struct Pending {
+    /// Delete its files first (it was removed; anything after is a new addition).
+    remove: bool,
+    torrent: Option<Arc<[u8]>>,
+    settings: Option<Saved>,
+    acks: Vec<Ack>,
+}
+
+#[derive(Default)]
+struct Queue {
+    torrents: HashMap<InfoHash, Pending>,
+    session: Option<SessionSettings>,
+    /// Answered once everything queued before them is written.
+    flushes: Vec<oneshot::Sender<()>>,
+    /// No more writes: the thread ends once the queue is empty.
+    closed: bool,
+}
+
+impl Queue {
+    fn is_empty(&self) -> bool {
+        self.torrents.is_empty() && self.session.is_none() && self.flushes.is_empty()
+    }
+}
+
+struct Shared {
+    queue: Mutex<Queue>,
+    wake: Condvar,
+}
+
+/// The one writer of the state directory's settings and metainfo files (see the module
+/// documentation); cheap to clone. Its thread ends once every handle is dropped and the
+/// queue is written.
+#[derive(Clone)]
+pub struct Writer(Arc<WriterHandle>);
+
+struct WriterHandle {
+    shared: Arc<Shared>,
+}
+
+impl Drop for WriterHandle {
+    fn drop(&mut self) {
+        lock(&self.shared.queue).closed = true;
+        self.shared.wake.notify_one();
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Writer {
+    /// Starts the writer's thread over `store`.
+    pub fn start(store: Store) -> std::io::Result<Writer> {
+        let shared = Arc::new(Shared {
+            queue: Mutex::new(Queue::default()),
+            wake: Condvar::new(),
+        });
+        let thread_shared = shared.clone();
+        std::thread::Builder::new()
+            .name("bitrush-state".into())
+            .spawn(move || write_loop(&store, &thread_shared))?;
+        Ok(Writer(Arc::new(WriterHandle { shared })))
+    }
+
+    fn queue(&self, f: impl FnOnce(&mut Queue)) {
+        f(&mut lock(&self.0.shared.queue));
+        self.0.shared.wake.notify_one();
+    }
+
+    fn torrent(&self, info_hash: InfoHash, f: impl FnOnce(&mut Pending)) {
+        self.queue(|q| f(q.torrents.entry(info_hash).or_default()));
+    }
+
+    /// Queues a torrent's settings; `ack`, if given, hears how writing them went.
+    pub fn save(&self, info_hash: InfoHash, saved: Saved, ack: Option<Ack>) {
+        self.torrent(info_hash, |p| {
+            p.settings = Some(saved);
+            p.acks.extend(ack);
+        });
+    }
+
+    /// Queues a torrent's metainfo.
+    pub fn save_torrent(&self, info_hash: InfoHash, bytes: Arc<[u8]>) {
+        self.torrent(info_hash, |p| p.torrent = Some(bytes));
+    }
+
+    /// Queues the deletion of every file of a torrent (what was queued for it and not yet
+    /// written is dropped).
+    pub fn remove(&self, info_hash: InfoHash, ack: Option<Ack>) {
+        self.torrent(info_hash, |p| {
+            p.remove = true;
+            p.torrent = None;
+            p.settings = None;
+            p.acks.extend(ack);
+        });
+    }
+
+    /// Queues the daemon's own settings.
+    pub fn save_session(&self, settings: SessionSettings) {
+        self.queue(|q| q.session = Some(settings));
+    }
+
+    /// Waits until everything queued so far is written.
+    pub async fn flush(&self) {
+        let (tx, rx) = oneshot::channel();
+        self.queue(|q| q.flushes.push(tx));
+        let _ = rx.await;
+    }
+}
+
+/// The writer's thread: takes the whole queue, writes it, and again, until closed.
+fn write_loop(store: &Store, shared: &Shared) {
+    loop {
+        let batch = {
+            let mut q = lock(&shared.queue);
+            while q.is_empty() && !q.closed {
+                q = shared.wake.wait(q).unwrap_or_else(|e| e.into_inner());
+            }
+            if q.is_empty() {
+                return;
+            }
+            let closed = q.closed;
+            std::mem::replace(
+                &mut *q,
+                Queue {
+                    closed,
+                    ..Queue::default()
+                },
+            )
+        };
+        for (info_hash, pending) in batch.torrents {
+            let result = write_pending(store, &info_hash, &pending);
+            if let Err(e) = &result {
+                tracing::warn!(torrent = %info_hash, error = %e, "cannot save the torrent's state");
+            }
+            answer(pending.acks, &result);
+        }
+        if let Some(settings) = batch.session {
+            if let Err(e) = store.save_session(&settings) {
+                tracing::warn!(error = %e, "cannot save the daemon's settings");
+            }
+        }
+        for flush in batch.flushes {
+            let _ = flush.send(());
+        }
+    }
+}
+
+fn write_pending(store: &Store, info_hash: &InfoHash, pending: &Pending) -> std::io::Result<()> {
+    if pending.remove {
+        store.remove(info_hash);
+    }
+    if let Some(bytes) = &pending.torrent {
+        store.save_torrent(info_hash, bytes)?;
+    }
+    if let Some(saved) = &pending.settings {
+        store.save(saved)?;
+    }
+    Ok(())
+}
+
+fn answer(acks: Vec<Ack>, result: &std::io::Result<()>) {
+    for ack in acks {
+        let _ = ack.send(match result {
+            Ok(()) => Ok(()),
+            Err(e) => Err(std::io::Error::new(e.kind(), e.to_string())),
+        });
+    }
+}
+
 /// Reads a regular file of at most `max` bytes. The length is checked while reading, not only
 /// before: a device such as /dev/zero says 0 and never ends, a file may grow meanwhile, and a
 /// FIFO would block.
@@ -213,6 +423,46 @@ pub fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     tmp.write_all(bytes)?;
     tmp.as_file().sync_all()?;
     tmp.persist(path).map(drop).map_err(|e| e.error)
+}
+
+/// The file selection in settings: a string of `1` (wanted) and `0` (skipped), or, as older
+/// versions wrote it, a list of booleans.
+mod file_flags {
+    use serde::{Deserialize, Deserializer, Serializer};
+    use std::sync::Arc;
+
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Flags {
+        Text(String),
+        List(Vec<bool>),
+    }
+
+    pub fn serialize<S: Serializer>(flags: &Option<Arc<[bool]>>, s: S) -> Result<S::Ok, S::Error> {
+        match flags {
+            Some(flags) => {
+                let text: String = flags.iter().map(|&w| if w { '1' } else { '0' }).collect();
+                s.serialize_some(&text)
+            }
+            None => s.serialize_none(),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Arc<[bool]>>, D::Error> {
+        match Option::<Flags>::deserialize(d)? {
+            None => Ok(None),
+            Some(Flags::List(list)) => Ok(Some(list.into())),
+            Some(Flags::Text(text)) => text
+                .bytes()
+                .map(|b| match b {
+                    b'1' => Ok(true),
+                    b'0' => Ok(false),
+                    _ => Err(serde::de::Error::custom("file flags are `1` or `0`")),
+                })
+                .collect::<Result<Arc<[bool]>, _>>()
+                .map(Some),
+        }
+    }
 }
 
 /// A `.torrent` for fetched metadata: `announce-list` (when there are trackers) and the info
@@ -286,7 +536,7 @@ mod tests {
             magnet: Some("magnet:?xt=urn:btih:0123456789abcdef0123456789abcdef01234567".into()),
             download_dir: "/tmp".into(),
             paused: true,
-            wanted_files: Some(vec![true, false]),
+            wanted_files: Some(vec![true, false].into()),
             added_date: 1,
             done_date: 0,
             uploaded: 3,
@@ -299,13 +549,144 @@ mod tests {
         let loaded = store.load_all();
         assert_eq!(loaded.len(), 1);
         assert_eq!(loaded[0].0.id, 7);
-        assert_eq!(loaded[0].0.wanted_files, Some(vec![true, false]));
+        assert_eq!(
+            loaded[0].0.wanted_files.as_deref(),
+            Some(&[true, false][..])
+        );
         assert_eq!(loaded[0].0.download_limit, Some(1000));
         assert!(loaded[0].1.is_none());
         store.remove(&InfoHash(
             crate::types::from_hex20(&saved.info_hash).unwrap(),
         ));
         assert!(store.load_all().is_empty());
+    }
+
+    fn saved(hash: &InfoHash, name: &str) -> Saved {
+        Saved {
+            id: 1,
+            info_hash: hash.to_string(),
+            name: name.into(),
+            magnet: None,
+            download_dir: "/tmp".into(),
+            paused: false,
+            wanted_files: None,
+            added_date: 1,
+            done_date: 0,
+            uploaded: 0,
+            downloaded: 0,
+            download_limit: None,
+            upload_limit: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn the_writer_leaves_the_last_state_queued() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let writer = Writer::start(store.clone()).unwrap();
+        let (a, b) = (InfoHash([1; 20]), InfoHash([2; 20]));
+        let names = |store: &Store| -> Vec<String> {
+            store
+                .load_all()
+                .into_iter()
+                .map(|(s, _, _)| s.name)
+                .collect()
+        };
+        // A newer save wins over an older one, whether or not it was written meanwhile.
+        writer.save(a, saved(&a, "old"), None);
+        writer.save(a, saved(&a, "new"), None);
+        writer.flush().await;
+        assert_eq!(names(&store), vec!["new"]);
+        // A removal queued after a save leaves nothing, the engine's resume state included.
+        std::fs::write(store.resume_path(&a), b"resume").unwrap();
+        writer.save(a, saved(&a, "newer"), None);
+        let (ack, removed) = oneshot::channel();
+        writer.remove(a, Some(ack));
+        removed.await.unwrap().unwrap();
+        assert!(names(&store).is_empty());
+        assert!(!store.resume_path(&a).exists());
+        // A save queued after a removal (the torrent added again) is kept.
+        writer.save(b, saved(&b, "b"), None);
+        writer.remove(b, None);
+        writer.save_torrent(b, b"d4:infoi0ee".as_slice().into());
+        let (ack, written) = oneshot::channel();
+        writer.save(b, saved(&b, "b again"), Some(ack));
+        written.await.unwrap().unwrap();
+        assert_eq!(names(&store), vec!["b again"]);
+        assert!(dir.path().join(format!("torrents/{b}.torrent")).exists());
+        // Failures reach the caller.
+        let bad = Saved {
+            info_hash: "not hex".into(),
+            ..saved(&a, "bad")
+        };
+        let (ack, written) = oneshot::channel();
+        writer.save(a, bad, Some(ack));
+        assert!(written.await.unwrap().is_err());
+    }
+
+    #[test]
+    fn the_longest_settings_the_daemon_makes_load_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        // Control characters: escaped to six bytes each.
+        let worst = |len: usize| "\u{1}".repeat(len);
+        let hash = InfoHash([3; 20]);
+        let longest = Saved {
+            id: u64::MAX,
+            name: worst(MAX_MAGNET_LEN),
+            magnet: Some(worst(MAX_MAGNET_LEN)),
+            download_dir: worst(MAX_DOWNLOAD_DIR_LEN).into(),
+            wanted_files: Some(vec![false; MAX_FILES].into()),
+            added_date: u64::MAX,
+            done_date: u64::MAX,
+            uploaded: u64::MAX,
+            downloaded: u64::MAX,
+            download_limit: Some(u64::MAX),
+            upload_limit: Some(u64::MAX),
+            ..saved(&hash, "")
+        };
+        store.save(&longest).unwrap();
+        let loaded = store.load_all();
+        assert_eq!(loaded.len(), 1);
+        assert_eq!(
+            loaded[0].0.wanted_files.as_deref().map(<[bool]>::len),
+            Some(MAX_FILES)
+        );
+        assert_eq!(loaded[0].0.name, longest.name);
+        // Anything longer is refused rather than written (it would not load back).
+        let longer = Saved {
+            name: worst(MAX_SETTINGS_LEN as usize / 6),
+            ..longest
+        };
+        let refused = store.save(&longer).unwrap_err();
+        assert_eq!(refused.kind(), std::io::ErrorKind::InvalidInput);
+        assert_eq!(store.load_all()[0].0.name, loaded[0].0.name);
+    }
+
+    #[test]
+    fn file_selections_are_saved_compactly_and_read_in_both_forms() {
+        let hash = InfoHash([4; 20]);
+        let selected = Saved {
+            wanted_files: Some(vec![true, false, true].into()),
+            ..saved(&hash, "x")
+        };
+        let json = serde_json::to_value(&selected).unwrap();
+        assert_eq!(json["wanted_files"], "101");
+        let read: Saved = serde_json::from_value(json.clone()).unwrap();
+        assert_eq!(read.wanted_files.as_deref(), Some(&[true, false, true][..]));
+        let mut old = json.clone();
+        old["wanted_files"] = serde_json::json!([false, true]);
+        let read: Saved = serde_json::from_value(old).unwrap();
+        assert_eq!(read.wanted_files.as_deref(), Some(&[false, true][..]));
+        let mut none = json.clone();
+        none["wanted_files"] = serde_json::Value::Null;
+        assert_eq!(
+            serde_json::from_value::<Saved>(none).unwrap().wanted_files,
+            None
+        );
+        let mut bad = json;
+        bad["wanted_files"] = serde_json::json!("10x");
+        assert!(serde_json::from_value::<Saved>(bad).is_err());
     }
 
     #[test]

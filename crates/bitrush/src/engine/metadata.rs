@@ -105,22 +105,7 @@ fn has_trackers(trackers: &[Vec<String>]) -> bool {
 /// Fetches and verifies the info dictionary of `info_hash` from peers found through `trackers`
 /// (BEP 12 tiers) and `peers`. Returns it parsed and as raw bytes (whose SHA-1 is `info_hash`,
 /// or whose SHA-256 starts with it).
-pub async fn fetch_metadata(
-    info_hash: InfoHash,
-    trackers: &[Vec<String>],
-    peers: &[SocketAddr],
-    peer_id: PeerId,
-    dht: Option<DhtHandle>,
-    transports: Transports,
-) -> Result<(Info, Vec<u8>), MetadataError> {
-    let source = Sources {
-        info_hash,
-        trackers,
-        peers,
-        peer_id,
-        dht,
-        transports,
-    };
+pub async fn fetch_metadata(source: Sources<'_>) -> Result<(Info, Vec<u8>), MetadataError> {
     fetch(source, false)
         .await
         .map(|fetched| (fetched.info, fetched.info_bytes))
@@ -137,92 +122,26 @@ pub struct Fetched {
 
 /// As [`fetch_metadata`], and for a v2-only torrent also its piece layers (BEP 52 hash
 /// requests on the same connections).
-pub async fn fetch_torrent_metadata(
-    info_hash: InfoHash,
-    trackers: &[Vec<String>],
-    peers: &[SocketAddr],
-    peer_id: PeerId,
-    dht: Option<DhtHandle>,
-    transports: Transports,
-) -> Result<Fetched, MetadataError> {
-    let source = Sources {
-        info_hash,
-        trackers,
-        peers,
-        peer_id,
-        dht,
-        transports,
-    };
+pub async fn fetch_torrent_metadata(source: Sources<'_>) -> Result<Fetched, MetadataError> {
     fetch(source, true).await
 }
 
-/// Where the metadata is looked for.
-struct Sources<'a> {
-    info_hash: InfoHash,
-    trackers: &'a [Vec<String>],
-    peers: &'a [SocketAddr],
-    peer_id: PeerId,
-    dht: Option<DhtHandle>,
-    transports: Transports,
+/// Where a torrent's metadata (or piece layers) is looked for, and how peers are reached.
+pub struct Sources<'a> {
+    /// The torrent's name in the swarm asked (for a hybrid's layers, its truncated v2 hash).
+    pub info_hash: InfoHash,
+    /// Trackers in BEP 12 tiers.
+    pub trackers: &'a [Vec<String>],
+    /// Peers known already (a magnet link's `x.pe`, say).
+    pub peers: &'a [SocketAddr],
+    pub peer_id: PeerId,
+    pub dht: Option<DhtHandle>,
+    pub transports: Transports,
 }
 
 async fn fetch(source: Sources<'_>, want_layers: bool) -> Result<Fetched, MetadataError> {
-    let Sources {
-        info_hash,
-        trackers,
-        peers,
-        peer_id,
-        dht,
-        transports,
-    } = source;
-    if !has_trackers(trackers) && peers.is_empty() && dht.is_none() {
-        return Err(MetadataError::NoSources);
-    }
-    let now = Instant::now();
-    let session = Session::new(
-        now,
-        SessionParams {
-            announcer: probe_announcer(info_hash, peer_id),
-            trackers: trackers.to_vec(),
-            peers: peers.to_vec(),
-            total_length: 0,
-            config: SessionConfig {
-                max_peers: MAX_CONNECTIONS,
-                max_incoming: 0,
-                seed: None,
-                give_up_after_announces: Some(MAX_ANNOUNCE_ROUNDS),
-                dht: dht.is_some(),
-                dht_announce: false,
-                ..SessionConfig::default()
-            },
-        },
-    );
-    let (events_tx, events_rx) = mpsc::channel(256);
-    let (dht_tx, dht_rx) = mpsc::channel(64);
-    let mut fetcher = Fetcher {
-        transports,
-        dht,
-        dht_tx,
-        dht_rx,
-        info_hash,
-        handshake: Handshake::new(info_hash, peer_id),
-        session,
-        machine: MetadataFetch::new(info_hash, FetchConfig::default()),
-        events_tx,
-        events_rx,
-        conns: JoinSet::new(),
-        handles: HashMap::new(),
-        next_key: 0,
-        announces: JoinSet::new(),
-        announce_failures: AnnounceFailures::default(),
-        last_problem: None,
-        metadata: None,
-        dht_found: 0,
-        want_layers,
-        layers: None,
-        connected: BTreeSet::new(),
-        piece_layers: BTreeMap::new(),
-    };
+    let info_hash = source.info_hash;
+    let mut fetcher = Fetcher::new(source, want_layers)?;
     let bytes = fetcher.run().await?;
     let info =
         Info::from_bytes(&bytes).map_err(|source| MetadataError::Invalid { info_hash, source })?;
@@ -231,6 +150,83 @@ async fn fetch(source: Sources<'_>, want_layers: bool) -> Result<Fetched, Metada
         info_bytes: bytes,
         piece_layers: std::mem::take(&mut fetcher.piece_layers),
     })
+}
+
+/// Fetches the piece layers `hashes` lacks (a v2 or hybrid torrent whose `.torrent` file did
+/// not carry them all: BEP 52 lets it leave them to peers) with hash requests to peers found
+/// through `trackers`, `peers` and the DHT. Returns them by file index, each checked against
+/// its file's root; ends with [`MetadataError::NoPieceLayers`] when no peer serves them.
+pub async fn fetch_piece_layers(
+    source: Sources<'_>,
+    hashes: PieceHashes,
+) -> Result<BTreeMap<usize, PieceLayer>, MetadataError> {
+    let mut fetcher = Fetcher::new(source, true)?;
+    fetcher.layers_only = true;
+    fetcher.layers = Some((LayerFetch::new(hashes), Vec::new()));
+    fetcher.run().await?;
+    Ok(std::mem::take(&mut fetcher.piece_layers))
+}
+
+impl Fetcher {
+    fn new(source: Sources<'_>, want_layers: bool) -> Result<Fetcher, MetadataError> {
+        let Sources {
+            info_hash,
+            trackers,
+            peers,
+            peer_id,
+            dht,
+            transports,
+        } = source;
+        if !has_trackers(trackers) && peers.is_empty() && dht.is_none() {
+            return Err(MetadataError::NoSources);
+        }
+        let now = Instant::now();
+        let session = Session::new(
+            now,
+            SessionParams {
+                announcer: probe_announcer(info_hash, peer_id),
+                trackers: trackers.to_vec(),
+                peers: peers.to_vec(),
+                total_length: 0,
+                config: SessionConfig {
+                    max_peers: MAX_CONNECTIONS,
+                    max_incoming: 0,
+                    seed: None,
+                    give_up_after_announces: Some(MAX_ANNOUNCE_ROUNDS),
+                    dht: dht.is_some(),
+                    dht_announce: false,
+                    ..SessionConfig::default()
+                },
+            },
+        );
+        let (events_tx, events_rx) = mpsc::channel(256);
+        let (dht_tx, dht_rx) = mpsc::channel(64);
+        Ok(Fetcher {
+            transports,
+            dht,
+            dht_tx,
+            dht_rx,
+            info_hash,
+            handshake: Handshake::new(info_hash, peer_id),
+            session,
+            machine: MetadataFetch::new(info_hash, FetchConfig::default()),
+            events_tx,
+            events_rx,
+            conns: JoinSet::new(),
+            handles: HashMap::new(),
+            next_key: 0,
+            announces: JoinSet::new(),
+            announce_failures: AnnounceFailures::default(),
+            last_problem: None,
+            metadata: None,
+            dht_found: 0,
+            want_layers,
+            layers: None,
+            connected: BTreeSet::new(),
+            piece_layers: BTreeMap::new(),
+            layers_only: false,
+        })
+    }
 }
 
 /// What a connection task tells the fetch loop.
@@ -278,13 +274,9 @@ struct Fetcher {
     connected: BTreeSet<u64>,
     /// The layers fetched.
     piece_layers: BTreeMap<usize, PieceLayer>,
-}
-
-async fn sleep_until(at: Option<Instant>) {
-    match at {
-        Some(at) => tokio::time::sleep_until(tokio::time::Instant::from_std(at)).await,
-        None => std::future::pending().await,
-    }
+    /// The info dictionary is known: only the layers are fetched, and the metadata fetch
+    /// hears of no peer.
+    layers_only: bool,
 }
 
 impl Fetcher {
@@ -503,7 +495,9 @@ impl Fetcher {
                         PeerEvent::Connected { key, supports_extensions } => {
                             if self.handles.contains_key(&key) {
                                 self.connected.insert(key);
-                                self.machine.handle_connected(now, key, supports_extensions);
+                                if !self.layers_only {
+                                    self.machine.handle_connected(now, key, supports_extensions);
+                                }
                                 if let Some((layers, _)) = &mut self.layers {
                                     layers.handle_connected(now, key);
                                 }
@@ -515,6 +509,7 @@ impl Fetcher {
                                     Some((layers, _)) if !matches!(msg, Message::Extended { .. }) => {
                                         layers.handle_message(now, key, &msg);
                                     }
+                                    _ if self.layers_only => {}
                                     _ => self.machine.handle_message(now, key, &msg),
                                 }
                             }
@@ -565,7 +560,7 @@ impl Fetcher {
                         self.session.handle_dht_done(Instant::now(), found);
                     }
                 },
-                () = sleep_until(deadline) => {}
+                () = super::sleep_until(deadline) => {}
             }
         };
         self.conns.abort_all();
@@ -723,28 +718,28 @@ pub(crate) mod tests {
     async fn fetches_multi_piece_metadata_from_a_peer() {
         let (info, hash) = info_dict(40_000);
         let addr = metadata_peer(info.clone(), hash).await;
-        let (parsed, bytes) = fetch_metadata(
-            hash,
-            &[],
-            &[addr],
-            crate::engine::new_peer_id(),
-            None,
-            Transports::default(),
-        )
+        let (parsed, bytes) = fetch_metadata(Sources {
+            info_hash: hash,
+            trackers: &[],
+            peers: &[addr],
+            peer_id: crate::engine::new_peer_id(),
+            dht: None,
+            transports: Transports::default(),
+        })
         .await
         .unwrap();
         assert_eq!(bytes, info);
         assert_eq!(parsed.total_length, 5);
         // The wrong info hash: the peer answers the handshake for the right one only.
         let addr = metadata_peer(info, hash).await;
-        let err = fetch_metadata(
-            InfoHash([9; 20]),
-            &[],
-            &[addr],
-            crate::engine::new_peer_id(),
-            None,
-            Transports::default(),
-        )
+        let err = fetch_metadata(Sources {
+            info_hash: InfoHash([9; 20]),
+            trackers: &[],
+            peers: &[addr],
+            peer_id: crate::engine::new_peer_id(),
+            dht: None,
+            transports: Transports::default(),
+        })
         .await
         .unwrap_err();
         assert!(
@@ -755,14 +750,14 @@ pub(crate) mod tests {
 
     #[tokio::test]
     async fn no_sources_is_an_error() {
-        let err = fetch_metadata(
-            InfoHash([2; 20]),
-            &[],
-            &[],
-            crate::engine::new_peer_id(),
-            None,
-            Transports::default(),
-        )
+        let err = fetch_metadata(Sources {
+            info_hash: InfoHash([2; 20]),
+            trackers: &[],
+            peers: &[],
+            peer_id: crate::engine::new_peer_id(),
+            dht: None,
+            transports: Transports::default(),
+        })
         .await
         .unwrap_err();
         assert!(matches!(err, MetadataError::NoSources), "{err}");

@@ -45,6 +45,15 @@ pub(crate) fn with_suffix(path: &std::path::Path, suffix: &str) -> std::path::Pa
     name.into()
 }
 
+/// Sleeps until `at`, a deadline from a state machine's `poll_timeout()` (never resolves for
+/// `None`).
+pub(crate) async fn sleep_until(at: Option<std::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(tokio::time::Instant::from_std(at)).await,
+        None => std::future::pending().await,
+    }
+}
+
 /// A fresh peer id for a session (the client prefix and random characters).
 pub fn new_peer_id() -> crate::types::PeerId {
     crate::types::PeerId::generate(&mut rand::thread_rng())

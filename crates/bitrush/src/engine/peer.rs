@@ -22,7 +22,8 @@ use tokio::sync::Notify;
 use super::connection::{ConnectionError, PeerStream};
 use super::sink::Sink;
 use crate::disk::StorageError;
-use crate::swarm::{PeerError, PeerFeatures, PeerKey, Swarm, SwarmEvent};
+use crate::hashes::BlockHashJob;
+use crate::swarm::{PeerError, PeerFeatures, PeerKey, Swarm, SwarmEvent, BLOCK_LEN};
 use crate::wire::message::encode_piece_header;
 use crate::wire::{BlockRef, Message};
 
@@ -174,6 +175,34 @@ fn read_blocks(
     Ok(sent)
 }
 
+/// Answers requests for block hashes (BEP 52) from the pieces on disk, read in chunks of
+/// [`UPLOAD_BATCH_BYTES`] (a multiple of the 16 KiB block), so one peer's jobs hold no more
+/// than that in memory. A piece that cannot be read leaves its job short, which answers with
+/// a reject.
+fn answer_hash_jobs(sink: &Sink, jobs: Vec<BlockHashJob>) -> Vec<Message> {
+    let mut buf = vec![0u8; UPLOAD_BATCH_BYTES as usize];
+    jobs.into_iter()
+        .map(|mut job| {
+            'pieces: for index in job.pieces() {
+                let len = job.data_len(index);
+                let mut begin = 0;
+                while begin < len {
+                    let n = (len - begin).min(UPLOAD_BATCH_BYTES as u32);
+                    let chunk = &mut buf[..n as usize];
+                    if sink.read(index, begin, chunk).is_err() {
+                        break 'pieces;
+                    }
+                    for block in chunk.chunks(BLOCK_LEN as usize) {
+                        job.add_block(block);
+                    }
+                    begin += n;
+                }
+            }
+            job.finish()
+        })
+        .collect()
+}
+
 /// Runs a connection that completed its handshake until it fails, the swarm drops it, or the
 /// task is aborted.
 pub(super) async fn run(
@@ -231,6 +260,7 @@ async fn message_loop(
     let mut incoming = Vec::new();
     let mut outgoing = Vec::new();
     let mut uploads = Vec::new();
+    let mut hash_jobs = Vec::new();
     let limits = &shared.limits;
     loop {
         let now = Instant::now();
@@ -251,6 +281,7 @@ async fn message_loop(
             st.swarm.poll_transmit(now, key, &mut outgoing);
             let more = upload_wait.is_none()
                 && st.swarm.poll_upload(key, UPLOAD_BATCH_BYTES, &mut uploads);
+            st.swarm.poll_hash_jobs(key, &mut hash_jobs);
             let closed = st.peers.get_mut(&key).and_then(|slot| slot.close.take());
             if let Some(source) = st.dispatch(shared, Some(key)).or(closed) {
                 return Err(PeerTaskError::Dropped { addr, source });
@@ -280,6 +311,24 @@ async fn message_loop(
             st.swarm.handle_uploaded(Instant::now(), key, sent);
             st.dispatch(shared, Some(key));
         }
+        if !hash_jobs.is_empty() {
+            let (sink, jobs) = (shared.sink.clone(), std::mem::take(&mut hash_jobs));
+            let answers = tokio::task::spawn_blocking(move || answer_hash_jobs(&sink, jobs))
+                .await
+                .map_err(PeerTaskError::UploadTask)?;
+            let mut st = lock(shared);
+            for answer in answers {
+                st.swarm.handle_hash_answer(key, answer);
+            }
+            st.swarm.poll_transmit(Instant::now(), key, &mut outgoing);
+            if let Some(source) = st.dispatch(shared, Some(key)) {
+                return Err(PeerTaskError::Dropped { addr, source });
+            }
+            drop(st);
+            for msg in outgoing.drain(..) {
+                conn.queue(&msg);
+            }
+        }
         conn.flush().await?;
         let read_wait = limits.download_wait(Instant::now());
         // Whichever budget reopens first wakes the loop (an upload must not wait out the
@@ -294,15 +343,7 @@ async fn message_loop(
             read = conn.read_messages(&mut incoming), if read_wait.is_none() => read?,
             _ = notify.notified() => {}
             () = std::future::ready(()), if more_uploads => {}
-            () = sleep_until(wake), if wake.is_some() => {}
+            () = super::sleep_until(wake), if wake.is_some() => {}
         }
-    }
-}
-
-/// Sleeps until `at` (never resolves for `None`).
-async fn sleep_until(at: Option<Instant>) {
-    match at {
-        Some(at) => tokio::time::sleep_until(tokio::time::Instant::from_std(at)).await,
-        None => std::future::pending().await,
     }
 }

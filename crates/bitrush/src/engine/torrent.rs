@@ -34,6 +34,7 @@ use super::connection::{self, PeerStream, Transports};
 use super::dht::{DhtHandle, LookupReply};
 use super::hasher::{self, Verdict};
 use super::limits::{ConnectionLimits, RateLimits};
+use super::metadata::MetadataError;
 use super::peer::{self, PeerTaskError, Shared, SwarmState};
 use super::resume;
 use super::sink::Sink;
@@ -44,7 +45,8 @@ use super::utp::{UtpHandle, UtpStream};
 use super::webseed;
 use crate::disk::{Storage, StorageError};
 use crate::hashes::{LayerError, PieceHashes};
-use crate::metainfo::{Info, PieceLayer};
+use crate::merkle;
+use crate::metainfo::{hybrid_v2_alias, Info, PieceLayer};
 use crate::session::{
     CloseKind, Finish, GiveUp, Session, SessionConfig, SessionEvent, SessionParams, Transfer,
     DORMANT_AFTER,
@@ -321,10 +323,12 @@ pub enum TorrentError {
     StreamThread(#[source] std::io::Error),
     #[error("the torrent's piece layers are unusable")]
     PieceLayers(#[from] LayerError),
-    #[error(
-        "the v2 torrent lacks the piece layers of {0} files (the .torrent file should carry them)"
-    )]
-    MissingPieceLayers(usize),
+    #[error("the v2 torrent lacks the piece layers of {missing} files")]
+    MissingPieceLayers {
+        missing: usize,
+        #[source]
+        source: Option<MetadataError>,
+    },
     #[error("{path} does not match the torrent: {verified} of {total} pieces verified")]
     DataMismatch {
         path: String,
@@ -351,12 +355,23 @@ pub async fn run_hosted(params: TorrentParams) -> Result<HostedEnd, TorrentError
 async fn run(mut params: TorrentParams) -> Result<HostedEnd, TorrentError> {
     let info = params.info.clone();
     let piece_count = info.piece_count();
-    let hashes = Arc::new(PieceHashes::new(info.clone(), &params.piece_layers)?);
-    if hashes.is_v2() && !hashes.missing_layers().is_empty() {
-        return Err(TorrentError::MissingPieceLayers(
-            hashes.missing_layers().len(),
-        ));
+    let mut hashes = PieceHashes::new(info.clone(), &params.piece_layers)?;
+    if let Target::Existing { path, .. } = &params.target {
+        if !hashes.missing_layers().is_empty() {
+            hashes = layers_from_data(path.clone(), info.clone(), hashes).await?;
+        }
     }
+    // A seed never waits on peers for the hashes of its own data: a layer its data did not
+    // give leaves those pieces unverified, which the check of the data reports.
+    let seeding_existing = matches!(params.target, Target::Existing { .. });
+    let hashes = if hashes.missing_layers().is_empty() || seeding_existing {
+        Arc::new(hashes)
+    } else {
+        match complete_layers(&mut params, hashes).await? {
+            Some(hashes) => Arc::new(hashes),
+            None => return Ok(HostedEnd::Ended(Outcome::Interrupted)),
+        }
+    };
     let (sink, wanted, have) = open_target(&params, &hashes).await?;
     if let Some(listener) = &params.listener {
         if let Ok(addr) = listener.local_addr() {
@@ -481,6 +496,7 @@ async fn run(mut params: TorrentParams) -> Result<HostedEnd, TorrentError> {
         listener: params.listener.take(),
         shutdown: params.shutdown.take(),
         handshake: Handshake::session(params.info_hash, params.peer_id),
+        v2_alias: v2_alias(&params),
         params,
         session,
         shared,
@@ -539,6 +555,124 @@ async fn run(mut params: TorrentParams) -> Result<HostedEnd, TorrentError> {
         }
     }
     result
+}
+
+/// Computes the piece layers `hashes` lacks from the data to seed at `path` (a v2 `.torrent`
+/// may leave them out): each piece of the file hashed as a merkle subtree, the layer kept only
+/// if it hashes to the file's `pieces root`. A file that cannot be read or does not match is
+/// left without its layer (the check of the data then reports it).
+async fn layers_from_data(
+    path: PathBuf,
+    info: Arc<Info>,
+    mut hashes: PieceHashes,
+) -> Result<PieceHashes, TorrentError> {
+    tokio::task::spawn_blocking(move || {
+        if std::fs::symlink_metadata(&path).is_err() {
+            return hashes;
+        }
+        let Ok(storage) = Storage::open_existing(&path, &info) else {
+            return hashes;
+        };
+        let piece_length = u64::from(info.piece_length);
+        let per_piece = u64::from(merkle::blocks_per_piece(info.piece_length));
+        let mut buf = vec![0u8; info.piece_length as usize];
+        for (file, _root, _pieces) in hashes.missing_layers() {
+            let Some((first, length)) = hashes.file_pieces(file) else {
+                continue;
+            };
+            let mut layer = Vec::new();
+            let (mut offset, mut index) = (0u64, first);
+            while offset < length {
+                // The file's own bytes: the last piece's tail (a pad file, or nothing) is
+                // not part of its tree.
+                let n = (length - offset).min(piece_length) as usize;
+                if storage.read(index, 0, &mut buf[..n]).is_err() {
+                    break;
+                }
+                layer.push(merkle::piece_root(&buf[..n], per_piece));
+                offset += n as u64;
+                index = index.saturating_add(1);
+            }
+            match hashes.add_layer(file, &layer) {
+                Ok(()) => tracing::debug!(file, "piece layer computed from the data"),
+                Err(e) => tracing::warn!(file, error = %e, "the data does not give this file's piece layer"),
+            }
+        }
+        hashes
+    })
+    .await
+    .map_err(TorrentError::Task)
+}
+
+/// A hybrid torrent's truncated v2 hash (`None` for v1-only and v2-only torrents, whose one
+/// hash is `params.info_hash`, and when the info dictionary's bytes are not at hand).
+fn v2_alias(params: &TorrentParams) -> Option<InfoHash> {
+    hybrid_v2_alias(params.info_bytes.as_deref()?, params.info.version)
+}
+
+/// Fetches from peers the piece layers `hashes` lacks (a `.torrent` without them, or a magnet
+/// link's metadata), as libtorrent does, before anything is checked against them. A v2-only
+/// torrent cannot do without them; a hybrid gives up after
+/// [`HYBRID_LAYERS_WAIT`](crate::hashes::fetch::HYBRID_LAYERS_WAIT) and goes on with SHA-1 for
+/// the files whose layer did not come. `None`: stopped meanwhile.
+async fn complete_layers(
+    params: &mut TorrentParams,
+    mut hashes: PieceHashes,
+) -> Result<Option<PieceHashes>, TorrentError> {
+    let missing = hashes.missing_layers().len();
+    let hybrid = params.info.version.has_v1();
+    tracing::info!(
+        missing,
+        "fetching the piece layers the metadata lacks from peers"
+    );
+    let dht = params.dht.clone().filter(|_| !params.private);
+    // A hybrid's layers are asked for in its v2 swarm, under its v2 hash (truncated): only v2
+    // peers are there, and libtorrent takes hash messages on a connection made with the v1
+    // hash only from a peer that offered to upgrade it to v2.
+    let source = super::metadata::Sources {
+        info_hash: v2_alias(params).unwrap_or(params.info_hash),
+        trackers: &params.trackers,
+        peers: &params.peers,
+        peer_id: params.peer_id,
+        dht,
+        transports: params.transports.clone(),
+    };
+    let fetch = super::metadata::fetch_piece_layers(source, hashes.clone());
+    let wait = if hybrid {
+        crate::hashes::fetch::HYBRID_LAYERS_WAIT
+    } else {
+        Duration::MAX
+    };
+    let mut shutdown = params.shutdown.clone();
+    let fetched = tokio::select! {
+        fetched = tokio::time::timeout(wait, fetch) => fetched,
+        () = shutdown_signal(&mut shutdown) => return Ok(None),
+    };
+    let problem = match fetched {
+        Ok(Ok(layers)) => {
+            for (file, layer) in &layers {
+                hashes.add_layer(*file, layer)?;
+            }
+            None
+        }
+        Ok(Err(e)) => Some(e),
+        Err(_) => None,
+    };
+    let left = hashes.missing_layers().len();
+    if left == 0 {
+        return Ok(Some(hashes));
+    }
+    if hybrid {
+        tracing::warn!(
+            missing = left,
+            "no peer sent the piece layers of the hybrid torrent; checking those files with SHA-1 alone"
+        );
+        return Ok(Some(hashes));
+    }
+    Err(TorrentError::MissingPieceLayers {
+        missing: left,
+        source: problem,
+    })
 }
 
 /// Opens what the target names; returns where pieces go, the wanted pieces and those had.
@@ -788,7 +922,8 @@ struct Conn {
 /// The recent download and upload rates, for the progress snapshot: the bytes moved over the
 /// last [`RATE_SPAN`] of samples (or since the first sample, early on), so a rate shows from
 /// the second snapshot on and only counters of this session (bytes received and sent) count.
-/// At most `RATE_SPAN / PROGRESS_INTERVAL + 2` samples are kept.
+/// At most `RATE_SPAN / PROGRESS_INTERVAL + 3` samples are kept (one more for the report made
+/// at completion).
 #[derive(Default)]
 struct RateMeter {
     /// (when, bytes received, bytes uploaded), oldest first.
@@ -855,6 +990,8 @@ struct Manager {
     listener: Option<TcpListener>,
     shutdown: Option<watch::Receiver<bool>>,
     handshake: Handshake,
+    /// A hybrid's truncated v2 hash, which peers of its v2 swarm connect with.
+    v2_alias: Option<InfoHash>,
     session: Session,
     shared: Arc<Shared>,
     verdict_rx: mpsc::UnboundedReceiver<Verdict>,
@@ -947,13 +1084,6 @@ async fn recv_routed(
 ) -> Option<(PeerStream, Handshake)> {
     match rx {
         Some(rx) => rx.recv().await,
-        None => std::future::pending().await,
-    }
-}
-
-async fn sleep_until(at: Option<Instant>) {
-    match at {
-        Some(at) => tokio::time::sleep_until(tokio::time::Instant::from_std(at)).await,
         None => std::future::pending().await,
     }
 }
@@ -1112,6 +1242,7 @@ impl Manager {
         let shared = self.shared.clone();
         let ours = self.handshake;
         let transports = self.params.transports.clone();
+        let v2_alias = self.v2_alias;
         let piece_count = self.params.info.piece_count();
         self.peers.spawn(async move {
             let mut established = false;
@@ -1120,10 +1251,13 @@ impl Manager {
                 let (conn, theirs) = match source {
                     PeerSource::Dial => connection::dial(addr, &ours, &transports).await?,
                     PeerSource::Accepted(stream) => {
-                        connection::accept(stream, addr, &ours, transports.encryption).await?
+                        connection::accept(stream, addr, &ours, v2_alias, transports.encryption)
+                            .await?
                     }
                     PeerSource::Routed(mut conn, theirs) => {
-                        conn.answer_handshake(&ours).await?;
+                        // Routed by the hash it named (a hybrid has two): answered with it.
+                        conn.answer_handshake(&ours.for_info_hash(theirs.info_hash))
+                            .await?;
                         (conn, theirs)
                     }
                 };
@@ -1286,6 +1420,13 @@ impl Manager {
                 // Web seeds only download.
                 self.web_seeds.abort_all();
                 self.finish_files().await?;
+                // Completion is news at once (a daemon's API shows it), not at the next tick.
+                if self.params.progress.is_some() {
+                    let p = self.progress(now);
+                    if let Some(tx) = &self.params.progress {
+                        let _ = tx.send(p);
+                    }
+                }
             }
             self.session.handle_transfer(now, transfer);
             if self.session.poll_timeout().is_some_and(|t| t <= now) {
@@ -1402,7 +1543,7 @@ impl Manager {
                         self.session.handle_dht_done(Instant::now(), found);
                     }
                 },
-                () = sleep_until(deadline) => {}
+                () = super::sleep_until(deadline) => {}
                 () = self.shared.timer.notified() => {}
                 _ = progress_tick.tick(), if report => {
                     ticked = true;

@@ -250,14 +250,7 @@ pub(super) async fn run(shared: Arc<Shared>, n: u32, url: String, info: Arc<Info
                 }
             }
             _ = notify.notified() => {}
-            () = sleep_until(seed.poll_timeout()) => {}
+            () = super::sleep_until(seed.poll_timeout()) => {}
         }
-    }
-}
-
-async fn sleep_until(at: Option<Instant>) {
-    match at {
-        Some(at) => tokio::time::sleep_until(tokio::time::Instant::from_std(at)).await,
-        None => std::future::pending().await,
     }
 }

@@ -31,6 +31,11 @@ pub const MAX_LAYER_PEERS: usize = 64;
 /// How long a peer may take to answer a hash request.
 pub const HASH_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// How long a hybrid torrent waits for the piece layers its metadata lacks before it is
+/// checked with SHA-1 alone (its v1 half vouches for every piece: the layers only add the v2
+/// check, and a swarm of v1 peers never sends them).
+pub const HYBRID_LAYERS_WAIT: Duration = Duration::from_secs(20);
+
 /// Why a peer was dropped.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum LayerFault {

@@ -1,16 +1,26 @@
 //! Checking pieces against a torrent's hashes, and the BitTorrent v2 hash exchange (BEP 52).
 //!
 //! [`PieceHashes`] says whether an assembled piece is good: by its v1 SHA-1 when the torrent
-//! has v1 metadata (v1 and hybrid torrents), else by the v2 merkle tree of the file the piece
-//! belongs to (a v2 piece never spans files: the metainfo lays files out on piece boundaries).
-//! The piece at the end of a file holds only the file's bytes in its subtree; the pad bytes
-//! that follow it in the payload are not hashed. The same value answers peers' `hash request`s
-//! from the piece layers it knows, and tells which layers are still missing (a magnet link's
-//! info dictionary carries no `piece layers`: [`fetch`] gets them from peers).
+//! has v1 metadata, and by the v2 merkle tree of the file the piece belongs to when it has v2
+//! metadata (a v2 piece never spans files: the metainfo lays files out on piece boundaries).
+//! A hybrid's piece must pass both, so a hybrid whose halves disagree cannot slip a piece
+//! through the weaker hash; where a hybrid's layer is not known (yet) its SHA-1 alone decides.
+//! Checking both costs one SHA-1 and one SHA-256 pass over the piece, plus a hash per level of
+//! the piece's subtree: no more than the two passes. The piece at the end of a file holds only
+//! the file's bytes in its subtree; the pad bytes that follow it in the payload are not
+//! hashed.
+//!
+//! The same value answers peers' `hash request`s: from the piece layer up, from the layers it
+//! knows; below it (block hashes), from the data of the pieces the request covers, which the
+//! driver reads for a [`BlockHashJob`] (we keep no block hashes), checked against the piece
+//! layer before they are vouched for. It also tells which layers are still missing (a magnet
+//! link's info dictionary carries no `piece layers`, nor need a `.torrent`: [`fetch`] gets them
+//! from peers).
 //!
 //! Invariants: every layer held has one hash per piece of its file and hashes to the file's
 //! `pieces root` (checked on the way in, whatever the source); an answer never holds more than
-//! [`MAX_HASHES`] hashes plus one uncle per tree level; nothing panics on any request.
+//! [`MAX_HASHES`] hashes plus one uncle per tree level; one answer of block hashes reads at
+//! most [`MAX_BLOCK_HASH_BYTES`] (or one piece); nothing panics on any request.
 
 pub mod fetch;
 #[cfg(test)]
@@ -153,6 +163,15 @@ impl PieceHashes {
         Ok(())
     }
 
+    /// Where file `file`'s v2 data lies: its first (global) piece and its length in bytes;
+    /// `None` for a file without v2 data (empty, a pad file, or a v1 torrent).
+    pub fn file_pieces(&self, file: usize) -> Option<(u32, u64)> {
+        self.files
+            .iter()
+            .find(|f| f.file == file)
+            .map(|f| (f.first_piece, f.length))
+    }
+
     /// Files (indices into `Info::files`) whose piece layer is still unknown, with their root
     /// and piece count; one per distinct root.
     pub fn missing_layers(&self) -> Vec<(usize, Hash, u64)> {
@@ -184,48 +203,48 @@ impl PieceHashes {
         !self.info.version.has_v1()
     }
 
-    /// Whether `data` is piece `index` of the torrent. False for an unknown index, a piece of
-    /// the wrong length, or a v2 piece whose file's layer is still unknown.
+    /// Whether `data` is piece `index` of the torrent: its SHA-1 matches (v1 and hybrid
+    /// torrents) and its subtree root matches its file's piece layer (v2 and hybrid; a
+    /// hybrid's piece whose layer is unknown is judged by its SHA-1 alone). False for an
+    /// unknown index, a piece of the wrong length, or a v2-only piece whose layer is unknown.
     pub fn check(&self, index: u32, data: &[u8]) -> bool {
         if index >= self.info.piece_count() || data.len() != self.info.piece_len(index) as usize {
             return false;
         }
-        if !self.is_v2() {
-            return self
-                .info
-                .pieces
-                .get(index as usize)
-                .is_some_and(|h| Sha1::digest(data).as_slice() == h);
+        let has_v1 = self.info.version.has_v1();
+        let sha1_matches = || {
+            let expected = self.info.pieces.get(index as usize);
+            expected.is_some_and(|h| Sha1::digest(data).as_slice() == h)
+        };
+        if has_v1 && !sha1_matches() {
+            return false;
         }
+        self.check_v2(index, data).unwrap_or(has_v1)
+    }
+
+    /// The v2 verdict on piece `index`, or `None` when no file's known layer covers it.
+    fn check_v2(&self, index: u32, data: &[u8]) -> Option<bool> {
         let piece_length = self.info.piece_length;
         let at = self.files.partition_point(|f| f.first_piece <= index);
-        let Some(file) = at.checked_sub(1).and_then(|i| self.files.get(i)) else {
-            return false;
-        };
+        let file = self.files.get(at.checked_sub(1)?)?;
         let within = u64::from(index - file.first_piece);
         if within >= file.pieces(piece_length) {
-            return false;
+            return None;
         }
-        let Some(expected) = file
-            .levels
-            .as_ref()
-            .and_then(|l| l.first())
-            .and_then(|layer| layer.get(within as usize))
-        else {
-            return false;
-        };
+        let expected = file.levels.as_ref()?.first()?.get(within as usize)?;
         // Only the file's bytes are hashed; what follows it in the last piece is padding.
         let file_bytes = file.length - within * u64::from(piece_length);
         let data = data
             .get(..file_bytes.min(data.len() as u64) as usize)
             .unwrap_or(data);
         let width = merkle::piece_width(file.length, piece_length);
-        merkle::piece_root(data, width) == *expected
+        Some(merkle::piece_root(data, width) == *expected)
     }
 
-    /// Our answer to a peer's `hash request`: the hashes, or a `hash reject` when the request
-    /// is out of bounds (see [`check_request`]), names a file we do not know, or asks for a
-    /// layer below the piece layer (we keep no block hashes).
+    /// Our answer to a peer's `hash request` from the hashes we keep: the hashes, or a `hash
+    /// reject` when the request is out of bounds (see [`check_request`]), names a file whose
+    /// layer we do not know, or asks for a layer below the piece layer (those are answered
+    /// from the data: [`PieceHashes::block_job`]).
     pub fn answer(&self, request: &HashRequest) -> Message {
         self.hashes_for(request)
             .map(|hashes| Message::Hashes {
@@ -235,37 +254,246 @@ impl PieceHashes {
             .unwrap_or(Message::HashReject(*request))
     }
 
-    fn hashes_for(&self, request: &HashRequest) -> Option<Vec<Hash>> {
+    /// The work of answering `request` when it asks for a layer below the piece layer (block
+    /// hashes): the pieces whose data the answer is computed from. `None` when the request is
+    /// not such a request, is out of bounds, names a file whose layer we do not know, or would
+    /// read more than [`MAX_BLOCK_HASH_BYTES`] (or one piece, if larger).
+    pub fn block_job(self: &Arc<Self>, request: &HashRequest) -> Option<BlockHashJob> {
+        let spot = self.locate(request)?;
+        let shift = spot.piece_level.checked_sub(request.base_layer)?;
+        if shift == 0 {
+            return None;
+        }
+        let piece_length = self.info.piece_length;
+        // The requested nodes (and their uncles below the piece layer) lie in these pieces of
+        // the file; pieces past its end are padding, hashed without data.
+        let first = u64::from(request.index) >> shift;
+        let end = (u64::from(request.index) + u64::from(request.length))
+            .div_ceil(1 << shift)
+            .min(spot.file.pieces(piece_length));
+        let count = end.saturating_sub(first);
+        if count > (MAX_BLOCK_HASH_BYTES / u64::from(piece_length)).max(1) {
+            return None;
+        }
+        let start = u32::try_from(u64::from(spot.file.first_piece) + first).ok()?;
+        let stop = u32::try_from(u64::from(start) + count).ok()?;
+        Some(BlockHashJob {
+            hashes: self.clone(),
+            request: *request,
+            pieces: start..stop,
+            leaves: Vec::new(),
+            current: Vec::new(),
+            failed: false,
+        })
+    }
+
+    /// Where `request`'s file and its known levels are, if it is in bounds.
+    fn locate(&self, request: &HashRequest) -> Option<Spot<'_>> {
         let file = self.files.get(*self.by_root.get(&request.pieces_root)?)?;
         let levels = file.levels.as_ref()?;
         let piece_length = self.info.piece_length;
         let tree = Tree::of(file.length, piece_length);
         check_request(request, &tree)?;
-        let piece_level = pad_level(piece_length);
         let piece_level = if file.pieces(piece_length) > 1 {
-            piece_level
+            pad_level(piece_length)
         } else {
             // The lone root stands at the top of a file of one piece.
             tree.height
         };
+        Some(Spot {
+            file,
+            levels,
+            piece_level,
+        })
+    }
+
+    fn hashes_for(&self, request: &HashRequest) -> Option<Vec<Hash>> {
+        let spot = self.locate(request)?;
         // Only the levels from the piece layer up are known.
-        let level = request.base_layer.checked_sub(piece_level)?;
-        let node = |h: u32, j: u64| -> Hash {
-            levels
-                .get(h as usize)
-                .and_then(|l| l.get(usize::try_from(j).ok()?))
-                .copied()
-                .unwrap_or_else(|| merkle::pad_hash(piece_level + h))
+        request.base_layer.checked_sub(spot.piece_level)?;
+        collect_answer(request, spot.piece_level, spot.levels, |_, _| None)
+    }
+}
+
+/// A request's file in [`PieceHashes`], with the level its known hashes start at.
+struct Spot<'a> {
+    file: &'a V2File,
+    levels: &'a Arc<Vec<Vec<Hash>>>,
+    /// The level of the piece layer (of the root, for a file of one piece).
+    piece_level: u32,
+}
+
+/// The hashes answering `request`: the base nodes, then the uncles above their subtree. Nodes
+/// at or above `piece_level` come from `levels` (bottom first, unpadded), those below from
+/// `below(level, index)`. `None` if a node is unknown.
+fn collect_answer(
+    request: &HashRequest,
+    piece_level: u32,
+    levels: &[Vec<Hash>],
+    below: impl Fn(u32, u64) -> Option<Hash>,
+) -> Option<Vec<Hash>> {
+    let node = |level: u32, j: u64| -> Option<Hash> {
+        let Some(h) = level.checked_sub(piece_level) else {
+            return below(level, j);
         };
-        let mut out: Vec<Hash> = (0..u64::from(request.length))
-            .map(|i| node(level, u64::from(request.index) + i))
-            .collect();
-        let k = request.length.trailing_zeros();
-        for h in k..=request.proof_layers {
-            let sibling = (u64::from(request.index) >> h) ^ 1;
-            out.push(node(level + h, sibling));
+        let known = levels
+            .get(h as usize)
+            .and_then(|l| l.get(usize::try_from(j).ok()?));
+        Some(known.copied().unwrap_or_else(|| merkle::pad_hash(level)))
+    };
+    let (base, index) = (request.base_layer, u64::from(request.index));
+    let k = request.length.trailing_zeros();
+    let uncles = request.proof_layers.saturating_add(1).saturating_sub(k);
+    let mut out = Vec::with_capacity((request.length as usize).saturating_add(uncles as usize));
+    for i in 0..u64::from(request.length) {
+        out.push(node(base, index + i)?);
+    }
+    for h in k..=request.proof_layers {
+        out.push(node(base + h, (index >> h) ^ 1)?);
+    }
+    Some(out)
+}
+
+/// Most bytes of piece data read and hashed to answer one request for block hashes (at least
+/// one piece is always allowed): 16 MiB, what libtorrent asks for with one piece's blocks at a
+/// large piece size. Together with the cap on answers queued per peer it bounds what one peer
+/// can make us read.
+pub const MAX_BLOCK_HASH_BYTES: u64 = 16 * 1024 * 1024;
+
+/// A request for hashes below the piece layer, answered from the data of the pieces it covers
+/// (which we must have): the driver reads, for each of [`BlockHashJob::pieces`] in order, the
+/// first [`BlockHashJob::data_len`] bytes, feeds them 16 KiB block by block to
+/// [`BlockHashJob::add_block`] (so no more than a block need be in memory), and sends what
+/// [`BlockHashJob::finish`] returns. Each piece is checked against the piece layer once its
+/// blocks are in, so data that went bad on disk is never vouched for: the request is rejected
+/// instead.
+#[derive(Clone, Debug)]
+pub struct BlockHashJob {
+    hashes: Arc<PieceHashes>,
+    request: HashRequest,
+    pieces: std::ops::Range<u32>,
+    /// The leaf hashes of the pieces done, each piece padded to its subtree's width.
+    leaves: Vec<Hash>,
+    /// The leaf hashes of the piece being read.
+    current: Vec<Hash>,
+    failed: bool,
+}
+
+impl BlockHashJob {
+    /// The torrent's pieces to read, in order (empty when only padding is asked for).
+    pub fn pieces(&self) -> std::ops::Range<u32> {
+        self.pieces.clone()
+    }
+
+    /// The bytes of piece `index` that hold the file's data, from the piece's start: what to
+    /// read of it (the pad bytes that may follow are not hashed). 0 for a piece of another
+    /// file.
+    pub fn data_len(&self, index: u32) -> u32 {
+        let Some(spot) = self.hashes.locate(&self.request) else {
+            return 0;
+        };
+        let Some(within) = index.checked_sub(spot.file.first_piece) else {
+            return 0;
+        };
+        let piece_length = self.hashes.info.piece_length;
+        let start = u64::from(within) * u64::from(piece_length);
+        let left = spot.file.length.saturating_sub(start);
+        left.min(u64::from(self.hashes.info.piece_len(index))) as u32
+    }
+
+    /// The request being answered.
+    pub fn request(&self) -> &HashRequest {
+        &self.request
+    }
+
+    /// The next 16 KiB block of the pieces' data, in order (shorter only at the end of a
+    /// piece's data).
+    pub fn add_block(&mut self, block: &[u8]) {
+        if !self.take_block(block) {
+            self.failed = true;
         }
-        Some(out)
+    }
+
+    fn take_block(&mut self, block: &[u8]) -> bool {
+        let Some(spot) = self.hashes.locate(&self.request) else {
+            return false;
+        };
+        let per = 1usize << spot.piece_level;
+        let done = self.leaves.len() / per;
+        let count = self.pieces.end.saturating_sub(self.pieces.start) as usize;
+        if self.failed || done >= count {
+            return false;
+        }
+        let index = self.pieces.start + done as u32;
+        let data_len = self.data_len(index) as usize;
+        let block_len = merkle::BLOCK_LEN as usize;
+        let offset = self.current.len() * block_len;
+        if data_len <= offset || block.len() != (data_len - offset).min(block_len) {
+            return false;
+        }
+        self.current.push(merkle::block_hash(block));
+        if self.current.len() < data_len.div_ceil(block_len) {
+            return true;
+        }
+        // The piece is in: its subtree must hash to its entry in the layer.
+        let mut leaves = std::mem::take(&mut self.current);
+        if leaves.len() > per {
+            return false;
+        }
+        leaves.resize(per, merkle::ZERO);
+        let within = (index - spot.file.first_piece) as usize;
+        let expected = spot.levels.first().and_then(|l| l.get(within));
+        if expected != Some(&merkle::merkle_root(&leaves, per as u64, merkle::ZERO)) {
+            return false;
+        }
+        self.leaves.extend_from_slice(&leaves);
+        true
+    }
+
+    /// The answer: the hashes, or a `hash reject` if a piece was missing or did not match
+    /// its hash.
+    pub fn finish(self) -> Message {
+        self.answer()
+            .map(|hashes| Message::Hashes {
+                request: self.request,
+                hashes: Bytes::from(hashes.concat()),
+            })
+            .unwrap_or(Message::HashReject(self.request))
+    }
+
+    fn answer(&self) -> Option<Vec<Hash>> {
+        let spot = self.hashes.locate(&self.request)?;
+        let per = 1u64 << spot.piece_level;
+        let count = u64::from(self.pieces.end.saturating_sub(self.pieces.start));
+        if self.failed || !self.current.is_empty() || self.leaves.len() as u64 != count * per {
+            return None;
+        }
+        // The levels of the pieces' subtrees below the piece layer, leaves first.
+        let mut below = vec![self.leaves.clone()];
+        for _ in 1..spot.piece_level {
+            let next = below
+                .last()?
+                .chunks_exact(2)
+                .map(|p| merkle::node_hash(&p[0], &p[1]))
+                .collect();
+            below.push(next);
+        }
+        let first_leaf =
+            u64::from(self.pieces.start.saturating_sub(spot.file.first_piece)).saturating_mul(per);
+        let file_leaves = spot
+            .file
+            .pieces(self.hashes.info.piece_length)
+            .saturating_mul(per);
+        collect_answer(&self.request, spot.piece_level, spot.levels, |level, j| {
+            if j >= file_leaves >> level {
+                return Some(merkle::pad_hash(level));
+            }
+            let local = j.checked_sub(first_leaf >> level)?;
+            below
+                .get(level as usize)?
+                .get(usize::try_from(local).ok()?)
+                .copied()
+        })
     }
 }
 

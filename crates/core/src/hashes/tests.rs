@@ -6,10 +6,11 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use proptest::prelude::*;
+use sha1::{Digest, Sha1};
 
 use super::fetch::{LayerEvent, LayerFault, LayerFetch, HASH_REQUEST_TIMEOUT};
 use super::*;
-use crate::metainfo::build::{PiecePart, Plan, SourceFile, TorrentOptions};
+use crate::metainfo::build::{PiecePart, Plan, TorrentOptions};
 use crate::metainfo::{MetaVersion, Metainfo};
 
 fn bytes_of(path: &str, len: u64) -> Vec<u8> {
@@ -22,14 +23,18 @@ fn bytes_of(path: &str, len: u64) -> Vec<u8> {
 /// A torrent of `files` (path, length) with pieces of `pl` bytes, and its payload (pad bytes
 /// included, as pieces carry it).
 fn made(files: &[(&str, u64)], pl: u32, version: MetaVersion) -> (Metainfo, Vec<u8>) {
-    let sources: Vec<SourceFile> = files
-        .iter()
-        .map(|(p, len)| SourceFile {
-            path: p.split('/').map(String::from).collect(),
-            length: *len,
-            executable: false,
-        })
-        .collect();
+    made_lying(files, pl, version, None)
+}
+
+/// As [`made`], but the v1 hash of piece `v1_lie` (if any) is that of the piece with its first
+/// byte flipped: a hybrid whose halves disagree on that piece.
+fn made_lying(
+    files: &[(&str, u64)],
+    pl: u32,
+    version: MetaVersion,
+    v1_lie: Option<u32>,
+) -> (Metainfo, Vec<u8>) {
+    let sources = crate::testing::source_files(files);
     let single = files.len() == 1;
     let name = if single { files[0].0 } else { "root" };
     let plan = Plan::new(name, sources, single, Some(pl), version).unwrap();
@@ -42,6 +47,7 @@ fn made(files: &[(&str, u64)], pl: u32, version: MetaVersion) -> (Metainfo, Vec<
     let hashes: Vec<_> = (0..plan.piece_count())
         .map(|i| {
             let mut h = plan.piece_hasher(i);
+            let start = payload.len();
             for part in plan.piece_parts(i) {
                 match part {
                     PiecePart::File { file, offset, len } => {
@@ -55,7 +61,13 @@ fn made(files: &[(&str, u64)], pl: u32, version: MetaVersion) -> (Metainfo, Vec<
                     }
                 }
             }
-            h.finish()
+            let mut hashes = h.finish();
+            if v1_lie == Some(i) {
+                let mut altered = payload[start..].to_vec();
+                altered[0] ^= 1;
+                hashes.v1 = Some(Sha1::digest(&altered).into());
+            }
+            hashes
         })
         .collect();
     let built = plan.finish(&hashes, &TorrentOptions::default()).unwrap();
@@ -119,6 +131,35 @@ fn v1_and_hybrid_pieces_check_by_sha1() {
         bad[0] ^= 1;
         assert!(!hashes.check(0, &bad));
     }
+}
+
+/// A hybrid's pieces must pass both halves: where they disagree, neither version of the piece
+/// is good (the one matching the SHA-1 fails the merkle tree, and the other the SHA-1).
+#[test]
+fn hybrid_pieces_must_pass_both_hashes() {
+    let lie = 4;
+    let (meta, payload) = made_lying(FILES, PL, MetaVersion::Hybrid, Some(lie));
+    let hashes = full(&meta);
+    assert!(!hashes.is_v2());
+    for i in 0..meta.info.piece_count() {
+        assert_eq!(hashes.check(i, piece(&meta, &payload, i)), i != lie, "{i}");
+    }
+    let mut sha1_twin = piece(&meta, &payload, lie).to_vec();
+    sha1_twin[0] ^= 1;
+    assert_eq!(
+        Sha1::digest(&sha1_twin).as_slice(),
+        &meta.info.pieces[lie as usize][..],
+        "the piece passes SHA-1"
+    );
+    assert!(!hashes.check(lie, &sha1_twin), "but not its merkle tree");
+    // Without the v2 layers, SHA-1 alone decides (files of one piece keep their root, which
+    // the info dictionary carries).
+    let sha1_only = PieceHashes::new(Arc::new(meta.info.clone()), &BTreeMap::new()).unwrap();
+    let big = meta.info.files.iter().position(|f| f.path == ["c", "big"]);
+    let big = &meta.info.files[big.unwrap()];
+    assert!(big.offset / u64::from(PL) <= u64::from(lie));
+    assert!((big.offset + big.length).div_ceil(u64::from(PL)) > u64::from(lie));
+    assert!(sha1_only.check(lie, &sha1_twin));
 }
 
 #[test]
@@ -234,7 +275,7 @@ fn hostile_requests_are_rejected() {
     ] {
         assert_eq!(hashes.answer(&req), Message::HashReject(req), "{req:?}");
     }
-    // Below the piece layer we keep nothing.
+    // Below the piece layer `answer` knows nothing: those are block jobs, from the data.
     let (meta, _) = made(&[("big", 5 * 32 * 1024)], PL, MetaVersion::V2);
     let root = meta.info.files[0].pieces_root.unwrap();
     let req = request(root, 0, 0, 2, 0);
@@ -534,4 +575,301 @@ fn a_peer_asking_faster_than_it_reads_gets_rejects_not_answers() {
         .filter(|m| matches!(m, Message::HashReject(_)))
         .count();
     assert_eq!((answers, rejects), (4, 96), "{out:?}");
+}
+
+/// Every level of a file's whole tree, leaves first, from its data (the textbook way).
+fn naive_tree(data: &[u8], piece_length: u32) -> Vec<Vec<Hash>> {
+    let tree = Tree::of(data.len() as u64, piece_length);
+    let mut leaves = merkle::block_hashes(data);
+    leaves.resize(1 << tree.height, merkle::ZERO);
+    let mut levels = vec![leaves];
+    while levels.last().unwrap().len() > 1 {
+        let next = levels
+            .last()
+            .unwrap()
+            .chunks(2)
+            .map(|p| merkle::node_hash(&p[0], &p[1]))
+            .collect();
+        levels.push(next);
+    }
+    levels
+}
+
+/// Feeds piece `i` of `payload` to `job` as a driver does, block by block.
+fn feed(job: &mut BlockHashJob, meta: &Metainfo, payload: &[u8], i: u32) {
+    let data = &piece(meta, payload, i)[..job.data_len(i) as usize];
+    for block in data.chunks(16 * 1024) {
+        job.add_block(block);
+    }
+}
+
+/// Runs `job` as a driver does, reading its pieces from `payload`.
+fn run_job(meta: &Metainfo, payload: &[u8], mut job: BlockHashJob) -> Message {
+    for i in job.pieces() {
+        feed(&mut job, meta, payload, i);
+    }
+    job.finish()
+}
+
+/// A request for block hashes answered from the data: the hashes are the file's leaves (or
+/// the nodes of the level asked for), and with their uncles they prove up to the root.
+fn assert_block_answer(meta: &Metainfo, payload: &[u8], file: usize, req: HashRequest) {
+    let hashes = Arc::new(full(meta));
+    let entry = &meta.info.files[file];
+    let data = &payload[entry.offset as usize..(entry.offset + entry.length) as usize];
+    let tree = naive_tree(data, meta.info.piece_length);
+    let job = hashes
+        .block_job(&req)
+        .unwrap_or_else(|| panic!("{req:?}: no job"));
+    let Message::Hashes { request, hashes } = run_job(meta, payload, job) else {
+        panic!("{req:?} rejected")
+    };
+    assert_eq!(request, req);
+    let h = split_hashes(&hashes);
+    let want = &tree[req.base_layer as usize][req.index as usize..][..req.length as usize];
+    assert_eq!(&h[..req.length as usize], want, "{req:?}");
+    // The uncles are the tree's: with them the hashes prove up to the level asked for.
+    let k = req.length.trailing_zeros();
+    let top = req.base_layer + req.proof_layers.max(k - 1) + 1;
+    let subtree = merkle::merkle_root(want, req.length.into(), merkle::ZERO);
+    let mut at = req.index >> k;
+    let mut reached = subtree;
+    for uncle in &h[req.length as usize..] {
+        reached = if at.is_multiple_of(2) {
+            merkle::node_hash(&reached, uncle)
+        } else {
+            merkle::node_hash(uncle, &reached)
+        };
+        at /= 2;
+    }
+    let node = tree[top as usize][(req.index >> (top - req.base_layer)) as usize];
+    assert_eq!(reached, node, "{req:?} does not prove");
+    if top as usize == tree.len() - 1 {
+        assert_eq!(root_of_answer(&req, &h), entry.pieces_root);
+    }
+}
+
+/// 64 KiB pieces (four blocks each) so that there are layers below the piece layer.
+const BIG_PL: u32 = 64 * 1024;
+
+#[test]
+fn block_hashes_are_answered_from_the_data() {
+    // "big": 5 pieces and a bit (6 pieces, a tree of 8 pieces, 32 leaves, height 5); "d": 3
+    // blocks in one piece (a tree of 4 leaves whose root is the file's).
+    let files = [("big", 5 * 64 * 1024 + 20_000), ("d", 2 * 16 * 1024 + 7)];
+    for version in [MetaVersion::V2, MetaVersion::Hybrid] {
+        let (meta, payload) = made(&files, BIG_PL, version);
+        let big = meta
+            .info
+            .files
+            .iter()
+            .position(|f| f.path == ["big"])
+            .unwrap();
+        let d = meta
+            .info
+            .files
+            .iter()
+            .position(|f| f.path == ["d"])
+            .unwrap();
+        let root = meta.info.files[big].pieces_root.unwrap();
+        for (base, index, length, proof) in [
+            (0, 8, 4, 4),  // one piece's blocks up to the root (libtorrent's request)
+            (0, 20, 4, 2), // the last, partial piece, up to the piece layer only
+            (0, 10, 2, 4), // half a piece: uncles inside the piece, then above it
+            (0, 0, 8, 4),  // two pieces
+            (1, 4, 2, 3),  // a level between the blocks and the pieces
+            (0, 24, 4, 4), // padding past the file's end: no data needed
+            (0, 0, 32, 0), // every leaf
+        ] {
+            assert_block_answer(
+                &meta,
+                &payload,
+                big,
+                request(root, base, index, length, proof),
+            );
+        }
+        let d_root = meta.info.files[d].pieces_root.unwrap();
+        assert_block_answer(&meta, &payload, d, request(d_root, 0, 2, 2, 1));
+        assert_block_answer(&meta, &payload, d, request(d_root, 0, 0, 4, 1));
+    }
+}
+
+#[test]
+fn block_hashes_are_never_vouched_for_bad_or_missing_data() {
+    let (meta, payload) = made(&[("big", 5 * 64 * 1024 + 20_000)], BIG_PL, MetaVersion::V2);
+    let hashes = Arc::new(full(&meta));
+    let root = meta.info.files[0].pieces_root.unwrap();
+    let req = request(root, 0, 8, 4, 4);
+    // Data that changed on disk since it was verified.
+    let mut job = hashes.block_job(&req).unwrap();
+    assert_eq!(job.pieces(), 2..3);
+    assert_eq!(job.data_len(2), BIG_PL);
+    let mut bad = piece(&meta, &payload, 2).to_vec();
+    bad[100] ^= 1;
+    for block in bad.chunks(16 * 1024) {
+        job.add_block(block);
+    }
+    assert_eq!(job.finish(), Message::HashReject(req));
+    // A piece that could not be read (wholly or in part), or one too many.
+    let job = hashes.block_job(&req).unwrap();
+    assert_eq!(job.finish(), Message::HashReject(req));
+    let mut job = hashes.block_job(&req).unwrap();
+    job.add_block(&piece(&meta, &payload, 2)[..16 * 1024]);
+    assert_eq!(job.finish(), Message::HashReject(req));
+    let mut job = hashes.block_job(&req).unwrap();
+    feed(&mut job, &meta, &payload, 2);
+    feed(&mut job, &meta, &payload, 2);
+    assert_eq!(job.finish(), Message::HashReject(req));
+    // Blocks of the wrong size.
+    for len in [16 * 1024 + 1, 100, 0] {
+        let mut job = hashes.block_job(&req).unwrap();
+        job.add_block(&vec![0; len]);
+        feed(&mut job, &meta, &payload, 2);
+        assert_eq!(job.finish(), Message::HashReject(req), "{len}");
+    }
+    // The last piece holds 20,000 bytes of the file: two blocks, the second short.
+    let last = request(root, 0, 20, 4, 4);
+    let mut job = hashes.block_job(&last).unwrap();
+    assert_eq!((job.pieces(), job.data_len(5)), (5..6, 20_000));
+    assert_eq!(job.data_len(4), BIG_PL);
+    assert_eq!(job.data_len(99), 0);
+    feed(&mut job, &meta, &payload, 5);
+    assert!(matches!(job.finish(), Message::Hashes { .. }));
+    // Without the layer there is nothing to check the data against.
+    let without =
+        Arc::new(PieceHashes::new(Arc::new(meta.info.clone()), &BTreeMap::new()).unwrap());
+    assert!(without.block_job(&req).is_none());
+    // Requests at or above the piece layer are not block jobs; out of bounds ones are nothing.
+    assert!(hashes.block_job(&request(root, 2, 0, 2, 0)).is_none());
+    for bad in [
+        request(root, 0, 32, 4, 4),
+        request(root, 0, 9, 4, 4),
+        request(root, 0, 8, 4, 5),
+        request([7; 32], 0, 8, 4, 4),
+    ] {
+        assert!(hashes.block_job(&bad).is_none(), "{bad:?}");
+        assert_eq!(hashes.answer(&bad), Message::HashReject(bad));
+    }
+}
+
+#[test]
+fn block_hash_requests_read_a_bounded_amount() {
+    // 32 KiB pieces: MAX_BLOCK_HASH_BYTES is 512 of them. A file of 600 pieces.
+    let pl = 32 * 1024;
+    let (meta, _) = made(&[("x", 600 * 32 * 1024)], pl, MetaVersion::V2);
+    let hashes = Arc::new(full(&meta));
+    let root = meta.info.files[0].pieces_root.unwrap();
+    let most = (MAX_BLOCK_HASH_BYTES / u64::from(pl)) as u32;
+    let job = hashes
+        .block_job(&request(root, 0, 0, 2 * most, 10))
+        .unwrap();
+    assert_eq!(job.pieces(), 0..most);
+    assert!(hashes
+        .block_job(&request(root, 0, 0, 4 * most, 10))
+        .is_none());
+    assert!(hashes.block_job(&request(root, 0, 0, 8192, 10)).is_none());
+}
+
+/// The torrent the block request property test asks about, made once.
+fn block_fixture() -> &'static (Metainfo, Vec<u8>, Arc<PieceHashes>) {
+    static MADE: std::sync::OnceLock<(Metainfo, Vec<u8>, Arc<PieceHashes>)> =
+        std::sync::OnceLock::new();
+    MADE.get_or_init(|| {
+        let (meta, payload) = made(&[("x", 9 * 64 * 1024 + 3)], BIG_PL, MetaVersion::V2);
+        let hashes = Arc::new(full(&meta));
+        (meta, payload, hashes)
+    })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(64))]
+
+    #[test]
+    fn any_block_request_is_answered_truly_or_rejected(
+        base in prop_oneof![0u32..3, any::<u32>()],
+        index in prop_oneof![0u32..70, any::<u32>()],
+        length in prop_oneof![0u32..70, any::<u32>()],
+        proof in prop_oneof![0u32..8, any::<u32>()],
+    ) {
+        let (meta, payload, hashes) = block_fixture();
+        let root = meta.info.files[0].pieces_root.unwrap();
+        let req = request(root, base, index, length, proof);
+        let answer = match hashes.block_job(&req) {
+            Some(job) => run_job(meta, payload, job),
+            None => hashes.answer(&req),
+        };
+        match answer {
+            Message::Hashes { request, hashes } => {
+                prop_assert_eq!(request, req);
+                let h = split_hashes(&hashes);
+                prop_assert_eq!(root_of_answer(&req, &h), Some(root));
+                let tree = naive_tree(&payload[..meta.info.files[0].length as usize], BIG_PL);
+                let want = &tree[base as usize][index as usize..][..length as usize];
+                prop_assert_eq!(&h[..length as usize], want);
+            }
+            other => prop_assert_eq!(other, Message::HashReject(req)),
+        }
+    }
+}
+
+#[test]
+fn a_seeding_swarm_answers_block_hash_requests_from_its_pieces() {
+    use crate::swarm::{Bitfield, Config, PeerFeatures, Swarm};
+    let (meta, payload) = made(&[("big", 5 * 64 * 1024 + 20_000)], BIG_PL, MetaVersion::V2);
+    let count = meta.info.piece_count();
+    let root = meta.info.files[0].pieces_root.unwrap();
+    let have_piece_2 = request(root, 0, 8, 4, 4);
+    let lacking_piece_3 = request(root, 0, 12, 4, 4);
+    let mut have = Bitfield::new(count);
+    have.set(2);
+    let info = &meta.info;
+    let mut swarm = Swarm::new(
+        info.piece_length,
+        info.total_length,
+        have,
+        Bitfield::full(count),
+        Config::default(),
+        1,
+    );
+    swarm.set_piece_hashes(Arc::new(full(&meta)));
+    let t = Instant::now();
+    swarm.handle_connected(t, 1, PeerFeatures::default());
+    let mut out = Vec::new();
+    swarm.poll_transmit(t, 1, &mut out);
+    swarm.handle_message(t, 1, Message::HashRequest(have_piece_2));
+    swarm.handle_message(t, 1, Message::HashRequest(lacking_piece_3));
+    out.clear();
+    swarm.poll_transmit(t, 1, &mut out);
+    assert_eq!(out, [Message::HashReject(lacking_piece_3)]);
+    let mut jobs = Vec::new();
+    swarm.poll_hash_jobs(1, &mut jobs);
+    assert_eq!(jobs.len(), 1);
+    // While the job runs it counts against the peer's queue: 3 more are taken, then rejects.
+    for _ in 0..5 {
+        swarm.handle_message(t, 1, Message::HashRequest(have_piece_2));
+    }
+    let mut more = Vec::new();
+    swarm.poll_hash_jobs(1, &mut more);
+    assert_eq!(more.len(), 3);
+    out.clear();
+    swarm.poll_transmit(t, 1, &mut out);
+    assert_eq!(out, vec![Message::HashReject(have_piece_2); 2]);
+    for job in jobs.into_iter().chain(more) {
+        let answer = run_job(&meta, &payload, job);
+        swarm.handle_hash_answer(1, answer);
+    }
+    out.clear();
+    swarm.poll_transmit(t, 1, &mut out);
+    assert_eq!(out.len(), 4);
+    for m in &out {
+        let Message::Hashes { request, hashes } = m else {
+            panic!("{m:?}")
+        };
+        assert_eq!(*request, have_piece_2);
+        assert_eq!(root_of_answer(request, &split_hashes(hashes)), Some(root));
+    }
+    // Answers for a peer that left are dropped.
+    swarm.handle_disconnected(1);
+    swarm.handle_hash_answer(1, Message::HashReject(have_piece_2));
+    assert!(swarm.poll_event().is_none());
 }

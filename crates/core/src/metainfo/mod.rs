@@ -16,8 +16,9 @@ mod v2;
 
 pub use magnet::{Magnet, MagnetError};
 pub use torrent::{
-    info_hashes, FileAttr, FileEntry, Info, MetaVersion, Metainfo, MetainfoError, PieceLayer,
-    SymlinkTarget, MAX_FILES, MAX_PIECE_LENGTH, MAX_TOTAL_LENGTH, MAX_TREE_DEPTH, MAX_WEB_SEEDS,
+    hybrid_v2_alias, info_hashes, FileAttr, FileEntry, Info, MetaVersion, Metainfo, MetainfoError,
+    PieceLayer, SymlinkTarget, MAX_FILES, MAX_PIECE_LENGTH, MAX_TOTAL_LENGTH, MAX_TREE_DEPTH,
+    MAX_WEB_SEEDS,
 };
 
 #[cfg(test)]

@@ -315,6 +315,15 @@ pub fn info_hashes(info_bytes: &[u8], version: MetaVersion) -> (InfoHash, Option
     }
 }
 
+/// A hybrid torrent's second name: its truncated v2 hash, which peers of its v2 swarm connect
+/// with (`None` for v1-only and v2-only torrents, which have one name).
+pub fn hybrid_v2_alias(info_bytes: &[u8], version: MetaVersion) -> Option<InfoHash> {
+    if !(version.has_v1() && version.has_v2()) {
+        return None;
+    }
+    info_hashes(info_bytes, version).1.map(|v2| v2.truncated())
+}
+
 /// A byte-string field, preferring the `<key>.utf-8` variant when it is a byte string.
 fn string_field<'a>(dict: &'a Dict, key: &str) -> Option<&'a Value> {
     let utf8_key = format!("{key}.utf-8");

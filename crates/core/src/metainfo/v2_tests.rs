@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 
-use super::super::build::{PiecePart, Plan, SourceFile, TorrentOptions};
+use super::super::build::{PiecePart, Plan, TorrentOptions};
 use super::super::{MetaVersion, Metainfo, SymlinkTarget};
 use crate::bencode::{decode, encode, Value};
 use crate::merkle;
@@ -19,14 +19,7 @@ fn bytes_of(path: &str, len: u64) -> Vec<u8> {
 
 /// A valid torrent of `files` (path, length) made by the builder.
 fn made(files: &[(&str, u64)], single: bool, version: MetaVersion) -> Vec<u8> {
-    let sources: Vec<SourceFile> = files
-        .iter()
-        .map(|(p, len)| SourceFile {
-            path: p.split('/').map(String::from).collect(),
-            length: *len,
-            executable: false,
-        })
-        .collect();
+    let sources = crate::testing::source_files(files);
     let name = if single { files[0].0 } else { "root" };
     let plan = Plan::new(name, sources, single, Some(PL), version).unwrap();
     let hashes: Vec<_> = (0..plan.piece_count())

@@ -8,8 +8,10 @@
 //!   [`Swarm::handle_uploaded`], and time through [`Swarm::handle_timeout`];
 //! - deadlines: [`Swarm::poll_timeout`];
 //! - outputs: [`Swarm::poll_transmit`] (messages for one peer), [`Swarm::poll_upload`] (blocks
-//!   one peer asked for, to read from disk and send) and [`Swarm::poll_event`] (pieces to
-//!   verify, peers to wake or disconnect).
+//!   one peer asked for, to read from disk and send), [`Swarm::poll_hash_jobs`] (BEP 52 block
+//!   hashes one peer asked for, to compute from the pieces on disk and report with
+//!   [`Swarm::handle_hash_answer`]) and [`Swarm::poll_event`] (pieces to verify, peers to wake
+//!   or disconnect).
 //!
 //! Its parts: [`scheduler`] (which block to ask of whom), [`assembly`] (pieces in memory and
 //! the memory budget), [`choker`] (whom we upload to), [`peer`] (per-peer state and timers),
@@ -48,7 +50,7 @@ use self::assembly::{Assembly, Received};
 use self::choker::Choker;
 use self::peer::PeerState;
 use self::scheduler::Scheduler;
-use crate::hashes::PieceHashes;
+use crate::hashes::{BlockHashJob, PieceHashes};
 use crate::wire::extension::{answer_metadata, OUR_REQQ, OUR_UT_METADATA_ID, OUR_UT_PEX_ID};
 use crate::wire::pex::{PexFlags, PexMessage, PexPeer};
 use crate::wire::{BlockRef, ExtHandshake, Message, MetadataMsg};
@@ -257,7 +259,8 @@ pub struct Swarm {
     piece_hashes: Option<Arc<PieceHashes>>,
 }
 
-/// `hashes` answers (BEP 52) queued for one peer at most; further requests are rejected.
+/// `hashes` answers (BEP 52) queued or being computed for one peer at most; further requests
+/// are rejected.
 const MAX_QUEUED_HASH_ANSWERS: usize = 4;
 
 impl Swarm {
@@ -617,6 +620,25 @@ impl Swarm {
         !peer.uploads.is_empty()
     }
 
+    /// Hands `key`'s requests for block hashes to the driver (see [`BlockHashJob`]): it reads
+    /// their pieces, away from the network path, and reports each answer with
+    /// [`Swarm::handle_hash_answer`].
+    pub fn poll_hash_jobs(&mut self, key: PeerKey, out: &mut Vec<BlockHashJob>) {
+        if let Some(peer) = self.peers.get_mut(&key) {
+            peer.hash_jobs_running += peer.hash_jobs.len();
+            out.extend(peer.hash_jobs.drain(..));
+        }
+    }
+
+    /// The answer to a job from [`Swarm::poll_hash_jobs`] ([`BlockHashJob::finish`]), queued
+    /// for `key` (dropped if it left meanwhile).
+    pub fn handle_hash_answer(&mut self, key: PeerKey, answer: Message) {
+        if let Some(peer) = self.peers.get_mut(&key) {
+            peer.hash_jobs_running = peer.hash_jobs_running.saturating_sub(1);
+            peer.outbox.push(answer);
+        }
+    }
+
     /// The next thing the driver must do: pieces to verify first, then disconnects, then
     /// wake-ups.
     pub fn poll_event(&mut self) -> Option<SwarmEvent> {
@@ -758,16 +780,27 @@ impl Swarm {
             // answers are stray and ignored.
             Message::Hashes { .. } | Message::HashReject(_) => {}
             Message::HashRequest(request) => {
-                // An answer can be 256 KiB for a 49-byte request: a peer that asks faster than
-                // it reads is refused past a few queued answers, as reject_request refuses
-                // blocks (a reject is no larger than its request).
+                // An answer can be 256 KiB for a 49-byte request, and block hashes cost reading
+                // the pieces: a peer that asks faster than it reads is refused past a few
+                // answers queued or being computed, as reject_request refuses blocks (a
+                // reject is no larger than its request).
                 let queued = (peer.outbox.iter())
                     .filter(|m| matches!(m, Message::Hashes { .. }))
-                    .count();
-                peer.outbox.push(match &self.piece_hashes {
-                    Some(hashes) if queued < MAX_QUEUED_HASH_ANSWERS => hashes.answer(&request),
-                    _ => Message::HashReject(request),
-                });
+                    .count()
+                    + peer.hash_jobs.len()
+                    + peer.hash_jobs_running;
+                let hashes = self
+                    .piece_hashes
+                    .as_ref()
+                    .filter(|_| queued < MAX_QUEUED_HASH_ANSWERS);
+                match hashes.map(|h| (h, h.block_job(&request))) {
+                    // Block hashes come from the data: only pieces we have can vouch for them.
+                    Some((_, Some(job))) if job.pieces().all(|i| self.have.get(i)) => {
+                        peer.hash_jobs.push_back(job);
+                    }
+                    Some((_, Some(_))) | None => peer.outbox.push(Message::HashReject(request)),
+                    Some((hashes, None)) => peer.outbox.push(hashes.answer(&request)),
+                }
             }
             Message::Extended { id, payload } => self.on_extended(now, peer, id, &payload),
             Message::Choke => {

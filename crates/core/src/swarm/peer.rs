@@ -10,6 +10,7 @@ use std::collections::{BTreeSet, VecDeque};
 use std::time::{Duration, Instant};
 
 use super::{Bitfield, Config, BLOCK_LEN};
+use crate::hashes::BlockHashJob;
 use crate::wire::fast::{allowed_fast_set, ALLOWED_FAST_COUNT};
 use crate::wire::{BlockRef, Handshake, Message};
 
@@ -103,6 +104,10 @@ pub(super) struct PeerState {
     pub(super) am_choking: bool,
     /// Blocks the peer asked of us, in order, not yet handed to the driver.
     pub(super) uploads: VecDeque<BlockRef>,
+    /// Its requests for block hashes (BEP 52) not yet handed to the driver.
+    pub(super) hash_jobs: VecDeque<BlockHashJob>,
+    /// Its requests for block hashes the driver is computing.
+    pub(super) hash_jobs_running: usize,
     /// Blocks asked of this peer and when, oldest first.
     pub(super) inflight: VecDeque<(BlockRef, Instant)>,
     /// Most requests the peer queues (its `reqq`, or a safe default).
@@ -163,6 +168,8 @@ impl PeerState {
             am_interested: false,
             am_choking: true,
             uploads: VecDeque::new(),
+            hash_jobs: VecDeque::new(),
+            hash_jobs_running: 0,
             inflight: VecDeque::new(),
             max_outstanding: DEFAULT_PEER_REQQ,
             ut_metadata: None,

@@ -47,6 +47,12 @@ impl Handshake {
         }
     }
 
+    /// The same handshake for another name of the torrent (a hybrid's v1 or truncated v2
+    /// hash: a connection is answered with the hash it was opened with).
+    pub fn for_info_hash(&self, info_hash: InfoHash) -> Handshake {
+        Handshake { info_hash, ..*self }
+    }
+
     /// The 68-byte wire form.
     pub fn encode(&self) -> [u8; HANDSHAKE_LEN] {
         let mut out = [0u8; HANDSHAKE_LEN];

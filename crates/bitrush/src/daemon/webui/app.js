@@ -1,7 +1,9 @@
-// The bitrush web UI: polls the daemon's REST API (/api/v1) every second and keeps the
-// torrent list in step. Rows are updated in place (keyed by torrent id) so that keyboard
-// focus and hover survive a refresh; every value goes in through textContent, never as
-// markup. Same-origin requests carry the page's HTTP basic credentials by themselves.
+// The bitrush web UI: keeps the torrent list in step with the daemon's REST API (/api/v1),
+// live from its event stream (/api/v1/events) and, while that is not open, by polling every
+// second (every ten seconds besides it, to catch up on anything missed). Rows are updated in
+// place (keyed by torrent id) so that keyboard focus and hover survive a refresh; every value
+// goes in through textContent, never as markup. Same-origin requests carry the page's HTTP
+// basic credentials by themselves.
 "use strict";
 
 // From the origin, never the page's URL: a page opened with user:password@ in its address
@@ -9,6 +11,8 @@
 // sends them from its authentication cache).
 const API = location.origin + "/api/v1";
 const POLL_MS = 1000;
+// Polling besides an open event stream.
+const RESYNC_MS = 10000;
 
 const STATES = {
   paused: "Paused",
@@ -24,6 +28,7 @@ const $ = (id) => document.getElementById(id);
 const rows = new Map(); // torrent id -> { tr, cells }
 let torrents = [];
 let detailId = null;
+let live = false; // the event stream is open
 let removeId = null;
 
 // ---- formatting ------------------------------------------------------------
@@ -249,11 +254,16 @@ function renderTotals(stats) {
 
 async function poll() {
   try {
-    const [list, stats] = await Promise.all([api("GET", "/torrents"), api("GET", "/stats")]);
+    const [list, stats, limits] = await Promise.all([
+      api("GET", "/torrents"),
+      api("GET", "/stats"),
+      api("GET", "/limits"),
+    ]);
     torrents = list;
     $("offline").hidden = true;
     render();
     renderTotals(stats);
+    renderLimits(limits);
     if (detailId !== null) await refreshDetail();
   } catch (e) {
     $("offline").textContent =
@@ -262,7 +272,56 @@ async function poll() {
         : "Cannot reach the bitrush daemon. Retrying…";
     $("offline").hidden = false;
   }
-  setTimeout(poll, POLL_MS);
+  setTimeout(poll, live ? RESYNC_MS : POLL_MS);
+}
+
+// ---- the event stream ------------------------------------------------------
+
+// Totals worked out from the list, as /stats would give them.
+function totalsOf(list) {
+  const sum = (key) => list.reduce((n, t) => n + t[key], 0);
+  return { download_rate: sum("rate_download"), upload_rate: sum("rate_upload"), torrents: list.length };
+}
+
+function changed(id) {
+  $("offline").hidden = true;
+  render();
+  renderTotals(totalsOf(torrents));
+  if (detailId !== null && (id === undefined || id === detailId)) refreshDetail();
+}
+
+function upsert(t) {
+  const i = torrents.findIndex((x) => x.id === t.id);
+  if (i >= 0) torrents[i] = t;
+  else torrents.push(t);
+}
+
+function listen() {
+  if (typeof EventSource === "undefined") return;
+  // The browser reconnects by itself after an error; meanwhile polling takes over.
+  const source = new EventSource(API + "/events");
+  const setLive = (on) => {
+    live = on;
+    document.body.dataset.updates = on ? "stream" : "polling";
+  };
+  source.addEventListener("open", () => setLive(true));
+  source.addEventListener("error", () => setLive(false));
+  source.addEventListener("snapshot", (e) => {
+    torrents = JSON.parse(e.data);
+    changed();
+  });
+  for (const kind of ["added", "state", "progress"]) {
+    source.addEventListener(kind, (e) => {
+      const data = JSON.parse(e.data);
+      upsert(data.torrent);
+      changed(data.id);
+    });
+  }
+  source.addEventListener("removed", (e) => {
+    const id = JSON.parse(e.data).id;
+    torrents = torrents.filter((t) => t.id !== id);
+    changed(id);
+  });
 }
 
 async function refresh() {
@@ -343,6 +402,77 @@ async function addFiles(files) {
     }
   }
   await refresh();
+}
+
+// ---- speed limits ----------------------------------------------------------
+
+// The API counts bytes per second; the page shows KiB/s.
+const KIB = 1024;
+
+// A limit as its field shows it (empty: none).
+const limitText = (n) => (n === null || n === undefined ? "" : String(Math.max(1, Math.round(n / KIB))));
+
+// A field's limit in bytes per second (null: none; the field's own check refuses the rest).
+function limitOf(input) {
+  const kib = input.valueAsNumber;
+  return Number.isFinite(kib) && kib > 0 ? Math.round(kib * KIB) : null;
+}
+
+// The global limits beside the session's rates.
+function renderLimits(limits) {
+  const note = (n) => (n === null ? "" : "/ " + bytes(n) + "/s");
+  setText($("total-down-limit"), note(limits.download));
+  setText($("total-up-limit"), note(limits.upload));
+}
+
+async function openLimits() {
+  try {
+    const limits = await api("GET", "/limits");
+    $("limit-down").value = limitText(limits.download);
+    $("limit-up").value = limitText(limits.upload);
+  } catch (e) {
+    toast(e.message, true);
+    return;
+  }
+  $("limits-dialog").returnValue = "";
+  $("limits-dialog").showModal();
+  $("limit-down").focus();
+}
+
+async function saveLimits() {
+  if ($("limits-dialog").returnValue !== "save") return;
+  const body = { download: limitOf($("limit-down")), upload: limitOf($("limit-up")) };
+  try {
+    renderLimits(await api("PUT", "/limits", JSON.stringify(body)));
+    toast("Speed limits saved");
+  } catch (e) {
+    toast(e.message, true);
+  }
+}
+
+async function loadTorrentLimits(id) {
+  try {
+    const limits = await api("GET", "/torrents/" + id + "/limits");
+    if (detailId !== id) return;
+    $("torrent-limit-down").value = limitText(limits.download);
+    $("torrent-limit-up").value = limitText(limits.upload);
+    $("torrent-limits").dataset.loaded = String(id);
+  } catch (_) {
+    // Removed meanwhile: the dialog closes with the next refresh.
+  }
+}
+
+async function saveTorrentLimits(event) {
+  event.preventDefault();
+  const id = detailId;
+  if (id === null) return;
+  const body = { download: limitOf($("torrent-limit-down")), upload: limitOf($("torrent-limit-up")) };
+  try {
+    await api("PUT", "/torrents/" + id + "/limits", JSON.stringify(body));
+    toast("Speed limits of " + (byId(id) ? byId(id).name : "the torrent") + " saved");
+  } catch (e) {
+    toast(e.message, true);
+  }
 }
 
 // ---- detail ----------------------------------------------------------------
@@ -479,6 +609,10 @@ function selectTab(name, focus) {
 
 function openDetail(id) {
   detailId = id;
+  delete $("torrent-limits").dataset.loaded;
+  $("torrent-limit-down").value = "";
+  $("torrent-limit-up").value = "";
+  loadTorrentLimits(id);
   selectTab("overview", false);
   $("detail-dialog").showModal();
   $("detail-close").focus();
@@ -494,6 +628,9 @@ function init() {
   });
   $("filter").addEventListener("change", render);
   $("remove-dialog").addEventListener("close", doRemove);
+  $("limits-open").addEventListener("click", openLimits);
+  $("limits-dialog").addEventListener("close", saveLimits);
+  $("torrent-limits").addEventListener("submit", saveTorrentLimits);
   $("detail-close").addEventListener("click", () => $("detail-dialog").close());
   $("detail-dialog").addEventListener("close", () => {
     detailId = null;
@@ -540,7 +677,9 @@ function init() {
     addFiles([...e.dataTransfer.files]);
   });
 
+  document.body.dataset.updates = "polling";
   poll();
+  listen();
 }
 
 init();
