@@ -1063,3 +1063,136 @@ fn a_file_streams_over_http_with_ranges_while_it_downloads() {
     assert_eq!(r.status, 404);
     d.stop();
 }
+
+/// Waits until the daemon's log has a line with every one of `parts`.
+fn wait_for_log(d: &mut DaemonProc, parts: &[&str], timeout: Duration) {
+    let waited = d.proc.wait_until(timeout, |p| {
+        p.stderr()
+            .lines()
+            .any(|l| parts.iter().all(|part| l.contains(part)))
+    });
+    if let Err(e) = waited {
+        panic!("no log line with {parts:?}: {e}\n{}", d.proc.logs());
+    }
+}
+
+#[test]
+fn idle_seeds_rest_and_serve_at_once_when_a_peer_comes() {
+    require_libtorrent();
+    let main = Swarm::single_file("daemon-idle", 2 * MIB, 15, 51, false);
+    let tree = Swarm::tree(
+        "daemon-idle-tree",
+        "tree",
+        &[("a.bin", 300_000), ("b.bin", 9)],
+        15,
+        52,
+    );
+    let state = main.dir.subdir("state");
+    let downloads = main.dir.subdir("downloads");
+    std::fs::copy(
+        main.seed_dir.join("payload.bin"),
+        downloads.join("payload.bin"),
+    )
+    .unwrap();
+    copy_tree(&tree.seed_dir.join("tree"), &downloads.join("tree"));
+    // Many more complete torrents that nobody asks for (their tracker is not there).
+    let idle_dir = main.dir.subdir("idle");
+    let idle: Vec<(PathBuf, Vec<u8>)> = (0..30u64)
+        .map(|i| {
+            let src = downloads.join(format!("idle-{i}.bin"));
+            let data = write_payload(&src, 40_000 + i as usize, 100 + i);
+            let torrent = idle_dir.join(format!("idle-{i}.torrent"));
+            mktorrent_to(&src, UNUSED_ANNOUNCE, 15, &torrent);
+            (torrent, data)
+        })
+        .collect();
+    let mut d = start_daemon(&state, &downloads, &["--encryption", "prefer"]);
+    let main_id = d.add_torrent(&main.torrent);
+    d.add_torrent(&tree.torrent);
+    let idle_ids: Vec<u64> = idle.iter().map(|(t, _)| d.add_torrent(t)).collect();
+    let all = 2 + idle.len() as u64;
+    let waited = d.proc.wait_until(DONE_TIMEOUT, |_| {
+        curl(&format!("{}/api/v1/stats", d.api), &[]).json()["seeding"] == all
+    });
+    assert!(waited.is_ok(), "not all seeding\n{}", d.proc.logs());
+    d.stop();
+    assert_eq!(
+        main.tracker.scrape(&main.info.info_hash).0,
+        0,
+        "the stop was announced"
+    );
+    // Restarted, every torrent is complete: each rests from the start, with no run at all.
+    let mut d = start_daemon_logging(
+        &state,
+        &downloads,
+        &["--encryption", "prefer"],
+        Some("bitrush=debug"),
+    );
+    let stats = d.get("/api/v1/stats").json();
+    assert_eq!(stats["seeding"], all, "{stats}");
+    // A resting seed still announces.
+    main.tracker.wait_for_seeders(&main.info.info_hash, 1);
+    // Leechers over plain TCP, MSE (keyed by the info hash) and uTP wake their torrents.
+    let daemon = loopback_addr(d.peer_port);
+    let plain_dir = main.dir.subdir("plain");
+    let mut plain = LtLeecher::start(&main.torrent, &plain_dir, &[daemon], None);
+    let mse_dir = tree.dir.subdir("mse");
+    let forced = LtWire {
+        encryption: LtEncryption::Forced,
+        ..LtWire::default()
+    };
+    let mut mse = LtLeecher::start_with(&tree.torrent, &mse_dir, &[daemon], None, forced);
+    let utp_dir = main.dir.subdir("utp");
+    let utp_only = LtWire {
+        transport: LtTransport::Utp,
+        ..LtWire::default()
+    };
+    let (idle_torrent, idle_data) = &idle[7];
+    let mut utp = LtLeecher::start_with(idle_torrent, &utp_dir, &[daemon], None, utp_only);
+    plain.wait_complete();
+    mse.wait_complete();
+    utp.wait_complete();
+    assert_file_eq(&plain_dir.join("payload.bin"), &main.data, "over plain TCP");
+    assert_tree_eq(&mse_dir.join("tree"), &tree.tree);
+    assert_file_eq(&utp_dir.join("idle-7.bin"), idle_data, "over uTP");
+    // Once its leecher left, the torrent rests again, and wakes again for the next one.
+    wait_for_log(
+        &mut d,
+        &["nobody connected; at rest", "payload.bin"],
+        DONE_TIMEOUT,
+    );
+    let again_dir = main.dir.subdir("again");
+    let mut again = LtLeecher::start(&main.torrent, &again_dir, &[daemon], None);
+    again.wait_complete();
+    assert_file_eq(
+        &again_dir.join("payload.bin"),
+        &main.data,
+        "after resting again",
+    );
+    assert_eq!(d.torrent(main_id)["state"], "seeding");
+    // Pause, resume and remove work on a resting torrent.
+    let id = idle_ids[3];
+    let r = d.post(
+        &format!("/api/v1/torrents/{id}/pause"),
+        "application/json",
+        "",
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    d.wait_for(id, "paused", |t| t["state"] == "paused");
+    let r = d.post(
+        &format!("/api/v1/torrents/{id}/resume"),
+        "application/json",
+        "",
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    d.wait_for(id, "seeding again", |t| t["state"] == "seeding");
+    let r = curl(
+        &format!("{}/api/v1/torrents/{id}", d.api),
+        &["-X", "DELETE"],
+    );
+    assert_eq!(r.status, 204, "{}", r.body);
+    assert_eq!(d.get(&format!("/api/v1/torrents/{id}")).status, 404);
+    let stats = d.get("/api/v1/stats").json();
+    assert_eq!(stats["seeding"], all - 1, "{stats}");
+    d.stop();
+}

@@ -9,6 +9,12 @@
 //! resume state lives in the state directory, saved periodically. A magnet link's metadata is
 //! fetched first, by the same task.
 //!
+//! A seed nobody is connected to rests: its run ends once its session goes dormant, and a
+//! complete torrent starts at rest without a run at all (nothing is opened or checked until
+//! a peer asks for it). A resting seed is only its session, kept announcing by the engine's
+//! [`DormantSeeds`]; the first peer whose handshake names it starts a run from that session
+//! and is handed to it.
+//!
 //! Persistence ([`store`]): every torrent has, in `<state-dir>/torrents/`, its `.torrent`
 //! (once the metadata is known), its settings (`.json`) and its resume state (`.resume`), each
 //! written atomically (temporary file, fsync, rename); settings on every change and
@@ -26,9 +32,11 @@
 //!
 //! Invariants: the state lock is never held across an await, nor while a file is written or
 //! synced, nor while answers are built (readers copy a [`Snapshot`] of what they need:
-//! counters and shared pointers, never a copy of a file list); a torrent's next run starts only once its previous run ended (so two runs never
-//! share files), also when it is removed and added again; a removed torrent's files are
-//! deleted only after its run ended.
+//! counters and shared pointers, never a copy of a file list); a torrent's next run starts
+//! only once its previous run ended (so two runs never share files), also when it is removed
+//! and added again; a removed torrent's files are deleted only after its run ended; a torrent
+//! runs or rests, never both; an incoming connection for a torrent whose run is going to rest
+//! is kept and starts the next run.
 
 pub mod api;
 mod events;
@@ -45,22 +53,24 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use tokio::sync::{mpsc, watch, Semaphore};
+use tokio::sync::{mpsc, oneshot, watch, Semaphore};
 use tokio::task::JoinHandle;
 
 use crate::engine::connection::{self, PeerStream, Transports};
 use crate::engine::dht::{DhtHandle, DhtOptions};
+use crate::engine::dormant::DormantSeeds;
 use crate::engine::limits::RateLimits;
 use crate::engine::metadata::{fetch_metadata, Sources};
 use crate::engine::torrent::wanted_pieces;
 use crate::engine::udp::{self, UdpOptions};
 use crate::engine::{
-    error_chain, new_peer_id, run_torrent, Hosted, Outcome, Progress, SeedLimits, Target,
-    TorrentParams,
+    error_chain, new_peer_id, run_hosted, Dormant, Hosted, HostedEnd, Outcome, Progress,
+    SeedLimits, Target, TorrentParams,
 };
 use crate::metainfo::{hybrid_v2_alias, Info, Magnet, Metainfo, PieceLayer};
 use crate::mse::Encryption;
 use crate::queue::{QueueEvent, QueueLimits, QueueState, TorrentId, TorrentQueue};
+use crate::session::Finish;
 use crate::swarm::Bitfield;
 use crate::types::{InfoHash, PeerId};
 use crate::wire::Handshake;
@@ -201,15 +211,22 @@ struct Entry {
     trackers: Arc<Vec<Vec<String>>>,
     peers: Vec<SocketAddr>,
     run: Option<Run>,
+    /// The torrent rests: its session is in the daemon's dormant seeds (never with `run`).
+    resting: Option<Resting>,
+    /// Connections that came while its run was going to rest, for the next run (at most
+    /// [`ROUTE_QUEUE`]).
+    waiting: Vec<(PeerStream, Handshake)>,
     /// The last snapshot of a run (or what the resume state says, before any).
     last: Progress,
     /// Hash everything on the next start.
     recheck: bool,
     error: Option<String>,
-    /// This torrent's own rate limits (kept across runs; `saved` holds their values).
-    limits: RateLimits,
-    /// The priority window HTTP streams ask for (kept across runs).
-    window: watch::Sender<Option<std::ops::Range<u32>>>,
+    /// This torrent's own rate limits, shared with its run's connections (made for a run, and
+    /// dropped while it rests; `saved` holds their values).
+    limits: Option<RateLimits>,
+    /// The priority window HTTP streams ask for (kept across runs; made when first needed,
+    /// dropped while the torrent rests without one).
+    window: Option<watch::Sender<Option<std::ops::Range<u32>>>>,
     /// The stream reader whose window is in force.
     window_reader: u64,
 }
@@ -223,7 +240,6 @@ impl Entry {
         peers: Vec<SocketAddr>,
         last: Progress,
     ) -> Entry {
-        let limits = RateLimits::adjustable(saved.download_limit, saved.upload_limit);
         Entry {
             saved,
             info_hash,
@@ -231,23 +247,48 @@ impl Entry {
             trackers: Arc::new(trackers),
             peers,
             run: None,
+            resting: None,
+            waiting: Vec::new(),
             last,
             recheck: false,
             error: None,
-            limits,
-            window: watch::channel(None).0,
+            limits: None,
+            window: None,
             window_reader: 0,
         }
     }
+
+    /// The torrent's own rate limits.
+    fn limits(&mut self) -> &RateLimits {
+        let (download, upload) = (self.saved.download_limit, self.saved.upload_limit);
+        (self.limits).get_or_insert_with(|| RateLimits::adjustable(download, upload))
+    }
+
+    /// The priority window's channel.
+    fn window(&mut self) -> &watch::Sender<Option<std::ops::Range<u32>>> {
+        self.window.get_or_insert_with(|| watch::channel(None).0)
+    }
 }
+
+/// A resting torrent.
+struct Resting {
+    /// We asked it to stop (its closing announces are out).
+    stopping: bool,
+}
+
+/// Where incoming connections for a torrent go: its run's channel, or nowhere yet (it rests,
+/// and the first one starts a run).
+type Route = (TorrentId, Option<mpsc::Sender<(PeerStream, Handshake)>>);
 
 struct State {
     queue: TorrentQueue,
-    torrents: BTreeMap<TorrentId, Entry>,
+    /// Boxed: the map's spare room holds pointers, not entries.
+    torrents: BTreeMap<TorrentId, Box<Entry>>,
     /// The id of each torrent in `torrents`, by info hash.
     by_hash: HashMap<InfoHash, TorrentId>,
-    /// Where the listener sends each running torrent's incoming connections.
-    routes: HashMap<InfoHash, (TorrentId, mpsc::Sender<(PeerStream, Handshake)>)>,
+    /// Where the listener sends each running or resting torrent's incoming connections (a
+    /// hybrid's under its truncated v2 hash too).
+    routes: HashMap<InfoHash, Route>,
     next_id: TorrentId,
     shutting_down: bool,
     /// Torrents being added: their files are being written, under the id they will have.
@@ -269,6 +310,13 @@ struct Inner {
     peer_id: PeerId,
     port: u16,
     dht: Option<DhtHandle>,
+    /// The sessions of the resting torrents.
+    dormant: DormantSeeds,
+    /// The task driving them (stopped last at shutdown).
+    dormant_task: Mutex<Option<JoinHandle<()>>>,
+    /// Runs that ended (at rest or not): the periodic save gives the memory they freed back
+    /// when this moved.
+    runs_ended: std::sync::atomic::AtomicU64,
     transports: Transports,
     /// The global rate limits (also in `transports`).
     rate_limits: RateLimits,
@@ -373,6 +421,7 @@ impl Daemon {
             memory: Default::default(),
             limits: rate_limits.clone(),
         };
+        let (dormant, dormant_task, mut rested) = DormantSeeds::start(udp.dht.clone());
         let daemon = Daemon(Arc::new(Inner {
             slots: Arc::new(Semaphore::new(config.max_connections)),
             handshaking: Arc::new(Semaphore::new(MAX_HANDSHAKING)),
@@ -393,6 +442,9 @@ impl Daemon {
             peer_id: new_peer_id(),
             port,
             dht: udp.dht,
+            dormant,
+            dormant_task: Mutex::new(Some(dormant_task)),
+            runs_ended: std::sync::atomic::AtomicU64::new(0),
             transports,
             rate_limits,
             next_reader: std::sync::atomic::AtomicU64::new(1),
@@ -415,6 +467,12 @@ impl Daemon {
         tasks.push(tokio::spawn(async move { d.save_periodically().await }));
         let d = daemon.clone();
         tasks.push(tokio::spawn(async move { d.publish_events().await }));
+        let d = daemon.clone();
+        tasks.push(tokio::spawn(async move {
+            while let Some((id, finish)) = rested.recv().await {
+                d.on_rest_ended(id, finish);
+            }
+        }));
         *lock(&daemon.0.tasks) = tasks;
         Ok(daemon)
     }
@@ -450,6 +508,7 @@ impl Daemon {
             let (meta, trackers, peers) = match (metainfo, &saved.magnet) {
                 (Some(m), _) => {
                     let trackers = m.tracker_tiers();
+                    // Moved, not copied: what a thousand torrents keep is allocated once.
                     let meta = Meta {
                         info: Arc::new(m.info),
                         info_bytes: m.info_bytes.into(),
@@ -478,7 +537,9 @@ impl Daemon {
                 }
                 _ => Progress::default(),
             };
-            entries.push(Entry::new(saved, info_hash, meta, trackers, peers, last));
+            entries.push(Box::new(Entry::new(
+                saved, info_hash, meta, trackers, peers, last,
+            )));
         }
         let mut st = self.state();
         let queued = st.queue.add_all(entries.iter().map(|e| {
@@ -582,7 +643,7 @@ impl Daemon {
                     if let Some(bytes) = torrent_bytes {
                         self.0.writer.save_torrent(info_hash, bytes);
                     }
-                    let (ack, written) = tokio::sync::oneshot::channel();
+                    let (ack, written) = oneshot::channel();
                     self.0.writer.save(info_hash, saved.clone(), Some(ack));
                     break (id, saved, written);
                 }
@@ -590,7 +651,14 @@ impl Daemon {
             // Ends (as an error) once the removal is done.
             let _ = removal.changed().await;
         };
-        let entry = Entry::new(saved, info_hash, meta, trackers, peers, Progress::default());
+        let entry = Box::new(Entry::new(
+            saved,
+            info_hash,
+            meta,
+            trackers,
+            peers,
+            Progress::default(),
+        ));
         // Finished by a task of its own: a caller that goes away (a client hanging up) must
         // not leave the torrent reserved and never shown.
         let daemon = self.clone();
@@ -605,8 +673,8 @@ impl Daemon {
     /// it survives a restart); if they could not be written, it is dropped.
     async fn finish_add(
         &self,
-        entry: Entry,
-        written: tokio::sync::oneshot::Receiver<std::io::Result<()>>,
+        entry: Box<Entry>,
+        written: oneshot::Receiver<std::io::Result<()>>,
     ) -> Result<(), AddError> {
         let result = written
             .await
@@ -635,32 +703,45 @@ impl Daemon {
             match event {
                 QueueEvent::Start(id) => self.start_run(st, id),
                 QueueEvent::Stop(id) => {
-                    if let Some(run) = st.torrents.get_mut(&id).and_then(|e| e.run.as_mut()) {
-                        run.stopping = true;
-                        let _ = run.stop.send(true);
+                    if let Some(e) = st.torrents.get_mut(&id) {
+                        self.stop_activity(id, e);
                     }
                 }
             }
         }
     }
 
-    /// Starts a run of `id`, unless one is still ending (its end starts the next).
+    /// Starts `id`, unless its run is still ending (its end starts the next): at rest if it is
+    /// a complete seed with nothing owed (no recheck, no peer waiting), else a run.
     fn start_run(&self, st: &mut State, id: TorrentId) {
+        self.start_torrent(st, id, None);
+    }
+
+    /// [`Daemon::start_run`]; a run goes on with `resumed`, the session `id` rested with.
+    fn start_torrent(&self, st: &mut State, id: TorrentId, resumed: Option<Dormant>) {
         if st.shutting_down {
             return;
         }
+        let seeding = st.queue.state(id) == Some(QueueState::Seeding);
         let Some(entry) = st.torrents.get_mut(&id) else {
             return;
         };
-        if entry.run.is_some() {
+        if entry.run.is_some() || entry.resting.is_some() {
             return;
         }
         entry.error = None;
+        let rest = resumed.is_none()
+            && seeding
+            && !entry.recheck
+            && entry.waiting.is_empty()
+            && entry.meta.is_some()
+            && entry.last.seeding
+            && entry.last.total_bytes > 0;
         let (stop_tx, stop_rx) = watch::channel(false);
         let (progress_tx, progress_rx) = watch::channel(entry.last.clone());
         let (route_tx, route_rx) = mpsc::channel(ROUTE_QUEUE);
         let fetching = Arc::new(std::sync::atomic::AtomicBool::new(entry.meta.is_none()));
-        let job = Job {
+        let mut job = Job {
             daemon: self.clone(),
             id,
             info_hash: entry.info_hash,
@@ -673,10 +754,31 @@ impl Daemon {
             stop: stop_rx,
             progress: progress_tx,
             incoming: route_rx,
-            limits: entry.limits.clone(),
-            window: entry.window.subscribe(),
+            // A resting torrent has no connections to limit.
+            limits: if rest {
+                RateLimits::default()
+            } else {
+                entry.limits().clone()
+            },
+            // A resting torrent needs no window (a run subscribes when it starts).
+            window: if rest {
+                watch::channel(None).1
+            } else {
+                entry.window().subscribe()
+            },
+            resumed,
         };
-        let info_hash = entry.info_hash;
+        if let (true, Some(meta)) = (rest, entry.meta.clone()) {
+            // Nothing to do until a peer comes: only the session, to announce.
+            let dormant = Dormant::new(&job.params(meta, None));
+            self.0.dormant.insert(id, dormant);
+            entry.resting = Some(Resting { stopping: false });
+            set_routes(st, id, None);
+            return;
+        }
+        for waiting in entry.waiting.drain(..) {
+            let _ = route_tx.try_send(waiting);
+        }
         let task = tokio::spawn(job.run());
         entry.run = Some(Run {
             stop: stop_tx,
@@ -685,15 +787,123 @@ impl Daemon {
             stopping: false,
             fetching,
         });
-        // A hybrid is also reached under its truncated v2 hash (its v2 swarm's name).
-        let alias = entry
-            .meta
-            .as_ref()
-            .and_then(|m| hybrid_v2_alias(&m.info_bytes, m.info.version));
-        if let Some(alias) = alias {
-            st.routes.insert(alias, (id, route_tx.clone()));
+        set_routes(st, id, Some(route_tx));
+    }
+
+    /// A peer wants resting torrent `id`: a run starts from its session, with the connections
+    /// waiting for it.
+    fn wake(&self, st: &mut State, id: TorrentId) {
+        let Some(entry) = st.torrents.get_mut(&id) else {
+            return;
+        };
+        if entry.resting.as_ref().is_none_or(|r| r.stopping) {
+            return;
         }
-        st.routes.insert(info_hash, (id, route_tx));
+        let Some(dormant) = self.0.dormant.take(id) else {
+            return;
+        };
+        entry.resting = None;
+        tracing::debug!(torrent = %entry.saved.name, "a peer came; running again");
+        self.start_torrent(st, id, Some(dormant));
+    }
+
+    /// Asks whatever runs for `id` to stop: its run, or its resting session (which sends its
+    /// closing announces). Its end is reported to [`Daemon::on_ended`] or
+    /// [`Daemon::on_rest_ended`].
+    fn stop_activity(&self, id: TorrentId, entry: &mut Entry) {
+        if let Some(run) = entry.run.as_mut() {
+            run.stopping = true;
+            let _ = run.stop.send(true);
+        }
+        if let Some(resting) = entry.resting.as_mut() {
+            if !resting.stopping {
+                resting.stopping = true;
+                self.0.dormant.stop(id);
+            }
+        }
+    }
+
+    /// A run ended at rest: its session joins the dormant seeds, unless it was asked to stop
+    /// meanwhile (then it stops from there), and connections that came as it ended start the
+    /// next run at once.
+    fn on_dormant(
+        &self,
+        id: TorrentId,
+        dormant: Box<Dormant>,
+        mut incoming: mpsc::Receiver<(PeerStream, Handshake)>,
+    ) {
+        let mut st = self.state();
+        let shutting_down = st.shutting_down;
+        let Some(entry) = st.torrents.get_mut(&id) else {
+            // Removed meanwhile: it still says `stopped` to its trackers.
+            self.0.dormant.insert(id, *dormant);
+            self.0.dormant.stop(id);
+            return;
+        };
+        let Some(run) = entry.run.take() else {
+            return;
+        };
+        self.0
+            .runs_ended
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let last = run.progress.borrow().clone();
+        fold_run(entry, last);
+        while let Ok(waiting) = incoming.try_recv() {
+            if entry.waiting.len() < ROUTE_QUEUE {
+                entry.waiting.push(waiting);
+            }
+        }
+        save(&self.0.writer, entry);
+        if entry.window.as_ref().is_some_and(|w| w.borrow().is_none()) {
+            entry.window = None;
+        }
+        entry.limits = None;
+        self.0.dormant.insert(id, *dormant);
+        entry.resting = Some(Resting { stopping: false });
+        set_routes(&mut st, id, None);
+        self.0.events.poke();
+        let Some(entry) = st.torrents.get_mut(&id) else {
+            return;
+        };
+        if run.stopping || shutting_down {
+            self.stop_activity(id, entry);
+        } else if !entry.waiting.is_empty() {
+            self.wake(&mut st, id);
+        } else {
+            tracing::debug!(torrent = %entry.saved.name, "nobody connected; at rest");
+        }
+    }
+
+    /// A resting torrent's session ended (we stopped it): start it again if the queue still
+    /// wants it running (a recheck or a new file selection stops it this way).
+    fn on_rest_ended(&self, id: TorrentId, finish: Finish) {
+        let mut st = self.state();
+        let Some(entry) = st.torrents.get_mut(&id) else {
+            return;
+        };
+        let Some(resting) = entry.resting.take() else {
+            return;
+        };
+        st.routes.retain(|_, (owner, _)| *owner != id);
+        if st.shutting_down {
+            return;
+        }
+        if !resting.stopping {
+            // It ended by itself (its seeding limits).
+            st.queue
+                .handle_stopped(id, matches!(finish, Finish::GaveUp(_)));
+        } else if matches!(
+            st.queue.state(id),
+            Some(QueueState::Downloading | QueueState::Seeding)
+        ) {
+            self.start_run(&mut st, id);
+        }
+        self.apply_queue(&mut st);
+        if let Some(entry) = st.torrents.get_mut(&id) {
+            if entry.run.is_none() && entry.resting.is_none() {
+                entry.waiting.clear();
+            }
+        }
     }
 
     /// A run's metadata arrived: keep it.
@@ -761,18 +971,11 @@ impl Daemon {
         let Some(run) = entry.run.take() else {
             return;
         };
+        self.0
+            .runs_ended
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let last = run.progress.borrow().clone();
-        entry.saved.uploaded += last.uploaded_bytes;
-        entry.saved.downloaded += last.received_bytes;
-        entry.last = Progress {
-            uploaded_bytes: 0,
-            received_bytes: 0,
-            rate: 0.0,
-            upload_rate: 0.0,
-            peers: 0,
-            connected: Vec::new(),
-            ..last
-        };
+        fold_run(entry, last);
         let stopping = run.stopping;
         if let Err(e) = &result {
             tracing::warn!(torrent = %entry.saved.name, error = %e, "torrent stopped");
@@ -792,6 +995,12 @@ impl Daemon {
             self.start_run(&mut st, id);
         }
         self.apply_queue(&mut st);
+        if let Some(entry) = st.torrents.get_mut(&id) {
+            if entry.run.is_none() && entry.resting.is_none() {
+                // Connections for a torrent that does not run are closed.
+                entry.waiting.clear();
+            }
+        }
     }
 
     /// Routes an incoming connection to its torrent once its handshake is read; at most
@@ -814,15 +1023,35 @@ impl Daemon {
                         return;
                     }
                 };
-            let tx = d
-                .state()
-                .routes
-                .get(&theirs.info_hash)
-                .map(|(_, tx)| tx.clone());
-            if let Some(tx) = tx {
-                let _ = tx.try_send((conn, theirs));
-            }
+            d.deliver(conn, theirs);
         });
+    }
+
+    /// Hands an incoming connection whose handshake was read to its torrent's run, starting
+    /// the run if the torrent rests; a torrent whose run is going to rest keeps it for the
+    /// next run. Beyond [`ROUTE_QUEUE`] waiting, it is closed.
+    fn deliver(&self, conn: PeerStream, theirs: Handshake) {
+        let mut st = self.state();
+        let Some((id, tx)) = st.routes.get(&theirs.info_hash).cloned() else {
+            return;
+        };
+        let waiting = match tx {
+            Some(tx) => match tx.try_send((conn, theirs)) {
+                Err(mpsc::error::TrySendError::Closed(waiting)) => waiting,
+                // Delivered, or too many waiting already.
+                _ => return,
+            },
+            None => (conn, theirs),
+        };
+        let Some(entry) = st.torrents.get_mut(&id) else {
+            return;
+        };
+        if entry.waiting.len() < ROUTE_QUEUE {
+            entry.waiting.push(waiting);
+        }
+        if entry.resting.is_some() {
+            self.wake(&mut st, id);
+        }
     }
 
     async fn accept_tcp(&self, listener: tokio::net::TcpListener) {
@@ -844,14 +1073,23 @@ impl Daemon {
         }
     }
 
-    /// Saves every running torrent's settings whose counters moved, every `save_every`.
+    /// Saves every running torrent's settings whose counters moved, every `save_every`, and
+    /// gives the memory of runs that ended since back to the system.
     async fn save_periodically(&self) {
         let mut tick = tokio::time::interval(self.0.config.save_every);
         tick.tick().await;
         // The counters last saved, per torrent (an idle torrent is not written again).
         let mut written: HashMap<TorrentId, (u64, u64)> = HashMap::new();
+        // Runs ended when free memory was last given back (never yet: the start's announces
+        // leave some too).
+        let mut trimmed = None;
         loop {
             tick.tick().await;
+            let ended = self.0.runs_ended.load(std::sync::atomic::Ordering::Relaxed);
+            if trimmed != Some(ended) {
+                trimmed = Some(ended);
+                crate::engine::release_free_memory();
+            }
             // Queued under the lock, so a change or removal made after this snapshot is
             // queued after it, and written after it.
             let st = self.state();
@@ -910,7 +1148,7 @@ impl Daemon {
             return false;
         };
         e.recheck = true;
-        restart(e);
+        self.stop_activity(id, e);
         true
     }
 
@@ -939,7 +1177,9 @@ impl Daemon {
             }
         };
         save(&self.0.writer, e);
-        restart(e);
+        // It may not be complete any more: it will not rest before a run says so.
+        e.last.seeding = false;
+        self.stop_activity(id, e);
         // Whether it is complete now is known once it runs again.
         st.queue.handle_complete(id, false);
         self.apply_queue(&mut st);
@@ -958,11 +1198,8 @@ impl Daemon {
             st.by_hash.remove(&entry.info_hash);
             st.queue.remove(id);
             st.routes.retain(|_, (owner, _)| *owner != id);
-            let task = entry.run.as_mut().and_then(|run| {
-                run.stopping = true;
-                let _ = run.stop.send(true);
-                run.task.take()
-            });
+            self.stop_activity(id, &mut entry);
+            let task = entry.run.as_mut().and_then(|run| run.task.take());
             let (done, removal) = watch::channel(());
             st.removing.insert(entry.info_hash, removal);
             self.apply_queue(&mut st);
@@ -980,11 +1217,16 @@ impl Daemon {
     /// The end of a removal: once the run ended (its last resume state written), the files
     /// in the state directory go, then the data if asked; then an addition of the same
     /// torrent may go ahead.
-    async fn finish_removal(&self, entry: Entry, task: Option<JoinHandle<()>>, delete_data: bool) {
+    async fn finish_removal(
+        &self,
+        entry: Box<Entry>,
+        task: Option<JoinHandle<()>>,
+        delete_data: bool,
+    ) {
         if let Some(task) = task {
             let _ = task.await;
         }
-        let (ack, removed) = tokio::sync::oneshot::channel();
+        let (ack, removed) = oneshot::channel();
         self.0.writer.remove(entry.info_hash, Some(ack));
         let _ = removed.await;
         if delete_data {
@@ -1014,17 +1256,20 @@ impl Daemon {
             let mut st = self.state();
             st.shutting_down = true;
             st.torrents
-                .values_mut()
-                .filter_map(|e| {
-                    let run = e.run.as_mut()?;
-                    run.stopping = true;
-                    let _ = run.stop.send(true);
-                    run.task.take()
+                .iter_mut()
+                .filter_map(|(&id, e)| {
+                    self.stop_activity(id, e);
+                    e.run.as_mut()?.task.take()
                 })
                 .collect()
         };
         for task in tasks {
             let _ = task.await;
+        }
+        // Resting seeds say `stopped` too (bounded by the session's closing deadline).
+        self.0.dormant.wait_empty().await;
+        if let Some(task) = lock(&self.0.dormant_task).take() {
+            task.abort();
         }
         // Removals under way finish (their files must not come back at the next start).
         let removals: Vec<watch::Receiver<()>> = self.state().removing.values().cloned().collect();
@@ -1168,7 +1413,9 @@ impl Daemon {
         };
         e.saved.download_limit = limits.download;
         e.saved.upload_limit = limits.upload;
-        e.limits.set(limits.download, limits.upload);
+        if let Some(l) = &e.limits {
+            l.set(limits.download, limits.upload);
+        }
         save(&self.0.writer, e);
         true
     }
@@ -1231,7 +1478,7 @@ impl Daemon {
             .is_some_and(|h| (from..end).all(|i| h.get(i)));
         e.window_reader = reader;
         let window = (!all_had).then_some(from..end);
-        e.window.send_if_modified(|w| {
+        e.window().send_if_modified(|w| {
             let changed = *w != window;
             *w = window;
             changed
@@ -1247,7 +1494,9 @@ impl Daemon {
         if e.window_reader != reader {
             return;
         }
-        e.window.send_if_modified(|w| w.take().is_some());
+        if let Some(w) = &e.window {
+            w.send_if_modified(|w| w.take().is_some());
+        }
     }
 }
 
@@ -1263,12 +1512,35 @@ fn find_in(st: &State, info_hash: &InfoHash) -> Option<TorrentId> {
         .copied()
 }
 
-/// Asks a running torrent to stop; its end starts it again (the queue still wants it).
-fn restart(entry: &mut Entry) {
-    if let Some(run) = entry.run.as_mut() {
-        run.stopping = true;
-        let _ = run.stop.send(true);
+/// Routes torrent `id`'s incoming connections to `route` (its run's channel, or `None`
+/// while it rests): under its info hash, and a hybrid's under its truncated v2 hash too (its v2
+/// swarm's name).
+fn set_routes(st: &mut State, id: TorrentId, route: Option<mpsc::Sender<(PeerStream, Handshake)>>) {
+    let Some(entry) = st.torrents.get(&id) else {
+        return;
+    };
+    let info_hash = entry.info_hash;
+    let alias = (entry.meta.as_ref()).and_then(|m| hybrid_v2_alias(&m.info_bytes, m.info.version));
+    if let Some(alias) = alias {
+        st.routes.insert(alias, (id, route.clone()));
     }
+    st.routes.insert(info_hash, (id, route));
+}
+
+/// Folds the last report of a run that ended into the torrent: its counters into the saved
+/// totals, and what it showed (with nothing moving and nobody connected) as its state.
+fn fold_run(entry: &mut Entry, last: Progress) {
+    entry.saved.uploaded += last.uploaded_bytes;
+    entry.saved.downloaded += last.received_bytes;
+    entry.last = Progress {
+        uploaded_bytes: 0,
+        received_bytes: 0,
+        rate: 0.0,
+        upload_rate: 0.0,
+        peers: 0,
+        connected: Vec::new(),
+        ..last
+    };
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -1628,6 +1900,8 @@ struct Job {
     incoming: mpsc::Receiver<(PeerStream, Handshake)>,
     limits: RateLimits,
     window: watch::Receiver<Option<std::ops::Range<u32>>>,
+    /// The session it rested with, to go on with.
+    resumed: Option<Dormant>,
 }
 
 /// Waits until `rx` says stop.
@@ -1642,42 +1916,24 @@ async fn stopped(rx: &mut watch::Receiver<bool>) {
 impl Job {
     async fn run(mut self) {
         let (daemon, id) = (self.daemon.clone(), self.id);
-        let result = self.drive().await;
-        daemon.on_ended(id, result);
+        match self.drive().await {
+            Ok(HostedEnd::Dormant { dormant, incoming }) => {
+                daemon.on_dormant(id, dormant, incoming)
+            }
+            Ok(HostedEnd::Ended(outcome)) => daemon.on_ended(id, Ok(outcome)),
+            Err(e) => daemon.on_ended(id, Err(e)),
+        }
     }
 
-    async fn drive(&mut self) -> Result<Outcome, String> {
-        let inner = self.daemon.0.clone();
-        let meta = match self.meta.clone() {
-            Some(meta) => meta,
-            None => {
-                let fetch = fetch_metadata(Sources {
-                    info_hash: self.info_hash,
-                    trackers: &self.trackers,
-                    peers: &self.peers,
-                    peer_id: inner.peer_id,
-                    dht: inner.dht.clone(),
-                    transports: inner.transports.clone(),
-                });
-                let fetched = tokio::select! {
-                    fetched = fetch => fetched,
-                    () = stopped(&mut self.stop) => return Ok(Outcome::Interrupted),
-                };
-                let (info, info_bytes) = fetched.map_err(|e| error_chain(&e))?;
-                let meta = Meta {
-                    info: Arc::new(info),
-                    info_bytes: info_bytes.into(),
-                    web_seeds: Vec::new(),
-                    piece_layers: BTreeMap::new(),
-                };
-                let torrent = store::metainfo_bytes(&self.trackers, &meta);
-                self.daemon.on_metadata(self.id, &meta, &torrent);
-                meta
-            }
-        };
+    /// What the engine needs to run (or rest) this torrent with its metadata `meta`.
+    fn params(
+        &mut self,
+        meta: Meta,
+        fetched_layers: Option<oneshot::Sender<BTreeMap<usize, PieceLayer>>>,
+    ) -> TorrentParams {
+        let inner = &self.daemon.0;
         let (_, closed) = mpsc::channel(1);
-        let (layers_tx, mut fetched_layers) = tokio::sync::oneshot::channel();
-        let params = TorrentParams {
+        TorrentParams {
             info: meta.info.clone(),
             info_bytes: Some(meta.info_bytes.clone()),
             web_seeds: meta.web_seeds.clone(),
@@ -1709,12 +1965,48 @@ impl Job {
                 wanted_files: self.wanted_files.clone(),
                 limits: self.limits.clone(),
                 window: self.window.clone(),
-                fetched_layers: Some(layers_tx),
+                resumed: self.resumed.take(),
+                fetched_layers,
             }),
+        }
+    }
+
+    async fn drive(&mut self) -> Result<HostedEnd, String> {
+        let inner = self.daemon.0.clone();
+        let meta = match self.meta.clone() {
+            Some(meta) => meta,
+            None => {
+                let fetch = fetch_metadata(Sources {
+                    info_hash: self.info_hash,
+                    trackers: &self.trackers,
+                    peers: &self.peers,
+                    peer_id: inner.peer_id,
+                    dht: inner.dht.clone(),
+                    transports: inner.transports.clone(),
+                });
+                let fetched = tokio::select! {
+                    fetched = fetch => fetched,
+                    () = stopped(&mut self.stop) => {
+                        return Ok(HostedEnd::Ended(Outcome::Interrupted));
+                    }
+                };
+                let (info, info_bytes) = fetched.map_err(|e| error_chain(&e))?;
+                let meta = Meta {
+                    info: Arc::new(info),
+                    info_bytes: info_bytes.into(),
+                    web_seeds: Vec::new(),
+                    piece_layers: BTreeMap::new(),
+                };
+                let torrent = store::metainfo_bytes(&self.trackers, &meta);
+                self.daemon.on_metadata(self.id, &meta, &torrent);
+                meta
+            }
         };
+        let (layers_tx, mut fetched_layers) = oneshot::channel();
+        let params = self.params(meta, Some(layers_tx));
         let mut watch = self.progress.subscribe();
         watch.mark_unchanged();
-        let run = run_torrent(params);
+        let run = run_hosted(params);
         tokio::pin!(run);
         let mut reported: Option<bool> = None;
         let mut layers_kept = false;

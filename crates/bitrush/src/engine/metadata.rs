@@ -453,7 +453,8 @@ impl Fetcher {
                 SessionEvent::Connect(addr) => self.connect(addr),
                 SessionEvent::DhtLookup { .. } => self.spawn_dht_lookup(),
                 SessionEvent::Stalled(why) => tracing::warn!("no progress: {why}"),
-                SessionEvent::Seeding => {}
+                // A metadata fetch never seeds.
+                SessionEvent::Seeding | SessionEvent::Dormant => {}
                 SessionEvent::Finished(finish) => return Some(finish),
             }
         }

@@ -3,6 +3,8 @@
 //!
 //! - [`torrent`]: one torrent, driving a [`crate::session::Session`] and a
 //!   [`crate::swarm::Swarm`]: announces, the connection set, the listener, hashing, shutdown.
+//! - [`dormant`]: a daemon's seeds nobody is connected to, reduced to their sessions and
+//!   driven together by one task (their announces) until a peer comes.
 //! - [`peer`]: one connection's task over the shared swarm.
 //! - [`connection`]: the framed peer stream every driver uses (connect, handshake, messages).
 //! - [`dht`]: the process's DHT node, shared by its torrents.
@@ -18,6 +20,7 @@
 
 pub mod connection;
 pub mod dht;
+pub mod dormant;
 pub mod hasher;
 pub mod limits;
 pub mod metadata;
@@ -56,6 +59,20 @@ pub fn new_peer_id() -> crate::types::PeerId {
     crate::types::PeerId::generate(&mut rand::thread_rng())
 }
 
+/// Gives the allocator's free memory back to the system. glibc keeps the pages of freed
+/// memory in its arenas, and the work of many runs leaves them strewn with the few
+/// allocations that outlive it: after a thousand torrents' runs end, most of a daemon's
+/// resident memory is such free space (measured: 45 MiB resident of which 3.5 MiB in use, 23
+/// MiB after this). Takes a few milliseconds; elsewhere than on glibc, nothing.
+pub fn release_free_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only walks and trims the allocator's own free lists, under its
+    // locks; it takes no pointer and may be called from any thread at any time.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
 /// An error and its causes as one line, joined by ": " (each error's message never repeats
 /// its source's, so nothing is shown twice).
 pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
@@ -70,6 +87,6 @@ pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
 }
 
 pub use torrent::{
-    run_torrent, ConnectedPeer, Hosted, Outcome, Progress, SeedLimits, Target, TorrentError,
-    TorrentParams,
+    run_hosted, run_torrent, ConnectedPeer, Dormant, Hosted, HostedEnd, Outcome, Progress,
+    SeedLimits, Target, TorrentError, TorrentParams,
 };

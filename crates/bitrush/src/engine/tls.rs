@@ -58,12 +58,22 @@ fn store_problem(e: rustls_native_certs::Error) -> (String, Arc<dyn StdError + S
 /// parsed every authority each time). Without them only `https` requests fail here; a plain
 /// HTTP request that redirects to HTTPS then fails its certificate check.
 pub fn client_builder(https: bool) -> Result<reqwest::ClientBuilder, TrustRootsError> {
-    static CONFIG: OnceLock<Result<Arc<rustls::ClientConfig>, TrustRootsError>> = OnceLock::new();
-    match CONFIG.get_or_init(client_config) {
+    match shared_config() {
         Ok(config) => Ok(reqwest::Client::builder().use_preconfigured_tls((**config).clone())),
         Err(e) if https => Err(e.clone()),
         Err(_) => Ok(reqwest::Client::builder()),
     }
+}
+
+/// Whether HTTPS requests can be made: the authorities loaded (the error says why not).
+pub fn https_ready() -> Result<(), TrustRootsError> {
+    shared_config().as_ref().map(|_| ()).map_err(Clone::clone)
+}
+
+/// The TLS configuration every client shares, built on first use.
+fn shared_config() -> &'static Result<Arc<rustls::ClientConfig>, TrustRootsError> {
+    static CONFIG: OnceLock<Result<Arc<rustls::ClientConfig>, TrustRootsError>> = OnceLock::new();
+    CONFIG.get_or_init(client_config)
 }
 
 fn client_config() -> Result<Arc<rustls::ClientConfig>, TrustRootsError> {

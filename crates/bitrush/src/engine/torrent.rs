@@ -14,6 +14,11 @@
 //!
 //! Existing data at the output is vouched for by the resume state an interrupted session left
 //! ([`super::resume`]) or else checked piece by piece first, on all cores.
+//!
+//! A torrent a daemon hosts ([`run_hosted`]) ends its run when its session goes dormant (a
+//! seed nobody connected to for a while): the run hands back the session alone
+//! ([`Dormant`]), which [`super::dormant`] keeps announcing, and the next peer starts a run
+//! again from it.
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
@@ -44,6 +49,7 @@ use crate::merkle;
 use crate::metainfo::{hybrid_v2_alias, Info, PieceLayer};
 use crate::session::{
     CloseKind, Finish, GiveUp, Session, SessionConfig, SessionEvent, SessionParams, Transfer,
+    DORMANT_AFTER,
 };
 use crate::swarm::{
     Bitfield, Config, PeerError, PeerFeatures, PeerKey, Swarm, SwarmStats, BLOCK_LEN,
@@ -155,6 +161,94 @@ pub struct Hosted {
     /// torrent's layers known then), for the host to keep: the torrent's next run, a seed's
     /// above all, must not depend on a peer sending them again.
     pub fetched_layers: Option<oneshot::Sender<BTreeMap<usize, PieceLayer>>>,
+    /// The session of the run that went dormant before, to go on with (its announce schedule,
+    /// totals and replies still to come); `None`: a new session.
+    pub resumed: Option<Dormant>,
+}
+
+/// A seed at rest: its run ended because nobody was connected, and only what announces it
+/// is kept ([`run_hosted`] ends with it; [`Hosted::resumed`] starts a run from it).
+pub struct Dormant {
+    pub(super) session: Session,
+    /// Announces still out (tracker URL, where its answer comes), owed to the session.
+    pub(super) announces: Vec<(String, AnnounceAnswer)>,
+    /// DHT lookups still out (each answers with the number of peers found).
+    pub(super) lookups: Vec<oneshot::Receiver<usize>>,
+    /// Bytes uploaded and verified by the runs before (each run's swarm counts from zero; the
+    /// session's totals go on).
+    pub(super) uploaded: u64,
+    pub(super) downloaded: u64,
+    pub(super) info_hash: InfoHash,
+    /// The port announced (to the DHT too).
+    pub(super) port: u16,
+}
+
+/// Where an announce's answer comes.
+pub(super) type AnnounceAnswer = oneshot::Receiver<Result<AnnounceResponse, AnnounceError>>;
+
+impl Dormant {
+    /// A seed that starts at rest: its data is complete (as its resume state says), so only
+    /// its session runs until a peer connects. Its first deadline is its `started` announce.
+    pub fn new(params: &TorrentParams) -> Dormant {
+        let now = Instant::now();
+        let mut session = new_session(now, params);
+        session.handle_transfer(now, Transfer::default());
+        Dormant {
+            session,
+            announces: Vec::new(),
+            lookups: Vec::new(),
+            uploaded: 0,
+            downloaded: 0,
+            info_hash: params.info_hash,
+            port: params.port,
+        }
+    }
+}
+
+/// How a hosted torrent's run ended.
+pub enum HostedEnd {
+    Ended(Outcome),
+    /// Its session went dormant: nobody is connected; keep announcing with it.
+    Dormant {
+        dormant: Box<Dormant>,
+        /// The channel of connections routed here ([`Hosted::incoming`]), closed: whatever
+        /// it still holds came as the run ended, and needs a run again.
+        incoming: mpsc::Receiver<(PeerStream, Handshake)>,
+    },
+}
+
+/// The session of a torrent starting at `now`.
+fn new_session(now: Instant, params: &TorrentParams) -> Session {
+    // A hosted torrent is reached through its daemon's listener, on `port`.
+    let listening = params.listener.is_some() || params.hosted.is_some();
+    Session::new(
+        now,
+        SessionParams {
+            announcer: Announcer {
+                info_hash: params.info_hash,
+                peer_id: params.peer_id,
+                port: params.port,
+                key: rand::random(),
+                numwant: NUMWANT,
+                ipv6: tracker::announce_ipv6(
+                    params.listener.as_ref().and_then(|l| l.local_addr().ok()),
+                ),
+            },
+            trackers: params.trackers.clone(),
+            peers: params.peers.clone(),
+            total_length: params.info.total_length,
+            config: SessionConfig {
+                max_peers: params.max_peers,
+                max_incoming: params.max_peers,
+                seed: params.seed,
+                dht: params.dht.is_some() && !params.private,
+                dht_announce: listening,
+                // Only a daemon keeps a session once its run ends.
+                dormant_after: params.hosted.is_some().then_some(DORMANT_AFTER),
+                ..SessionConfig::default()
+            },
+        },
+    )
 }
 
 /// A connected peer, as the progress snapshot shows it.
@@ -248,7 +342,21 @@ pub enum TorrentError {
 }
 
 /// Runs a torrent until the target is complete (and seeding is over), or shutdown.
-pub async fn run_torrent(mut params: TorrentParams) -> Result<Outcome, TorrentError> {
+pub async fn run_torrent(params: TorrentParams) -> Result<Outcome, TorrentError> {
+    match run(params).await? {
+        HostedEnd::Ended(outcome) => Ok(outcome),
+        // Only hosted torrents go dormant, and they run through `run_hosted`.
+        HostedEnd::Dormant { .. } => Ok(Outcome::Interrupted),
+    }
+}
+
+/// Runs a torrent a daemon hosts ([`TorrentParams::hosted`]) as [`run_torrent`] does, except
+/// that a seed nobody connects to ends its run dormant, handing its session back.
+pub async fn run_hosted(params: TorrentParams) -> Result<HostedEnd, TorrentError> {
+    run(params).await
+}
+
+async fn run(mut params: TorrentParams) -> Result<HostedEnd, TorrentError> {
     let info = params.info.clone();
     let piece_count = info.piece_count();
     let mut hashes = PieceHashes::new(info.clone(), &params.piece_layers)?;
@@ -271,7 +379,7 @@ pub async fn run_torrent(mut params: TorrentParams) -> Result<Outcome, TorrentEr
                 }
                 Arc::new(hashes)
             }
-            None => return Ok(Outcome::Interrupted),
+            None => return Ok(HostedEnd::Ended(Outcome::Interrupted)),
         }
     };
     let (sink, wanted, have) = open_target(&params, &hashes).await?;
@@ -282,6 +390,7 @@ pub async fn run_torrent(mut params: TorrentParams) -> Result<Outcome, TorrentEr
     }
     // A hosted torrent is reached through its daemon's listener, on `port`.
     let listening = params.listener.is_some() || params.hosted.is_some();
+    let resumed = params.hosted.as_mut().and_then(|h| h.resumed.take());
     let config = Config {
         pex: params.pex && !params.private,
         listen_port: listening.then_some(params.port),
@@ -326,33 +435,31 @@ pub async fn run_torrent(mut params: TorrentParams) -> Result<Outcome, TorrentEr
                 .unwrap_or_default(),
         },
     });
-    let now = Instant::now();
-    let session = Session::new(
-        now,
-        SessionParams {
-            announcer: Announcer {
-                info_hash: params.info_hash,
-                peer_id: params.peer_id,
-                port: params.port,
-                key: rand::random(),
-                numwant: NUMWANT,
-                ipv6: tracker::announce_ipv6(
-                    params.listener.as_ref().and_then(|l| l.local_addr().ok()),
-                ),
-            },
-            trackers: params.trackers.clone(),
-            peers: params.peers.clone(),
-            total_length: info.total_length,
-            config: SessionConfig {
-                max_peers: params.max_peers,
-                max_incoming: params.max_peers,
-                seed: params.seed,
-                dht: params.dht.is_some() && !params.private,
-                dht_announce: listening,
-                ..SessionConfig::default()
-            },
-        },
-    );
+    let (dht_tx, dht_rx) = mpsc::channel(64);
+    let (session, base, announces) = match resumed {
+        Some(dormant) => {
+            let mut announces = JoinSet::new();
+            for (url, answer) in dormant.announces {
+                announces.spawn(async move {
+                    let result = answer.await.unwrap_or(Err(AnnounceError::Lost));
+                    (url, result)
+                });
+            }
+            for lookup in dormant.lookups {
+                let tx = dht_tx.clone();
+                tokio::spawn(async move {
+                    let found = lookup.await.unwrap_or(0);
+                    let _ = tx.send(DhtResult::Done { found }).await;
+                });
+            }
+            (
+                dormant.session,
+                (dormant.uploaded, dormant.downloaded),
+                announces,
+            )
+        }
+        None => (new_session(Instant::now(), &params), (0, 0), JoinSet::new()),
+    };
     let piece_file = match &params.target {
         Target::Piece { path, .. } => Some((part_path(path), path.clone())),
         Target::Files(_) | Target::Existing { .. } | Target::Stream(_) => None,
@@ -376,7 +483,6 @@ pub async fn run_torrent(mut params: TorrentParams) -> Result<Outcome, TorrentEr
         }
         _ => None,
     };
-    let (dht_tx, dht_rx) = mpsc::channel(64);
     let (incoming, connection_slots, window) = match params.hosted.as_mut() {
         Some(hosted) => {
             let (_, closed) = mpsc::channel(1);
@@ -410,7 +516,8 @@ pub async fn run_torrent(mut params: TorrentParams) -> Result<Outcome, TorrentEr
         web_seeds: JoinSet::new(),
         conns: HashMap::new(),
         next_key: 0,
-        announces: JoinSet::new(),
+        announces,
+        base,
         announce_failures: AnnounceFailures::default(),
         last_peer_error: None,
         files_finished: false,
@@ -421,10 +528,32 @@ pub async fn run_torrent(mut params: TorrentParams) -> Result<Outcome, TorrentEr
         streaming,
         window,
     };
-    let result = manager.run().await;
+    let result = match manager.run().await {
+        Ok(Stop::Ended(outcome)) => Ok(HostedEnd::Ended(outcome)),
+        Ok(Stop::Dormant) => {
+            let (uploaded, downloaded) = manager.totals();
+            let mut incoming = manager.incoming.unwrap_or_else(|| mpsc::channel(1).1);
+            // A connection routed from now on is refused at once, so the daemon knows to start
+            // a run again rather than lose it in a channel nobody reads.
+            incoming.close();
+            return Ok(HostedEnd::Dormant {
+                dormant: Box::new(Dormant {
+                    session: manager.session,
+                    announces: Vec::new(),
+                    lookups: Vec::new(),
+                    uploaded,
+                    downloaded,
+                    info_hash: manager.params.info_hash,
+                    port: manager.params.port,
+                }),
+                incoming,
+            });
+        }
+        Err(e) => Err(e),
+    };
     drop(manager);
     if let Some((part, path)) = piece_file {
-        if matches!(result, Ok(Outcome::Complete)) {
+        if matches!(result, Ok(HostedEnd::Ended(Outcome::Complete))) {
             std::fs::rename(&part, &path).map_err(|source| StorageError::Io {
                 op: "move the verified piece to",
                 path: path.display().to_string(),
@@ -845,6 +974,13 @@ impl RateMeter {
 /// How often the progress snapshot is refreshed.
 const PROGRESS_INTERVAL: Duration = Duration::from_millis(250);
 
+/// Why the manager's loop ended.
+enum Stop {
+    Ended(Outcome),
+    /// The session went dormant and nothing is in flight: the run ends, the session rests.
+    Dormant,
+}
+
 /// What a DHT lookup task reports to the manager.
 enum DhtResult {
     Peers(Vec<SocketAddr>),
@@ -876,6 +1012,9 @@ struct Manager {
     conns: HashMap<PeerKey, Conn>,
     next_key: PeerKey,
     announces: JoinSet<(String, Result<AnnounceResponse, AnnounceError>)>,
+    /// Bytes uploaded and verified by the runs before this one (hosted torrents that rested):
+    /// the session's totals go on from them.
+    base: (u64, u64),
     /// Every announce failure so far (for the error when no tracker ever answers).
     announce_failures: AnnounceFailures,
     /// The last connection failure (for the error when no peer can be reached).
@@ -985,8 +1124,8 @@ impl Manager {
         let st = self.lock();
         let stats = st.swarm.stats();
         let transfer = Transfer {
-            uploaded: stats.uploaded_bytes,
-            downloaded: stats.verified_bytes,
+            uploaded: self.base.0 + stats.uploaded_bytes,
+            downloaded: self.base.1 + stats.verified_bytes,
             left: stats.bytes_left,
             verifying: stats.verifying,
             // A web seed backing off is out of the swarm but still a source: the session must
@@ -994,6 +1133,26 @@ impl Manager {
             peers: stats.peers.max(self.web_seeds.len()),
         };
         (transfer, st.swarm.is_done())
+    }
+
+    /// The session's totals: bytes uploaded and verified, this run and the ones before.
+    fn totals(&self) -> (u64, u64) {
+        let stats = self.lock().swarm.stats();
+        (
+            self.base.0 + stats.uploaded_bytes,
+            self.base.1 + stats.verified_bytes,
+        )
+    }
+
+    /// Whether the run may end and leave its session to rest: the session went dormant and
+    /// nothing of the run is still going (a connection, an announce, a hash check).
+    fn may_rest(&self) -> bool {
+        self.params.hosted.is_some()
+            && self.session.is_dormant()
+            && self.conns.is_empty()
+            && self.incoming.as_ref().is_none_or(|rx| rx.is_empty())
+            && self.announces.is_empty()
+            && self.lock().swarm.stats().verifying == 0
     }
 
     fn progress(&mut self, now: Instant) -> Progress {
@@ -1233,6 +1392,7 @@ impl Manager {
                 SessionEvent::Connect(addr) => self.spawn_peer(addr, PeerSource::Dial),
                 SessionEvent::DhtLookup { announce } => self.spawn_dht_lookup(announce),
                 SessionEvent::Seeding => tracing::info!("download complete; seeding"),
+                SessionEvent::Dormant => tracing::debug!("nobody connected; at rest"),
                 SessionEvent::Stalled(_) if self.reader_holds_back() => {}
                 SessionEvent::Stalled(why) => tracing::warn!("no progress: {why}"),
                 SessionEvent::Finished(finish) => return Some(finish),
@@ -1241,7 +1401,7 @@ impl Manager {
         None
     }
 
-    async fn run(&mut self) -> Result<Outcome, TorrentError> {
+    async fn run(&mut self) -> Result<Stop, TorrentError> {
         let mut progress_tick = tokio::time::interval(PROGRESS_INTERVAL);
         // Paused while idle: no burst of missed ticks when reports resume.
         progress_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
@@ -1283,7 +1443,10 @@ impl Manager {
                 self.session.handle_timeout(now);
             }
             if let Some(finish) = self.apply_session() {
-                break finish;
+                break Some(finish);
+            }
+            if self.may_rest() {
+                break None;
             }
             let deadline = {
                 let mut st = self.lock();
@@ -1412,6 +1575,20 @@ impl Manager {
         self.peers.abort_all();
         self.web_seeds.abort_all();
         self.announces.abort_all();
+        let Some(finish) = finish else {
+            // At rest: keep what a restart needs, and show the last state.
+            let have = self.lock().swarm.have().count();
+            if self.saved_have != Some(have) {
+                self.save_resume(None).await;
+            }
+            if self.params.progress.is_some() {
+                let p = self.progress(Instant::now());
+                if let Some(tx) = &self.params.progress {
+                    let _ = tx.send(p);
+                }
+            }
+            return Ok(Stop::Dormant);
+        };
         // Let the hashing threads finish what they hold, so every good piece received is stored.
         while self.lock().swarm.stats().verifying > 0 {
             let Some(verdict) = self.verdict_rx.recv().await else {
@@ -1431,14 +1608,14 @@ impl Manager {
         match finish {
             Finish::Complete => {
                 if !self.finish_stream(&mut shutdown).await? {
-                    return Ok(Outcome::Interrupted);
+                    return Ok(Stop::Ended(Outcome::Interrupted));
                 }
                 self.save_resume(Some(Outcome::Complete)).await;
-                Ok(Outcome::Complete)
+                Ok(Stop::Ended(Outcome::Complete))
             }
             Finish::Interrupted => {
                 self.save_resume(Some(Outcome::Interrupted)).await;
-                Ok(Outcome::Interrupted)
+                Ok(Stop::Ended(Outcome::Interrupted))
             }
             Finish::GaveUp(GiveUp::NoTrackerAnswered) => {
                 Err(NoTrackerAnswered(std::mem::take(&mut self.announce_failures)).into())

@@ -76,6 +76,9 @@ pub enum AnnounceError {
     /// The announce task itself failed.
     #[error("the announce task failed")]
     Task(#[source] tokio::task::JoinError),
+    /// The announce task ended without an answer.
+    #[error("the announce task ended without an answer")]
+    Lost,
 }
 
 /// Every tracker that failed, with why; shown as one line.
@@ -150,11 +153,48 @@ pub async fn announce_with(
     req: &AnnounceRequest,
     opts: &AnnounceOptions,
 ) -> Result<AnnounceResponse, AnnounceError> {
+    announce_through(None, url, req, opts).await
+}
+
+/// An HTTP(S) client shared by many announces (a daemon announcing thousands of torrents), so
+/// that one is not built for each. Made on, and used only on, one runtime.
+#[derive(Clone)]
+pub struct SharedClient(reqwest::Client);
+
+impl SharedClient {
+    /// A client trusting the authorities if they load (without them, HTTPS announces fail
+    /// as they would with a client of their own). It keeps no idle connection: trackers
+    /// often close one right after their answer, and the next announce sent on it would fail
+    /// (opentracker: 14 of 1,000 announces).
+    pub fn new() -> Result<SharedClient, AnnounceError> {
+        let builder = tls::client_builder(false)?.pool_max_idle_per_host(0);
+        builder
+            .build()
+            .map(SharedClient)
+            .map_err(AnnounceError::Http)
+    }
+}
+
+/// Announces to one tracker through `client`, with the default timeouts.
+pub async fn announce_shared(
+    client: &SharedClient,
+    url: &str,
+    req: &AnnounceRequest,
+) -> Result<AnnounceResponse, AnnounceError> {
+    announce_through(Some(client), url, req, &AnnounceOptions::default()).await
+}
+
+async fn announce_through(
+    client: Option<&SharedClient>,
+    url: &str,
+    req: &AnnounceRequest,
+    opts: &AnnounceOptions,
+) -> Result<AnnounceResponse, AnnounceError> {
     let url = url.trim();
     let scheme = url.split_once("://").map(|(s, _)| s.to_ascii_lowercase());
     match scheme.as_deref() {
-        Some("http") => announce_http(url, false, req, opts).await,
-        Some("https") => announce_http(url, true, req, opts).await,
+        Some("http") => announce_http(client, url, false, req, opts).await,
+        Some("https") => announce_http(client, url, true, req, opts).await,
         Some("udp") => announce_udp(url, req, opts).await,
         _ => Err(AnnounceError::BadUrl(url.to_string())),
     }
@@ -281,20 +321,32 @@ fn socket_error(e: &reqwest::Error) -> Option<std::io::Error> {
     None
 }
 
-/// Announces over HTTP, or over HTTPS if `https` (then the trusted authorities must load).
+/// Announces over HTTP, or over HTTPS if `https` (then the trusted authorities must load),
+/// through `shared` or else a client of its own.
 async fn announce_http(
+    shared: Option<&SharedClient>,
     url: &str,
     https: bool,
     req: &AnnounceRequest,
     opts: &AnnounceOptions,
 ) -> Result<AnnounceResponse, AnnounceError> {
-    // A client per announce (a shared one would outlive the runtime it was first used on);
-    // the TLS configuration behind it is built once.
-    let builder = match tls::client_builder(https) {
-        Ok(builder) => builder.timeout(opts.http_timeout),
-        Err(e) => return Err(e.into()),
+    // Without a shared client, a client per announce (a process-wide one would outlive the
+    // runtime it was first used on); the TLS configuration behind it is built once.
+    let own;
+    let client = match shared {
+        Some(SharedClient(client)) => {
+            if https {
+                tls::https_ready()?;
+            }
+            client
+        }
+        None => {
+            own = tls::client_builder(https)?
+                .build()
+                .map_err(AnnounceError::Http)?;
+            &own
+        }
     };
-    let client = builder.build().map_err(AnnounceError::Http)?;
     let http = |e: reqwest::Error| {
         if e.is_timeout() {
             return AnnounceError::Tracker(TrackerError::Timeout);
@@ -313,6 +365,7 @@ async fn announce_http(
     };
     let mut resp = client
         .get(announce_url(url, req))
+        .timeout(opts.http_timeout)
         .send()
         .await
         .map_err(http)?;

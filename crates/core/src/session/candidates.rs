@@ -180,6 +180,14 @@ impl PeerCandidates {
         }
     }
 
+    /// Forgets every address but the banned ones, and gives back the memory they held (a seed
+    /// dials nobody: it keeps only whom to refuse).
+    pub fn forget_all_but_banned(&mut self) {
+        self.known.retain(|_, c| c.state == State::Banned);
+        self.known.shrink_to_fit();
+        self.ready = VecDeque::new();
+    }
+
     /// Whether `addr` is banned.
     pub fn is_banned(&self, addr: &SocketAddr) -> bool {
         self.known

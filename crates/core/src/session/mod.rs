@@ -12,12 +12,17 @@
 //!   [`Session::handle_timeout`];
 //! - deadlines: [`Session::poll_timeout`];
 //! - outputs: [`Session::poll_event`] ([`SessionEvent`]: announce to this tracker, dial this
-//!   address, seeding began, no progress and why, finished).
+//!   address, seeding began, no progress and why, gone dormant, finished).
+//!
+//! A seed nobody is connected to for [`SessionConfig::dormant_after`] goes dormant
+//! ([`SessionEvent::Dormant`]): its driver may then drop everything but the session, which
+//! keeps announcing. A dormant session's only deadlines are its announces (and DHT lookups).
 //!
 //! Invariants: at most one announce per tier is in flight; at most `max_peers` dialled
 //! connections are open; a session that announced ends with `stopped` to every tier that
 //! answered (bounded by [`FINAL_ANNOUNCE_TIMEOUT`]); a session never announces if its data was
-//! complete from the start and it does not seed.
+//! complete from the start and it does not seed; a session goes dormant only with no
+//! connection, no piece being verified and no announce or DHT lookup in flight.
 
 pub mod candidates;
 #[cfg(test)]
@@ -52,6 +57,10 @@ pub const DHT_INTERVAL: Duration = Duration::from_secs(15 * 60);
 pub const FIRST_DHT_RETRY: Duration = Duration::from_secs(5);
 /// DHT lookups in a row that found no peer, with nobody else to ask, end a download.
 pub const MAX_EMPTY_DHT_LOOKUPS: u32 = 3;
+/// How long a seed a daemon hosts stays ready for peers after the last one left before it
+/// goes dormant ([`SessionConfig::dormant_after`]): long enough for a peer that reconnects at
+/// once (a transport retry, a restarted client) to find it ready.
+pub const DORMANT_AFTER: Duration = Duration::from_secs(60);
 
 /// When a seed stops (whichever comes first; neither set: until shutdown).
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
@@ -80,6 +89,9 @@ pub struct SessionConfig {
     pub dht: bool,
     /// Announce ourselves in DHT lookups (we listen for peers).
     pub dht_announce: bool,
+    /// Seeding with no connection for this long, the session goes dormant
+    /// ([`SessionEvent::Dormant`]); `None`: never.
+    pub dormant_after: Option<Duration>,
 }
 
 impl Default for SessionConfig {
@@ -92,6 +104,7 @@ impl Default for SessionConfig {
             give_up_after_announces: None,
             dht: false,
             dht_announce: false,
+            dormant_after: None,
         }
     }
 }
@@ -203,6 +216,10 @@ pub enum SessionEvent {
     Seeding,
     /// No progress for a while, and why.
     Stalled(Stall),
+    /// Seeding with nobody connected for [`SessionConfig::dormant_after`]: the driver may drop
+    /// everything kept for peers and keep only the session, driving its announces, until a
+    /// peer connects ([`Session::handle_incoming`] wakes it). Nothing is in flight.
+    Dormant,
     /// The session is over: close every connection and stop.
     Finished(Finish),
 }
@@ -243,8 +260,6 @@ pub struct Session {
     trackers: TrackerList,
     /// Per tier: the tracker asked and the ones to try next if it fails.
     in_flight: HashMap<usize, (String, VecDeque<String>)>,
-    /// Trackers that took our `started`.
-    started: HashSet<String>,
     candidates: PeerCandidates,
     config: SessionConfig,
     total_length: u64,
@@ -277,6 +292,10 @@ pub struct Session {
     dht_wait: Duration,
     /// An input changed something [`Session::handle_timeout`] must look at: it is due at once.
     dirty: bool,
+    /// Since when the session seeds with nobody connected (`None`: it does not).
+    quiet_since: Option<Instant>,
+    /// [`SessionEvent::Dormant`] was given and no peer connected since.
+    dormant: bool,
 }
 
 impl Session {
@@ -288,7 +307,6 @@ impl Session {
             announcer: params.announcer,
             trackers: TrackerList::new(params.trackers),
             in_flight: HashMap::new(),
-            started: HashSet::new(),
             candidates,
             config: params.config,
             total_length: params.total_length,
@@ -311,6 +329,8 @@ impl Session {
             dht_in_flight: false,
             empty_dht_lookups: 0,
             dht_wait: FIRST_DHT_RETRY,
+            quiet_since: None,
+            dormant: false,
         };
         if session.config.dht {
             session.next_dht = Some(now);
@@ -338,6 +358,19 @@ impl Session {
         self.started_transfer && self.transfer.left == 0
     }
 
+    /// Whether the session went dormant ([`SessionEvent::Dormant`]) and no peer connected
+    /// since.
+    pub fn is_dormant(&self) -> bool {
+        self.dormant
+    }
+
+    /// Gives back the spare room of its queues and tables (for a session kept long with
+    /// little to do, as a dormant one: each holds only what it uses).
+    pub fn shrink_to_fit(&mut self) {
+        self.events.shrink_to_fit();
+        self.in_flight.shrink_to_fit();
+    }
+
     // ---- inputs ----
 
     /// The swarm's counters now. Call it before the first [`Session::handle_timeout`]: data
@@ -363,12 +396,17 @@ impl Session {
         self.transfer = transfer;
     }
 
-    /// Peers heard of (from a tracker, the DHT, peer exchange or a magnet link).
+    /// Peers heard of (from a tracker, the DHT, peer exchange or a magnet link). A seed keeps
+    /// none: it dials nobody.
     pub fn handle_peers(&mut self, peers: &[SocketAddr]) {
         self.dirty = true;
+        // (A seed whose data went missing downloads again: it keeps them again.)
+        let seeding = self.seeding_since.is_some() && self.is_done();
         for &addr in peers {
             self.heard_of_peers |= addr.port() != 0;
-            self.candidates.add(addr);
+            if !seeding {
+                self.candidates.add(addr);
+            }
         }
     }
 
@@ -381,7 +419,6 @@ impl Session {
     ) {
         self.trackers.on_success(url, now, response);
         self.answered_announces = self.answered_announces.saturating_add(1);
-        self.started.insert(url.to_string());
         self.handle_peers(&response.peers);
         self.announce_done(now, url);
     }
@@ -468,6 +505,9 @@ impl Session {
             && !self.candidates.is_banned(&addr);
         if accept {
             self.incoming += 1;
+            self.dormant = false;
+            self.quiet_since = None;
+            self.dirty = true;
         }
         accept
     }
@@ -510,14 +550,16 @@ impl Session {
         let done = self.is_done();
         if done && self.seeding_since.is_none() {
             self.seeding_since = Some(now);
+            self.candidates.forget_all_but_banned();
             if self.config.seed.is_none() {
                 self.close(now, Finish::Complete);
                 return;
             }
             self.events.push_back(SessionEvent::Seeding);
             if !self.complete_at_start {
-                // Tell the trackers that had our `started` that we completed.
-                for url in self.started.iter().cloned().collect::<Vec<_>>() {
+                // Tell the trackers that had our `started` (those that answered) that we
+                // completed.
+                for url in self.trackers.answered() {
                     let request = self.request(Event::Completed);
                     self.events
                         .push_back(SessionEvent::Announce { url, request });
@@ -538,6 +580,7 @@ impl Session {
             }
             self.report_stall(now);
         }
+        self.rest(now, done);
     }
 
     // ---- outputs ----
@@ -562,9 +605,24 @@ impl Session {
         if !done && self.outgoing < self.config.max_peers && self.candidates.has_ready() {
             return Some(self.now);
         }
-        consider(self.trackers.next_announce(self.now, self.urgency(done)));
+        // A tier with an announce in flight is due again only once it ends (which makes the
+        // session due): counting it would wake the driver at once, over and over.
+        let urgency = self.urgency(done);
+        for tier in (0..self.trackers.tiers().len()).filter(|t| !self.in_flight.contains_key(t)) {
+            consider(self.trackers.tier_next_announce(tier, self.now, urgency));
+        }
         consider(self.next_dht);
-        consider(self.candidates.poll_timeout());
+        if !done {
+            // A seed never dials: addresses waiting out a retry are no reason to wake it.
+            consider(self.candidates.poll_timeout());
+        }
+        // Whatever is in flight makes the session due when it ends.
+        let settled = self.in_flight.is_empty() && !self.dht_in_flight;
+        if !self.dormant && settled {
+            if let (Some(since), Some(after)) = (self.quiet_since, self.config.dormant_after) {
+                consider(since.checked_add(after));
+            }
+        }
         if let (Some(since), Some(t)) = (self.seeding_since, self.config.seed.and_then(|l| l.time))
         {
             consider(since.checked_add(t));
@@ -607,7 +665,8 @@ impl Session {
 
     /// The regular announce to `url`: `started` the first time it answers.
     fn request_for(&self, url: &str) -> AnnounceRequest {
-        let event = if self.started.contains(url) {
+        // A tracker that answered took our `started`.
+        let event = if self.trackers.has_answered(url) {
             Event::None
         } else {
             Event::Started
@@ -682,6 +741,31 @@ impl Session {
             };
             self.outgoing += 1;
             self.events.push_back(SessionEvent::Connect(addr));
+        }
+    }
+
+    /// Notes whether the seed is quiet (nobody connected, nothing verifying) and, once it has
+    /// been for [`SessionConfig::dormant_after`] with nothing in flight, goes dormant.
+    fn rest(&mut self, now: Instant, done: bool) {
+        let Some(after) = self.config.dormant_after else {
+            return;
+        };
+        let t = &self.transfer;
+        let quiet = done
+            && self.seeding_since.is_some()
+            && self.outgoing + self.incoming == 0
+            && t.peers == 0
+            && t.verifying == 0;
+        if !quiet {
+            self.quiet_since = None;
+            self.dormant = false;
+            return;
+        }
+        let since = *self.quiet_since.get_or_insert(now);
+        let idle = self.in_flight.is_empty() && !self.dht_in_flight && self.events.is_empty();
+        if !self.dormant && idle && now.saturating_duration_since(since) >= after {
+            self.dormant = true;
+            self.events.push_back(SessionEvent::Dormant);
         }
     }
 

@@ -450,3 +450,184 @@ fn stall_reasons_read_as_sentences_in_singular_and_plural() {
         "3 connected peers send nothing (they choke us or lack the pieces we need)"
     );
 }
+
+/// A seed of complete data that goes dormant after `after` without peers.
+fn resting_seed(t: Instant, trackers: &[&[&str]], after: Duration) -> Session {
+    let mut p = params(trackers, &[], Some(SeedLimits::default()));
+    p.config.dormant_after = Some(after);
+    let mut s = Session::new(t, p);
+    s.handle_transfer(t, left(0));
+    s
+}
+
+/// Drives `s` by its own deadlines until `until`, answering every announce at once with an
+/// interval of 1800 s; returns each deadline it asked for and the events it gave.
+fn drive(s: &mut Session, until: Instant) -> (Vec<Instant>, Vec<SessionEvent>) {
+    let (mut deadlines, mut all) = (Vec::new(), Vec::new());
+    while let Some(at) = s.poll_timeout().filter(|&at| at <= until) {
+        deadlines.push(at);
+        s.handle_timeout(at);
+        for e in events(s) {
+            if let SessionEvent::Announce { url, .. } = &e {
+                s.handle_announce_response(at, url, &response(&[]));
+            }
+            all.push(e);
+        }
+        assert!(deadlines.len() < 100, "a busy session: {deadlines:?}");
+    }
+    (deadlines, all)
+}
+
+#[test]
+fn an_idle_seed_goes_dormant_and_then_wakes_only_for_its_announces() {
+    let t = Instant::now();
+    let after = Duration::from_secs(60);
+    let mut s = resting_seed(t, &[&["a"], &["b"]], after);
+    let (_, ev) = drive(&mut s, t + after);
+    assert_eq!(
+        announces(&ev),
+        vec![("a".into(), Event::Started), ("b".into(), Event::Started)]
+    );
+    assert_eq!(ev.last(), Some(&SessionEvent::Dormant), "{ev:?}");
+    assert!(s.is_dormant());
+    // From now on its only deadline is the next announce, 1800 s after the first.
+    assert_eq!(s.poll_timeout(), Some(t + Duration::from_secs(1800)));
+    let day = t + Duration::from_secs(24 * 3600);
+    let (mut deadlines, ev) = drive(&mut s, day);
+    // (An answer makes the session due at once: it looks at it at the same instant.)
+    deadlines.dedup();
+    let every = |n: u64| t + Duration::from_secs(1800 * n);
+    assert_eq!(deadlines, (1..=48).map(every).collect::<Vec<_>>());
+    assert_eq!(announces(&ev).len(), 96, "one per tier per interval");
+    assert!(ev
+        .iter()
+        .all(|e| matches!(e, SessionEvent::Announce { .. })));
+    assert!(s.is_dormant());
+}
+
+#[test]
+fn a_peer_wakes_a_dormant_seed_which_rests_again_after_it_leaves() {
+    let t = Instant::now();
+    let after = Duration::from_secs(60);
+    let mut s = resting_seed(t, &[&["a"]], after);
+    drive(&mut s, t + after);
+    assert!(s.is_dormant());
+    let t1 = t + Duration::from_secs(100);
+    assert!(s.handle_incoming(addr(1)));
+    assert!(!s.is_dormant());
+    s.handle_transfer(
+        t1,
+        Transfer {
+            peers: 1,
+            ..left(0)
+        },
+    );
+    // While the peer stays, the session waits for nothing but its announce.
+    assert_eq!(drive(&mut s, t1 + Duration::from_secs(600)).1, Vec::new());
+    let t2 = t1 + Duration::from_secs(600);
+    s.handle_connection_closed(t2, addr(1), false, CloseKind::Ours);
+    s.handle_transfer(t2, left(0));
+    let (deadlines, ev) = drive(&mut s, t2 + after);
+    assert_eq!(ev, vec![SessionEvent::Dormant]);
+    assert_eq!(deadlines.last(), Some(&(t2 + after)));
+    assert_eq!(s.poll_timeout(), Some(t + Duration::from_secs(1800)));
+}
+
+#[test]
+fn a_seed_does_not_go_dormant_with_an_announce_in_flight() {
+    let t = Instant::now();
+    let after = Duration::from_secs(60);
+    let mut s = resting_seed(t, &[&["a"]], after);
+    s.handle_timeout(t);
+    assert_eq!(
+        announces(&events(&mut s)),
+        vec![("a".into(), Event::Started)]
+    );
+    // The tracker takes its time: no deadline for going dormant while it does.
+    assert_eq!(s.poll_timeout(), None);
+    s.handle_timeout(t + after * 2);
+    assert!(events(&mut s).is_empty());
+    s.handle_announce_response(t + after * 2, "a", &response(&[]));
+    assert_eq!(s.poll_timeout(), Some(t + after * 2));
+    s.handle_timeout(t + after * 2);
+    assert_eq!(events(&mut s), vec![SessionEvent::Dormant]);
+}
+
+#[test]
+fn a_seed_is_not_woken_by_addresses_it_will_never_dial() {
+    let t = Instant::now();
+    let mut s = Session::new(t, params(&[], &[addr(1)], Some(SeedLimits::default())));
+    s.handle_transfer(t, left(1000));
+    s.handle_timeout(t);
+    assert_eq!(connects(&events(&mut s)), vec![addr(1)]);
+    // The dial fails: the address waits out a retry delay.
+    s.handle_connection_closed(t, addr(1), true, CloseKind::Transient);
+    s.handle_timeout(t);
+    events(&mut s);
+    assert!(s.poll_timeout().is_some(), "a download retries it");
+    // The data completes meanwhile (from another source): a seed has nothing to dial.
+    s.handle_transfer(
+        t,
+        Transfer {
+            downloaded: 1000,
+            ..left(0)
+        },
+    );
+    s.handle_timeout(t);
+    assert!(events(&mut s).contains(&SessionEvent::Seeding));
+    assert_eq!(s.poll_timeout(), None);
+}
+
+#[test]
+fn a_seed_keeps_no_addresses_but_its_bans() {
+    let t = Instant::now();
+    let mut s = Session::new(
+        t,
+        params(&[&["a"]], &[addr(1)], Some(SeedLimits::default())),
+    );
+    s.handle_transfer(t, left(1000));
+    s.handle_timeout(t);
+    assert_eq!(connects(&events(&mut s)), vec![addr(1)]);
+    assert!(s.handle_incoming(addr(2)));
+    s.handle_connection_closed(t, addr(2), false, CloseKind::Banned);
+    s.handle_announce_response(t, "a", &response(&[addr(3), addr(4)]));
+    assert_eq!(s.candidate_counts().ready, 2);
+    // Complete: the dial queue is forgotten, the ban kept.
+    s.handle_transfer(
+        t,
+        Transfer {
+            downloaded: 1000,
+            ..left(0)
+        },
+    );
+    s.handle_timeout(t);
+    assert!(events(&mut s).contains(&SessionEvent::Seeding));
+    let counts = s.candidate_counts();
+    assert_eq!((counts.ready, counts.dialled, counts.banned), (0, 0, 1));
+    assert!(!s.handle_incoming(addr(2)), "still banned");
+    // A seed's announces bring peers it never keeps.
+    let peers: Vec<SocketAddr> = (10..200).map(addr).collect();
+    s.handle_announce_response(t, "a", &response(&peers));
+    s.handle_timeout(t);
+    assert_eq!(s.candidate_counts().ready, 0);
+    assert!(connects(&events(&mut s)).is_empty());
+}
+
+#[test]
+fn a_resting_seed_whose_data_went_missing_downloads_again() {
+    let t = Instant::now();
+    let after = Duration::from_secs(60);
+    let mut s = resting_seed(t, &[&["a"]], after);
+    drive(&mut s, t + after);
+    assert!(s.is_dormant());
+    // A peer wakes it; its next run finds half the data gone.
+    let t1 = t + Duration::from_secs(100);
+    assert!(s.handle_incoming(addr(1)));
+    s.handle_transfer(t1, left(500));
+    s.handle_timeout(t1);
+    events(&mut s);
+    s.handle_announce_response(t1, "a", &response(&[addr(2)]));
+    s.handle_timeout(t1);
+    assert_eq!(connects(&events(&mut s)), vec![addr(2)]);
+    assert!(!s.is_dormant());
+}

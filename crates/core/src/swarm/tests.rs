@@ -1166,3 +1166,28 @@ fn features_are_negotiated_from_both_handshakes() {
     let f = PeerFeatures::negotiate(&ours, &theirs, v4, false, 1000);
     assert!(!f.fast && f.allowed_fast.is_empty());
 }
+
+#[test]
+fn an_idle_seed_has_no_deadline_before_or_after_a_leecher() {
+    let t = now();
+    let mut d = seeding(16 * 1024, 4 * 16 * 1024);
+    assert_eq!(d.poll_timeout(), None, "no peers, no timers");
+    leecher_joins(&mut d, 1, t);
+    let req = BlockRef {
+        index: 0,
+        begin: 0,
+        length: 16 * 1024,
+    };
+    d.handle_message(t, 1, Message::Request(req));
+    transmit(&mut d, 1, t);
+    d.handle_uploaded(t, 1, 16 * 1024);
+    assert!(d.poll_timeout().is_some(), "a connected peer has timers");
+    d.handle_disconnected(1);
+    drain(&mut d);
+    // Whatever was armed for the peer finds nothing to do and leaves no timer behind.
+    if let Some(at) = d.poll_timeout() {
+        d.handle_timeout(at);
+        drain(&mut d);
+    }
+    assert_eq!(d.poll_timeout(), None);
+}

@@ -129,11 +129,14 @@ impl TrackerList {
         let tiers = tiers
             .into_iter()
             .map(|tier| {
-                tier.into_iter()
+                let mut tier = (tier.into_iter())
                     .map(|u| u.trim().to_string())
                     .filter(|u| !u.is_empty() && seen.insert(u.clone()))
                     .map(Tracker::new)
-                    .collect::<Vec<_>>()
+                    .collect::<Vec<_>>();
+                // Kept as long as the torrent: no spare room.
+                tier.shrink_to_fit();
+                tier
             })
             .filter(|tier| !tier.is_empty())
             .collect();
@@ -234,6 +237,20 @@ impl TrackerList {
             .iter()
             .flatten()
             .any(|t| t.last_success.is_some())
+    }
+
+    /// Whether `url` ever answered.
+    pub fn has_answered(&self, url: &str) -> bool {
+        self.find(url)
+            .is_some_and(|(ti, pos)| self.tiers[ti][pos].last_success.is_some())
+    }
+
+    /// Every tracker that ever answered, in tier order.
+    pub fn answered(&self) -> Vec<String> {
+        (self.tiers.iter().flatten())
+            .filter(|t| t.last_success.is_some())
+            .map(|t| t.url.clone())
+            .collect()
     }
 
     /// The front tracker (last known to work) of every tier where some tracker answered.
