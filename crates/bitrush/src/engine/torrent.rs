@@ -389,7 +389,7 @@ pub async fn run_torrent(mut params: TorrentParams) -> Result<Outcome, TorrentEr
         dht_rx,
         listener: params.listener.take(),
         shutdown: params.shutdown.take(),
-        handshake: Handshake::session(params.info_hash, params.peer_id),
+        handshake: session_handshake(&params),
         v2_alias: v2_alias(&params),
         params,
         session,
@@ -473,6 +473,17 @@ async fn layers_from_data(
     })
     .await
     .map_err(TorrentError::Task)
+}
+
+/// Our handshake for the torrent's peers: a torrent with v2 metadata sets BEP 52's v2 bit,
+/// so that a hybrid's connections made with its v1 hash can be upgraded to v2.
+fn session_handshake(params: &TorrentParams) -> Handshake {
+    let ours = Handshake::session(params.info_hash, params.peer_id);
+    if params.info.version.has_v2() {
+        ours.with_v2()
+    } else {
+        ours
+    }
 }
 
 /// A hybrid torrent's truncated v2 hash (`None` for v1-only and v2-only torrents, whose one
@@ -954,7 +965,7 @@ fn close_kind(result: &Result<(), PeerTaskError>) -> CloseKind {
     match result {
         Ok(()) => CloseKind::Ours,
         Err(PeerTaskError::Dropped {
-            source: PeerError::BadData(_),
+            source: PeerError::BadData(_) | PeerError::BadBlocks(_) | PeerError::BadHashes,
             ..
         }) => CloseKind::Banned,
         Err(PeerTaskError::Dropped {
@@ -1128,7 +1139,8 @@ impl Manager {
         }
         if let Err(e) = result {
             if kind == CloseKind::Banned {
-                tracing::warn!(addr = %conn.addr, "banning peer for sending bad data");
+                let reason = super::error_chain(&e);
+                tracing::warn!(addr = %conn.addr, %reason, "banning peer for sending bad data");
             } else {
                 tracing::debug!(error = %super::error_chain(&e), "peer connection ended");
             }

@@ -695,6 +695,7 @@ impl Sim {
                             addr: None,
                             outgoing: node == a,
                             web_seed: false,
+                            v2: false,
                         },
                     );
                     self.service(node, link);

@@ -41,6 +41,10 @@ pub struct PeerFeatures {
     /// A BEP 19 web seed behind [`crate::webseed::WebSeed`]: it gets neighbouring pieces
     /// (they merge into one HTTP range) and serves requests in order, rejecting what it drops.
     pub web_seed: bool,
+    /// It speaks BitTorrent v2 on this connection (BEP 52): it connected with a hybrid's v2
+    /// hash, or both sides set the upgrade bit ([`Handshake::supports_v2`]). It may then be
+    /// asked for hashes. (Every peer of a v2-only torrent speaks v2 whatever this says.)
+    pub v2: bool,
 }
 
 impl PeerFeatures {
@@ -69,6 +73,7 @@ impl PeerFeatures {
             addr: Some(addr),
             outgoing,
             web_seed: false,
+            v2: theirs.info_hash != ours.info_hash || (ours.supports_v2() && theirs.supports_v2()),
         }
     }
 }
@@ -141,6 +146,8 @@ pub(super) struct PeerState {
     pub(super) on_parole: bool,
     /// A web seed (see [`PeerFeatures::web_seed`]).
     pub(super) web_seed: bool,
+    /// It may be asked for hashes (see [`PeerFeatures::v2`]).
+    pub(super) v2: bool,
     /// The last piece it started (web seeds prefer the next one).
     pub(super) last_started: Option<u32>,
 }
@@ -189,6 +196,7 @@ impl PeerState {
             last_unchoked: None,
             on_parole: false,
             web_seed: false,
+            v2: false,
             last_started: None,
         }
     }

@@ -1166,3 +1166,29 @@ fn features_are_negotiated_from_both_handshakes() {
     let f = PeerFeatures::negotiate(&ours, &theirs, v4, false, 1000);
     assert!(!f.fast && f.allowed_fast.is_empty());
 }
+
+/// BEP 52: a connection speaks v2 when it was made with a hybrid's v2 hash (the name differs
+/// from ours, the v1 one), or when both sides set the upgrade bit; one side alone is not
+/// enough.
+#[test]
+fn v2_is_negotiated_by_the_hash_or_the_upgrade_bit_of_both() {
+    use crate::types::{InfoHash, PeerId};
+    use crate::wire::Handshake;
+    let v1 = InfoHash([7; 20]);
+    let addr: SocketAddr = "10.1.2.3:6881".parse().unwrap();
+    let plain = Handshake::session(v1, PeerId([1; 20]));
+    let v2 = plain.with_v2();
+    let theirs = |h: Handshake| Handshake {
+        peer_id: PeerId([2; 20]),
+        ..h
+    };
+    let speaks_v2 = |ours: &Handshake, t: Handshake| {
+        PeerFeatures::negotiate(ours, &theirs(t), addr, true, 9).v2
+    };
+    assert!(speaks_v2(&v2, v2));
+    assert!(!speaks_v2(&v2, plain));
+    assert!(!speaks_v2(&plain, v2));
+    assert!(!speaks_v2(&plain, plain));
+    // Named by the hybrid's other (v2) hash: v2 whatever the bits.
+    assert!(speaks_v2(&v2, plain.for_info_hash(InfoHash([8; 20]))));
+}

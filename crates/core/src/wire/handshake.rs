@@ -14,6 +14,13 @@ pub const RESERVED_EXTENSIONS: [u8; 8] = [0, 0, 0, 0, 0, 0x10, 0, 0];
 /// Reserved bytes of a full session: the extension protocol (BEP 10, byte 5 = 0x10), the fast
 /// extension (BEP 6, byte 7 = 0x04) and the DHT (BEP 5, byte 7 = 0x01).
 pub const RESERVED_SESSION: [u8; 8] = [0, 0, 0, 0, 0, 0x10, 0, 0x05];
+/// BEP 52's bit (byte 7 = 0x10): the sender speaks BitTorrent v2. On a hybrid torrent's
+/// connection made with the v1 info hash, both sides setting it upgrade the connection to
+/// v2 (hash requests may be sent); libtorrent drops a peer that sets it for a v1-only
+/// torrent, so it is set only for torrents with v2 metadata.
+pub const RESERVED_V2_BYTE: usize = 7;
+/// The mask of [`RESERVED_V2_BYTE`].
+pub const RESERVED_V2_MASK: u8 = 0x10;
 /// The protocol string, preceded on the wire by its length byte (19).
 pub const PROTOCOL: &[u8; 19] = b"BitTorrent protocol";
 
@@ -45,6 +52,12 @@ impl Handshake {
             info_hash,
             peer_id,
         }
+    }
+
+    /// The same handshake with the BEP 52 v2 bit set (for a v2-only or hybrid torrent).
+    pub fn with_v2(mut self) -> Handshake {
+        self.reserved[RESERVED_V2_BYTE] |= RESERVED_V2_MASK;
+        self
     }
 
     /// The same handshake for another name of the torrent (a hybrid's v1 or truncated v2
@@ -97,6 +110,11 @@ impl Handshake {
         self.reserved[7] & 0x04 != 0
     }
 
+    /// Whether the sender speaks BitTorrent v2 (BEP 52's upgrade bit).
+    pub fn supports_v2(&self) -> bool {
+        self.reserved[RESERVED_V2_BYTE] & RESERVED_V2_MASK != 0
+    }
+
     /// Whether the sender runs a DHT node (BEP 5).
     pub fn supports_dht(&self) -> bool {
         self.reserved[7] & 0x01 != 0
@@ -136,6 +154,19 @@ mod tests {
         assert!(!Handshake::decode(&plain.encode())
             .unwrap()
             .supports_extensions());
+    }
+
+    #[test]
+    fn the_v2_bit_is_byte_7_0x10_and_only_when_asked_for() {
+        let session = Handshake::session(InfoHash([1; 20]), PeerId([2; 20]));
+        assert_eq!(session.encode()[20..28], [0, 0, 0, 0, 0, 0x10, 0, 0x05]);
+        assert!(!session.supports_v2());
+        let v2 = session.with_v2();
+        assert_eq!(v2.encode()[20..28], [0, 0, 0, 0, 0, 0x10, 0, 0x15]);
+        let back = Handshake::decode(&v2.encode()).unwrap();
+        assert!(back.supports_v2() && back.supports_fast() && back.supports_dht());
+        // Answering with the other name of a hybrid keeps it.
+        assert!(v2.for_info_hash(InfoHash([3; 20])).supports_v2());
     }
 
     #[test]
