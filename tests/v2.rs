@@ -521,6 +521,63 @@ fn hostile_hash_peers_do_not_stop_an_honest_seeder() {
     swarm.assert_downloaded(&out);
 }
 
+/// BEP 52 per-block verification against libtorrent: next to a libtorrent seeder (held to
+/// 256 KiB/s, so that the other peer surely serves blocks), a peer spoils the first block it
+/// sends and rejects hash requests (2 s late, so libtorrent is connected by then). The piece
+/// fails; bitrush gets its block hashes from libtorrent (checked against the piece layer: a
+/// libtorrent answer read wrongly would ban libtorrent), bans the spoiling peer alone, and
+/// the piece passes with its bad block fetched again. (That only that block is fetched again
+/// is shown by the core's `sim` scenario, where every request is seen.)
+#[test]
+fn a_bad_block_is_pinned_on_its_sender_by_libtorrent_block_hashes() {
+    let swarm = V2Swarm::with("v2-bad-block", "v2", None, 2 * 1024 * 1024 + 77, 64 * 1024);
+    let hostile = ScriptedPeer::start(&swarm.torrent, &swarm.seed_dir, "corrupt-first");
+    swarm
+        .tracker
+        .announce_fake_peer(&swarm.info.info_hash, hostile.port(), true);
+    // It does not announce (bitrush's first announce would miss it): the tracker lists it. It
+    // checks its data, so that it has block hashes to give.
+    let opts = LtSeedOptions {
+        upload_rate_limit: Some(256 * 1024),
+        no_announce: true,
+        check: true,
+        ..LtSeedOptions::default()
+    };
+    let seeder = LtSeeder::start_with(&swarm.torrent, &swarm.seed_dir, &opts);
+    swarm
+        .tracker
+        .announce_fake_peer(&swarm.info.info_hash, seeder.port(), true);
+    let out = swarm.dir.join("out");
+    let mut cmd = bitrush_with(output_args("download", &out, &swarm.torrent, &[]));
+    cmd.env("RUST_LOG", "bitrush=warn");
+    let result = run_with_timeout("bitrush", cmd, PROCESS_TIMEOUT);
+    assert_success(&result);
+    swarm.assert_downloaded(&out);
+    let stderr = String::from_utf8_lossy(&result.stderr);
+    let stdout = String::from_utf8_lossy(&result.stdout);
+    let context = format!("{stderr}\n{stdout}\nhostile peer:\n{}", hostile.logs());
+    assert_eq!(hostile.bogus_blocks(), 1, "{context}");
+    let bans: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.contains("banning peer"))
+        .collect();
+    let [ban] = bans[..] else {
+        panic!("expected one ban: {context}")
+    };
+    assert!(
+        ban.contains(&hostile.addr().to_string()) && ban.contains("do not match their v2 hashes"),
+        "{context}"
+    );
+    assert!(!ban.contains(&seeder.addr().to_string()), "{context}");
+    // The spoiling peer only rejects hash requests: the hashes that named it were libtorrent's.
+    assert!(hostile.count("HASH_REQUEST") <= 1, "{context}");
+    // One piece failed, once: its bad block, fetched again, made it whole.
+    let failures = stderr
+        .lines()
+        .filter(|l| l.contains("failed its hash check"));
+    assert_eq!(failures.count(), 1, "{context}");
+}
+
 /// `bitrush daemon` takes v2-only and hybrid torrents over REST and downloads them from
 /// libtorrent seeders (the v2-only one's pieces checked against its merkle trees, the
 /// hybrid's against both halves), and a v2 magnet link, whose piece layers it fetches.
