@@ -1100,20 +1100,27 @@ impl Manager {
             let mut established = false;
             let _permit = permit;
             let result = async {
-                let (conn, theirs) = match source {
-                    PeerSource::Dial => connection::dial(addr, &ours, &transports).await?,
+                // `named`: the torrent's name on this connection as we sent or answered it.
+                let (conn, theirs, named) = match source {
+                    PeerSource::Dial => {
+                        let (conn, theirs) =
+                            connection::dial(addr, &ours, v2_alias, &transports).await?;
+                        (conn, theirs, ours)
+                    }
                     PeerSource::Accepted(stream) => {
                         connection::accept(stream, addr, &ours, v2_alias, transports.encryption)
                             .await?
                     }
                     PeerSource::Routed(mut conn, theirs) => {
-                        // Routed by the hash it named (a hybrid has two): answered with it.
-                        conn.answer_handshake(&ours.for_info_hash(theirs.info_hash))
-                            .await?;
-                        (conn, theirs)
+                        // Routed by the hash it named (a hybrid has two): answered with it, or
+                        // upgraded to v2 (BEP 52).
+                        let answer = ours.answer_to(&theirs, v2_alias);
+                        conn.answer_handshake(&answer).await?;
+                        (conn, theirs, answer)
                     }
                 };
-                let features = PeerFeatures::negotiate(&ours, &theirs, addr, outgoing, piece_count);
+                let features =
+                    PeerFeatures::negotiate(&named, &theirs, addr, outgoing, piece_count);
                 established = true;
                 peer::run(shared, key, conn, features).await
             }
