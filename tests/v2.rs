@@ -404,7 +404,8 @@ fn probe_block_hashes(swarm: &V2Swarm, peer: Option<std::net::SocketAddr>) -> Ve
 
 /// Block hashes (hash requests at base layer 0 with proofs, as libtorrent sends after a hash
 /// failure to find the bad block): `bitrush seed` answers them from its data, with the hashes
-/// and uncles libtorrent answers with for the same requests, all proving up to the file's root.
+/// and uncles libtorrent answers with for the same requests, all proving up to the file's root;
+/// on a hybrid's connection made with the v1 hash, after upgrading it to v2 as libtorrent does.
 #[test]
 fn block_hash_requests_are_answered_as_libtorrent_answers_them() {
     for version in ["v2", "hybrid"] {
@@ -428,8 +429,11 @@ fn block_hash_requests_are_answered_as_libtorrent_answers_them() {
             &[],
         );
         let ours = probe_block_hashes(&swarm, Some(seeder.addr()));
-        assert_eq!(ours.len(), 5, "{ours:?}");
-        assert!(ours.iter().all(|l| l.starts_with("VERIFIED ")), "{ours:?}");
+        assert_eq!(ours.len(), 6, "{ours:?}");
+        // The probe offers the upgrade to v2 (BEP 52): a hybrid's connection, made with the v1
+        // hash, is answered with the v2 one, as libtorrent answers it.
+        assert_eq!(ours[0], "HANDSHAKE v2", "{ours:?}");
+        assert!(ours[1..].iter().all(|l| l.starts_with("VERIFIED ")), "{ours:?}");
         let theirs = probe_block_hashes(&swarm, None);
         assert_eq!(ours, theirs, "libtorrent answers otherwise");
     }
