@@ -433,7 +433,10 @@ fn block_hash_requests_are_answered_as_libtorrent_answers_them() {
         // The probe offers the upgrade to v2 (BEP 52): a hybrid's connection, made with the v1
         // hash, is answered with the v2 one, as libtorrent answers it.
         assert_eq!(ours[0], "HANDSHAKE v2", "{ours:?}");
-        assert!(ours[1..].iter().all(|l| l.starts_with("VERIFIED ")), "{ours:?}");
+        assert!(
+            ours[1..].iter().all(|l| l.starts_with("VERIFIED ")),
+            "{ours:?}"
+        );
         let theirs = probe_block_hashes(&swarm, None);
         assert_eq!(ours, theirs, "libtorrent answers otherwise");
     }

@@ -938,6 +938,19 @@ impl Sim {
         let Node::Swarm(s) = &mut self.nodes[node] else {
             return;
         };
+        // Block hashes asked of it come from its disk, as the engine reads them.
+        let mut jobs = Vec::new();
+        s.swarm.poll_hash_jobs(link, &mut jobs);
+        for mut job in jobs {
+            for i in job.pieces() {
+                let piece = &s.disk[self.torrent.piece_range(i)];
+                let data = piece.get(..job.data_len(i) as usize).unwrap_or(piece);
+                for block in data.chunks(merkle::BLOCK_LEN as usize) {
+                    job.add_block(block);
+                }
+            }
+            s.swarm.handle_hash_answer(link, job.finish());
+        }
         let mut out = Vec::new();
         s.swarm.poll_transmit(now, link, &mut out);
         let mut blocks = Vec::new();
