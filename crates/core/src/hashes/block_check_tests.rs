@@ -169,6 +169,13 @@ enum Answerer {
     Lies,
     Rejects,
     Silent,
+    /// `count` hashes of `byte`s.
+    Garbage {
+        count: usize,
+        byte: u8,
+    },
+    /// The right hashes, but for another request than ours.
+    Stray,
 }
 
 /// What a swarm did in [`swarm_with_a_corrupt_block`].
@@ -263,6 +270,17 @@ fn swarm_with_a_corrupt_block(answerer: Answerer, version: MetaVersion, upgraded
                                     hashes: answer.into(),
                                 })
                             }
+                            (3, Answerer::Garbage { count, byte }) => Some(Message::Hashes {
+                                request: req,
+                                hashes: vec![byte; count * 32].into(),
+                            }),
+                            (3, Answerer::Stray) => Some(Message::Hashes {
+                                request: HashRequest {
+                                    index: req.index ^ req.length,
+                                    ..req
+                                },
+                                hashes: answer.into(),
+                            }),
                             _ => Some(Message::Hashes {
                                 request: req,
                                 hashes: answer.into(),
@@ -376,4 +394,32 @@ fn a_hybrid_asks_for_block_hashes_only_on_upgraded_connections() {
         "{run:?}"
     );
     assert_eq!(run.requests.len(), 16 + 1, "{run:?}");
+}
+
+#[test]
+fn an_answer_to_another_request_is_ignored() {
+    // Stray hashes are no answer: the check waits for its deadline, then the piece fails as
+    // a whole (nobody dropped).
+    let run = swarm_with_a_corrupt_block(Answerer::Stray, MetaVersion::V2, false);
+    assert_eq!(run.hash_requests, [3], "{run:?}");
+    assert!(run.disconnects.is_empty(), "{run:?}");
+    assert_eq!(run.requests.len(), 16 + 4, "{run:?}");
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(16))]
+
+    /// Whatever hashes the asked peer sends (any count, any bytes), it is dropped for them and
+    /// the next peer's true answer names the bad block's sender.
+    #[test]
+    fn any_false_answer_drops_the_answerer(count in 0usize..9, byte in any::<u8>()) {
+        use crate::swarm::PeerError;
+        let run = swarm_with_a_corrupt_block(Answerer::Garbage { count, byte }, MetaVersion::V2, false);
+        prop_assert_eq!(&run.hash_requests, &[3, 1]);
+        prop_assert!(
+            matches!(run.disconnects[..], [(3, PeerError::BadHashes), (2, PeerError::BadBlocks(_))]),
+            "{:?}", run
+        );
+        prop_assert_eq!(run.requests.len(), 16 + 1);
+    }
 }

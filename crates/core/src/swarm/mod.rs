@@ -14,8 +14,9 @@
 //!   or disconnect).
 //!
 //! Its parts: [`scheduler`] (which block to ask of whom), [`assembly`] (pieces in memory and
-//! the memory budget), [`choker`] (whom we upload to), [`peer`] (per-peer state and timers),
-//! [`picker`] (rarest first) and [`bitfield`].
+//! the memory budget, and who sent each block), [`blockcheck`] (failed v2 pieces held while a
+//! peer's block hashes name the bad blocks and their senders), [`choker`] (whom we upload
+//! to), [`peer`] (per-peer state and timers), [`picker`] (rarest first) and [`bitfield`].
 //!
 //! Invariants:
 //! - a block is owed by `n` peers (in their `inflight` queues) iff it is `Requested(n)`;
