@@ -28,6 +28,9 @@ pub struct LtSeedOptions {
     /// Listen on `[::1]` only (not on 127.0.0.1); its address is then
     /// [`LtSeeder::addr_v6`].
     pub ipv6: bool,
+    /// Hash the data before seeding rather than trust it (seed mode): libtorrent then knows
+    /// a v2 torrent's block hashes and answers BEP 52 requests for them.
+    pub check: bool,
 }
 
 /// Which peer transports libtorrent speaks (in and out).
@@ -119,6 +122,9 @@ impl LtSeeder {
         }
         if opts.ipv6 {
             cmd.arg("--ipv6");
+        }
+        if opts.check {
+            cmd.arg("--check");
         }
         if let Some(n) = opts.exit_after_upload {
             cmd.arg("--exit-after-upload").arg(n.to_string());

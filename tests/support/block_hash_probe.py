@@ -12,7 +12,8 @@ It connects (handshake for the v2 hash truncated to 20 bytes, or the v1 hash of 
 with the v2 bit set) and sends, one at a time, the request libtorrent sends for one piece's
 blocks after a hash failure (base 0, the piece's blocks, proofs up to the root) for the first,
 a middle and the last piece, then two block hashes with their uncles inside the piece, then
-every block hash of the file. For each it prints one line:
+every block hash of the file. It first prints `HANDSHAKE v1` or `HANDSHAKE v2`, the hash the
+peer answered with (a v2-only torrent has only the v2 one). For each request it prints one line:
 `VERIFIED <base> <index> <length> <proof layers>` when the hashes are the blocks' SHA-256
 and they and the uncles prove up to the root, `REJECTED ...` for a hash reject, `BAD ... <why>`
 otherwise. It exits 0 after the last one.
@@ -138,6 +139,8 @@ def main():
     hs = recv_exact(conn, 68)
     if hs[:20] != PROTOCOL or hs[28:48] not in (info_hash, v2_hash):
         sys.exit("wrong handshake")
+    # Which name the peer answered with: a hybrid's v2 hash upgrades the connection.
+    print("HANDSHAKE %s" % ("v2" if hs[28:48] == v2_hash else "v1"), flush=True)
     conn.sendall(msg(2))  # interested
     requests = [(0, p * per, per, height - 1) for p in (0, pieces // 2, pieces - 1)]
     requests.append((0, per + 2, 2, height - 1))

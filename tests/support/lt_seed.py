@@ -42,6 +42,11 @@ def main():
         default=0,
         help="die abruptly (exit code %d) once this many payload bytes were uploaded" % DIED_EXIT_CODE,
     )
+    p.add_argument(
+        "--check",
+        action="store_true",
+        help="hash the data before seeding (no seed mode): a v2 torrent's block hashes are then known",
+    )
     p.add_argument("--timeout", type=float, default=60.0, help="max seconds to reach seeding state")
     p.add_argument("--verbose", action="store_true")
     add_transport_args(p)
@@ -74,7 +79,11 @@ def main():
         atp = lt.add_torrent_params()
         atp.ti = lt.torrent_info(path)
         atp.save_path = args.save_dir
+        # Seed mode trusts the data unread, so libtorrent knows no block hashes then and
+        # rejects BEP 52 requests for them.
         atp.flags = lt.torrent_flags.seed_mode
+        if args.check:
+            atp.flags &= ~lt.torrent_flags.seed_mode
         if args.no_announce:
             atp.flags |= lt.torrent_flags.override_trackers
             atp.trackers = []

@@ -30,6 +30,12 @@ accepted connection reads the peer's handshake and then behaves as MODE says:
                   forever and never answers one
   corrupt         handshake, full bitfield, unchoke, and every requested
                   block with some bytes flipped (every piece fails its hash)
+  corrupt-first   honest, but the first block it sends has bytes flipped; it
+                  answers every BEP 52 hash request with a hash reject, 2 s late
+                  (so the block hashes that expose it must come from another
+                  peer, which has connected by then)
+
+A v2-only torrent is served under its v2 info hash (truncated to 20 bytes).
 
 With --connect HOST:PORT --cycles N it does not listen: it dials HOST:PORT N
 times in a row, sends its handshake first, and behaves as MODE on each
@@ -39,7 +45,8 @@ handshake is answered, then `DONE`.
 
 Events on stdout, one per line (flushed): `CONN` per accepted connection,
 `HANDSHAKE` once the peer's handshake (for our info hash) was read,
-`VIOLATION` once the hostile message went out, `CLOSED` when the remote side
+`VIOLATION` once the hostile message went out, `HASH_REQUEST` per hash request
+read, `CLOSED` when the remote side
 closed or reset the connection, `REQUEST <index> <begin> <length>` per request
 read, `SERVED <index> <begin> <length>` per correct block sent, `BOGUS <n>`
 after sending n wrong blocks (`BOGUS 1` per block in corrupt mode). Exits when stdin reaches EOF (the test went
@@ -72,6 +79,7 @@ MODES = [
     "choke-data",
     "stall",
     "corrupt",
+    "corrupt-first",
 ]
 
 
@@ -103,14 +111,22 @@ class Torrent:
     def __init__(self, path, save_dir):
         ti = lt.torrent_info(path)
         fs = ti.files()
-        if fs.num_files() != 1 or "/" in fs.file_path(0).replace(os.sep, "/"):
+        # A v2 torrent's one file may be followed by a pad file up to a whole piece.
+        pad = lt.file_storage.flag_pad_file
+        real = [i for i in range(fs.num_files()) if not fs.file_flags(i) & pad]
+        if real != [0] or "/" in fs.file_path(0).replace(os.sep, "/"):
             print("scripted_peer.py serves single-file torrents only", file=sys.stderr)
             sys.exit(2)
-        self.info_hash = bytes.fromhex(str(ti.info_hash()))
+        hashes = ti.info_hashes()
+        if hashes.has_v1():
+            self.info_hash = bytes.fromhex(str(hashes.v1))
+        else:
+            self.info_hash = bytes.fromhex(str(hashes.v2))[:20]
         self.piece_length = ti.piece_length()
         self.num_pieces = ti.num_pieces()
         with open(os.path.join(save_dir, fs.file_path(0)), "rb") as f:
             self.data = f.read()
+        self.data += bytes(ti.total_size() - len(self.data))
 
     def piece_len(self, index):
         start = index * self.piece_length
@@ -215,6 +231,7 @@ def behave(conn, mode, t, send_handshake=True):
         wait_for_close(conn)
         return
     choke_trick_pending = mode == "choke-data"
+    spoil_next = mode == "corrupt-first"
     buf = b""
     while True:
         chunk = conn.recv(65536)
@@ -234,6 +251,12 @@ def behave(conn, mode, t, send_handshake=True):
                 index, begin, blen = struct.unpack(">III", body[1:13])
                 say("REQUEST %d %d %d" % (index, begin, blen))
                 requests.append((index, begin, blen))
+            elif length == 49 and body[0] == 21:
+                say("HASH_REQUEST")
+                # Slow to say no: by then the other peers of the test have surely
+                # connected, and can be asked in turn.
+                time.sleep(2)
+                conn.sendall(msg(23, body[1:]))  # hash reject
         if not requests or mode == "stall":
             continue
         if choke_trick_pending:
@@ -251,7 +274,8 @@ def behave(conn, mode, t, send_handshake=True):
         for index, begin, blen in requests:
             if not t.valid(index, begin, blen):
                 return
-            if mode == "corrupt":
+            if mode == "corrupt" or spoil_next:
+                spoil_next = False
                 conn.sendall(piece_msg(index, begin, flipped(t.block(index, begin, blen))))
                 say("BOGUS 1")
                 continue

@@ -338,11 +338,16 @@ fn transport_refused(e: &ConnectionError) -> bool {
 /// Dials `addr` and exchanges BitTorrent handshakes (inside MSE unless encryption is off; with
 /// `prefer`, a peer that does not speak MSE is dialled again in plain). A peer that drops us
 /// over one transport is tried over the other; the transport that worked is remembered.
+///
+/// `v2_alias` is a hybrid torrent's truncated v2 hash: a peer may answer our handshake (with
+/// the v1 hash and the BEP 52 upgrade bit) with it, upgrading the connection to v2.
 pub async fn dial(
     addr: SocketAddr,
     ours: &Handshake,
+    v2_alias: Option<InfoHash>,
     transports: &Transports,
 ) -> Result<(PeerStream, Handshake), ConnectionError> {
+    let ours = &Answerable { ours, v2_alias };
     let (stream, kind) = transports.open(addr).await?;
     let result = match handshake_over(stream, kind, addr, ours, transports).await {
         Err(e) if transport_refused(&e) => match transports.other(kind) {
@@ -362,14 +367,31 @@ pub async fn dial(
     Ok(done)
 }
 
+/// Our handshake, and the other name of the torrent a peer may answer it with.
+#[derive(Clone, Copy)]
+struct Answerable<'a> {
+    ours: &'a Handshake,
+    v2_alias: Option<InfoHash>,
+}
+
+impl Answerable<'_> {
+    fn check(&self, theirs: Handshake, addr: SocketAddr) -> Result<Handshake, ConnectionError> {
+        if !self.ours.accepts_answer(&theirs, self.v2_alias) {
+            return Err(ConnectionError::WrongInfoHash(addr));
+        }
+        Ok(theirs)
+    }
+}
+
 /// The BitTorrent handshake over a fresh stream of `kind`, inside MSE as the policy says.
 async fn handshake_over(
     stream: BoxStream,
     kind: TransportKind,
     addr: SocketAddr,
-    ours: &Handshake,
+    answerable: &Answerable<'_>,
     transports: &Transports,
 ) -> Result<(PeerStream, Handshake), ConnectionError> {
+    let ours = answerable.ours;
     let stream = if transports.encryption == Encryption::Disable {
         stream
     } else {
@@ -383,8 +405,8 @@ async fn handshake_over(
         match encrypted {
             Ok((stream, received)) => {
                 let mut conn = PeerStream::with_received(stream, addr, &received);
-                let theirs = conn.handshake_after_payload(ours).await?;
-                return Ok((conn, theirs));
+                let theirs = conn.handshake_after_payload().await?;
+                return Ok((conn, answerable.check(theirs, addr)?));
             }
             Err(source) if transports.encryption == Encryption::Require => {
                 tracing::warn!(%addr, "not connecting: the peer does not complete an encryption handshake, and encryption is required");
@@ -397,8 +419,8 @@ async fn handshake_over(
         }
     };
     let mut conn = PeerStream::with_transport(stream, addr);
-    let theirs = conn.handshake_outgoing(ours).await?;
-    Ok((conn, theirs))
+    let theirs = conn.exchange_handshakes(ours).await?;
+    Ok((conn, answerable.check(theirs, addr)?))
 }
 
 /// Takes an incoming connection: tells plain from encrypted by its first bytes, applies the
@@ -406,22 +428,24 @@ async fn handshake_over(
 /// answers it.
 ///
 /// `v2_alias` is a hybrid torrent's truncated v2 hash: BEP 52 peers of its v2 swarm connect
-/// with it, and are answered with it.
+/// with it, and are answered with it; so are those that connect with the v1 hash and offer
+/// the upgrade to v2 (see [`Handshake::answer_to`]). Returns the connection, the peer's
+/// handshake and our answer.
 pub async fn accept(
     stream: BoxStream,
     addr: SocketAddr,
     ours: &Handshake,
     v2_alias: Option<InfoHash>,
     encryption: Encryption,
-) -> Result<(PeerStream, Handshake), ConnectionError> {
+) -> Result<(PeerStream, Handshake, Handshake), ConnectionError> {
     let known: Vec<InfoHash> = std::iter::once(ours.info_hash).chain(v2_alias).collect();
     let (mut conn, theirs) = accept_unanswered(stream, addr, &known, encryption).await?;
     if !known.contains(&theirs.info_hash) {
         return Err(ConnectionError::WrongInfoHash(addr));
     }
-    conn.answer_handshake(&ours.for_info_hash(theirs.info_hash))
-        .await?;
-    Ok((conn, theirs))
+    let answer = ours.answer_to(&theirs, v2_alias);
+    conn.answer_handshake(&answer).await?;
+    Ok((conn, theirs, answer))
 }
 
 /// The first half of [`accept`] for a listener shared by several torrents: sniffs plain or
@@ -527,23 +551,30 @@ impl<S: AsyncRead + AsyncWrite + Unpin> PeerStream<S> {
         })
     }
 
-    /// Reads the peer's handshake after ours went out inside MSE's initial payload.
-    async fn handshake_after_payload(
-        &mut self,
-        ours: &Handshake,
-    ) -> Result<Handshake, ConnectionError> {
+    /// Reads the peer's handshake after ours went out inside MSE's initial payload (the caller
+    /// checks the torrent it names).
+    async fn handshake_after_payload(&mut self) -> Result<Handshake, ConnectionError> {
         let addr = self.addr;
-        let theirs = tokio::time::timeout(HANDSHAKE_TIMEOUT, self.read_handshake())
+        tokio::time::timeout(HANDSHAKE_TIMEOUT, self.read_handshake())
             .await
-            .map_err(|_| ConnectionError::HandshakeTimeout(addr))??;
-        if theirs.info_hash != ours.info_hash {
-            return Err(ConnectionError::WrongInfoHash(addr));
-        }
-        Ok(theirs)
+            .map_err(|_| ConnectionError::HandshakeTimeout(addr))?
     }
 
     /// Sends `ours` and reads the peer's handshake; fails if it names another torrent.
     pub async fn handshake_outgoing(
+        &mut self,
+        ours: &Handshake,
+    ) -> Result<Handshake, ConnectionError> {
+        let theirs = self.exchange_handshakes(ours).await?;
+        Answerable {
+            ours,
+            v2_alias: None,
+        }
+        .check(theirs, self.addr)
+    }
+
+    /// Sends `ours` and reads the peer's handshake (the caller checks the torrent it names).
+    async fn exchange_handshakes(
         &mut self,
         ours: &Handshake,
     ) -> Result<Handshake, ConnectionError> {
@@ -555,13 +586,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> PeerStream<S> {
                 .map_err(|e| self.io(e))?;
             self.read_handshake().await
         };
-        let theirs = tokio::time::timeout(HANDSHAKE_TIMEOUT, exchange)
+        tokio::time::timeout(HANDSHAKE_TIMEOUT, exchange)
             .await
-            .map_err(|_| ConnectionError::HandshakeTimeout(addr))??;
-        if theirs.info_hash != ours.info_hash {
-            return Err(ConnectionError::WrongInfoHash(addr));
-        }
-        Ok(theirs)
+            .map_err(|_| ConnectionError::HandshakeTimeout(addr))?
     }
 
     /// Answers the handshake of a peer that connected to us (read by
@@ -729,11 +756,8 @@ mod tests {
         let (ours_end, _theirs_end) = tokio::io::duplex(1024);
         let addr: SocketAddr = "127.0.0.1:6881".parse().unwrap();
         let mut conn = PeerStream::with_received(ours_end, addr, &burst);
-        let theirs = conn
-            .handshake_after_payload(&Handshake::new(hash, PeerId([1; 20])))
-            .await
-            .unwrap();
-        assert_eq!(theirs.peer_id, PeerId([2; 20]));
+        let theirs = conn.handshake_after_payload().await.unwrap();
+        assert_eq!((theirs.peer_id, theirs.info_hash), (PeerId([2; 20]), hash));
         let mut out = Vec::new();
         // The other end never writes again: a read here would hang the test.
         tokio::time::timeout(Duration::from_secs(5), conn.read_messages(&mut out))

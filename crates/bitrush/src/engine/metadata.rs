@@ -597,7 +597,7 @@ async fn connection_task(
     events: mpsc::Sender<PeerEvent>,
     mut outgoing: mpsc::Receiver<Message>,
 ) -> Result<(), ConnectionError> {
-    let (mut conn, theirs) = connection::dial(addr, &ours, &transports).await?;
+    let (mut conn, theirs) = connection::dial(addr, &ours, None, &transports).await?;
     let supports_extensions = theirs.supports_extensions();
     let connected = PeerEvent::Connected {
         key,

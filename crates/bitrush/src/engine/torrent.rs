@@ -505,7 +505,7 @@ async fn run(mut params: TorrentParams) -> Result<HostedEnd, TorrentError> {
         dht_rx,
         listener: params.listener.take(),
         shutdown: params.shutdown.take(),
-        handshake: Handshake::session(params.info_hash, params.peer_id),
+        handshake: session_handshake(&params),
         v2_alias: v2_alias(&params),
         params,
         session,
@@ -612,6 +612,17 @@ async fn layers_from_data(
     })
     .await
     .map_err(TorrentError::Task)
+}
+
+/// Our handshake for the torrent's peers: a torrent with v2 metadata sets BEP 52's v2 bit,
+/// so that a hybrid's connections made with its v1 hash can be upgraded to v2.
+fn session_handshake(params: &TorrentParams) -> Handshake {
+    let ours = Handshake::session(params.info_hash, params.peer_id);
+    if params.info.version.has_v2() {
+        ours.with_v2()
+    } else {
+        ours
+    }
 }
 
 /// A hybrid torrent's truncated v2 hash (`None` for v1-only and v2-only torrents, whose one
@@ -1103,7 +1114,7 @@ fn close_kind(result: &Result<(), PeerTaskError>) -> CloseKind {
     match result {
         Ok(()) => CloseKind::Ours,
         Err(PeerTaskError::Dropped {
-            source: PeerError::BadData(_),
+            source: PeerError::BadData(_) | PeerError::BadBlocks(_) | PeerError::BadHashes,
             ..
         }) => CloseKind::Banned,
         Err(PeerTaskError::Dropped {
@@ -1258,20 +1269,27 @@ impl Manager {
             let mut established = false;
             let _permit = permit;
             let result = async {
-                let (conn, theirs) = match source {
-                    PeerSource::Dial => connection::dial(addr, &ours, &transports).await?,
+                // `named`: the torrent's name on this connection as we sent or answered it.
+                let (conn, theirs, named) = match source {
+                    PeerSource::Dial => {
+                        let (conn, theirs) =
+                            connection::dial(addr, &ours, v2_alias, &transports).await?;
+                        (conn, theirs, ours)
+                    }
                     PeerSource::Accepted(stream) => {
                         connection::accept(stream, addr, &ours, v2_alias, transports.encryption)
                             .await?
                     }
                     PeerSource::Routed(mut conn, theirs) => {
-                        // Routed by the hash it named (a hybrid has two): answered with it.
-                        conn.answer_handshake(&ours.for_info_hash(theirs.info_hash))
-                            .await?;
-                        (conn, theirs)
+                        // Routed by the hash it named (a hybrid has two): answered with it, or
+                        // upgraded to v2 (BEP 52).
+                        let answer = ours.answer_to(&theirs, v2_alias);
+                        conn.answer_handshake(&answer).await?;
+                        (conn, theirs, answer)
                     }
                 };
-                let features = PeerFeatures::negotiate(&ours, &theirs, addr, outgoing, piece_count);
+                let features =
+                    PeerFeatures::negotiate(&named, &theirs, addr, outgoing, piece_count);
                 established = true;
                 peer::run(shared, key, conn, features).await
             }
@@ -1297,7 +1315,8 @@ impl Manager {
         }
         if let Err(e) = result {
             if kind == CloseKind::Banned {
-                tracing::warn!(addr = %conn.addr, "banning peer for sending bad data");
+                let reason = super::error_chain(&e);
+                tracing::warn!(addr = %conn.addr, %reason, "banning peer for sending bad data");
             } else {
                 tracing::debug!(error = %super::error_chain(&e), "peer connection ended");
             }

@@ -13,7 +13,9 @@
 //! The same value answers peers' `hash request`s: from the piece layer up, from the layers it
 //! knows; below it (block hashes), from the data of the pieces the request covers, which the
 //! driver reads for a [`BlockHashJob`] (we keep no block hashes), checked against the piece
-//! layer before they are vouched for. It also tells which layers are still missing (a magnet
+//! layer before they are vouched for. It names the bad blocks of a piece that failed, from a
+//! peer's block hashes checked against the piece layer ([`PieceHashes::block_request`],
+//! [`PieceHashes::bad_blocks`]). It also tells which layers are still missing (a magnet
 //! link's info dictionary carries no `piece layers`, nor need a `.torrent`: [`fetch`] gets them
 //! from peers).
 //!
@@ -22,6 +24,8 @@
 //! [`MAX_HASHES`] hashes plus one uncle per tree level; one answer of block hashes reads at
 //! most [`MAX_BLOCK_HASH_BYTES`] (or one piece); nothing panics on any request.
 
+#[cfg(test)]
+mod block_check_tests;
 pub mod fetch;
 #[cfg(test)]
 mod tests;
@@ -39,6 +43,10 @@ use crate::wire::{HashRequest, Message};
 /// Most hashes one `hash request` may ask for (as libtorrent: 8192 piece hashes cover a
 /// file of 128 GiB at 16 MiB pieces; larger files are asked for in several requests).
 pub const MAX_HASHES: u32 = 8192;
+/// Most leaves asked for to check one failed piece's blocks ([`PieceHashes::block_request`]):
+/// pieces up to 32 MiB, whose answer (64 KiB) stays within what any peer accepts as one
+/// message (a 128 KiB block's).
+pub const MAX_BLOCK_CHECK_LEAVES: u32 = 2048;
 /// Hashes we ask for in one request when a piece layer is larger than that.
 pub const REQUEST_CHUNK: u32 = 512;
 
@@ -224,6 +232,16 @@ impl PieceHashes {
 
     /// The v2 verdict on piece `index`, or `None` when no file's known layer covers it.
     fn check_v2(&self, index: u32, data: &[u8]) -> Option<bool> {
+        let piece = self.v2_piece(index)?;
+        // Only the file's bytes are hashed; what follows it in the last piece is padding.
+        let data = data
+            .get(..piece.file_bytes.min(data.len() as u64) as usize)
+            .unwrap_or(data);
+        Some(merkle::piece_root(data, piece.width) == piece.expected)
+    }
+
+    /// Where piece `index` lies in its file's tree, if a known layer covers it.
+    fn v2_piece(&self, index: u32) -> Option<V2Piece<'_>> {
         let piece_length = self.info.piece_length;
         let at = self.files.partition_point(|f| f.first_piece <= index);
         let file = self.files.get(at.checked_sub(1)?)?;
@@ -231,14 +249,66 @@ impl PieceHashes {
         if within >= file.pieces(piece_length) {
             return None;
         }
-        let expected = file.levels.as_ref()?.first()?.get(within as usize)?;
-        // Only the file's bytes are hashed; what follows it in the last piece is padding.
-        let file_bytes = file.length - within * u64::from(piece_length);
-        let data = data
-            .get(..file_bytes.min(data.len() as u64) as usize)
-            .unwrap_or(data);
-        let width = merkle::piece_width(file.length, piece_length);
-        Some(merkle::piece_root(data, width) == *expected)
+        let expected = *file.levels.as_ref()?.first()?.get(within as usize)?;
+        Some(V2Piece {
+            file,
+            within,
+            expected,
+            file_bytes: file.length - within * u64::from(piece_length),
+            width: merkle::piece_width(file.length, piece_length),
+        })
+    }
+
+    /// The `hash request` for the block hashes of piece `index` (BEP 52): base layer 0, the
+    /// piece's subtree of leaves, no proof (the subtree's root is the piece's entry in the
+    /// layer, which we hold). `None` when no known layer covers the piece, or its subtree is a
+    /// single leaf (a bad piece of one block needs no lookup to find its bad block).
+    pub fn block_request(&self, index: u32) -> Option<HashRequest> {
+        let piece = self.v2_piece(index)?;
+        if piece.width < 2 || piece.width > u64::from(MAX_BLOCK_CHECK_LEAVES) {
+            return None;
+        }
+        Some(HashRequest {
+            pieces_root: piece.file.root,
+            base_layer: 0,
+            index: u32::try_from(piece.within.checked_mul(piece.width)?).ok()?,
+            length: u32::try_from(piece.width).ok()?,
+            proof_layers: 0,
+        })
+    }
+
+    /// Which 16 KiB blocks of piece `index`'s `data` do not match their hash, judged by
+    /// `hashes`, a peer's answer to [`PieceHashes::block_request`]. `None` when the answer does
+    /// not prove against the piece's entry in the layer (it is not the truth, whoever sent
+    /// it) or `request` is not that request. Blocks wholly past the file's end (padding) have
+    /// no hash and are never reported; an empty list means every hashed byte is right.
+    pub fn bad_blocks(
+        &self,
+        index: u32,
+        data: &[u8],
+        request: &HashRequest,
+        hashes: &[u8],
+    ) -> Option<Vec<u32>> {
+        let piece = self.v2_piece(index)?;
+        // Without proof layers the answer is the subtree's leaves alone.
+        let leaves = split_hashes(hashes);
+        let right_size = hashes.len().is_multiple_of(32) && leaves.len() as u64 == piece.width;
+        if self.block_request(index).as_ref() != Some(request) || !right_size {
+            return None;
+        }
+        if merkle::merkle_root(&leaves, piece.width, merkle::ZERO) != piece.expected {
+            return None;
+        }
+        let file_bytes = piece.file_bytes.min(data.len() as u64) as usize;
+        let data = data.get(..file_bytes)?;
+        let bad = data
+            .chunks(merkle::BLOCK_LEN as usize)
+            .zip(&leaves)
+            .enumerate()
+            .filter(|(_, (block, leaf))| merkle::block_hash(block) != **leaf)
+            .map(|(b, _)| b as u32)
+            .collect();
+        Some(bad)
     }
 
     /// Our answer to a peer's `hash request` from the hashes we keep: the hashes, or a `hash
@@ -313,6 +383,19 @@ impl PieceHashes {
         request.base_layer.checked_sub(spot.piece_level)?;
         collect_answer(request, spot.piece_level, spot.levels, |_, _| None)
     }
+}
+
+/// A piece of a file with a known layer.
+struct V2Piece<'a> {
+    file: &'a V2File,
+    /// Its index among the file's pieces.
+    within: u64,
+    /// Its entry in the piece layer.
+    expected: Hash,
+    /// The file's bytes from the piece's start (more than the piece but for the last one).
+    file_bytes: u64,
+    /// Leaves under it (see [`merkle::piece_width`]).
+    width: u64,
 }
 
 /// A request's file in [`PieceHashes`], with the level its known hashes start at.

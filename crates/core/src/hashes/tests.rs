@@ -22,7 +22,7 @@ fn bytes_of(path: &str, len: u64) -> Vec<u8> {
 
 /// A torrent of `files` (path, length) with pieces of `pl` bytes, and its payload (pad bytes
 /// included, as pieces carry it).
-fn made(files: &[(&str, u64)], pl: u32, version: MetaVersion) -> (Metainfo, Vec<u8>) {
+pub(super) fn made(files: &[(&str, u64)], pl: u32, version: MetaVersion) -> (Metainfo, Vec<u8>) {
     made_lying(files, pl, version, None)
 }
 
@@ -78,7 +78,7 @@ fn made_lying(
     (meta, payload)
 }
 
-fn piece<'a>(meta: &Metainfo, payload: &'a [u8], i: u32) -> &'a [u8] {
+pub(super) fn piece<'a>(meta: &Metainfo, payload: &'a [u8], i: u32) -> &'a [u8] {
     let start = i as usize * meta.info.piece_length as usize;
     &payload[start..start + meta.info.piece_len(i) as usize]
 }
@@ -94,7 +94,7 @@ const FILES: &[(&str, u64)] = &[
     ("d", 100),
 ];
 
-fn full(meta: &Metainfo) -> PieceHashes {
+pub(super) fn full(meta: &Metainfo) -> PieceHashes {
     PieceHashes::new(Arc::new(meta.info.clone()), &meta.piece_layers).unwrap()
 }
 
@@ -604,7 +604,7 @@ fn feed(job: &mut BlockHashJob, meta: &Metainfo, payload: &[u8], i: u32) {
 }
 
 /// Runs `job` as a driver does, reading its pieces from `payload`.
-fn run_job(meta: &Metainfo, payload: &[u8], mut job: BlockHashJob) -> Message {
+pub(super) fn run_job(meta: &Metainfo, payload: &[u8], mut job: BlockHashJob) -> Message {
     for i in job.pieces() {
         feed(&mut job, meta, payload, i);
     }

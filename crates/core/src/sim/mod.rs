@@ -28,7 +28,7 @@ mod regressions;
 mod scenarios;
 
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, VecDeque};
+use std::collections::{BTreeMap, BinaryHeap, VecDeque};
 use std::hash::{DefaultHasher, Hash, Hasher};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -38,8 +38,11 @@ use rand::rngs::StdRng;
 use rand::{Rng, RngCore, SeedableRng};
 use sha1::{Digest, Sha1};
 
+use crate::hashes::PieceHashes;
+use crate::merkle;
+use crate::metainfo::{FileEntry, Info, MetaVersion};
 use crate::swarm::{Bitfield, Config, PeerError, PeerFeatures, PeerKey, Swarm, SwarmEvent};
-use crate::wire::{BlockRef, Message};
+use crate::wire::{BlockRef, HashRequest, Message};
 
 pub(crate) use self::peers::{Behaviour, BitfieldFault, RequestFault, ScriptedPeer, Tick};
 
@@ -61,6 +64,9 @@ pub(crate) struct Torrent {
     pub piece_length: u32,
     pub payload: Bytes,
     pub hashes: Vec<[u8; 20]>,
+    /// A v2-only torrent's hashes (one file, its piece layer known): pieces are checked
+    /// against its merkle tree instead of `hashes`, and peers ask for block hashes.
+    pub v2: Option<Arc<PieceHashes>>,
 }
 
 impl Torrent {
@@ -76,7 +82,65 @@ impl Torrent {
             piece_length,
             payload: payload.into(),
             hashes,
+            v2: None,
         }
+    }
+
+    /// As [`Torrent::generate`], but a v2-only torrent of one file (`piece_length` at least
+    /// 16 KiB, a power of two).
+    pub fn generate_v2(rng: &mut impl RngCore, piece_length: u32, total_length: usize) -> Torrent {
+        let mut torrent = Torrent::generate(rng, piece_length, total_length);
+        let leaves = merkle::block_hashes(&torrent.payload);
+        let mut file = FileEntry::new(vec!["x".into()], total_length as u64, 0);
+        file.pieces_root = Some(merkle::file_root(&leaves, piece_length));
+        let info = Info {
+            name: "x".into(),
+            piece_length,
+            pieces: Vec::new(),
+            files: vec![file],
+            multi_file: false,
+            total_length: total_length as u64,
+            private: false,
+            version: MetaVersion::V2,
+        };
+        let mut layers = BTreeMap::new();
+        if torrent.piece_count() > 1 {
+            let per_piece = merkle::blocks_per_piece(piece_length);
+            layers.insert(0, merkle::piece_layer(&leaves, per_piece));
+        }
+        let hashes = PieceHashes::new(Arc::new(info), &layers).expect("a consistent layer");
+        torrent.v2 = Some(Arc::new(hashes));
+        torrent
+    }
+
+    /// Whether `data` is piece `index`, by the torrent's hashes.
+    fn check(&self, index: u32, data: &[u8]) -> bool {
+        match &self.v2 {
+            Some(v2) => v2.check(index, data),
+            None => self
+                .hashes
+                .get(index as usize)
+                .is_some_and(|h| Sha1::digest(data).as_slice() == h),
+        }
+    }
+
+    /// The answer of a peer that has every piece to a `hash request` (a reject without v2
+    /// hashes), computing block hashes from the payload as the engine does from its disk.
+    pub fn answer_hashes(&self, request: &HashRequest) -> Message {
+        let Some(v2) = &self.v2 else {
+            return Message::HashReject(*request);
+        };
+        let Some(mut job) = v2.block_job(request) else {
+            return v2.answer(request);
+        };
+        for i in job.pieces() {
+            let data = &self.payload[self.piece_range(i)];
+            let data = data.get(..job.data_len(i) as usize).unwrap_or(data);
+            for block in data.chunks(merkle::BLOCK_LEN as usize) {
+                job.add_block(block);
+            }
+        }
+        job.finish()
     }
 
     pub fn piece_count(&self) -> u32 {
@@ -332,7 +396,7 @@ impl Sim {
             disk[r.clone()].copy_from_slice(&t.payload[r]);
         }
         let seed = self.rng.gen();
-        let swarm = Swarm::new(
+        let mut swarm = Swarm::new(
             t.piece_length,
             t.total_length(),
             have.clone(),
@@ -340,6 +404,9 @@ impl Sim {
             config,
             seed,
         );
+        if let Some(v2) = &t.v2 {
+            swarm.set_piece_hashes(v2.clone());
+        }
         self.nodes.push(Node::Swarm(Box::new(SwarmNode {
             swarm,
             disk,
@@ -695,6 +762,7 @@ impl Sim {
                             addr: None,
                             outgoing: node == a,
                             web_seed: false,
+                            v2: false,
                         },
                     );
                     self.service(node, link);
@@ -835,11 +903,7 @@ impl Sim {
     }
 
     fn verdict(&mut self, node: NodeId, index: u32, data: Vec<u8>) {
-        let good = self
-            .torrent
-            .hashes
-            .get(index as usize)
-            .is_some_and(|h| Sha1::digest(&data).as_slice() == h);
+        let good = self.torrent.check(index, &data);
         self.note(("verdict", node, index, good));
         self.log.push(Record::Verdict { node, index, good });
         let now = self.now;
@@ -874,6 +938,19 @@ impl Sim {
         let Node::Swarm(s) = &mut self.nodes[node] else {
             return;
         };
+        // Block hashes asked of it come from its disk, as the engine reads them.
+        let mut jobs = Vec::new();
+        s.swarm.poll_hash_jobs(link, &mut jobs);
+        for mut job in jobs {
+            for i in job.pieces() {
+                let piece = &s.disk[self.torrent.piece_range(i)];
+                let data = piece.get(..job.data_len(i) as usize).unwrap_or(piece);
+                for block in data.chunks(merkle::BLOCK_LEN as usize) {
+                    job.add_block(block);
+                }
+            }
+            s.swarm.handle_hash_answer(link, job.finish());
+        }
         let mut out = Vec::new();
         s.swarm.poll_transmit(now, link, &mut out);
         let mut blocks = Vec::new();

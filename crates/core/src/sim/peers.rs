@@ -128,6 +128,8 @@ pub(crate) struct ScriptStats {
     pub invalid_requests: u32,
     /// Right blocks a leecher got.
     pub leeched: u32,
+    /// Hash requests answered.
+    pub hash_requests: u32,
     /// Wrong blocks a leecher got (bitrush must never upload one).
     pub corrupt_received: u32,
     pub cancels: u32,
@@ -348,6 +350,12 @@ impl ScriptedPeer {
         }
         match msg {
             Message::Request(block) => self.on_request(now, link, block, out),
+            // A v2 torrent's peers answer hash requests truly (all have every piece), but a
+            // staller, which answers nothing.
+            Message::HashRequest(request) if self.behaviour != Behaviour::Staller => {
+                self.stats.hash_requests += 1;
+                out.push(Output::Send(link, self.torrent.answer_hashes(&request)));
+            }
             Message::Cancel(block) => {
                 self.stats.cancels += 1;
                 if let Some(c) = self.conns.get_mut(&link) {

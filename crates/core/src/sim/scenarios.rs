@@ -527,3 +527,66 @@ fn liars_one_after_another_are_each_dropped_and_give_back_their_blocks() {
     complete(&mut sim, &[d]);
     assert_eq!(sim.swarm(d).stats().peers, 1);
 }
+
+/// BEP 52: a v2 piece that an honest peer and a corrupting one both sent fails; its block
+/// hashes, asked of a peer and checked against the piece layer, name the corrupting peer,
+/// which alone is dropped, and only the bad block is fetched again.
+#[test]
+fn v2_block_hashes_name_the_sender_of_a_bad_block() {
+    let run = |seed: u64| {
+        let mut rng = StdRng::seed_from_u64(seed);
+        let torrent = Torrent::generate_v2(&mut rng, 64 * KIB as u32, 8 * 64 * KIB - 5);
+        let mut sim = Sim::new(Instant::now(), seed, torrent);
+        // Room for one piece and two requests per peer: the two peers share every piece.
+        let d = sim.add_downloader(Config {
+            max_piece_memory: 64 * KIB as u64,
+            min_requests: 2,
+            max_requests: 2,
+            endgame_duplicates: 1,
+            ..config()
+        });
+        let honest = sim.add_script(Behaviour::Honest);
+        // Its first block is spoiled, the rest are right.
+        let corrupt = sim.add_script(Behaviour::Corrupt { every: 1000 });
+        sim.connect(d, honest, LinkSpec::fast());
+        sim.connect(d, corrupt, LinkSpec::fast());
+        complete(&mut sim, &[d]);
+        (sim, d, honest, corrupt)
+    };
+    for seed in [413, 414, 415] {
+        let (sim, d, honest, corrupt) = run(seed);
+        assert!(
+            matches!(sim.drops(d, corrupt)[..], [PeerError::BadBlocks(_)]),
+            "{:?}",
+            sim.log
+        );
+        assert!(sim.drops(d, honest).is_empty(), "{:?}", sim.log);
+        let failed: Vec<u32> = failed_pieces(&sim, d).into_iter().collect();
+        let [piece] = failed[..] else {
+            panic!("failed pieces {failed:?}")
+        };
+        assert_eq!(sim.verdicts(d), (8, 1));
+        // The failed piece had blocks of both; of its four blocks, one (the corrupt peer's
+        // first) was asked for again, of the honest peer.
+        let of_piece = |p| -> Vec<BlockRef> {
+            (sim.requested(d, p).into_iter())
+                .filter(|b| b.index == piece)
+                .collect()
+        };
+        let (from_honest, from_corrupt) = (of_piece(honest), of_piece(corrupt));
+        assert!(!from_corrupt.is_empty() && !from_honest.is_empty());
+        assert_eq!(
+            from_honest.len() + from_corrupt.len(),
+            4 + 1,
+            "{:?}",
+            sim.log
+        );
+        let again = from_honest.iter().find(|b| from_corrupt.contains(b));
+        assert_eq!(again, from_corrupt.first(), "{:?}", sim.log);
+        // One peer was asked for the hashes, once.
+        let asked =
+            sim.script(honest).stats.hash_requests + sim.script(corrupt).stats.hash_requests;
+        assert_eq!(asked, 1);
+        assert_eq!(sim.swarm(d).stats().wasted_bytes, 16 * KIB as u64);
+    }
+}

@@ -11,7 +11,10 @@
 //!   `Missing` blocks; `missing` and `remaining` count its `Missing` and not-`Received` blocks;
 //! - `memory` is the sum of the lengths of the pieces being assembled or verified, and stays
 //!   within the budget unless a single piece is larger (then one piece at a time);
-//! - a piece is verified at most once at a time (`verifying` holds who contributed to it);
+//! - a piece is verified at most once at a time (`verifying` holds who sent each of its
+//!   blocks);
+//! - a piece that failed its check and waits for its block hashes (BEP 52) is `held`: its
+//!   memory stays counted until it comes back with [`Assembly::resume`] or is dropped;
 //! - only its owner sends or owes blocks of an exclusive piece (one started by a peer on
 //!   parole); it stops being exclusive once a block of it is released or its owner leaves it
 //!   (choked, gone).
@@ -38,6 +41,9 @@ struct Partial {
     remaining: u32,
     /// Peers that sent blocks of this piece (blamed if its hash fails).
     contributors: Vec<PeerKey>,
+    /// Who sent each block (`None` until it is received): one key per block of the pieces in
+    /// memory, so a piece's block hashes can name the peer behind a bad block.
+    senders: Vec<Option<PeerKey>>,
     /// The peer on parole that started it and alone fetches it.
     exclusive: Option<PeerKey>,
 }
@@ -53,6 +59,15 @@ pub(super) enum Received {
     Completed { data: Vec<u8>, also_owed: bool },
 }
 
+/// Who sent an assembled piece, handed back with its verdict.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub(super) struct Senders {
+    /// Distinct senders, in the order their first block arrived.
+    pub(super) contributors: Vec<PeerKey>,
+    /// The sender of each block.
+    pub(super) blocks: Vec<PeerKey>,
+}
+
 /// The pieces in memory.
 #[derive(Debug)]
 pub(super) struct Assembly {
@@ -61,8 +76,10 @@ pub(super) struct Assembly {
     partials: BTreeMap<u32, Partial>,
     /// Partial pieces that still have `Missing` blocks, lowest index first.
     open: BTreeSet<u32>,
-    /// Pieces handed out for verification, with the peers that contributed to them.
-    verifying: HashMap<u32, Vec<PeerKey>>,
+    /// Pieces handed out for verification, with the peers that sent their blocks.
+    verifying: HashMap<u32, Senders>,
+    /// Failed pieces kept (data and all) while their block hashes are looked up.
+    held: BTreeSet<u32>,
     memory: u64,
     /// Buffers of verified pieces, reused for new ones (saves zeroing fresh pages).
     spare: Vec<Vec<u8>>,
@@ -75,6 +92,7 @@ impl Assembly {
             partials: BTreeMap::new(),
             open: BTreeSet::new(),
             verifying: HashMap::new(),
+            held: BTreeSet::new(),
             memory: 0,
             spare: Vec::new(),
         }
@@ -103,6 +121,7 @@ impl Assembly {
                 missing: blocks,
                 remaining: blocks,
                 contributors: Vec::new(),
+                senders: vec![None; blocks as usize],
                 exclusive,
             },
         );
@@ -114,10 +133,12 @@ impl Assembly {
         self.verifying.len()
     }
 
-    /// Whether `index` is being assembled or verified.
+    /// Whether `index` is being assembled, verified or held.
     #[cfg(test)]
     pub(super) fn is_in_progress(&self, index: u32) -> bool {
-        self.partials.contains_key(&index) || self.verifying.contains_key(&index)
+        self.partials.contains_key(&index)
+            || self.verifying.contains_key(&index)
+            || self.held.contains(&index)
     }
 
     /// The open pieces (with `Missing` blocks) any peer may help with, lowest index first.
@@ -231,6 +252,9 @@ impl Assembly {
         dest.copy_from_slice(data);
         partial.blocks[b] = BlockState::Received;
         partial.remaining -= 1;
+        if let Some(slot) = partial.senders.get_mut(b) {
+            *slot = Some(from);
+        }
         if !partial.contributors.contains(&from) {
             partial.contributors.push(from);
         }
@@ -241,7 +265,11 @@ impl Assembly {
         match self.partials.remove(&block.index) {
             Some(done) => {
                 self.open.remove(&block.index);
-                self.verifying.insert(block.index, done.contributors);
+                let senders = Senders {
+                    contributors: done.contributors,
+                    blocks: done.senders.into_iter().flatten().collect(),
+                };
+                self.verifying.insert(block.index, senders);
                 Received::Completed {
                     data: done.buf,
                     also_owed,
@@ -251,12 +279,72 @@ impl Assembly {
         }
     }
 
-    /// The verdict on piece `index` is in: frees its memory and returns who contributed to it
-    /// (`None` if it was not being verified).
-    pub(super) fn verdict(&mut self, geo: &Geometry, index: u32) -> Option<Vec<PeerKey>> {
-        let contributors = self.verifying.remove(&index)?;
-        self.memory = self.memory.saturating_sub(u64::from(geo.piece_len(index)));
-        Some(contributors)
+    /// The verdict on piece `index` is in: frees its memory and returns who sent it (`None` if
+    /// it was not being verified). With `hold`, a failed piece keeps its memory instead: it
+    /// is held while its block hashes are looked up (see [`Assembly::resume`]).
+    pub(super) fn verdict(&mut self, geo: &Geometry, index: u32, hold: bool) -> Option<Senders> {
+        let senders = self.verifying.remove(&index)?;
+        if hold {
+            self.held.insert(index);
+        } else {
+            self.memory = self.memory.saturating_sub(u64::from(geo.piece_len(index)));
+        }
+        Some(senders)
+    }
+
+    /// A held piece is given up (its block hashes did not come): its memory is freed.
+    pub(super) fn drop_held(&mut self, geo: &Geometry, index: u32) {
+        if self.held.remove(&index) {
+            self.memory = self.memory.saturating_sub(u64::from(geo.piece_len(index)));
+        }
+    }
+
+    /// A held piece whose bad blocks are known goes back to assembly: its good blocks stay
+    /// (with their senders), the `bad` ones are `Missing` again. `buf` is its data.
+    pub(super) fn resume(
+        &mut self,
+        geo: &Geometry,
+        index: u32,
+        buf: Vec<u8>,
+        senders: &[PeerKey],
+        bad: &[u32],
+    ) {
+        if !self.held.remove(&index) {
+            return;
+        }
+        let count = geo.block_count(index) as usize;
+        let mut blocks = vec![BlockState::Received; count];
+        let mut kept = vec![None; count];
+        let mut contributors = Vec::new();
+        for (b, slot) in kept.iter_mut().enumerate() {
+            if bad.contains(&(b as u32)) {
+                blocks[b] = BlockState::Missing;
+                continue;
+            }
+            let from = senders.get(b).copied();
+            *slot = from;
+            if let Some(k) = from.filter(|k| !contributors.contains(k)) {
+                contributors.push(k);
+            }
+        }
+        let missing = blocks.iter().filter(|s| **s == BlockState::Missing).count() as u32;
+        let mut buf = buf;
+        buf.resize(geo.piece_len(index) as usize, 0);
+        self.partials.insert(
+            index,
+            Partial {
+                buf,
+                blocks,
+                missing,
+                remaining: missing,
+                contributors,
+                senders: kept,
+                exclusive: None,
+            },
+        );
+        if missing > 0 {
+            self.open.insert(index);
+        }
     }
 
     /// Keeps a finished piece's buffer for the next piece, within the budget's worth.
@@ -289,8 +377,12 @@ impl Assembly {
             if (missing > 0) != self.open.contains(&index) {
                 return Err(format!("piece {index}: open set out of step"));
             }
-            if self.verifying.contains_key(&index) {
+            if self.verifying.contains_key(&index) || self.held.contains(&index) {
                 return Err(format!("piece {index}: assembled and verified at once"));
+            }
+            let sent = p.senders.iter().filter(|s| s.is_some()).count() as u32;
+            if sent != p.blocks.len() as u32 - p.remaining {
+                return Err(format!("piece {index}: senders out of step"));
             }
             if let Some(owner) = p.exclusive {
                 let shared = p.contributors.iter().any(|&c| c != owner)
@@ -302,7 +394,7 @@ impl Assembly {
                 }
             }
         }
-        for &index in self.verifying.keys() {
+        for &index in self.verifying.keys().chain(&self.held) {
             memory += u64::from(geo.piece_len(index));
         }
         if memory != self.memory {

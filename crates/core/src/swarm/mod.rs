@@ -14,12 +14,14 @@
 //!   or disconnect).
 //!
 //! Its parts: [`scheduler`] (which block to ask of whom), [`assembly`] (pieces in memory and
-//! the memory budget), [`choker`] (whom we upload to), [`peer`] (per-peer state and timers),
-//! [`picker`] (rarest first) and [`bitfield`].
+//! the memory budget, and who sent each block), [`blockcheck`] (failed v2 pieces held while a
+//! peer's block hashes name the bad blocks and their senders), [`choker`] (whom we upload
+//! to), [`peer`] (per-peer state and timers), [`picker`] (rarest first) and [`bitfield`].
 //!
 //! Invariants:
 //! - a block is owed by `n` peers (in their `inflight` queues) iff it is `Requested(n)`;
-//! - a piece is taken in the picker iff it is being assembled, verified, had, or not wanted;
+//! - a piece is taken in the picker iff it is being assembled, verified, held for its block
+//!   hashes, had, or not wanted;
 //! - piece-buffer memory stays within `Config::max_piece_memory` (one piece at a time if a
 //!   piece is larger);
 //! - nothing is marked had before its hash was verified;
@@ -30,6 +32,7 @@
 
 mod assembly;
 pub mod bitfield;
+mod blockcheck;
 mod choker;
 mod peer;
 pub mod picker;
@@ -46,7 +49,8 @@ use bytes::Bytes;
 use rand::rngs::StdRng;
 use rand::SeedableRng;
 
-use self::assembly::{Assembly, Received};
+use self::assembly::{Assembly, Received, Senders};
+use self::blockcheck::BlockCheck;
 use self::choker::Choker;
 use self::peer::PeerState;
 use self::scheduler::Scheduler;
@@ -56,6 +60,7 @@ use crate::wire::pex::{PexFlags, PexMessage, PexPeer};
 use crate::wire::{BlockRef, ExtHandshake, Message, MetadataMsg};
 
 pub use self::bitfield::{Bitfield, BitfieldError};
+pub use self::blockcheck::{BLOCK_HASHES_TIMEOUT, MAX_ASKED, MAX_BLOCK_CHECKS};
 pub use self::choker::{OPTIMISTIC_INTERVAL, RECHOKE_INTERVAL};
 pub use self::peer::{PeerFeatures, DEFAULT_PEER_REQQ, MAX_FAST_PIECES, RATE_WINDOW};
 pub use self::picker::PiecePicker;
@@ -151,6 +156,12 @@ pub enum PeerError {
     Timeout(&'static str),
     #[error("peer sent {0} pieces that failed their hash check")]
     BadData(u32),
+    /// Its blocks of this piece do not match their v2 block hashes (proven, so at once).
+    #[error("peer sent blocks of piece {0} that do not match their v2 hashes")]
+    BadBlocks(u32),
+    /// Its answer to our request for block hashes does not hash to the piece layer.
+    #[error("peer sent block hashes that do not match the piece layer")]
+    BadHashes,
 }
 
 /// An assembled piece awaiting hash verification.
@@ -255,8 +266,11 @@ pub struct Swarm {
     /// The raw info dictionary, served to peers that ask for it with `ut_metadata`.
     info_bytes: Option<Arc<[u8]>>,
     /// The v2 hashes that answer peers' BEP 52 hash requests (none: every request is
-    /// rejected).
+    /// rejected) and tell the bad blocks of a failed piece.
     piece_hashes: Option<Arc<PieceHashes>>,
+    /// Failed pieces held while their block hashes are looked up (at most
+    /// [`MAX_BLOCK_CHECKS`]), oldest first.
+    block_checks: Vec<BlockCheck>,
 }
 
 /// `hashes` answers (BEP 52) queued or being computed for one peer at most; further requests
@@ -315,6 +329,7 @@ impl Swarm {
             rng,
             info_bytes: None,
             piece_hashes: None,
+            block_checks: Vec::new(),
         }
     }
 
@@ -372,6 +387,10 @@ impl Swarm {
         peer.fast = features.fast;
         peer.outgoing = features.outgoing;
         peer.web_seed = features.web_seed;
+        // Every peer of a v2-only torrent speaks v2; a hybrid's only if it connected with the
+        // v2 hash or both sides offered the upgrade.
+        let v2_only = self.piece_hashes.as_ref().is_some_and(|h| h.is_v2());
+        peer.v2 = !features.web_seed && (features.v2 || v2_only);
         // A peer we dialled accepts connections where we reached it; an incoming one says
         // where in its extension handshake.
         peer.pex_addr = features.addr.filter(|_| features.outgoing);
@@ -418,6 +437,10 @@ impl Swarm {
         };
         // A peer we upload to that loses interest gives up its slot.
         let slot_given_up = msg == Message::NotInterested && !peer.am_choking;
+        // Answers to our requests for block hashes may drop peers, this one too: they are
+        // looked at once it is back among the peers.
+        let hash_answer =
+            matches!(msg, Message::Hashes { .. } | Message::HashReject(_)).then(|| msg.clone());
         let result = self.on_message(now, key, &mut peer, msg);
         let active = peer.is_active();
         self.peers.insert(key, peer);
@@ -429,6 +452,9 @@ impl Swarm {
             Ok(()) if active => self.arm_tick(now + RATE_WINDOW),
             Ok(()) => {}
             Err(reason) => self.disconnect(key, reason),
+        }
+        if let Some(answer) = hash_answer {
+            self.on_block_hashes(key, answer);
         }
     }
 
@@ -442,13 +468,24 @@ impl Swarm {
     }
 
     /// The hash check of piece `index` came back: `good` pieces are stored and announced, bad
-    /// ones requested again. A bad piece from one peer counts against it; one that several
-    /// peers sent puts them all on parole instead (the pieces they start are theirs alone until
-    /// one passes), so that a liar cannot get honest peers dropped. `buf` is the piece's
-    /// buffer, kept for the next piece.
+    /// ones requested again. `buf` is the piece's buffer, kept for the next piece.
+    ///
+    /// A bad piece with v2 hashes (more than one block) is first held while a v2 peer that has
+    /// it tells us its block hashes ([`blockcheck`]): every peer that sent a bad block is then
+    /// dropped at once (the hashes prove it), the good blocks are kept and only the bad ones
+    /// asked for again. This is done even when one peer sent the whole piece: the proof costs
+    /// one small request, and saves fetching its good blocks again. Without v2 hashes, a
+    /// peer to ask, a free slot, or an answer in time, a bad piece from one peer counts
+    /// against it; one that several peers sent puts them all on parole instead (the pieces
+    /// they start are theirs alone until one passes), so that a liar cannot get honest peers
+    /// dropped.
     pub fn handle_verdict(&mut self, now: Instant, index: u32, good: bool, buf: Vec<u8>) {
-        self.assembly.recycle(buf, self.geo.piece_length);
-        let Some(contributors) = self.assembly.verdict(&self.geo, index) else {
+        let request = (!good && self.block_checks.len() < MAX_BLOCK_CHECKS)
+            .then(|| self.piece_hashes.as_ref()?.block_request(index))
+            .flatten()
+            .filter(|_| buf.len() == self.geo.piece_len(index) as usize);
+        let Some(senders) = self.assembly.verdict(&self.geo, index, request.is_some()) else {
+            self.assembly.recycle(buf, self.geo.piece_length);
             return;
         };
         if std::mem::take(&mut self.scheduler.memory_starved) {
@@ -460,7 +497,8 @@ impl Swarm {
             self.to_wake.extend(room.map(|(&k, _)| k));
         }
         if good {
-            if let [k] = contributors[..] {
+            self.assembly.recycle(buf, self.geo.piece_length);
+            if let [k] = senders.contributors[..] {
                 if let Some(peer) = self.peers.get_mut(&k) {
                     peer.on_parole = false;
                 }
@@ -468,11 +506,35 @@ impl Swarm {
             self.on_piece_verified(index);
             return;
         }
+        match request {
+            Some(request) => {
+                let deadline = now + BLOCK_HASHES_TIMEOUT;
+                self.arm_tick(deadline);
+                self.ask_block_hashes(BlockCheck {
+                    index,
+                    buf,
+                    senders,
+                    request,
+                    asked: Vec::new(),
+                    deadline,
+                });
+            }
+            None => {
+                self.assembly.recycle(buf, self.geo.piece_length);
+                self.piece_failed(index, senders);
+            }
+        }
+        self.arm_tick(now + RATE_WINDOW);
+    }
+
+    /// A bad piece whose bad blocks are not known: it is fetched again whole, and its
+    /// contributors blamed as [`Swarm::handle_verdict`] says.
+    fn piece_failed(&mut self, index: u32, senders: Senders) {
         let len = u64::from(self.geo.piece_len(index));
         self.stats.wasted_bytes += len;
         self.scheduler.picker.release(index);
-        let shared = contributors.len() > 1;
-        for k in contributors {
+        let shared = senders.contributors.len() > 1;
+        for k in senders.contributors {
             let Some(peer) = self.peers.get_mut(&k) else {
                 continue;
             };
@@ -488,7 +550,92 @@ impl Swarm {
         }
         // Peers idle for lack of work may now fetch this piece again.
         self.to_wake.extend(self.peers.keys().copied());
-        self.arm_tick(now + RATE_WINDOW);
+    }
+
+    /// Asks the next peer for `check`'s block hashes: a v2 peer that has the piece and was
+    /// not asked yet, those that sent none of it first (then by key, so runs replay). With
+    /// none left, or [`MAX_ASKED`] asked, the piece fails as one without v2 hashes does.
+    fn ask_block_hashes(&mut self, mut check: BlockCheck) {
+        let index = check.index;
+        let next = self
+            .peers
+            .iter()
+            .filter(|(k, p)| p.v2 && p.has.get(index) && !check.asked.contains(k))
+            .map(|(&k, _)| (check.senders.contributors.contains(&k), k))
+            .min()
+            .map(|(_, k)| k)
+            .filter(|_| check.asked.len() < MAX_ASKED);
+        let Some(key) = next else {
+            self.give_up_block_check(check);
+            return;
+        };
+        if let Some(peer) = self.peers.get_mut(&key) {
+            peer.outbox.push(Message::HashRequest(check.request));
+            self.to_wake.insert(key);
+        }
+        check.asked.push(key);
+        self.block_checks.push(check);
+    }
+
+    fn give_up_block_check(&mut self, check: BlockCheck) {
+        self.assembly.drop_held(&self.geo, check.index);
+        self.assembly.recycle(check.buf, self.geo.piece_length);
+        self.piece_failed(check.index, check.senders);
+    }
+
+    /// `key`'s `hashes` or `hash reject` message: if it answers a block check, the piece's bad
+    /// blocks are found and their senders dropped, or the next peer is asked.
+    fn on_block_hashes(&mut self, key: PeerKey, msg: Message) {
+        let (request, hashes) = match msg {
+            Message::Hashes { request, hashes } => (request, Some(hashes)),
+            Message::HashReject(request) => (request, None),
+            _ => return,
+        };
+        let Some(pos) = self
+            .block_checks
+            .iter()
+            .position(|c| c.awaits(key, &request))
+        else {
+            // Stray (or late, after another peer answered): ignored.
+            return;
+        };
+        let check = self.block_checks.remove(pos);
+        let Some(hashes) = hashes else {
+            self.ask_block_hashes(check);
+            return;
+        };
+        let bad = self
+            .piece_hashes
+            .as_ref()
+            .and_then(|h| h.bad_blocks(check.index, &check.buf, &request, &hashes));
+        match bad {
+            None => {
+                self.disconnect(key, PeerError::BadHashes);
+                self.ask_block_hashes(check);
+            }
+            // Every hashed byte is right (a hybrid's SHA-1 failed on padding, or its halves
+            // disagree): nobody can be named.
+            Some(bad) if bad.is_empty() => self.give_up_block_check(check),
+            Some(bad) => {
+                let guilty = check.guilty(&bad);
+                let wasted: u64 = bad
+                    .iter()
+                    .map(|&b| u64::from(self.geo.block_ref(check.index, b).length))
+                    .sum();
+                self.stats.wasted_bytes += wasted;
+                self.assembly.resume(
+                    &self.geo,
+                    check.index,
+                    check.buf,
+                    &check.senders.blocks,
+                    &bad,
+                );
+                for k in guilty {
+                    self.disconnect(k, PeerError::BadBlocks(check.index));
+                }
+                self.to_wake.extend(self.peers.keys().copied());
+            }
+        }
     }
 
     /// The driver sent `bytes` of block data to `key` (after [`Swarm::poll_upload`]).
@@ -512,6 +659,10 @@ impl Swarm {
         );
         if self.next_tick.is_none_or(|t| now < t) {
             return;
+        }
+        while let Some(pos) = self.block_checks.iter().position(|c| c.deadline <= now) {
+            let check = self.block_checks.remove(pos);
+            self.give_up_block_check(check);
         }
         let mut timed_out = Vec::new();
         let mut active = false;
@@ -570,6 +721,9 @@ impl Swarm {
         } else {
             next_deadline
         };
+        if let Some(d) = self.block_checks.iter().map(|c| c.deadline).min() {
+            self.arm_tick(d);
+        }
     }
 
     // ---- outputs ----
@@ -741,6 +895,15 @@ impl Swarm {
         Scheduler::release_all(&mut self.assembly, key, &mut peer);
         self.choker.remove_peer(key);
         self.to_wake.remove(&key);
+        // Block checks waiting on it ask someone else.
+        while let Some(pos) = self
+            .block_checks
+            .iter()
+            .position(|c| c.asked.last() == Some(&key))
+        {
+            let check = self.block_checks.remove(pos);
+            self.ask_block_hashes(check);
+        }
         if !peer.am_choking && peer.peer_interested {
             // Its upload slot is free. No input time comes with a disconnection: the last
             // exchange with it stands in (it only orders who waited longest).
@@ -776,8 +939,9 @@ impl Swarm {
         peer.last_received = now;
         match msg {
             Message::KeepAlive | Message::Port(_) | Message::Unknown { .. } => {}
-            // BEP 52: we only ask for hashes before the swarm starts (see `hashes::fetch`), so
-            // answers are stray and ignored.
+            // BEP 52: answers to block checks, looked at by `handle_message` once the peer is
+            // back among the peers (layers are fetched before the swarm starts, see
+            // `hashes::fetch`).
             Message::Hashes { .. } | Message::HashReject(_) => {}
             Message::HashRequest(request) => {
                 // An answer can be 256 KiB for a 49-byte request, and block hashes cost reading
@@ -1101,6 +1265,14 @@ impl Swarm {
             }
             if p.uploads.len() > self.config.max_upload_queue {
                 return Err(format!("peer {k} has {} uploads queued", p.uploads.len()));
+            }
+        }
+        if self.block_checks.len() > MAX_BLOCK_CHECKS {
+            return Err(format!("{} block checks", self.block_checks.len()));
+        }
+        for c in &self.block_checks {
+            if !self.assembly.is_in_progress(c.index) || c.asked.len() > MAX_ASKED {
+                return Err(format!("block check of piece {} out of step", c.index));
             }
         }
         if owed != self.assembly.owed(&self.geo) {

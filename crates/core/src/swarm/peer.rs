@@ -41,10 +41,17 @@ pub struct PeerFeatures {
     /// A BEP 19 web seed behind [`crate::webseed::WebSeed`]: it gets neighbouring pieces
     /// (they merge into one HTTP range) and serves requests in order, rejecting what it drops.
     pub web_seed: bool,
+    /// It speaks BitTorrent v2 on this connection (BEP 52): the connection names a hybrid by
+    /// its v2 hash, whether opened so or upgraded from the v1 hash (see
+    /// [`Handshake::answer_to`]). It may then be asked for hashes. (Every peer of a v2-only
+    /// torrent speaks v2 whatever this says.)
+    pub v2: bool,
 }
 
 impl PeerFeatures {
-    /// What a peer at `addr` and we agreed on in the handshakes (`ours` names the torrent):
+    /// What a peer at `addr` and we agreed on in the handshakes (`ours` names the torrent as
+    /// we sent it or answered with it; a name other than `theirs` is a hybrid's v2 hash, so
+    /// the connection speaks v2):
     /// the extension protocol if it offers it, the fast extension (BEP 6) only if both sides
     /// set the bit, and then its canonical allowed-fast set (IPv4 peers only, as BEP 6 defines
     /// the set).
@@ -69,6 +76,7 @@ impl PeerFeatures {
             addr: Some(addr),
             outgoing,
             web_seed: false,
+            v2: theirs.info_hash != ours.info_hash,
         }
     }
 }
@@ -141,6 +149,8 @@ pub(super) struct PeerState {
     pub(super) on_parole: bool,
     /// A web seed (see [`PeerFeatures::web_seed`]).
     pub(super) web_seed: bool,
+    /// It may be asked for hashes (see [`PeerFeatures::v2`]).
+    pub(super) v2: bool,
     /// The last piece it started (web seeds prefer the next one).
     pub(super) last_started: Option<u32>,
 }
@@ -189,6 +199,7 @@ impl PeerState {
             last_unchoked: None,
             on_parole: false,
             web_seed: false,
+            v2: false,
             last_started: None,
         }
     }

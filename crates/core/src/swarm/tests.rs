@@ -1191,3 +1191,28 @@ fn an_idle_seed_has_no_deadline_before_or_after_a_leecher() {
     }
     assert_eq!(d.poll_timeout(), None);
 }
+
+/// BEP 52: a connection speaks v2 when the two handshakes name a hybrid differently: it was
+/// opened with the v2 hash, or opened with the v1 hash and answered with the v2 one (the
+/// upgrade); the upgrade bit alone is not enough (libtorrent sets it exactly when it did not
+/// upgrade).
+#[test]
+fn v2_is_negotiated_by_the_hash_each_side_named() {
+    use crate::types::{InfoHash, PeerId};
+    use crate::wire::Handshake;
+    let (v1, alias) = (InfoHash([7; 20]), InfoHash([8; 20]));
+    let addr: SocketAddr = "10.1.2.3:6881".parse().unwrap();
+    let ours = Handshake::session(v1, PeerId([1; 20])).with_v2();
+    let theirs = Handshake {
+        peer_id: PeerId([2; 20]),
+        ..ours
+    };
+    let speaks_v2 =
+        |ours: &Handshake, t: &Handshake| PeerFeatures::negotiate(ours, t, addr, true, 9).v2;
+    assert!(!speaks_v2(&ours, &theirs));
+    // We dialled with v1 and the bit; it answered with the v2 hash.
+    assert!(speaks_v2(&ours, &theirs.for_info_hash(alias)));
+    // It dialled with v1 and the bit; we answered with the v2 hash.
+    let answered = ours.answer_to(&theirs, Some(alias));
+    assert!(speaks_v2(&answered, &theirs));
+}
