@@ -547,22 +547,25 @@ impl ScriptedPeer {
         let askable = |c: &Conn, block: &(u32, u32)| {
             c.remote_has.get(block.0) && !c.outstanding.contains(block)
         };
-        if conn.outstanding.is_empty()
-            && !conn
+        // Fills the pipeline. A cancelled request leaves its room free at once (a real client
+        // does not wait for the next message to ask again: nothing may come, as the other end
+        // rightly sends nothing for a cancelled block). Cancelled blocks are asked again once
+        // nothing else is left, at most once a call (so the loop ends whatever `cancel_every`).
+        let mut retried = false;
+        while (conn.outstanding.len() as u32) < pipeline {
+            let next = conn
                 .needed
                 .iter()
-                .any(|b| askable(conn, b) && !conn.cancelled.contains(b))
-        {
-            conn.cancelled.clear();
-        }
-        let wanted: Vec<(u32, u32)> = conn
-            .needed
-            .iter()
-            .filter(|b| askable(conn, b) && !conn.cancelled.contains(b))
-            .take(pipeline.saturating_sub(conn.outstanding.len() as u32) as usize)
-            .copied()
-            .collect();
-        for (index, begin) in wanted {
+                .find(|b| askable(conn, b) && !conn.cancelled.contains(b))
+                .copied();
+            let Some((index, begin)) = next else {
+                if retried || !conn.outstanding.is_empty() || conn.cancelled.is_empty() {
+                    break;
+                }
+                retried = true;
+                conn.cancelled.clear();
+                continue;
+            };
             let block = BlockRef {
                 index,
                 begin,
