@@ -652,7 +652,7 @@ pub fn check_request(request: &HashRequest, tree: &Tree) -> Option<u64> {
 pub fn root_of_answer(request: &HashRequest, hashes: &[Hash]) -> Option<Hash> {
     let length = request.length as usize;
     let k = request.length.trailing_zeros();
-    let uncles = (request.proof_layers + 1).saturating_sub(k) as usize;
+    let uncles = request.proof_layers.saturating_add(1).saturating_sub(k) as usize;
     if hashes.len() != length.checked_add(uncles)? || length == 0 {
         return None;
     }

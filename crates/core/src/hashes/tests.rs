@@ -252,6 +252,9 @@ fn answers_prove_up_to_the_root() {
         panic!("rejected")
     };
     assert_eq!(root_of_answer(&req, &split_hashes(&h)), Some(root));
+    // A request echoed with absurd proof layers fits no answer (and overflows nothing).
+    let absurd = request(root, 1, 0, 32, u32::MAX);
+    assert_eq!(root_of_answer(&absurd, &split_hashes(&h)), None);
 }
 
 #[test]

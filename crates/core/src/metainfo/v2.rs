@@ -346,14 +346,7 @@ pub(super) fn piece_layers(
                 "{what} has {have} hashes but the file has {pieces} pieces"
             ));
         }
-        let layer: PieceLayer = bytes
-            .chunks_exact(32)
-            .map(|c| {
-                let mut h = [0u8; 32];
-                h.copy_from_slice(c);
-                h
-            })
-            .collect();
+        let layer: PieceLayer = crate::hashes::split_hashes(bytes);
         if merkle::root_from_piece_layer(&layer, per_piece) != root {
             return invalid(format!("{what} does not hash to the file's pieces root"));
         }
