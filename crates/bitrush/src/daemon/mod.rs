@@ -840,14 +840,9 @@ impl Daemon {
             self.0.dormant.stop(id);
             return;
         };
-        let Some(run) = entry.run.take() else {
+        let Some(run) = self.end_run(entry) else {
             return;
         };
-        self.0
-            .runs_ended
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let last = run.progress.borrow().clone();
-        fold_run(entry, last);
         while let Ok(waiting) = incoming.try_recv() {
             if entry.waiting.len() < ROUTE_QUEUE {
                 entry.waiting.push(waiting);
@@ -961,6 +956,17 @@ impl Daemon {
         self.apply_queue(&mut st);
     }
 
+    /// Takes a torrent's run that ended and folds its last report in (`None`: no run).
+    fn end_run(&self, entry: &mut Entry) -> Option<Run> {
+        let run = entry.run.take()?;
+        self.0
+            .runs_ended
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let last = run.progress.borrow().clone();
+        fold_run(entry, last);
+        Some(run)
+    }
+
     /// A run ended: fold in its counters, and start the next run if the queue still wants it
     /// running (a recheck or new file selection restarts it this way).
     fn on_ended(&self, id: TorrentId, result: Result<Outcome, String>) {
@@ -968,14 +974,9 @@ impl Daemon {
         let Some(entry) = st.torrents.get_mut(&id) else {
             return;
         };
-        let Some(run) = entry.run.take() else {
+        let Some(run) = self.end_run(entry) else {
             return;
         };
-        self.0
-            .runs_ended
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let last = run.progress.borrow().clone();
-        fold_run(entry, last);
         let stopping = run.stopping;
         if let Err(e) = &result {
             tracing::warn!(torrent = %entry.saved.name, error = %e, "torrent stopped");
