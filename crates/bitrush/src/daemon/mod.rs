@@ -16,7 +16,9 @@
 //! and is handed to it.
 //!
 //! Persistence ([`store`]): every torrent has, in `<state-dir>/torrents/`, its `.torrent`
-//! (once the metadata is known), its settings (`.json`) and its resume state (`.resume`), each
+//! (once the metadata is known; rewritten with the piece layers a run fetched from peers, so
+//! no later run waits on peers for them), its settings (`.json`) and its resume state
+//! (`.resume`), each
 //! written atomically (temporary file, fsync, rename); settings on every change and
 //! periodically, so a restart after a clean stop or `kill -9` brings every torrent back. One
 //! writer thread ([`store::Writer`]) writes settings and metainfo in the order they are queued,
