@@ -659,6 +659,43 @@ fn a_queue_of_two_on_one_port_and_a_magnet_added_through_transmission_remote() {
     d.stop();
 }
 
+/// The state and download folders of a daemon that seeds `single` (a one-file swarm) and
+/// `tree` (a folder named `tree`) from data already in its download folder.
+fn seeding_folders(single: &Swarm, tree: &Swarm) -> (PathBuf, PathBuf) {
+    let state = single.dir.subdir("state");
+    let downloads = single.dir.subdir("downloads");
+    std::fs::copy(
+        single.seed_dir.join("payload.bin"),
+        downloads.join("payload.bin"),
+    )
+    .unwrap();
+    copy_tree(&tree.seed_dir.join("tree"), &downloads.join("tree"));
+    (state, downloads)
+}
+
+/// Three libtorrent leechers of `daemon`, each `(torrent, folder)`: over plain TCP, with MSE
+/// forced (keyed by the info hash) and over uTP alone; returns once all three completed.
+fn leech_over_each_transport(
+    daemon: std::net::SocketAddr,
+    plain: (&Path, &Path),
+    mse: (&Path, &Path),
+    utp: (&Path, &Path),
+) {
+    let forced = LtWire {
+        encryption: LtEncryption::Forced,
+        ..LtWire::default()
+    };
+    let utp_only = LtWire {
+        transport: LtTransport::Utp,
+        ..LtWire::default()
+    };
+    let mut leechers = [(plain, LtWire::default()), (mse, forced), (utp, utp_only)]
+        .map(|((torrent, dir), wire)| LtLeecher::start_with(torrent, dir, &[daemon], None, wire));
+    for leecher in &mut leechers {
+        leecher.wait_complete();
+    }
+}
+
 #[test]
 fn peers_reaching_the_one_port_are_routed_to_their_torrent() {
     require_libtorrent();
@@ -670,39 +707,25 @@ fn peers_reaching_the_one_port_are_routed_to_their_torrent() {
         15,
         47,
     );
-    // The daemon seeds both from data already in its download folder.
-    let state = first.dir.subdir("state");
-    let downloads = first.dir.subdir("downloads");
-    std::fs::copy(
-        first.seed_dir.join("payload.bin"),
-        downloads.join("payload.bin"),
-    )
-    .unwrap();
-    copy_tree(&second.seed_dir.join("tree"), &downloads.join("tree"));
+    let (state, downloads) = seeding_folders(&first, &second);
     let mut d = start_daemon(&state, &downloads, &["--encryption", "prefer"]);
     let a = d.add_torrent(&first.torrent);
     let b = d.add_torrent(&second.torrent);
     d.wait_for(a, "seeding", |t| t["state"] == "seeding");
     d.wait_for(b, "seeding", |t| t["state"] == "seeding");
     let daemon = loopback_addr(d.peer_port);
-    // Plain TCP for one torrent, MSE (keyed by the info hash) for the other, and uTP.
-    let plain_dir = first.dir.subdir("plain");
-    let mut plain = LtLeecher::start(&first.torrent, &plain_dir, &[daemon], None);
-    let mse_dir = second.dir.subdir("mse");
-    let forced = LtWire {
-        encryption: LtEncryption::Forced,
-        ..LtWire::default()
-    };
-    let mut mse = LtLeecher::start_with(&second.torrent, &mse_dir, &[daemon], None, forced);
-    let utp_dir = first.dir.subdir("utp");
-    let utp_only = LtWire {
-        transport: LtTransport::Utp,
-        ..LtWire::default()
-    };
-    let mut utp = LtLeecher::start_with(&first.torrent, &utp_dir, &[daemon], None, utp_only);
-    plain.wait_complete();
-    mse.wait_complete();
-    utp.wait_complete();
+    // Plain TCP for one torrent, MSE for the other, and uTP.
+    let (plain_dir, mse_dir, utp_dir) = (
+        first.dir.subdir("plain"),
+        second.dir.subdir("mse"),
+        first.dir.subdir("utp"),
+    );
+    leech_over_each_transport(
+        daemon,
+        (&first.torrent, &plain_dir),
+        (&second.torrent, &mse_dir),
+        (&first.torrent, &utp_dir),
+    );
     assert_file_eq(
         &plain_dir.join("payload.bin"),
         &first.data,
@@ -1087,14 +1110,7 @@ fn idle_seeds_rest_and_serve_at_once_when_a_peer_comes() {
         15,
         52,
     );
-    let state = main.dir.subdir("state");
-    let downloads = main.dir.subdir("downloads");
-    std::fs::copy(
-        main.seed_dir.join("payload.bin"),
-        downloads.join("payload.bin"),
-    )
-    .unwrap();
-    copy_tree(&tree.seed_dir.join("tree"), &downloads.join("tree"));
+    let (state, downloads) = seeding_folders(&main, &tree);
     // Many more complete torrents that nobody asks for (their tracker is not there).
     let idle_dir = main.dir.subdir("idle");
     let idle: Vec<(PathBuf, Vec<u8>)> = (0..30u64)
@@ -1132,26 +1148,20 @@ fn idle_seeds_rest_and_serve_at_once_when_a_peer_comes() {
     assert_eq!(stats["seeding"], all, "{stats}");
     // A resting seed still announces.
     main.tracker.wait_for_seeders(&main.info.info_hash, 1);
-    // Leechers over plain TCP, MSE (keyed by the info hash) and uTP wake their torrents.
+    // Leechers over plain TCP, MSE and uTP wake their torrents.
     let daemon = loopback_addr(d.peer_port);
-    let plain_dir = main.dir.subdir("plain");
-    let mut plain = LtLeecher::start(&main.torrent, &plain_dir, &[daemon], None);
-    let mse_dir = tree.dir.subdir("mse");
-    let forced = LtWire {
-        encryption: LtEncryption::Forced,
-        ..LtWire::default()
-    };
-    let mut mse = LtLeecher::start_with(&tree.torrent, &mse_dir, &[daemon], None, forced);
-    let utp_dir = main.dir.subdir("utp");
-    let utp_only = LtWire {
-        transport: LtTransport::Utp,
-        ..LtWire::default()
-    };
+    let (plain_dir, mse_dir, utp_dir) = (
+        main.dir.subdir("plain"),
+        tree.dir.subdir("mse"),
+        main.dir.subdir("utp"),
+    );
     let (idle_torrent, idle_data) = &idle[7];
-    let mut utp = LtLeecher::start_with(idle_torrent, &utp_dir, &[daemon], None, utp_only);
-    plain.wait_complete();
-    mse.wait_complete();
-    utp.wait_complete();
+    leech_over_each_transport(
+        daemon,
+        (&main.torrent, &plain_dir),
+        (&tree.torrent, &mse_dir),
+        (idle_torrent, &utp_dir),
+    );
     assert_file_eq(&plain_dir.join("payload.bin"), &main.data, "over plain TCP");
     assert_tree_eq(&mse_dir.join("tree"), &tree.tree);
     assert_file_eq(&utp_dir.join("idle-7.bin"), idle_data, "over uTP");

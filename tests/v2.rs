@@ -649,10 +649,7 @@ fn the_daemon_downloads_v2_and_hybrid_torrents_from_libtorrent() {
         "--api",
         &api,
     ];
-    let mut daemon = Proc::spawn("bitrush daemon", bitrush_with(daemon_args));
-    daemon
-        .wait_for_stdout_line(|l| l.starts_with("API: "), STARTUP_TIMEOUT)
-        .unwrap_or_else(|e| panic!("daemon did not start: {e}\n{}", daemon.logs()));
+    let mut daemon = spawn_daemon("bitrush daemon", daemon_args);
     let torrents = format!("http://{api}/api/v1/torrents");
     let mut ids = Vec::new();
     for swarm in [&v2, &hybrid] {
@@ -709,39 +706,36 @@ fn the_daemon_downloads_v2_and_hybrid_torrents_from_libtorrent() {
     // The seeding hybrid is reached under its v2 hash too: libtorrent given only the v2 half
     // of its magnet link connects to the daemon with the truncated v2 hash.
     let daemon_addr: std::net::SocketAddr = ([127, 0, 0, 1], peer_port).into();
-    let save = hybrid.dir.subdir("lt-by-v2-hash");
-    lt_download(
-        &v2_magnet(&hybrid.info, false, daemon_addr),
-        &save,
-        &[daemon_addr],
-    );
-    assert_file_eq(
-        &save.join("payload.bin"),
-        &hybrid.data,
-        "hybrid by its v2 hash",
-    );
-    send_signal(daemon.pid(), "INT");
-    let status = daemon.wait_exit(std::time::Duration::from_secs(30));
-    assert!(status.is_some_and(|s| s.success()), "{}", daemon.logs());
+    lt_downloads_by_v2_magnet(&hybrid, daemon_addr, "hybrid by its v2 hash");
+    stop_daemon(daemon);
     // The magnet's piece layers came from its seeder, which is gone now: restarted, the
     // daemon seeds the v2 torrent to libtorrent from what it saved, with no peer to send them.
     drop(magnet_seeder);
-    let mut daemon = Proc::spawn("bitrush daemon (restarted)", bitrush_with(daemon_args));
+    let daemon = spawn_daemon("bitrush daemon (restarted)", daemon_args);
+    lt_downloads_by_v2_magnet(&magnet, daemon_addr, "v2 magnet seeded after a restart");
+    stop_daemon(daemon);
+}
+
+/// `bitrush daemon` with `args`, once its API answers.
+fn spawn_daemon(label: &str, args: [&str; 9]) -> Proc {
+    let daemon = Proc::spawn(label, bitrush_with(args));
     daemon
         .wait_for_stdout_line(|l| l.starts_with("API: "), STARTUP_TIMEOUT)
-        .unwrap_or_else(|e| panic!("daemon did not start again: {e}\n{}", daemon.logs()));
-    let save = magnet.dir.subdir("lt-after-restart");
-    lt_download(
-        &v2_magnet(&magnet.info, false, daemon_addr),
-        &save,
-        &[daemon_addr],
-    );
-    assert_file_eq(
-        &save.join("payload.bin"),
-        &magnet.data,
-        "v2 magnet seeded after a restart",
-    );
+        .unwrap_or_else(|e| panic!("{label} did not start: {e}\n{}", daemon.logs()));
+    daemon
+}
+
+/// Stops a daemon with SIGINT; it must exit cleanly.
+fn stop_daemon(mut daemon: Proc) {
     send_signal(daemon.pid(), "INT");
     let status = daemon.wait_exit(std::time::Duration::from_secs(30));
     assert!(status.is_some_and(|s| s.success()), "{}", daemon.logs());
+}
+
+/// libtorrent, given only the v2 half of `swarm`'s magnet link and `peer`, downloads its
+/// single-file payload from that peer byte for byte.
+fn lt_downloads_by_v2_magnet(swarm: &V2Swarm, peer: std::net::SocketAddr, what: &str) {
+    let save = swarm.dir.subdir(format!("lt-from-{}", peer.port()));
+    lt_download(&v2_magnet(&swarm.info, false, peer), &save, &[peer]);
+    assert_file_eq(&save.join("payload.bin"), &swarm.data, what);
 }

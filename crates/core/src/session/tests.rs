@@ -460,6 +460,18 @@ fn resting_seed(t: Instant, trackers: &[&[&str]], after: Duration) -> Session {
     s
 }
 
+/// A resting seed (one tracker, dormant after `after`) driven to dormancy from `t`, then woken
+/// 100 s after `t` by an incoming peer (`addr(1)`); returns it and that instant.
+fn woken_seed(t: Instant, after: Duration) -> (Session, Instant) {
+    let mut s = resting_seed(t, &[&["a"]], after);
+    drive(&mut s, t + after);
+    assert!(s.is_dormant());
+    let woken = t + Duration::from_secs(100);
+    assert!(s.handle_incoming(addr(1)));
+    assert!(!s.is_dormant());
+    (s, woken)
+}
+
 /// Drives `s` by its own deadlines until `until`, answering every announce at once with an
 /// interval of 1800 s; returns each deadline it asked for and the events it gave.
 fn drive(s: &mut Session, until: Instant) -> (Vec<Instant>, Vec<SessionEvent>) {
@@ -509,12 +521,7 @@ fn an_idle_seed_goes_dormant_and_then_wakes_only_for_its_announces() {
 fn a_peer_wakes_a_dormant_seed_which_rests_again_after_it_leaves() {
     let t = Instant::now();
     let after = Duration::from_secs(60);
-    let mut s = resting_seed(t, &[&["a"]], after);
-    drive(&mut s, t + after);
-    assert!(s.is_dormant());
-    let t1 = t + Duration::from_secs(100);
-    assert!(s.handle_incoming(addr(1)));
-    assert!(!s.is_dormant());
+    let (mut s, t1) = woken_seed(t, after);
     s.handle_transfer(
         t1,
         Transfer {
@@ -616,13 +623,8 @@ fn a_seed_keeps_no_addresses_but_its_bans() {
 #[test]
 fn a_resting_seed_whose_data_went_missing_downloads_again() {
     let t = Instant::now();
-    let after = Duration::from_secs(60);
-    let mut s = resting_seed(t, &[&["a"]], after);
-    drive(&mut s, t + after);
-    assert!(s.is_dormant());
     // A peer wakes it; its next run finds half the data gone.
-    let t1 = t + Duration::from_secs(100);
-    assert!(s.handle_incoming(addr(1)));
+    let (mut s, t1) = woken_seed(t, Duration::from_secs(60));
     s.handle_transfer(t1, left(500));
     s.handle_timeout(t1);
     events(&mut s);
