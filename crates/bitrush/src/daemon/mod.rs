@@ -882,20 +882,28 @@ impl Daemon {
             return;
         };
         st.routes.retain(|_, (owner, _)| *owner != id);
+        // Unless we stopped it, it ended by itself (its seeding limits).
+        let gave_up = matches!(finish, Finish::GaveUp(_));
+        self.after_end(&mut st, id, resting.stopping, gave_up);
+    }
+
+    /// What follows the end of a torrent's run or rest: one that stopped by itself (`failed`:
+    /// on an error) is reported to the queue; one we stopped starts again if the queue still
+    /// wants it running (a recheck or a new file selection stops it this way). Connections
+    /// kept for a torrent that then neither runs nor rests are closed.
+    fn after_end(&self, st: &mut State, id: TorrentId, stopped_by_us: bool, failed: bool) {
         if st.shutting_down {
             return;
         }
-        if !resting.stopping {
-            // It ended by itself (its seeding limits).
-            st.queue
-                .handle_stopped(id, matches!(finish, Finish::GaveUp(_)));
+        if !stopped_by_us {
+            st.queue.handle_stopped(id, failed);
         } else if matches!(
             st.queue.state(id),
             Some(QueueState::Downloading | QueueState::Seeding)
         ) {
-            self.start_run(&mut st, id);
+            self.start_run(st, id);
         }
-        self.apply_queue(&mut st);
+        self.apply_queue(st);
         if let Some(entry) = st.torrents.get_mut(&id) {
             if entry.run.is_none() && entry.resting.is_none() {
                 entry.waiting.clear();
@@ -986,24 +994,7 @@ impl Daemon {
         }
         save(&self.0.writer, entry);
         st.routes.retain(|_, (owner, _)| *owner != id);
-        if st.shutting_down {
-            return;
-        }
-        if !stopping {
-            st.queue.handle_stopped(id, result.is_err());
-        } else if matches!(
-            st.queue.state(id),
-            Some(QueueState::Downloading | QueueState::Seeding)
-        ) {
-            self.start_run(&mut st, id);
-        }
-        self.apply_queue(&mut st);
-        if let Some(entry) = st.torrents.get_mut(&id) {
-            if entry.run.is_none() && entry.resting.is_none() {
-                // Connections for a torrent that does not run are closed.
-                entry.waiting.clear();
-            }
-        }
+        self.after_end(&mut st, id, stopping, result.is_err());
     }
 
     /// Routes an incoming connection to its torrent once its handshake is read; at most
