@@ -290,12 +290,13 @@ impl PieceHashes {
         hashes: &[u8],
     ) -> Option<Vec<u32>> {
         let piece = self.v2_piece(index)?;
-        // Without proof layers the answer is the subtree's leaves alone.
-        let leaves = split_hashes(hashes);
-        let right_size = hashes.len().is_multiple_of(32) && leaves.len() as u64 == piece.width;
+        // Without proof layers the answer is the subtree's leaves alone: checked for size
+        // before anything is made of the peer's bytes.
+        let right_size = hashes.len() as u64 == piece.width.checked_mul(32)?;
         if self.block_request(index).as_ref() != Some(request) || !right_size {
             return None;
         }
+        let leaves = split_hashes(hashes);
         if merkle::merkle_root(&leaves, piece.width, merkle::ZERO) != piece.expected {
             return None;
         }

@@ -39,10 +39,9 @@ struct Partial {
     missing: u32,
     /// Blocks not yet `Received`.
     remaining: u32,
-    /// Peers that sent blocks of this piece (blamed if its hash fails).
-    contributors: Vec<PeerKey>,
     /// Who sent each block (`None` until it is received): one key per block of the pieces in
-    /// memory, so a piece's block hashes can name the peer behind a bad block.
+    /// memory, so a piece's block hashes can name the peer behind a bad block (and all of
+    /// them are blamed if its hash fails without them).
     senders: Vec<Option<PeerKey>>,
     /// The peer on parole that started it and alone fetches it.
     exclusive: Option<PeerKey>,
@@ -62,10 +61,26 @@ pub(super) enum Received {
 /// Who sent an assembled piece, handed back with its verdict.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub(super) struct Senders {
-    /// Distinct senders, in the order their first block arrived.
-    pub(super) contributors: Vec<PeerKey>,
     /// The sender of each block.
     pub(super) blocks: Vec<PeerKey>,
+}
+
+impl Senders {
+    /// The distinct senders, in block order.
+    pub(super) fn contributors(&self) -> Vec<PeerKey> {
+        distinct(self.blocks.iter().copied())
+    }
+}
+
+/// `keys` without repeats, in their first order (a piece has few senders).
+pub(super) fn distinct(keys: impl Iterator<Item = PeerKey>) -> Vec<PeerKey> {
+    let mut seen = Vec::new();
+    for k in keys {
+        if !seen.contains(&k) {
+            seen.push(k);
+        }
+    }
+    seen
 }
 
 /// The pieces in memory.
@@ -120,7 +135,6 @@ impl Assembly {
                 blocks: vec![BlockState::Missing; blocks as usize],
                 missing: blocks,
                 remaining: blocks,
-                contributors: Vec::new(),
                 senders: vec![None; blocks as usize],
                 exclusive,
             },
@@ -255,9 +269,6 @@ impl Assembly {
         if let Some(slot) = partial.senders.get_mut(b) {
             *slot = Some(from);
         }
-        if !partial.contributors.contains(&from) {
-            partial.contributors.push(from);
-        }
         let also_owed = n > 1;
         if partial.remaining > 0 {
             return Received::Stored { also_owed };
@@ -266,7 +277,6 @@ impl Assembly {
             Some(done) => {
                 self.open.remove(&block.index);
                 let senders = Senders {
-                    contributors: done.contributors,
                     blocks: done.senders.into_iter().flatten().collect(),
                 };
                 self.verifying.insert(block.index, senders);
@@ -315,16 +325,11 @@ impl Assembly {
         let count = geo.block_count(index) as usize;
         let mut blocks = vec![BlockState::Received; count];
         let mut kept = vec![None; count];
-        let mut contributors = Vec::new();
         for (b, slot) in kept.iter_mut().enumerate() {
             if bad.contains(&(b as u32)) {
                 blocks[b] = BlockState::Missing;
-                continue;
-            }
-            let from = senders.get(b).copied();
-            *slot = from;
-            if let Some(k) = from.filter(|k| !contributors.contains(k)) {
-                contributors.push(k);
+            } else {
+                *slot = senders.get(b).copied();
             }
         }
         let missing = blocks.iter().filter(|s| **s == BlockState::Missing).count() as u32;
@@ -337,7 +342,6 @@ impl Assembly {
                 blocks,
                 missing,
                 remaining: missing,
-                contributors,
                 senders: kept,
                 exclusive: None,
             },
@@ -385,7 +389,7 @@ impl Assembly {
                 return Err(format!("piece {index}: senders out of step"));
             }
             if let Some(owner) = p.exclusive {
-                let shared = p.contributors.iter().any(|&c| c != owner)
+                let shared = p.senders.iter().flatten().any(|&c| c != owner)
                     || p.blocks
                         .iter()
                         .any(|s| matches!(s, BlockState::Requested(n) if *n > 1));

@@ -14,7 +14,7 @@
 
 use std::time::{Duration, Instant};
 
-use super::assembly::Senders;
+use super::assembly::{distinct, Senders};
 use super::PeerKey;
 use crate::wire::HashRequest;
 
@@ -49,14 +49,9 @@ impl BlockCheck {
 
     /// The distinct senders of the `bad` blocks, in block order.
     pub(super) fn guilty(&self, bad: &[u32]) -> Vec<PeerKey> {
-        let mut guilty = Vec::new();
-        for &b in bad {
-            if let Some(&k) = self.senders.blocks.get(b as usize) {
-                if !guilty.contains(&k) {
-                    guilty.push(k);
-                }
-            }
-        }
-        guilty
+        distinct(
+            bad.iter()
+                .filter_map(|&b| self.senders.blocks.get(b as usize).copied()),
+        )
     }
 }

@@ -498,7 +498,7 @@ impl Swarm {
         }
         if good {
             self.assembly.recycle(buf, self.geo.piece_length);
-            if let [k] = senders.contributors[..] {
+            if let [k] = senders.contributors()[..] {
                 if let Some(peer) = self.peers.get_mut(&k) {
                     peer.on_parole = false;
                 }
@@ -533,8 +533,9 @@ impl Swarm {
         let len = u64::from(self.geo.piece_len(index));
         self.stats.wasted_bytes += len;
         self.scheduler.picker.release(index);
-        let shared = senders.contributors.len() > 1;
-        for k in senders.contributors {
+        let contributors = senders.contributors();
+        let shared = contributors.len() > 1;
+        for k in contributors {
             let Some(peer) = self.peers.get_mut(&k) else {
                 continue;
             };
@@ -561,7 +562,7 @@ impl Swarm {
             .peers
             .iter()
             .filter(|(k, p)| p.v2 && p.has.get(index) && !check.asked.contains(k))
-            .map(|(&k, _)| (check.senders.contributors.contains(&k), k))
+            .map(|(&k, _)| (check.senders.blocks.contains(&k), k))
             .min()
             .map(|(_, k)| k)
             .filter(|_| check.asked.len() < MAX_ASKED);
