@@ -315,6 +315,35 @@ fn rc4_with_discard_matches_rfc_6229() {
     assert!(p.is_plaintext());
 }
 
+proptest! {
+    /// The hand-written RC4 gives RustCrypto's keystream (after the same 1024-byte discard),
+    /// whatever the key and however the data is split across calls.
+    #[test]
+    fn rc4_matches_rustcrypto_across_any_split(
+        key in any::<[u8; 20]>(),
+        data in proptest::collection::vec(any::<u8>(), 0..3000),
+        cuts in proptest::collection::vec(0usize..3000, 0..6),
+    ) {
+        use rc4::{KeyInit, StreamCipher as _};
+        let mut reference = rc4::Rc4::new_from_slice(&key).map_err(|e| TestCaseError::fail(e.to_string()))?;
+        let mut expected = vec![0u8; super::cipher::RC4_DISCARD];
+        reference.apply_keystream(&mut expected);
+        let mut expected = data.clone();
+        reference.apply_keystream(&mut expected);
+
+        let mut cuts: Vec<usize> = cuts.into_iter().map(|c| c.min(data.len())).collect();
+        cuts.sort_unstable();
+        let mut ours = data.clone();
+        let mut cipher = StreamCipher::rc4(&key);
+        let mut start = 0;
+        for cut in cuts.into_iter().chain([data.len()]) {
+            cipher.apply(&mut ours[start..cut]);
+            start = cut;
+        }
+        prop_assert_eq!(ours, expected);
+    }
+}
+
 #[test]
 fn derived_values_match_an_independent_computation() {
     // Python with pow(), hashlib.sha1 and its own RC4, for private keys 0xaa…/0xbb… and
