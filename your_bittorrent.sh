@@ -1,5 +1,6 @@
 #!/bin/sh
-# Runs bitrush with the given arguments, building the release binary first if needed.
+# Runs bitrush with the given arguments, building the shipped (`dist` profile) binary first if
+# needed.
 #
 # Stdout carries nothing but the command's output: the build's messages go to stderr. When the
 # binary is missing, or a source file or manifest is newer than it, the script says so
@@ -9,7 +10,7 @@
 # The working directory is left alone so relative paths in the arguments keep their meaning.
 set -e
 here="$(cd "$(dirname "$0")" && pwd)"
-bin="${CARGO_TARGET_DIR:-$here/target}/release/bitrush"
+bin="${CARGO_TARGET_DIR:-$here/target}/dist/bitrush"
 
 quiet=
 for arg in "$@"; do
@@ -26,14 +27,14 @@ stale() {
 }
 
 if [ -n "$quiet" ]; then
-    cargo build --release --quiet --bin bitrush --manifest-path "$here/Cargo.toml" 1>&2
+    cargo build --profile dist --quiet --bin bitrush --manifest-path "$here/Cargo.toml" 1>&2
 elif [ ! -x "$bin" ]; then
     echo "building bitrush (first run only)…" >&2
-    cargo build --release --bin bitrush --manifest-path "$here/Cargo.toml" 1>&2
+    cargo build --profile dist --bin bitrush --manifest-path "$here/Cargo.toml" 1>&2
 elif stale; then
     echo "rebuilding bitrush (sources changed)…" >&2
-    cargo build --release --bin bitrush --manifest-path "$here/Cargo.toml" 1>&2
+    cargo build --profile dist --bin bitrush --manifest-path "$here/Cargo.toml" 1>&2
 else
-    cargo build --release --quiet --bin bitrush --manifest-path "$here/Cargo.toml" 1>&2
+    cargo build --profile dist --quiet --bin bitrush --manifest-path "$here/Cargo.toml" 1>&2
 fi
 exec "$bin" "$@"

@@ -2,7 +2,7 @@
 //! not look hung, builds quietly when nothing changed, and keeps stdout for the command alone.
 //!
 //! The script runs from a copy in a scratch project, with a stand-in `cargo` first in PATH that
-//! logs how it was called and "builds" a stand-in binary: a real release build takes minutes.
+//! logs how it was called and "builds" a stand-in binary: a real build takes minutes.
 
 mod common;
 
@@ -18,7 +18,7 @@ use std::time::Duration;
 /// builds only a missing binary, silently.
 const FAKE_CARGO: &str = r#"#!/bin/sh
 echo "$*" >> "$FAKE_CARGO_LOG"
-bin="$FAKE_PROJECT/target/release/bitrush"
+bin="$FAKE_PROJECT/target/dist/bitrush"
 case " $* " in
 *" --quiet "*) [ -x "$bin" ] && exit 0 ;;
 *) echo "   Compiling bitrush-cli v0.1.0" >&2; echo "cargo talking on stdout" ;;
