@@ -735,6 +735,8 @@ fn run(command: Command, quiet: bool) -> anyhow::Result<()> {
             let credentials = api_user
                 .zip(api_password)
                 .map(|(user, password)| bitrush::daemon::api::Credentials { user, password });
+            // Before the runtime's threads exist, so they share the one arena.
+            bitrush::engine::share_one_allocator_arena();
             runtime()?.block_on(daemon::daemon(daemon::DaemonArgs {
                 state_dir,
                 download_dir,
