@@ -297,3 +297,90 @@ impl Endpoint {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::utp::packet::{Header, Packet, PacketType};
+
+    fn packet(packet_type: PacketType, connection_id: u16, seq_nr: u16, ack_nr: u16) -> Vec<u8> {
+        let header = Header {
+            packet_type,
+            connection_id,
+            timestamp_us: 1,
+            timestamp_diff_us: 0,
+            wnd_size: 65_536,
+            seq_nr,
+            ack_nr,
+        };
+        let mut out = Vec::new();
+        Packet::encode(&header, None, &[], &mut out);
+        out
+    }
+
+    /// Opens a connection as an initiator with receive id `id` (the SYN, then the ack of the
+    /// SYN-ACK that confirms it); returns the type of the endpoint's first answer, or `None` if
+    /// it never answered.
+    fn open(client: &std::net::UdpSocket, to: SocketAddr, id: u16) -> Option<PacketType> {
+        client
+            .send_to(&packet(PacketType::Syn, id, 1, 0), to)
+            .ok()?;
+        let mut buf = vec![0u8; 2048];
+        let answer = loop {
+            // Times out (an error) if the endpoint stopped answering.
+            let (n, _) = client.recv_from(&mut buf).ok()?;
+            if let Ok(p) = Packet::parse(&buf[..n]) {
+                if p.header.connection_id == id {
+                    break p.header;
+                }
+            }
+        };
+        if answer.packet_type == PacketType::State {
+            // Confirmed, it no longer counts against the backlog of half-open connections.
+            let ack = packet(
+                PacketType::State,
+                id.wrapping_add(1),
+                2,
+                answer.seq_nr.wrapping_sub(1),
+            );
+            client.send_to(&ack, to).ok()?;
+        }
+        Some(answer.packet_type)
+    }
+
+    /// More connections than the accept queue holds, nobody accepting: the endpoint refuses
+    /// the extra ones and goes on serving. (Dropping a refused stream takes the uTP lock, so
+    /// dropping it under that lock hung the endpoint for good at the first refusal.) The
+    /// endpoint runs on its own runtime, so a hung one cannot hang the test.
+    #[test]
+    fn a_full_accept_queue_refuses_and_keeps_serving() {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        let udp = rt
+            .block_on(start(UdpOptions {
+                port: 0,
+                dht: None,
+                utp: true,
+            }))
+            .expect("start the endpoint");
+        let client = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        client
+            .set_read_timeout(Some(std::time::Duration::from_secs(30)))
+            .unwrap();
+        let to = SocketAddr::from(([127, 0, 0, 1], udp.port));
+        let unanswered =
+            (0..ACCEPT_QUEUE as u16 + 8).find(|n| open(&client, to, 1000 + 2 * n).is_none());
+        if let Some(n) = unanswered {
+            // The hung endpoint holds the uTP lock for good: dropping its handle (which takes
+            // that lock) or waiting for its workers would hang the test instead of failing it.
+            std::mem::forget(udp);
+            rt.shutdown_background();
+            panic!("connection {n} got no answer (the accept queue holds {ACCEPT_QUEUE})");
+        }
+        drop(udp);
+        rt.shutdown_background();
+    }
+}
