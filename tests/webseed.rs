@@ -5,6 +5,8 @@
 //! - a single-file torrent whose only source is the web seed (`download` and
 //!   `download_piece`);
 //! - a multi-file torrent (the URL plus the torrent's name and each file's path);
+//! - a multi-file torrent whose names bitrush changes for the disk (a case clash, `CON.txt`, a
+//!   backslash, a byte that is not UTF-8): the web seed is asked for the names as written;
 //! - a hybrid torrent `bitrush create` made, with BEP 47 pad files (never fetched: zeros) and
 //!   no tracker at all;
 //! - an HTTPS web seed (stunnel4 in front of nginx, trusted through `SSL_CERT_FILE`);
@@ -193,6 +195,57 @@ fn a_multi_file_torrent_from_its_web_seed_alone() {
     let result = download(&torrent, &out);
     assert_success(&result);
     assert_tree_eq(&out, &tree);
+}
+
+#[test]
+fn names_changed_for_the_disk_are_asked_of_the_web_seed_as_written() {
+    use std::ffi::OsStr;
+    use std::os::unix::ffi::OsStrExt;
+
+    let dir = TestDir::new("webseed-names");
+    let files = dir.subdir("files");
+    let root = files.join("clash");
+    // Names the server holds as written, which bitrush stores under other names: two that
+    // differ only in case (nginx on Linux is case-sensitive, so both exist), a Windows device
+    // name, a backslash and a byte that is not UTF-8.
+    let served = [
+        (&b"docs/Readme.txt"[..], 100_000),
+        (b"docs/README.txt", 70_001),
+        (b"CON.txt", 5_000),
+        (b"back\\slash.bin", 40_000),
+        (b"caf\xe9.txt", 33_333),
+    ];
+    let mut want = std::collections::BTreeMap::new();
+    for (i, (raw, len)) in served.iter().enumerate() {
+        let path = root.join(OsStr::from_bytes(raw));
+        let data = write_payload(&path, *len, 80 + i as u64);
+        let stored = match *raw {
+            // mktorrent lists `README.txt` before `Readme.txt`: the later one is renamed.
+            b"docs/Readme.txt" => "docs/Readme.1.txt",
+            b"docs/README.txt" => "docs/README.txt",
+            b"CON.txt" => "CON_.txt",
+            b"back\\slash.bin" => "back_slash.bin",
+            // Not UTF-8: read as Windows-1252.
+            _ => "café.txt",
+        };
+        want.insert(stored.to_string(), data);
+    }
+    let nginx = Nginx::start(&[("files", &files)]);
+    let torrent = web_seeded_torrent(&root, &[nginx.url("files/")]);
+    let out = dir.join("out");
+    let result = download(&torrent, &out);
+    let log = fs::read_to_string(nginx.dir.join("access.log")).unwrap_or_default();
+    assert!(
+        result.status.success(),
+        "{}\nnginx access log:\n{log}",
+        dump(&result)
+    );
+    assert_success(&result);
+    assert_tree_eq(&out, &want);
+    assert!(
+        log.lines().all(|l| l.contains(" 206 ")),
+        "every request found its file\n{log}"
+    );
 }
 
 /// A tracked swarm with a libtorrent seeder behind it, and a torrent of the same payload

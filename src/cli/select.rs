@@ -185,6 +185,7 @@ mod tests {
             .collect();
         Info {
             name: "folder".into(),
+            original_name: None,
             piece_length: 16384,
             pieces: vec![[0; 20]],
             files,

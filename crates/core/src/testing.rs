@@ -19,6 +19,7 @@ pub fn info_with(lengths: &[u64], piece_length: u32) -> Info {
     let count = offset.div_ceil(u64::from(piece_length)) as usize;
     Info {
         name: "t".into(),
+        original_name: None,
         piece_length,
         pieces: vec![[0; 20]; count],
         files,

@@ -29,6 +29,7 @@ fn check_parsed(m: &Metainfo) {
         assert!(info.pieces.is_empty());
     }
     assert!(!info.files.is_empty());
+    assert_ne!(info.original_name.as_deref(), Some(info.name.as_bytes()));
     let mut offset = 0u64;
     let mut seen = HashSet::new();
     let mut dirs = HashSet::new();
@@ -42,6 +43,14 @@ fn check_parsed(m: &Metainfo) {
                 Some(c),
                 "unsafe component {c:?}"
             );
+        }
+        if let Some(original) = &f.original_path {
+            let same = original.len() == f.path.len()
+                && original
+                    .iter()
+                    .zip(&f.path)
+                    .all(|(o, p)| o[..] == *p.as_bytes());
+            assert!(!same, "a copy of an unchanged path {:?}", f.path);
         }
         if f.symlink.is_some() {
             assert_eq!(f.length, 0);

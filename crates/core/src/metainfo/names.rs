@@ -16,6 +16,9 @@
 //! [`resolve_collisions`] then renames files whose paths clash (ignoring ASCII case, as
 //! libtorrent does, so the tree also works on case-insensitive file systems): the later file
 //! gets `.1`, `.2`, ... before its extension; directories keep their names.
+//!
+//! Sanitised names are for the disk only: where a name changed, the bytes the torrent wrote
+//! are kept beside it ([`original_if_changed`]) for a web seed's URLs.
 
 use std::borrow::Cow;
 use std::collections::{HashMap, HashSet};
@@ -132,6 +135,13 @@ pub fn sanitize_path<'a>(parts: impl IntoIterator<Item = &'a [u8]>) -> Vec<Strin
     }
 }
 
+/// The raw components of a path, kept beside its sanitised `path` only when the bytes differ
+/// (the common case keeps nothing).
+pub fn original_if_changed(raw: &[&[u8]], path: &[String]) -> Option<Box<[Box<[u8]>]>> {
+    let same = raw.len() == path.len() && raw.iter().zip(path).all(|(r, p)| *r == p.as_bytes());
+    (!same).then(|| raw.iter().map(|r| Box::from(*r)).collect())
+}
+
 /// `components` joined with `/`, in ASCII lower case: the key two paths collide on.
 fn collision_key(components: &[String]) -> String {
     components.join("/").to_ascii_lowercase()
@@ -147,8 +157,9 @@ fn with_suffix(name: &str, n: u64) -> String {
 
 /// Renames the later of any two files (pad files aside: they never reach the disk) whose paths
 /// are equal ignoring ASCII case, or whose path is a directory of another file: it gets the
-/// first free `.1`, `.2`, ... suffix. Directories are never renamed. Linear in the number of
-/// files (each base name remembers the last suffix it handed out).
+/// first free `.1`, `.2`, ... suffix. Directories are never renamed. A renamed file keeps its
+/// path as written in `original_path` (set here if sanitising had not already). Linear in the
+/// number of files (each base name remembers the last suffix it handed out).
 pub fn resolve_collisions(files: &mut [FileEntry]) {
     let mut taken: HashSet<String> = HashSet::new();
     for f in files.iter().filter(|f| !f.attr.pad) {
@@ -174,6 +185,11 @@ pub fn resolve_collisions(files: &mut [FileEntry]) {
             }
             n += 1;
             if taken.insert(collision_key(&path)) {
+                if f.original_path.is_none() {
+                    // Unchanged by sanitising, so the old path is the raw one.
+                    f.original_path =
+                        Some(f.path.iter().map(|c| Box::from(c.as_bytes())).collect());
+                }
                 f.path = path;
                 break;
             }
@@ -320,6 +336,32 @@ mod tests {
                 ".hidden.1",
             ]
         );
+    }
+
+    #[test]
+    fn renamed_files_keep_their_path_as_written() {
+        let mut files = vec![entry(&["d", "a.txt"], false), entry(&["D", "A.txt"], false)];
+        let kept: Box<[Box<[u8]>]> = Box::new([Box::from(&b"raw"[..])]);
+        let mut earlier = entry(&["x"], false);
+        earlier.original_path = Some(kept.clone());
+        files.push(earlier.clone());
+        files.push(earlier);
+        resolve_collisions(&mut files);
+        assert_eq!(paths(&files), ["d/a.txt", "D/A.1.txt", "x", "x.1"]);
+        assert_eq!(files[0].original_path, None);
+        let written: Vec<&[u8]> = files[1].path_as_written().collect();
+        assert_eq!(written, [&b"D"[..], b"A.txt"]);
+        // A path sanitising had already changed keeps its raw bytes, not the sanitised ones.
+        assert_eq!(files[3].original_path, Some(kept));
+    }
+
+    #[test]
+    fn originals_are_kept_only_when_they_differ() {
+        let path = |p: &[&str]| p.iter().map(|c| c.to_string()).collect::<Vec<_>>();
+        assert_eq!(original_if_changed(&[b"a", b"b"], &path(&["a", "b"])), None);
+        assert!(original_if_changed(&[b"a", b".."], &path(&["a"])).is_some());
+        assert!(original_if_changed(&[b"CON"], &path(&["CON_"])).is_some());
+        assert!(original_if_changed(&[b"ab"], &path(&["a", "b"])).is_some());
     }
 
     #[test]

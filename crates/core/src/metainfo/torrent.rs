@@ -11,7 +11,9 @@
 //!   symlinks have length 0;
 //! - every path component is a sanitised name (see [`super::names`]), and no two files that
 //!   are not pad files have paths equal ignoring ASCII case, nor is one's path a directory of
-//!   another's;
+//!   another's; the name and paths as the torrent writes them (what a web seed serves them
+//!   under) are kept beside, in `Info::original_name` and `FileEntry::original_path`, only
+//!   where they differ from the sanitised ones (so a torrent with plain names carries no copy);
 //! - with v2 metadata every non-empty regular file has its `pieces root` and starts on a piece
 //!   boundary (a v2-only torrent gets a pad entry after each file that does not end on one,
 //!   the last included, as libtorrent lays it out, so piece indices and lengths mean the same
@@ -25,7 +27,9 @@ use std::collections::BTreeMap;
 use sha1::{Digest, Sha1};
 use sha2::Sha256;
 
-use super::names::{decode_name, resolve_collisions, sanitize_component, sanitize_path};
+use super::names::{
+    decode_name, original_if_changed, resolve_collisions, sanitize_component, sanitize_path,
+};
 use super::quoted;
 use crate::bencode::{self, Value};
 use crate::merkle;
@@ -80,6 +84,10 @@ pub struct FileEntry {
     /// The root of the file's v2 merkle tree (`pieces root`), for non-empty regular files of
     /// torrents with v2 metadata.
     pub pieces_root: Option<[u8; 32]>,
+    /// The path's components as the torrent writes them (raw bytes, before sanitising and
+    /// collision renaming), only when they differ from `path`; see
+    /// [`FileEntry::path_as_written`].
+    pub original_path: Option<Box<[Box<[u8]>]>>,
 }
 
 impl FileEntry {
@@ -92,7 +100,21 @@ impl FileEntry {
             attr: FileAttr::default(),
             symlink: None,
             pieces_root: None,
+            original_path: None,
         }
+    }
+
+    /// The path's components as the torrent writes them: the names a web seed holds the file
+    /// under (BEP 19). Never for the disk: use `path`.
+    pub fn path_as_written(&self) -> impl Iterator<Item = &[u8]> + '_ {
+        let (original, sanitised) = match self.original_path.as_deref() {
+            Some(parts) => (Some(parts.iter().map(|p| &p[..])), None),
+            None => (None, Some(self.path.iter().map(|p| p.as_bytes()))),
+        };
+        original
+            .into_iter()
+            .flatten()
+            .chain(sanitised.into_iter().flatten())
     }
 }
 
@@ -122,7 +144,11 @@ impl MetaVersion {
 /// The info dictionary.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Info {
+    /// The sanitised name: the file (single-file torrent) or folder created on disk.
     pub name: String,
+    /// The name as the torrent writes it (raw bytes of `name.utf-8` or `name`), only when it
+    /// differs from `name`; see [`Info::name_as_written`].
+    pub original_name: Option<Box<[u8]>>,
     pub piece_length: u32,
     /// The v1 SHA-1 piece hashes (empty for a v2-only torrent).
     pub pieces: Vec<[u8; 20]>,
@@ -422,7 +448,7 @@ fn v1_file(item: &Value, index: usize, offset: u64) -> Result<FileEntry, Metainf
         Some(v @ Value::List(_)) => Some(v),
         _ => file.get(&b"path"[..]),
     };
-    let path = match path {
+    let (path, original_path) = match path {
         Some(Value::List(parts)) if !parts.is_empty() => {
             let mut raw = Vec::with_capacity(parts.len());
             for (j, part) in parts.iter().enumerate() {
@@ -431,11 +457,13 @@ fn v1_file(item: &Value, index: usize, offset: u64) -> Result<FileEntry, Metainf
                 };
                 raw.push(b.as_slice());
             }
-            sanitize_path(raw)
+            let path = sanitize_path(raw.iter().copied());
+            let original = original_if_changed(&raw, &path);
+            (path, original)
         }
-        Some(Value::List(_)) if attr.pad => vec![".pad".to_string(), length.to_string()],
+        Some(Value::List(_)) if attr.pad => (vec![".pad".to_string(), length.to_string()], None),
         Some(Value::List(_)) => return invalid(format!("{what}.path is empty")),
-        None if attr.pad => vec![".pad".to_string(), length.to_string()],
+        None if attr.pad => (vec![".pad".to_string(), length.to_string()], None),
         None => return invalid(format!("{what}.path is missing")),
         Some(_) => return invalid(format!("{what}.path is not a list")),
     };
@@ -453,11 +481,17 @@ fn v1_file(item: &Value, index: usize, offset: u64) -> Result<FileEntry, Metainf
         attr,
         symlink,
         pieces_root: None,
+        original_path,
     })
 }
 
-/// The v1 `files` list (or the single file of `length`) and whether it was a list.
-fn v1_files(info: &Dict, name: &str) -> Result<(Vec<FileEntry>, bool), MetainfoError> {
+/// The v1 `files` list (or the single file of `length`) and whether it was a list. `name` and
+/// `original_name` are the torrent's (a single file's path).
+fn v1_files(
+    info: &Dict,
+    name: &str,
+    original_name: Option<&[u8]>,
+) -> Result<(Vec<FileEntry>, bool), MetainfoError> {
     match (info.get(&b"length"[..]), info.get(&b"files"[..])) {
         (Some(_), Some(_)) => invalid("info has both length and files"),
         (None, None) => invalid("info has neither length nor files"),
@@ -472,6 +506,7 @@ fn v1_files(info: &Dict, name: &str) -> Result<(Vec<FileEntry>, bool), MetainfoE
             let file = FileEntry {
                 attr,
                 symlink,
+                original_path: original_name.map(|n| Box::from([Box::from(n)])),
                 ..FileEntry::new(vec![name.to_string()], length, 0)
             };
             Ok((vec![file], false))
@@ -550,19 +585,20 @@ impl Info {
             ));
         }
 
-        let name = match string_field(info, "name") {
+        let raw_name: &[u8] = match string_field(info, "name") {
             None => return invalid("info.name is missing"),
-            Some(Value::Bytes(b)) => sanitize_component(b),
+            Some(Value::Bytes(b)) => b,
             Some(_) => return invalid("info.name is not a string"),
         };
         let has_v1 = !v2 || info.contains_key(&b"files"[..]) || info.contains_key(&b"length"[..]);
-        let name = name.unwrap_or_else(|| {
+        let name = sanitize_component(raw_name).unwrap_or_else(|| {
             if has_v1 {
                 to_hex(&Sha1::digest(raw))
             } else {
                 to_hex(&Sha256::digest(raw))
             }
         });
+        let original_name = (raw_name != name.as_bytes()).then(|| Box::from(raw_name));
 
         let pieces = if has_v1 {
             match info.get(&b"pieces"[..]) {
@@ -589,7 +625,7 @@ impl Info {
         };
 
         let v1 = if has_v1 {
-            Some(v1_files(info, &name)?)
+            Some(v1_files(info, &name, original_name.as_deref())?)
         } else {
             None
         };
@@ -642,6 +678,7 @@ impl Info {
         let private = matches!(info.get(&b"private"[..]), Some(Value::Int(1)));
         Ok(Info {
             name,
+            original_name,
             piece_length,
             pieces,
             files,
@@ -650,6 +687,14 @@ impl Info {
             private,
             version,
         })
+    }
+
+    /// The name as the torrent writes it: what a web seed holds the torrent under (BEP 19).
+    /// Never for the disk: use `name`.
+    pub fn name_as_written(&self) -> &[u8] {
+        self.original_name
+            .as_deref()
+            .unwrap_or(self.name.as_bytes())
     }
 
     /// Number of pieces: `ceil(total_length / piece_length)`.

@@ -535,6 +535,78 @@ fn unsafe_paths_are_sanitised() {
     );
 }
 
+/// Each file's path as the torrent writes it, `/`-joined (lossy for display).
+fn written_paths(info: &Info) -> Vec<String> {
+    info.files
+        .iter()
+        .map(|f| {
+            f.path_as_written()
+                .map(|c| String::from_utf8_lossy(c).into_owned())
+                .collect::<Vec<_>>()
+                .join("/")
+        })
+        .collect()
+}
+
+#[test]
+fn names_as_written_are_kept_only_where_the_disk_names_differ() {
+    // Plain names: no copy at all.
+    let plain =
+        Info::from_bytes(&multi_info(&[file(1, &["a", "b"]), file(2, &["c"])], 3, 1)).unwrap();
+    assert_eq!(plain.original_name, None);
+    assert!(plain.files.iter().all(|f| f.original_path.is_none()));
+    assert_eq!(plain.name_as_written(), b"root");
+    assert_eq!(written_paths(&plain), ["a/b", "c"]);
+
+    let info = dict(&[
+        (
+            "files",
+            list(&[
+                file(1, &["x", ".."]),
+                file(1, &["a", "b"]),
+                file(1, &["A", "B"]),
+                dict(&[
+                    ("length", int(1)),
+                    ("path", list(&[bs(b"fine")])),
+                    ("path.utf-8", list(&[bs(b"CON"), bs(b"d\\e")])),
+                ]),
+                dict(&[("attr", bs(b"p")), ("length", int(1))]),
+                dict(&[("length", int(1)), ("path", list(&[bs(b"\xe9")]))]),
+            ]),
+        ),
+        ("name", bs(b"old")),
+        ("name.utf-8", bs(b"new/name")),
+        ("piece length", int(6)),
+        ("pieces", hashes(1)),
+    ]);
+    let i = Info::from_bytes(&info).unwrap();
+    assert_eq!(i.name, "new_name");
+    // The name and paths written are those the sanitised ones come from (`.utf-8` first).
+    assert_eq!(i.name_as_written(), b"new/name");
+    let on_disk: Vec<String> = i.files.iter().map(|f| f.path.join("/")).collect();
+    assert_eq!(
+        on_disk,
+        ["x", "a/b", "A/B.1", "CON_/d_e", ".pad/1", "\u{e9}"]
+    );
+    assert_eq!(
+        written_paths(&i),
+        ["x/..", "a/b", "A/B", "CON/d\\e", ".pad/1", "\u{fffd}"]
+    );
+    assert_eq!(
+        i.files[5].original_path.as_deref(),
+        Some(&[Box::from(&b"\xe9"[..])][..])
+    );
+    // Only the files whose names changed carry a copy.
+    let kept: Vec<bool> = i.files.iter().map(|f| f.original_path.is_some()).collect();
+    assert_eq!(kept, [true, false, true, true, false, true]);
+
+    // A single file: its path is the torrent's name.
+    let single = Info::from_bytes(&single_info("nul.iso", 4, 1, 1)).unwrap();
+    assert_eq!(single.name, "nul_.iso");
+    assert_eq!(single.name_as_written(), b"nul.iso");
+    assert_eq!(written_paths(&single), ["nul.iso"]);
+}
+
 #[test]
 fn colliding_paths_get_suffixes() {
     assert_eq!(

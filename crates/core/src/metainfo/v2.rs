@@ -3,12 +3,12 @@
 //!
 //! Invariants: the tree walk is bounded by [`MAX_TREE_DEPTH`] directories and [`MAX_FILES`]
 //! files (so its recursion and its output are bounded); every name is sanitised like a v1
-//! path; every piece layer kept has one hash per piece of its file and hashes to the file's
-//! `pieces root`.
+//! path (the names as written kept beside where they differ); every piece layer kept has one
+//! hash per piece of its file and hashes to the file's `pieces root`.
 
 use std::collections::{BTreeMap, HashMap};
 
-use super::names::sanitize_component;
+use super::names::{original_if_changed, sanitize_component};
 use super::torrent::{
     attributes, length_field, shown_path, symlink_target, FileEntry, Info, PieceLayer, MAX_FILES,
     MAX_TREE_DEPTH,
@@ -56,7 +56,7 @@ pub(super) fn file_tree(info: &Dict, has_files: bool) -> Result<Tree, MetainfoEr
             .and_then(leaf_properties)
             .is_some();
     let mut files = Vec::new();
-    walk(root, &mut Vec::new(), 0, &mut files)?;
+    walk(root, &mut Vec::new(), &mut Vec::new(), 0, &mut files)?;
     if files.is_empty() {
         return invalid("info.file tree has no files");
     }
@@ -64,9 +64,11 @@ pub(super) fn file_tree(info: &Dict, has_files: bool) -> Result<Tree, MetainfoEr
 }
 
 /// Adds the files under `node` (a directory at `prefix`, `depth` levels deep) to `out`.
-fn walk(
-    node: &Dict,
+/// `raw_prefix` is the same directory as the tree writes it (every key, dropped ones too).
+fn walk<'a>(
+    node: &'a Dict,
     prefix: &mut Vec<String>,
+    raw_prefix: &mut Vec<&'a [u8]>,
     depth: usize,
     out: &mut Vec<FileEntry>,
 ) -> Result<(), MetainfoError> {
@@ -101,6 +103,7 @@ fn walk(
             }
             None => false,
         };
+        raw_prefix.push(key);
         let result = match leaf_properties(child) {
             Some(props) => {
                 if out.len() >= MAX_FILES {
@@ -112,10 +115,12 @@ fn walk(
                     prefix.clone()
                 };
                 let what = format!("info.file tree {}", shown_path(&path));
-                leaf(props, path, &what).map(|f| out.push(f))
+                let original_path = original_if_changed(raw_prefix, &path);
+                leaf(props, path, &what).map(|f| out.push(FileEntry { original_path, ..f }))
             }
-            None => walk(child, prefix, depth + 1, out),
+            None => walk(child, prefix, raw_prefix, depth + 1, out),
         };
+        raw_prefix.pop();
         if pushed {
             prefix.pop();
         }

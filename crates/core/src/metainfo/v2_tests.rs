@@ -308,6 +308,56 @@ fn unsafe_tree_names_are_sanitised_and_collisions_renamed() {
     let m = Metainfo::from_bytes(&v2_torrent(tree)).unwrap();
     let paths: Vec<String> = m.info.real_files().map(|(_, f)| f.path.join("/")).collect();
     assert_eq!(paths, ["etc", "_", "CON_", "a_b", "a_b.1", "xgpj.exe"]);
+    // The names as written stay beside, for web seeds; `a_b` was renamed only for the clash.
+    let written: Vec<String> = m
+        .info
+        .real_files()
+        .map(|(_, f)| {
+            let parts: Vec<&[u8]> = f.path_as_written().collect();
+            String::from_utf8(parts.join(&b'/')).unwrap()
+        })
+        .collect();
+    assert_eq!(
+        written,
+        ["../../etc", "C:", "CON", "a/b", "a_b", "x\u{202e}gpj.exe"]
+    );
+    assert!(m
+        .info
+        .files
+        .iter()
+        .filter(|f| f.attr.pad)
+        .all(|f| f.original_path.is_none()));
+}
+
+#[test]
+fn a_hybrid_keeps_its_v1_names_as_written() {
+    let good = made(&[("a", 20_000), ("b", 5)], false, MetaVersion::Hybrid);
+    // `b` becomes `nul` (a device name, still after `a` in the tree) in both halves.
+    let renamed = edited(&good, |_, info| {
+        if let Some(Value::List(files)) = info.get_mut(&b"files"[..]) {
+            for f in files.iter_mut() {
+                if let Value::Dict(f) = f {
+                    if f.get(&b"path"[..]) == Some(&Value::List(vec![b("b")])) {
+                        f.insert(b"path".to_vec(), Value::List(vec![b("nul")]));
+                    }
+                }
+            }
+        }
+        if let Some(Value::Dict(tree)) = info.get_mut(&b"file tree"[..]) {
+            let leaf = tree.remove(&b"b"[..]).unwrap();
+            tree.insert(b"nul".to_vec(), leaf);
+        }
+    });
+    let m = Metainfo::from_bytes(&renamed).unwrap();
+    assert_eq!(m.info.version, MetaVersion::Hybrid);
+    let nul = m
+        .info
+        .files
+        .iter()
+        .find(|f| f.path == ["nul_"])
+        .expect("the renamed file");
+    assert_eq!(nul.path_as_written().collect::<Vec<_>>(), [&b"nul"[..]]);
+    assert!(nul.pieces_root.is_some());
 }
 
 #[test]

@@ -95,6 +95,7 @@ impl Torrent {
         file.pieces_root = Some(merkle::file_root(&leaves, piece_length));
         let info = Info {
             name: "x".into(),
+            original_name: None,
             piece_length,
             pieces: Vec::new(),
             files: vec![file],

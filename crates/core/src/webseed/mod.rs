@@ -232,23 +232,25 @@ impl WebSeed {
 
     /// The URL of file `file` (BEP 19): a single-file torrent's URL as given, or with the
     /// torrent's name appended when it ends in `/`; a multi-file torrent's URL, `/`, the name
-    /// and the file's path, each component percent-encoded.
+    /// and the file's path, each component percent-encoded. The names are the bytes the
+    /// torrent writes, not the ones sanitised for the disk: the server holds the files under
+    /// their original names (a case clash, `CON`, a `\`, a name that is not UTF-8).
     pub fn file_url(&self, file: usize) -> String {
         let mut url = self.url.clone();
         if !self.info.multi_file {
             if url.ends_with('/') {
-                url.push_str(&percent_encode(self.info.name.as_bytes()));
+                url.push_str(&percent_encode(self.info.name_as_written()));
             }
             return url;
         }
         if !url.ends_with('/') {
             url.push('/');
         }
-        url.push_str(&percent_encode(self.info.name.as_bytes()));
+        url.push_str(&percent_encode(self.info.name_as_written()));
         if let Some(f) = self.info.files.get(file) {
-            for part in &f.path {
+            for part in f.path_as_written() {
                 url.push('/');
-                url.push_str(&percent_encode(part.as_bytes()));
+                url.push_str(&percent_encode(part));
             }
         }
         url

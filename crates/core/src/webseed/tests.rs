@@ -303,6 +303,230 @@ fn file_urls_follow_bep_19() {
     assert_eq!(s.file_url(0), "https://h/seed/my%20torrent/f0");
 }
 
+/// A byte string.
+fn bytes(b: &[u8]) -> crate::bencode::Value {
+    crate::bencode::Value::Bytes(b.to_vec())
+}
+
+/// A dictionary of `pairs`.
+fn dict(pairs: Vec<(&[u8], crate::bencode::Value)>) -> crate::bencode::Value {
+    crate::bencode::Value::Dict(pairs.into_iter().map(|(k, v)| (k.to_vec(), v)).collect())
+}
+
+/// A v1 info dictionary named `name` holding a byte per file at each raw path (a single file
+/// named `name` when `paths` is `None`), parsed as any torrent is: names sanitised for the
+/// disk, clashes renamed.
+fn parsed(name: &[u8], paths: Option<&[Vec<Vec<u8>>]>) -> Arc<Info> {
+    use crate::bencode::Value;
+    let mut info = vec![
+        (&b"name"[..], bytes(name)),
+        (b"piece length", Value::Int(16384)),
+        (b"pieces", bytes(&[0; 20])),
+    ];
+    match paths {
+        None => info.push((b"length", Value::Int(1))),
+        Some(paths) => {
+            let files = paths
+                .iter()
+                .map(|path| {
+                    let parts = path.iter().map(|p| bytes(p)).collect();
+                    dict(vec![
+                        (b"length", Value::Int(1)),
+                        (b"path", Value::List(parts)),
+                    ])
+                })
+                .collect();
+            info.push((b"files", Value::List(files)));
+        }
+    }
+    let encoded = crate::bencode::encode(&dict(info));
+    Arc::new(Info::from_bytes(&encoded).expect("a valid torrent"))
+}
+
+/// `a/b` components as raw paths.
+fn raw_paths(paths: &[&[u8]]) -> Vec<Vec<Vec<u8>>> {
+    paths
+        .iter()
+        .map(|p| p.split(|&b| b == b'/').map(<[u8]>::to_vec).collect())
+        .collect()
+}
+
+#[test]
+fn file_urls_carry_the_names_as_written_not_as_sanitised() {
+    let now = Instant::now();
+    let long = [&[b'x'; 300][..], b".mkv"].concat();
+    let paths = raw_paths(&[
+        b"back\\slash/CON",
+        b"caf\xe9.txt",
+        b"docs/Readme.txt",
+        b"docs/README.txt",
+        &long,
+        b"plain/file.bin",
+    ]);
+    let info = parsed(b"my\\torrent", Some(&paths));
+    // The disk gets the sanitised names...
+    assert_eq!(info.name, "my_torrent");
+    let on_disk: Vec<String> = info.files.iter().map(|f| f.path.join("/")).collect();
+    let cut = format!("{}.mkv", "x".repeat(236));
+    assert_eq!(
+        on_disk,
+        [
+            "back_slash/CON_",
+            "café.txt",
+            "docs/Readme.txt",
+            "docs/README.1.txt",
+            &cut,
+            "plain/file.bin"
+        ]
+    );
+    // ...the web seed the names as written.
+    let s = WebSeed::new(now, "http://h/seed/", info.clone(), config());
+    let long_url = format!("{}.mkv", "x".repeat(300));
+    assert_eq!(
+        (0..info.files.len())
+            .map(|i| s.file_url(i))
+            .collect::<Vec<_>>(),
+        [
+            "http://h/seed/my%5Ctorrent/back%5Cslash/CON".to_string(),
+            "http://h/seed/my%5Ctorrent/caf%E9.txt".into(),
+            "http://h/seed/my%5Ctorrent/docs/Readme.txt".into(),
+            "http://h/seed/my%5Ctorrent/docs/README.txt".into(),
+            format!("http://h/seed/my%5Ctorrent/{long_url}"),
+            "http://h/seed/my%5Ctorrent/plain/file.bin".into(),
+        ]
+    );
+    // Names sanitising left alone keep no copy.
+    assert!(info.files[2].original_path.is_none());
+    assert!(info.files[5].original_path.is_none());
+}
+
+#[test]
+fn a_single_files_url_carries_its_name_as_written() {
+    let now = Instant::now();
+    for (raw, on_disk, url) in [
+        (&b"CON"[..], "CON_", "http://h/d/CON"),
+        (b"caf\xe9.iso", "café.iso", "http://h/d/caf%E9.iso"),
+        (b"a\\b", "a_b", "http://h/d/a%5Cb"),
+        ("é".as_bytes(), "é", "http://h/d/%C3%A9"),
+    ] {
+        let info = parsed(raw, None);
+        assert_eq!(info.name, on_disk);
+        assert_eq!(info.files[0].path, [on_disk]);
+        let s = WebSeed::new(now, "http://h/d/", info.clone(), config());
+        assert_eq!(s.file_url(0), url);
+        // A URL naming the file itself is used as it is.
+        let s = WebSeed::new(now, "http://h/d/x.iso", info, config());
+        assert_eq!(s.file_url(0), "http://h/d/x.iso");
+    }
+}
+
+#[test]
+fn a_v2_file_trees_names_go_out_as_written() {
+    use crate::bencode::Value;
+    let leaf = || {
+        dict(vec![(
+            b"",
+            dict(vec![
+                (b"length", Value::Int(1)),
+                (b"pieces root", bytes(&[7; 32])),
+            ]),
+        )])
+    };
+    let tree = dict(vec![
+        (b"README", leaf()),
+        (b"Readme", leaf()),
+        (
+            b"a\\b",
+            dict(vec![(b"CON", leaf()), (b"..", dict(vec![(b"x", leaf())]))]),
+        ),
+    ]);
+    let info = dict(vec![
+        (b"file tree", tree),
+        (b"meta version", Value::Int(2)),
+        (b"name", bytes(b"t\xff")),
+        (b"piece length", Value::Int(16384)),
+    ]);
+    let info = Arc::new(Info::from_bytes(&crate::bencode::encode(&info)).unwrap());
+    let s = WebSeed::new(Instant::now(), "http://h", info.clone(), config());
+    let real: Vec<(String, String)> = info
+        .real_files()
+        .map(|(i, f)| (f.path.join("/"), s.file_url(i)))
+        .collect();
+    let want = [
+        ("README", "http://h/t%FF/README"),
+        ("Readme.1", "http://h/t%FF/Readme"),
+        // A `..` is dropped for the disk but stays in the URL, as written.
+        ("a_b/x", "http://h/t%FF/a%5Cb/../x"),
+        ("a_b/CON_", "http://h/t%FF/a%5Cb/CON"),
+    ];
+    let want: Vec<(String, String)> = want
+        .iter()
+        .map(|(a, b)| (a.to_string(), b.to_string()))
+        .collect();
+    assert_eq!(real, want);
+}
+
+/// `%XX` escapes undone (a test's own decoder, independent of the encoder).
+fn percent_decode(s: &str) -> Vec<u8> {
+    let mut out = Vec::new();
+    let mut bytes = s.bytes();
+    while let Some(b) = bytes.next() {
+        if b == b'%' {
+            let hex: String = bytes.by_ref().take(2).map(char::from).collect();
+            out.push(u8::from_str_radix(&hex, 16).expect("two hex digits"));
+        } else {
+            out.push(b);
+        }
+    }
+    out
+}
+
+/// Name components likely to be changed for the disk, or any bytes at all.
+fn name_bytes() -> impl Strategy<Value = Vec<u8>> {
+    prop_oneof![
+        prop::sample::select(vec![
+            &b"a"[..],
+            b"A",
+            b"con",
+            b"..",
+            b".",
+            b"",
+            b"x\\y",
+            b"caf\xe9",
+            b"C:",
+            b"a/b",
+        ])
+        .prop_map(<[u8]>::to_vec),
+        proptest::collection::vec(any::<u8>(), 0..300),
+    ]
+}
+
+proptest! {
+    /// Whatever the torrent's names, each file's URL decodes back to the torrent's own bytes:
+    /// the name, then every path component (a single file: just the name).
+    #[test]
+    fn file_urls_decode_to_the_names_as_written(
+        name in name_bytes(),
+        paths in proptest::collection::vec(proptest::collection::vec(name_bytes(), 1..4), 1..6),
+        multi in any::<bool>(),
+    ) {
+        let info = parsed(&name, multi.then_some(&paths[..]));
+        let s = WebSeed::new(Instant::now(), "http://h/s/", info.clone(), config());
+        let written: Vec<Vec<Vec<u8>>> = if multi {
+            paths.iter().map(|p| [vec![name.clone()], p.clone()].concat()).collect()
+        } else {
+            vec![vec![name.clone()]]
+        };
+        prop_assert_eq!(info.files.len(), written.len());
+        for (i, want) in written.into_iter().enumerate() {
+            let url = s.file_url(i);
+            let rest = url.strip_prefix("http://h/s/").expect("the seed's URL first");
+            let got: Vec<Vec<u8>> = rest.split('/').map(percent_decode).collect();
+            prop_assert_eq!(got, want);
+        }
+    }
+}
+
 #[test]
 fn content_range_parsing() {
     assert_eq!(parse_content_range("bytes 0-9/10"), Some((0, 9)));
