@@ -1073,6 +1073,8 @@ impl Sim {
                     });
                     self.close(node, link);
                 }
+                // Bans are modelled with the scenario that needs them.
+                SwarmEvent::Banned { .. } => {}
                 SwarmEvent::PeersFound(_) => {
                     // Links carry no extension handshake here, so no peer exchange happens.
                     self.errors
