@@ -3,10 +3,10 @@
 //!
 //! Each pass takes the swarm lock once: it hands over every message read since the last pass,
 //! takes the peer's outgoing messages and upload requests, and carries out the swarm's events
-//! (pieces to the hashing threads, wake-ups and disconnections for other peers). Blocks to
-//! upload are read from disk on the blocking pool, never under the lock. Another peer's event
-//! (a `have` to announce, an endgame `cancel`, a disconnection) wakes the task through its
-//! [`Notify`].
+//! (pieces to the hashing threads, wake-ups and disconnections for other peers, bans of peers
+//! gone for the manager). Blocks to upload are read from disk on the blocking pool, never
+//! under the lock. Another peer's event (a `have` to announce, an endgame `cancel`, a
+//! disconnection) wakes the task through its [`Notify`].
 //!
 //! Rate limits ([`super::limits`]): block data read is taken from the download bucket, and
 //! while it is in debt the socket is not read; blocks sent are taken from the upload bucket,
@@ -73,10 +73,16 @@ pub(super) struct SwarmState {
     pub(super) armed: Option<Instant>,
     /// Peers learned through peer exchange, for the manager's session (bounded).
     pub(super) discovered: Vec<std::net::SocketAddr>,
+    /// Peers that had left when the swarm proved they sent bad data, for the manager to ban
+    /// their addresses (bounded).
+    pub(super) banned: Vec<(PeerKey, PeerError)>,
 }
 
 /// Most addresses from peer exchange waiting for the manager.
 const MAX_DISCOVERED: usize = 1000;
+/// Most bans waiting for the manager (it takes them on every pass; the swarm names each
+/// departed peer once, and remembers at most one per block in memory).
+const MAX_BANNED: usize = 4096;
 
 impl SwarmState {
     /// Whether the connection `key` completed its handshake and is known to the swarm.
@@ -90,6 +96,7 @@ impl SwarmState {
             peers: HashMap::new(),
             armed: None,
             discovered: Vec::new(),
+            banned: Vec::new(),
         }
     }
 
@@ -135,6 +142,12 @@ impl SwarmState {
                         slot.close = Some(reason);
                         slot.notify.notify_one();
                     }
+                }
+                SwarmEvent::Banned { peer, reason } => {
+                    if self.banned.len() < MAX_BANNED {
+                        self.banned.push((peer, reason));
+                    }
+                    shared.timer.notify_one();
                 }
                 SwarmEvent::PeersFound(peers) => {
                     let room = MAX_DISCOVERED.saturating_sub(self.discovered.len());

@@ -515,6 +515,7 @@ async fn run(mut params: TorrentParams) -> Result<HostedEnd, TorrentError> {
         peers: JoinSet::new(),
         web_seeds: JoinSet::new(),
         conns: HashMap::new(),
+        departed: HashMap::new(),
         next_key: 0,
         announces,
         base,
@@ -1021,6 +1022,11 @@ struct Manager {
     /// The web seeds' tasks ([`webseed`]), until each is dropped or the download completes.
     web_seeds: JoinSet<()>,
     conns: HashMap<PeerKey, Conn>,
+    /// Addresses of connections that ended while the swarm may still prove they sent bad
+    /// data ([`Swarm::remembers`](crate::swarm::Swarm::remembers)), to ban them then. Pruned
+    /// on every pass, so it holds no more keys than the swarm remembers (plus the one that
+    /// just ended).
+    departed: HashMap<PeerKey, SocketAddr>,
     next_key: PeerKey,
     announces: JoinSet<(String, Result<AnnounceResponse, AnnounceError>)>,
     /// Bytes uploaded and verified by the runs before this one (hosted torrents that rested):
@@ -1113,10 +1119,7 @@ async fn recv_routed(
 fn close_kind(result: &Result<(), PeerTaskError>) -> CloseKind {
     match result {
         Ok(()) => CloseKind::Ours,
-        Err(PeerTaskError::Dropped {
-            source: PeerError::BadData(_) | PeerError::BadBlocks(_) | PeerError::BadHashes,
-            ..
-        }) => CloseKind::Banned,
+        Err(PeerTaskError::Dropped { source, .. }) if source.is_bad_data() => CloseKind::Banned,
         Err(PeerTaskError::Dropped {
             source: PeerError::Protocol(_),
             ..
@@ -1308,6 +1311,9 @@ impl Manager {
         let Some(conn) = self.conns.remove(&key) else {
             return;
         };
+        // Kept while the swarm may still name it (pruned at once otherwise).
+        self.departed.insert(key, conn.addr);
+        self.apply_bans();
         let kind = close_kind(&result);
         if conn.outgoing && established {
             // It worked for a while: its earlier failures are forgiven.
@@ -1324,6 +1330,24 @@ impl Manager {
         }
         self.session
             .handle_connection_closed(Instant::now(), conn.addr, conn.outgoing, kind);
+    }
+
+    /// Bans the addresses of the peers the swarm proved, after they left, to have sent bad
+    /// data, then forgets the departed addresses it can no longer name (under one lock: a key
+    /// named later is still remembered now).
+    fn apply_bans(&mut self) {
+        let mut st = peer::lock(&self.shared);
+        for (key, reason) in std::mem::take(&mut st.banned) {
+            let addr =
+                (self.conns.get(&key).map(|c| c.addr)).or_else(|| self.departed.remove(&key));
+            if let Some(addr) = addr {
+                tracing::warn!(%addr, %reason, "banning peer for sending bad data (found after it left)");
+                self.session.ban(addr);
+            }
+        }
+        if !self.departed.is_empty() {
+            self.departed.retain(|&k, _| st.swarm.remembers(k));
+        }
     }
 
     fn on_announce(&mut self, url: String, result: Result<AnnounceResponse, AnnounceError>) {
@@ -1443,6 +1467,7 @@ impl Manager {
             if !discovered.is_empty() {
                 self.session.handle_peers(&discovered);
             }
+            self.apply_bans();
             let (transfer, done) = self.transfer();
             if done && !self.files_finished {
                 self.files_finished = true;

@@ -497,6 +497,13 @@ impl Session {
         }
     }
 
+    /// Bans `addr` for bad data proven after its connection ended (the swarm's verdict came
+    /// late, see `SwarmEvent::Banned`): it is never dialled again, and refused when it
+    /// connects.
+    pub fn ban(&mut self, addr: SocketAddr) {
+        self.candidates.ban(addr);
+    }
+
     /// A peer connected to us from `addr`. Returns whether to accept it (within the incoming
     /// limit, not banned, not finishing); an accepted connection is reported closed later.
     pub fn handle_incoming(&mut self, addr: SocketAddr) -> bool {

@@ -351,6 +351,30 @@ fn incoming_connections_are_limited_and_banned_addresses_refused() {
     assert!(s.handle_incoming(addr(2)));
 }
 
+#[test]
+fn an_address_banned_after_its_connection_ended_is_refused_and_never_dialled() {
+    let t = Instant::now();
+    let mut s = Session::new(t, params(&[], &[addr(1), addr(2)], None));
+    s.handle_transfer(t, left(1000));
+    // Peer 3 connected to us and left; peer 1 is waiting to be dialled.
+    assert!(s.handle_incoming(addr(3)));
+    s.handle_connection_closed(t, addr(3), false, CloseKind::Transient);
+    s.ban(addr(3));
+    s.ban(addr(1));
+    assert!(!s.handle_incoming(addr(3)), "a banned peer dialled in");
+    assert!(!s.handle_incoming(addr(1)));
+    assert!(s.is_banned(&addr(3)) && s.is_banned(&addr(1)));
+    s.handle_timeout(t);
+    assert_eq!(connects(&events(&mut s)), vec![addr(2)]);
+    assert_eq!(s.candidate_counts().banned, 2);
+    // A ban outlives a later close of the connection we dialled.
+    s.ban(addr(2));
+    s.handle_connection_closed(t, addr(2), true, CloseKind::Ours);
+    s.handle_timeout(t + Duration::from_secs(3600));
+    assert!(connects(&events(&mut s)).is_empty());
+    assert!(!s.handle_incoming(addr(2)));
+}
+
 fn with_dht(mut p: SessionParams) -> SessionParams {
     p.config.dht = true;
     p.config.dht_announce = true;

@@ -9,8 +9,11 @@
 //! is answered with a SHA-1 check against the torrent's piece hashes after a short delay (a
 //! good piece is written to the node's disk first), `Wake` services that peer, and
 //! `Disconnect` closes the link at that end (the other end is told once what was already
-//! sent has reached it). Time jumps to the earliest of the next delivery, verdict or scripted
-//! timer and every swarm's `poll_timeout()`, where `handle_timeout` is called.
+//! sent has reached it). A node is an address: as the engine's session does, a swarm bans
+//! the node behind a `Disconnect` for bad data or a `Banned` (a peer proven bad after it
+//! left), and every later link between the two is refused. Time jumps to the earliest of the
+//! next delivery, verdict or scripted timer and every swarm's `poll_timeout()`, where
+//! `handle_timeout` is called.
 //!
 //! Links carry messages in order each way, after the link's latency plus the time to send
 //! them at its bandwidth (if limited); a closed end drops whatever reaches it. One seeded
@@ -20,7 +23,8 @@
 //! Checked after every step ([`Sim::step`]): every swarm's `check_invariants()`, and what can
 //! be seen from outside: a swarm asks only for pieces it lacks, only of peers that said they
 //! have them and that unchoked it; it uploads only verified pieces and only to peers it
-//! unchoked; it marks had only pieces whose hash the sim verified; and virtual time moves on.
+//! unchoked; it marks had only pieces whose hash the sim verified; it names with `Banned` only
+//! peers that left; and virtual time moves on.
 
 mod peers;
 mod props;
@@ -28,7 +32,7 @@ mod regressions;
 mod scenarios;
 
 use std::cmp::Reverse;
-use std::collections::{BTreeMap, BinaryHeap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, BinaryHeap, VecDeque};
 use std::hash::{DefaultHasher, Hash, Hasher};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -237,6 +241,8 @@ pub(crate) struct SwarmNode {
     /// Pieces on disk (verified by the sim, or there from the start).
     pub on_disk: Bitfield,
     pub wanted: Bitfield,
+    /// Nodes it banned for bad data: links with them are refused.
+    pub banned: BTreeSet<NodeId>,
 }
 
 #[derive(Debug)]
@@ -255,6 +261,15 @@ pub(crate) enum Record {
         link: LinkId,
         reason: PeerError,
     },
+    /// Swarm `node` named `peer`, gone from `link`, as a sender of bad data: it is banned.
+    Banned {
+        node: NodeId,
+        peer: NodeId,
+        link: LinkId,
+        reason: PeerError,
+    },
+    /// A link between swarm `node` and `peer`, which it banned, was refused.
+    Refused { node: NodeId, peer: NodeId },
     /// `peer` closed its link to swarm `node`.
     ClosedByPeer {
         node: NodeId,
@@ -413,6 +428,7 @@ impl Sim {
             disk,
             on_disk: have,
             wanted,
+            banned: BTreeSet::new(),
         })));
         self.nodes.len() - 1
     }
@@ -508,6 +524,22 @@ impl Sim {
             .iter()
             .filter_map(|r| match r {
                 Record::Dropped {
+                    node: n,
+                    peer: p,
+                    reason,
+                    ..
+                } if *n == node && *p == peer => Some(reason.clone()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// Why `node` banned `peer` after it left (see [`Record::Banned`]).
+    pub fn bans(&self, node: NodeId, peer: NodeId) -> Vec<PeerError> {
+        self.log
+            .iter()
+            .filter_map(|r| match r {
+                Record::Banned {
                     node: n,
                     peer: p,
                     reason,
@@ -733,6 +765,17 @@ impl Sim {
     }
 
     fn open_link(&mut self, a: NodeId, b: NodeId, spec: LinkSpec, extensions: bool) {
+        for (node, peer) in [(a, b), (b, a)] {
+            if let Node::Swarm(s) = &self.nodes[node] {
+                if s.banned.contains(&peer) {
+                    // As the engine's session: a banned address is neither dialled nor
+                    // accepted.
+                    self.note(("refuse", node, peer));
+                    self.log.push(Record::Refused { node, peer });
+                    return;
+                }
+            }
+        }
         let link = self.links.len() as LinkId;
         self.note(("connect", a, b, link));
         let n = self.torrent.piece_count();
@@ -1066,6 +1109,9 @@ impl Sim {
                         continue;
                     };
                     let peer = l.ends[1 - self.end_of(link, node)].node;
+                    if let (true, Node::Swarm(s)) = (reason.is_bad_data(), &mut self.nodes[node]) {
+                        s.banned.insert(peer);
+                    }
                     self.log.push(Record::Dropped {
                         node,
                         peer,
@@ -1073,6 +1119,29 @@ impl Sim {
                         reason,
                     });
                     self.close(node, link);
+                }
+                SwarmEvent::Banned { peer: link, reason } => {
+                    self.note(("ban", node, link));
+                    let Some(l) = self.links.get(link as usize) else {
+                        self.errors
+                            .push(format!("node {node}: bans unknown link {link}"));
+                        continue;
+                    };
+                    let end = self.end_of(link, node);
+                    let peer = l.ends[1 - end].node;
+                    if l.ends[end].open {
+                        self.errors
+                            .push(format!("node {node}: bans link {link}, still connected"));
+                    }
+                    if let Node::Swarm(s) = &mut self.nodes[node] {
+                        s.banned.insert(peer);
+                    }
+                    self.log.push(Record::Banned {
+                        node,
+                        peer,
+                        link,
+                        reason,
+                    });
                 }
                 SwarmEvent::PeersFound(_) => {
                     // Links carry no extension handshake here, so no peer exchange happens.

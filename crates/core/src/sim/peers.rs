@@ -81,6 +81,9 @@ pub(crate) enum Behaviour {
     ChokeData { pause: Duration },
     /// Serves `blocks` blocks honestly, then closes the connection.
     DisconnectMidPiece { blocks: u32 },
+    /// Serves `blocks` blocks with bytes flipped, then closes the connection at once (before
+    /// the pieces they went into can be judged).
+    CorruptThenLeave { blocks: u32 },
     /// Honest, but chokes and unchokes in turn every `period`, `toggles` times.
     ChokeStorm { period: Duration, toggles: u32 },
     /// Honest, but chokes right behind every `every`-th block it serves (in the same read),
@@ -328,7 +331,8 @@ impl ScriptedPeer {
             | Behaviour::Staller
             | Behaviour::Slow { .. }
             | Behaviour::ChokeData { .. }
-            | Behaviour::DisconnectMidPiece { .. } => {
+            | Behaviour::DisconnectMidPiece { .. }
+            | Behaviour::CorruptThenLeave { .. } => {
                 send(out, Message::Unchoke);
                 conn.choking = false;
             }
@@ -395,10 +399,11 @@ impl ScriptedPeer {
                 }
                 self.send_block(out, link, block, true);
             }
-            Behaviour::DisconnectMidPiece { blocks } => {
+            Behaviour::DisconnectMidPiece { blocks } | Behaviour::CorruptThenLeave { blocks } => {
+                let corrupt = matches!(self.behaviour, Behaviour::CorruptThenLeave { .. });
                 if conn.served < blocks {
                     conn.served += 1;
-                    self.send_block(out, link, block, false);
+                    self.send_block(out, link, block, corrupt);
                 }
                 if self.conns.get(&link).is_some_and(|c| c.served >= blocks) {
                     self.close(out, link);

@@ -3,9 +3,9 @@
 //! bitrush seeders and scripted peers, hostile ones among them, over random links, with
 //! random swarm tunables. Each runs to completion or a virtual-time bound with every swarm's
 //! invariants checked after every step ([`Sim::step`]). With an honest seeder present every
-//! downloader must finish byte-identical and no honest peer may be dropped. Whatever the
-//! swarm, bitrush sends no request a scripted peer finds invalid, uploads no wrong block,
-//! verifies each piece once, and counts what failed as wasted.
+//! downloader must finish byte-identical and no honest peer may be dropped; none is ever
+//! banned. Whatever the swarm, bitrush sends no request a scripted peer finds invalid,
+//! uploads no wrong block, verifies each piece once, and counts what failed as wasted.
 //!
 //! 1,000 swarms by default; `PROPTEST_CASES` overrides it.
 
@@ -118,6 +118,7 @@ fn behaviour() -> impl Strategy<Value = Behaviour> {
         1 => Just(Behaviour::Unrequested),
         1 => ms(10..2000).prop_map(|pause| Behaviour::ChokeData { pause }),
         1 => (0u32..20).prop_map(|blocks| Behaviour::DisconnectMidPiece { blocks }),
+        1 => (1u32..8).prop_map(|blocks| Behaviour::CorruptThenLeave { blocks }),
         1 => (ms(10..500), 1u32..40)
             .prop_map(|(period, toggles)| Behaviour::ChokeStorm { period, toggles }),
         1 => (1u32..8, ms(0..3000)).prop_map(|(every, pause)| Behaviour::ChokeAfter { every, pause }),
@@ -286,6 +287,20 @@ fn run(spec: &Spec) -> Result<u64, TestCaseError> {
             "{:?} but {} failed",
             stats,
             failed
+        );
+    }
+    // Whatever the swarm, no honest peer is ever banned (dropped for bad data, or named after
+    // it left).
+    for r in &sim.log {
+        let banned = match r {
+            Record::Dropped { peer, reason, .. } if reason.is_bad_data() => Some(peer),
+            Record::Banned { peer, .. } => Some(peer),
+            _ => None,
+        };
+        prop_assert!(
+            banned.is_none_or(|p| !honest.contains(p)),
+            "an honest peer was banned: {:?}",
+            r
         );
     }
     // Every leecher gets everything from every bitrush seeder, however busy its slots.

@@ -590,3 +590,64 @@ fn v2_block_hashes_name_the_sender_of_a_bad_block() {
         assert_eq!(sim.swarm(d).stats().wasted_bytes, 16 * KIB as u64);
     }
 }
+
+/// Whether `node` refused a link with `peer`, or made a second one, after running on.
+fn reconnect(sim: &mut Sim, node: NodeId, peer: NodeId) -> bool {
+    sim.connect(node, peer, LinkSpec::fast());
+    let limit = sim.elapsed() + Duration::from_secs(60);
+    let refused = Record::Refused { node, peer };
+    let settled = sim
+        .run_until(limit, |s| {
+            s.log.contains(&refused) || s.links_between(node, peer).0 > 1
+        })
+        .unwrap();
+    assert!(settled, "the reconnection never came");
+    sim.log.contains(&refused)
+}
+
+/// A corrupt peer that sends its bad data and leaves before any verdict is banned all the
+/// same when the verdicts come, and refused when it comes back: with v1 hashes once three
+/// pieces it sent alone failed; with v2 hashes for one bad block, named by the block hashes
+/// (a piece shared with an honest peer, which the v1 rule would not blame).
+#[test]
+fn a_corrupt_peer_that_left_before_its_verdicts_is_banned_and_refused() {
+    let max = config().max_hash_failures;
+    // v1: one-block pieces, each of its bad blocks a piece of its own.
+    let mut sim = sim(419, 16 * KIB as u32, 256 * KIB);
+    let d = sim.add_downloader(config());
+    let runner = sim.add_script(Behaviour::CorruptThenLeave { blocks: max });
+    sim.connect(d, runner, LinkSpec::fast());
+    run_until_gone(&mut sim, d, runner);
+    assert!(sim.drops(d, runner).is_empty(), "it left by itself");
+    assert_eq!(sim.verdicts(d), (0, 0), "it left before the verdicts");
+    let honest = sim.add_script(Behaviour::Honest);
+    sim.connect(d, honest, LinkSpec::fast());
+    complete(&mut sim, &[d]);
+    assert_eq!(sim.verdicts(d).1, max as usize);
+    assert_eq!(sim.bans(d, runner), vec![PeerError::BadData(max)]);
+    assert!(reconnect(&mut sim, d, runner), "{:?}", sim.log);
+    assert_eq!(sim.script(runner).stats.connections, 1);
+    assert!(sim.bans(d, honest).is_empty() && sim.drops(d, honest).is_empty());
+
+    // v2: one bad block, the rest of its piece from the honest peer.
+    let mut rng = StdRng::seed_from_u64(420);
+    let torrent = Torrent::generate_v2(&mut rng, 64 * KIB as u32, 4 * 64 * KIB);
+    let mut sim = Sim::new(Instant::now(), 420, torrent);
+    let d = sim.add_downloader(config());
+    let runner = sim.add_script(Behaviour::CorruptThenLeave { blocks: 1 });
+    let honest = sim.add_script(Behaviour::Honest);
+    sim.connect(d, runner, LinkSpec::fast());
+    run_until_gone(&mut sim, d, runner);
+    let [bad] = sim.requested(d, runner)[..1] else {
+        unreachable!()
+    };
+    sim.connect(d, honest, LinkSpec::fast());
+    complete(&mut sim, &[d]);
+    assert_eq!(sim.verdicts(d).1, 1);
+    assert_eq!(sim.bans(d, runner), vec![PeerError::BadBlocks(bad.index)]);
+    // Only the bad block was fetched again.
+    assert_eq!(sim.swarm(d).stats().wasted_bytes, 16 * KIB as u64);
+    assert!(reconnect(&mut sim, d, runner), "{:?}", sim.log);
+    assert_eq!(sim.script(runner).stats.connections, 1);
+    assert!(sim.bans(d, honest).is_empty() && sim.drops(d, honest).is_empty());
+}

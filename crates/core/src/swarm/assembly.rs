@@ -142,6 +142,17 @@ impl Assembly {
         self.open.insert(index);
     }
 
+    /// The sender of every block received of the pieces being assembled or verified (repeats
+    /// included).
+    pub(super) fn senders(&self) -> impl Iterator<Item = PeerKey> + '_ {
+        let assembling = self
+            .partials
+            .values()
+            .flat_map(|p| p.senders.iter().flatten());
+        let verifying = self.verifying.values().flat_map(|s| s.blocks.iter());
+        assembling.chain(verifying).copied()
+    }
+
     /// Pieces awaiting their verdict.
     pub(super) fn verifying_count(&self) -> usize {
         self.verifying.len()

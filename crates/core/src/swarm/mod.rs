@@ -10,8 +10,8 @@
 //! - outputs: [`Swarm::poll_transmit`] (messages for one peer), [`Swarm::poll_upload`] (blocks
 //!   one peer asked for, to read from disk and send), [`Swarm::poll_hash_jobs`] (BEP 52 block
 //!   hashes one peer asked for, to compute from the pieces on disk and report with
-//!   [`Swarm::handle_hash_answer`]) and [`Swarm::poll_event`] (pieces to verify, peers to wake
-//!   or disconnect).
+//!   [`Swarm::handle_hash_answer`]) and [`Swarm::poll_event`] (pieces to verify, peers to wake,
+//!   disconnect, or ban once gone).
 //!
 //! Its parts: [`scheduler`] (which block to ask of whom), [`assembly`] (pieces in memory and
 //! the memory budget, and who sent each block), [`blockcheck`] (failed v2 pieces held while a
@@ -28,7 +28,10 @@
 //! - a piece left to one peer on parole (see [`Swarm::handle_verdict`]) is owed by that peer
 //!   alone, and is one it is still working on;
 //! - a peer the swarm disconnects is forgotten at once; the driver is told with
-//!   [`SwarmEvent::Disconnect`] and any later input about it is ignored.
+//!   [`SwarmEvent::Disconnect`] and any later input about it is ignored;
+//! - a peer that left is remembered (its key and hash failures only) while a piece being
+//!   assembled, verified or held for its block hashes holds a block it sent, and no longer:
+//!   a verdict may still prove it sent bad data ([`SwarmEvent::Banned`]).
 
 mod assembly;
 pub mod bitfield;
@@ -164,6 +167,16 @@ pub enum PeerError {
     BadHashes,
 }
 
+impl PeerError {
+    /// Whether the peer is proven to have sent bad data (its address is banned for it).
+    pub fn is_bad_data(&self) -> bool {
+        matches!(
+            self,
+            PeerError::BadData(_) | PeerError::BadBlocks(_) | PeerError::BadHashes
+        )
+    }
+}
+
 /// An assembled piece awaiting hash verification.
 #[derive(Debug)]
 pub struct CompletedPiece {
@@ -179,6 +192,11 @@ pub enum SwarmEvent {
     Verify(CompletedPiece),
     /// Close this connection; the swarm has already forgotten the peer.
     Disconnect { peer: PeerKey, reason: PeerError },
+    /// A peer that already left is proven to have sent bad data (the verdict or the block
+    /// hashes came after it went): the driver bans its address, as it does for a
+    /// [`SwarmEvent::Disconnect`] for bad data. Each key is named at most once, and only while
+    /// the swarm remembers it ([`Swarm::remembers`]).
+    Banned { peer: PeerKey, reason: PeerError },
     /// This peer has something to send because of another peer's event or a timer: its
     /// driver should call [`Swarm::poll_transmit`].
     Wake(PeerKey),
@@ -271,6 +289,14 @@ pub struct Swarm {
     /// Failed pieces held while their block hashes are looked up (at most
     /// [`MAX_BLOCK_CHECKS`]), oldest first.
     block_checks: Vec<BlockCheck>,
+    /// Peers gone while a piece in memory (being assembled, verified, or held for its block
+    /// hashes) holds a block they sent, with their hash failures: its verdict may still prove
+    /// them guilty. A key is forgotten once no such piece holds its blocks, or once named, so
+    /// there is at most one per block in memory (about `max_piece_memory / BLOCK_LEN`: 2,048
+    /// by default), and none once the pieces in memory are judged.
+    departed: BTreeMap<PeerKey, u32>,
+    /// Departed peers proven to have sent bad data, not yet handed out (each key once).
+    banned: VecDeque<(PeerKey, PeerError)>,
 }
 
 /// `hashes` answers (BEP 52) queued or being computed for one peer at most; further requests
@@ -330,6 +356,8 @@ impl Swarm {
             info_bytes: None,
             piece_hashes: None,
             block_checks: Vec::new(),
+            departed: BTreeMap::new(),
+            banned: VecDeque::new(),
         }
     }
 
@@ -378,6 +406,13 @@ impl Swarm {
         self.geo.piece_len(index)
     }
 
+    /// Whether `key`, a peer that left, may still be named by a [`SwarmEvent::Banned`] (a
+    /// piece in memory holds a block it sent). Drivers that map keys to addresses keep the
+    /// address of a departed key while this holds, and no longer.
+    pub fn remembers(&self, key: PeerKey) -> bool {
+        self.departed.contains_key(&key)
+    }
+
     // ---- inputs ----
 
     /// A peer finished the BitTorrent handshake. Our extension handshake (if it speaks BEP 10)
@@ -424,8 +459,10 @@ impl Swarm {
             }
         }
         let deadline = peer.next_deadline(&self.config);
-        // A reused key: the old connection's state goes first.
+        // A reused key: the old connection's state goes first (and the key now names this
+        // peer, not one that left).
         self.forget(key);
+        self.departed.remove(&key);
         self.peers.insert(key, peer);
         self.arm_tick(deadline);
     }
@@ -479,6 +516,10 @@ impl Swarm {
     /// against it; one that several peers sent puts them all on parole instead (the pieces
     /// they start are theirs alone until one passes), so that a liar cannot get honest peers
     /// dropped.
+    ///
+    /// A sender that left before the verdict (or the block hashes) came is judged by the same
+    /// rules, with the hash failures it had: found guilty, it is named with
+    /// [`SwarmEvent::Banned`] so that the driver bans its address.
     pub fn handle_verdict(&mut self, now: Instant, index: u32, good: bool, buf: Vec<u8>) {
         let request = (!good && self.block_checks.len() < MAX_BLOCK_CHECKS)
             .then(|| self.piece_hashes.as_ref()?.block_request(index))
@@ -504,6 +545,7 @@ impl Swarm {
                 }
             }
             self.on_piece_verified(index);
+            self.prune_departed();
             return;
         }
         match request {
@@ -535,20 +577,33 @@ impl Swarm {
         self.scheduler.picker.release(index);
         let contributors = senders.contributors();
         let shared = contributors.len() > 1;
+        let max = self.config.max_hash_failures;
         for k in contributors {
-            let Some(peer) = self.peers.get_mut(&k) else {
+            if let Some(peer) = self.peers.get_mut(&k) {
+                if shared {
+                    peer.on_parole = true;
+                    continue;
+                }
+                peer.hash_failures += 1;
+                if peer.hash_failures >= max {
+                    let failures = peer.hash_failures;
+                    self.disconnect(k, PeerError::BadData(failures));
+                }
+                continue;
+            }
+            // Gone before its verdict: a piece it sent alone counts as it would if it were
+            // here (parole means nothing to a peer that left).
+            let Some(failures) = self.departed.get_mut(&k).filter(|_| !shared) else {
                 continue;
             };
-            if shared {
-                peer.on_parole = true;
-                continue;
-            }
-            peer.hash_failures += 1;
-            if peer.hash_failures >= self.config.max_hash_failures {
-                let failures = peer.hash_failures;
-                self.disconnect(k, PeerError::BadData(failures));
+            *failures += 1;
+            if *failures >= max {
+                let failures = *failures;
+                self.departed.remove(&k);
+                self.banned.push_back((k, PeerError::BadData(failures)));
             }
         }
+        self.prune_departed();
         // Peers idle for lack of work may now fetch this piece again.
         self.to_wake.extend(self.peers.keys().copied());
     }
@@ -632,8 +687,14 @@ impl Swarm {
                     &bad,
                 );
                 for k in guilty {
-                    self.disconnect(k, PeerError::BadBlocks(check.index));
+                    let reason = PeerError::BadBlocks(check.index);
+                    if self.departed.remove(&k).is_some() {
+                        self.banned.push_back((k, reason));
+                    } else {
+                        self.disconnect(k, reason);
+                    }
                 }
+                self.prune_departed();
                 self.to_wake.extend(self.peers.keys().copied());
             }
         }
@@ -794,14 +855,17 @@ impl Swarm {
         }
     }
 
-    /// The next thing the driver must do: pieces to verify first, then disconnects, then
-    /// wake-ups.
+    /// The next thing the driver must do: pieces to verify first, then disconnects, bans,
+    /// peers found, then wake-ups.
     pub fn poll_event(&mut self) -> Option<SwarmEvent> {
         if let Some(piece) = self.completed.pop_front() {
             return Some(SwarmEvent::Verify(piece));
         }
         if let Some((peer, reason)) = self.disconnects.pop_front() {
             return Some(SwarmEvent::Disconnect { peer, reason });
+        }
+        if let Some((peer, reason)) = self.banned.pop_front() {
+            return Some(SwarmEvent::Banned { peer, reason });
         }
         if let Some(peers) = self.found.pop() {
             return Some(SwarmEvent::PeersFound(peers));
@@ -881,9 +945,33 @@ impl Swarm {
     /// Removes a peer and queues its disconnection.
     fn disconnect(&mut self, key: PeerKey, reason: PeerError) {
         if self.forget(key) {
+            if reason.is_bad_data() {
+                // The driver bans it for this disconnection: nothing left to prove (and a
+                // block check given up as it left may have named it already).
+                self.departed.remove(&key);
+                self.banned.retain(|(k, _)| *k != key);
+            }
             self.disconnects.push_back((key, reason));
             self.to_wake.extend(self.peers.keys().copied());
         }
+    }
+
+    /// Whether a piece in memory (being assembled, verified, or held) holds a block `key` sent.
+    fn holds_blocks_of(&self, key: PeerKey) -> bool {
+        self.assembly.senders().any(|k| k == key)
+            || (self.block_checks.iter()).any(|c| c.senders.blocks.contains(&key))
+    }
+
+    /// Forgets the departed peers no piece in memory holds a block of any more.
+    fn prune_departed(&mut self) {
+        if self.departed.is_empty() {
+            return;
+        }
+        let held: BTreeSet<PeerKey> = (self.assembly.senders())
+            .chain((self.block_checks.iter()).flat_map(|c| c.senders.blocks.iter().copied()))
+            .filter(|k| self.departed.contains_key(k))
+            .collect();
+        self.departed.retain(|k, _| held.contains(k));
     }
 
     /// Forgets a peer: its availability, its owed blocks, its slot. Returns whether it was
@@ -896,6 +984,10 @@ impl Swarm {
         Scheduler::release_all(&mut self.assembly, key, &mut peer);
         self.choker.remove_peer(key);
         self.to_wake.remove(&key);
+        // Remembered first: a block check given up below may already judge it.
+        if self.holds_blocks_of(key) {
+            self.departed.insert(key, peer.hash_failures);
+        }
         // Block checks waiting on it ask someone else.
         while let Some(pos) = self
             .block_checks
@@ -1274,6 +1366,11 @@ impl Swarm {
         for c in &self.block_checks {
             if !self.assembly.is_in_progress(c.index) || c.asked.len() > MAX_ASKED {
                 return Err(format!("block check of piece {} out of step", c.index));
+            }
+        }
+        for &k in self.departed.keys() {
+            if self.peers.contains_key(&k) || !self.holds_blocks_of(k) {
+                return Err(format!("departed peer {k} is connected or holds no block"));
             }
         }
         if owed != self.assembly.owed(&self.geo) {

@@ -31,6 +31,7 @@ fn swarm_with(piece_length: u32, total: u64, config: Config) -> Swarm {
 struct Drained {
     verify: Vec<CompletedPiece>,
     disconnect: Vec<(PeerKey, PeerError)>,
+    banned: Vec<(PeerKey, PeerError)>,
     wake: BTreeSet<PeerKey>,
 }
 
@@ -40,6 +41,7 @@ fn drain(d: &mut Swarm) -> Drained {
         match e {
             SwarmEvent::Verify(p) => out.verify.push(p),
             SwarmEvent::Disconnect { peer, reason } => out.disconnect.push((peer, reason)),
+            SwarmEvent::Banned { peer, reason } => out.banned.push((peer, reason)),
             SwarmEvent::Wake(k) => {
                 out.wake.insert(k);
             }
@@ -178,6 +180,175 @@ fn bad_hash_refetches_and_disconnects_the_repeat_offender() {
     assert_eq!(disconnects, vec![(1, PeerError::BadData(3))]);
     assert_eq!(d.stats().peers, 0);
     assert_eq!(d.stats().wasted_bytes, 3 * 16 * 1024);
+    d.check_invariants().unwrap();
+}
+
+#[test]
+fn a_sole_sender_that_left_is_named_once_it_reaches_the_failure_limit() {
+    // Four pieces of one block, all asked of peer 1 at once; it sends three, all bad.
+    let payload = vec![9u8; 4 * 16 * 1024];
+    let t = now();
+    let mut d = swarm(16 * 1024, payload.len() as u64);
+    let reqs = requests(&seeder_joins(&mut d, 1, t));
+    assert_eq!(reqs.len(), 4);
+    serve(&mut d, 1, &reqs[..3], &payload, t);
+    let mut pieces = drain(&mut d).verify.into_iter();
+    let first = pieces.next().unwrap();
+    // One failure while it is there.
+    d.handle_verdict(t, first.index, false, first.data);
+    assert!(drain(&mut d).disconnect.is_empty());
+    // It leaves before the other two verdicts: its failures are remembered.
+    d.handle_disconnected(1);
+    assert!(d.remembers(1));
+    let second = pieces.next().unwrap();
+    d.handle_verdict(t, second.index, false, second.data);
+    let out = drain(&mut d);
+    assert!(
+        out.banned.is_empty() && out.disconnect.is_empty(),
+        "{out:?}"
+    );
+    d.check_invariants().unwrap();
+    let third = pieces.next().unwrap();
+    d.handle_verdict(t, third.index, false, third.data);
+    let out = drain(&mut d);
+    assert_eq!(out.banned, vec![(1, PeerError::BadData(3))]);
+    assert!(out.disconnect.is_empty(), "{out:?}");
+    // Named once, then forgotten: no piece in memory holds its blocks.
+    assert!(!d.remembers(1));
+    d.check_invariants().unwrap();
+}
+
+#[test]
+fn a_sender_that_left_is_not_blamed_for_a_shared_piece() {
+    // Pieces of two blocks, one request at a time, room for three pieces; two bad pieces
+    // alone are the limit.
+    let payload = vec![3u8; 4 * 32 * 1024];
+    let config = Config {
+        max_piece_memory: 3 * 32 * 1024,
+        min_requests: 1,
+        max_requests: 1,
+        max_hash_failures: 2,
+        ..Config::default()
+    };
+    let t = now();
+    let mut d = swarm_with(32 * 1024, payload.len() as u64, config);
+    // Peer 1 alone sends pieces A and B whole, then starts C.
+    let mut reqs = requests(&seeder_joins(&mut d, 1, t));
+    let mut alone = Vec::new();
+    while alone.len() < 2 {
+        assert_eq!(reqs.len(), 1, "{reqs:?}");
+        serve(&mut d, 1, &reqs, &payload, t);
+        alone.extend(drain(&mut d).verify);
+        reqs = requests(&transmit(&mut d, 1, t));
+    }
+    let [c_first] = reqs[..] else {
+        panic!("{reqs:?}")
+    };
+    // The budget is spent: peer 2 helps with C.
+    let second = requests(&seeder_joins(&mut d, 2, t));
+    assert_eq!(second.len(), 1);
+    assert_eq!(second[0].index, c_first.index);
+    serve(&mut d, 1, &[c_first], &payload, t);
+    serve(&mut d, 2, &second, &payload, t);
+    let shared = drain(&mut d).verify.pop().unwrap();
+    d.handle_disconnected(1);
+    let [a, b] = <[CompletedPiece; 2]>::try_from(alone).unwrap();
+    d.handle_verdict(t, a.index, false, a.data);
+    assert!(drain(&mut d).banned.is_empty());
+    // Had the shared piece counted, this would be its second failure.
+    d.handle_verdict(t, shared.index, false, shared.data);
+    let out = drain(&mut d);
+    assert!(
+        out.banned.is_empty() && out.disconnect.is_empty(),
+        "{out:?}"
+    );
+    assert!(d.remembers(1));
+    d.handle_verdict(t, b.index, false, b.data);
+    assert_eq!(drain(&mut d).banned, vec![(1, PeerError::BadData(2))]);
+    assert!(!d.remembers(1));
+    // Peer 2 is on parole, not blamed.
+    assert_eq!(d.stats().peers, 1);
+    d.check_invariants().unwrap();
+}
+
+#[test]
+fn a_departed_sender_of_good_blocks_is_forgotten_with_its_pieces() {
+    let payload = vec![5u8; 4 * 16 * 1024];
+    let t = now();
+    let mut d = swarm(16 * 1024, payload.len() as u64);
+    let reqs = requests(&seeder_joins(&mut d, 1, t));
+    serve(&mut d, 1, &reqs[..2], &payload, t);
+    d.handle_disconnected(1);
+    assert!(d.remembers(1));
+    for piece in drain(&mut d).verify {
+        d.handle_verdict(t, piece.index, true, piece.data);
+        d.check_invariants().unwrap();
+    }
+    assert!(!d.remembers(1));
+    // A peer that sent nothing is never remembered.
+    seeder_joins(&mut d, 2, t);
+    d.handle_disconnected(2);
+    assert!(!d.remembers(2));
+    assert!(drain(&mut d).banned.is_empty());
+}
+
+#[test]
+fn a_v2_sender_of_a_bad_block_that_left_is_named_by_the_block_hashes() {
+    let mut rng = StdRng::seed_from_u64(5);
+    let torrent = crate::sim::Torrent::generate_v2(&mut rng, 64 * 1024, 4 * 64 * 1024);
+    let hashes = torrent.v2.clone().unwrap();
+    let payload = torrent.payload.clone();
+    let t = now();
+    let mut d = swarm(64 * 1024, payload.len() as u64);
+    d.set_piece_hashes(hashes.clone());
+    // Peer 3 has every piece but never unchokes: it is only asked for block hashes.
+    d.handle_connected(t, 3, plain());
+    let full = Bitfield::full(d.geo.piece_count);
+    d.handle_message(
+        t,
+        3,
+        Message::Bitfield(Bytes::copy_from_slice(full.as_bytes())),
+    );
+    // Peer 1 sends one piece, its second block spoiled, and leaves at once.
+    let reqs = requests(&seeder_joins(&mut d, 1, t));
+    let index = reqs[0].index;
+    for r in reqs.iter().filter(|r| r.index == index) {
+        let start = r.index as usize * 64 * 1024 + r.begin as usize;
+        let mut data = payload[start..start + r.length as usize].to_vec();
+        if r.begin == 16 * 1024 {
+            data[100] ^= 1;
+        }
+        d.handle_message(
+            t,
+            1,
+            Message::Piece {
+                index,
+                begin: r.begin,
+                data: data.into(),
+            },
+        );
+    }
+    let piece = drain(&mut d).verify.pop().unwrap();
+    d.handle_disconnected(1);
+    assert!(!hashes.check(index, &piece.data));
+    d.handle_verdict(t, index, false, piece.data);
+    // Held: peer 3 is asked, and its true answer names the sender that left.
+    let asked: Vec<crate::wire::HashRequest> = (transmit(&mut d, 3, t).into_iter())
+        .filter_map(|m| match m {
+            Message::HashRequest(r) => Some(r),
+            _ => None,
+        })
+        .collect();
+    let [request] = asked[..] else {
+        panic!("{asked:?}")
+    };
+    assert!(drain(&mut d).banned.is_empty());
+    d.handle_message(t, 3, torrent.answer_hashes(&request));
+    let out = drain(&mut d);
+    assert_eq!(out.banned, vec![(1, PeerError::BadBlocks(index))]);
+    assert!(out.disconnect.is_empty(), "{out:?}");
+    assert!(!d.remembers(1));
+    assert_eq!(d.stats().peers, 1);
     d.check_invariants().unwrap();
 }
 
