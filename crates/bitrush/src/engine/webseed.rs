@@ -125,6 +125,8 @@ pub(super) async fn run(shared: Arc<Shared>, n: u32, url: String, info: Arc<Info
     // The request in flight: its id and task.
     let mut http: Option<(u64, JoinHandle<()>)> = None;
     let mut last_error: Option<reqwest::Error> = None;
+    // The latest request's URL: a failure names the file asked for, not only the seed.
+    let mut asked = String::new();
     let mut joins: PeerKey = 0;
     let mut out = Vec::new();
     loop {
@@ -168,6 +170,7 @@ pub(super) async fn run(shared: Arc<Shared>, n: u32, url: String, info: Arc<Info
                             };
                             tracing::warn!(
                                 web_seed = %url,
+                                request = %asked,
                                 retry_in = ?retry_in,
                                 "web seed request failed: {cause}"
                             );
@@ -184,7 +187,11 @@ pub(super) async fn run(shared: Arc<Shared>, n: u32, url: String, info: Arc<Info
                                 ),
                                 None => super::error_chain(&why),
                             };
-                            tracing::warn!(web_seed = %url, "dropping web seed: {why}");
+                            tracing::warn!(
+                                web_seed = %url,
+                                request = %asked,
+                                "dropping web seed: {why}"
+                            );
                             if let Some(key) = member.key.take() {
                                 st.swarm.handle_disconnected(key);
                                 st.unregister(key);
@@ -216,6 +223,7 @@ pub(super) async fn run(shared: Arc<Shared>, n: u32, url: String, info: Arc<Info
                         busy = true;
                         tracing::debug!(url = %req.url, range = %req.range_header(), "web seed request");
                         let id = req.id;
+                        asked.clone_from(&req.url);
                         let task = tokio::spawn(fetch(client.clone(), req, tx.clone()));
                         http = Some((id, task));
                     }
