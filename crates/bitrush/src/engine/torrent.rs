@@ -1313,7 +1313,7 @@ impl Manager {
         };
         // Kept while the swarm may still name it (pruned at once otherwise).
         self.departed.insert(key, conn.addr);
-        self.apply_bans();
+        self.take_swarm_news();
         let kind = close_kind(&result);
         if conn.outgoing && established {
             // It worked for a while: its earlier failures are forgiven.
@@ -1332,21 +1332,30 @@ impl Manager {
             .handle_connection_closed(Instant::now(), conn.addr, conn.outgoing, kind);
     }
 
-    /// Bans the addresses of the peers the swarm proved, after they left, to have sent bad
-    /// data, then forgets the departed addresses it can no longer name (under one lock: a key
-    /// named later is still remembered now).
-    fn apply_bans(&mut self) {
-        let mut st = peer::lock(&self.shared);
-        for (key, reason) in std::mem::take(&mut st.banned) {
-            let addr =
-                (self.conns.get(&key).map(|c| c.addr)).or_else(|| self.departed.remove(&key));
-            if let Some(addr) = addr {
-                tracing::warn!(%addr, %reason, "banning peer for sending bad data (found after it left)");
-                self.session.ban(addr);
+    /// Takes what the peer tasks left for the session, under one lock: addresses learned
+    /// through peer exchange (to dial), and peers the swarm proved, after they left, to have
+    /// sent bad data (their addresses banned). Then forgets the departed addresses the swarm
+    /// can no longer name (under the same lock: a key named later is still remembered now).
+    fn take_swarm_news(&mut self) {
+        let mut bans = Vec::new();
+        let discovered = {
+            let mut st = peer::lock(&self.shared);
+            for (key, reason) in std::mem::take(&mut st.banned) {
+                let addr =
+                    (self.conns.get(&key).map(|c| c.addr)).or_else(|| self.departed.remove(&key));
+                bans.extend(addr.map(|addr| (addr, reason)));
             }
+            if !self.departed.is_empty() {
+                self.departed.retain(|&k, _| st.swarm.remembers(k));
+            }
+            std::mem::take(&mut st.discovered)
+        };
+        for (addr, reason) in bans {
+            tracing::warn!(%addr, %reason, "banning peer for sending bad data (found after it left)");
+            self.session.ban(addr);
         }
-        if !self.departed.is_empty() {
-            self.departed.retain(|&k, _| st.swarm.remembers(k));
+        if !discovered.is_empty() {
+            self.session.handle_peers(&discovered);
         }
     }
 
@@ -1463,11 +1472,7 @@ impl Manager {
                     st.dispatch(&self.shared, None);
                 }
             }
-            let discovered = std::mem::take(&mut self.lock().discovered);
-            if !discovered.is_empty() {
-                self.session.handle_peers(&discovered);
-            }
-            self.apply_bans();
+            self.take_swarm_news();
             let (transfer, done) = self.transfer();
             if done && !self.files_finished {
                 self.files_finished = true;
