@@ -349,7 +349,7 @@ mod tests {
         resolve_collisions(&mut files);
         assert_eq!(paths(&files), ["d/a.txt", "D/A.1.txt", "x", "x.1"]);
         assert_eq!(files[0].original_path, None);
-        let written: Vec<&[u8]> = files[1].path_as_written().collect();
+        let written: Vec<&[u8]> = files[1].path_as_written();
         assert_eq!(written, [&b"D"[..], b"A.txt"]);
         // A path sanitising had already changed keeps its raw bytes, not the sanitised ones.
         assert_eq!(files[3].original_path, Some(kept));

@@ -106,15 +106,11 @@ impl FileEntry {
 
     /// The path's components as the torrent writes them: the names a web seed holds the file
     /// under (BEP 19). Never for the disk: use `path`.
-    pub fn path_as_written(&self) -> impl Iterator<Item = &[u8]> + '_ {
-        let (original, sanitised) = match self.original_path.as_deref() {
-            Some(parts) => (Some(parts.iter().map(|p| &p[..])), None),
-            None => (None, Some(self.path.iter().map(|p| p.as_bytes()))),
-        };
-        original
-            .into_iter()
-            .flatten()
-            .chain(sanitised.into_iter().flatten())
+    pub fn path_as_written(&self) -> Vec<&[u8]> {
+        match self.original_path.as_deref() {
+            Some(parts) => parts.iter().map(|p| &p[..]).collect(),
+            None => self.path.iter().map(|p| p.as_bytes()).collect(),
+        }
     }
 }
 

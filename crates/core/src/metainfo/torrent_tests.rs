@@ -541,6 +541,7 @@ fn written_paths(info: &Info) -> Vec<String> {
         .iter()
         .map(|f| {
             f.path_as_written()
+                .into_iter()
                 .map(|c| String::from_utf8_lossy(c).into_owned())
                 .collect::<Vec<_>>()
                 .join("/")

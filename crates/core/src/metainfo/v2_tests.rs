@@ -313,7 +313,7 @@ fn unsafe_tree_names_are_sanitised_and_collisions_renamed() {
         .info
         .real_files()
         .map(|(_, f)| {
-            let parts: Vec<&[u8]> = f.path_as_written().collect();
+            let parts: Vec<&[u8]> = f.path_as_written();
             String::from_utf8(parts.join(&b'/')).unwrap()
         })
         .collect();
@@ -356,7 +356,7 @@ fn a_hybrid_keeps_its_v1_names_as_written() {
         .iter()
         .find(|f| f.path == ["nul_"])
         .expect("the renamed file");
-    assert_eq!(nul.path_as_written().collect::<Vec<_>>(), [&b"nul"[..]]);
+    assert_eq!(nul.path_as_written(), [&b"nul"[..]]);
     assert!(nul.pieces_root.is_some());
 }
 
