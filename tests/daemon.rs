@@ -137,6 +137,25 @@ impl DaemonProc {
         r.json()
     }
 
+    /// Pauses seeding torrent `id` through the REST API, waits until it is paused, resumes
+    /// it and waits until it seeds again.
+    fn pause_and_resume(&mut self, id: u64) {
+        let r = self.post(
+            &format!("/api/v1/torrents/{id}/pause"),
+            "application/json",
+            "",
+        );
+        assert_eq!(r.status, 200, "{}", r.body);
+        self.wait_for(id, "paused", |t| t["state"] == "paused");
+        let r = self.post(
+            &format!("/api/v1/torrents/{id}/resume"),
+            "application/json",
+            "",
+        );
+        assert_eq!(r.status, 200, "{}", r.body);
+        self.wait_for(id, "seeding again", |t| t["state"] == "seeding");
+    }
+
     /// Waits until torrent `id` satisfies `cond`.
     fn wait_for(&mut self, id: u64, what: &str, cond: impl Fn(&serde_json::Value) -> bool) {
         let api = self.api.clone();
@@ -267,20 +286,7 @@ fn rest_add_download_pause_resume_and_restart() {
     let files = d.get(&format!("/api/v1/torrents/{id}/files")).json();
     assert_eq!(files[0]["done_bytes"], swarm.data.len() as u64, "{files}");
     // Pause and resume.
-    let r = d.post(
-        &format!("/api/v1/torrents/{id}/pause"),
-        "application/json",
-        "",
-    );
-    assert_eq!(r.status, 200, "{}", r.body);
-    d.wait_for(id, "paused", |t| t["state"] == "paused");
-    let r = d.post(
-        &format!("/api/v1/torrents/{id}/resume"),
-        "application/json",
-        "",
-    );
-    assert_eq!(r.status, 200, "{}", r.body);
-    d.wait_for(id, "seeding again", |t| t["state"] == "seeding");
+    d.pause_and_resume(id);
     let stats = d.get("/api/v1/stats").json();
     assert_eq!(stats["torrents"], 1, "{stats}");
     let metrics = d.get("/metrics").body;
@@ -1182,20 +1188,7 @@ fn idle_seeds_rest_and_serve_at_once_when_a_peer_comes() {
     assert_eq!(d.torrent(main_id)["state"], "seeding");
     // Pause, resume and remove work on a resting torrent.
     let id = idle_ids[3];
-    let r = d.post(
-        &format!("/api/v1/torrents/{id}/pause"),
-        "application/json",
-        "",
-    );
-    assert_eq!(r.status, 200, "{}", r.body);
-    d.wait_for(id, "paused", |t| t["state"] == "paused");
-    let r = d.post(
-        &format!("/api/v1/torrents/{id}/resume"),
-        "application/json",
-        "",
-    );
-    assert_eq!(r.status, 200, "{}", r.body);
-    d.wait_for(id, "seeding again", |t| t["state"] == "seeding");
+    d.pause_and_resume(id);
     let r = curl(
         &format!("{}/api/v1/torrents/{id}", d.api),
         &["-X", "DELETE"],

@@ -42,6 +42,14 @@ fn left(n: u64) -> Transfer {
     }
 }
 
+/// A transfer of 1000 bytes, complete.
+fn completed() -> Transfer {
+    Transfer {
+        downloaded: 1000,
+        ..left(0)
+    }
+}
+
 fn events(s: &mut Session) -> Vec<SessionEvent> {
     std::iter::from_fn(|| s.poll_event()).collect()
 }
@@ -284,13 +292,7 @@ fn a_seed_announces_completed_once_and_stops_at_its_ratio() {
     s.handle_timeout(t);
     events(&mut s);
     s.handle_announce_response(t, "a", &response(&[]));
-    s.handle_transfer(
-        t,
-        Transfer {
-            downloaded: 1000,
-            ..Transfer::default()
-        },
-    );
+    s.handle_transfer(t, completed());
     s.handle_timeout(t);
     let ev = events(&mut s);
     assert!(ev.contains(&SessionEvent::Seeding));
@@ -597,13 +599,7 @@ fn a_seed_is_not_woken_by_addresses_it_will_never_dial() {
     events(&mut s);
     assert!(s.poll_timeout().is_some(), "a download retries it");
     // The data completes meanwhile (from another source): a seed has nothing to dial.
-    s.handle_transfer(
-        t,
-        Transfer {
-            downloaded: 1000,
-            ..left(0)
-        },
-    );
+    s.handle_transfer(t, completed());
     s.handle_timeout(t);
     assert!(events(&mut s).contains(&SessionEvent::Seeding));
     assert_eq!(s.poll_timeout(), None);
@@ -624,13 +620,7 @@ fn a_seed_keeps_no_addresses_but_its_bans() {
     s.handle_announce_response(t, "a", &response(&[addr(3), addr(4)]));
     assert_eq!(s.candidate_counts().ready, 2);
     // Complete: the dial queue is forgotten, the ban kept.
-    s.handle_transfer(
-        t,
-        Transfer {
-            downloaded: 1000,
-            ..left(0)
-        },
-    );
+    s.handle_transfer(t, completed());
     s.handle_timeout(t);
     assert!(events(&mut s).contains(&SessionEvent::Seeding));
     let counts = s.candidate_counts();
