@@ -1335,13 +1335,17 @@ impl Daemon {
 
     /// Totals across torrents.
     pub fn stats(&self) -> SessionStats {
-        let list = self.list();
-        let mut stats = SessionStats {
-            torrents: list.len(),
-            ..SessionStats::default()
-        };
-        for t in &list {
-            match t.state {
+        // Counted in place: building every torrent's view for this (a UI or a metrics scraper
+        // polls it) would allocate a few hundred bytes per torrent each time.
+        let st = self.state();
+        let mut stats = SessionStats::default();
+        for (&id, entry) in &st.torrents {
+            let (p, fetching) = current(entry);
+            let Some(state) = status(&st, id, fetching) else {
+                continue;
+            };
+            stats.torrents += 1;
+            match state {
                 TorrentStatus::Downloading | TorrentStatus::FetchingMetadata => {
                     stats.downloading += 1
                 }
@@ -1349,12 +1353,12 @@ impl Daemon {
                 TorrentStatus::Paused | TorrentStatus::Failed => stats.paused += 1,
                 TorrentStatus::QueuedDownload | TorrentStatus::QueuedSeed => stats.queued += 1,
             }
-            stats.download_rate += t.rate_download;
-            stats.upload_rate += t.rate_upload;
-            stats.downloaded_bytes += t.downloaded_ever;
-            stats.uploaded_bytes += t.uploaded_ever;
-            stats.peers += t.peers;
-            stats.pieces_have += u64::from(t.pieces_have);
+            stats.download_rate += p.rate.max(0.0) as u64;
+            stats.upload_rate += p.upload_rate.max(0.0) as u64;
+            stats.downloaded_bytes += entry.saved.downloaded + p.received_bytes;
+            stats.uploaded_bytes += entry.saved.uploaded + p.uploaded_bytes;
+            stats.peers += p.peers;
+            stats.pieces_have += u64::from(p.done_pieces);
         }
         stats
     }
@@ -1641,6 +1645,19 @@ fn current(entry: &Entry) -> (Progress, bool) {
     }
 }
 
+/// A torrent's state as the API names it (`None`: not in the queue).
+fn status(st: &State, id: TorrentId, fetching: bool) -> Option<TorrentStatus> {
+    Some(match st.queue.state(id)? {
+        QueueState::Paused => TorrentStatus::Paused,
+        QueueState::Failed => TorrentStatus::Failed,
+        QueueState::QueuedDownload => TorrentStatus::QueuedDownload,
+        QueueState::QueuedSeed => TorrentStatus::QueuedSeed,
+        QueueState::Downloading if fetching => TorrentStatus::FetchingMetadata,
+        QueueState::Downloading => TorrentStatus::Downloading,
+        QueueState::Seeding => TorrentStatus::Seeding,
+    })
+}
+
 /// A torrent as it stood when the state lock was held: what the API shows of it, to be
 /// worked out once the lock is released.
 pub struct Snapshot {
@@ -1665,15 +1682,7 @@ pub struct Snapshot {
 fn snapshot(st: &State, id: TorrentId) -> Option<Snapshot> {
     let entry = st.torrents.get(&id)?;
     let (progress, fetching) = current(entry);
-    let status = match st.queue.state(id)? {
-        QueueState::Paused => TorrentStatus::Paused,
-        QueueState::Failed => TorrentStatus::Failed,
-        QueueState::QueuedDownload => TorrentStatus::QueuedDownload,
-        QueueState::QueuedSeed => TorrentStatus::QueuedSeed,
-        QueueState::Downloading if fetching => TorrentStatus::FetchingMetadata,
-        QueueState::Downloading => TorrentStatus::Downloading,
-        QueueState::Seeding => TorrentStatus::Seeding,
-    };
+    let status = status(st, id, fetching)?;
     let saved = &entry.saved;
     Some(Snapshot {
         id,
@@ -2140,6 +2149,42 @@ mod tests {
         let mut kept = kept;
         kept.sort();
         assert_eq!(found, kept);
+    }
+
+    #[tokio::test]
+    async fn session_stats_add_up_the_torrents_views() {
+        let dir = tempfile::tempdir().unwrap();
+        let daemon = testing::start(dir.path()).await;
+        for n in 0..5u64 {
+            let bytes =
+                testing::torrent_named(&format!("t{n}"), &[("a.bin", 40_000, false)], 16384);
+            if n % 2 == 0 {
+                testing::add_paused(&daemon, bytes).await;
+            } else {
+                testing::add(&daemon, bytes, false).await;
+            }
+        }
+        let (list, stats) = (daemon.list(), daemon.stats());
+        let count = |f: fn(&TorrentStatus) -> bool| list.iter().filter(|t| f(&t.state)).count();
+        assert_eq!(stats.torrents, 5);
+        assert_eq!(count(|s| *s == TorrentStatus::Paused), 3);
+        assert_eq!(
+            stats.paused,
+            count(|s| matches!(s, TorrentStatus::Paused | TorrentStatus::Failed))
+        );
+        assert_eq!(
+            stats.downloading,
+            count(|s| matches!(
+                s,
+                TorrentStatus::Downloading | TorrentStatus::FetchingMetadata
+            ))
+        );
+        assert_eq!(stats.seeding, count(|s| *s == TorrentStatus::Seeding));
+        let sum = |f: fn(&TorrentView) -> u64| list.iter().map(f).sum::<u64>();
+        assert_eq!(stats.downloaded_bytes, sum(|t| t.downloaded_ever));
+        assert_eq!(stats.uploaded_bytes, sum(|t| t.uploaded_ever));
+        assert_eq!(stats.pieces_have, sum(|t| u64::from(t.pieces_have)));
+        daemon.shutdown().await;
     }
 
     #[tokio::test]
