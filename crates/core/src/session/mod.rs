@@ -227,16 +227,31 @@ pub enum SessionEvent {
 #[derive(Debug)]
 enum Phase {
     Running,
-    /// Closing announces under way; finished when none is pending or at the deadline.
-    Closing {
-        finish: Finish,
-        /// Events still to send, per tracker, in order.
-        pending: HashMap<String, VecDeque<Event>>,
-        /// Trackers with an announce in flight.
-        waiting: HashSet<String>,
-        deadline: Instant,
-    },
+    /// Closing announces under way; finished when none is pending or at the deadline. Boxed:
+    /// a session spends its life running, and a thousand resting ones would each carry the
+    /// room of its tables.
+    Closing(Box<Closing>),
     Finished,
+}
+
+#[derive(Debug)]
+struct Closing {
+    finish: Finish,
+    /// Events still to send, per tracker, in order.
+    pending: HashMap<String, VecDeque<Event>>,
+    /// Trackers with an announce in flight.
+    waiting: HashSet<String>,
+    deadline: Instant,
+}
+
+/// The announce in flight for one tier.
+#[derive(Debug)]
+struct InFlight {
+    tier: usize,
+    /// The tracker asked.
+    asked: String,
+    /// The ones to try next if it fails.
+    next: VecDeque<String>,
 }
 
 /// What a session needs at its start.
@@ -258,8 +273,9 @@ pub struct SessionParams {
 pub struct Session {
     announcer: Announcer,
     trackers: TrackerList,
-    /// Per tier: the tracker asked and the ones to try next if it fails.
-    in_flight: HashMap<usize, (String, VecDeque<String>)>,
+    /// At most one per tier, sorted by tier (smaller than a map: a resting session keeps an
+    /// empty one).
+    in_flight: Vec<InFlight>,
     candidates: PeerCandidates,
     config: SessionConfig,
     total_length: u64,
@@ -306,7 +322,7 @@ impl Session {
         let mut session = Session {
             announcer: params.announcer,
             trackers: TrackerList::new(params.trackers),
-            in_flight: HashMap::new(),
+            in_flight: Vec::new(),
             candidates,
             config: params.config,
             total_length: params.total_length,
@@ -428,11 +444,12 @@ impl Session {
         self.dirty = true;
         self.trackers.on_failure(url, now);
         if let Some(tier) = self.trackers.tier_of(url) {
-            if let Some((asked, rest)) = self.in_flight.get_mut(&tier) {
-                if asked == url {
+            let i = self.in_flight_index(tier);
+            if let Some(f) = i.ok().and_then(|i| self.in_flight.get_mut(i)) {
+                if f.asked == url {
                     // BEP 12: on to the next tracker of the tier.
-                    if let Some(next) = rest.pop_front() {
-                        *asked = next.clone();
+                    if let Some(next) = f.next.pop_front() {
+                        f.asked = next.clone();
                         let request = self.request_for(&next);
                         self.events
                             .push_back(SessionEvent::Announce { url: next, request });
@@ -538,16 +555,11 @@ impl Session {
         self.candidates.handle_timeout(now);
         match &mut self.phase {
             Phase::Finished => return,
-            Phase::Closing {
-                finish,
-                waiting,
-                pending,
-                deadline,
-            } => {
-                let over = (waiting.is_empty() && pending.values().all(VecDeque::is_empty))
-                    || now >= *deadline;
+            Phase::Closing(c) => {
+                let over = (c.waiting.is_empty() && c.pending.values().all(VecDeque::is_empty))
+                    || now >= c.deadline;
                 if over {
-                    let finish = *finish;
+                    let finish = c.finish;
                     self.finish(finish);
                 }
                 return;
@@ -602,7 +614,7 @@ impl Session {
         };
         match &self.phase {
             Phase::Finished => return None,
-            Phase::Closing { deadline, .. } => return Some(*deadline),
+            Phase::Closing(c) => return Some(c.deadline),
             Phase::Running => {}
         }
         if self.dirty {
@@ -615,7 +627,7 @@ impl Session {
         // A tier with an announce in flight is due again only once it ends (which makes the
         // session due): counting it would wake the driver at once, over and over.
         let urgency = self.urgency(done);
-        for tier in (0..self.trackers.tiers().len()).filter(|t| !self.in_flight.contains_key(t)) {
+        for tier in (0..self.trackers.tiers().len()).filter(|&t| !self.tier_in_flight(t)) {
             consider(self.trackers.tier_next_announce(tier, self.now, urgency));
         }
         consider(self.next_dht);
@@ -649,6 +661,15 @@ impl Session {
     }
 
     // ---- internals ----
+
+    /// Where `tier`'s announce in flight is in `in_flight` (`Err`: where it would go).
+    fn in_flight_index(&self, tier: usize) -> Result<usize, usize> {
+        self.in_flight.binary_search_by_key(&tier, |f| f.tier)
+    }
+
+    fn tier_in_flight(&self, tier: usize) -> bool {
+        self.in_flight_index(tier).is_ok()
+    }
 
     fn urgency(&self, done: bool) -> Urgency {
         if done {
@@ -685,15 +706,22 @@ impl Session {
         let urgency = self.urgency(done);
         let mut sent = false;
         for (tier, urls) in self.trackers.due(now, urgency) {
-            if self.in_flight.contains_key(&tier) {
+            let Err(at) = self.in_flight_index(tier) else {
                 continue;
-            }
+            };
             let mut urls: VecDeque<String> = urls.into();
             let Some(url) = urls.pop_front() else {
                 continue;
             };
             let request = self.request_for(&url);
-            self.in_flight.insert(tier, (url.clone(), urls));
+            self.in_flight.insert(
+                at,
+                InFlight {
+                    tier,
+                    asked: url.clone(),
+                    next: urls,
+                },
+            );
             self.events
                 .push_back(SessionEvent::Announce { url, request });
             sent = true;
@@ -706,21 +734,16 @@ impl Session {
     /// An announce to `url` ended (answered, or failed with no other tracker to try).
     fn announce_done(&mut self, now: Instant, url: &str) {
         if let Some(tier) = self.trackers.tier_of(url) {
-            if self
-                .in_flight
-                .get(&tier)
-                .is_some_and(|(asked, _)| asked == url)
-            {
-                self.in_flight.remove(&tier);
+            if let Ok(i) = self.in_flight_index(tier) {
+                if self.in_flight.get(i).is_some_and(|f| f.asked == url) {
+                    self.in_flight.remove(i);
+                }
             }
         }
-        if let Phase::Closing {
-            waiting, pending, ..
-        } = &mut self.phase
-        {
-            waiting.remove(url);
-            if let Some(event) = pending.get_mut(url).and_then(VecDeque::pop_front) {
-                waiting.insert(url.to_string());
+        if let Phase::Closing(c) = &mut self.phase {
+            c.waiting.remove(url);
+            if let Some(event) = c.pending.get_mut(url).and_then(VecDeque::pop_front) {
+                c.waiting.insert(url.to_string());
                 let request = self.request(event);
                 self.events.push_back(SessionEvent::Announce {
                     url: url.to_string(),
@@ -872,12 +895,12 @@ impl Session {
             }
         }
         self.in_flight.clear();
-        self.phase = Phase::Closing {
+        self.phase = Phase::Closing(Box::new(Closing {
             finish,
             pending,
             waiting,
             deadline: now + FINAL_ANNOUNCE_TIMEOUT,
-        };
+        }));
         self.handle_timeout(now);
     }
 
