@@ -208,11 +208,11 @@ struct Run {
 
 struct Entry {
     saved: Saved,
-    info_hash: InfoHash,
     meta: Option<Meta>,
     trackers: Arc<Vec<Vec<String>>>,
     peers: Vec<SocketAddr>,
-    run: Option<Run>,
+    /// Boxed: most torrents of a daemon rest, without a run.
+    run: Option<Box<Run>>,
     /// The torrent rests: its session is in the daemon's dormant seeds (never with `run`).
     resting: Option<Resting>,
     /// Connections that came while its run was going to rest, for the next run (at most
@@ -236,7 +236,6 @@ struct Entry {
 impl Entry {
     fn new(
         saved: Saved,
-        info_hash: InfoHash,
         meta: Option<Meta>,
         trackers: Vec<Vec<String>>,
         peers: Vec<SocketAddr>,
@@ -244,7 +243,6 @@ impl Entry {
     ) -> Entry {
         Entry {
             saved,
-            info_hash,
             meta,
             trackers: Arc::new(trackers),
             peers,
@@ -302,6 +300,8 @@ struct State {
 
 struct Inner {
     config: DaemonConfig,
+    /// The default download directory (`config`'s), shared by the torrents added to it.
+    download_dir: Arc<Path>,
     /// The state directory, read at start (and where the engine keeps resume states).
     store: Store,
     /// Writes every change of the saved state, in order.
@@ -440,6 +440,7 @@ impl Daemon {
             store,
             writer,
             events: events::Hub::new(),
+            download_dir: config.download_dir.as_path().into(),
             config,
             peer_id: new_peer_id(),
             port,
@@ -503,10 +504,7 @@ impl Daemon {
         let mut entries = Vec::with_capacity(saved.len());
         let mut hashes = HashMap::with_capacity(saved.len());
         for (mut saved, metainfo, resume) in saved {
-            let info_hash = match crate::types::from_hex20(&saved.info_hash).map(InfoHash) {
-                Some(h) => h,
-                None => continue,
-            };
+            let info_hash = saved.info_hash;
             let (meta, trackers, peers) = match (metainfo, &saved.magnet) {
                 (Some(m), _) => {
                     let trackers = m.tracker_tiers();
@@ -539,9 +537,7 @@ impl Daemon {
                 }
                 _ => Progress::default(),
             };
-            entries.push(Box::new(Entry::new(
-                saved, info_hash, meta, trackers, peers, last,
-            )));
+            entries.push(Box::new(Entry::new(saved, meta, trackers, peers, last)));
         }
         let mut st = self.state();
         let queued = st.queue.add_all(entries.iter().map(|e| {
@@ -554,7 +550,7 @@ impl Daemon {
             }
             let id = entry.saved.id;
             st.next_id = st.next_id.max(id.saturating_add(1));
-            st.by_hash.insert(entry.info_hash, id);
+            st.by_hash.insert(entry.saved.info_hash, id);
             st.torrents.insert(id, entry);
         }
         tracing::info!(torrents = st.torrents.len(), "loaded saved torrents");
@@ -567,9 +563,9 @@ impl Daemon {
         let download_dir = match req.download_dir {
             Some(dir) => {
                 check_download_dir(&dir)?;
-                dir
+                dir.into()
             }
-            None => self.0.config.download_dir.clone(),
+            None => Arc::clone(&self.0.download_dir),
         };
         let (info_hash, meta, trackers, peers, magnet, name, torrent_bytes) = match req.source {
             AddSource::Torrent(bytes) => {
@@ -629,7 +625,7 @@ impl Daemon {
                     st.adding.insert(info_hash, id);
                     let saved = Saved {
                         id,
-                        info_hash: info_hash.to_string(),
+                        info_hash,
                         name,
                         magnet,
                         download_dir,
@@ -655,7 +651,6 @@ impl Daemon {
         };
         let entry = Box::new(Entry::new(
             saved,
-            info_hash,
             meta,
             trackers,
             peers,
@@ -681,7 +676,7 @@ impl Daemon {
         let result = written
             .await
             .unwrap_or_else(|_| Err(std::io::Error::other("the state writer stopped")));
-        let (id, info_hash) = (entry.saved.id, entry.info_hash);
+        let (id, info_hash) = (entry.saved.id, entry.saved.info_hash);
         let mut st = self.state();
         st.adding.remove(&info_hash);
         let added = result
@@ -746,11 +741,11 @@ impl Daemon {
         let mut job = Job {
             daemon: self.clone(),
             id,
-            info_hash: entry.info_hash,
+            info_hash: entry.saved.info_hash,
             meta: entry.meta.clone(),
             trackers: entry.trackers.as_ref().clone(),
             peers: entry.peers.clone(),
-            output_dir: entry.saved.download_dir.clone(),
+            output_dir: entry.saved.download_dir.to_path_buf(),
             wanted_files: entry.saved.wanted_files.as_deref().map(<[bool]>::to_vec),
             recheck: std::mem::take(&mut entry.recheck),
             stop: stop_rx,
@@ -782,13 +777,13 @@ impl Daemon {
             let _ = route_tx.try_send(waiting);
         }
         let task = tokio::spawn(job.run());
-        entry.run = Some(Run {
+        entry.run = Some(Box::new(Run {
             stop: stop_tx,
             progress: progress_rx,
             task: Some(task),
             stopping: false,
             fetching,
-        });
+        }));
         set_routes(st, id, Some(route_tx));
     }
 
@@ -926,10 +921,10 @@ impl Daemon {
         self.0.events.poke();
         self.0
             .writer
-            .save_torrent(entry.info_hash, metainfo_bytes.into());
+            .save_torrent(entry.saved.info_hash, metainfo_bytes.into());
         save(&self.0.writer, entry);
         // A hybrid found through a magnet link is reached under its v2 hash from now on too.
-        let info_hash = entry.info_hash;
+        let info_hash = entry.saved.info_hash;
         if let Some(alias) = hybrid_v2_alias(&meta.info_bytes, meta.info.version) {
             if let Some(route) = st.routes.get(&info_hash).cloned() {
                 st.routes.entry(alias).or_insert(route);
@@ -949,7 +944,9 @@ impl Daemon {
         };
         meta.piece_layers = layers;
         let torrent = store::metainfo_bytes(&entry.trackers, meta);
-        self.0.writer.save_torrent(entry.info_hash, torrent.into());
+        self.0
+            .writer
+            .save_torrent(entry.saved.info_hash, torrent.into());
     }
 
     /// A run reports whether the wanted data is complete.
@@ -967,7 +964,7 @@ impl Daemon {
     }
 
     /// Takes a torrent's run that ended and folds its last report in (`None`: no run).
-    fn end_run(&self, entry: &mut Entry) -> Option<Run> {
+    fn end_run(&self, entry: &mut Entry) -> Option<Box<Run>> {
         let run = entry.run.take()?;
         self.0
             .runs_ended
@@ -1100,7 +1097,7 @@ impl Daemon {
                 if written.insert(*id, counters) != Some(counters) {
                     let mut saved = e.saved.clone();
                     (saved.uploaded, saved.downloaded) = counters;
-                    self.0.writer.save(e.info_hash, saved, None);
+                    self.0.writer.save(e.saved.info_hash, saved, None);
                 }
             }
         }
@@ -1189,13 +1186,13 @@ impl Daemon {
             let Some(mut entry) = st.torrents.remove(&id) else {
                 return false;
             };
-            st.by_hash.remove(&entry.info_hash);
+            st.by_hash.remove(&entry.saved.info_hash);
             st.queue.remove(id);
             st.routes.retain(|_, (owner, _)| *owner != id);
             self.stop_activity(id, &mut entry);
             let task = entry.run.as_mut().and_then(|run| run.task.take());
             let (done, removal) = watch::channel(());
-            st.removing.insert(entry.info_hash, removal);
+            st.removing.insert(entry.saved.info_hash, removal);
             self.apply_queue(&mut st);
             (entry, task, done)
         };
@@ -1221,7 +1218,7 @@ impl Daemon {
             let _ = task.await;
         }
         let (ack, removed) = oneshot::channel();
-        self.0.writer.remove(entry.info_hash, Some(ack));
+        self.0.writer.remove(entry.saved.info_hash, Some(ack));
         let _ = removed.await;
         if delete_data {
             if let Some(meta) = &entry.meta {
@@ -1236,7 +1233,7 @@ impl Daemon {
                 }
             }
         }
-        self.state().removing.remove(&entry.info_hash);
+        self.state().removing.remove(&entry.saved.info_hash);
     }
 
     /// Stops every torrent (each saves its resume state), saves every setting and stops the
@@ -1496,7 +1493,7 @@ impl Daemon {
 
 /// Queues a torrent's settings for saving.
 fn save(writer: &Writer, entry: &Entry) {
-    writer.save(entry.info_hash, entry.saved.clone(), None);
+    writer.save(entry.saved.info_hash, entry.saved.clone(), None);
 }
 
 /// The id of the torrent with this info hash, or of the one being added with it.
@@ -1513,7 +1510,7 @@ fn set_routes(st: &mut State, id: TorrentId, route: Option<mpsc::Sender<(PeerStr
     let Some(entry) = st.torrents.get(&id) else {
         return;
     };
-    let info_hash = entry.info_hash;
+    let info_hash = entry.saved.info_hash;
     let alias = (entry.meta.as_ref()).and_then(|m| hybrid_v2_alias(&m.info_bytes, m.info.version));
     if let Some(alias) = alias {
         st.routes.insert(alias, (id, route.clone()));
@@ -1650,7 +1647,7 @@ pub struct Snapshot {
     progress: Progress,
     meta: Option<Meta>,
     name: String,
-    download_dir: PathBuf,
+    download_dir: Arc<Path>,
     added_date: u64,
     done_date: u64,
     /// Payload counters of the runs before this one.
@@ -1677,7 +1674,7 @@ fn snapshot(st: &State, id: TorrentId) -> Option<Snapshot> {
     let saved = &entry.saved;
     Some(Snapshot {
         id,
-        info_hash: entry.info_hash,
+        info_hash: entry.saved.info_hash,
         status,
         progress,
         meta: entry.meta.clone(),
@@ -1737,7 +1734,7 @@ impl Snapshot {
             info_hash: self.info_hash.to_string(),
             name: self.name.clone(),
             state: self.status,
-            download_dir: self.download_dir.clone(),
+            download_dir: self.download_dir.to_path_buf(),
             total_size,
             size_when_done,
             done_bytes: p.done_bytes,
