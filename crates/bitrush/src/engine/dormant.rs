@@ -10,6 +10,8 @@
 //! announce). A peer's handshake for it takes the session out ([`DormantSeeds::take`]) to
 //! start a full run, with the announces still out. [`DormantSeeds::stop`] sends its closing
 //! announces; every session's end is reported on the channel [`DormantSeeds::start`] returns.
+//! A wave of at least [`TRIM_AFTER_WAVE`] announces (a start) ends with the allocator's free
+//! memory given back.
 //!
 //! Invariants: the timer set holds one entry per seed whose session has a deadline (but for
 //! seeds just inserted, waiting in `fresh` to be looked at), and it is that deadline; a seed
@@ -36,6 +38,10 @@ use crate::tracker::{AnnounceRequest, AnnounceResponse};
 /// connections at once: the memory a wave takes stays small). A seed being stopped does not
 /// wait: its closing announces have a deadline.
 pub const MAX_ANNOUNCING: usize = 16;
+
+/// Announces in a wave after which the allocator's free memory is given back (a daemon's start
+/// with many seeds makes one; a few seeds announcing now and then do not).
+pub const TRIM_AFTER_WAVE: usize = 4 * MAX_ANNOUNCING;
 
 /// A seed's key (the daemon's torrent id).
 pub type SeedKey = u64;
@@ -77,6 +83,8 @@ struct Table {
     queue: VecDeque<Queued>,
     /// Announces out.
     announcing: usize,
+    /// Announces sent since the last time none was out or waiting (the wave's size).
+    wave: usize,
     /// The client the announces of a wave share; dropped once the wave is over, so nothing of
     /// it stays between waves. `Some(None)`: it could not be made, each announce makes its
     /// own.
@@ -230,24 +238,37 @@ impl DormantSeeds {
             tokio::select! {
                 () = sleep_until(next) => {}
                 () = self.0.poke.notified() => {}
-                Some((key, announce)) = answers.recv() => self.on_answered(key, announce),
+                Some((key, announce)) = answers.recv() => {
+                    if self.on_answered(key, announce) {
+                        // What a large wave (a start: its seeds loaded and their first
+                        // announces) allocated and freed is strewn over the heap: given back
+                        // now rather than kept until something else trims it.
+                        super::release_free_memory();
+                    }
+                }
             }
         }
     }
 
     /// Feeds `key`'s session the answers of its tasks that ended; an announce that ended lets
-    /// the next one waiting go.
-    fn on_answered(&self, key: SeedKey, announce: bool) {
+    /// the next one waiting go. Returns whether a wave of at least [`TRIM_AFTER_WAVE`]
+    /// announces just passed (none out or waiting, no seed left to look at).
+    fn on_answered(&self, key: SeedKey, announce: bool) -> bool {
         let mut table = self.table();
+        let mut wave_passed = false;
         if announce {
             table.announcing = table.announcing.saturating_sub(1);
             self.launch(&mut table);
             if table.announcing == 0 {
                 table.http = None;
+                if table.queue.is_empty() && table.fresh.is_empty() {
+                    wave_passed = table.wave >= TRIM_AFTER_WAVE;
+                    table.wave = 0;
+                }
             }
         }
         let Some(seed) = table.seeds.get_mut(&key) else {
-            return;
+            return wave_passed;
         };
         let now = Instant::now();
         let d = &mut seed.dormant;
@@ -284,6 +305,7 @@ impl DormantSeeds {
             d.session.handle_dht_done(now, found);
         }
         self.service(&mut table, key, now);
+        wave_passed
     }
 
     /// Runs `key`'s session if it is due, carries out its events and re-arms its timer.
@@ -389,6 +411,7 @@ impl DormantSeeds {
 
     fn spawn_announce(&self, table: &mut Table, q: Queued) {
         table.announcing += 1;
+        table.wave = table.wave.saturating_add(1);
         let http = table
             .http
             .get_or_insert_with(|| {
