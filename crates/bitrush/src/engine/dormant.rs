@@ -334,7 +334,9 @@ impl DormantSeeds {
                 }
                 SessionEvent::DhtLookup { announce } => {
                     let (answered, dht) = (self.0.answered.clone(), self.0.dht.clone());
-                    let (info_hash, port) = (d.info_hash, d.port);
+                    // The port announced to trackers is the one announced to the DHT.
+                    let announcer = d.session.announcer();
+                    let (info_hash, port) = (announcer.info_hash, announcer.port);
                     let (tx, rx) = oneshot::channel();
                     tokio::spawn(async move {
                         let found = match dht {

@@ -23,7 +23,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
 use tokio::net::TcpListener;
@@ -178,9 +178,6 @@ pub struct Dormant {
     /// session's totals go on).
     pub(super) uploaded: u64,
     pub(super) downloaded: u64,
-    pub(super) info_hash: InfoHash,
-    /// The port announced (to the DHT too).
-    pub(super) port: u16,
 }
 
 /// Where an announce's answer comes.
@@ -199,8 +196,6 @@ impl Dormant {
             lookups: Vec::new(),
             uploaded: 0,
             downloaded: 0,
-            info_hash: params.info_hash,
-            port: params.port,
         }
     }
 }
@@ -237,7 +232,7 @@ fn new_session(now: Instant, params: &TorrentParams) -> Session {
             trackers: params.trackers.clone(),
             peers: params.peers.clone(),
             total_length: params.info.total_length,
-            config: SessionConfig {
+            config: shared_config(SessionConfig {
                 max_peers: params.max_peers,
                 max_incoming: params.max_peers,
                 seed: params.seed,
@@ -246,9 +241,33 @@ fn new_session(now: Instant, params: &TorrentParams) -> Session {
                 // Only a daemon keeps a session once its run ends.
                 dormant_after: params.hosted.is_some().then_some(DORMANT_AFTER),
                 ..SessionConfig::default()
-            },
+            }),
         },
     )
+}
+
+/// Most distinct session configurations [`shared_config`] remembers.
+const MAX_SHARED_CONFIGS: usize = 32;
+
+/// One copy of each session configuration in use: a daemon's torrents all have the same one
+/// or two (a thousand resting seeds would each carry their own). At most
+/// [`MAX_SHARED_CONFIGS`] are remembered, the ones no session uses any more forgotten; beyond
+/// that, a session gets a copy of its own.
+fn shared_config(config: SessionConfig) -> Arc<SessionConfig> {
+    static SHARED: Mutex<Vec<Weak<SessionConfig>>> = Mutex::new(Vec::new());
+    let mut shared = SHARED.lock().unwrap_or_else(|e| e.into_inner());
+    shared.retain(|c| c.strong_count() > 0);
+    if let Some(same) = (shared.iter())
+        .filter_map(Weak::upgrade)
+        .find(|c| **c == config)
+    {
+        return same;
+    }
+    let config = Arc::new(config);
+    if shared.len() < MAX_SHARED_CONFIGS {
+        shared.push(Arc::downgrade(&config));
+    }
+    config
 }
 
 /// A connected peer, as the progress snapshot shows it.
@@ -544,8 +563,6 @@ async fn run(mut params: TorrentParams) -> Result<HostedEnd, TorrentError> {
                     lookups: Vec::new(),
                     uploaded,
                     downloaded,
-                    info_hash: manager.params.info_hash,
-                    port: manager.params.port,
                 }),
                 incoming,
             });
@@ -1744,6 +1761,28 @@ impl Manager {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sessions_of_the_same_configuration_share_one_copy() {
+        // Numbers no other test uses, so tests running meanwhile do not change the outcome.
+        let config = |max_peers| SessionConfig {
+            max_peers,
+            max_incoming: 4321,
+            ..SessionConfig::default()
+        };
+        let a = shared_config(config(1234));
+        let b = shared_config(config(1234));
+        assert!(Arc::ptr_eq(&a, &b));
+        let other = shared_config(config(1235));
+        assert!(!Arc::ptr_eq(&a, &other));
+        assert_eq!(*other, config(1235));
+        // Once nobody uses it, it is forgotten: the next one is a fresh copy.
+        let weak = Arc::downgrade(&a);
+        drop((a, b));
+        let again = shared_config(config(1234));
+        assert_eq!(weak.strong_count(), 0);
+        assert_eq!(*again, config(1234));
+    }
 
     fn stats(received: u64, uploaded: u64, bytes_left: u64) -> SwarmStats {
         SwarmStats {

@@ -30,6 +30,7 @@ mod tests;
 
 use core::net::SocketAddr;
 use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::tracker::tiers::Urgency;
@@ -72,7 +73,7 @@ pub struct SeedLimits {
 }
 
 /// Tunables of a session.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct SessionConfig {
     /// Most dialled connections open at once.
     pub max_peers: usize,
@@ -265,7 +266,8 @@ pub struct SessionParams {
     pub peers: Vec<SocketAddr>,
     /// The torrent's size, for the seed ratio.
     pub total_length: u64,
-    pub config: SessionConfig,
+    /// Shared: the many sessions of a daemon may point to one copy.
+    pub config: Arc<SessionConfig>,
 }
 
 /// One torrent's session.
@@ -277,7 +279,7 @@ pub struct Session {
     /// empty one).
     in_flight: Vec<InFlight>,
     candidates: PeerCandidates,
-    config: SessionConfig,
+    config: Arc<SessionConfig>,
     total_length: u64,
     /// Dialled connections open.
     outgoing: usize,
@@ -353,6 +355,11 @@ impl Session {
         }
         session.handle_peers(&params.peers);
         session
+    }
+
+    /// Who we are to trackers.
+    pub fn announcer(&self) -> &Announcer {
+        &self.announcer
     }
 
     /// Whether the session ended.
