@@ -49,7 +49,7 @@ mod stream;
 mod testing;
 mod webui;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -237,14 +237,14 @@ impl Entry {
     fn new(
         saved: Saved,
         meta: Option<Meta>,
-        trackers: Vec<Vec<String>>,
+        trackers: Arc<Vec<Vec<String>>>,
         peers: Vec<SocketAddr>,
         last: Progress,
     ) -> Entry {
         Entry {
             saved,
             meta,
-            trackers: Arc::new(trackers),
+            trackers,
             peers,
             run: None,
             resting: None,
@@ -503,6 +503,8 @@ impl Daemon {
     fn load(&self, saved: Vec<store::Loaded>) {
         let mut entries = Vec::with_capacity(saved.len());
         let mut hashes = HashMap::with_capacity(saved.len());
+        // Torrents from one tracker (one passkey) share their list: one copy of it.
+        let mut tracker_lists: HashSet<Arc<Vec<Vec<String>>>> = HashSet::new();
         for (mut saved, metainfo, resume) in saved {
             let info_hash = saved.info_hash;
             let (meta, trackers, peers) = match (metainfo, &saved.magnet) {
@@ -537,6 +539,7 @@ impl Daemon {
                 }
                 _ => Progress::default(),
             };
+            let trackers = shared(&mut tracker_lists, trackers);
             entries.push(Box::new(Entry::new(saved, meta, trackers, peers, last)));
         }
         let mut st = self.state();
@@ -652,7 +655,7 @@ impl Daemon {
         let entry = Box::new(Entry::new(
             saved,
             meta,
-            trackers,
+            Arc::new(trackers),
             peers,
             Progress::default(),
         ));
@@ -1534,6 +1537,17 @@ fn fold_run(entry: &mut Entry, last: Progress) {
     };
 }
 
+/// One copy of equal values: the one in `seen` equal to `value` if there is one, else `value`
+/// (then remembered).
+fn shared<T: Eq + std::hash::Hash>(seen: &mut HashSet<Arc<T>>, value: T) -> Arc<T> {
+    if let Some(same) = seen.get(&value) {
+        return Arc::clone(same);
+    }
+    let value = Arc::new(value);
+    seen.insert(Arc::clone(&value));
+    value
+}
+
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
@@ -2029,6 +2043,18 @@ impl Job {
 mod tests {
     use super::*;
     use bitrush_core::testing::info_with;
+
+    #[test]
+    fn equal_values_are_shared() {
+        let mut seen = HashSet::new();
+        let list = |url: &str| vec![vec![url.to_string()]];
+        let a = shared(&mut seen, list("http://a/announce"));
+        let b = shared(&mut seen, list("http://b/announce"));
+        let a2 = shared(&mut seen, list("http://a/announce"));
+        assert!(Arc::ptr_eq(&a, &a2));
+        assert!(!Arc::ptr_eq(&a, &b));
+        assert_eq!(*b, list("http://b/announce"));
+    }
 
     #[test]
     fn download_dirs_must_be_absolute_without_parent_steps() {
