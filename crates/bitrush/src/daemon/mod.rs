@@ -210,19 +210,28 @@ struct Entry {
     saved: Saved,
     meta: Option<Meta>,
     trackers: Arc<Vec<Vec<String>>>,
-    peers: Vec<SocketAddr>,
+    /// A magnet link's peers.
+    peers: Box<[SocketAddr]>,
     /// Boxed: most torrents of a daemon rest, without a run.
     run: Option<Box<Run>>,
     /// The torrent rests: its session is in the daemon's dormant seeds (never with `run`).
     resting: Option<Resting>,
-    /// Connections that came while its run was going to rest, for the next run (at most
-    /// [`ROUTE_QUEUE`]).
-    waiting: Vec<(PeerStream, Handshake)>,
+    /// What its runs and streams use; `None` while it has none of it (a torrent resting
+    /// quietly, as most of a daemon's do).
+    live: Option<Box<Live>>,
     /// The last snapshot of a run (or what the resume state says, before any).
     last: Progress,
     /// Hash everything on the next start.
     recheck: bool,
-    error: Option<String>,
+    error: Option<Box<str>>,
+}
+
+/// What a torrent keeps for its runs and streams.
+#[derive(Default)]
+struct Live {
+    /// Connections that came while its run was going to rest, for the next run (at most
+    /// [`ROUTE_QUEUE`]).
+    waiting: Vec<(PeerStream, Handshake)>,
     /// This torrent's own rate limits, shared with its run's connections (made for a run, and
     /// dropped while it rests; `saved` holds their values).
     limits: Option<RateLimits>,
@@ -238,7 +247,7 @@ impl Entry {
         saved: Saved,
         meta: Option<Meta>,
         trackers: Arc<Vec<Vec<String>>>,
-        peers: Vec<SocketAddr>,
+        peers: Box<[SocketAddr]>,
         last: Progress,
     ) -> Entry {
         Entry {
@@ -248,25 +257,49 @@ impl Entry {
             peers,
             run: None,
             resting: None,
-            waiting: Vec::new(),
+            live: None,
             last,
             recheck: false,
             error: None,
-            limits: None,
-            window: None,
-            window_reader: 0,
+        }
+    }
+
+    fn live(&mut self) -> &mut Live {
+        self.live.get_or_insert_default()
+    }
+
+    /// Drops what its runs and streams used if nothing is left of it.
+    fn settle(&mut self) {
+        let unused = |l: &Live| l.waiting.is_empty() && l.limits.is_none() && l.window.is_none();
+        if self.live.as_deref().is_some_and(unused) {
+            self.live = None;
+        }
+    }
+
+    /// Connections waiting for its next run.
+    fn waiting(&self) -> &[(PeerStream, Handshake)] {
+        self.live.as_ref().map_or(&[], |l| &l.waiting)
+    }
+
+    /// Keeps a connection for its next run (at most [`ROUTE_QUEUE`]).
+    fn keep_waiting(&mut self, waiting: (PeerStream, Handshake)) {
+        let live = self.live();
+        if live.waiting.len() < ROUTE_QUEUE {
+            live.waiting.push(waiting);
         }
     }
 
     /// The torrent's own rate limits.
     fn limits(&mut self) -> &RateLimits {
         let (download, upload) = (self.saved.download_limit, self.saved.upload_limit);
-        (self.limits).get_or_insert_with(|| RateLimits::adjustable(download, upload))
+        (self.live().limits).get_or_insert_with(|| RateLimits::adjustable(download, upload))
     }
 
     /// The priority window's channel.
     fn window(&mut self) -> &watch::Sender<Option<std::ops::Range<u32>>> {
-        self.window.get_or_insert_with(|| watch::channel(None).0)
+        self.live()
+            .window
+            .get_or_insert_with(|| watch::channel(None).0)
     }
 }
 
@@ -517,10 +550,10 @@ impl Daemon {
                         web_seeds: m.web_seeds,
                         piece_layers: m.piece_layers,
                     };
-                    (Some(meta), trackers, Vec::new())
+                    (Some(meta), trackers, Box::default())
                 }
                 (None, Some(link)) => match Magnet::parse(link) {
-                    Ok(m) => (None, magnet_tiers(&m), m.peers),
+                    Ok(m) => (None, magnet_tiers(&m), m.peers.into()),
                     Err(_) => continue,
                 },
                 (None, None) => continue,
@@ -656,7 +689,7 @@ impl Daemon {
             saved,
             meta,
             Arc::new(trackers),
-            peers,
+            peers.into(),
             Progress::default(),
         ));
         // Finished by a task of its own: a caller that goes away (a client hanging up) must
@@ -733,7 +766,7 @@ impl Daemon {
         let rest = resumed.is_none()
             && seeding
             && !entry.recheck
-            && entry.waiting.is_empty()
+            && entry.waiting().is_empty()
             && entry.meta.is_some()
             && entry.last.seeding
             && entry.last.total_bytes > 0;
@@ -747,7 +780,7 @@ impl Daemon {
             info_hash: entry.saved.info_hash,
             meta: entry.meta.clone(),
             trackers: entry.trackers.as_ref().clone(),
-            peers: entry.peers.clone(),
+            peers: entry.peers.to_vec(),
             output_dir: entry.saved.download_dir.to_path_buf(),
             wanted_files: entry.saved.wanted_files.as_deref().map(<[bool]>::to_vec),
             recheck: std::mem::take(&mut entry.recheck),
@@ -776,8 +809,10 @@ impl Daemon {
             set_routes(st, id, None);
             return;
         }
-        for waiting in entry.waiting.drain(..) {
-            let _ = route_tx.try_send(waiting);
+        if let Some(live) = entry.live.as_mut() {
+            for waiting in live.waiting.drain(..) {
+                let _ = route_tx.try_send(waiting);
+            }
         }
         let task = tokio::spawn(job.run());
         entry.run = Some(Box::new(Run {
@@ -844,15 +879,16 @@ impl Daemon {
             return;
         };
         while let Ok(waiting) = incoming.try_recv() {
-            if entry.waiting.len() < ROUTE_QUEUE {
-                entry.waiting.push(waiting);
-            }
+            entry.keep_waiting(waiting);
         }
         save(&self.0.writer, entry);
-        if entry.window.as_ref().is_some_and(|w| w.borrow().is_none()) {
-            entry.window = None;
+        if let Some(live) = entry.live.as_mut() {
+            if live.window.as_ref().is_some_and(|w| w.borrow().is_none()) {
+                live.window = None;
+            }
+            live.limits = None;
         }
-        entry.limits = None;
+        entry.settle();
         self.0.dormant.insert(id, *dormant);
         entry.resting = Some(Resting { stopping: false });
         set_routes(&mut st, id, None);
@@ -862,7 +898,7 @@ impl Daemon {
         };
         if run.stopping || shutting_down {
             self.stop_activity(id, entry);
-        } else if !entry.waiting.is_empty() {
+        } else if !entry.waiting().is_empty() {
             self.wake(&mut st, id);
         } else {
             tracing::debug!(torrent = %entry.saved.name, "nobody connected; at rest");
@@ -904,7 +940,10 @@ impl Daemon {
         self.apply_queue(st);
         if let Some(entry) = st.torrents.get_mut(&id) {
             if entry.run.is_none() && entry.resting.is_none() {
-                entry.waiting.clear();
+                if let Some(live) = entry.live.as_mut() {
+                    live.waiting.clear();
+                }
+                entry.settle();
             }
         }
     }
@@ -990,7 +1029,7 @@ impl Daemon {
         let stopping = run.stopping;
         if let Err(e) = &result {
             tracing::warn!(torrent = %entry.saved.name, error = %e, "torrent stopped");
-            entry.error = Some(e.clone());
+            entry.error = Some(e.as_str().into());
         }
         save(&self.0.writer, entry);
         st.routes.retain(|_, (owner, _)| *owner != id);
@@ -1040,9 +1079,7 @@ impl Daemon {
         let Some(entry) = st.torrents.get_mut(&id) else {
             return;
         };
-        if entry.waiting.len() < ROUTE_QUEUE {
-            entry.waiting.push(waiting);
-        }
+        entry.keep_waiting(waiting);
         if entry.resting.is_some() {
             self.wake(&mut st, id);
         }
@@ -1407,7 +1444,7 @@ impl Daemon {
         };
         e.saved.download_limit = limits.download;
         e.saved.upload_limit = limits.upload;
-        if let Some(l) = &e.limits {
+        if let Some(l) = e.live.as_ref().and_then(|l| l.limits.as_ref()) {
             l.set(limits.download, limits.upload);
         }
         save(&self.0.writer, e);
@@ -1470,7 +1507,7 @@ impl Daemon {
             .have
             .as_ref()
             .is_some_and(|h| (from..end).all(|i| h.get(i)));
-        e.window_reader = reader;
+        e.live().window_reader = reader;
         let window = (!all_had).then_some(from..end);
         e.window().send_if_modified(|w| {
             let changed = *w != window;
@@ -1485,10 +1522,10 @@ impl Daemon {
         let Some(e) = st.torrents.get_mut(&id) else {
             return;
         };
-        if e.window_reader != reader {
+        let Some(live) = e.live.as_ref().filter(|l| l.window_reader == reader) else {
             return;
-        }
-        if let Some(w) = &e.window {
+        };
+        if let Some(w) = &live.window {
             w.send_if_modified(|w| w.take().is_some());
         }
     }
@@ -1700,7 +1737,7 @@ fn snapshot(st: &State, id: TorrentId) -> Option<Snapshot> {
         downloaded: saved.downloaded,
         wanted_files: saved.wanted_files.clone(),
         trackers: entry.trackers.clone(),
-        error: entry.error.clone(),
+        error: entry.error.as_deref().map(String::from),
         limits: SpeedLimits {
             download: saved.download_limit,
             upload: saved.upload_limit,
