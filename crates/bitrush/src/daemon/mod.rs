@@ -589,6 +589,8 @@ impl Daemon {
             st.by_hash.insert(entry.saved.info_hash, id);
             st.torrents.insert(id, entry);
         }
+        // Built again in one go: a map filled in key order keeps its nodes half empty.
+        st.torrents = std::mem::take(&mut st.torrents).into_iter().collect();
         tracing::info!(torrents = st.torrents.len(), "loaded saved torrents");
         self.apply_queue(&mut st);
     }
