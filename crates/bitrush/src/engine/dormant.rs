@@ -28,7 +28,7 @@ use tokio::sync::{mpsc, oneshot, Notify};
 use tokio::task::JoinHandle;
 
 use super::dht::{DhtHandle, LookupReply};
-use super::torrent::Dormant;
+use super::torrent::{Dormant, Out};
 use super::tracker::{self, AnnounceError, SharedClient};
 use crate::session::{CloseKind, Finish, SessionEvent};
 use crate::tracker::{AnnounceRequest, AnnounceResponse};
@@ -132,7 +132,7 @@ impl DormantSeeds {
     pub fn insert(&self, key: SeedKey, dormant: Dormant) {
         let mut table = self.table();
         table.remove(key);
-        let pending = !dormant.announces.is_empty() || !dormant.lookups.is_empty();
+        let pending = !dormant.out.is_empty();
         table.seeds.insert(
             key,
             Box::new(Seed {
@@ -273,36 +273,40 @@ impl DormantSeeds {
         let now = Instant::now();
         let d = &mut seed.dormant;
         let mut i = 0;
-        while i < d.announces.len() {
-            let answer = match d.announces[i].1.try_recv() {
-                Err(TryRecvError::Empty) => {
-                    i += 1;
-                    continue;
+        while let Some(out) = d.out.get_mut(i) {
+            match out {
+                Out::Announce(url, answer) => {
+                    let answer = match answer.try_recv() {
+                        Err(TryRecvError::Empty) => {
+                            i += 1;
+                            continue;
+                        }
+                        Ok(answer) => answer,
+                        Err(TryRecvError::Closed) => Err(AnnounceError::Lost),
+                    };
+                    let url = std::mem::take(url);
+                    d.out.swap_remove(i);
+                    match answer {
+                        Ok(resp) => d.session.handle_announce_response(now, &url, &resp),
+                        Err(e) => {
+                            tracing::debug!(tracker = %url, error = %super::error_chain(&e), "announce failed");
+                            d.session.handle_announce_failure(now, &url);
+                        }
+                    }
                 }
-                Ok(answer) => answer,
-                Err(TryRecvError::Closed) => Err(AnnounceError::Lost),
-            };
-            let (url, _) = d.announces.swap_remove(i);
-            match answer {
-                Ok(resp) => d.session.handle_announce_response(now, &url, &resp),
-                Err(e) => {
-                    tracing::debug!(tracker = %url, error = %super::error_chain(&e), "announce failed");
-                    d.session.handle_announce_failure(now, &url);
+                Out::Lookup(lookup) => {
+                    let found = match lookup.try_recv() {
+                        Err(TryRecvError::Empty) => {
+                            i += 1;
+                            continue;
+                        }
+                        Ok(found) => found,
+                        Err(TryRecvError::Closed) => 0,
+                    };
+                    d.out.swap_remove(i);
+                    d.session.handle_dht_done(now, found);
                 }
             }
-        }
-        let mut i = 0;
-        while i < d.lookups.len() {
-            let found = match d.lookups[i].try_recv() {
-                Err(TryRecvError::Empty) => {
-                    i += 1;
-                    continue;
-                }
-                Ok(found) => found,
-                Err(TryRecvError::Closed) => 0,
-            };
-            d.lookups.swap_remove(i);
-            d.session.handle_dht_done(now, found);
         }
         self.service(&mut table, key, now);
         wave_passed
@@ -330,7 +334,7 @@ impl DormantSeeds {
                         request,
                         answer,
                     });
-                    d.announces.push((url, rx));
+                    d.out.push(Out::Announce(url, rx));
                 }
                 SessionEvent::DhtLookup { announce } => {
                     let (answered, dht) = (self.0.answered.clone(), self.0.dht.clone());
@@ -346,7 +350,7 @@ impl DormantSeeds {
                         let _ = tx.send(found);
                         let _ = answered.send((key, false));
                     });
-                    d.lookups.push(rx);
+                    d.out.push(Out::Lookup(rx));
                 }
                 // A seed dials nobody; should it ask, the dial failed.
                 SessionEvent::Connect(addr) => {
@@ -357,11 +361,10 @@ impl DormantSeeds {
                 SessionEvent::Seeding | SessionEvent::Dormant | SessionEvent::Stalled(_) => {}
             }
         }
-        if d.announces.is_empty() && d.lookups.is_empty() {
+        if d.out.is_empty() {
             // Nothing out until its next deadline: it keeps only what it uses meanwhile.
             d.session.shrink_to_fit();
-            d.announces = Vec::new();
-            d.lookups = Vec::new();
+            d.out = Vec::new();
         }
         let deadline = d.session.poll_timeout();
         seed.deadline = deadline;

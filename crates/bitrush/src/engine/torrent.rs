@@ -170,10 +170,9 @@ pub struct Hosted {
 /// is kept ([`run_hosted`] ends with it; [`Hosted::resumed`] starts a run from it).
 pub struct Dormant {
     pub(super) session: Session,
-    /// Announces still out (tracker URL, where its answer comes), owed to the session.
-    pub(super) announces: Vec<(String, AnnounceAnswer)>,
-    /// DHT lookups still out (each answers with the number of peers found).
-    pub(super) lookups: Vec<oneshot::Receiver<usize>>,
+    /// Announces and DHT lookups still out, owed to the session (one list: a resting seed
+    /// carries an empty one).
+    pub(super) out: Vec<Out>,
     /// Bytes uploaded and verified by the runs before (each run's swarm counts from zero; the
     /// session's totals go on).
     pub(super) uploaded: u64,
@@ -182,6 +181,14 @@ pub struct Dormant {
 
 /// Where an announce's answer comes.
 pub(super) type AnnounceAnswer = oneshot::Receiver<Result<AnnounceResponse, AnnounceError>>;
+
+/// A task of a resting seed still out.
+pub(super) enum Out {
+    /// An announce to this tracker URL.
+    Announce(String, AnnounceAnswer),
+    /// A DHT lookup (it answers with the number of peers found).
+    Lookup(oneshot::Receiver<usize>),
+}
 
 impl Dormant {
     /// A seed that starts at rest: its data is complete (as its resume state says), so only
@@ -192,8 +199,7 @@ impl Dormant {
         session.handle_transfer(now, Transfer::default());
         Dormant {
             session,
-            announces: Vec::new(),
-            lookups: Vec::new(),
+            out: Vec::new(),
             uploaded: 0,
             downloaded: 0,
         }
@@ -458,18 +464,22 @@ async fn run(mut params: TorrentParams) -> Result<HostedEnd, TorrentError> {
     let (session, base, announces) = match resumed {
         Some(dormant) => {
             let mut announces = JoinSet::new();
-            for (url, answer) in dormant.announces {
-                announces.spawn(async move {
-                    let result = answer.await.unwrap_or(Err(AnnounceError::Lost));
-                    (url, result)
-                });
-            }
-            for lookup in dormant.lookups {
-                let tx = dht_tx.clone();
-                tokio::spawn(async move {
-                    let found = lookup.await.unwrap_or(0);
-                    let _ = tx.send(DhtResult::Done { found }).await;
-                });
+            for out in dormant.out {
+                match out {
+                    Out::Announce(url, answer) => {
+                        announces.spawn(async move {
+                            let result = answer.await.unwrap_or(Err(AnnounceError::Lost));
+                            (url, result)
+                        });
+                    }
+                    Out::Lookup(lookup) => {
+                        let tx = dht_tx.clone();
+                        tokio::spawn(async move {
+                            let found = lookup.await.unwrap_or(0);
+                            let _ = tx.send(DhtResult::Done { found }).await;
+                        });
+                    }
+                }
             }
             (
                 dormant.session,
@@ -559,8 +569,7 @@ async fn run(mut params: TorrentParams) -> Result<HostedEnd, TorrentError> {
             return Ok(HostedEnd::Dormant {
                 dormant: Box::new(Dormant {
                     session: manager.session,
-                    announces: Vec::new(),
-                    lookups: Vec::new(),
+                    out: Vec::new(),
                     uploaded,
                     downloaded,
                 }),
