@@ -319,8 +319,9 @@ struct State {
     torrents: BTreeMap<TorrentId, Box<Entry>>,
     /// The id of each torrent in `torrents`, by info hash.
     by_hash: HashMap<InfoHash, TorrentId>,
-    /// Where the listener sends each running or resting torrent's incoming connections (a
-    /// hybrid's under its truncated v2 hash too).
+    /// Where the listener sends each running torrent's incoming connections, and a hybrid's
+    /// under its truncated v2 hash too, running or resting (a resting torrent is found through
+    /// `by_hash`: see [`route_of`]).
     routes: HashMap<InfoHash, Route>,
     next_id: TorrentId,
     shutting_down: bool,
@@ -1045,7 +1046,13 @@ impl Daemon {
             tracing::debug!(%addr, "too many incoming handshakes; closing");
             return;
         };
-        let known: Vec<InfoHash> = self.state().routes.keys().copied().collect();
+        let known: Vec<InfoHash> = {
+            let st = self.state();
+            let resting = (st.torrents.values())
+                .filter(|e| e.resting.is_some())
+                .map(|e| e.saved.info_hash);
+            st.routes.keys().copied().chain(resting).collect()
+        };
         let d = self.clone();
         let encryption = self.0.transports.encryption;
         tokio::spawn(async move {
@@ -1067,7 +1074,7 @@ impl Daemon {
     /// next run. Beyond [`ROUTE_QUEUE`] waiting, it is closed.
     fn deliver(&self, conn: PeerStream, theirs: Handshake) {
         let mut st = self.state();
-        let Some((id, tx)) = st.routes.get(&theirs.info_hash).cloned() else {
+        let Some((id, tx)) = route_of(&st, &theirs.info_hash) else {
             return;
         };
         let waiting = match tx {
@@ -1547,7 +1554,8 @@ fn find_in(st: &State, info_hash: &InfoHash) -> Option<TorrentId> {
 
 /// Routes torrent `id`'s incoming connections to `route` (its run's channel, or `None`
 /// while it rests): under its info hash, and a hybrid's under its truncated v2 hash too (its v2
-/// swarm's name).
+/// swarm's name). A resting torrent's info hash is not kept in the routes: [`route_of`] finds
+/// it among the torrents (a thousand resting ones take no room there).
 fn set_routes(st: &mut State, id: TorrentId, route: Option<mpsc::Sender<(PeerStream, Handshake)>>) {
     let Some(entry) = st.torrents.get(&id) else {
         return;
@@ -1557,7 +1565,21 @@ fn set_routes(st: &mut State, id: TorrentId, route: Option<mpsc::Sender<(PeerStr
     if let Some(alias) = alias {
         st.routes.insert(alias, (id, route.clone()));
     }
-    st.routes.insert(info_hash, (id, route));
+    if route.is_some() {
+        st.routes.insert(info_hash, (id, route));
+    } else {
+        st.routes.remove(&info_hash);
+    }
+}
+
+/// Where incoming connections naming `info_hash` go: a route, or a resting torrent.
+fn route_of(st: &State, info_hash: &InfoHash) -> Option<Route> {
+    if let Some(route) = st.routes.get(info_hash) {
+        return Some(route.clone());
+    }
+    let &id = st.by_hash.get(info_hash)?;
+    let resting = st.torrents.get(&id)?.resting.is_some();
+    resting.then_some((id, None))
 }
 
 /// Folds the last report of a run that ended into the torrent: its counters into the saved
