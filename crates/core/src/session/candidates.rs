@@ -74,7 +74,8 @@ pub struct PeerCandidates {
     /// `None` while no address is known: boxed, as a seed (a thousand of them resting in a
     /// daemon) keeps none.
     tables: Option<Box<Tables>>,
-    max_known: usize,
+    /// At most `u32::MAX` (any larger bound is that).
+    max_known: u32,
     /// Our own listening address on loopback (never dialled).
     own_port: Option<u16>,
 }
@@ -90,7 +91,7 @@ impl PeerCandidates {
     pub fn new(max_known: usize) -> PeerCandidates {
         PeerCandidates {
             tables: None,
-            max_known,
+            max_known: u32::try_from(max_known).unwrap_or(u32::MAX),
             own_port: None,
         }
     }
@@ -107,6 +108,10 @@ impl PeerCandidates {
         self.tables.as_ref().map_or(0, |t| t.known.len())
     }
 
+    fn is_full(&self) -> bool {
+        self.known_len() >= self.max_known as usize
+    }
+
     /// Our listening port: loopback addresses on it are ourselves and never dialled.
     pub fn set_own_port(&mut self, port: u16) {
         self.own_port = Some(port);
@@ -119,7 +124,7 @@ impl PeerCandidates {
             .tables
             .as_ref()
             .is_some_and(|t| t.known.contains_key(&addr));
-        if is_self || addr.port() == 0 || known || self.known_len() >= self.max_known {
+        if is_self || addr.port() == 0 || known || self.is_full() {
             return false;
         }
         let t = self.tables.get_or_insert_default();
@@ -197,7 +202,7 @@ impl PeerCandidates {
                 return;
             }
         }
-        if self.known_len() < self.max_known {
+        if !self.is_full() {
             let t = self.tables.get_or_insert_default();
             t.known.insert(
                 addr,
@@ -286,7 +291,7 @@ impl PeerCandidates {
     /// Checks the invariants in the module doc.
     #[cfg(test)]
     pub(crate) fn check_invariants(&self) -> Result<(), String> {
-        if self.known_len() > self.max_known {
+        if self.known_len() > self.max_known as usize {
             return Err("too many addresses".into());
         }
         let Some(t) = self.tables.as_deref() else {

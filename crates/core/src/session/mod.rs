@@ -282,9 +282,9 @@ pub struct Session {
     config: Arc<SessionConfig>,
     total_length: u64,
     /// Dialled connections open.
-    outgoing: usize,
+    outgoing: u32,
     /// Incoming connections open.
-    incoming: usize,
+    incoming: u32,
     transfer: Transfer,
     /// Whether [`Session::handle_transfer`] was ever called (the first call tells whether the
     /// data was complete from the start).
@@ -532,10 +532,10 @@ impl Session {
     /// limit, not banned, not finishing); an accepted connection is reported closed later.
     pub fn handle_incoming(&mut self, addr: SocketAddr) -> bool {
         let accept = matches!(self.phase, Phase::Running)
-            && self.incoming < self.config.max_incoming
+            && (self.incoming as usize) < self.config.max_incoming
             && !self.candidates.is_banned(&addr);
         if accept {
-            self.incoming += 1;
+            self.incoming = self.incoming.saturating_add(1);
             self.dormant = false;
             self.quiet_since = None;
             self.dirty = true;
@@ -628,7 +628,8 @@ impl Session {
             return Some(self.now);
         }
         let done = self.is_done();
-        if !done && self.outgoing < self.config.max_peers && self.candidates.has_ready() {
+        if !done && (self.outgoing as usize) < self.config.max_peers && self.candidates.has_ready()
+        {
             return Some(self.now);
         }
         // A tier with an announce in flight is due again only once it ends (which makes the
@@ -683,7 +684,7 @@ impl Session {
             Urgency::Normal
         } else if self.outgoing + self.incoming == 0 && !self.candidates.has_ready() {
             Urgency::Starving(self.starving_wait)
-        } else if self.outgoing < self.config.max_peers / 2 {
+        } else if (self.outgoing as usize) < self.config.max_peers / 2 {
             Urgency::MorePeers
         } else {
             Urgency::Normal
@@ -772,11 +773,11 @@ impl Session {
     }
 
     fn dial(&mut self, done: bool) {
-        while !done && self.outgoing < self.config.max_peers {
+        while !done && (self.outgoing as usize) < self.config.max_peers {
             let Some(addr) = self.candidates.next_to_dial() else {
                 break;
             };
-            self.outgoing += 1;
+            self.outgoing = self.outgoing.saturating_add(1);
             self.events.push_back(SessionEvent::Connect(addr));
         }
     }
