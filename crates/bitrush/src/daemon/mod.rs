@@ -665,8 +665,8 @@ impl Daemon {
                     let saved = Saved {
                         id,
                         info_hash,
-                        name,
-                        magnet,
+                        name: name.into(),
+                        magnet: magnet.map(Into::into),
                         download_dir,
                         paused: req.paused,
                         wanted_files: None,
@@ -958,7 +958,7 @@ impl Daemon {
             return;
         };
         entry.meta = Some(meta.clone());
-        entry.saved.name = meta.info.name.clone();
+        entry.saved.name = meta.info.name.as_str().into();
         if let Some(run) = &entry.run {
             run.fetching
                 .store(false, std::sync::atomic::Ordering::Relaxed);
@@ -1753,7 +1753,7 @@ fn snapshot(st: &State, id: TorrentId) -> Option<Snapshot> {
         status,
         progress,
         meta: entry.meta.clone(),
-        name: saved.name.clone(),
+        name: saved.name.to_string(),
         download_dir: saved.download_dir.clone(),
         added_date: saved.added_date,
         done_date: saved.done_date,

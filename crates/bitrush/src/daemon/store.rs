@@ -51,9 +51,9 @@ pub struct Saved {
     /// Saved as 40 hex digits.
     #[serde(with = "hex_hash")]
     pub info_hash: InfoHash,
-    pub name: String,
+    pub name: Box<str>,
     /// The link it was added by, until its metadata is known.
-    pub magnet: Option<String>,
+    pub magnet: Option<Box<str>>,
     /// Shared: torrents loaded together (or added without a directory of their own) point to
     /// one copy of their common directory.
     #[serde(with = "shared_path")]
@@ -723,7 +723,7 @@ mod tests {
             store
                 .load_all()
                 .into_iter()
-                .map(|(s, _, _)| s.name)
+                .map(|(s, _, _)| s.name.into())
                 .collect()
         };
         // A newer save wins over an older one, whether or not it was written meanwhile.
@@ -750,7 +750,7 @@ mod tests {
         assert!(dir.path().join(format!("torrents/{b}.torrent")).exists());
         // Failures reach the caller (settings too long to load back are refused).
         let bad = Saved {
-            name: "x".repeat(MAX_SETTINGS_LEN as usize),
+            name: "x".repeat(MAX_SETTINGS_LEN as usize).into(),
             ..saved(&a, "bad")
         };
         let (ack, written) = oneshot::channel();
@@ -767,8 +767,8 @@ mod tests {
         let hash = InfoHash([3; 20]);
         let longest = Saved {
             id: u64::MAX,
-            name: worst(MAX_MAGNET_LEN),
-            magnet: Some(worst(MAX_MAGNET_LEN)),
+            name: worst(MAX_MAGNET_LEN).into(),
+            magnet: Some(worst(MAX_MAGNET_LEN).into()),
             download_dir: Path::new(&worst(MAX_DOWNLOAD_DIR_LEN)).into(),
             wanted_files: Some(vec![false; MAX_FILES].into()),
             added_date: u64::MAX,
@@ -789,7 +789,7 @@ mod tests {
         assert_eq!(loaded[0].0.name, longest.name);
         // Anything longer is refused rather than written (it would not load back).
         let longer = Saved {
-            name: worst(MAX_SETTINGS_LEN as usize / 6),
+            name: worst(MAX_SETTINGS_LEN as usize / 6).into(),
             ..longest
         };
         let refused = store.save(&longer).unwrap_err();
