@@ -131,6 +131,9 @@ impl TorrentQueue {
             .into_iter()
             .map(|(id, complete, paused)| self.insert(id, complete, paused))
             .collect();
+        // Built again in one go: a map filled in key order keeps its nodes half empty (a
+        // daemon loading thousands of torrents would carry twice the room).
+        self.entries = std::mem::take(&mut self.entries).into_iter().collect();
         self.reconcile();
         added
     }

@@ -49,7 +49,7 @@ mod stream;
 mod testing;
 mod webui;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -208,21 +208,30 @@ struct Run {
 
 struct Entry {
     saved: Saved,
-    info_hash: InfoHash,
     meta: Option<Meta>,
     trackers: Arc<Vec<Vec<String>>>,
-    peers: Vec<SocketAddr>,
-    run: Option<Run>,
+    /// A magnet link's peers.
+    peers: Box<[SocketAddr]>,
+    /// Boxed: most torrents of a daemon rest, without a run.
+    run: Option<Box<Run>>,
     /// The torrent rests: its session is in the daemon's dormant seeds (never with `run`).
     resting: Option<Resting>,
-    /// Connections that came while its run was going to rest, for the next run (at most
-    /// [`ROUTE_QUEUE`]).
-    waiting: Vec<(PeerStream, Handshake)>,
+    /// What its runs and streams use; `None` while it has none of it (a torrent resting
+    /// quietly, as most of a daemon's do).
+    live: Option<Box<Live>>,
     /// The last snapshot of a run (or what the resume state says, before any).
     last: Progress,
     /// Hash everything on the next start.
     recheck: bool,
-    error: Option<String>,
+    error: Option<Box<str>>,
+}
+
+/// What a torrent keeps for its runs and streams.
+#[derive(Default)]
+struct Live {
+    /// Connections that came while its run was going to rest, for the next run (at most
+    /// [`ROUTE_QUEUE`]).
+    waiting: Vec<(PeerStream, Handshake)>,
     /// This torrent's own rate limits, shared with its run's connections (made for a run, and
     /// dropped while it rests; `saved` holds their values).
     limits: Option<RateLimits>,
@@ -236,39 +245,61 @@ struct Entry {
 impl Entry {
     fn new(
         saved: Saved,
-        info_hash: InfoHash,
         meta: Option<Meta>,
-        trackers: Vec<Vec<String>>,
-        peers: Vec<SocketAddr>,
+        trackers: Arc<Vec<Vec<String>>>,
+        peers: Box<[SocketAddr]>,
         last: Progress,
     ) -> Entry {
         Entry {
             saved,
-            info_hash,
             meta,
-            trackers: Arc::new(trackers),
+            trackers,
             peers,
             run: None,
             resting: None,
-            waiting: Vec::new(),
+            live: None,
             last,
             recheck: false,
             error: None,
-            limits: None,
-            window: None,
-            window_reader: 0,
+        }
+    }
+
+    fn live(&mut self) -> &mut Live {
+        self.live.get_or_insert_default()
+    }
+
+    /// Drops what its runs and streams used if nothing is left of it.
+    fn settle(&mut self) {
+        let unused = |l: &Live| l.waiting.is_empty() && l.limits.is_none() && l.window.is_none();
+        if self.live.as_deref().is_some_and(unused) {
+            self.live = None;
+        }
+    }
+
+    /// Connections waiting for its next run.
+    fn waiting(&self) -> &[(PeerStream, Handshake)] {
+        self.live.as_ref().map_or(&[], |l| &l.waiting)
+    }
+
+    /// Keeps a connection for its next run (at most [`ROUTE_QUEUE`]).
+    fn keep_waiting(&mut self, waiting: (PeerStream, Handshake)) {
+        let live = self.live();
+        if live.waiting.len() < ROUTE_QUEUE {
+            live.waiting.push(waiting);
         }
     }
 
     /// The torrent's own rate limits.
     fn limits(&mut self) -> &RateLimits {
         let (download, upload) = (self.saved.download_limit, self.saved.upload_limit);
-        (self.limits).get_or_insert_with(|| RateLimits::adjustable(download, upload))
+        (self.live().limits).get_or_insert_with(|| RateLimits::adjustable(download, upload))
     }
 
     /// The priority window's channel.
     fn window(&mut self) -> &watch::Sender<Option<std::ops::Range<u32>>> {
-        self.window.get_or_insert_with(|| watch::channel(None).0)
+        self.live()
+            .window
+            .get_or_insert_with(|| watch::channel(None).0)
     }
 }
 
@@ -288,8 +319,9 @@ struct State {
     torrents: BTreeMap<TorrentId, Box<Entry>>,
     /// The id of each torrent in `torrents`, by info hash.
     by_hash: HashMap<InfoHash, TorrentId>,
-    /// Where the listener sends each running or resting torrent's incoming connections (a
-    /// hybrid's under its truncated v2 hash too).
+    /// Where the listener sends each running torrent's incoming connections, and a hybrid's
+    /// under its truncated v2 hash too, running or resting (a resting torrent is found through
+    /// `by_hash`: see [`route_of`]).
     routes: HashMap<InfoHash, Route>,
     next_id: TorrentId,
     shutting_down: bool,
@@ -302,6 +334,8 @@ struct State {
 
 struct Inner {
     config: DaemonConfig,
+    /// The default download directory (`config`'s), shared by the torrents added to it.
+    download_dir: Arc<Path>,
     /// The state directory, read at start (and where the engine keeps resume states).
     store: Store,
     /// Writes every change of the saved state, in order.
@@ -440,6 +474,7 @@ impl Daemon {
             store,
             writer,
             events: events::Hub::new(),
+            download_dir: config.download_dir.as_path().into(),
             config,
             peer_id: new_peer_id(),
             port,
@@ -502,11 +537,10 @@ impl Daemon {
     fn load(&self, saved: Vec<store::Loaded>) {
         let mut entries = Vec::with_capacity(saved.len());
         let mut hashes = HashMap::with_capacity(saved.len());
+        // Torrents from one tracker (one passkey) share their list: one copy of it.
+        let mut tracker_lists: HashSet<Arc<Vec<Vec<String>>>> = HashSet::new();
         for (mut saved, metainfo, resume) in saved {
-            let info_hash = match crate::types::from_hex20(&saved.info_hash).map(InfoHash) {
-                Some(h) => h,
-                None => continue,
-            };
+            let info_hash = saved.info_hash;
             let (meta, trackers, peers) = match (metainfo, &saved.magnet) {
                 (Some(m), _) => {
                     let trackers = m.tracker_tiers();
@@ -517,10 +551,10 @@ impl Daemon {
                         web_seeds: m.web_seeds,
                         piece_layers: m.piece_layers,
                     };
-                    (Some(meta), trackers, Vec::new())
+                    (Some(meta), trackers, Box::default())
                 }
                 (None, Some(link)) => match Magnet::parse(link) {
-                    Ok(m) => (None, magnet_tiers(&m), m.peers),
+                    Ok(m) => (None, magnet_tiers(&m), m.peers.into()),
                     Err(_) => continue,
                 },
                 (None, None) => continue,
@@ -539,9 +573,8 @@ impl Daemon {
                 }
                 _ => Progress::default(),
             };
-            entries.push(Box::new(Entry::new(
-                saved, info_hash, meta, trackers, peers, last,
-            )));
+            let trackers = shared(&mut tracker_lists, trackers);
+            entries.push(Box::new(Entry::new(saved, meta, trackers, peers, last)));
         }
         let mut st = self.state();
         let queued = st.queue.add_all(entries.iter().map(|e| {
@@ -554,9 +587,11 @@ impl Daemon {
             }
             let id = entry.saved.id;
             st.next_id = st.next_id.max(id.saturating_add(1));
-            st.by_hash.insert(entry.info_hash, id);
+            st.by_hash.insert(entry.saved.info_hash, id);
             st.torrents.insert(id, entry);
         }
+        // Built again in one go: a map filled in key order keeps its nodes half empty.
+        st.torrents = std::mem::take(&mut st.torrents).into_iter().collect();
         tracing::info!(torrents = st.torrents.len(), "loaded saved torrents");
         self.apply_queue(&mut st);
     }
@@ -567,9 +602,9 @@ impl Daemon {
         let download_dir = match req.download_dir {
             Some(dir) => {
                 check_download_dir(&dir)?;
-                dir
+                dir.into()
             }
-            None => self.0.config.download_dir.clone(),
+            None => Arc::clone(&self.0.download_dir),
         };
         let (info_hash, meta, trackers, peers, magnet, name, torrent_bytes) = match req.source {
             AddSource::Torrent(bytes) => {
@@ -629,9 +664,9 @@ impl Daemon {
                     st.adding.insert(info_hash, id);
                     let saved = Saved {
                         id,
-                        info_hash: info_hash.to_string(),
-                        name,
-                        magnet,
+                        info_hash,
+                        name: name.into(),
+                        magnet: magnet.map(Into::into),
                         download_dir,
                         paused: req.paused,
                         wanted_files: None,
@@ -655,10 +690,9 @@ impl Daemon {
         };
         let entry = Box::new(Entry::new(
             saved,
-            info_hash,
             meta,
-            trackers,
-            peers,
+            Arc::new(trackers),
+            peers.into(),
             Progress::default(),
         ));
         // Finished by a task of its own: a caller that goes away (a client hanging up) must
@@ -681,7 +715,7 @@ impl Daemon {
         let result = written
             .await
             .unwrap_or_else(|_| Err(std::io::Error::other("the state writer stopped")));
-        let (id, info_hash) = (entry.saved.id, entry.info_hash);
+        let (id, info_hash) = (entry.saved.id, entry.saved.info_hash);
         let mut st = self.state();
         st.adding.remove(&info_hash);
         let added = result
@@ -735,7 +769,7 @@ impl Daemon {
         let rest = resumed.is_none()
             && seeding
             && !entry.recheck
-            && entry.waiting.is_empty()
+            && entry.waiting().is_empty()
             && entry.meta.is_some()
             && entry.last.seeding
             && entry.last.total_bytes > 0;
@@ -746,11 +780,11 @@ impl Daemon {
         let mut job = Job {
             daemon: self.clone(),
             id,
-            info_hash: entry.info_hash,
+            info_hash: entry.saved.info_hash,
             meta: entry.meta.clone(),
             trackers: entry.trackers.as_ref().clone(),
-            peers: entry.peers.clone(),
-            output_dir: entry.saved.download_dir.clone(),
+            peers: entry.peers.to_vec(),
+            output_dir: entry.saved.download_dir.to_path_buf(),
             wanted_files: entry.saved.wanted_files.as_deref().map(<[bool]>::to_vec),
             recheck: std::mem::take(&mut entry.recheck),
             stop: stop_rx,
@@ -778,17 +812,19 @@ impl Daemon {
             set_routes(st, id, None);
             return;
         }
-        for waiting in entry.waiting.drain(..) {
-            let _ = route_tx.try_send(waiting);
+        if let Some(live) = entry.live.as_mut() {
+            for waiting in live.waiting.drain(..) {
+                let _ = route_tx.try_send(waiting);
+            }
         }
         let task = tokio::spawn(job.run());
-        entry.run = Some(Run {
+        entry.run = Some(Box::new(Run {
             stop: stop_tx,
             progress: progress_rx,
             task: Some(task),
             stopping: false,
             fetching,
-        });
+        }));
         set_routes(st, id, Some(route_tx));
     }
 
@@ -846,15 +882,16 @@ impl Daemon {
             return;
         };
         while let Ok(waiting) = incoming.try_recv() {
-            if entry.waiting.len() < ROUTE_QUEUE {
-                entry.waiting.push(waiting);
-            }
+            entry.keep_waiting(waiting);
         }
         save(&self.0.writer, entry);
-        if entry.window.as_ref().is_some_and(|w| w.borrow().is_none()) {
-            entry.window = None;
+        if let Some(live) = entry.live.as_mut() {
+            if live.window.as_ref().is_some_and(|w| w.borrow().is_none()) {
+                live.window = None;
+            }
+            live.limits = None;
         }
-        entry.limits = None;
+        entry.settle();
         self.0.dormant.insert(id, *dormant);
         entry.resting = Some(Resting { stopping: false });
         set_routes(&mut st, id, None);
@@ -864,7 +901,7 @@ impl Daemon {
         };
         if run.stopping || shutting_down {
             self.stop_activity(id, entry);
-        } else if !entry.waiting.is_empty() {
+        } else if !entry.waiting().is_empty() {
             self.wake(&mut st, id);
         } else {
             tracing::debug!(torrent = %entry.saved.name, "nobody connected; at rest");
@@ -906,7 +943,10 @@ impl Daemon {
         self.apply_queue(st);
         if let Some(entry) = st.torrents.get_mut(&id) {
             if entry.run.is_none() && entry.resting.is_none() {
-                entry.waiting.clear();
+                if let Some(live) = entry.live.as_mut() {
+                    live.waiting.clear();
+                }
+                entry.settle();
             }
         }
     }
@@ -918,7 +958,7 @@ impl Daemon {
             return;
         };
         entry.meta = Some(meta.clone());
-        entry.saved.name = meta.info.name.clone();
+        entry.saved.name = meta.info.name.as_str().into();
         if let Some(run) = &entry.run {
             run.fetching
                 .store(false, std::sync::atomic::Ordering::Relaxed);
@@ -926,10 +966,10 @@ impl Daemon {
         self.0.events.poke();
         self.0
             .writer
-            .save_torrent(entry.info_hash, metainfo_bytes.into());
+            .save_torrent(entry.saved.info_hash, metainfo_bytes.into());
         save(&self.0.writer, entry);
         // A hybrid found through a magnet link is reached under its v2 hash from now on too.
-        let info_hash = entry.info_hash;
+        let info_hash = entry.saved.info_hash;
         if let Some(alias) = hybrid_v2_alias(&meta.info_bytes, meta.info.version) {
             if let Some(route) = st.routes.get(&info_hash).cloned() {
                 st.routes.entry(alias).or_insert(route);
@@ -949,7 +989,9 @@ impl Daemon {
         };
         meta.piece_layers = layers;
         let torrent = store::metainfo_bytes(&entry.trackers, meta);
-        self.0.writer.save_torrent(entry.info_hash, torrent.into());
+        self.0
+            .writer
+            .save_torrent(entry.saved.info_hash, torrent.into());
     }
 
     /// A run reports whether the wanted data is complete.
@@ -967,7 +1009,7 @@ impl Daemon {
     }
 
     /// Takes a torrent's run that ended and folds its last report in (`None`: no run).
-    fn end_run(&self, entry: &mut Entry) -> Option<Run> {
+    fn end_run(&self, entry: &mut Entry) -> Option<Box<Run>> {
         let run = entry.run.take()?;
         self.0
             .runs_ended
@@ -990,7 +1032,7 @@ impl Daemon {
         let stopping = run.stopping;
         if let Err(e) = &result {
             tracing::warn!(torrent = %entry.saved.name, error = %e, "torrent stopped");
-            entry.error = Some(e.clone());
+            entry.error = Some(e.as_str().into());
         }
         save(&self.0.writer, entry);
         st.routes.retain(|_, (owner, _)| *owner != id);
@@ -1004,7 +1046,13 @@ impl Daemon {
             tracing::debug!(%addr, "too many incoming handshakes; closing");
             return;
         };
-        let known: Vec<InfoHash> = self.state().routes.keys().copied().collect();
+        let known: Vec<InfoHash> = {
+            let st = self.state();
+            let resting = (st.torrents.values())
+                .filter(|e| e.resting.is_some())
+                .map(|e| e.saved.info_hash);
+            st.routes.keys().copied().chain(resting).collect()
+        };
         let d = self.clone();
         let encryption = self.0.transports.encryption;
         tokio::spawn(async move {
@@ -1026,7 +1074,7 @@ impl Daemon {
     /// next run. Beyond [`ROUTE_QUEUE`] waiting, it is closed.
     fn deliver(&self, conn: PeerStream, theirs: Handshake) {
         let mut st = self.state();
-        let Some((id, tx)) = st.routes.get(&theirs.info_hash).cloned() else {
+        let Some((id, tx)) = route_of(&st, &theirs.info_hash) else {
             return;
         };
         let waiting = match tx {
@@ -1040,9 +1088,7 @@ impl Daemon {
         let Some(entry) = st.torrents.get_mut(&id) else {
             return;
         };
-        if entry.waiting.len() < ROUTE_QUEUE {
-            entry.waiting.push(waiting);
-        }
+        entry.keep_waiting(waiting);
         if entry.resting.is_some() {
             self.wake(&mut st, id);
         }
@@ -1100,7 +1146,7 @@ impl Daemon {
                 if written.insert(*id, counters) != Some(counters) {
                     let mut saved = e.saved.clone();
                     (saved.uploaded, saved.downloaded) = counters;
-                    self.0.writer.save(e.info_hash, saved, None);
+                    self.0.writer.save(e.saved.info_hash, saved, None);
                 }
             }
         }
@@ -1189,13 +1235,13 @@ impl Daemon {
             let Some(mut entry) = st.torrents.remove(&id) else {
                 return false;
             };
-            st.by_hash.remove(&entry.info_hash);
+            st.by_hash.remove(&entry.saved.info_hash);
             st.queue.remove(id);
             st.routes.retain(|_, (owner, _)| *owner != id);
             self.stop_activity(id, &mut entry);
             let task = entry.run.as_mut().and_then(|run| run.task.take());
             let (done, removal) = watch::channel(());
-            st.removing.insert(entry.info_hash, removal);
+            st.removing.insert(entry.saved.info_hash, removal);
             self.apply_queue(&mut st);
             (entry, task, done)
         };
@@ -1221,7 +1267,7 @@ impl Daemon {
             let _ = task.await;
         }
         let (ack, removed) = oneshot::channel();
-        self.0.writer.remove(entry.info_hash, Some(ack));
+        self.0.writer.remove(entry.saved.info_hash, Some(ack));
         let _ = removed.await;
         if delete_data {
             if let Some(meta) = &entry.meta {
@@ -1236,7 +1282,7 @@ impl Daemon {
                 }
             }
         }
-        self.state().removing.remove(&entry.info_hash);
+        self.state().removing.remove(&entry.saved.info_hash);
     }
 
     /// Stops every torrent (each saves its resume state), saves every setting and stops the
@@ -1411,7 +1457,7 @@ impl Daemon {
         };
         e.saved.download_limit = limits.download;
         e.saved.upload_limit = limits.upload;
-        if let Some(l) = &e.limits {
+        if let Some(l) = e.live.as_ref().and_then(|l| l.limits.as_ref()) {
             l.set(limits.download, limits.upload);
         }
         save(&self.0.writer, e);
@@ -1474,7 +1520,7 @@ impl Daemon {
             .have
             .as_ref()
             .is_some_and(|h| (from..end).all(|i| h.get(i)));
-        e.window_reader = reader;
+        e.live().window_reader = reader;
         let window = (!all_had).then_some(from..end);
         e.window().send_if_modified(|w| {
             let changed = *w != window;
@@ -1489,10 +1535,10 @@ impl Daemon {
         let Some(e) = st.torrents.get_mut(&id) else {
             return;
         };
-        if e.window_reader != reader {
+        let Some(live) = e.live.as_ref().filter(|l| l.window_reader == reader) else {
             return;
-        }
-        if let Some(w) = &e.window {
+        };
+        if let Some(w) = &live.window {
             w.send_if_modified(|w| w.take().is_some());
         }
     }
@@ -1500,7 +1546,7 @@ impl Daemon {
 
 /// Queues a torrent's settings for saving.
 fn save(writer: &Writer, entry: &Entry) {
-    writer.save(entry.info_hash, entry.saved.clone(), None);
+    writer.save(entry.saved.info_hash, entry.saved.clone(), None);
 }
 
 /// The id of the torrent with this info hash, or of the one being added with it.
@@ -1512,17 +1558,32 @@ fn find_in(st: &State, info_hash: &InfoHash) -> Option<TorrentId> {
 
 /// Routes torrent `id`'s incoming connections to `route` (its run's channel, or `None`
 /// while it rests): under its info hash, and a hybrid's under its truncated v2 hash too (its v2
-/// swarm's name).
+/// swarm's name). A resting torrent's info hash is not kept in the routes: [`route_of`] finds
+/// it among the torrents (a thousand resting ones take no room there).
 fn set_routes(st: &mut State, id: TorrentId, route: Option<mpsc::Sender<(PeerStream, Handshake)>>) {
     let Some(entry) = st.torrents.get(&id) else {
         return;
     };
-    let info_hash = entry.info_hash;
+    let info_hash = entry.saved.info_hash;
     let alias = (entry.meta.as_ref()).and_then(|m| hybrid_v2_alias(&m.info_bytes, m.info.version));
     if let Some(alias) = alias {
         st.routes.insert(alias, (id, route.clone()));
     }
-    st.routes.insert(info_hash, (id, route));
+    if route.is_some() {
+        st.routes.insert(info_hash, (id, route));
+    } else {
+        st.routes.remove(&info_hash);
+    }
+}
+
+/// Where incoming connections naming `info_hash` go: a route, or a resting torrent.
+fn route_of(st: &State, info_hash: &InfoHash) -> Option<Route> {
+    if let Some(route) = st.routes.get(info_hash) {
+        return Some(route.clone());
+    }
+    let &id = st.by_hash.get(info_hash)?;
+    let resting = st.torrents.get(&id)?.resting.is_some();
+    resting.then_some((id, None))
 }
 
 /// Folds the last report of a run that ended into the torrent: its counters into the saved
@@ -1539,6 +1600,17 @@ fn fold_run(entry: &mut Entry, last: Progress) {
         connected: Vec::new(),
         ..last
     };
+}
+
+/// One copy of equal values: the one in `seen` equal to `value` if there is one, else `value`
+/// (then remembered).
+fn shared<T: Eq + std::hash::Hash>(seen: &mut HashSet<Arc<T>>, value: T) -> Arc<T> {
+    if let Some(same) = seen.get(&value) {
+        return Arc::clone(same);
+    }
+    let value = Arc::new(value);
+    seen.insert(Arc::clone(&value));
+    value
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -1667,7 +1739,7 @@ pub struct Snapshot {
     progress: Progress,
     meta: Option<Meta>,
     name: String,
-    download_dir: PathBuf,
+    download_dir: Arc<Path>,
     added_date: u64,
     done_date: u64,
     /// Payload counters of the runs before this one.
@@ -1686,11 +1758,11 @@ fn snapshot(st: &State, id: TorrentId) -> Option<Snapshot> {
     let saved = &entry.saved;
     Some(Snapshot {
         id,
-        info_hash: entry.info_hash,
+        info_hash: entry.saved.info_hash,
         status,
         progress,
         meta: entry.meta.clone(),
-        name: saved.name.clone(),
+        name: saved.name.to_string(),
         download_dir: saved.download_dir.clone(),
         added_date: saved.added_date,
         done_date: saved.done_date,
@@ -1698,7 +1770,7 @@ fn snapshot(st: &State, id: TorrentId) -> Option<Snapshot> {
         downloaded: saved.downloaded,
         wanted_files: saved.wanted_files.clone(),
         trackers: entry.trackers.clone(),
-        error: entry.error.clone(),
+        error: entry.error.as_deref().map(String::from),
         limits: SpeedLimits {
             download: saved.download_limit,
             upload: saved.upload_limit,
@@ -1746,7 +1818,7 @@ impl Snapshot {
             info_hash: self.info_hash.to_string(),
             name: self.name.clone(),
             state: self.status,
-            download_dir: self.download_dir.clone(),
+            download_dir: self.download_dir.to_path_buf(),
             total_size,
             size_when_done,
             done_bytes: p.done_bytes,
@@ -2041,6 +2113,18 @@ impl Job {
 mod tests {
     use super::*;
     use bitrush_core::testing::info_with;
+
+    #[test]
+    fn equal_values_are_shared() {
+        let mut seen = HashSet::new();
+        let list = |url: &str| vec![vec![url.to_string()]];
+        let a = shared(&mut seen, list("http://a/announce"));
+        let b = shared(&mut seen, list("http://b/announce"));
+        let a2 = shared(&mut seen, list("http://a/announce"));
+        assert!(Arc::ptr_eq(&a, &a2));
+        assert!(!Arc::ptr_eq(&a, &b));
+        assert_eq!(*b, list("http://b/announce"));
+    }
 
     #[test]
     fn download_dirs_must_be_absolute_without_parent_steps() {

@@ -18,7 +18,7 @@
 //! changes. The `.resume` is the engine's, written by the torrent's run; a removal is queued
 //! only once that run ended.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Condvar, Mutex};
@@ -48,12 +48,16 @@ pub const MAX_TORRENT_LEN: u64 = 64 << 20;
 #[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub struct Saved {
     pub id: TorrentId,
-    /// 40 hex digits.
-    pub info_hash: String,
-    pub name: String,
+    /// Saved as 40 hex digits.
+    #[serde(with = "hex_hash")]
+    pub info_hash: InfoHash,
+    pub name: Box<str>,
     /// The link it was added by, until its metadata is known.
-    pub magnet: Option<String>,
-    pub download_dir: PathBuf,
+    pub magnet: Option<Box<str>>,
+    /// Shared: torrents loaded together (or added without a directory of their own) point to
+    /// one copy of their common directory.
+    #[serde(with = "shared_path")]
+    pub download_dir: Arc<Path>,
     pub paused: bool,
     /// Which files to fetch, one flag per file of the layout, pad files included (`None`:
     /// all; files past the end are wanted). Saved as a string of `1` and `0`, one byte a file
@@ -132,9 +136,6 @@ impl Store {
 
     /// Saves the settings; refuses (`InvalidInput`) settings too long to load back.
     fn save(&self, saved: &Saved) -> std::io::Result<()> {
-        let Some(hash) = crate::types::from_hex20(&saved.info_hash) else {
-            return Err(std::io::ErrorKind::InvalidInput.into());
-        };
         let json = serde_json::to_vec_pretty(saved).map_err(std::io::Error::other)?;
         if json.len() as u64 > MAX_SETTINGS_LEN {
             return Err(std::io::Error::new(
@@ -145,7 +146,7 @@ impl Store {
                 ),
             ));
         }
-        write_atomically(&self.path(&InfoHash(hash), "json"), &json)
+        write_atomically(&self.path(&saved.info_hash, "json"), &json)
     }
 
     /// Saves the metainfo.
@@ -171,6 +172,7 @@ impl Store {
             return Vec::new();
         };
         let mut loaded = Vec::new();
+        let mut dirs = HashSet::new();
         for entry in entries.flatten() {
             let path = entry.path();
             if path.extension().and_then(|e| e.to_str()) != Some("json") {
@@ -181,7 +183,16 @@ impl Store {
                 break;
             }
             match self.load_one(&path) {
-                Ok(one) => loaded.push(one),
+                Ok(mut one) => {
+                    // Most torrents share their directory: one copy of it.
+                    match dirs.get(&one.0.download_dir) {
+                        Some(dir) => one.0.download_dir = Arc::clone(dir),
+                        None => {
+                            dirs.insert(Arc::clone(&one.0.download_dir));
+                        }
+                    }
+                    loaded.push(one)
+                }
                 Err(e) => {
                     tracing::warn!(path = %path.display(), error = %e, "skipping saved torrent")
                 }
@@ -194,9 +205,7 @@ impl Store {
     fn load_one(&self, path: &Path) -> std::io::Result<Loaded> {
         let bytes = read_bounded(path, MAX_SETTINGS_LEN)?;
         let saved: Saved = serde_json::from_slice(&bytes).map_err(std::io::Error::other)?;
-        let hash = crate::types::from_hex20(&saved.info_hash)
-            .map(InfoHash)
-            .ok_or_else(|| std::io::Error::other("bad info hash"))?;
+        let hash = saved.info_hash;
         let torrent_path = self.path(&hash, "torrent");
         let metainfo = match read_bounded(&torrent_path, MAX_TORRENT_LEN) {
             Ok(bytes) => match Metainfo::from_bytes(&bytes) {
@@ -427,6 +436,39 @@ pub fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
 
 /// The file selection in settings: a string of `1` (wanted) and `0` (skipped), or, as older
 /// versions wrote it, a list of booleans.
+/// An info hash as 40 hex digits (either case read).
+mod hex_hash {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    use crate::types::InfoHash;
+
+    pub fn serialize<S: Serializer>(hash: &InfoHash, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(hash)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<InfoHash, D::Error> {
+        let text = String::deserialize(d)?;
+        crate::types::from_hex20(&text)
+            .map(InfoHash)
+            .ok_or_else(|| serde::de::Error::custom("an info hash is 40 hex digits"))
+    }
+}
+
+/// A shared path, saved as a path is.
+mod shared_path {
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+    use std::path::{Path, PathBuf};
+    use std::sync::Arc;
+
+    pub fn serialize<S: Serializer>(path: &Arc<Path>, s: S) -> Result<S::Ok, S::Error> {
+        path.serialize(s)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Arc<Path>, D::Error> {
+        PathBuf::deserialize(d).map(Arc::from)
+    }
+}
+
 mod file_flags {
     use serde::{Deserialize, Deserializer, Serializer};
     use std::sync::Arc;
@@ -596,10 +638,10 @@ mod tests {
         let store = Store::open(dir.path()).unwrap();
         let saved = Saved {
             id: 7,
-            info_hash: "0123456789abcdef0123456789abcdef01234567".into(),
+            info_hash: InfoHash([0x42; 20]),
             name: "x".into(),
             magnet: Some("magnet:?xt=urn:btih:0123456789abcdef0123456789abcdef01234567".into()),
-            download_dir: "/tmp".into(),
+            download_dir: Path::new("/tmp").into(),
             paused: true,
             wanted_files: Some(vec![true, false].into()),
             added_date: 1,
@@ -610,29 +652,56 @@ mod tests {
             upload_limit: None,
         };
         store.save(&saved).unwrap();
+        let json = serde_json::to_value(&saved).unwrap();
+        assert_eq!(json["info_hash"], "42".repeat(20));
+        assert_eq!(json["download_dir"], "/tmp");
         std::fs::write(dir.path().join("torrents/garbage.json"), b"{").unwrap();
+        let mut bad_hash = json.clone();
+        bad_hash["info_hash"] = "not hex".into();
+        let bad_hash = serde_json::to_vec(&bad_hash).unwrap();
+        std::fs::write(dir.path().join("torrents/bad-hash.json"), bad_hash).unwrap();
         let loaded = store.load_all();
         assert_eq!(loaded.len(), 1);
         assert_eq!(loaded[0].0.id, 7);
+        assert_eq!(loaded[0].0.info_hash, saved.info_hash);
         assert_eq!(
             loaded[0].0.wanted_files.as_deref(),
             Some(&[true, false][..])
         );
         assert_eq!(loaded[0].0.download_limit, Some(1000));
         assert!(loaded[0].1.is_none());
-        store.remove(&InfoHash(
-            crate::types::from_hex20(&saved.info_hash).unwrap(),
-        ));
+        std::fs::remove_file(dir.path().join("torrents/bad-hash.json")).unwrap();
+        store.remove(&saved.info_hash);
         assert!(store.load_all().is_empty());
+    }
+
+    #[test]
+    fn torrents_loaded_share_their_common_download_directory() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        for (i, download_dir) in ["/d", "/e", "/d"].into_iter().enumerate() {
+            let hash = InfoHash([i as u8; 20]);
+            let saved = Saved {
+                id: i as u64,
+                download_dir: Path::new(download_dir).into(),
+                ..saved(&hash, "x")
+            };
+            store.save(&saved).unwrap();
+        }
+        let loaded = store.load_all();
+        let dirs: Vec<&Arc<Path>> = loaded.iter().map(|(s, _, _)| &s.download_dir).collect();
+        let paths: Vec<&Path> = dirs.iter().map(|d| &***d).collect();
+        assert_eq!(paths, [Path::new("/d"), Path::new("/e"), Path::new("/d")]);
+        assert!(Arc::ptr_eq(dirs[0], dirs[2]));
     }
 
     fn saved(hash: &InfoHash, name: &str) -> Saved {
         Saved {
             id: 1,
-            info_hash: hash.to_string(),
+            info_hash: *hash,
             name: name.into(),
             magnet: None,
-            download_dir: "/tmp".into(),
+            download_dir: Path::new("/tmp").into(),
             paused: false,
             wanted_files: None,
             added_date: 1,
@@ -654,7 +723,7 @@ mod tests {
             store
                 .load_all()
                 .into_iter()
-                .map(|(s, _, _)| s.name)
+                .map(|(s, _, _)| s.name.into())
                 .collect()
         };
         // A newer save wins over an older one, whether or not it was written meanwhile.
@@ -679,9 +748,9 @@ mod tests {
         written.await.unwrap().unwrap();
         assert_eq!(names(&store), vec!["b again"]);
         assert!(dir.path().join(format!("torrents/{b}.torrent")).exists());
-        // Failures reach the caller.
+        // Failures reach the caller (settings too long to load back are refused).
         let bad = Saved {
-            info_hash: "not hex".into(),
+            name: "x".repeat(MAX_SETTINGS_LEN as usize).into(),
             ..saved(&a, "bad")
         };
         let (ack, written) = oneshot::channel();
@@ -698,9 +767,9 @@ mod tests {
         let hash = InfoHash([3; 20]);
         let longest = Saved {
             id: u64::MAX,
-            name: worst(MAX_MAGNET_LEN),
-            magnet: Some(worst(MAX_MAGNET_LEN)),
-            download_dir: worst(MAX_DOWNLOAD_DIR_LEN).into(),
+            name: worst(MAX_MAGNET_LEN).into(),
+            magnet: Some(worst(MAX_MAGNET_LEN).into()),
+            download_dir: Path::new(&worst(MAX_DOWNLOAD_DIR_LEN)).into(),
             wanted_files: Some(vec![false; MAX_FILES].into()),
             added_date: u64::MAX,
             done_date: u64::MAX,
@@ -720,7 +789,7 @@ mod tests {
         assert_eq!(loaded[0].0.name, longest.name);
         // Anything longer is refused rather than written (it would not load back).
         let longer = Saved {
-            name: worst(MAX_SETTINGS_LEN as usize / 6),
+            name: worst(MAX_SETTINGS_LEN as usize / 6).into(),
             ..longest
         };
         let refused = store.save(&longer).unwrap_err();

@@ -10,6 +10,8 @@
 //! announce). A peer's handshake for it takes the session out ([`DormantSeeds::take`]) to
 //! start a full run, with the announces still out. [`DormantSeeds::stop`] sends its closing
 //! announces; every session's end is reported on the channel [`DormantSeeds::start`] returns.
+//! A wave of at least [`TRIM_AFTER_WAVE`] announces (a start) ends with the allocator's free
+//! memory given back.
 //!
 //! Invariants: the timer set holds one entry per seed whose session has a deadline (but for
 //! seeds just inserted, waiting in `fresh` to be looked at), and it is that deadline; a seed
@@ -26,7 +28,7 @@ use tokio::sync::{mpsc, oneshot, Notify};
 use tokio::task::JoinHandle;
 
 use super::dht::{DhtHandle, LookupReply};
-use super::torrent::Dormant;
+use super::torrent::{Dormant, Out};
 use super::tracker::{self, AnnounceError, SharedClient};
 use crate::session::{CloseKind, Finish, SessionEvent};
 use crate::tracker::{AnnounceRequest, AnnounceResponse};
@@ -36,6 +38,10 @@ use crate::tracker::{AnnounceRequest, AnnounceResponse};
 /// connections at once: the memory a wave takes stays small). A seed being stopped does not
 /// wait: its closing announces have a deadline.
 pub const MAX_ANNOUNCING: usize = 16;
+
+/// Announces in a wave after which the allocator's free memory is given back (a daemon's start
+/// with many seeds makes one; a few seeds announcing now and then do not).
+pub const TRIM_AFTER_WAVE: usize = 4 * MAX_ANNOUNCING;
 
 /// A seed's key (the daemon's torrent id).
 pub type SeedKey = u64;
@@ -77,6 +83,8 @@ struct Table {
     queue: VecDeque<Queued>,
     /// Announces out.
     announcing: usize,
+    /// Announces sent since the last time none was out or waiting (the wave's size).
+    wave: usize,
     /// The client the announces of a wave share; dropped once the wave is over, so nothing of
     /// it stays between waves. `Some(None)`: it could not be made, each announce makes its
     /// own.
@@ -124,7 +132,7 @@ impl DormantSeeds {
     pub fn insert(&self, key: SeedKey, dormant: Dormant) {
         let mut table = self.table();
         table.remove(key);
-        let pending = !dormant.announces.is_empty() || !dormant.lookups.is_empty();
+        let pending = !dormant.out.is_empty();
         table.seeds.insert(
             key,
             Box::new(Seed {
@@ -230,60 +238,83 @@ impl DormantSeeds {
             tokio::select! {
                 () = sleep_until(next) => {}
                 () = self.0.poke.notified() => {}
-                Some((key, announce)) = answers.recv() => self.on_answered(key, announce),
+                Some((key, announce)) = answers.recv() => {
+                    if self.on_answered(key, announce) {
+                        // What a large wave (a start: its seeds loaded and their first
+                        // announces) allocated and freed is strewn over the heap: given back
+                        // now rather than kept until something else trims it.
+                        super::release_free_memory();
+                    }
+                }
             }
         }
     }
 
     /// Feeds `key`'s session the answers of its tasks that ended; an announce that ended lets
-    /// the next one waiting go.
-    fn on_answered(&self, key: SeedKey, announce: bool) {
+    /// the next one waiting go. Returns whether a wave of at least [`TRIM_AFTER_WAVE`]
+    /// announces just passed (none out or waiting, no seed left to look at).
+    fn on_answered(&self, key: SeedKey, announce: bool) -> bool {
         let mut table = self.table();
+        let mut wave_passed = false;
         if announce {
             table.announcing = table.announcing.saturating_sub(1);
             self.launch(&mut table);
             if table.announcing == 0 {
                 table.http = None;
+                if table.queue.is_empty() && table.fresh.is_empty() {
+                    wave_passed = table.wave >= TRIM_AFTER_WAVE;
+                    table.wave = 0;
+                }
+                if wave_passed {
+                    // The wave's seeds got their next deadlines in about the order they come:
+                    // a set filled in order keeps its nodes half empty. Built again in one go.
+                    table.timers = std::mem::take(&mut table.timers).into_iter().collect();
+                }
             }
         }
         let Some(seed) = table.seeds.get_mut(&key) else {
-            return;
+            return wave_passed;
         };
         let now = Instant::now();
         let d = &mut seed.dormant;
         let mut i = 0;
-        while i < d.announces.len() {
-            let answer = match d.announces[i].1.try_recv() {
-                Err(TryRecvError::Empty) => {
-                    i += 1;
-                    continue;
+        while let Some(out) = d.out.get_mut(i) {
+            match out {
+                Out::Announce(url, answer) => {
+                    let answer = match answer.try_recv() {
+                        Err(TryRecvError::Empty) => {
+                            i += 1;
+                            continue;
+                        }
+                        Ok(answer) => answer,
+                        Err(TryRecvError::Closed) => Err(AnnounceError::Lost),
+                    };
+                    let url = std::mem::take(url);
+                    d.out.swap_remove(i);
+                    match answer {
+                        Ok(resp) => d.session.handle_announce_response(now, &url, &resp),
+                        Err(e) => {
+                            tracing::debug!(tracker = %url, error = %super::error_chain(&e), "announce failed");
+                            d.session.handle_announce_failure(now, &url);
+                        }
+                    }
                 }
-                Ok(answer) => answer,
-                Err(TryRecvError::Closed) => Err(AnnounceError::Lost),
-            };
-            let (url, _) = d.announces.swap_remove(i);
-            match answer {
-                Ok(resp) => d.session.handle_announce_response(now, &url, &resp),
-                Err(e) => {
-                    tracing::debug!(tracker = %url, error = %super::error_chain(&e), "announce failed");
-                    d.session.handle_announce_failure(now, &url);
+                Out::Lookup(lookup) => {
+                    let found = match lookup.try_recv() {
+                        Err(TryRecvError::Empty) => {
+                            i += 1;
+                            continue;
+                        }
+                        Ok(found) => found,
+                        Err(TryRecvError::Closed) => 0,
+                    };
+                    d.out.swap_remove(i);
+                    d.session.handle_dht_done(now, found);
                 }
             }
         }
-        let mut i = 0;
-        while i < d.lookups.len() {
-            let found = match d.lookups[i].try_recv() {
-                Err(TryRecvError::Empty) => {
-                    i += 1;
-                    continue;
-                }
-                Ok(found) => found,
-                Err(TryRecvError::Closed) => 0,
-            };
-            d.lookups.swap_remove(i);
-            d.session.handle_dht_done(now, found);
-        }
         self.service(&mut table, key, now);
+        wave_passed
     }
 
     /// Runs `key`'s session if it is due, carries out its events and re-arms its timer.
@@ -308,11 +339,13 @@ impl DormantSeeds {
                         request,
                         answer,
                     });
-                    d.announces.push((url, rx));
+                    d.out.push(Out::Announce(url, rx));
                 }
                 SessionEvent::DhtLookup { announce } => {
                     let (answered, dht) = (self.0.answered.clone(), self.0.dht.clone());
-                    let (info_hash, port) = (d.info_hash, d.port);
+                    // The port announced to trackers is the one announced to the DHT.
+                    let announcer = d.session.announcer();
+                    let (info_hash, port) = (announcer.info_hash, announcer.port);
                     let (tx, rx) = oneshot::channel();
                     tokio::spawn(async move {
                         let found = match dht {
@@ -322,7 +355,7 @@ impl DormantSeeds {
                         let _ = tx.send(found);
                         let _ = answered.send((key, false));
                     });
-                    d.lookups.push(rx);
+                    d.out.push(Out::Lookup(rx));
                 }
                 // A seed dials nobody; should it ask, the dial failed.
                 SessionEvent::Connect(addr) => {
@@ -333,11 +366,10 @@ impl DormantSeeds {
                 SessionEvent::Seeding | SessionEvent::Dormant | SessionEvent::Stalled(_) => {}
             }
         }
-        if d.announces.is_empty() && d.lookups.is_empty() {
+        if d.out.is_empty() {
             // Nothing out until its next deadline: it keeps only what it uses meanwhile.
             d.session.shrink_to_fit();
-            d.announces = Vec::new();
-            d.lookups = Vec::new();
+            d.out = Vec::new();
         }
         let deadline = d.session.poll_timeout();
         seed.deadline = deadline;
@@ -389,6 +421,7 @@ impl DormantSeeds {
 
     fn spawn_announce(&self, table: &mut Table, q: Queued) {
         table.announcing += 1;
+        table.wave = table.wave.saturating_add(1);
         let http = table
             .http
             .get_or_insert_with(|| {

@@ -196,7 +196,8 @@ impl Fetcher {
                     dht: dht.is_some(),
                     dht_announce: false,
                     ..SessionConfig::default()
-                },
+                }
+                .into(),
             },
         );
         let (events_tx, events_rx) = mpsc::channel(256);

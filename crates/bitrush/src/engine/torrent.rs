@@ -23,7 +23,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
 use tokio::net::TcpListener;
@@ -170,21 +170,25 @@ pub struct Hosted {
 /// is kept ([`run_hosted`] ends with it; [`Hosted::resumed`] starts a run from it).
 pub struct Dormant {
     pub(super) session: Session,
-    /// Announces still out (tracker URL, where its answer comes), owed to the session.
-    pub(super) announces: Vec<(String, AnnounceAnswer)>,
-    /// DHT lookups still out (each answers with the number of peers found).
-    pub(super) lookups: Vec<oneshot::Receiver<usize>>,
+    /// Announces and DHT lookups still out, owed to the session (one list: a resting seed
+    /// carries an empty one).
+    pub(super) out: Vec<Out>,
     /// Bytes uploaded and verified by the runs before (each run's swarm counts from zero; the
     /// session's totals go on).
     pub(super) uploaded: u64,
     pub(super) downloaded: u64,
-    pub(super) info_hash: InfoHash,
-    /// The port announced (to the DHT too).
-    pub(super) port: u16,
 }
 
 /// Where an announce's answer comes.
 pub(super) type AnnounceAnswer = oneshot::Receiver<Result<AnnounceResponse, AnnounceError>>;
+
+/// A task of a resting seed still out.
+pub(super) enum Out {
+    /// An announce to this tracker URL.
+    Announce(String, AnnounceAnswer),
+    /// A DHT lookup (it answers with the number of peers found).
+    Lookup(oneshot::Receiver<usize>),
+}
 
 impl Dormant {
     /// A seed that starts at rest: its data is complete (as its resume state says), so only
@@ -195,12 +199,9 @@ impl Dormant {
         session.handle_transfer(now, Transfer::default());
         Dormant {
             session,
-            announces: Vec::new(),
-            lookups: Vec::new(),
+            out: Vec::new(),
             uploaded: 0,
             downloaded: 0,
-            info_hash: params.info_hash,
-            port: params.port,
         }
     }
 }
@@ -237,7 +238,7 @@ fn new_session(now: Instant, params: &TorrentParams) -> Session {
             trackers: params.trackers.clone(),
             peers: params.peers.clone(),
             total_length: params.info.total_length,
-            config: SessionConfig {
+            config: shared_config(SessionConfig {
                 max_peers: params.max_peers,
                 max_incoming: params.max_peers,
                 seed: params.seed,
@@ -246,9 +247,33 @@ fn new_session(now: Instant, params: &TorrentParams) -> Session {
                 // Only a daemon keeps a session once its run ends.
                 dormant_after: params.hosted.is_some().then_some(DORMANT_AFTER),
                 ..SessionConfig::default()
-            },
+            }),
         },
     )
+}
+
+/// Most distinct session configurations [`shared_config`] remembers.
+const MAX_SHARED_CONFIGS: usize = 32;
+
+/// One copy of each session configuration in use: a daemon's torrents all have the same one
+/// or two (a thousand resting seeds would each carry their own). At most
+/// [`MAX_SHARED_CONFIGS`] are remembered, the ones no session uses any more forgotten; beyond
+/// that, a session gets a copy of its own.
+fn shared_config(config: SessionConfig) -> Arc<SessionConfig> {
+    static SHARED: Mutex<Vec<Weak<SessionConfig>>> = Mutex::new(Vec::new());
+    let mut shared = SHARED.lock().unwrap_or_else(|e| e.into_inner());
+    shared.retain(|c| c.strong_count() > 0);
+    if let Some(same) = (shared.iter())
+        .filter_map(Weak::upgrade)
+        .find(|c| **c == config)
+    {
+        return same;
+    }
+    let config = Arc::new(config);
+    if shared.len() < MAX_SHARED_CONFIGS {
+        shared.push(Arc::downgrade(&config));
+    }
+    config
 }
 
 /// A connected peer, as the progress snapshot shows it.
@@ -439,18 +464,22 @@ async fn run(mut params: TorrentParams) -> Result<HostedEnd, TorrentError> {
     let (session, base, announces) = match resumed {
         Some(dormant) => {
             let mut announces = JoinSet::new();
-            for (url, answer) in dormant.announces {
-                announces.spawn(async move {
-                    let result = answer.await.unwrap_or(Err(AnnounceError::Lost));
-                    (url, result)
-                });
-            }
-            for lookup in dormant.lookups {
-                let tx = dht_tx.clone();
-                tokio::spawn(async move {
-                    let found = lookup.await.unwrap_or(0);
-                    let _ = tx.send(DhtResult::Done { found }).await;
-                });
+            for out in dormant.out {
+                match out {
+                    Out::Announce(url, answer) => {
+                        announces.spawn(async move {
+                            let result = answer.await.unwrap_or(Err(AnnounceError::Lost));
+                            (url, result)
+                        });
+                    }
+                    Out::Lookup(lookup) => {
+                        let tx = dht_tx.clone();
+                        tokio::spawn(async move {
+                            let found = lookup.await.unwrap_or(0);
+                            let _ = tx.send(DhtResult::Done { found }).await;
+                        });
+                    }
+                }
             }
             (
                 dormant.session,
@@ -540,12 +569,9 @@ async fn run(mut params: TorrentParams) -> Result<HostedEnd, TorrentError> {
             return Ok(HostedEnd::Dormant {
                 dormant: Box::new(Dormant {
                     session: manager.session,
-                    announces: Vec::new(),
-                    lookups: Vec::new(),
+                    out: Vec::new(),
                     uploaded,
                     downloaded,
-                    info_hash: manager.params.info_hash,
-                    port: manager.params.port,
                 }),
                 incoming,
             });
@@ -1744,6 +1770,28 @@ impl Manager {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sessions_of_the_same_configuration_share_one_copy() {
+        // Numbers no other test uses, so tests running meanwhile do not change the outcome.
+        let config = |max_peers| SessionConfig {
+            max_peers,
+            max_incoming: 4321,
+            ..SessionConfig::default()
+        };
+        let a = shared_config(config(1234));
+        let b = shared_config(config(1234));
+        assert!(Arc::ptr_eq(&a, &b));
+        let other = shared_config(config(1235));
+        assert!(!Arc::ptr_eq(&a, &other));
+        assert_eq!(*other, config(1235));
+        // Once nobody uses it, it is forgotten: the next one is a fresh copy.
+        let weak = Arc::downgrade(&a);
+        drop((a, b));
+        let again = shared_config(config(1234));
+        assert_eq!(weak.strong_count(), 0);
+        assert_eq!(*again, config(1234));
+    }
 
     fn stats(received: u64, uploaded: u64, bytes_left: u64) -> SwarmStats {
         SwarmStats {

@@ -9,7 +9,8 @@
 //! Hearing of an address again never shortens its wait.
 //!
 //! Invariants: at most `max_known` addresses are remembered (new ones are refused beyond);
-//! `ready` holds exactly the addresses in state `Ready`, each once; time is passed in.
+//! `ready` holds exactly the addresses in state `Ready`, each once; no table is kept while no
+//! address is known (a seed's queue, once it forgot all but the banned); time is passed in.
 
 use core::net::SocketAddr;
 use std::collections::{HashMap, VecDeque};
@@ -70,22 +71,45 @@ pub struct CandidateCounts {
 /// The dial queue.
 #[derive(Debug)]
 pub struct PeerCandidates {
-    known: HashMap<SocketAddr, Candidate>,
-    ready: VecDeque<SocketAddr>,
-    max_known: usize,
+    /// `None` while no address is known: boxed, as a seed (a thousand of them resting in a
+    /// daemon) keeps none.
+    tables: Option<Box<Tables>>,
+    /// At most `u32::MAX` (any larger bound is that).
+    max_known: u32,
     /// Our own listening address on loopback (never dialled).
     own_port: Option<u16>,
+}
+
+#[derive(Debug, Default)]
+struct Tables {
+    known: HashMap<SocketAddr, Candidate>,
+    ready: VecDeque<SocketAddr>,
 }
 
 impl PeerCandidates {
     /// An empty queue remembering at most `max_known` addresses.
     pub fn new(max_known: usize) -> PeerCandidates {
         PeerCandidates {
-            known: HashMap::new(),
-            ready: VecDeque::new(),
-            max_known,
+            tables: None,
+            max_known: u32::try_from(max_known).unwrap_or(u32::MAX),
             own_port: None,
         }
+    }
+
+    fn known(&self) -> impl Iterator<Item = (&SocketAddr, &Candidate)> {
+        self.tables.iter().flat_map(|t| t.known.iter())
+    }
+
+    fn candidate_mut(&mut self, addr: &SocketAddr) -> Option<&mut Candidate> {
+        self.tables.as_mut()?.known.get_mut(addr)
+    }
+
+    fn known_len(&self) -> usize {
+        self.tables.as_ref().map_or(0, |t| t.known.len())
+    }
+
+    fn is_full(&self) -> bool {
+        self.known_len() >= self.max_known as usize
     }
 
     /// Our listening port: loopback addresses on it are ourselves and never dialled.
@@ -96,28 +120,30 @@ impl PeerCandidates {
     /// Hears of `addr`. Returns whether it was new and queued.
     pub fn add(&mut self, addr: SocketAddr) -> bool {
         let is_self = self.own_port == Some(addr.port()) && addr.ip().is_loopback();
-        if is_self
-            || addr.port() == 0
-            || self.known.contains_key(&addr)
-            || self.known.len() >= self.max_known
-        {
+        let known = self
+            .tables
+            .as_ref()
+            .is_some_and(|t| t.known.contains_key(&addr));
+        if is_self || addr.port() == 0 || known || self.is_full() {
             return false;
         }
-        self.known.insert(
+        let t = self.tables.get_or_insert_default();
+        t.known.insert(
             addr,
             Candidate {
                 state: State::Ready,
                 failures: 0,
             },
         );
-        self.ready.push_back(addr);
+        t.ready.push_back(addr);
         true
     }
 
     /// The next address to dial, marked dialled.
     pub fn next_to_dial(&mut self) -> Option<SocketAddr> {
-        while let Some(addr) = self.ready.pop_front() {
-            if let Some(c) = self.known.get_mut(&addr) {
+        let t = self.tables.as_deref_mut()?;
+        while let Some(addr) = t.ready.pop_front() {
+            if let Some(c) = t.known.get_mut(&addr) {
                 if c.state == State::Ready {
                     c.state = State::Dialled;
                     return Some(addr);
@@ -129,14 +155,17 @@ impl PeerCandidates {
 
     /// The connection to `addr` completed its handshake: its failures are forgiven.
     pub fn on_established(&mut self, addr: SocketAddr) {
-        if let Some(c) = self.known.get_mut(&addr) {
+        if let Some(c) = self.candidate_mut(&addr) {
             c.failures = 0;
         }
     }
 
     /// A connection we dialled to `addr` ended.
     pub fn on_closed(&mut self, now: Instant, addr: SocketAddr, kind: CloseKind) {
-        let Some(c) = self.known.get_mut(&addr) else {
+        let Some(t) = self.tables.as_deref_mut() else {
+            return;
+        };
+        let Some(c) = t.known.get_mut(&addr) else {
             return;
         };
         if c.state != State::Dialled {
@@ -158,19 +187,24 @@ impl PeerCandidates {
         if kind == CloseKind::Ours {
             // No blame, and no wait: it may be dialled again whenever it is needed.
             c.state = State::Ready;
-            self.ready.push_back(addr);
+            t.ready.push_back(addr);
         }
     }
 
     /// Bans `addr` (bad data): it is never dialled again.
     pub fn ban(&mut self, addr: SocketAddr) {
-        if let Some(c) = self.known.get_mut(&addr) {
-            if c.state == State::Ready {
-                self.ready.retain(|a| *a != addr);
+        if let Some(t) = self.tables.as_deref_mut() {
+            if let Some(c) = t.known.get_mut(&addr) {
+                if c.state == State::Ready {
+                    t.ready.retain(|a| *a != addr);
+                }
+                c.state = State::Banned;
+                return;
             }
-            c.state = State::Banned;
-        } else if self.known.len() < self.max_known {
-            self.known.insert(
+        }
+        if !self.is_full() {
+            let t = self.tables.get_or_insert_default();
+            t.known.insert(
                 addr,
                 Candidate {
                     state: State::Banned,
@@ -183,25 +217,35 @@ impl PeerCandidates {
     /// Forgets every address but the banned ones, and gives back the memory they held (a seed
     /// dials nobody: it keeps only whom to refuse).
     pub fn forget_all_but_banned(&mut self) {
-        self.known.retain(|_, c| c.state == State::Banned);
-        self.known.shrink_to_fit();
-        self.ready = VecDeque::new();
+        let Some(t) = self.tables.as_deref_mut() else {
+            return;
+        };
+        t.known.retain(|_, c| c.state == State::Banned);
+        if t.known.is_empty() {
+            self.tables = None;
+            return;
+        }
+        t.known.shrink_to_fit();
+        t.ready = VecDeque::new();
     }
 
     /// Whether `addr` is banned.
     pub fn is_banned(&self, addr: &SocketAddr) -> bool {
-        self.known
-            .get(addr)
+        (self.tables.as_ref())
+            .and_then(|t| t.known.get(addr))
             .is_some_and(|c| c.state == State::Banned)
     }
 
     /// Addresses whose wait is over become ready.
     pub fn handle_timeout(&mut self, now: Instant) {
-        for (addr, c) in self.known.iter_mut() {
+        let Some(t) = self.tables.as_deref_mut() else {
+            return;
+        };
+        for (addr, c) in t.known.iter_mut() {
             if let State::Waiting(until) = c.state {
                 if until <= now {
                     c.state = State::Ready;
-                    self.ready.push_back(*addr);
+                    t.ready.push_back(*addr);
                 }
             }
         }
@@ -209,9 +253,8 @@ impl PeerCandidates {
 
     /// When the next waiting address becomes ready.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        self.known
-            .values()
-            .filter_map(|c| match c.state {
+        self.known()
+            .filter_map(|(_, c)| match c.state {
                 State::Waiting(t) => Some(t),
                 _ => None,
             })
@@ -220,7 +263,7 @@ impl PeerCandidates {
 
     /// Whether an address is ready to dial.
     pub fn has_ready(&self) -> bool {
-        !self.ready.is_empty()
+        self.tables.as_ref().is_some_and(|t| !t.ready.is_empty())
     }
 
     /// Whether anything is left to try soon: an address ready, dialled, or waiting after only a
@@ -233,7 +276,7 @@ impl PeerCandidates {
     /// How many addresses are in each state.
     pub fn counts(&self) -> CandidateCounts {
         let mut out = CandidateCounts::default();
-        for c in self.known.values() {
+        for (_, c) in self.known() {
             match c.state {
                 State::Ready => out.ready += 1,
                 State::Dialled => out.dialled += 1,
@@ -248,15 +291,21 @@ impl PeerCandidates {
     /// Checks the invariants in the module doc.
     #[cfg(test)]
     pub(crate) fn check_invariants(&self) -> Result<(), String> {
-        if self.known.len() > self.max_known {
+        if self.known_len() > self.max_known as usize {
             return Err("too many addresses".into());
         }
+        let Some(t) = self.tables.as_deref() else {
+            return Ok(());
+        };
+        if t.known.is_empty() {
+            return Err("tables kept with no address known".into());
+        }
         let mut queued = std::collections::HashSet::new();
-        for a in &self.ready {
+        for a in &t.ready {
             if !queued.insert(a) {
                 return Err(format!("{a} queued twice"));
             }
-            if self.known.get(a).map(|c| c.state) != Some(State::Ready) {
+            if t.known.get(a).map(|c| c.state) != Some(State::Ready) {
                 return Err(format!("{a} queued but not ready"));
             }
         }

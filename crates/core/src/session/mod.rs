@@ -30,6 +30,7 @@ mod tests;
 
 use core::net::SocketAddr;
 use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::tracker::tiers::Urgency;
@@ -72,7 +73,7 @@ pub struct SeedLimits {
 }
 
 /// Tunables of a session.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct SessionConfig {
     /// Most dialled connections open at once.
     pub max_peers: usize,
@@ -227,16 +228,31 @@ pub enum SessionEvent {
 #[derive(Debug)]
 enum Phase {
     Running,
-    /// Closing announces under way; finished when none is pending or at the deadline.
-    Closing {
-        finish: Finish,
-        /// Events still to send, per tracker, in order.
-        pending: HashMap<String, VecDeque<Event>>,
-        /// Trackers with an announce in flight.
-        waiting: HashSet<String>,
-        deadline: Instant,
-    },
+    /// Closing announces under way; finished when none is pending or at the deadline. Boxed:
+    /// a session spends its life running, and a thousand resting ones would each carry the
+    /// room of its tables.
+    Closing(Box<Closing>),
     Finished,
+}
+
+#[derive(Debug)]
+struct Closing {
+    finish: Finish,
+    /// Events still to send, per tracker, in order.
+    pending: HashMap<String, VecDeque<Event>>,
+    /// Trackers with an announce in flight.
+    waiting: HashSet<String>,
+    deadline: Instant,
+}
+
+/// The announce in flight for one tier.
+#[derive(Debug)]
+struct InFlight {
+    tier: usize,
+    /// The tracker asked.
+    asked: String,
+    /// The ones to try next if it fails.
+    next: VecDeque<String>,
 }
 
 /// What a session needs at its start.
@@ -250,7 +266,8 @@ pub struct SessionParams {
     pub peers: Vec<SocketAddr>,
     /// The torrent's size, for the seed ratio.
     pub total_length: u64,
-    pub config: SessionConfig,
+    /// Shared: the many sessions of a daemon may point to one copy.
+    pub config: Arc<SessionConfig>,
 }
 
 /// One torrent's session.
@@ -258,15 +275,16 @@ pub struct SessionParams {
 pub struct Session {
     announcer: Announcer,
     trackers: TrackerList,
-    /// Per tier: the tracker asked and the ones to try next if it fails.
-    in_flight: HashMap<usize, (String, VecDeque<String>)>,
+    /// At most one per tier, sorted by tier (smaller than a map: a resting session keeps an
+    /// empty one).
+    in_flight: Vec<InFlight>,
     candidates: PeerCandidates,
-    config: SessionConfig,
+    config: Arc<SessionConfig>,
     total_length: u64,
     /// Dialled connections open.
-    outgoing: usize,
+    outgoing: u32,
     /// Incoming connections open.
-    incoming: usize,
+    incoming: u32,
     transfer: Transfer,
     /// Whether [`Session::handle_transfer`] was ever called (the first call tells whether the
     /// data was complete from the start).
@@ -306,7 +324,7 @@ impl Session {
         let mut session = Session {
             announcer: params.announcer,
             trackers: TrackerList::new(params.trackers),
-            in_flight: HashMap::new(),
+            in_flight: Vec::new(),
             candidates,
             config: params.config,
             total_length: params.total_length,
@@ -337,6 +355,11 @@ impl Session {
         }
         session.handle_peers(&params.peers);
         session
+    }
+
+    /// Who we are to trackers.
+    pub fn announcer(&self) -> &Announcer {
+        &self.announcer
     }
 
     /// Whether the session ended.
@@ -428,11 +451,12 @@ impl Session {
         self.dirty = true;
         self.trackers.on_failure(url, now);
         if let Some(tier) = self.trackers.tier_of(url) {
-            if let Some((asked, rest)) = self.in_flight.get_mut(&tier) {
-                if asked == url {
+            let i = self.in_flight_index(tier);
+            if let Some(f) = i.ok().and_then(|i| self.in_flight.get_mut(i)) {
+                if f.asked == url {
                     // BEP 12: on to the next tracker of the tier.
-                    if let Some(next) = rest.pop_front() {
-                        *asked = next.clone();
+                    if let Some(next) = f.next.pop_front() {
+                        f.asked = next.clone();
                         let request = self.request_for(&next);
                         self.events
                             .push_back(SessionEvent::Announce { url: next, request });
@@ -508,10 +532,10 @@ impl Session {
     /// limit, not banned, not finishing); an accepted connection is reported closed later.
     pub fn handle_incoming(&mut self, addr: SocketAddr) -> bool {
         let accept = matches!(self.phase, Phase::Running)
-            && self.incoming < self.config.max_incoming
+            && (self.incoming as usize) < self.config.max_incoming
             && !self.candidates.is_banned(&addr);
         if accept {
-            self.incoming += 1;
+            self.incoming = self.incoming.saturating_add(1);
             self.dormant = false;
             self.quiet_since = None;
             self.dirty = true;
@@ -538,16 +562,11 @@ impl Session {
         self.candidates.handle_timeout(now);
         match &mut self.phase {
             Phase::Finished => return,
-            Phase::Closing {
-                finish,
-                waiting,
-                pending,
-                deadline,
-            } => {
-                let over = (waiting.is_empty() && pending.values().all(VecDeque::is_empty))
-                    || now >= *deadline;
+            Phase::Closing(c) => {
+                let over = (c.waiting.is_empty() && c.pending.values().all(VecDeque::is_empty))
+                    || now >= c.deadline;
                 if over {
-                    let finish = *finish;
+                    let finish = c.finish;
                     self.finish(finish);
                 }
                 return;
@@ -602,20 +621,21 @@ impl Session {
         };
         match &self.phase {
             Phase::Finished => return None,
-            Phase::Closing { deadline, .. } => return Some(*deadline),
+            Phase::Closing(c) => return Some(c.deadline),
             Phase::Running => {}
         }
         if self.dirty {
             return Some(self.now);
         }
         let done = self.is_done();
-        if !done && self.outgoing < self.config.max_peers && self.candidates.has_ready() {
+        if !done && (self.outgoing as usize) < self.config.max_peers && self.candidates.has_ready()
+        {
             return Some(self.now);
         }
         // A tier with an announce in flight is due again only once it ends (which makes the
         // session due): counting it would wake the driver at once, over and over.
         let urgency = self.urgency(done);
-        for tier in (0..self.trackers.tiers().len()).filter(|t| !self.in_flight.contains_key(t)) {
+        for tier in (0..self.trackers.tiers().len()).filter(|&t| !self.tier_in_flight(t)) {
             consider(self.trackers.tier_next_announce(tier, self.now, urgency));
         }
         consider(self.next_dht);
@@ -650,12 +670,21 @@ impl Session {
 
     // ---- internals ----
 
+    /// Where `tier`'s announce in flight is in `in_flight` (`Err`: where it would go).
+    fn in_flight_index(&self, tier: usize) -> Result<usize, usize> {
+        self.in_flight.binary_search_by_key(&tier, |f| f.tier)
+    }
+
+    fn tier_in_flight(&self, tier: usize) -> bool {
+        self.in_flight_index(tier).is_ok()
+    }
+
     fn urgency(&self, done: bool) -> Urgency {
         if done {
             Urgency::Normal
         } else if self.outgoing + self.incoming == 0 && !self.candidates.has_ready() {
             Urgency::Starving(self.starving_wait)
-        } else if self.outgoing < self.config.max_peers / 2 {
+        } else if (self.outgoing as usize) < self.config.max_peers / 2 {
             Urgency::MorePeers
         } else {
             Urgency::Normal
@@ -685,15 +714,22 @@ impl Session {
         let urgency = self.urgency(done);
         let mut sent = false;
         for (tier, urls) in self.trackers.due(now, urgency) {
-            if self.in_flight.contains_key(&tier) {
+            let Err(at) = self.in_flight_index(tier) else {
                 continue;
-            }
+            };
             let mut urls: VecDeque<String> = urls.into();
             let Some(url) = urls.pop_front() else {
                 continue;
             };
             let request = self.request_for(&url);
-            self.in_flight.insert(tier, (url.clone(), urls));
+            self.in_flight.insert(
+                at,
+                InFlight {
+                    tier,
+                    asked: url.clone(),
+                    next: urls,
+                },
+            );
             self.events
                 .push_back(SessionEvent::Announce { url, request });
             sent = true;
@@ -706,21 +742,16 @@ impl Session {
     /// An announce to `url` ended (answered, or failed with no other tracker to try).
     fn announce_done(&mut self, now: Instant, url: &str) {
         if let Some(tier) = self.trackers.tier_of(url) {
-            if self
-                .in_flight
-                .get(&tier)
-                .is_some_and(|(asked, _)| asked == url)
-            {
-                self.in_flight.remove(&tier);
+            if let Ok(i) = self.in_flight_index(tier) {
+                if self.in_flight.get(i).is_some_and(|f| f.asked == url) {
+                    self.in_flight.remove(i);
+                }
             }
         }
-        if let Phase::Closing {
-            waiting, pending, ..
-        } = &mut self.phase
-        {
-            waiting.remove(url);
-            if let Some(event) = pending.get_mut(url).and_then(VecDeque::pop_front) {
-                waiting.insert(url.to_string());
+        if let Phase::Closing(c) = &mut self.phase {
+            c.waiting.remove(url);
+            if let Some(event) = c.pending.get_mut(url).and_then(VecDeque::pop_front) {
+                c.waiting.insert(url.to_string());
                 let request = self.request(event);
                 self.events.push_back(SessionEvent::Announce {
                     url: url.to_string(),
@@ -742,11 +773,11 @@ impl Session {
     }
 
     fn dial(&mut self, done: bool) {
-        while !done && self.outgoing < self.config.max_peers {
+        while !done && (self.outgoing as usize) < self.config.max_peers {
             let Some(addr) = self.candidates.next_to_dial() else {
                 break;
             };
-            self.outgoing += 1;
+            self.outgoing = self.outgoing.saturating_add(1);
             self.events.push_back(SessionEvent::Connect(addr));
         }
     }
@@ -872,12 +903,12 @@ impl Session {
             }
         }
         self.in_flight.clear();
-        self.phase = Phase::Closing {
+        self.phase = Phase::Closing(Box::new(Closing {
             finish,
             pending,
             waiting,
             deadline: now + FINAL_ANNOUNCE_TIMEOUT,
-        };
+        }));
         self.handle_timeout(now);
     }
 

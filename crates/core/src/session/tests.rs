@@ -27,7 +27,8 @@ fn params(trackers: &[&[&str]], peers: &[SocketAddr], seed: Option<SeedLimits>) 
             max_peers: 2,
             seed,
             ..SessionConfig::default()
-        },
+        }
+        .into(),
     }
 }
 
@@ -344,7 +345,7 @@ fn starving_downloads_ask_again_soon_then_less_often() {
 fn incoming_connections_are_limited_and_banned_addresses_refused() {
     let t = Instant::now();
     let mut p = params(&[], &[], None);
-    p.config.max_incoming = 1;
+    Arc::make_mut(&mut p.config).max_incoming = 1;
     let mut s = Session::new(t, p);
     assert!(s.handle_incoming(addr(1)));
     assert!(!s.handle_incoming(addr(2)));
@@ -378,8 +379,8 @@ fn an_address_banned_after_its_connection_ended_is_refused_and_never_dialled() {
 }
 
 fn with_dht(mut p: SessionParams) -> SessionParams {
-    p.config.dht = true;
-    p.config.dht_announce = true;
+    Arc::make_mut(&mut p.config).dht = true;
+    Arc::make_mut(&mut p.config).dht_announce = true;
     p
 }
 
@@ -480,7 +481,7 @@ fn stall_reasons_read_as_sentences_in_singular_and_plural() {
 /// A seed of complete data that goes dormant after `after` without peers.
 fn resting_seed(t: Instant, trackers: &[&[&str]], after: Duration) -> Session {
     let mut p = params(trackers, &[], Some(SeedLimits::default()));
-    p.config.dormant_after = Some(after);
+    Arc::make_mut(&mut p.config).dormant_after = Some(after);
     let mut s = Session::new(t, p);
     s.handle_transfer(t, left(0));
     s
