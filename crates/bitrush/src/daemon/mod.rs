@@ -573,7 +573,7 @@ impl Daemon {
                 }
                 _ => Progress::default(),
             };
-            let trackers = shared(&mut tracker_lists, trackers);
+            let trackers = shared(&mut tracker_lists, Arc::new(trackers));
             entries.push(Box::new(Entry::new(saved, meta, trackers, peers, last)));
         }
         let mut st = self.state();
@@ -1604,11 +1604,10 @@ fn fold_run(entry: &mut Entry, last: Progress) {
 
 /// One copy of equal values: the one in `seen` equal to `value` if there is one, else `value`
 /// (then remembered).
-fn shared<T: Eq + std::hash::Hash>(seen: &mut HashSet<Arc<T>>, value: T) -> Arc<T> {
+fn shared<T: Eq + std::hash::Hash + ?Sized>(seen: &mut HashSet<Arc<T>>, value: Arc<T>) -> Arc<T> {
     if let Some(same) = seen.get(&value) {
         return Arc::clone(same);
     }
-    let value = Arc::new(value);
     seen.insert(Arc::clone(&value));
     value
 }
@@ -2117,13 +2116,13 @@ mod tests {
     #[test]
     fn equal_values_are_shared() {
         let mut seen = HashSet::new();
-        let list = |url: &str| vec![vec![url.to_string()]];
+        let list = |url: &str| Arc::new(vec![vec![url.to_string()]]);
         let a = shared(&mut seen, list("http://a/announce"));
         let b = shared(&mut seen, list("http://b/announce"));
         let a2 = shared(&mut seen, list("http://a/announce"));
         assert!(Arc::ptr_eq(&a, &a2));
         assert!(!Arc::ptr_eq(&a, &b));
-        assert_eq!(*b, list("http://b/announce"));
+        assert_eq!(b, list("http://b/announce"));
     }
 
     #[test]

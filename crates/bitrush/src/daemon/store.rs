@@ -185,12 +185,7 @@ impl Store {
             match self.load_one(&path) {
                 Ok(mut one) => {
                     // Most torrents share their directory: one copy of it.
-                    match dirs.get(&one.0.download_dir) {
-                        Some(dir) => one.0.download_dir = Arc::clone(dir),
-                        None => {
-                            dirs.insert(Arc::clone(&one.0.download_dir));
-                        }
-                    }
+                    one.0.download_dir = super::shared(&mut dirs, one.0.download_dir);
                     loaded.push(one)
                 }
                 Err(e) => {
@@ -434,8 +429,6 @@ pub fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     tmp.persist(path).map(drop).map_err(|e| e.error)
 }
 
-/// The file selection in settings: a string of `1` (wanted) and `0` (skipped), or, as older
-/// versions wrote it, a list of booleans.
 /// An info hash as 40 hex digits (either case read).
 mod hex_hash {
     use serde::{Deserialize, Deserializer, Serializer};
@@ -469,6 +462,8 @@ mod shared_path {
     }
 }
 
+/// The file selection in settings: a string of `1` (wanted) and `0` (skipped), or, as older
+/// versions wrote it, a list of booleans.
 mod file_flags {
     use serde::{Deserialize, Deserializer, Serializer};
     use std::sync::Arc;
