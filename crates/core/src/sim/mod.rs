@@ -520,6 +520,16 @@ impl Sim {
 
     /// Why `node` dropped `peer`, for each of their links it dropped.
     pub fn drops(&self, node: NodeId, peer: NodeId) -> Vec<PeerError> {
+        self.reasons(node, peer, false)
+    }
+
+    /// Why `node` banned `peer` after it left (see [`Record::Banned`]).
+    pub fn bans(&self, node: NodeId, peer: NodeId) -> Vec<PeerError> {
+        self.reasons(node, peer, true)
+    }
+
+    /// The reasons of `node`'s drops of `peer`, or of its bans of `peer` after it left.
+    fn reasons(&self, node: NodeId, peer: NodeId, bans: bool) -> Vec<PeerError> {
         self.log
             .iter()
             .filter_map(|r| match r {
@@ -528,23 +538,15 @@ impl Sim {
                     peer: p,
                     reason,
                     ..
-                } if *n == node && *p == peer => Some(reason.clone()),
-                _ => None,
-            })
-            .collect()
-    }
-
-    /// Why `node` banned `peer` after it left (see [`Record::Banned`]).
-    pub fn bans(&self, node: NodeId, peer: NodeId) -> Vec<PeerError> {
-        self.log
-            .iter()
-            .filter_map(|r| match r {
-                Record::Banned {
+                }
+                | Record::Banned {
                     node: n,
                     peer: p,
                     reason,
                     ..
-                } if *n == node && *p == peer => Some(reason.clone()),
+                } if *n == node && *p == peer && matches!(r, Record::Banned { .. }) == bans => {
+                    Some(reason.clone())
+                }
                 _ => None,
             })
             .collect()
