@@ -140,20 +140,21 @@ impl DaemonProc {
     /// Pauses seeding torrent `id` through the REST API, waits until it is paused, resumes
     /// it and waits until it seeds again.
     fn pause_and_resume(&mut self, id: u64) {
-        let r = self.post(
-            &format!("/api/v1/torrents/{id}/pause"),
-            "application/json",
-            "",
-        );
-        assert_eq!(r.status, 200, "{}", r.body);
+        self.act(id, "pause");
         self.wait_for(id, "paused", |t| t["state"] == "paused");
+        self.act(id, "resume");
+        self.wait_for(id, "seeding again", |t| t["state"] == "seeding");
+    }
+
+    /// Asks for `action` (`pause`, `resume`) on torrent `id` through the REST API; asserts it
+    /// is accepted.
+    fn act(&self, id: u64, action: &str) {
         let r = self.post(
-            &format!("/api/v1/torrents/{id}/resume"),
+            &format!("/api/v1/torrents/{id}/{action}"),
             "application/json",
             "",
         );
-        assert_eq!(r.status, 200, "{}", r.body);
-        self.wait_for(id, "seeding again", |t| t["state"] == "seeding");
+        assert_eq!(r.status, 200, "{action} {id}: {}", r.body);
     }
 
     /// Waits until torrent `id` satisfies `cond`.
@@ -770,11 +771,7 @@ fn skipped_files_are_not_fetched_until_wanted() {
     );
     assert_eq!(r.status, 200, "{}", r.body);
     assert_eq!(r.json()[1]["wanted"], false, "{}", r.body);
-    d.post(
-        &format!("/api/v1/torrents/{id}/resume"),
-        "application/json",
-        "",
-    );
+    d.act(id, "resume");
     d.wait_complete(id);
     let t = d.torrent(id);
     assert_eq!(t["size_when_done"], MIB as u64, "{t}");
